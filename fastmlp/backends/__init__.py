@@ -1,0 +1,48 @@
+"""Backends: one module per implementation of forward, backward and SGD, behind one protocol.
+
+A backend offers
+
+- `forward(model, X) -> probs`: float32 (n, classes), rows sum to 1;
+- `loss_and_grads(model, X, y) -> (loss, dW, db)`: mean cross-entropy over the batch and
+  its gradients, lists shaped like `model.weights` and `model.biases`;
+- `sgd_step(model, X, y, lr) -> loss`: parameters -= lr * grad, in place; the loss before it;
+- `train_epoch(model, X, y, *, batch_size, lr, rng) -> mean loss`: one pass in the order
+  `rng.permutation(len(X))`, the last partial batch included.
+
+X is a float32 array (other real dtypes are converted) or `fastmlp.Pixels`; y holds class
+indices. Inputs are validated by these public methods, once per call.
+"""
+
+import importlib
+
+_MODULES = {"numpy": "numpy_ref", "numba": "numba_fused"}
+_instances = {}
+
+
+class BackendError(ValueError):
+    """An unknown backend, or one that cannot be used on this machine."""
+
+
+def available_backends():
+    """Names of the backends that can be used here, the reference first."""
+    names = []
+    for name in _MODULES:
+        try:
+            get_backend(name)
+        except BackendError:
+            continue
+        names.append(name)
+    return tuple(names)
+
+
+def get_backend(name):
+    """The backend called `name` ("numpy" or "numba"); instances are shared."""
+    if name not in _MODULES:
+        raise BackendError(f"unknown backend {name!r}; choose one of {sorted(_MODULES)}")
+    if name not in _instances:
+        try:
+            module = importlib.import_module(f"{__name__}.{_MODULES[name]}")
+        except ImportError as exc:
+            raise BackendError(f"backend {name!r} cannot be used here: {exc}") from exc
+        _instances[name] = module.Backend()
+    return _instances[name]

@@ -1,0 +1,51 @@
+"""The public edge shared by every backend: validate once, then call the backend's maths."""
+
+import numpy as np
+
+from ..inputs import Pixels, check_features, check_labels, check_model, check_positive_float, check_positive_int
+
+
+class BackendBase:
+    """Validates the arguments of the four protocol methods and hands valid arrays to
+    `_forward`, `_loss_and_grads`, `_sgd_step` and `_train_epoch`, which subclasses write."""
+
+    name = None
+
+    def __repr__(self):
+        return f"<fastmlp backend {self.name!r}>"
+
+    def forward(self, model, X):
+        """Class probabilities of X, float32 (n, classes)."""
+        check_model(model)
+        return self._forward(model, _as_array(check_features(X, model.n_features)))
+
+    def loss_and_grads(self, model, X, y):
+        """(mean cross-entropy, dW list, db list) of the batch (X, y)."""
+        X, y = self._check_batch(model, X, y)
+        return self._loss_and_grads(model, _as_array(X), y)
+
+    def sgd_step(self, model, X, y, lr):
+        """One SGD step on the batch, parameters -= lr * grad in place; returns the loss before it."""
+        X, y = self._check_batch(model, X, y)
+        lr = check_positive_float(lr, "lr")
+        return self._sgd_step(model, _as_array(X), y, lr)
+
+    def train_epoch(self, model, X, y, *, batch_size, lr, rng):
+        """One shuffled pass of SGD over (X, y); returns the mean loss over the samples."""
+        X, y = self._check_batch(model, X, y)
+        batch_size = check_positive_int(batch_size, "batch_size")
+        lr = check_positive_float(lr, "lr")
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        return self._train_epoch(model, X, y, batch_size, lr, rng)
+
+    @staticmethod
+    def _check_batch(model, X, y):
+        check_model(model)
+        X = check_features(X, model.n_features)
+        y = check_labels(y, len(X), model.n_classes)
+        return X, y
+
+
+def _as_array(X):
+    return X.to_float32() if isinstance(X, Pixels) else X

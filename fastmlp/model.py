@@ -1,0 +1,140 @@
+"""The MLP's parameters: initialisation, prediction, save and load. No training maths here."""
+
+import numbers
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+INITS = ("he", "normal")
+
+
+class ModelFileError(ValueError):
+    """A model file that is missing pieces, corrupt, pickled or inconsistent."""
+
+
+class MLP:
+    """A multilayer perceptron: ReLU hidden layers, a softmax output.
+
+    `weights[i]` has shape (fan_in, fan_out) and `biases[i]` shape (fan_out,), float32,
+    C-contiguous and writable. Backends update these very arrays in place.
+    """
+
+    def __init__(self, layer_sizes, *, init="he", seed=None):
+        self.layer_sizes = _check_layer_sizes(layer_sizes)
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        rng = np.random.default_rng(seed)
+        self.weights = []
+        self.biases = []
+        for fan_in, fan_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:]):
+            std = np.sqrt(2.0 / fan_in) if init == "he" else 0.01
+            W = rng.standard_normal((fan_in, fan_out), dtype=np.float32) * np.float32(std)
+            self.weights.append(np.ascontiguousarray(W, dtype=np.float32))
+            self.biases.append(np.zeros(fan_out, dtype=np.float32))
+
+    @property
+    def n_features(self):
+        return self.layer_sizes[0]
+
+    @property
+    def n_classes(self):
+        return self.layer_sizes[-1]
+
+    def __repr__(self):
+        return f"MLP({list(self.layer_sizes)})"
+
+    def predict_proba(self, X, *, batch_size=4096):
+        """Class probabilities, float32 (n, classes), computed with the reference backend."""
+        from .backends import get_backend
+
+        forward = get_backend("numpy").forward
+        n = len(X)
+        if n <= batch_size:
+            return forward(self, X)
+        return np.concatenate([forward(self, X[i : i + batch_size]) for i in range(0, n, batch_size)])
+
+    def predict(self, X):
+        """Predicted class index per row, int64 (n,)."""
+        return self.predict_proba(X).argmax(axis=1)
+
+    def copy(self):
+        """An independent copy of this model."""
+        other = MLP.__new__(MLP)
+        other.layer_sizes = self.layer_sizes
+        other.weights = [W.copy() for W in self.weights]
+        other.biases = [b.copy() for b in self.biases]
+        return other
+
+    def save(self, path):
+        """Write the parameters to an `.npz` file (no pickled objects), atomically."""
+        path = Path(path)
+        arrays = {"layer_sizes": np.asarray(self.layer_sizes, dtype=np.int64)}
+        for i, (W, b) in enumerate(zip(self.weights, self.biases)):
+            arrays[f"W{i}"] = W
+            arrays[f"b{i}"] = b
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path):
+        """Read a model written by `save`; raise ModelFileError on anything unexpected."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"model file not found: {path}")
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+            raise ModelFileError(f"{path} is not a readable fastmlp model (.npz): {exc}") from None
+        return cls._from_arrays(arrays, path)
+
+    @classmethod
+    def _from_arrays(cls, arrays, path):
+        if "layer_sizes" not in arrays:
+            raise ModelFileError(f"{path} has no 'layer_sizes' entry: not a fastmlp model")
+        sizes = arrays["layer_sizes"]
+        if sizes.ndim != 1 or not np.issubdtype(sizes.dtype, np.integer):
+            raise ModelFileError(f"{path}: 'layer_sizes' must be a 1-D integer array")
+        try:
+            layer_sizes = _check_layer_sizes(sizes.tolist())
+        except ValueError as exc:
+            raise ModelFileError(f"{path}: {exc}") from None
+        n_layers = len(layer_sizes) - 1
+        expected = {"layer_sizes"} | {f"W{i}" for i in range(n_layers)} | {f"b{i}" for i in range(n_layers)}
+        if set(arrays) != expected:
+            missing, extra = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
+            raise ModelFileError(f"{path}: entries do not match layer_sizes (missing {missing}, unexpected {extra})")
+        model = cls.__new__(cls)
+        model.layer_sizes = layer_sizes
+        model.weights, model.biases = [], []
+        for i, (fan_in, fan_out) in enumerate(zip(layer_sizes[:-1], layer_sizes[1:])):
+            for name, shape, dest in ((f"W{i}", (fan_in, fan_out), model.weights), (f"b{i}", (fan_out,), model.biases)):
+                a = arrays[name]
+                if a.dtype != np.float32 or a.shape != shape:
+                    raise ModelFileError(f"{path}: {name} must be float32 {shape}, got {a.dtype} {a.shape}")
+                if not np.isfinite(a).all():
+                    raise ModelFileError(f"{path}: {name} contains NaN or inf")
+                dest.append(np.array(a, dtype=np.float32, order="C"))
+        return model
+
+
+def _check_layer_sizes(layer_sizes):
+    try:
+        sizes = list(layer_sizes)
+    except TypeError:
+        raise TypeError(f"layer_sizes must be a sequence of ints, got {type(layer_sizes).__name__}") from None
+    if len(sizes) < 2:
+        raise ValueError(f"layer_sizes needs at least 2 entries (inputs, classes), got {sizes}")
+    for i, size in enumerate(sizes):
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+            raise ValueError(f"layer_sizes[{i}] must be an int >= 1, got {size!r}")
+    return tuple(int(s) for s in sizes)

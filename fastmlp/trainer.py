@@ -1,0 +1,131 @@
+"""Trainer and History: shuffled minibatch SGD over epochs with any backend, and its metrics."""
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .backends import get_backend
+from .backends.numpy_ref import hidden_activations, log_softmax
+from .inputs import Pixels, check_features, check_labels, check_positive_float, check_positive_int
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class EpochRecord:
+    """What one epoch measured; `val_*` are None without validation data."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float | None
+    val_accuracy: float | None
+    seconds: float
+    samples_per_s: float
+
+
+@dataclass
+class History:
+    """One `EpochRecord` per epoch trained, across every call to `Trainer.fit`."""
+
+    epochs: list = field(default_factory=list)
+
+    def __len__(self):
+        return len(self.epochs)
+
+    def __getitem__(self, i):
+        return self.epochs[i]
+
+    def column(self, name):
+        """One field of every epoch, e.g. `history.column("train_loss")`."""
+        return [getattr(record, name) for record in self.epochs]
+
+    def as_dicts(self):
+        return [asdict(record) for record in self.epochs]
+
+
+def format_epoch(record, total_epochs, val_label="val"):
+    """The one-line summary of an epoch that `fit(verbose=True)` and the CLI print."""
+    width = len(str(total_epochs))
+    line = f"epoch {record.epoch:>{width}}/{total_epochs}  train loss {record.train_loss:.4f}"
+    if record.val_loss is not None:
+        line += f"  {val_label} loss {record.val_loss:.4f}  {val_label} acc {100 * record.val_accuracy:.2f}%"
+    return line + f"  {record.seconds:6.2f} s  {record.samples_per_s:>9,.0f} samples/s"
+
+
+class Trainer:
+    """Trains `model` in place with minibatch SGD on the backend named `backend`.
+
+    The shuffling order comes from `numpy.random.default_rng(seed)`, so the same seed and
+    backend (and thread count) give the same parameters. Calling `fit` again continues.
+    """
+
+    def __init__(self, model, backend="numba", *, lr=0.1, batch_size=32, seed=0):
+        self.model = model
+        self.backend = get_backend(backend) if isinstance(backend, str) else backend
+        self.lr = check_positive_float(lr, "lr")
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.rng = np.random.default_rng(seed)
+        self.history = History()
+
+    def fit(self, X, y, *, epochs, validation_data=None, verbose=False, val_label="val", on_epoch_end=None):
+        """Train for `epochs` more epochs; return the History of every epoch so far.
+
+        verbose prints one line per epoch; `on_epoch_end(record)` is called after each epoch.
+        Raises TrainingDivergedError, naming the epoch, if the loss becomes NaN or inf.
+        """
+        epochs = check_positive_int(epochs, "epochs")
+        X = check_features(X, self.model.n_features)
+        y = check_labels(y, len(X), self.model.n_classes)
+        if validation_data is not None:
+            X_val, y_val = _check_pair(validation_data, self.model)
+        first = len(self.history) + 1
+        for epoch in range(first, first + epochs):
+            start = time.perf_counter()
+            loss = self.backend.train_epoch(
+                self.model, X, y, batch_size=self.batch_size, lr=self.lr, rng=self.rng
+            )
+            seconds = time.perf_counter() - start
+            if not math.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"training diverged in epoch {epoch}: the loss became {loss} "
+                    f"(try a smaller learning rate than {self.lr})"
+                )
+            val_loss = val_accuracy = None
+            if validation_data is not None:
+                val_loss, val_accuracy = self._evaluate(X_val, y_val)
+            record = EpochRecord(epoch, loss, val_loss, val_accuracy, seconds, len(X) / seconds)
+            self.history.epochs.append(record)
+            if verbose:
+                print(format_epoch(record, first + epochs - 1, val_label), flush=True)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+        return self.history
+
+    def evaluate(self, X, y):
+        """(mean cross-entropy loss, accuracy) of the model on (X, y)."""
+        return self._evaluate(*_check_pair((X, y), self.model))
+
+    def _evaluate(self, X, y, chunk=8192):
+        total_loss = 0.0
+        correct = 0
+        for start in range(0, len(X), chunk):
+            Xc = X[start : start + chunk]
+            yc = y[start : start + chunk]
+            _, logits = hidden_activations(self.model, Xc)
+            log_probs = log_softmax(logits)
+            total_loss -= float(log_probs[np.arange(len(yc)), yc].sum(dtype=np.float64))
+            correct += int((logits.argmax(axis=1) == yc).sum())
+        return total_loss / len(X), correct / len(X)
+
+
+def _check_pair(data, model):
+    try:
+        X, y = data
+    except (TypeError, ValueError):
+        raise TypeError("validation data must be a pair (X, y)") from None
+    X = check_features(X, model.n_features, "validation X")
+    return X, check_labels(y, len(X), model.n_classes, "validation y")

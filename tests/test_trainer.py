@@ -1,0 +1,113 @@
+"""Trainer: reproducibility, continuation, history, evaluation and its argument checks."""
+
+import numpy as np
+import pytest
+
+from fastmlp import MLP, BackendError, Pixels, Trainer, TrainingDivergedError
+
+
+def blobs(n=300, features=8, classes=3, seed=0):
+    """Separable Gaussian blobs: a task a small MLP learns in a few epochs."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, (classes, features))
+    y = rng.integers(0, classes, n)
+    X = (centres[y] + rng.normal(size=(n, features))).astype(np.float32)
+    return X, y
+
+
+def test_fit_learns_separable_blobs_and_records_every_epoch():
+    X, y = blobs()
+    trainer = Trainer(MLP([8, 16, 3], seed=0), "numpy", lr=0.1, batch_size=16, seed=0)
+    history = trainer.fit(X, y, epochs=5, validation_data=(X, y))
+    assert [r.epoch for r in history] == [1, 2, 3, 4, 5]
+    assert history[-1].train_loss < history[0].train_loss
+    assert history[-1].val_accuracy > 0.95
+    assert all(r.seconds > 0 and r.samples_per_s > 0 for r in history)
+    assert trainer.evaluate(X, y) == pytest.approx((history[-1].val_loss, history[-1].val_accuracy))
+
+
+def test_same_seed_gives_identical_parameters_and_history():
+    X, y = blobs()
+    results = []
+    for _ in range(2):
+        trainer = Trainer(MLP([8, 16, 3], seed=1), "numpy", seed=5)
+        trainer.fit(X, y, epochs=2)
+        results.append((trainer.model, trainer.history.column("train_loss")))
+    (a, la), (b, lb) = results
+    assert la == lb
+    for x, z in zip(a.weights + a.biases, b.weights + b.biases):
+        np.testing.assert_array_equal(x, z)
+
+
+def test_calling_fit_again_continues_training_as_one_longer_call():
+    X, y = blobs()
+    once = Trainer(MLP([8, 16, 3], seed=1), "numpy", seed=2)
+    once.fit(X, y, epochs=3)
+    twice = Trainer(MLP([8, 16, 3], seed=1), "numpy", seed=2)
+    twice.fit(X, y, epochs=2)
+    history = twice.fit(X, y, epochs=1)
+    assert [r.epoch for r in history] == [1, 2, 3]
+    for x, z in zip(once.model.weights, twice.model.weights):
+        np.testing.assert_array_equal(x, z)
+
+
+def test_pixels_train_like_the_same_images_as_float32():
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, (64, 8), dtype=np.uint8)
+    y = rng.integers(0, 3, 64)
+    a = Trainer(MLP([8, 5, 3], seed=0), "numpy", seed=0)
+    b = Trainer(MLP([8, 5, 3], seed=0), "numpy", seed=0)
+    a.fit(Pixels(data), y, epochs=1)
+    b.fit(data.astype(np.float32) / np.float32(255), y, epochs=1)
+    for x, z in zip(a.model.weights, b.model.weights):
+        np.testing.assert_allclose(x, z, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_diverging_loss_stops_training_naming_the_epoch():
+    X, y = blobs()
+    X *= 1e18
+    trainer = Trainer(MLP([8, 16, 3], seed=0), "numpy", lr=1e30)
+    with pytest.raises(TrainingDivergedError, match="epoch 1"):
+        trainer.fit(X, y, epochs=3)
+
+
+def test_verbose_prints_one_line_per_epoch(capsys):
+    X, y = blobs(n=50)
+    Trainer(MLP([8, 4, 3], seed=0), "numpy").fit(X, y, epochs=2, validation_data=(X, y), verbose=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("epoch 1/2  train loss") and "val acc" in lines[0] and "samples/s" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"batch_size": 0}, ValueError, "batch_size must be >= 1"),
+        ({"batch_size": 2.5}, TypeError, "batch_size must be an integer"),
+        ({"lr": 0}, ValueError, "lr must be finite and > 0"),
+        ({"lr": float("nan")}, ValueError, "lr must be finite"),
+        ({"lr": float("inf")}, ValueError, "lr must be finite"),
+        ({"lr": "0.1"}, TypeError, "lr must be a number"),
+        ({"backend": "cuda"}, BackendError, "unknown backend 'cuda'"),
+    ],
+)
+def test_bad_trainer_arguments_are_refused(kwargs, error, match):
+    kwargs = {"backend": "numpy", **kwargs}
+    with pytest.raises(error, match=match):
+        Trainer(MLP([8, 3]), **kwargs)
+
+
+@pytest.mark.parametrize("epochs, error", [(0, ValueError), (-1, ValueError), (1.5, TypeError)])
+def test_bad_epochs_are_refused(epochs, error):
+    X, y = blobs(n=10)
+    with pytest.raises(error, match="epochs"):
+        Trainer(MLP([8, 3]), "numpy").fit(X, y, epochs=epochs)
+
+
+def test_bad_validation_data_is_refused():
+    X, y = blobs(n=10)
+    with pytest.raises(TypeError, match="pair"):
+        Trainer(MLP([8, 3]), "numpy").fit(X, y, epochs=1, validation_data=X)
+    with pytest.raises(ValueError, match="validation X must have 8 columns"):
+        Trainer(MLP([8, 3]), "numpy").fit(X, y, epochs=1, validation_data=(X[:, :4], y))
