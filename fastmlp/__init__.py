@@ -1,0 +1,24 @@
+"""fastmlp: NumPy and Numba kernels for training multilayer perceptrons on the CPU.
+
+Public API:
+    MLP                 parameters, predict, save/load          (fastmlp.model)
+    Trainer, History    shuffled minibatch SGD over epochs      (fastmlp.trainer)
+    get_backend, available_backends   "numpy" reference and "numba" fused kernels
+    Pixels              uint8 images scaled during the batch gather
+    datasets            IDX loading, embedded MNIST, verified download
+    kernels             public @njit kernels (import fastmlp.kernels)
+    testing             backend equivalence helpers (import fastmlp.testing)
+"""
+
+__version__ = "0.1.0"
+
+from . import datasets
+from .backends import BackendError, available_backends, get_backend
+from .inputs import Pixels
+from .model import MLP, ModelFileError
+from .trainer import History, Trainer, TrainingDivergedError
+
+__all__ = [
+    "MLP", "ModelFileError", "Trainer", "History", "TrainingDivergedError", "Pixels",
+    "get_backend", "available_backends", "BackendError", "datasets", "__version__",
+]
