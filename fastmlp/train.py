@@ -1,0 +1,157 @@
+"""The training CLI: `python -m fastmlp.train --backend numba`. Argument parsing and printing only."""
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import __version__
+from .backends import get_backend
+from .datasets import load_mnist, train_val_split
+from .model import INITS, MLP
+from .trainer import Trainer, format_epoch
+
+PROG = "python -m fastmlp.train"
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Train an MLP (ReLU hidden layers, softmax, minibatch SGD) on MNIST and report test accuracy.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--backend", choices=["numpy", "numba"], default="numba",
+                        help="numpy: the vectorized reference; numba: the fused JIT kernels")
+    parser.add_argument("--hidden", type=_positive_int, nargs="*", default=[128, 64], metavar="N",
+                        help="hidden layer widths")
+    parser.add_argument("--epochs", type=_positive_int, default=10)
+    parser.add_argument("--batch-size", type=_positive_int, default=32)
+    parser.add_argument("--lr", type=_positive_float, default=0.1, help="SGD learning rate")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the shuffling")
+    parser.add_argument("--init", choices=INITS, default="he", help="he: N(0, 2/fan_in); normal: N(0, 0.01^2)")
+    parser.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="folder with the four IDX files (default: $FASTMLP_DATA, the embedded MNIST, the cache)")
+    parser.add_argument("--no-download", action="store_true", help="never use the network")
+    parser.add_argument("--val-size", type=_fraction, default=0.0,
+                        help="fraction of the training set held out for validation (0: report test metrics per epoch)")
+    parser.add_argument("--save", type=Path, metavar="PATH", help="write the trained model (.npz)")
+    parser.add_argument("--metrics-json", type=Path, metavar="PATH", help="write metrics and history as JSON")
+    parser.add_argument("--quiet", action="store_true", help="print only the final test accuracy")
+    parser.add_argument("--version", action="version", version=f"fastmlp {__version__}")
+    return parser
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _positive_float(text):
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _fraction(text):
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {text}")
+    return value
+
+
+def run(args):
+    """Load data, train, evaluate, write outputs; returns the metrics dict."""
+    say = (lambda *a: None) if args.quiet else print
+    start = time.perf_counter()
+    X_train, y_train, X_test, y_test = load_mnist(
+        args.data_dir, download=not args.no_download, dataset=args.dataset, as_pixels=True
+    )
+    data_seconds = time.perf_counter() - start
+    if args.val_size > 0:
+        X_train, y_train, X_val, y_val = train_val_split(X_train, y_train, args.val_size, args.seed)
+        validation, val_label = (X_val, y_val), "val"
+    else:
+        validation, val_label = (X_test, y_test), "test"
+
+    model = MLP([X_train.shape[1], *args.hidden, 10], init=args.init, seed=args.seed)
+    backend = get_backend(args.backend)
+    trainer = Trainer(model, backend, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+    say(f"fastmlp {__version__}: backend {args.backend}, net {'-'.join(map(str, model.layer_sizes))}, "
+        f"{args.dataset} {len(X_train):,} train / {len(validation[0]):,} {val_label}, "
+        f"batch {args.batch_size}, lr {args.lr:g}, seed {args.seed} (data loaded in {data_seconds:.1f} s)")
+    history = trainer.fit(
+        X_train, y_train, epochs=args.epochs, validation_data=validation,
+        on_epoch_end=lambda record: say(format_epoch(record, args.epochs, val_label)),
+    )
+    test_loss, test_accuracy = trainer.evaluate(X_test, y_test)
+    print(f"test accuracy {100 * test_accuracy:.2f}%  (loss {test_loss:.4f}, {args.epochs} epochs, "
+          f"{sum(history.column('seconds')):.1f} s training)")
+
+    metrics = {
+        "test_accuracy": test_accuracy,
+        "test_loss": test_loss,
+        "history": history.as_dicts(),
+        "timings": {"data_load_s": data_seconds},
+        "config": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+    }
+    if args.save:
+        model.save(args.save)
+        say(f"model saved to {args.save}")
+    if args.metrics_json:
+        write_text_atomically(args.metrics_json, json.dumps(metrics, indent=2) + "\n")
+        say(f"metrics written to {args.metrics_json}")
+    return metrics
+
+
+def write_text_atomically(path, text):
+    """Write text to path through a temp file in the same folder, renamed when complete."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _check_writable_folder(path, option):
+    """Fail before training, not after it, when an output cannot be written."""
+    if path is None:
+        return
+    folder = path.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{option} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"{option} {path}: folder {folder} is not writable")
+    if path.is_dir():
+        raise IsADirectoryError(f"{option} {path} is a folder, not a file")
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        for option in ("save", "metrics_json"):
+            _check_writable_folder(getattr(args, option), "--" + option.replace("_", "-"))
+        run(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, TypeError, ArithmeticError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""`python -m fastmlp.train` end to end on a tiny synthetic dataset, and its errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastmlp import MLP, available_backends
+from fastmlp.train import main
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_cli_trains_prints_a_line_per_epoch_and_writes_its_outputs(tiny_mnist_dir, tmp_path, capsys, backend):
+    code = main(["--backend", backend, "--data-dir", str(tiny_mnist_dir), "--epochs", "3", "--hidden", "32",
+                 "--batch-size", "16", "--save", str(tmp_path / "m.npz"),
+                 "--metrics-json", str(tmp_path / "m.json")])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    epoch_lines = [line for line in out if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epoch_lines] == ["1/3", "2/3", "3/3"]
+    assert all("test acc" in line and "samples/s" in line for line in epoch_lines)
+
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["test_accuracy"] > 0.9
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
+    assert set(metrics["history"][0]) == {"epoch", "train_loss", "val_loss", "val_accuracy", "seconds", "samples_per_s"}
+    assert metrics["config"]["backend"] == backend and metrics["config"]["hidden"] == [32]
+    assert any(line.startswith(f"test accuracy {100 * metrics['test_accuracy']:.2f}%") for line in out)
+
+    model = MLP.load(tmp_path / "m.npz")
+    assert model.layer_sizes == (784, 32, 10)
+
+
+def test_cli_holds_out_a_validation_split_and_quiet_prints_only_the_result(tiny_mnist_dir, capsys):
+    code = main(["--backend", "numpy", "--data-dir", str(tiny_mnist_dir), "--epochs", "1", "--val-size", "0.2", "--quiet"])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert len(out) == 1 and out[0].startswith("test accuracy")
+
+
+def test_cli_same_seed_gives_the_same_model(tiny_mnist_dir, tmp_path, capsys):
+    for name in ("a.npz", "b.npz"):
+        assert main(["--backend", "numpy", "--data-dir", str(tiny_mnist_dir), "--epochs", "1", "--quiet",
+                     "--seed", "3", "--save", str(tmp_path / name)]) == 0
+    a, b = MLP.load(tmp_path / "a.npz"), MLP.load(tmp_path / "b.npz")
+    for x, z in zip(a.weights, b.weights):
+        np.testing.assert_array_equal(x, z)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--backend", "cuda"], "invalid choice: 'cuda'"),
+        (["--epochs", "0"], "--epochs: must be an integer >= 1"),
+        (["--batch-size", "x"], "--batch-size: invalid"),
+        (["--lr", "-1"], "--lr: must be a finite number > 0"),
+        (["--lr", "nan"], "--lr: must be a finite number > 0"),
+        (["--val-size", "1.5"], "--val-size: must be a fraction"),
+        (["--hidden", "0"], "--hidden: must be an integer >= 1"),
+        (["--init", "zeros"], "invalid choice: 'zeros'"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_usage_error_line(args, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.strip().splitlines()[-1].startswith("python -m fastmlp.train: error:")
+
+
+def test_missing_data_with_no_download_exits_1_with_one_line(tmp_path, capsys):
+    code = main(["--data-dir", str(tmp_path), "--no-download", "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1 and err.startswith("python -m fastmlp.train: error:")
+
+
+def test_unwritable_save_fails_before_training_with_exit_1(tiny_mnist_dir, tmp_path, capsys):
+    code = main(["--data-dir", str(tiny_mnist_dir), "--save", str(tmp_path / "no" / "such" / "m.npz")])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "does not exist" in captured.err and "epoch" not in captured.out
+
+
+def test_module_runs_as_a_script_and_shows_help():
+    result = subprocess.run([sys.executable, "-m", "fastmlp.train", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "--backend {numpy,numba}" in result.stdout and "--metrics-json" in result.stdout
