@@ -1,0 +1,203 @@
+"""The fused backend: Numba drives `fastmlp.kernels`; a whole epoch runs in one nopython call.
+
+Buffers, per (layer sizes, batch size), made once and kept on the backend:
+    acts[l]    (batch, sizes[l])    A_l; acts[0] the gathered batch, acts[L] the logits
+    deltas[l]  (batch, sizes[l+1])  dZ of layer l; deltas[L-1] is acts[L] (the softmax kernel
+                                    overwrites the logits with their gradient)
+A step reads the old W_l for dZ_{l-1} = dZ_l W_l^T before the sgemm that folds the SGD
+update into the weight gradient (W_l -= lr A_{l-1}^T dZ_l), so no dW buffer exists.
+Weights, biases and buffers travel as homogeneous tuples, so one compiled function serves
+every depth-L net and its layers are indexed in a runtime loop.
+"""
+
+import contextlib
+import time
+from collections import OrderedDict
+
+import numpy as np
+from numba import njit
+
+from ..inputs import Pixels
+from ..kernels import (
+    bias_forward_inplace, bias_grad, bias_relu_forward_inplace, gather_labels, gather_rows_scaled,
+    matmul_at_into, matmul_bt_into, matmul_into, relu_backward_bias_grad_inplace, relu_backward_inplace,
+    sgd_gemm_update_inplace,
+    sgd_update_inplace, softmax_inplace, softmax_xent_backward_inplace,
+)
+from .base import BackendBase
+
+_MAX_WORKSPACES = 4
+# Up to this batch size the epoch runs with single-threaded BLAS. Each step's weight update
+# writes W in place, and two BLAS threads split the forward and the weight-gradient gemm of
+# the same W differently, so half of W moves between the cores' caches twice per step: at
+# batch 32 that cost more than the second core gained (measured 12-35 % slower), at 128 it
+# about breaks even, at 1024 two threads win clearly.
+SINGLE_THREAD_BLAS_MAX_BATCH = 64
+
+
+@njit(cache=True)
+def forward_logits_inplace(weights, biases, acts, n):
+    """Forward pass of acts[0][:n] through the net; overwrites acts[1:] (acts[L] holds the logits)."""
+    L = len(weights)
+    for l in range(L):
+        Z = acts[l + 1][:n]
+        matmul_into(Z, acts[l][:n], weights[l])
+        if l < L - 1:
+            bias_relu_forward_inplace(Z, biases[l])
+        else:
+            bias_forward_inplace(Z, biases[l])
+
+
+@njit(cache=True)
+def forward_probs_inplace(weights, biases, acts):
+    """Class probabilities of acts[0] in acts[L]; overwrites acts[1:]."""
+    n = acts[0].shape[0]
+    forward_logits_inplace(weights, biases, acts, n)
+    softmax_inplace(acts[len(weights)])
+
+
+@njit(cache=True)
+def loss_and_grads_into(weights, biases, acts, deltas, labels, dWs, dbs):
+    """Mean loss of the batch acts[0] with labels; overwrites acts[1:], deltas, dWs and dbs with the gradients."""
+    n = labels.shape[0]
+    L = len(weights)
+    forward_logits_inplace(weights, biases, acts, n)
+    loss = softmax_xent_backward_inplace(acts[L][:n], labels)
+    for l in range(L - 1, -1, -1):
+        dZ = deltas[l][:n]
+        matmul_at_into(dWs[l], acts[l][:n], dZ)
+        bias_grad(dZ, dbs[l])
+        if l > 0:
+            matmul_bt_into(deltas[l - 1][:n], dZ, weights[l])
+            relu_backward_inplace(deltas[l - 1][:n], acts[l][:n])
+    return loss
+
+
+@njit(cache=True)
+def sgd_step_inplace(weights, biases, acts, deltas, db, labels, lr):
+    """One SGD step on the batch acts[0][:n], n = len(labels); overwrites weights, biases, acts[1:], deltas, db; returns the loss."""
+    n = labels.shape[0]
+    L = len(weights)
+    forward_logits_inplace(weights, biases, acts, n)
+    loss = softmax_xent_backward_inplace(acts[L][:n], labels)
+    bias_grad(acts[L][:n], db[: acts[L].shape[1]])
+    for l in range(L - 1, -1, -1):
+        dZ = deltas[l][:n]
+        A = acts[l][:n]
+        sgd_update_inplace(biases[l], db[: dZ.shape[1]], lr)
+        if l > 0:
+            matmul_bt_into(deltas[l - 1][:n], dZ, weights[l])  # with W_l before its update
+        sgd_gemm_update_inplace(weights[l], A, dZ, lr)
+        if l > 0:  # the next layer down's dZ and its bias gradient, in one sweep
+            relu_backward_bias_grad_inplace(deltas[l - 1][:n], A, db[: A.shape[1]])
+    return loss
+
+
+@njit(cache=True)
+def train_epoch_inplace(weights, biases, X, scale, y, order, batch_size, lr, acts, deltas, db, labels):
+    """SGD over the rows of X (float32, or uint8 times scale) in `order`, batch by batch; returns the mean loss."""
+    n = order.shape[0]
+    total = 0.0
+    for start in range(0, n, batch_size):
+        nb = min(batch_size, n - start)
+        rows = order[start : start + nb]
+        gather_rows_scaled(acts[0][:nb], X, rows, scale)
+        gather_labels(labels[:nb], y, rows)
+        total += sgd_step_inplace(weights, biases, acts, deltas, db, labels[:nb], lr) * nb
+    return total / n
+
+
+class _Workspace:
+    """Scratch buffers for batches of up to `rows` samples through a net of `layer_sizes`."""
+
+    def __init__(self, layer_sizes, rows):
+        self.acts = tuple(np.empty((rows, size), dtype=np.float32) for size in layer_sizes)
+        # deltas[l] is the gradient of layer l's output, shaped like acts[l + 1]; the hidden
+        # ones need their own buffers because the ReLU mask still reads acts[l + 1].
+        self.deltas = tuple(np.empty((rows, size), dtype=np.float32) for size in layer_sizes[1:-1])
+        self.deltas += (self.acts[-1],)
+        self.db = np.empty(max(layer_sizes[1:]), dtype=np.float32)
+        self.labels = np.empty(rows, dtype=np.int64)
+
+
+class Backend(BackendBase):
+    name = "numba"
+
+    def __init__(self):
+        self._workspaces = OrderedDict()
+        self._blas_controller = None
+
+    def _blas_threads(self, batch_size):
+        """A context limiting BLAS to one thread for small batches (a no-op without threadpoolctl)."""
+        if batch_size > SINGLE_THREAD_BLAS_MAX_BATCH:
+            return contextlib.nullcontext()
+        if self._blas_controller is None:
+            try:
+                from threadpoolctl import ThreadpoolController
+            except ImportError:
+                self._blas_controller = False
+            else:
+                self._blas_controller = ThreadpoolController()
+        if not self._blas_controller:
+            return contextlib.nullcontext()
+        return self._blas_controller.limit(limits=1, user_api="blas")
+
+    def _workspace(self, layer_sizes, rows):
+        key = (tuple(layer_sizes), rows)
+        ws = self._workspaces.get(key)
+        if ws is None:
+            ws = self._workspaces[key] = _Workspace(layer_sizes, rows)
+            while len(self._workspaces) > _MAX_WORKSPACES:
+                self._workspaces.popitem(last=False)
+        else:
+            self._workspaces.move_to_end(key)
+        return ws
+
+    def _forward(self, model, X):
+        acts = (X,) + tuple(np.empty((len(X), size), dtype=np.float32) for size in model.layer_sizes[1:])
+        forward_probs_inplace(tuple(model.weights), tuple(model.biases), acts)
+        return acts[-1]
+
+    def _loss_and_grads(self, model, X, y):
+        ws = self._workspace(model.layer_sizes, len(X))
+        dW = [np.empty_like(W) for W in model.weights]
+        db = [np.empty_like(b) for b in model.biases]
+        loss = loss_and_grads_into(tuple(model.weights), tuple(model.biases), (X,) + ws.acts[1:], ws.deltas,
+                                   y, tuple(dW), tuple(db))
+        return float(loss), dW, db
+
+    def _sgd_step(self, model, X, y, lr):
+        ws = self._workspace(model.layer_sizes, len(X))
+        loss = sgd_step_inplace(tuple(model.weights), tuple(model.biases), (X,) + ws.acts[1:], ws.deltas,
+                                ws.db, y, np.float32(lr))
+        return float(loss)
+
+    def _train_epoch(self, model, X, y, batch_size, lr, rng):
+        order = rng.permutation(len(X))
+        if isinstance(X, Pixels):
+            data, scale = X.data, np.float32(X.scale)
+        else:
+            data, scale = X, np.float32(1.0)  # x * 1.0f is exact: one gather kernel serves both
+        ws = self._workspace(model.layer_sizes, min(batch_size, len(data)))
+        with self._blas_threads(batch_size):
+            loss = train_epoch_inplace(tuple(model.weights), tuple(model.biases), data, scale, y, order,
+                                       batch_size, np.float32(lr), ws.acts, ws.deltas, ws.db, ws.labels)
+        return float(loss)
+
+
+def compile_seconds(layer_sizes=(784, 128, 64, 10), pixels=False):
+    """Seconds to compile (or load from Numba's cache) every function a net of this depth uses."""
+    rng = np.random.default_rng(0)
+    from ..model import MLP
+
+    model = MLP(layer_sizes, seed=0)
+    X = rng.random((4, layer_sizes[0]), dtype=np.float32)
+    y = rng.integers(0, layer_sizes[-1], 4)
+    backend = Backend()
+    start = time.perf_counter()
+    backend.forward(model, X)
+    backend.loss_and_grads(model, X, y)
+    backend.sgd_step(model, X, y, 0.01)
+    data = Pixels((X * 255).astype(np.uint8)) if pixels else X
+    backend.train_epoch(model, data, y, batch_size=2, lr=0.01, rng=rng)
+    return time.perf_counter() - start

@@ -1,0 +1,176 @@
+"""Each fastmlp.kernels kernel against its NumPy one-liner (float32), a kernel call from user @njit
+code, and the fused training loop's allocation count."""
+
+import numpy as np
+import pytest
+from numba import njit
+from numba.core.runtime import _nrt_python, rtsys
+
+from fastmlp import MLP, kernels
+from fastmlp.backends.numba_fused import Backend, _Workspace, train_epoch_inplace
+
+RTOL = 1e-5
+
+
+def rand(rng, *shape):
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+def assert_close(actual, expected, rtol=RTOL):
+    scale = max(np.abs(expected).max(initial=0.0), 1e-30)
+    assert np.abs(actual - expected).max(initial=0.0) <= rtol * scale
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.mark.parametrize("m, k, n", [(32, 784, 128), (5, 3, 7), (1, 1, 1)])
+def test_matmul_kernels_match_numpy(rng, m, k, n):
+    A, B, C = rand(rng, m, k), rand(rng, k, n), np.empty((m, n), np.float32)
+    kernels.matmul_into(C, A, B)
+    assert_close(C, A @ B)
+    kernels.matmul_bt_into(C, A, np.ascontiguousarray(B.T))
+    assert_close(C, A @ B)
+    kernels.matmul_at_into(C, np.ascontiguousarray(A.T), B)
+    assert_close(C, A @ B)
+
+
+def test_gemm_inplace_accumulates_with_alpha_and_beta(rng):
+    A, B, C = rand(rng, 6, 4), rand(rng, 5, 4), rand(rng, 6, 5)
+    expected = np.float32(0.5) * A @ B.T + np.float32(2.0) * C
+    kernels.gemm_inplace(C, A, B, np.float32(0.5), np.float32(2.0), False, True)
+    assert_close(C, expected)
+
+
+def test_gemm_into_row_slice_of_a_larger_buffer_leaves_other_rows(rng):
+    A, B = rand(rng, 8, 3), rand(rng, 3, 4)
+    C = np.full((8, 4), 7.0, np.float32)
+    kernels.matmul_into(C[:5], A[:5], B)
+    assert_close(C[:5], A[:5] @ B)
+    assert (C[5:] == 7.0).all()
+
+
+def test_sgd_gemm_update_is_w_minus_lr_at_dz(rng):
+    W, A, dZ = rand(rng, 9, 4), rand(rng, 6, 9), rand(rng, 6, 4)
+    expected = W - np.float32(0.1) * (A.T @ dZ)
+    kernels.sgd_gemm_update_inplace(W, A, dZ, np.float32(0.1))
+    assert_close(W, expected)
+
+
+def test_bias_forward_kernels_match_numpy(rng):
+    Z, b = rand(rng, 7, 5), rand(rng, 5)
+    Z1, Z2 = Z.copy(), Z.copy()
+    kernels.bias_forward_inplace(Z1, b)
+    kernels.bias_relu_forward_inplace(Z2, b)
+    assert_close(Z1, Z + b)
+    assert_close(Z2, np.maximum(Z + b, 0))
+
+
+def test_relu_backward_kernels_zero_where_activation_is_not_positive(rng):
+    dA, A = rand(rng, 7, 5), np.maximum(rand(rng, 7, 5), 0)
+    masked, db = dA.copy(), np.empty(5, np.float32)
+    kernels.relu_backward_inplace(masked, A)
+    assert_close(masked, dA * (A > 0))
+    fused = dA.copy()
+    kernels.relu_backward_bias_grad_inplace(fused, A, db)
+    assert_close(fused, dA * (A > 0))
+    assert_close(db, (dA * (A > 0)).sum(axis=0))
+
+
+def reference_softmax_xent(Z, y):
+    shifted = Z - Z.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    grad = np.exp(log_p)
+    grad[np.arange(len(y)), y] -= 1
+    return -log_p[np.arange(len(y)), y].mean(), grad / np.float32(len(y))
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e4])
+def test_softmax_xent_backward_matches_numpy_even_for_huge_logits(rng, scale):
+    Z, y = rand(rng, 16, 10) * np.float32(scale), rng.integers(0, 10, 16)
+    loss, grad = reference_softmax_xent(Z, y)
+    out = Z.copy()
+    assert kernels.softmax_xent_backward_inplace(out, y) == pytest.approx(loss, rel=RTOL)
+    assert_close(out, grad)
+    probs = Z.copy()
+    kernels.softmax_inplace(probs)
+    assert_close(probs, np.exp(Z - Z.max(1, keepdims=True)) / np.exp(Z - Z.max(1, keepdims=True)).sum(1, keepdims=True))
+
+
+def test_softmax_xent_backward_flushes_subnormal_gradients():
+    Z = np.array([[0.0, -100.0, 50.0]], np.float32)  # exp(-150) is far below float32's normal range
+    kernels.softmax_xent_backward_inplace(Z, np.array([2]))
+    tiny = np.finfo(np.float32).tiny
+    assert not ((np.abs(Z) > 0) & (np.abs(Z) < tiny)).any()
+
+
+def test_bias_grad_and_sgd_update_match_numpy(rng):
+    dZ, out = rand(rng, 9, 4), np.empty(4, np.float32)
+    kernels.bias_grad(dZ, out)
+    assert_close(out, dZ.sum(axis=0))
+    W, dW = rand(rng, 3, 4), rand(rng, 3, 4)
+    expected = W - np.float32(0.1) * dW
+    kernels.sgd_update_inplace(W, dW, np.float32(0.1))
+    assert_close(W, expected)
+
+
+def test_gathers_match_fancy_indexing(rng):
+    X = rand(rng, 50, 7)
+    pixels = rng.integers(0, 256, (50, 7)).astype(np.uint8)
+    rows = rng.integers(0, 50, 9)
+    out = np.empty((9, 7), np.float32)
+    kernels.gather_rows(out, X, rows)
+    np.testing.assert_array_equal(out, X[rows])
+    kernels.gather_rows_scaled(out, pixels, rows, np.float32(1 / 255))
+    np.testing.assert_array_equal(out, np.multiply(pixels[rows], np.float32(1 / 255), dtype=np.float32))
+    labels = np.empty(9, np.int64)
+    kernels.gather_labels(labels, np.arange(50) * 3, rows)
+    np.testing.assert_array_equal(labels, rows * 3)
+
+
+@njit(cache=True)
+def user_dense_relu_layer(X, W, b):
+    out = np.empty((X.shape[0], W.shape[1]), dtype=np.float32)
+    kernels.matmul_into(out, X, W)
+    kernels.bias_relu_forward_inplace(out, b)
+    return out
+
+
+def test_kernels_are_callable_from_user_njit_code(rng):
+    X, W, b = rand(rng, 6, 5), rand(rng, 5, 3), rand(rng, 3)
+    assert_close(user_dense_relu_layer(X, W, b), np.maximum(X @ W + b, 0))
+
+
+def test_fused_training_loop_allocates_nothing_per_step(rng):
+    model = MLP([20, 16, 8, 4], seed=0)
+    batch = 8
+    X = rng.random((1280, 20), dtype=np.float32)
+    y = rng.integers(0, 4, 1280)
+    ws = _Workspace(model.layer_sizes, batch)
+    params = (tuple(model.weights), tuple(model.biases), X, np.float32(1.0), y)
+    buffers = (batch, np.float32(0.01), ws.acts, ws.deltas, ws.db, ws.labels)
+    train_epoch_inplace(*params, rng.permutation(640), *buffers)  # compile first
+    allocations = {}
+    _nrt_python.memsys_enable_stats()
+    try:
+        for steps in (80, 160):  # epochs over the first 640 and all 1280 rows
+            order = rng.permutation(steps * batch)
+            before = rtsys.get_allocation_stats().alloc
+            train_epoch_inplace(*params, order, *buffers)
+            allocations[steps] = rtsys.get_allocation_stats().alloc - before
+    finally:
+        _nrt_python.memsys_disable_stats()
+    # Unboxing the array arguments costs a fixed few per call; a step must add none.
+    assert allocations[80] == allocations[160] <= 20
+
+
+def test_backend_reuses_its_buffers_across_epochs(rng):
+    backend = Backend()
+    model = MLP([6, 5, 3], seed=0)
+    X, y = rng.random((40, 6), dtype=np.float32), rng.integers(0, 3, 40)
+    backend.train_epoch(model, X, y, batch_size=8, lr=0.1, rng=rng)
+    ws = backend._workspace(model.layer_sizes, 8)
+    backend.train_epoch(model, X, y, batch_size=8, lr=0.1, rng=rng)
+    assert backend._workspace(model.layer_sizes, 8) is ws

@@ -1,0 +1,120 @@
+"""The fused Numba backend against the NumPy reference: forward, loss, gradients, steps, epochs."""
+
+import numpy as np
+import pytest
+
+from fastmlp import MLP, Pixels, get_backend
+from fastmlp.backends.numba_fused import compile_seconds
+from fastmlp.testing import scaled_error
+
+numba_backend = get_backend("numba")
+numpy_backend = get_backend("numpy")
+RTOL = 1e-5
+
+SHAPES = [
+    ((784, 128, 64, 10), 32),
+    ((12, 7, 5), 1),  # batch of one
+    ((9, 1, 4), 6),  # hidden width one
+    ((6, 3), 5),  # no hidden layer
+    ((5, 4, 4, 3, 3), 11),  # deeper
+]
+
+
+def batch(sizes, n, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, sizes[0]), dtype=np.float32), rng.integers(0, sizes[-1], n)
+
+
+def assert_same(a, b, rtol=RTOL):
+    error, where = scaled_error(a, b)
+    assert error <= rtol, f"scaled difference {error:.3g} at {where}"
+
+
+def assert_same_params(m1, m2, rtol=RTOL):
+    for p1, p2 in zip(m1.weights + m1.biases, m2.weights + m2.biases):
+        assert_same(p1, p2, rtol)
+
+
+def assert_same_loss_and_grads(model, X, y):
+    loss1, dW1, db1 = numba_backend.loss_and_grads(model, X, y)
+    loss2, dW2, db2 = numpy_backend.loss_and_grads(model, X, y)
+    assert loss1 == pytest.approx(loss2, rel=RTOL, abs=1e-6)
+    for g1, g2 in zip(dW1 + db1, dW2 + db2):
+        assert_same(g1, g2)
+
+
+@pytest.mark.parametrize("sizes, n", SHAPES)
+def test_numba_forward_loss_and_grads_match_reference(sizes, n):
+    model = MLP(sizes, seed=1)
+    X, y = batch(sizes, n)
+    assert_same(numba_backend.forward(model, X), numpy_backend.forward(model, X))
+    assert_same_loss_and_grads(model, X, y)
+
+
+@pytest.mark.parametrize("sizes, n", SHAPES)
+def test_numba_sgd_step_matches_reference(sizes, n):
+    model = MLP(sizes, seed=1)
+    X, y = batch(sizes, n)
+    m1, m2 = model.copy(), model.copy()
+    assert numba_backend.sgd_step(m1, X, y, 0.1) == pytest.approx(numpy_backend.sgd_step(m2, X, y, 0.1), rel=RTOL)
+    assert_same_params(m1, m2)
+
+
+def test_numba_matches_reference_on_logits_of_1e4():
+    model = MLP((8, 5, 4), seed=0)
+    model.weights[-1] *= np.float32(1e4)
+    X, y = batch((8, 5, 4), 16)
+    assert_same(numba_backend.forward(model, X), numpy_backend.forward(model, X))
+    assert_same_loss_and_grads(model, X, y)
+
+
+def test_numba_matches_reference_on_all_zero_input():
+    model = MLP((8, 5, 4), seed=0)
+    model.biases[0][:] = np.linspace(-1, 1, 5, dtype=np.float32)
+    X, y = np.zeros((7, 8), np.float32), np.arange(7) % 4
+    assert_same_loss_and_grads(model, X, y)
+
+
+def test_numba_matches_reference_when_all_labels_are_the_same():
+    model = MLP((8, 6, 4), seed=0)
+    X, _ = batch((8, 6, 4), 10)
+    assert_same_loss_and_grads(model, X, np.full(10, 2))
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 32, 100])
+def test_numba_train_epoch_matches_reference_from_the_same_seed(batch_size):
+    sizes = (20, 16, 8, 5)
+    model = MLP(sizes, seed=0)
+    X, y = batch(sizes, 100)
+    m1, m2 = model.copy(), model.copy()
+    loss1 = numba_backend.train_epoch(m1, X, y, batch_size=batch_size, lr=0.1, rng=np.random.default_rng(3))
+    loss2 = numpy_backend.train_epoch(m2, X, y, batch_size=batch_size, lr=0.1, rng=np.random.default_rng(3))
+    assert loss1 == pytest.approx(loss2, rel=1e-5)
+    assert_same_params(m1, m2, rtol=1e-4)
+
+
+def test_numba_train_epoch_on_pixels_equals_the_float32_input():
+    sizes = (20, 8, 4)
+    rng = np.random.default_rng(0)
+    pixels = Pixels(rng.integers(0, 256, (60, 20)).astype(np.uint8))
+    y = rng.integers(0, 4, 60)
+    m1, m2 = MLP(sizes, seed=0), MLP(sizes, seed=0)
+    loss1 = numba_backend.train_epoch(m1, pixels, y, batch_size=16, lr=0.1, rng=np.random.default_rng(1))
+    loss2 = numba_backend.train_epoch(m2, pixels.to_float32(), y, batch_size=16, lr=0.1, rng=np.random.default_rng(1))
+    assert loss1 == loss2
+    for p1, p2 in zip(m1.weights + m1.biases, m2.weights + m2.biases):
+        np.testing.assert_array_equal(p1, p2)
+
+
+def test_numba_train_epoch_with_small_and_large_batches_uses_both_blas_settings():
+    sizes = (10, 6, 3)
+    X, y = batch(sizes, 200)
+    for batch_size in (16, 150):  # one-thread and default BLAS paths
+        m1, m2 = MLP(sizes, seed=0), MLP(sizes, seed=0)
+        numba_backend.train_epoch(m1, X, y, batch_size=batch_size, lr=0.1, rng=np.random.default_rng(2))
+        numpy_backend.train_epoch(m2, X, y, batch_size=batch_size, lr=0.1, rng=np.random.default_rng(2))
+        assert_same_params(m1, m2, rtol=1e-4)
+
+
+def test_compile_seconds_reports_a_duration():
+    assert compile_seconds((6, 4, 3)) >= 0.0
