@@ -1,0 +1,107 @@
+"""Equivalence checks between backends, for fastmlp's tests and for other projects' CI.
+
+Differences are measured relative to the largest magnitude of the compared quantity:
+    error(a, b) = max|a - b| / max(max|a|, max|b|, floor)
+so that a gradient whose entries span many orders of magnitude is judged by its scale, as
+float32 rounding is. Typical float32 tolerances: 1e-5 for one forward/backward pass, and a
+few 1e-5 after tens of SGD steps (rounding differences grow slowly along a trajectory).
+"""
+
+import numpy as np
+
+from .backends import get_backend
+from .inputs import check_features, check_labels, check_model, check_positive_int
+
+DEFAULT_RTOL = 1e-5
+DEFAULT_TRAJECTORY_RTOL = 1e-4
+
+
+def scaled_error(a, b, floor=1e-12):
+    """max|a - b| relative to the largest magnitude in a or b (at least `floor`), and where it is."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        return np.inf, None
+    diff = np.abs(a - b)
+    if diff.size == 0:
+        return 0.0, None
+    worst = np.unravel_index(np.argmax(diff), diff.shape)
+    scale = max(np.abs(a).max(), np.abs(b).max(), floor)
+    return float(diff[worst] / scale), tuple(int(i) for i in worst)
+
+
+def _compare(report, what, names, a, b, rtol):
+    error, where = scaled_error(a, b)
+    if not error <= rtol:  # also catches NaN
+        if where is None:
+            report.append(f"{what}: shapes differ, {names[0]} {np.shape(a)} vs {names[1]} {np.shape(b)}")
+        else:
+            report.append(
+                f"{what}: scaled difference {error:.3g} > {rtol:g} at {list(where)} "
+                f"({names[0]} {np.asarray(a)[where]:.8g}, {names[1]} {np.asarray(b)[where]:.8g})"
+            )
+    return error
+
+
+def backend_differences(model, X, y, *, backends=("numpy", "numba"), steps=20, lr=0.1, batch_size=32,
+                        rtol=DEFAULT_RTOL, trajectory_rtol=DEFAULT_TRAJECTORY_RTOL, seed=0):
+    """Compare two backends on (X, y) from `model`'s parameters, which are left unchanged.
+
+    Returns (report lines for every quantity out of tolerance, {quantity: scaled error}).
+    Compared: forward probabilities, loss, every gradient (on the whole of X), and the
+    parameters after each of `steps` SGD steps taken from the same start on the same batches
+    (batches of `batch_size` rows drawn with `numpy.random.default_rng(seed)`).
+    """
+    check_model(model)
+    X = check_features(X, model.n_features)
+    y = check_labels(y, len(X), model.n_classes)
+    steps = int(steps)
+    batch_size = check_positive_int(batch_size, "batch_size")
+    names = tuple(backends)
+    first, second = (get_backend(name) if isinstance(name, str) else name for name in names)
+    report, errors = [], {}
+
+    errors["forward"] = _compare(report, "forward", names, first.forward(model, X), second.forward(model, X), rtol)
+    loss_a, dW_a, db_a = first.loss_and_grads(model, X, y)
+    loss_b, dW_b, db_b = second.loss_and_grads(model, X, y)
+    errors["loss"] = _compare(report, "loss", names, loss_a, loss_b, rtol)
+    for i in range(len(dW_a)):
+        errors[f"dW[{i}]"] = _compare(report, f"dW[{i}]", names, dW_a[i], dW_b[i], rtol)
+        errors[f"db[{i}]"] = _compare(report, f"db[{i}]", names, db_a[i], db_b[i], rtol)
+
+    models = (model.copy(), model.copy())
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for step in range(1, steps + 1):
+        batch = rng.choice(len(X), size=min(batch_size, len(X)), replace=False)
+        losses = [backend.sgd_step(m, X[batch], y[batch], lr) for backend, m in zip((first, second), models)]
+        step_report = []
+        worst = max(worst, _compare(step_report, f"step {step} loss", names, *losses, trajectory_rtol))
+        for i in range(len(model.weights)):
+            for kind in ("weights", "biases"):
+                a, b = (getattr(m, kind)[i] for m in models)
+                worst = max(worst, _compare(step_report, f"step {step} {kind}[{i}]", names, a, b, trajectory_rtol))
+        if step_report:
+            report.extend(step_report)
+            break  # later steps only repeat the divergence
+    errors["trajectory"] = worst
+    return report, errors
+
+
+def assert_backends_equivalent(model, X, y, *, backends=("numpy", "numba"), steps=20, lr=0.1, batch_size=32,
+                               rtol=DEFAULT_RTOL, trajectory_rtol=DEFAULT_TRAJECTORY_RTOL, seed=0):
+    """Raise AssertionError, reporting the worst differences, unless two backends agree.
+
+    See `backend_differences` for what is compared and how tolerances are measured.
+    """
+    report, errors = backend_differences(
+        model, X, y, backends=backends, steps=steps, lr=lr, batch_size=batch_size, rtol=rtol,
+        trajectory_rtol=trajectory_rtol, seed=seed,
+    )
+    if report:
+        names = [getattr(b, "name", b) for b in backends]
+        raise AssertionError(
+            f"backends {names[0]!r} and {names[1]!r} differ on {model!r} with a batch of {len(y)}:\n  "
+            + "\n  ".join(report)
+        )
+    return errors
