@@ -16,6 +16,7 @@ from collections import OrderedDict
 
 import numpy as np
 from numba import njit
+from threadpoolctl import ThreadpoolController
 
 from ..inputs import Pixels
 from ..kernels import (
@@ -128,18 +129,11 @@ class Backend(BackendBase):
         self._blas_controller = None
 
     def _blas_threads(self, batch_size):
-        """A context limiting BLAS to one thread for small batches (a no-op without threadpoolctl)."""
+        """A context limiting BLAS to one thread for small batches."""
         if batch_size > SINGLE_THREAD_BLAS_MAX_BATCH:
             return contextlib.nullcontext()
-        if self._blas_controller is None:
-            try:
-                from threadpoolctl import ThreadpoolController
-            except ImportError:
-                self._blas_controller = False
-            else:
-                self._blas_controller = ThreadpoolController()
-        if not self._blas_controller:
-            return contextlib.nullcontext()
+        if self._blas_controller is None:  # made lazily: it inspects every loaded library
+            self._blas_controller = ThreadpoolController()
         return self._blas_controller.limit(limits=1, user_api="blas")
 
     def _workspace(self, layer_sizes, rows):
