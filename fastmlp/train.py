@@ -83,13 +83,16 @@ def run(args):
 
     model = MLP([X_train.shape[1], *args.hidden, 10], init=args.init, seed=args.seed)
     backend = get_backend(args.backend)
+    compile_seconds = backend.warm_up(model, pixels=True)
     trainer = Trainer(model, backend, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
     say(f"fastmlp {__version__}: backend {args.backend}, net {'-'.join(map(str, model.layer_sizes))}, "
         f"{args.dataset} {len(X_train):,} train / {len(validation[0]):,} {val_label}, "
-        f"batch {args.batch_size}, lr {args.lr:g}, seed {args.seed} (data loaded in {data_seconds:.1f} s)")
+        f"batch {args.batch_size}, lr {args.lr:g}, seed {args.seed} "
+        f"(data loaded in {data_seconds:.1f} s, compiled in {compile_seconds:.1f} s)")
     history = trainer.fit(
         X_train, y_train, epochs=args.epochs, validation_data=validation,
         on_epoch_end=lambda record: say(format_epoch(record, args.epochs, val_label)),
+        progress_bar=not args.quiet and sys.stderr.isatty(),
     )
     test_loss, test_accuracy = trainer.evaluate(X_test, y_test)
     print(f"test accuracy {100 * test_accuracy:.2f}%  (loss {test_loss:.4f}, {args.epochs} epochs, "
@@ -99,7 +102,8 @@ def run(args):
         "test_accuracy": test_accuracy,
         "test_loss": test_loss,
         "history": history.as_dicts(),
-        "timings": {"data_load_s": data_seconds},
+        "timings": {"data_load_s": data_seconds, "compile_s": compile_seconds,
+                    "train_s": sum(history.column("seconds")), "total_s": time.perf_counter() - start},
         "config": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
     }
     if args.save:

@@ -5,10 +5,12 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from tqdm import tqdm
 
 from .backends import get_backend
+from .backends.base import BackendBase
 from .backends.numpy_ref import hidden_activations, log_softmax
-from .inputs import Pixels, check_features, check_labels, check_positive_float, check_positive_int
+from .inputs import check_features, check_labels, check_model, check_positive_float, check_positive_int
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -64,6 +66,9 @@ class Trainer:
     """
 
     def __init__(self, model, backend="numba", *, lr=0.1, batch_size=32, seed=0):
+        check_model(model)
+        if not isinstance(backend, (str, BackendBase)):
+            raise TypeError(f"backend must be a backend name or a fastmlp backend, got {type(backend).__name__}")
         self.model = model
         self.backend = get_backend(backend) if isinstance(backend, str) else backend
         self.lr = check_positive_float(lr, "lr")
@@ -71,24 +76,30 @@ class Trainer:
         self.rng = np.random.default_rng(seed)
         self.history = History()
 
-    def fit(self, X, y, *, epochs, validation_data=None, verbose=False, val_label="val", on_epoch_end=None):
+    def fit(self, X, y, *, epochs, validation_data=None, verbose=False, val_label="val", on_epoch_end=None,
+            progress_bar=False):
         """Train for `epochs` more epochs; return the History of every epoch so far.
 
-        verbose prints one line per epoch; `on_epoch_end(record)` is called after each epoch.
+        verbose prints one line per epoch; `on_epoch_end(record)` is called after each epoch;
+        progress_bar shows a tqdm bar on stderr within each epoch.
         Raises TrainingDivergedError, naming the epoch, if the loss becomes NaN or inf.
         """
         epochs = check_positive_int(epochs, "epochs")
+        check_model(self.model)
         X = check_features(X, self.model.n_features)
         y = check_labels(y, len(X), self.model.n_classes)
         if validation_data is not None:
             X_val, y_val = _check_pair(validation_data, self.model)
         first = len(self.history) + 1
-        for epoch in range(first, first + epochs):
-            start = time.perf_counter()
-            loss = self.backend.train_epoch(
-                self.model, X, y, batch_size=self.batch_size, lr=self.lr, rng=self.rng
-            )
-            seconds = time.perf_counter() - start
+        last = first + epochs - 1
+        for epoch in range(first, last + 1):
+            with tqdm(total=len(X), desc=f"epoch {epoch}/{last}", unit="samples", unit_scale=True,
+                      leave=False, disable=not progress_bar) as bar:
+                start = time.perf_counter()
+                # Validated once above: the public train_epoch would scan X for NaN again every epoch.
+                loss = self.backend._train_epoch(self.model, X, y, self.batch_size, self.lr, self.rng,
+                                                 bar.update if progress_bar else None)
+                seconds = time.perf_counter() - start
             if not math.isfinite(loss):
                 raise TrainingDivergedError(
                     f"training diverged in epoch {epoch}: the loss became {loss} "
@@ -100,7 +111,7 @@ class Trainer:
             record = EpochRecord(epoch, loss, val_loss, val_accuracy, seconds, len(X) / seconds)
             self.history.epochs.append(record)
             if verbose:
-                print(format_epoch(record, first + epochs - 1, val_label), flush=True)
+                print(format_epoch(record, last, val_label), flush=True)
             if on_epoch_end is not None:
                 on_epoch_end(record)
         return self.history

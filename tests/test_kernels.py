@@ -7,7 +7,7 @@ from numba import njit
 from numba.core.runtime import _nrt_python, rtsys
 
 from fastmlp import MLP, kernels
-from fastmlp.backends.numba_fused import Backend, _Workspace, train_epoch_inplace
+from fastmlp.backends.numba_fused import Backend, _Workspace, train_batches_inplace
 
 RTOL = 1e-5
 
@@ -151,14 +151,14 @@ def test_fused_training_loop_allocates_nothing_per_step(rng):
     ws = _Workspace(model.layer_sizes, batch)
     params = (tuple(model.weights), tuple(model.biases), X, np.float32(1.0), y)
     buffers = (batch, np.float32(0.01), ws.acts, ws.deltas, ws.db, ws.labels)
-    train_epoch_inplace(*params, rng.permutation(640), *buffers)  # compile first
+    train_batches_inplace(*params, rng.permutation(640), *buffers)  # compile first
     allocations = {}
     _nrt_python.memsys_enable_stats()
     try:
         for steps in (80, 160):  # epochs over the first 640 and all 1280 rows
             order = rng.permutation(steps * batch)
             before = rtsys.get_allocation_stats().alloc
-            train_epoch_inplace(*params, order, *buffers)
+            train_batches_inplace(*params, order, *buffers)
             allocations[steps] = rtsys.get_allocation_stats().alloc - before
     finally:
         _nrt_python.memsys_disable_stats()

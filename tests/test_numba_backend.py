@@ -118,3 +118,24 @@ def test_numba_train_epoch_with_small_and_large_batches_uses_both_blas_settings(
 
 def test_compile_seconds_reports_a_duration():
     assert compile_seconds((6, 4, 3)) >= 0.0
+
+
+@pytest.mark.parametrize("backend", [numpy_backend, numba_backend], ids=["numpy", "numba"])
+def test_progress_counts_every_sample_and_leaves_the_result_unchanged(backend):
+    sizes = (10, 6, 3)
+    X, y = batch(sizes, 1000)
+    m1, m2 = MLP(sizes, seed=0), MLP(sizes, seed=0)
+    updates = []
+    loss1 = backend.train_epoch(m1, X, y, batch_size=7, lr=0.1, rng=np.random.default_rng(2), progress=updates.append)
+    loss2 = backend.train_epoch(m2, X, y, batch_size=7, lr=0.1, rng=np.random.default_rng(2))
+    assert sum(updates) == 1000 and 10 <= len(updates) <= 60
+    assert all(n % 7 == 0 for n in updates[:-1])  # whole batches: chunking never splits one
+    assert loss1 == pytest.approx(loss2, rel=1e-12)
+    for p1, p2 in zip(m1.weights + m1.biases, m2.weights + m2.biases):
+        np.testing.assert_array_equal(p1, p2)
+
+
+@pytest.mark.parametrize("pixels", [False, True])
+def test_warm_up_compiles_the_epoch_function_and_reports_seconds(pixels):
+    assert numba_backend.warm_up(MLP((6, 4, 3)), pixels=pixels) >= 0.0
+    assert numpy_backend.warm_up(MLP((6, 4, 3)), pixels=pixels) == 0.0

@@ -30,14 +30,24 @@ class BackendBase:
         lr = check_positive_float(lr, "lr")
         return self._sgd_step(model, _as_array(X), y, lr)
 
-    def train_epoch(self, model, X, y, *, batch_size, lr, rng):
-        """One shuffled pass of SGD over (X, y); returns the mean loss over the samples."""
+    def train_epoch(self, model, X, y, *, batch_size, lr, rng, progress=None):
+        """One shuffled pass of SGD over (X, y); returns the mean loss over the samples.
+
+        progress, if given, is called with the number of samples just trained, a few dozen
+        times per epoch at most (e.g. `tqdm.update`).
+        """
         X, y = self._check_batch(model, X, y)
         batch_size = check_positive_int(batch_size, "batch_size")
         lr = check_positive_float(lr, "lr")
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-        return self._train_epoch(model, X, y, batch_size, lr, rng)
+        if progress is not None and not callable(progress):
+            raise TypeError(f"progress must be callable or None, got {type(progress).__name__}")
+        return self._train_epoch(model, X, y, batch_size, lr, rng, progress)
+
+    def warm_up(self, model, *, pixels=False):
+        """Prepare whatever the first epoch would otherwise pay for (JIT compilation); returns seconds."""
+        return 0.0
 
     @staticmethod
     def _check_batch(model, X, y):
@@ -45,6 +55,18 @@ class BackendBase:
         X = check_features(X, model.n_features)
         y = check_labels(y, len(X), model.n_classes)
         return X, y
+
+
+PROGRESS_UPDATES = 50
+
+
+def epoch_chunks(order, batch_size, progress):
+    """`order` cut into whole batches: one piece without progress, about PROGRESS_UPDATES with it."""
+    if progress is None:
+        return [order]
+    batches_per_chunk = max(1, -(-len(order) // (batch_size * PROGRESS_UPDATES)))
+    step = batches_per_chunk * batch_size
+    return [order[start : start + step] for start in range(0, len(order), step)]
 
 
 def _as_array(X):

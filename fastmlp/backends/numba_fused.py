@@ -25,7 +25,7 @@ from ..kernels import (
     sgd_gemm_update_inplace,
     sgd_update_inplace, softmax_inplace, softmax_xent_backward_inplace,
 )
-from .base import BackendBase
+from .base import BackendBase, epoch_chunks
 
 _MAX_WORKSPACES = 4
 # Up to this batch size the epoch runs with single-threaded BLAS. Each step's weight update
@@ -95,8 +95,8 @@ def sgd_step_inplace(weights, biases, acts, deltas, db, labels, lr):
 
 
 @njit(cache=True)
-def train_epoch_inplace(weights, biases, X, scale, y, order, batch_size, lr, acts, deltas, db, labels):
-    """SGD over the rows of X (float32, or uint8 times scale) in `order`, batch by batch; returns the mean loss."""
+def train_batches_inplace(weights, biases, X, scale, y, order, batch_size, lr, acts, deltas, db, labels):
+    """SGD over the rows of X (float32, or uint8 times scale) in `order`, batch by batch; returns the summed loss."""
     n = order.shape[0]
     total = 0.0
     for start in range(0, n, batch_size):
@@ -105,7 +105,7 @@ def train_epoch_inplace(weights, biases, X, scale, y, order, batch_size, lr, act
         gather_rows_scaled(acts[0][:nb], X, rows, scale)
         gather_labels(labels[:nb], y, rows)
         total += sgd_step_inplace(weights, biases, acts, deltas, db, labels[:nb], lr) * nb
-    return total / n
+    return total
 
 
 class _Workspace:
@@ -166,17 +166,35 @@ class Backend(BackendBase):
                                 ws.db, y, np.float32(lr))
         return float(loss)
 
-    def _train_epoch(self, model, X, y, batch_size, lr, rng):
-        order = rng.permutation(len(X))
+    def _train_epoch(self, model, X, y, batch_size, lr, rng, progress=None):
         if isinstance(X, Pixels):
             data, scale = X.data, np.float32(X.scale)
         else:
             data, scale = X, np.float32(1.0)  # x * 1.0f is exact: one gather kernel serves both
         ws = self._workspace(model.layer_sizes, min(batch_size, len(data)))
+        params = tuple(model.weights), tuple(model.biases)
+        total = 0.0
         with self._blas_threads(batch_size):
-            loss = train_epoch_inplace(tuple(model.weights), tuple(model.biases), data, scale, y, order,
-                                       batch_size, np.float32(lr), ws.acts, ws.deltas, ws.db, ws.labels)
-        return float(loss)
+            # One nopython call per chunk: the whole epoch without progress, ~50 calls with it.
+            for chunk in epoch_chunks(rng.permutation(len(data)), batch_size, progress):
+                total += train_batches_inplace(*params, data, scale, y, chunk, batch_size, np.float32(lr),
+                                               ws.acts, ws.deltas, ws.db, ws.labels)
+                if progress is not None:
+                    progress(len(chunk))
+        return total / len(data)
+
+    def warm_up(self, model, *, pixels=False):
+        """Compile (or load from Numba's cache) the epoch function for nets of model's depth; returns seconds.
+
+        Compiled code depends only on the depth and the input dtype, so a tiny net of the same depth does.
+        """
+        from ..model import MLP
+
+        tiny = MLP((2,) * len(model.layer_sizes), seed=0)
+        X = Pixels(np.zeros((2, 2), dtype=np.uint8)) if pixels else np.zeros((2, 2), dtype=np.float32)
+        start = time.perf_counter()
+        Backend().train_epoch(tiny, X, np.zeros(2, dtype=np.int64), batch_size=1, lr=0.01, rng=np.random.default_rng(0))
+        return time.perf_counter() - start
 
 
 def compile_seconds(layer_sizes=(784, 128, 64, 10), pixels=False):

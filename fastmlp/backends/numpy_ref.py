@@ -9,7 +9,7 @@ Backward, with dZ_L = (P - onehot(y)) / n:
 
 import numpy as np
 
-from .base import BackendBase
+from .base import BackendBase, epoch_chunks
 
 
 def log_softmax(Z):
@@ -61,11 +61,12 @@ class Backend(BackendBase):
             b -= lr * gb
         return loss
 
-    def _train_epoch(self, model, X, y, batch_size, lr, rng):
-        order = rng.permutation(len(X))
+    def _train_epoch(self, model, X, y, batch_size, lr, rng, progress=None):
         total = 0.0
-        for start in range(0, len(X), batch_size):
-            batch = order[start : start + batch_size]
-            Xb = X[batch]
-            total += self._sgd_step(model, Xb, y[batch], lr) * len(batch)
+        for chunk in epoch_chunks(rng.permutation(len(X)), batch_size, progress):
+            for start in range(0, len(chunk), batch_size):
+                batch = chunk[start : start + batch_size]
+                total += self._sgd_step(model, X[batch], y[batch], lr) * len(batch)
+            if progress is not None:
+                progress(len(chunk))
         return total / len(X)
