@@ -18,7 +18,6 @@ import math
 import numbers
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ._atomic import atomic_write
 from .inputs import Pixels
 
 # Mirror base URLs per dataset, tried in order; a file's URL is the base followed by its name.
@@ -274,31 +274,26 @@ def _fetch_verified(url, dest, kind, digest, progress):
 
     The temp file is removed on any failure, so dest either is a verified file or does not exist.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT) as response:
-            expected_length = getattr(response, "length", None)  # None without a Content-Length
-            hasher = hashlib.sha256()
-            received = 0
-            show = sys.stderr.isatty() if progress is None else progress
-            with tqdm(total=expected_length, unit="B", unit_scale=True, unit_divisor=1024,
-                      desc=dest.name, disable=not show, leave=False) as bar:
-                while chunk := response.read(_CHUNK):
-                    out.write(chunk)
-                    hasher.update(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
+    with atomic_write(dest) as out, urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+        expected_length = getattr(response, "length", None)  # None without a Content-Length
+        hasher = hashlib.sha256()
+        received = 0
+        show = sys.stderr.isatty() if progress is None else progress
+        with tqdm(total=expected_length, unit="B", unit_scale=True, unit_divisor=1024,
+                  desc=dest.name, disable=not show, leave=False) as bar:
+            while chunk := response.read(_CHUNK):
+                out.write(chunk)
+                hasher.update(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
         # http.client returns short reads silently when the connection drops, so count the bytes.
         if expected_length is not None and received < expected_length:
             raise ConnectionError(f"connection closed after {received} of {expected_length} bytes")
-        actual = hasher.hexdigest() if kind == "gz" else _sha256_decompressed(tmp)
+        out.flush()
+        actual = hasher.hexdigest() if kind == "gz" else _sha256_decompressed(out.name)
         if actual != digest:
             what = "of the file" if kind == "gz" else "of the decompressed content"
             raise ValueError(f"SHA-256 mismatch {what}: got {actual}, expected {digest}")
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _sha256_decompressed(path):

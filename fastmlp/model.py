@@ -1,12 +1,12 @@
 """The MLP's parameters: initialisation, prediction, save and load. No training maths here."""
 
 import numbers
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from ._atomic import atomic_write
 
 INITS = ("he", "normal")
 
@@ -75,14 +75,8 @@ class MLP:
         for i, (W, b) in enumerate(zip(self.weights, self.biases)):
             arrays[f"W{i}"] = W
             arrays[f"b{i}"] = b
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        with atomic_write(path) as f:
+            np.savez(f, **arrays)
 
     @classmethod
     def load(cls, path):

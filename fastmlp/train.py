@@ -5,11 +5,11 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from . import __version__
+from ._atomic import atomic_write
 from .backends import get_backend
 from .datasets import load_mnist, train_val_split
 from .model import INITS, MLP
@@ -110,22 +110,11 @@ def run(args):
         model.save(args.save)
         say(f"model saved to {args.save}")
     if args.metrics_json:
-        write_text_atomically(args.metrics_json, json.dumps(metrics, indent=2) + "\n")
+        with atomic_write(args.metrics_json, "w", encoding="utf-8") as f:
+            json.dump(metrics, f, indent=2)
+            f.write("\n")
         say(f"metrics written to {args.metrics_json}")
     return metrics
-
-
-def write_text_atomically(path, text):
-    """Write text to path through a temp file in the same folder, renamed when complete."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _check_writable_folder(path, option):
