@@ -77,6 +77,7 @@ TIMEOUT = 30.0  # seconds without progress before a mirror is given up
 _CHUNK = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 _IDX_UINT8 = 0x08
+_IDX_MAX_DIMS = 32  # NumPy's limit (32 before NumPy 2); images and labels need 3 and 1
 
 
 class DatasetError(ValueError):
@@ -121,22 +122,25 @@ def _parse_idx(f, path):
     if header[2] != _IDX_UINT8:
         raise DatasetError(f"{path}: unsupported IDX data type 0x{header[2]:02x} (only 0x08, uint8, is supported)")
     ndim = header[3]
-    if ndim == 0:
-        raise DatasetError(f"{path}: IDX header declares 0 dimensions")
+    if not 1 <= ndim <= _IDX_MAX_DIMS:
+        raise DatasetError(f"{path}: IDX header declares {ndim} dimensions; 1 to {_IDX_MAX_DIMS} are supported")
     dims_bytes = _read_exactly(f, 4 * ndim)
     if len(dims_bytes) < 4 * ndim:
         raise DatasetError(f"{path}: truncated header, {len(dims_bytes)} of the {4 * ndim} bytes "
                            f"giving {ndim} dimensions")
     shape = tuple(int(d) for d in np.frombuffer(dims_bytes, dtype=">u4"))
-    out = np.empty(shape, dtype=np.uint8)
-    n_read = _readinto_fully(f, out.reshape(-1))
-    if n_read < out.size:
-        raise DatasetError(f"{path}: truncated, {n_read} data bytes where the header's shape {shape} "
-                           f"needs {out.size}")
-    if f.read(1):
-        raise DatasetError(f"{path}: too long, data continues past the {out.size} bytes of the header's "
+    needed = math.prod(shape)
+    # The header alone never decides how much memory is taken: a corrupt header may declare
+    # terabytes, and a gzip stream's length is unknown until it is read. Memory grows with the
+    # data actually read, and reading stops one byte past what the header asked for.
+    data = _read_at_most(f, needed + 1)
+    if len(data) < needed:
+        raise DatasetError(f"{path}: truncated, {len(data)} data bytes where the header's shape {shape} "
+                           f"needs {needed}")
+    if len(data) > needed:
+        raise DatasetError(f"{path}: too long, data continues past the {needed} bytes of the header's "
                            f"shape {shape}")
-    return out
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)  # a bytearray: writable, no copy
 
 
 def _read_exactly(f, n):
@@ -151,16 +155,15 @@ def _read_exactly(f, n):
     return b"".join(parts)
 
 
-def _readinto_fully(f, flat):
-    """Fill the 1-D uint8 array `flat` from f chunk by chunk; returns the number of bytes read."""
-    view = memoryview(flat)
-    filled = 0
-    while filled < len(view):
-        n = f.readinto(view[filled:filled + _CHUNK])
-        if not n:
+def _read_at_most(f, limit):
+    """Up to `limit` bytes of f as a bytearray, read chunk by chunk so memory follows the data."""
+    data = bytearray()
+    while len(data) < limit:
+        chunk = f.read(min(_CHUNK, limit - len(data)))
+        if not chunk:
             break
-        filled += n
-    return filled
+        data += chunk
+    return data
 
 
 # --- finding the files -------------------------------------------------------------------------

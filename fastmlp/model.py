@@ -1,10 +1,13 @@
 """The MLP's parameters: initialisation, prediction, save and load. No training maths here."""
 
+import math
 import numbers
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 from ._atomic import atomic_write
 
@@ -85,9 +88,10 @@ class MLP:
         if not path.is_file():
             raise FileNotFoundError(f"model file not found: {path}")
         try:
+            _check_declared_sizes(path)
             with np.load(path, allow_pickle=False) as npz:
                 arrays = {name: npz[name] for name in npz.files}
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        except _UNREADABLE as exc:
             raise ModelFileError(f"{path} is not a readable fastmlp model (.npz): {exc}") from None
         return cls._from_arrays(arrays, path)
 
@@ -119,6 +123,38 @@ class MLP:
                     raise ModelFileError(f"{path}: {name} contains NaN or inf")
                 dest.append(np.array(a, dtype=np.float32, order="C"))
         return model
+
+
+# What reading a corrupt .npz can raise: zipfile raises NotImplementedError for an unknown
+# compression method and RuntimeError for an entry flagged as encrypted; zlib.error on bad deflate data.
+_UNREADABLE = (ValueError, OSError, EOFError, KeyError, NotImplementedError, RuntimeError,
+               zipfile.BadZipFile, zlib.error)
+# Deflate expands at most about 1032:1, so an entry's declared size beyond that is a lie.
+_MAX_DEFLATE_RATIO = 1032
+_NPY_HEADER_READERS = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
+
+
+def _check_declared_sizes(path):
+    """Raise ModelFileError if an entry declares more data than the file can hold.
+
+    np.load allocates each array from its header alone before reading any data, so a corrupt
+    header could otherwise ask for terabytes; here every declared size is bounded by the file's.
+    """
+    archive_size = path.stat().st_size
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            ratio = 1 if info.compress_type == zipfile.ZIP_STORED else _MAX_DEFLATE_RATIO
+            if info.compress_size > archive_size or info.file_size > ratio * info.compress_size:
+                raise ModelFileError(f"entry {info.filename!r} declares {info.file_size} bytes, "
+                                     f"more than the {archive_size}-byte file can hold")
+            with zf.open(info) as member:
+                read_header = _NPY_HEADER_READERS.get(npy_format.read_magic(member))
+                if read_header is None:
+                    raise ModelFileError(f"entry {info.filename!r} has an unsupported .npy format version")
+                shape, _, dtype = read_header(member)
+            if math.prod(shape) * dtype.itemsize > info.file_size:
+                raise ModelFileError(f"entry {info.filename!r} declares a {dtype} array of shape {shape}, "
+                                     f"more than its {info.file_size} bytes hold")
 
 
 def _check_layer_sizes(layer_sizes):
