@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ._atomic import atomic_write
-from .inputs import Pixels
+from .inputs import Pixels, make_rng
 
 # Mirror base URLs per dataset, tried in order; a file's URL is the base followed by its name.
 MIRRORS = {
@@ -364,18 +364,25 @@ def train_val_split(X, y, val_size, seed):
     both parts must be non-empty. The rows are drawn with np.random.default_rng(seed) and keep
     their original order within each part. X may be an array or `Pixels` (its rows are split).
     """
+    if not isinstance(X, Pixels):
+        X = np.asarray(X)
+        if X.ndim == 0:
+            raise ValueError(f"X must be an array of samples, got shape {X.shape}")
+    y = np.asarray(y)
     n = len(X)
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D labels, got shape {y.shape}")
     if len(y) != n:
         raise ValueError(f"X has {n} samples but y has {len(y)} labels")
+    if n < 2:
+        raise ValueError(f"X has {n} samples; a split needs at least 2")
     n_val = _validation_count(val_size, n)
-    permutation = np.random.default_rng(seed).permutation(n)
+    permutation = make_rng(seed).permutation(n)
     val_idx = np.sort(permutation[:n_val])
     train_idx = np.sort(permutation[n_val:])
-    y = np.asarray(y)
     if isinstance(X, Pixels):
         X_train, X_val = Pixels(X.data[train_idx], X.scale), Pixels(X.data[val_idx], X.scale)
     else:
-        X = np.asarray(X)
         X_train, X_val = X[train_idx], X[val_idx]
     return X_train, y[train_idx], X_val, y[val_idx]
 

@@ -28,8 +28,9 @@ class Pixels:
             raise TypeError(f"Pixels.data must be a uint8 numpy array, got {_describe(self.data)}")
         if self.data.ndim != 2:
             raise ValueError(f"Pixels.data must be 2-D (samples, features), got shape {self.data.shape}")
-        if not (isinstance(self.scale, numbers.Real) and math.isfinite(self.scale) and self.scale > 0):
-            raise ValueError(f"Pixels.scale must be a finite number > 0, got {self.scale!r}")
+        scale = check_positive_float(self.scale, "Pixels.scale")
+        if not np.isfinite(np.float32(scale) * np.float32(255)):  # the largest pixel must stay finite
+            raise ValueError(f"Pixels.scale must keep 255 * scale finite in float32, got {scale!r}")
         if not self.data.flags.c_contiguous:
             object.__setattr__(self, "data", np.ascontiguousarray(self.data))
 
@@ -106,12 +107,17 @@ def check_labels(y, n_samples, n_classes, name="y"):
 
 
 def check_positive_float(value, name):
-    """Return value as a float if it is a finite real number > 0."""
+    """Return value as a float if it is a real number > 0 that stays finite and > 0 in float32.
+
+    The kernels compute in float32: 1e300 would become inf there, and 1e-300 zero.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+    with np.errstate(over="ignore", under="ignore"):
+        single = np.float32(value)
+    if not (math.isfinite(value) and value > 0 and np.isfinite(single) and single > 0):
+        raise ValueError(f"{name} must be finite and > 0 (in float32), got {value!r}")
     return value
 
 
@@ -122,6 +128,17 @@ def check_positive_int(value, name):
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return int(value)
+
+
+def make_rng(seed, name="seed"):
+    """A numpy Generator from seed: None (fresh entropy), an int >= 0, or a NumPy seed object."""
+    if isinstance(seed, (np.random.SeedSequence, np.random.BitGenerator, np.random.Generator)):
+        return np.random.default_rng(seed)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise TypeError(f"{name} must be None or an integer >= 0, got {type(seed).__name__}")
+    if seed is not None and seed < 0:
+        raise ValueError(f"{name} must be None or an integer >= 0, got {seed}")
+    return np.random.default_rng(seed)
 
 
 def check_model(model):

@@ -2,6 +2,7 @@
 
 import math
 import numbers
+import os
 import zipfile
 import zlib
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from ._atomic import atomic_write
+from .inputs import check_features, check_model, check_positive_int, make_rng
 
 INITS = ("he", "normal")
 
@@ -27,9 +29,9 @@ class MLP:
 
     def __init__(self, layer_sizes, *, init="he", seed=None):
         self.layer_sizes = _check_layer_sizes(layer_sizes)
-        if init not in INITS:
+        if not isinstance(init, str) or init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
-        rng = np.random.default_rng(seed)
+        rng = make_rng(seed)
         self.weights = []
         self.biases = []
         for fan_in, fan_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:]):
@@ -54,6 +56,9 @@ class MLP:
         from .backends import get_backend
 
         forward = get_backend("numpy").forward
+        check_model(self)
+        X = check_features(X, self.n_features)
+        batch_size = check_positive_int(batch_size, "batch_size")
         n = len(X)
         if n <= batch_size:
             return forward(self, X)
@@ -73,7 +78,12 @@ class MLP:
 
     def save(self, path):
         """Write the parameters to an `.npz` file (no pickled objects), atomically."""
-        path = Path(path)
+        check_model(self)
+        path = _check_path(path)
+        for name, a in [(f"weights[{i}]", W) for i, W in enumerate(self.weights)] + \
+                       [(f"biases[{i}]", b) for i, b in enumerate(self.biases)]:
+            if not np.isfinite(a).all():  # MLP.load would refuse the file
+                raise ValueError(f"model.{name} contains NaN or inf; such a model is not saved")
         arrays = {"layer_sizes": np.asarray(self.layer_sizes, dtype=np.int64)}
         for i, (W, b) in enumerate(zip(self.weights, self.biases)):
             arrays[f"W{i}"] = W
@@ -84,7 +94,7 @@ class MLP:
     @classmethod
     def load(cls, path):
         """Read a model written by `save`; raise ModelFileError on anything unexpected."""
-        path = Path(path)
+        path = _check_path(path)
         if not path.is_file():
             raise FileNotFoundError(f"model file not found: {path}")
         try:
@@ -155,6 +165,12 @@ def _check_declared_sizes(path):
             if math.prod(shape) * dtype.itemsize > info.file_size:
                 raise ModelFileError(f"entry {info.filename!r} declares a {dtype} array of shape {shape}, "
                                      f"more than its {info.file_size} bytes hold")
+
+
+def _check_path(path):
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    return Path(path)
 
 
 def _check_layer_sizes(layer_sizes):

@@ -18,10 +18,13 @@ rounding. Compare trajectories on well-conditioned problems (inputs in [0, 1], a
 use steps=0 for arbitrary generated nets.
 """
 
+import math
+import numbers
+
 import numpy as np
 
 from .backends import get_backend
-from .inputs import check_features, check_labels, check_model, check_positive_int
+from .inputs import check_features, check_labels, check_model, check_positive_float, check_positive_int, make_rng
 
 DEFAULT_RTOL = 1e-5
 DEFAULT_ATOL = 1e-6
@@ -77,8 +80,16 @@ def backend_differences(model, X, y, *, backends=("numpy", "numba"), steps=20, l
     check_model(model)
     X = check_features(X, model.n_features)
     y = check_labels(y, len(X), model.n_classes)
-    steps = int(steps)
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
     batch_size = check_positive_int(batch_size, "batch_size")
+    for name, value in (("rtol", rtol), ("atol", atol), ("trajectory_rtol", trajectory_rtol)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if isinstance(backends, str) or len(backends) != 2:
+        raise ValueError(f"backends must be a pair of backend names or backends, got {backends!r}")
+    lr = check_positive_float(lr, "lr")
+    rng = make_rng(seed)
     names = tuple(backends)
     first, second = (get_backend(name) if isinstance(name, str) else name for name in names)
     report, errors = [], {}
@@ -92,7 +103,6 @@ def backend_differences(model, X, y, *, backends=("numpy", "numba"), steps=20, l
         errors[f"db[{i}]"] = _compare(report, f"db[{i}]", names, db_a[i], db_b[i], rtol, atol)
 
     models = (model.copy(), model.copy())
-    rng = np.random.default_rng(seed)
     worst = 0.0
     for step in range(1, steps + 1):
         batch = rng.choice(len(X), size=min(batch_size, len(X)), replace=False)

@@ -10,7 +10,7 @@ from tqdm import tqdm
 from .backends import get_backend
 from .backends.base import BackendBase
 from .backends.numpy_ref import hidden_activations, log_softmax
-from .inputs import check_features, check_labels, check_model, check_positive_float, check_positive_int
+from .inputs import check_features, check_labels, check_model, check_positive_float, check_positive_int, make_rng
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -73,7 +73,7 @@ class Trainer:
         self.backend = get_backend(backend) if isinstance(backend, str) else backend
         self.lr = check_positive_float(lr, "lr")
         self.batch_size = check_positive_int(batch_size, "batch_size")
-        self.rng = np.random.default_rng(seed)
+        self.rng = make_rng(seed)
         self.history = History()
 
     def fit(self, X, y, *, epochs, validation_data=None, verbose=False, val_label="val", on_epoch_end=None,
@@ -85,6 +85,8 @@ class Trainer:
         Raises TrainingDivergedError, naming the epoch, if the loss becomes NaN or inf.
         """
         epochs = check_positive_int(epochs, "epochs")
+        if on_epoch_end is not None and not callable(on_epoch_end):
+            raise TypeError(f"on_epoch_end must be callable or None, got {type(on_epoch_end).__name__}")
         check_model(self.model)
         X = check_features(X, self.model.n_features)
         y = check_labels(y, len(X), self.model.n_classes)
