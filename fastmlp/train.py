@@ -2,7 +2,6 @@
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -12,6 +11,7 @@ from . import __version__
 from ._atomic import atomic_write
 from .backends import get_backend
 from .datasets import load_mnist, train_val_split
+from .inputs import check_positive_float
 from .model import INITS, MLP
 from .trainer import Trainer, format_epoch
 
@@ -31,7 +31,7 @@ def build_parser():
     parser.add_argument("--epochs", type=_positive_int, default=10)
     parser.add_argument("--batch-size", type=_positive_int, default=32)
     parser.add_argument("--lr", type=_positive_float, default=0.1, help="SGD learning rate")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the shuffling")
+    parser.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the initial weights and the shuffling")
     parser.add_argument("--init", choices=INITS, default="he", help="he: N(0, 2/fan_in); normal: N(0, 0.01^2)")
     parser.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
     parser.add_argument("--data-dir", type=Path, default=None,
@@ -42,6 +42,7 @@ def build_parser():
     parser.add_argument("--save", type=Path, metavar="PATH", help="write the trained model (.npz)")
     parser.add_argument("--metrics-json", type=Path, metavar="PATH", help="write metrics and history as JSON")
     parser.add_argument("--quiet", action="store_true", help="print only the final test accuracy")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("--version", action="version", version=f"fastmlp {__version__}")
     return parser
 
@@ -53,11 +54,18 @@ def _positive_int(text):
     return value
 
 
-def _positive_float(text):
-    value = float(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
     return value
+
+
+def _positive_float(text):
+    try:
+        return check_positive_float(float(text), "value")
+    except ValueError:  # also float("x")
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0 (in float32), got {text}") from None
 
 
 def _fraction(text):
@@ -137,13 +145,23 @@ def main(argv=None):
         for option in ("save", "metrics_json"):
             _check_writable_folder(getattr(args, option), "--" + option.replace("_", "-"))
         run(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # outputs are written atomically, so none is left half-written
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    except (OSError, ValueError, TypeError, ArithmeticError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _one_line(exc):
+    """The exception's message on one line; its type too when it is not an expected runtime error."""
+    message = " ".join(str(exc).split())
+    if not isinstance(exc, (OSError, ValueError, TypeError, ArithmeticError)):
+        message = f"{type(exc).__name__}: {message} (run with --debug for the traceback)"
+    return message
 
 
 if __name__ == "__main__":
