@@ -1,0 +1,247 @@
+"""`fastmlp.kernels` for Python callers: the same functions, arguments checked before the kernel runs.
+
+The @njit kernels assume valid input, because they are called from nopython code where checks
+would cost time on every step; called from Python with a float64 array, a column slice, a short
+buffer or an out-of-range row index they would compute garbage or read out of bounds. Each
+function here has its kernel's name and signature, checks dtypes (float32 data, integer indices),
+C-contiguity, writability of what it overwrites, shapes, index ranges, and refuses an output
+that shares memory with an input it still reads, then calls the kernel. Errors are TypeError
+(wrong type or dtype) or ValueError (anything else), naming the argument.
+"""
+
+import numbers
+
+import numpy as np
+
+from . import kernels
+from .inputs import _describe, check_positive_float
+
+__all__ = kernels.__all__
+
+_BLAS_INT_MAX = 2**31 - 1  # sgemm takes 32-bit dimensions and leading dimensions
+
+
+def _float32(name, a, ndim=None, *, written=False, dtypes=(np.float32,)):
+    if not isinstance(a, np.ndarray) or a.dtype not in dtypes:
+        expected = " or ".join(np.dtype(d).name for d in dtypes)
+        raise TypeError(f"{name} must be a {expected} numpy array, got {_describe(a)}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (np.ascontiguousarray makes a copy that is)")
+    if written and not a.flags.writeable:
+        raise ValueError(f"{name} must be writable: the kernel overwrites it")
+    return a
+
+
+def _integers(name, a, *, written=False):
+    if not isinstance(a, np.ndarray) or a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
+        raise TypeError(f"{name} must be an integer numpy array, got {_describe(a)}")
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
+    if written and not a.flags.writeable:
+        raise ValueError(f"{name} must be writable: the kernel overwrites it")
+    return a
+
+
+def _in_range(name, index, upper, what):
+    if len(index) and (index.min() < 0 or index.max() >= upper):
+        raise ValueError(f"{name} must hold {what} in [0, {upper}), got values in [{index.min()}, {index.max()}]")
+
+
+def _shape(name, a, shape):
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+
+
+def _apart(out_name, out, in_name, a, *, identical_ok=False):
+    """Refuse out sharing memory with a, unless it is the very same array and the kernel is elementwise."""
+    same = (identical_ok and out.shape == a.shape and out.strides == a.strides
+            and out.__array_interface__["data"][0] == a.__array_interface__["data"][0])
+    if not same and np.shares_memory(out, a):
+        raise ValueError(f"{out_name} must not share memory with {in_name}: the kernel reads {in_name} "
+                         f"while it writes {out_name}")
+
+
+def _finite(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    with np.errstate(over="ignore"):
+        single = np.float32(value)
+    if not np.isfinite(single):
+        raise ValueError(f"{name} must be finite in float32, got {value!r}")
+    return single
+
+
+def _check_gemm(names, C, A, B, trans_a, trans_b):
+    c_name, a_name, b_name = names
+    _float32(c_name, C, 2, written=True)
+    _float32(a_name, A, 2)
+    _float32(b_name, B, 2)
+    op_a = A.shape[::-1] if trans_a else A.shape
+    op_b = B.shape[::-1] if trans_b else B.shape
+    a_op = f"{a_name}.T" if trans_a else a_name
+    b_op = f"{b_name}.T" if trans_b else b_name
+    if op_a[1] != op_b[0] or (op_a[0], op_b[1]) != C.shape:
+        raise ValueError(f"{c_name} {C.shape} must be {a_op} {op_a} @ {b_op} {op_b}: shapes do not fit")
+    if op_a[1] == 0:
+        raise ValueError(f"{a_op} and {b_op} must not be empty along the summed dimension, got {op_a} and {op_b}")
+    if max(*C.shape, *A.shape, *B.shape) > _BLAS_INT_MAX:
+        raise ValueError(f"{c_name}, {a_name} and {b_name} must have dimensions below 2**31 (BLAS integers)")
+    _apart(c_name, C, a_name, A)
+    _apart(c_name, C, b_name, B)
+
+
+def gemm_inplace(C, A, B, alpha, beta, trans_a, trans_b):
+    """Checked `kernels.gemm_inplace`: C = alpha * op(A) @ op(B) + beta * C; overwrites C."""
+    for name, flag in (("trans_a", trans_a), ("trans_b", trans_b)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+    _check_gemm(("C", "A", "B"), C, A, B, trans_a, trans_b)
+    kernels.gemm_inplace(C, A, B, _finite("alpha", alpha), _finite("beta", beta), bool(trans_a), bool(trans_b))
+
+
+def matmul_into(C, A, B):
+    """Checked `kernels.matmul_into`: C = A @ B; overwrites C."""
+    _check_gemm(("C", "A", "B"), C, A, B, False, False)
+    kernels.matmul_into(C, A, B)
+
+
+def matmul_bt_into(C, A, B):
+    """Checked `kernels.matmul_bt_into`: C = A @ B.T; overwrites C."""
+    _check_gemm(("C", "A", "B"), C, A, B, False, True)
+    kernels.matmul_bt_into(C, A, B)
+
+
+def matmul_at_into(C, A, B):
+    """Checked `kernels.matmul_at_into`: C = A.T @ B; overwrites C."""
+    _check_gemm(("C", "A", "B"), C, A, B, True, False)
+    kernels.matmul_at_into(C, A, B)
+
+
+def sgd_gemm_update_inplace(W, A, dZ, lr):
+    """Checked `kernels.sgd_gemm_update_inplace`: W -= lr * A.T @ dZ; overwrites W."""
+    _check_gemm(("W", "A", "dZ"), W, A, dZ, True, False)
+    kernels.sgd_gemm_update_inplace(W, A, dZ, np.float32(check_positive_float(lr, "lr")))
+
+
+def _check_bias(Z, b):
+    _float32("Z", Z, 2, written=True)
+    _float32("b", b, 1)
+    _shape("b", b, Z.shape[1:])
+    _apart("Z", Z, "b", b)
+
+
+def bias_forward_inplace(Z, b):
+    """Checked `kernels.bias_forward_inplace`: Z += b row-wise; overwrites Z."""
+    _check_bias(Z, b)
+    kernels.bias_forward_inplace(Z, b)
+
+
+def bias_relu_forward_inplace(Z, b):
+    """Checked `kernels.bias_relu_forward_inplace`: Z = max(Z + b, 0); overwrites Z."""
+    _check_bias(Z, b)
+    kernels.bias_relu_forward_inplace(Z, b)
+
+
+def _check_relu_backward(dA, A):
+    _float32("dA", dA, 2, written=True)
+    _float32("A", A, 2)
+    _shape("A", A, dA.shape)
+    _apart("dA", dA, "A", A, identical_ok=True)  # elementwise: dA is A is well defined
+
+
+def relu_backward_inplace(dA, A):
+    """Checked `kernels.relu_backward_inplace`: dA = dA * (A > 0); overwrites dA."""
+    _check_relu_backward(dA, A)
+    kernels.relu_backward_inplace(dA, A)
+
+
+def relu_backward_bias_grad_inplace(dA, A, db):
+    """Checked `kernels.relu_backward_bias_grad_inplace`: dA = dA * (A > 0), db = its column sums; overwrites both."""
+    _check_relu_backward(dA, A)
+    _float32("db", db, 1, written=True)
+    _shape("db", db, dA.shape[1:])
+    _apart("db", db, "dA", dA)
+    _apart("db", db, "A", A)
+    kernels.relu_backward_bias_grad_inplace(dA, A, db)
+
+
+def _check_logits(Z):
+    _float32("Z", Z, 2, written=True)
+    if Z.shape[1] == 0:
+        raise ValueError(f"Z must have at least one column (class), got shape {Z.shape}")
+
+
+def softmax_inplace(Z):
+    """Checked `kernels.softmax_inplace`: row-wise softmax; overwrites Z."""
+    _check_logits(Z)
+    kernels.softmax_inplace(Z)
+
+
+def softmax_xent_backward_inplace(Z, y):
+    """Checked `kernels.softmax_xent_backward_inplace`: mean cross-entropy; overwrites Z with its gradient."""
+    _check_logits(Z)
+    if Z.shape[0] == 0:
+        raise ValueError("Z is empty: the mean loss needs at least one row")
+    _integers("y", y)
+    _shape("y", y, Z.shape[:1])
+    _in_range("y", y, Z.shape[1], "class indices")
+    _apart("Z", Z, "y", y)
+    return float(kernels.softmax_xent_backward_inplace(Z, y))
+
+
+def bias_grad(dZ, out):
+    """Checked `kernels.bias_grad`: out = column sums of dZ; overwrites out."""
+    _float32("dZ", dZ, 2)
+    _float32("out", out, 1, written=True)
+    _shape("out", out, dZ.shape[1:])
+    _apart("out", out, "dZ", dZ)
+    kernels.bias_grad(dZ, out)
+
+
+def sgd_update_inplace(W, dW, lr):
+    """Checked `kernels.sgd_update_inplace`: W -= lr * dW; overwrites W."""
+    _float32("W", W, written=True)
+    _float32("dW", dW)
+    _shape("dW", dW, W.shape)
+    _apart("W", W, "dW", dW, identical_ok=True)  # elementwise
+    kernels.sgd_update_inplace(W, dW, np.float32(check_positive_float(lr, "lr")))
+
+
+def _check_gather(out, X, rows, x_name, x_dtypes):
+    _float32("out", out, 2, written=True)
+    _float32(x_name, X, 2, dtypes=x_dtypes)
+    _integers("rows", rows)
+    _shape("rows", rows, out.shape[:1])
+    if X.shape[1] != out.shape[1]:
+        raise ValueError(f"out must have {x_name}'s {X.shape[1]} columns, got shape {out.shape}")
+    _in_range("rows", rows, X.shape[0], f"row indices of {x_name}")
+    _apart("out", out, x_name, X)
+    _apart("out", out, "rows", rows)
+
+
+def gather_rows(out, X, rows):
+    """Checked `kernels.gather_rows`: out[i] = X[rows[i]]; overwrites out."""
+    _check_gather(out, X, rows, "X", (np.float32,))
+    kernels.gather_rows(out, X, rows)
+
+
+def gather_rows_scaled(out, pixels_u8, rows, scale):
+    """Checked `kernels.gather_rows_scaled`: out[i] = pixels_u8[rows[i]] * scale; overwrites out."""
+    _check_gather(out, pixels_u8, rows, "pixels_u8", (np.uint8, np.float32))
+    kernels.gather_rows_scaled(out, pixels_u8, rows, np.float32(check_positive_float(scale, "scale")))
+
+
+def gather_labels(out, y, rows):
+    """Checked `kernels.gather_labels`: out[i] = y[rows[i]]; overwrites out."""
+    _integers("out", out, written=True)
+    _integers("y", y)
+    _integers("rows", rows)
+    if not np.can_cast(y.dtype, out.dtype, "safe"):
+        raise TypeError(f"out must hold y's dtype {y.dtype} without loss, got dtype {out.dtype}")
+    _shape("rows", rows, out.shape)
+    _in_range("rows", rows, len(y), "indices of y")
+    _apart("out", out, "y", y)
+    _apart("out", out, "rows", rows)
+    kernels.gather_labels(out, y, rows)
