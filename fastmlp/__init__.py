@@ -7,6 +7,7 @@ Public API:
     Pixels              uint8 images scaled during the batch gather
     datasets            IDX loading, embedded MNIST, verified download
     kernels             public @njit kernels (import fastmlp.kernels)
+    checked_kernels     the same kernels for Python callers, arguments checked
     testing             backend equivalence helpers (import fastmlp.testing)
 """
 
