@@ -113,7 +113,7 @@ def read_idx(path):
 
 
 def _parse_idx(f, path):
-    header = _read_exactly(f, 4)
+    header = _read_at_most(f, 4)
     if len(header) < 4:
         raise DatasetError(f"{path}: truncated, {len(header)} bytes where the 4-byte IDX magic number should be")
     if header[:2] != b"\0\0":
@@ -124,7 +124,7 @@ def _parse_idx(f, path):
     ndim = header[3]
     if not 1 <= ndim <= _IDX_MAX_DIMS:
         raise DatasetError(f"{path}: IDX header declares {ndim} dimensions; 1 to {_IDX_MAX_DIMS} are supported")
-    dims_bytes = _read_exactly(f, 4 * ndim)
+    dims_bytes = _read_at_most(f, 4 * ndim)
     if len(dims_bytes) < 4 * ndim:
         raise DatasetError(f"{path}: truncated header, {len(dims_bytes)} of the {4 * ndim} bytes "
                            f"giving {ndim} dimensions")
@@ -141,18 +141,6 @@ def _parse_idx(f, path):
         raise DatasetError(f"{path}: too long, data continues past the {needed} bytes of the header's "
                            f"shape {shape}")
     return np.frombuffer(data, dtype=np.uint8).reshape(shape)  # a bytearray: writable, no copy
-
-
-def _read_exactly(f, n):
-    """Read up to n bytes, fewer only at end of file (a single read may stop short on gzip)."""
-    parts, missing = [], n
-    while missing:
-        part = f.read(missing)
-        if not part:
-            break
-        parts.append(part)
-        missing -= len(part)
-    return b"".join(parts)
 
 
 def _read_at_most(f, limit):
