@@ -148,6 +148,9 @@ def main(argv=None):
     except KeyboardInterrupt:  # outputs are written atomically, so none is left half-written
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout closed early, as by `| head`: stop quietly, as shell tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
     except Exception as exc:
         if args.debug:
             raise

@@ -123,3 +123,16 @@ def test_a_metrics_write_interrupted_midway_leaves_the_old_file_and_no_temp_file
     assert code == 130 and capsys.readouterr().err == f"{PROG}: interrupted\n"
     assert path.read_text() == '{"old": true}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_a_reader_that_stops_early_ends_the_cli_quietly(tiny_mnist_dir):
+    # As with `python -m fastmlp.train | head -1`: the first line is read, then the pipe closes.
+    # 3000 epoch lines are ~300 kB, more than a pipe holds, so writing must meet the closed end.
+    proc = subprocess.Popen([sys.executable, "-m", "fastmlp.train", "--backend", "numpy", "--data-dir",
+                             str(tiny_mnist_dir), "--epochs", "3000", "--hidden", "4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert stderr == ""
