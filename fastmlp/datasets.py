@@ -67,6 +67,13 @@ BUNDLED_DIRS = {
     "fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")],
 }
 
+# What each class index means, for reports and plots.
+CLASS_NAMES = {
+    "mnist": [str(digit) for digit in range(10)],
+    "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+}
+
 # The four files of a dataset, as (images, labels) for the training and the test set.
 TRAIN_IMAGES, TRAIN_LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
 TEST_IMAGES, TEST_LABELS = "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"

@@ -10,9 +10,10 @@ from pathlib import Path
 from . import __version__
 from ._atomic import atomic_write
 from .backends import get_backend
-from .datasets import load_mnist, train_val_split
+from .datasets import FILES, load_mnist, train_val_split
 from .inputs import check_positive_float
 from .model import INITS, MLP
+from .plot import plot_learning_curves, require_matplotlib
 from .trainer import Trainer, format_epoch
 
 PROG = "python -m fastmlp.train"
@@ -33,18 +34,25 @@ def build_parser():
     parser.add_argument("--lr", type=_positive_float, default=0.1, help="SGD learning rate")
     parser.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the initial weights and the shuffling")
     parser.add_argument("--init", choices=INITS, default="he", help="he: N(0, 2/fan_in); normal: N(0, 0.01^2)")
-    parser.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="folder with the four IDX files (default: $FASTMLP_DATA, the embedded MNIST, the cache)")
-    parser.add_argument("--no-download", action="store_true", help="never use the network")
+    add_data_arguments(parser)
     parser.add_argument("--val-size", type=_fraction, default=0.0,
                         help="fraction of the training set held out for validation (0: report test metrics per epoch)")
     parser.add_argument("--save", type=Path, metavar="PATH", help="write the trained model (.npz)")
     parser.add_argument("--metrics-json", type=Path, metavar="PATH", help="write metrics and history as JSON")
+    parser.add_argument("--plot", type=Path, metavar="PATH",
+                        help="draw the learning curves (loss, accuracy per epoch) as a PNG; needs the plot extra")
     parser.add_argument("--quiet", action="store_true", help="print only the final test accuracy")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("--version", action="version", version=f"fastmlp {__version__}")
     return parser
+
+
+def add_data_arguments(parser):
+    """--dataset, --data-dir and --no-download: where the data comes from, for every fastmlp command."""
+    parser.add_argument("--dataset", choices=sorted(FILES), default="mnist")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="folder with the four IDX files (default: $FASTMLP_DATA, the embedded MNIST, the cache)")
+    parser.add_argument("--no-download", action="store_true", help="never use the network")
 
 
 def _positive_int(text):
@@ -122,13 +130,19 @@ def run(args):
             json.dump(metrics, f, indent=2)
             f.write("\n")
         say(f"metrics written to {args.metrics_json}")
+    if args.plot:
+        plot_learning_curves(history, args.plot, val_label=val_label,
+                             title=f"{'-'.join(map(str, model.layer_sizes))} MLP on {args.dataset}, "
+                                   f"{args.backend} backend: test accuracy {100 * test_accuracy:.2f}%")
+        say(f"learning curves drawn in {args.plot}")
     return metrics
 
 
-def _check_writable_folder(path, option):
-    """Fail before training, not after it, when an output cannot be written."""
+def check_output_path(path, option):
+    """Fail before the work, not after it, when an output cannot be written."""
     if path is None:
         return
+    path = Path(path)
     folder = path.parent
     if not folder.is_dir():
         raise FileNotFoundError(f"{option} {path}: folder {folder} does not exist")
@@ -142,8 +156,10 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        for option in ("save", "metrics_json"):
-            _check_writable_folder(getattr(args, option), "--" + option.replace("_", "-"))
+        for option in ("save", "metrics_json", "plot"):
+            check_output_path(getattr(args, option), "--" + option.replace("_", "-"))
+        if args.plot:
+            require_matplotlib()
         run(args)
     except KeyboardInterrupt:  # outputs are written atomically, so none is left half-written
         print(f"{PROG}: interrupted", file=sys.stderr)
@@ -162,7 +178,7 @@ def main(argv=None):
 def _one_line(exc):
     """The exception's message on one line; its type too when it is not an expected runtime error."""
     message = " ".join(str(exc).split())
-    if not isinstance(exc, (OSError, ValueError, TypeError, ArithmeticError)):
+    if not isinstance(exc, (OSError, ValueError, TypeError, ArithmeticError, ImportError)):
         message = f"{type(exc).__name__}: {message} (run with --debug for the traceback)"
     return message
 
