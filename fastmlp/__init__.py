@@ -3,6 +3,7 @@
 Public API:
     MLP                 parameters, predict, save/load          (fastmlp.model)
     Trainer, History    shuffled minibatch SGD over epochs      (fastmlp.trainer)
+    MLPClassifier       a scikit-learn style estimator          (fastmlp.estimator)
     get_backend, available_backends   "numpy" reference and "numba" fused kernels
     Pixels              uint8 images scaled during the batch gather
     datasets            IDX loading, embedded MNIST, verified download
@@ -15,11 +16,12 @@ __version__ = "0.1.0"
 
 from . import datasets
 from .backends import BackendError, available_backends, get_backend
+from .estimator import MLPClassifier
 from .inputs import Pixels
 from .model import MLP, ModelFileError
 from .trainer import History, Trainer, TrainingDivergedError
 
 __all__ = [
-    "MLP", "ModelFileError", "Trainer", "History", "TrainingDivergedError", "Pixels",
+    "MLP", "MLPClassifier", "ModelFileError", "Trainer", "History", "TrainingDivergedError", "Pixels",
     "get_backend", "available_backends", "BackendError", "datasets", "__version__",
 ]

@@ -88,3 +88,21 @@ def test_module_runs_as_a_script_and_shows_help():
     result = subprocess.run([sys.executable, "-m", "fastmlp.train", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     assert "--backend {numpy,numba}" in result.stdout and "--metrics-json" in result.stdout
+
+
+def test_dataset_switch_finds_fashion_mnist_where_the_system_ships_it(tiny_mnist_dir, tmp_path, capsys, monkeypatch):
+    from fastmlp import datasets
+    from fastmlp.evaluate import main as evaluate_main
+
+    monkeypatch.delenv("FASTMLP_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setitem(datasets.BUNDLED_DIRS, "fashion-mnist", [tiny_mnist_dir])
+    monkeypatch.setitem(datasets.BUNDLED_DIRS, "mnist", [tmp_path / "empty"])
+    code = main(["--backend", "numpy", "--dataset", "fashion-mnist", "--no-download", "--epochs", "1",
+                 "--hidden", "16", "--save", str(tmp_path / "f.npz")])
+    out = capsys.readouterr().out
+    assert code == 0 and "fashion-mnist 600 train / 100 test" in out
+    assert evaluate_main(["--model", str(tmp_path / "f.npz"), "--dataset", "fashion-mnist", "--no-download"]) == 0
+    assert "9 Ankle boot" in capsys.readouterr().out
+    assert main(["--dataset", "mnist", "--no-download", "--epochs", "1"]) == 1
+    assert "mnist not found" in capsys.readouterr().err
