@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -13,6 +14,7 @@ from .backends import get_backend
 from .datasets import FILES, load_mnist, train_val_split
 from .inputs import check_positive_float
 from .model import INITS, MLP
+from .optim import SCHEDULES
 from .plot import plot_learning_curves, require_matplotlib
 from .trainer import Trainer, format_epoch
 
@@ -31,12 +33,25 @@ def build_parser():
                         help="hidden layer widths")
     parser.add_argument("--epochs", type=_positive_int, default=10)
     parser.add_argument("--batch-size", type=_positive_int, default=32)
-    parser.add_argument("--lr", type=_positive_float, default=0.1, help="SGD learning rate")
+    parser.add_argument("--lr", type=_positive_float, default=0.1, help="SGD learning rate (of the first epoch)")
+    parser.add_argument("--momentum", type=_momentum, default=0.0, help="SGD momentum in [0, 1); 0: plain SGD")
+    parser.add_argument("--nesterov", action="store_true", help="Nesterov momentum instead of classical")
+    parser.add_argument("--weight-decay", type=_non_negative_float, default=0.0,
+                        help="L2 weight decay on the weights (not the biases)")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="none",
+                        help="learning rate per epoch: step: times --gamma every --step-size epochs; "
+                             "cosine: from --lr down towards 0 over the epochs")
+    parser.add_argument("--step-size", type=_positive_int, default=10, metavar="EPOCHS",
+                        help="epochs between two decays of the step schedule")
+    parser.add_argument("--gamma", type=_decay_factor, default=0.1, help="the step schedule's decay factor")
     parser.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the initial weights and the shuffling")
     parser.add_argument("--init", choices=INITS, default="he", help="he: N(0, 2/fan_in); normal: N(0, 0.01^2)")
     add_data_arguments(parser)
     parser.add_argument("--val-size", type=_fraction, default=0.0,
                         help="fraction of the training set held out for validation (0: report test metrics per epoch)")
+    parser.add_argument("--patience", type=_positive_int, default=None, metavar="N",
+                        help="stop when the validation loss has not improved for N epochs and keep the best "
+                             "epoch's parameters (needs --val-size)")
     parser.add_argument("--save", type=Path, metavar="PATH", help="write the trained model (.npz)")
     parser.add_argument("--metrics-json", type=Path, metavar="PATH", help="write metrics and history as JSON")
     parser.add_argument("--plot", type=Path, metavar="PATH",
@@ -76,6 +91,27 @@ def _positive_float(text):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0 (in float32), got {text}") from None
 
 
+def _non_negative_float(text):
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _momentum(text):
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def _decay_factor(text):
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def _fraction(text):
     value = float(text)
     if not 0 <= value < 1:
@@ -100,24 +136,29 @@ def run(args):
     model = MLP([X_train.shape[1], *args.hidden, 10], init=args.init, seed=args.seed)
     backend = get_backend(args.backend)
     compile_seconds = backend.warm_up(model, pixels=True)
-    trainer = Trainer(model, backend, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+    trainer = Trainer(model, backend, lr=args.lr, batch_size=args.batch_size, seed=args.seed, momentum=args.momentum,
+                      nesterov=args.nesterov, weight_decay=args.weight_decay, schedule=args.schedule,
+                      step_size=args.step_size, gamma=args.gamma)
     say(f"fastmlp {__version__}: backend {args.backend}, net {'-'.join(map(str, model.layer_sizes))}, "
         f"{args.dataset} {len(X_train):,} train / {len(validation[0]):,} {val_label}, "
-        f"batch {args.batch_size}, lr {args.lr:g}, seed {args.seed} "
+        f"batch {args.batch_size}, {describe_sgd(args)}, seed {args.seed} "
         f"(data loaded in {data_seconds:.1f} s, compiled in {compile_seconds:.1f} s)")
     history = trainer.fit(
         X_train, y_train, epochs=args.epochs, validation_data=validation,
         on_epoch_end=lambda record: say(format_epoch(record, args.epochs, val_label)),
-        progress_bar=not args.quiet and sys.stderr.isatty(),
+        progress_bar=not args.quiet and sys.stderr.isatty(), patience=args.patience,
     )
+    if history.best_epoch is not None and history.best_epoch != history[-1].epoch:
+        say(f"early stopping: kept the parameters of epoch {history.best_epoch}, the lowest validation loss")
     test_loss, test_accuracy = trainer.evaluate(X_test, y_test)
-    print(f"test accuracy {100 * test_accuracy:.2f}%  (loss {test_loss:.4f}, {args.epochs} epochs, "
+    print(f"test accuracy {100 * test_accuracy:.2f}%  (loss {test_loss:.4f}, {len(history)} epochs, "
           f"{sum(history.column('seconds')):.1f} s training)")
 
     metrics = {
         "test_accuracy": test_accuracy,
         "test_loss": test_loss,
         "history": history.as_dicts(),
+        "best_epoch": history.best_epoch,
         "timings": {"data_load_s": data_seconds, "compile_s": compile_seconds,
                     "train_s": sum(history.column("seconds")), "total_s": time.perf_counter() - start},
         "config": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
@@ -131,11 +172,23 @@ def run(args):
             f.write("\n")
         say(f"metrics written to {args.metrics_json}")
     if args.plot:
-        plot_learning_curves(history, args.plot, val_label=val_label,
+        plot_learning_curves(history, args.plot, val_label=val_label, best_epoch=history.best_epoch,
                              title=f"{'-'.join(map(str, model.layer_sizes))} MLP on {args.dataset}, "
                                    f"{args.backend} backend: test accuracy {100 * test_accuracy:.2f}%")
         say(f"learning curves drawn in {args.plot}")
     return metrics
+
+
+def describe_sgd(args):
+    """The optimiser settings in a few words, e.g. 'lr 0.05 cosine, momentum 0.9 (Nesterov)'."""
+    text = f"lr {args.lr:g}" + ("" if args.schedule == "none" else f" {args.schedule}")
+    if args.schedule == "step":
+        text += f" (x{args.gamma:g} every {args.step_size} epochs)"
+    if args.momentum:
+        text += f", momentum {args.momentum:g}" + (" (Nesterov)" if args.nesterov else "")
+    if args.weight_decay:
+        text += f", weight decay {args.weight_decay:g}"
+    return text
 
 
 def check_output_path(path, option):
@@ -155,6 +208,10 @@ def check_output_path(path, option):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.patience is not None and args.val_size == 0:
+        parser.error("--patience needs --val-size > 0: early stopping watches the validation loss")
+    if args.nesterov and args.momentum == 0:
+        parser.error("--nesterov needs --momentum > 0")
     try:
         for option in ("save", "metrics_json", "plot"):
             check_output_path(getattr(args, option), "--" + option.replace("_", "-"))

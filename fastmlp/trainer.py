@@ -10,7 +10,9 @@ from tqdm import tqdm
 from .backends import get_backend
 from .backends.base import BackendBase
 from .backends.numpy_ref import hidden_activations, log_softmax
+from .backends.base import sgd_options
 from .inputs import check_features, check_labels, check_model, check_positive_float, check_positive_int, make_rng
+from .optim import LRSchedule, Velocity, check_sgd_options
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -27,13 +29,18 @@ class EpochRecord:
     val_accuracy: float | None
     seconds: float
     samples_per_s: float
+    lr: float
 
 
 @dataclass
 class History:
-    """One `EpochRecord` per epoch trained, across every call to `Trainer.fit`."""
+    """One `EpochRecord` per epoch trained, across every call to `Trainer.fit`.
+
+    best_epoch: the epoch whose parameters early stopping restored (None if it never stopped).
+    """
 
     epochs: list = field(default_factory=list)
+    best_epoch: int | None = None
 
     def __len__(self):
         return len(self.epochs)
@@ -55,17 +62,21 @@ def format_epoch(record, total_epochs, val_label="val"):
     line = f"epoch {record.epoch:>{width}}/{total_epochs}  train loss {record.train_loss:.4f}"
     if record.val_loss is not None:
         line += f"  {val_label} loss {record.val_loss:.4f}  {val_label} acc {100 * record.val_accuracy:.2f}%"
-    return line + f"  {record.seconds:6.2f} s  {record.samples_per_s:>9,.0f} samples/s"
+    return line + f"  lr {record.lr:<8.3g}{record.seconds:6.2f} s  {record.samples_per_s:>9,.0f} samples/s"
 
 
 class Trainer:
     """Trains `model` in place with minibatch SGD on the backend named `backend`.
 
+    momentum (classical, or Nesterov's with nesterov=True) and weight_decay (L2, on the weights)
+    follow fastmlp/optim.py; the velocity lives on the Trainer. schedule ("step", "cosine" or
+    None) sets each epoch's rate from lr, see `fastmlp.optim.LRSchedule` (step_size, gamma).
     The shuffling order comes from `numpy.random.default_rng(seed)`, so the same seed and
     backend (and thread count) give the same parameters. Calling `fit` again continues.
     """
 
-    def __init__(self, model, backend="numba", *, lr=0.1, batch_size=32, seed=0):
+    def __init__(self, model, backend="numba", *, lr=0.1, batch_size=32, seed=0, momentum=0.0, nesterov=False,
+                 weight_decay=0.0, schedule=None, step_size=10, gamma=0.1):
         check_model(model)
         if not isinstance(backend, (str, BackendBase)):
             raise TypeError(f"backend must be a backend name or a fastmlp backend, got {type(backend).__name__}")
@@ -73,15 +84,21 @@ class Trainer:
         self.backend = get_backend(backend) if isinstance(backend, str) else backend
         self.lr = check_positive_float(lr, "lr")
         self.batch_size = check_positive_int(batch_size, "batch_size")
+        momentum, nesterov, weight_decay = check_sgd_options(momentum, nesterov, weight_decay)
+        self.velocity = Velocity(model) if momentum > 0 else None
+        self._sgd = sgd_options(model, momentum, nesterov, weight_decay, self.velocity)
+        self.schedule = LRSchedule(schedule, step_size=step_size, gamma=gamma)
         self.rng = make_rng(seed)
         self.history = History()
 
     def fit(self, X, y, *, epochs, validation_data=None, verbose=False, val_label="val", on_epoch_end=None,
-            progress_bar=False):
+            progress_bar=False, patience=None):
         """Train for `epochs` more epochs; return the History of every epoch so far.
 
         verbose prints one line per epoch; `on_epoch_end(record)` is called after each epoch;
         progress_bar shows a tqdm bar on stderr within each epoch.
+        patience: stop early once the validation loss has not improved for that many epochs,
+        and put back the parameters of the best epoch (`history.best_epoch`); needs validation_data.
         Raises TrainingDivergedError, naming the epoch, if the loss becomes NaN or inf.
         """
         epochs = check_positive_int(epochs, "epochs")
@@ -92,15 +109,21 @@ class Trainer:
         y = check_labels(y, len(X), self.model.n_classes)
         if validation_data is not None:
             X_val, y_val = _check_pair(validation_data, self.model)
+        if patience is not None:
+            patience = check_positive_int(patience, "patience")
+            if validation_data is None:
+                raise ValueError("patience (early stopping) needs validation_data to watch")
+            best = _Best()
         first = len(self.history) + 1
         last = first + epochs - 1
         for epoch in range(first, last + 1):
+            lr = self.schedule.lr(self.lr, epoch, first, last)
             with tqdm(total=len(X), desc=f"epoch {epoch}/{last}", unit="samples", unit_scale=True,
                       leave=False, disable=not progress_bar) as bar:
                 start = time.perf_counter()
                 # Validated once above: the public train_epoch would scan X for NaN again every epoch.
-                loss = self.backend._train_epoch(self.model, X, y, self.batch_size, self.lr, self.rng,
-                                                 bar.update if progress_bar else None)
+                loss = self.backend._train_epoch(self.model, X, y, self.batch_size, lr, self.rng,
+                                                 bar.update if progress_bar else None, **self._sgd)
                 seconds = time.perf_counter() - start
             if not math.isfinite(loss):
                 raise TrainingDivergedError(
@@ -110,13 +133,29 @@ class Trainer:
             val_loss = val_accuracy = None
             if validation_data is not None:
                 val_loss, val_accuracy = self._evaluate(X_val, y_val)
-            record = EpochRecord(epoch, loss, val_loss, val_accuracy, seconds, len(X) / seconds)
+            record = EpochRecord(epoch, loss, val_loss, val_accuracy, seconds, len(X) / seconds, lr)
             self.history.epochs.append(record)
             if verbose:
                 print(format_epoch(record, last, val_label), flush=True)
             if on_epoch_end is not None:
                 on_epoch_end(record)
+            if patience is not None and best.stop_after(record, self.model, patience):
+                break
+        if patience is not None:
+            self._restore(best, verbose)
         return self.history
+
+    def _restore(self, best, verbose):
+        """Put back the best epoch's parameters, in the model's own arrays; momentum then starts afresh."""
+        self.history.best_epoch = best.epoch
+        if best.epoch == self.history[-1].epoch:
+            return
+        for param, saved in zip(self.model.weights + self.model.biases, best.params):
+            param[...] = saved
+        if self.velocity is not None:
+            self.velocity.reset()
+        if verbose:
+            print(f"early stopping: restored the parameters of epoch {best.epoch} (val loss {best.loss:.4f})")
 
     def evaluate(self, X, y):
         """(mean cross-entropy loss, accuracy) of the model on (X, y)."""
@@ -133,6 +172,22 @@ class Trainer:
             total_loss -= float(log_probs[np.arange(len(yc)), yc].sum(dtype=np.float64))
             correct += int((logits.argmax(axis=1) == yc).sum())
         return total_loss / len(X), correct / len(X)
+
+
+class _Best:
+    """Early stopping's memory: the lowest validation loss so far, its epoch and a copy of its parameters."""
+
+    def __init__(self):
+        self.loss, self.epoch, self.params, self.waited = math.inf, None, None, 0
+
+    def stop_after(self, record, model, patience):
+        """Note this epoch; True once `patience` epochs in a row have not improved on the best."""
+        if record.val_loss < self.loss:
+            self.loss, self.epoch, self.waited = record.val_loss, record.epoch, 0
+            self.params = [p.copy() for p in model.weights + model.biases]
+            return False
+        self.waited += 1
+        return self.waited >= patience
 
 
 def _check_pair(data, model):

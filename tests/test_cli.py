@@ -25,7 +25,7 @@ def test_cli_trains_prints_a_line_per_epoch_and_writes_its_outputs(tiny_mnist_di
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["test_accuracy"] > 0.9
     assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
-    assert set(metrics["history"][0]) == {"epoch", "train_loss", "val_loss", "val_accuracy", "seconds", "samples_per_s"}
+    assert set(metrics["history"][0]) == {"epoch", "train_loss", "val_loss", "val_accuracy", "seconds", "samples_per_s", "lr"}
     assert metrics["config"]["backend"] == backend and metrics["config"]["hidden"] == [32]
     assert any(line.startswith(f"test accuracy {100 * metrics['test_accuracy']:.2f}%") for line in out)
 
@@ -60,6 +60,14 @@ def test_cli_same_seed_gives_the_same_model(tiny_mnist_dir, tmp_path, capsys):
         (["--val-size", "1.5"], "--val-size: must be a fraction"),
         (["--hidden", "0"], "--hidden: must be an integer >= 1"),
         (["--init", "zeros"], "invalid choice: 'zeros'"),
+        (["--momentum", "1"], "--momentum: must be in [0, 1)"),
+        (["--weight-decay", "-1"], "--weight-decay: must be a finite number >= 0"),
+        (["--schedule", "linear"], "invalid choice: 'linear'"),
+        (["--step-size", "0"], "--step-size: must be an integer >= 1"),
+        (["--gamma", "2"], "--gamma: must be in (0, 1]"),
+        (["--patience", "0", "--val-size", "0.1"], "--patience: must be an integer >= 1"),
+        (["--patience", "3"], "--patience needs --val-size > 0"),
+        (["--nesterov"], "--nesterov needs --momentum > 0"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_usage_error_line(args, message, capsys):
@@ -106,3 +114,30 @@ def test_dataset_switch_finds_fashion_mnist_where_the_system_ships_it(tiny_mnist
     assert "9 Ankle boot" in capsys.readouterr().out
     assert main(["--dataset", "mnist", "--no-download", "--epochs", "1"]) == 1
     assert "mnist not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_cli_momentum_schedule_and_weight_decay_reach_the_trainer(tiny_mnist_dir, tmp_path, capsys, backend):
+    code = main(["--backend", backend, "--data-dir", str(tiny_mnist_dir), "--epochs", "3", "--hidden", "16",
+                 "--lr", "0.04", "--momentum", "0.9", "--nesterov", "--weight-decay", "1e-4", "--schedule", "step",
+                 "--step-size", "2", "--gamma", "0.5", "--metrics-json", str(tmp_path / "m.json")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "lr 0.04 step (x0.5 every 2 epochs), momentum 0.9 (Nesterov), weight decay 0.0001" in out
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert [h["lr"] for h in metrics["history"]] == pytest.approx([0.04, 0.04, 0.02])
+    assert metrics["test_accuracy"] > 0.9
+
+
+def test_cli_patience_stops_early_and_keeps_the_best_epoch(tiny_mnist_dir, tmp_path, capsys):
+    # A rate this high makes the validation loss bounce, so early stopping has something to do.
+    code = main(["--backend", "numpy", "--data-dir", str(tiny_mnist_dir), "--epochs", "30", "--hidden", "16",
+                 "--lr", "1", "--val-size", "0.3", "--patience", "2", "--metrics-json", str(tmp_path / "m.json")])
+    out = capsys.readouterr().out
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    history = metrics["history"]
+    val_losses = [h["val_loss"] for h in history]
+    assert code == 0 and len(history) < 30
+    best = metrics["best_epoch"]
+    assert val_losses[best - 1] == min(val_losses) and len(history) - best == 2
+    assert f"kept the parameters of epoch {best}" in out

@@ -111,3 +111,58 @@ def test_bad_validation_data_is_refused():
         Trainer(MLP([8, 3]), "numpy").fit(X, y, epochs=1, validation_data=X)
     with pytest.raises(ValueError, match="validation X must have 8 columns"):
         Trainer(MLP([8, 3]), "numpy").fit(X, y, epochs=1, validation_data=(X[:, :4], y))
+
+
+def test_schedule_sets_each_epochs_rate_and_records_it():
+    X, y = blobs(n=40)
+    trainer = Trainer(MLP([8, 4, 3], seed=0), "numpy", lr=0.2, schedule="step", step_size=1, gamma=0.5)
+    assert trainer.fit(X, y, epochs=3).column("lr") == pytest.approx([0.2, 0.1, 0.05])
+
+
+def test_momentum_trainer_keeps_one_velocity_across_fit_calls_and_continues_as_one_call():
+    X, y = blobs()
+    once = Trainer(MLP([8, 16, 3], seed=1), "numpy", seed=2, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    once.fit(X, y, epochs=3)
+    twice = Trainer(MLP([8, 16, 3], seed=1), "numpy", seed=2, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    twice.fit(X, y, epochs=2)
+    twice.fit(X, y, epochs=1)
+    for x, z in zip(once.model.weights, twice.model.weights):
+        np.testing.assert_array_equal(x, z)
+    assert np.abs(once.velocity.weights[0]).max() > 0
+    assert Trainer(MLP([8, 3]), "numpy").velocity is None  # plain SGD keeps no velocity
+
+
+def test_early_stopping_restores_the_best_epoch_into_the_models_own_arrays():
+    X, y = blobs(n=200, seed=3)
+    X_val, y_val = blobs(n=100, seed=4)
+    model = MLP([8, 32, 3], seed=0)
+    weights = model.weights[0]
+    trainer = Trainer(model, "numpy", lr=2.0, seed=0)  # too high: the validation loss jumps around
+    snapshots = []
+    history = trainer.fit(X, y, epochs=40, validation_data=(X_val, y_val), patience=3,
+                          on_epoch_end=lambda r: snapshots.append(model.weights[0].copy()))
+    best = history.best_epoch
+    assert history[best - 1].val_loss == min(history.column("val_loss"))
+    assert len(history) == best + 3 < 40
+    assert model.weights[0] is weights
+    np.testing.assert_array_equal(weights, snapshots[best - 1])
+    assert trainer.evaluate(X_val, y_val)[0] == pytest.approx(history[best - 1].val_loss)
+
+
+def test_patience_without_validation_data_is_refused():
+    X, y = blobs(n=10)
+    with pytest.raises(ValueError, match="patience .* needs validation_data"):
+        Trainer(MLP([8, 3]), "numpy").fit(X, y, epochs=2, patience=2)
+    with pytest.raises(ValueError, match="patience must be >= 1"):
+        Trainer(MLP([8, 3]), "numpy").fit(X, y, epochs=2, patience=0, validation_data=(X, y))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [({"momentum": 1.5}, ValueError, "momentum must be in"), ({"nesterov": True}, ValueError, "needs a momentum"),
+     ({"weight_decay": -1}, ValueError, "weight_decay must be >= 0"), ({"schedule": "exp"}, ValueError, "schedule"),
+     ({"schedule": "step", "gamma": 0}, ValueError, "gamma")],
+)
+def test_bad_optimiser_arguments_are_refused(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        Trainer(MLP([8, 3]), "numpy", **kwargs)

@@ -3,6 +3,7 @@
 import numpy as np
 
 from ..inputs import Pixels, check_features, check_labels, check_model, check_positive_float, check_positive_int
+from ..optim import check_sgd_options, check_velocity
 
 
 class BackendBase:
@@ -24,17 +25,23 @@ class BackendBase:
         X, y = self._check_batch(model, X, y)
         return self._loss_and_grads(model, _as_array(X), y)
 
-    def sgd_step(self, model, X, y, lr):
-        """One SGD step on the batch, parameters -= lr * grad in place; returns the loss before it."""
+    def sgd_step(self, model, X, y, lr, *, momentum=0.0, nesterov=False, weight_decay=0.0, velocity=None):
+        """One SGD step on the batch, in place; returns the loss before it.
+
+        Plain SGD (the defaults) is parameters -= lr * grad; momentum, nesterov and weight_decay
+        follow fastmlp/optim.py, with velocity a `fastmlp.optim.Velocity(model)` updated in place.
+        """
         X, y = self._check_batch(model, X, y)
         lr = check_positive_float(lr, "lr")
-        return self._sgd_step(model, _as_array(X), y, lr)
+        sgd = sgd_options(model, momentum, nesterov, weight_decay, velocity)
+        return self._sgd_step(model, _as_array(X), y, lr, **sgd)
 
-    def train_epoch(self, model, X, y, *, batch_size, lr, rng, progress=None):
+    def train_epoch(self, model, X, y, *, batch_size, lr, rng, progress=None, momentum=0.0, nesterov=False,
+                    weight_decay=0.0, velocity=None):
         """One shuffled pass of SGD over (X, y); returns the mean loss over the samples.
 
         progress, if given, is called with the number of samples just trained, a few dozen
-        times per epoch at most (e.g. `tqdm.update`).
+        times per epoch at most (e.g. `tqdm.update`). The SGD options are those of `sgd_step`.
         """
         X, y = self._check_batch(model, X, y)
         batch_size = check_positive_int(batch_size, "batch_size")
@@ -43,7 +50,8 @@ class BackendBase:
             raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
         if progress is not None and not callable(progress):
             raise TypeError(f"progress must be callable or None, got {type(progress).__name__}")
-        return self._train_epoch(model, X, y, batch_size, lr, rng, progress)
+        sgd = sgd_options(model, momentum, nesterov, weight_decay, velocity)
+        return self._train_epoch(model, X, y, batch_size, lr, rng, progress, **sgd)
 
     def warm_up(self, model, *, pixels=False):
         """Prepare whatever the first epoch would otherwise pay for (JIT compilation); returns seconds."""
@@ -67,6 +75,17 @@ def epoch_chunks(order, batch_size, progress):
     batches_per_chunk = max(1, -(-len(order) // (batch_size * PROGRESS_UPDATES)))
     step = batches_per_chunk * batch_size
     return [order[start : start + step] for start in range(0, len(order), step)]
+
+
+def sgd_options(model, momentum, nesterov, weight_decay, velocity):
+    """The checked keyword arguments for `_sgd_step` / `_train_epoch`: none for plain SGD, whose path stays as it is."""
+    momentum, nesterov, weight_decay = check_sgd_options(momentum, nesterov, weight_decay)
+    if momentum > 0:
+        check_velocity(velocity, model)
+    if momentum == 0 and weight_decay == 0:
+        return {}
+    return {"momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay,
+            "velocity": velocity if momentum else None}
 
 
 def _as_array(X):

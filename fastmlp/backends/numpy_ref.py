@@ -5,6 +5,7 @@ For layers l = 1..L with A_0 = X:
     loss = mean_i( logsumexp(Z_L[i]) - Z_L[i, y_i] )
 Backward, with dZ_L = (P - onehot(y)) / n:
     dW_l = A_{l-1}^T dZ_l,   db_l = sum_i dZ_l[i],   dZ_{l-1} = (dZ_l W_l^T) * [A_{l-1} > 0]
+The SGD step, with momentum and weight decay when asked: see fastmlp/optim.py.
 """
 
 import numpy as np
@@ -25,6 +26,15 @@ def hidden_activations(model, X):
         activations.append(np.maximum(activations[-1] @ W + b, np.float32(0)))
     logits = activations[-1] @ model.weights[-1] + model.biases[-1]
     return activations, logits
+
+
+def momentum_update(param, v, g, lr, momentum, nesterov):
+    """v = momentum * v - lr * g, then param += momentum * v - lr * g (Nesterov) or v; both in place."""
+    mu = np.float32(momentum)
+    step = lr * g
+    v *= mu
+    v -= step
+    param += mu * v - step if nesterov else v
 
 
 class Backend(BackendBase):
@@ -53,20 +63,26 @@ class Backend(BackendBase):
                 dZ = (dZ @ model.weights[l].T) * (A_prev > 0)
         return float(loss), dW, db
 
-    def _sgd_step(self, model, X, y, lr):
+    def _sgd_step(self, model, X, y, lr, momentum=0.0, nesterov=False, weight_decay=0.0, velocity=None):
         loss, dW, db = self._loss_and_grads(model, X, y)
         lr = np.float32(lr)
-        for W, b, gW, gb in zip(model.weights, model.biases, dW, db):
-            W -= lr * gW
-            b -= lr * gb
+        for l, (W, b, gW, gb) in enumerate(zip(model.weights, model.biases, dW, db)):
+            if weight_decay:
+                gW += np.float32(weight_decay) * W
+            if momentum:
+                momentum_update(W, velocity.weights[l], gW, lr, momentum, nesterov)
+                momentum_update(b, velocity.biases[l], gb, lr, momentum, nesterov)
+            else:
+                W -= lr * gW
+                b -= lr * gb
         return loss
 
-    def _train_epoch(self, model, X, y, batch_size, lr, rng, progress=None):
+    def _train_epoch(self, model, X, y, batch_size, lr, rng, progress=None, **sgd):
         total = 0.0
         for chunk in epoch_chunks(rng.permutation(len(X)), batch_size, progress):
             for start in range(0, len(chunk), batch_size):
                 batch = chunk[start : start + batch_size]
-                total += self._sgd_step(model, X[batch], y[batch], lr) * len(batch)
+                total += self._sgd_step(model, X[batch], y[batch], lr, **sgd) * len(batch)
             if progress is not None:
                 progress(len(chunk))
         return total / len(X)
