@@ -21,6 +21,7 @@ __all__ = [
     "bias_forward_inplace", "bias_relu_forward_inplace", "relu_backward_inplace",
     "relu_backward_bias_grad_inplace", "softmax_inplace", "softmax_xent_backward_inplace",
     "bias_grad", "sgd_update_inplace", "gather_rows", "gather_rows_scaled", "gather_labels",
+    "momentum_gemm_update_inplace", "momentum_apply_inplace", "momentum_update_inplace",
 ]
 
 SGEMM_SYMBOL = "fastmlp_sgemm"
@@ -239,6 +240,41 @@ def sgd_update_inplace(W, dW, lr):
     step = np.float32(lr)
     for i in range(w.size):
         w[i] -= step * g[i]
+
+
+@njit(cache=True)
+def momentum_gemm_update_inplace(V, A, dZ, lr, momentum):
+    """V = momentum * V - lr * A.T @ dZ in one sgemm (alpha=-lr, beta=momentum); V (k, n), A (b, k), dZ (b, n) float32; overwrites V."""
+    gemm_inplace(V, A, dZ, np.float32(-lr), np.float32(momentum), True, False)
+
+
+@njit(cache=True)
+def momentum_apply_inplace(W, V, decay_step):
+    """V -= decay_step * W, then W += V, in one pass (decay_step = lr * weight_decay); W, V the same shape float32; overwrites V and W."""
+    w = W.reshape(W.size)
+    v = V.reshape(V.size)
+    d = np.float32(decay_step)
+    for i in range(w.size):
+        vi = v[i] - d * w[i]
+        v[i] = vi
+        w[i] += vi
+
+
+@njit(cache=True)
+def momentum_update_inplace(W, V, G, lr, momentum, weight_decay, nesterov):
+    """g = G + weight_decay * W; V = momentum * V - lr * g; W += momentum * V - lr * g if nesterov else V; one pass, W, V, G the same shape float32; overwrites V and W."""
+    w = W.reshape(W.size)
+    v = V.reshape(V.size)
+    grad = G.reshape(G.size)
+    lr32, mu, wd = np.float32(lr), np.float32(momentum), np.float32(weight_decay)
+    for i in range(w.size):
+        step = lr32 * (grad[i] + wd * w[i])
+        vi = mu * v[i] - step
+        v[i] = vi
+        if nesterov:
+            w[i] += mu * vi - step
+        else:
+            w[i] += vi
 
 
 @njit(cache=True)

@@ -25,6 +25,7 @@ import numpy as np
 
 from .backends import get_backend
 from .inputs import check_features, check_labels, check_model, check_positive_float, check_positive_int, make_rng
+from .optim import Velocity
 
 DEFAULT_RTOL = 1e-5
 DEFAULT_ATOL = 1e-6
@@ -69,13 +70,15 @@ def _compare(report, what, names, a, b, rtol, atol, scale_floor=0.0):
 
 
 def backend_differences(model, X, y, *, backends=("numpy", "numba"), steps=20, lr=0.1, batch_size=32,
-                        rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, trajectory_rtol=DEFAULT_TRAJECTORY_RTOL, seed=0):
+                        rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, trajectory_rtol=DEFAULT_TRAJECTORY_RTOL, seed=0,
+                        momentum=0.0, nesterov=False, weight_decay=0.0):
     """Compare two backends on (X, y) from `model`'s parameters, which are left unchanged.
 
     Returns (report lines for every quantity out of tolerance, {quantity: scaled error}).
     Compared: forward probabilities, loss, every gradient (on the whole of X), and the
     parameters after each of `steps` SGD steps taken from the same start on the same batches
-    (batches of `batch_size` rows drawn with `numpy.random.default_rng(seed)`).
+    (batches of `batch_size` rows drawn with `numpy.random.default_rng(seed)`), with the given
+    momentum, nesterov and weight_decay (each backend keeping its own velocity from zero).
     """
     check_model(model)
     X = check_features(X, model.n_features)
@@ -103,10 +106,13 @@ def backend_differences(model, X, y, *, backends=("numpy", "numba"), steps=20, l
         errors[f"db[{i}]"] = _compare(report, f"db[{i}]", names, db_a[i], db_b[i], rtol, atol)
 
     models = (model.copy(), model.copy())
+    velocities = [Velocity(m) if momentum else None for m in models]
+    sgd = {"momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay}
     worst = 0.0
     for step in range(1, steps + 1):
         batch = rng.choice(len(X), size=min(batch_size, len(X)), replace=False)
-        losses = [backend.sgd_step(m, X[batch], y[batch], lr) for backend, m in zip((first, second), models)]
+        losses = [backend.sgd_step(m, X[batch], y[batch], lr, velocity=v, **sgd)
+                  for backend, m, v in zip((first, second), models, velocities)]
         step_report = []
         worst = max(worst, _compare(step_report, f"step {step} loss", names, *losses, trajectory_rtol, atol,
                                     LOSS_SCALE_FLOOR))
@@ -122,14 +128,15 @@ def backend_differences(model, X, y, *, backends=("numpy", "numba"), steps=20, l
 
 
 def assert_backends_equivalent(model, X, y, *, backends=("numpy", "numba"), steps=20, lr=0.1, batch_size=32,
-                               rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, trajectory_rtol=DEFAULT_TRAJECTORY_RTOL, seed=0):
+                               rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, trajectory_rtol=DEFAULT_TRAJECTORY_RTOL, seed=0,
+                               momentum=0.0, nesterov=False, weight_decay=0.0):
     """Raise AssertionError, reporting the worst differences, unless two backends agree.
 
     See `backend_differences` for what is compared and how tolerances are measured.
     """
     report, errors = backend_differences(
         model, X, y, backends=backends, steps=steps, lr=lr, batch_size=batch_size, rtol=rtol, atol=atol,
-        trajectory_rtol=trajectory_rtol, seed=seed,
+        trajectory_rtol=trajectory_rtol, seed=seed, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
     )
     if report:
         names = [getattr(b, "name", b) for b in backends]

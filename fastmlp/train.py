@@ -135,7 +135,7 @@ def run(args):
 
     model = MLP([X_train.shape[1], *args.hidden, 10], init=args.init, seed=args.seed)
     backend = get_backend(args.backend)
-    compile_seconds = backend.warm_up(model, pixels=True)
+    compile_seconds = backend.warm_up(model, pixels=True, momentum=args.momentum > 0 or args.weight_decay > 0)
     trainer = Trainer(model, backend, lr=args.lr, batch_size=args.batch_size, seed=args.seed, momentum=args.momentum,
                       nesterov=args.nesterov, weight_decay=args.weight_decay, schedule=args.schedule,
                       step_size=args.step_size, gamma=args.gamma)

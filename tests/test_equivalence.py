@@ -67,6 +67,33 @@ def test_fifty_sgd_steps_stay_within_the_trajectory_tolerance():
     assert errors["trajectory"] <= 1e-4
 
 
+SGD_VARIANTS = [
+    {"momentum": 0.9},
+    {"momentum": 0.9, "nesterov": True},
+    {"momentum": 0.5, "weight_decay": 1e-3},
+    {"momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+    {"weight_decay": 1e-3},
+]
+
+
+@pytest.mark.parametrize("sgd", SGD_VARIANTS, ids=lambda sgd: "-".join(f"{k}={v}" for k, v in sgd.items()))
+def test_momentum_and_weight_decay_trajectories_stay_within_the_tolerance(sgd):
+    rng = np.random.default_rng(0)
+    model = MLP([784, 128, 64, 10], seed=0)
+    X = rng.random((512, 784), dtype=np.float32)
+    y = rng.integers(0, 10, 512)
+    errors = assert_backends_equivalent(model, X, y, steps=50, batch_size=32, lr=0.05, **sgd)
+    assert errors["trajectory"] <= 1e-4
+
+
+@pytest.mark.parametrize("sgd", SGD_VARIANTS[:2])
+def test_momentum_agrees_on_edge_cases(sgd):
+    rng = np.random.default_rng(0)
+    for model, X, y in [(MLP([30, 20, 5], seed=1), rng.random((1, 30), dtype=np.float32), np.array([3])),
+                        (MLP([30, 1, 1, 5], seed=1), rng.random((40, 30), dtype=np.float32), rng.integers(0, 5, 40))]:
+        assert_backends_equivalent(model, X, y, steps=10, batch_size=8, **sgd)
+
+
 def test_the_helper_reports_a_backend_that_differs():
     class Perturbed(type(__import__("fastmlp").get_backend("numpy"))):
         name = "perturbed"
@@ -106,4 +133,16 @@ def test_one_epoch_on_2000_mnist_samples_gives_the_same_accuracy_on_both_backend
         trainer.fit(X_train[:2000], y_train[:2000], epochs=1)
         accuracies[backend] = trainer.evaluate(X_test, y_test)[1]
     assert accuracies["numpy"] > 0.7  # it learned something: the comparison is not between two guesses
+    assert abs(accuracies["numpy"] - accuracies["numba"]) <= 0.005
+
+
+def test_one_momentum_epoch_on_2000_mnist_samples_gives_the_same_accuracy_on_both_backends(mnist):
+    X_train, y_train, X_test, y_test = mnist
+    accuracies = {}
+    for backend in ("numpy", "numba"):
+        trainer = Trainer(MLP([784, 128, 64, 10], seed=0), backend, lr=0.02, batch_size=32, seed=0, momentum=0.9,
+                          nesterov=True, weight_decay=1e-4, schedule="cosine")
+        trainer.fit(X_train[:2000], y_train[:2000], epochs=2)
+        accuracies[backend] = trainer.evaluate(X_test, y_test)[1]
+    assert accuracies["numpy"] > 0.8
     assert abs(accuracies["numpy"] - accuracies["numba"]) <= 0.005

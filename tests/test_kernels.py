@@ -7,7 +7,7 @@ from numba import njit
 from numba.core.runtime import _nrt_python, rtsys
 
 from fastmlp import MLP, kernels
-from fastmlp.backends.numba_fused import Backend, _Workspace, train_batches_inplace
+from fastmlp.backends.numba_fused import Backend, _Workspace, train_batches_inplace, train_batches_momentum_inplace
 
 RTOL = 1e-5
 
@@ -57,6 +57,35 @@ def test_sgd_gemm_update_is_w_minus_lr_at_dz(rng):
     expected = W - np.float32(0.1) * (A.T @ dZ)
     kernels.sgd_gemm_update_inplace(W, A, dZ, np.float32(0.1))
     assert_close(W, expected)
+
+
+def test_momentum_gemm_update_is_mu_v_minus_lr_at_dz(rng):
+    V, A, dZ = rand(rng, 9, 4), rand(rng, 6, 9), rand(rng, 6, 4)
+    expected = np.float32(0.9) * V - np.float32(0.1) * (A.T @ dZ)
+    kernels.momentum_gemm_update_inplace(V, A, dZ, np.float32(0.1), np.float32(0.9))
+    assert_close(V, expected)
+
+
+def test_momentum_apply_decays_the_velocity_then_adds_it(rng):
+    W, V = rand(rng, 9, 4), rand(rng, 9, 4)
+    V_new = V - np.float32(0.01) * W
+    W_new = W + V_new
+    kernels.momentum_apply_inplace(W, V, np.float32(0.01))
+    assert_close(V, V_new)
+    assert_close(W, W_new)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("shape", [(9, 4), (7,)])
+def test_momentum_update_matches_its_numpy_formula(rng, nesterov, shape):
+    W, V, G = rand(rng, *shape), rand(rng, *shape), rand(rng, *shape)
+    lr, mu, wd = np.float32(0.1), np.float32(0.9), np.float32(0.01)
+    g = G + wd * W
+    V_new = mu * V - lr * g
+    W_new = W + (mu * V_new - lr * g if nesterov else V_new)
+    kernels.momentum_update_inplace(W, V, G, lr, mu, wd, nesterov)
+    assert_close(V, V_new)
+    assert_close(W, W_new)
 
 
 def test_bias_forward_kernels_match_numpy(rng):
@@ -164,6 +193,35 @@ def test_fused_training_loop_allocates_nothing_per_step(rng):
         _nrt_python.memsys_disable_stats()
     # Unboxing the array arguments costs a fixed few per call; a step must add none.
     assert allocations[80] == allocations[160] <= 20
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_fused_momentum_loop_allocates_nothing_per_step(rng, nesterov):
+    from fastmlp.optim import Velocity
+
+    model = MLP([20, 16, 8, 4], seed=0)
+    batch = 8
+    X = rng.random((1280, 20), dtype=np.float32)
+    y = rng.integers(0, 4, 1280)
+    ws = _Workspace(model.layer_sizes, batch)
+    velocity_w, velocity_b, grads = ws.momentum_buffers(Velocity(model))
+    params = (tuple(model.weights), tuple(model.biases), velocity_w, velocity_b, X, np.float32(1.0), y)
+    sgd = (batch, np.float32(0.01), np.float32(0.9), np.float32(1e-4), nesterov)
+    buffers = (ws.acts, ws.deltas, ws.db, grads, ws.labels)
+    train_batches_momentum_inplace(*params, rng.permutation(640), *sgd, *buffers)  # compile first
+    allocations = {}
+    _nrt_python.memsys_enable_stats()
+    try:
+        for steps in (80, 160):
+            order = rng.permutation(steps * batch)
+            before = rtsys.get_allocation_stats().alloc
+            train_batches_momentum_inplace(*params, order, *sgd, *buffers)
+            allocations[steps] = rtsys.get_allocation_stats().alloc - before
+    finally:
+        _nrt_python.memsys_disable_stats()
+    # About one allocation per array argument unboxed per call (27 arrays here); a step adds none.
+    assert allocations[80] == allocations[160] <= 30
+    assert np.abs(velocity_w[0]).max() > 0  # the run did update the velocity it was given
 
 
 def test_backend_reuses_its_buffers_across_epochs(rng):

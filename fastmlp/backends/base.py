@@ -53,7 +53,7 @@ class BackendBase:
         sgd = sgd_options(model, momentum, nesterov, weight_decay, velocity)
         return self._train_epoch(model, X, y, batch_size, lr, rng, progress, **sgd)
 
-    def warm_up(self, model, *, pixels=False):
+    def warm_up(self, model, *, pixels=False, momentum=False):
         """Prepare whatever the first epoch would otherwise pay for (JIT compilation); returns seconds."""
         return 0.0
 

@@ -21,8 +21,8 @@ from threadpoolctl import ThreadpoolController
 from ..inputs import Pixels
 from ..kernels import (
     bias_forward_inplace, bias_grad, bias_relu_forward_inplace, gather_labels, gather_rows_scaled,
-    matmul_at_into, matmul_bt_into, matmul_into, relu_backward_bias_grad_inplace, relu_backward_inplace,
-    sgd_gemm_update_inplace,
+    matmul_at_into, matmul_bt_into, matmul_into, momentum_apply_inplace, momentum_gemm_update_inplace,
+    momentum_update_inplace, relu_backward_bias_grad_inplace, relu_backward_inplace, sgd_gemm_update_inplace,
     sgd_update_inplace, softmax_inplace, softmax_xent_backward_inplace,
 )
 from .base import BackendBase, epoch_chunks
@@ -95,6 +95,48 @@ def sgd_step_inplace(weights, biases, acts, deltas, db, labels, lr):
 
 
 @njit(cache=True)
+def momentum_step_inplace(weights, biases, velocity_w, velocity_b, acts, deltas, db, grads, labels, lr, momentum,
+                          weight_decay, nesterov):
+    """One step of momentum SGD (fastmlp/optim.py) on the batch acts[0][:n]; overwrites weights, biases, velocities, acts[1:], deltas, db, grads; returns the loss."""
+    n = labels.shape[0]
+    L = len(weights)
+    forward_logits_inplace(weights, biases, acts, n)
+    loss = softmax_xent_backward_inplace(acts[L][:n], labels)
+    bias_grad(acts[L][:n], db[: acts[L].shape[1]])
+    for l in range(L - 1, -1, -1):
+        dZ = deltas[l][:n]
+        A = acts[l][:n]
+        momentum_update_inplace(biases[l], velocity_b[l], db[: dZ.shape[1]], lr, momentum, 0.0, nesterov)
+        if l > 0:
+            matmul_bt_into(deltas[l - 1][:n], dZ, weights[l])  # with W_l before its update
+        if nesterov:  # W's step needs the gradient itself, beside the new velocity
+            matmul_at_into(grads[l], A, dZ)
+            momentum_update_inplace(weights[l], velocity_w[l], grads[l], lr, momentum, weight_decay, True)
+        else:  # the velocity update folded into the weight-gradient gemm: no gradient buffer is read
+            momentum_gemm_update_inplace(velocity_w[l], A, dZ, lr, momentum)
+            momentum_apply_inplace(weights[l], velocity_w[l], lr * weight_decay)
+        if l > 0:
+            relu_backward_bias_grad_inplace(deltas[l - 1][:n], A, db[: A.shape[1]])
+    return loss
+
+
+@njit(cache=True)
+def train_batches_momentum_inplace(weights, biases, velocity_w, velocity_b, X, scale, y, order, batch_size, lr,
+                                   momentum, weight_decay, nesterov, acts, deltas, db, grads, labels):
+    """`train_batches_inplace` with `momentum_step_inplace` steps; overwrites the velocities too; returns the summed loss."""
+    n = order.shape[0]
+    total = 0.0
+    for start in range(0, n, batch_size):
+        nb = min(batch_size, n - start)
+        rows = order[start : start + nb]
+        gather_rows_scaled(acts[0][:nb], X, rows, scale)
+        gather_labels(labels[:nb], y, rows)
+        total += momentum_step_inplace(weights, biases, velocity_w, velocity_b, acts, deltas, db, grads, labels[:nb],
+                                       lr, momentum, weight_decay, nesterov) * nb
+    return total
+
+
+@njit(cache=True)
 def train_batches_inplace(weights, biases, X, scale, y, order, batch_size, lr, acts, deltas, db, labels):
     """SGD over the rows of X (float32, or uint8 times scale) in `order`, batch by batch; returns the summed loss."""
     n = order.shape[0]
@@ -112,6 +154,7 @@ class _Workspace:
     """Scratch buffers for batches of up to `rows` samples through a net of `layer_sizes`."""
 
     def __init__(self, layer_sizes, rows):
+        self.layer_sizes = tuple(layer_sizes)
         self.acts = tuple(np.empty((rows, size), dtype=np.float32) for size in layer_sizes)
         # deltas[l] is the gradient of layer l's output, shaped like acts[l + 1]; the hidden
         # ones need their own buffers because the ReLU mask still reads acts[l + 1].
@@ -119,6 +162,22 @@ class _Workspace:
         self.deltas += (self.acts[-1],)
         self.db = np.empty(max(layer_sizes[1:]), dtype=np.float32)
         self.labels = np.empty(rows, dtype=np.int64)
+        self._momentum = None
+
+    def momentum_buffers(self, velocity):
+        """(velocity_w, velocity_b, grads) for `momentum_step_inplace`, made on first use only.
+
+        grads are weight gradients (Nesterov's step reads them). Without a velocity (weight decay
+        alone) the step runs with momentum 0 on zeroed scratch velocities of the workspace.
+        """
+        if self._momentum is None:
+            sizes = self.layer_sizes
+            self._momentum = tuple(tuple(np.zeros(shape, dtype=np.float32) for shape in shapes) for shapes in (
+                list(zip(sizes[:-1], sizes[1:])), [(k,) for k in sizes[1:]], list(zip(sizes[:-1], sizes[1:]))))
+        scratch_w, scratch_b, grads = self._momentum
+        if velocity is None:
+            return scratch_w, scratch_b, grads
+        return tuple(velocity.weights), tuple(velocity.biases), grads
 
 
 class Backend(BackendBase):
@@ -160,13 +219,20 @@ class Backend(BackendBase):
                                    y, tuple(dW), tuple(db))
         return float(loss), dW, db
 
-    def _sgd_step(self, model, X, y, lr):
+    def _sgd_step(self, model, X, y, lr, momentum=None, nesterov=False, weight_decay=0.0, velocity=None):
         ws = self._workspace(model.layer_sizes, len(X))
-        loss = sgd_step_inplace(tuple(model.weights), tuple(model.biases), (X,) + ws.acts[1:], ws.deltas,
-                                ws.db, y, np.float32(lr))
+        params = tuple(model.weights), tuple(model.biases)
+        if momentum is None:  # plain SGD
+            loss = sgd_step_inplace(*params, (X,) + ws.acts[1:], ws.deltas, ws.db, y, np.float32(lr))
+        else:
+            velocity_w, velocity_b, grads = ws.momentum_buffers(velocity)
+            loss = momentum_step_inplace(*params, velocity_w, velocity_b, (X,) + ws.acts[1:], ws.deltas, ws.db,
+                                         grads, y, np.float32(lr), np.float32(momentum), np.float32(weight_decay),
+                                         nesterov)
         return float(loss)
 
-    def _train_epoch(self, model, X, y, batch_size, lr, rng, progress=None):
+    def _train_epoch(self, model, X, y, batch_size, lr, rng, progress=None, momentum=None, nesterov=False,
+                     weight_decay=0.0, velocity=None):
         if isinstance(X, Pixels):
             data, scale = X.data, np.float32(X.scale)
         else:
@@ -177,23 +243,34 @@ class Backend(BackendBase):
         with self._blas_threads(batch_size):
             # One nopython call per chunk: the whole epoch without progress, ~50 calls with it.
             for chunk in epoch_chunks(rng.permutation(len(data)), batch_size, progress):
-                total += train_batches_inplace(*params, data, scale, y, chunk, batch_size, np.float32(lr),
-                                               ws.acts, ws.deltas, ws.db, ws.labels)
+                if momentum is None:  # plain SGD
+                    total += train_batches_inplace(*params, data, scale, y, chunk, batch_size, np.float32(lr),
+                                                   ws.acts, ws.deltas, ws.db, ws.labels)
+                else:
+                    velocity_w, velocity_b, grads = ws.momentum_buffers(velocity)
+                    total += train_batches_momentum_inplace(
+                        *params, velocity_w, velocity_b, data, scale, y, chunk, batch_size, np.float32(lr),
+                        np.float32(momentum), np.float32(weight_decay), nesterov, ws.acts, ws.deltas, ws.db, grads,
+                        ws.labels)
                 if progress is not None:
                     progress(len(chunk))
         return total / len(data)
 
-    def warm_up(self, model, *, pixels=False):
+    def warm_up(self, model, *, pixels=False, momentum=False):
         """Compile (or load from Numba's cache) the epoch function for nets of model's depth; returns seconds.
 
         Compiled code depends only on the depth and the input dtype, so a tiny net of the same depth does.
+        momentum=True compiles the momentum epoch function (which also serves Nesterov and weight decay).
         """
         from ..model import MLP
+        from ..optim import Velocity
 
         tiny = MLP((2,) * len(model.layer_sizes), seed=0)
         X = Pixels(np.zeros((2, 2), dtype=np.uint8)) if pixels else np.zeros((2, 2), dtype=np.float32)
+        sgd = {"momentum": 0.5, "velocity": Velocity(tiny)} if momentum else {}
         start = time.perf_counter()
-        Backend().train_epoch(tiny, X, np.zeros(2, dtype=np.int64), batch_size=1, lr=0.01, rng=np.random.default_rng(0))
+        Backend().train_epoch(tiny, X, np.zeros(2, dtype=np.int64), batch_size=1, lr=0.01, rng=np.random.default_rng(0),
+                              **sgd)
         return time.perf_counter() - start
 
 
