@@ -26,8 +26,9 @@ class MLPClassifier:
     hidden_layer_sizes: widths of the ReLU hidden layers (an int for one layer);
     backend: "numba" or "numpy"; learning_rate_init: the SGD learning rate; batch_size;
     max_iter: epochs that `fit` trains (`partial_fit` trains one); random_state: None or an
-    int seeding the initial weights and the shuffling; init: "he" or "normal"; verbose prints
-    one line per epoch.
+    int seeding the initial weights and the shuffling; momentum, nesterov, weight_decay and
+    schedule ("none", "step", "cosine") as in `fastmlp.Trainer`; init: "he" or "normal";
+    verbose prints one line per epoch.
 
     Fitted attributes: classes_ (sorted labels), n_features_in_, model_ (the `fastmlp.MLP`),
     loss_curve_ (train loss per epoch), n_iter_ (epochs trained).
@@ -36,13 +37,18 @@ class MLPClassifier:
     _estimator_type = "classifier"  # how scikit-learn < 1.6 recognises a classifier
 
     def __init__(self, hidden_layer_sizes=(128, 64), *, backend="numba", learning_rate_init=0.1, batch_size=32,
-                 max_iter=10, random_state=None, init="he", verbose=False):
+                 max_iter=10, random_state=None, momentum=0.0, nesterov=False, weight_decay=0.0, schedule="none",
+                 init="he", verbose=False):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.backend = backend
         self.learning_rate_init = learning_rate_init
         self.batch_size = batch_size
         self.max_iter = max_iter
         self.random_state = random_state
+        self.momentum = momentum
+        self.nesterov = nesterov
+        self.weight_decay = weight_decay
+        self.schedule = schedule
         self.init = init
         self.verbose = verbose
 
@@ -115,7 +121,8 @@ class MLPClassifier:
             raise ValueError(f"random_state must be None or an int >= 0, got {seed!r}")
         model = MLP([n_features, *hidden, len(classes)], init=self.init, seed=seed)
         self._trainer = Trainer(model, self.backend, lr=self.learning_rate_init, batch_size=self.batch_size,
-                                seed=seed)
+                                seed=seed, momentum=self.momentum, nesterov=self.nesterov,
+                                weight_decay=self.weight_decay, schedule=self.schedule)
         self.classes_ = classes
         self.n_features_in_ = n_features
         self.model_ = model

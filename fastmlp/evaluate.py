@@ -10,7 +10,7 @@ from .datasets import CLASS_NAMES, load_mnist
 from .inputs import check_labels
 from .model import MLP
 from .plot import require_matplotlib
-from .train import add_data_arguments, check_output_path
+from .train import add_data_arguments, check_output_path, run_reporting_errors
 from .trainer import Trainer
 
 PROG = "python -m fastmlp.evaluate"
@@ -59,6 +59,7 @@ def build_parser():
     parser.add_argument("--model", type=str, required=True, metavar="PATH", help="a model written by --save (.npz)")
     add_data_arguments(parser)
     parser.add_argument("--plot", type=str, metavar="PATH", help="also draw the confusion matrix as a PNG")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 
 
@@ -86,15 +87,14 @@ def run(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
+
+    def check_output_then_run():
         check_output_path(args.plot, "--plot")
         if args.plot:
             require_matplotlib()
         run(args)
-    except (OSError, ValueError, TypeError, ImportError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+
+    return run_reporting_errors(PROG, check_output_then_run, debug=args.debug)
 
 
 if __name__ == "__main__":

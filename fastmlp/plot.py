@@ -33,6 +33,7 @@ def plot_learning_curves(history, path, *, title=None, val_label="test", best_ep
     """
     figure = _new_figure(figsize=(10, 4))
     epochs = history.column("epoch")
+    val_label = {"val": "validation"}.get(val_label, val_label)
     loss_axes, accuracy_axes = figure.subplots(1, 2)
 
     loss_axes.plot(epochs, history.column("train_loss"), "o-", label="train")

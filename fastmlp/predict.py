@@ -19,6 +19,7 @@ from .datasets import read_idx
 from .inputs import Pixels
 from .model import MLP
 from .plot import INSTALL_HINT
+from .train import run_reporting_errors
 
 PROG = "python -m fastmlp.predict"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -97,6 +98,7 @@ def build_parser():
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="an IDX image file, a .npy array or a PNG")
     parser.add_argument("--invert", action="store_true",
                         help="invert the pixels first: for dark digits on a light background")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 
 
@@ -117,12 +119,7 @@ def run(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (OSError, ValueError, TypeError, ImportError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_reporting_errors(PROG, lambda: run(args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -32,13 +32,14 @@ def build_parser():
     parser.add_argument("--hidden", type=_positive_int, nargs="*", default=[128, 64], metavar="N",
                         help="hidden layer widths")
     parser.add_argument("--epochs", type=_positive_int, default=10)
-    parser.add_argument("--batch-size", type=_positive_int, default=32)
-    parser.add_argument("--lr", type=_positive_float, default=0.1, help="SGD learning rate (of the first epoch)")
-    parser.add_argument("--momentum", type=_momentum, default=0.0, help="SGD momentum in [0, 1); 0: plain SGD")
-    parser.add_argument("--nesterov", action="store_true", help="Nesterov momentum instead of classical")
+    parser.add_argument("--batch-size", type=_positive_int, default=64)
+    parser.add_argument("--lr", type=_positive_float, default=0.05, help="SGD learning rate (of the first epoch)")
+    parser.add_argument("--momentum", type=_momentum, default=0.9, help="SGD momentum in [0, 1); 0: plain SGD")
+    parser.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
+                        help="Nesterov momentum rather than classical (no effect with --momentum 0)")
     parser.add_argument("--weight-decay", type=_non_negative_float, default=0.0,
                         help="L2 weight decay on the weights (not the biases)")
-    parser.add_argument("--schedule", choices=SCHEDULES, default="none",
+    parser.add_argument("--schedule", choices=SCHEDULES, default="cosine",
                         help="learning rate per epoch: step: times --gamma every --step-size epochs; "
                              "cosine: from --lr down towards 0 over the epochs")
     parser.add_argument("--step-size", type=_positive_int, default=10, metavar="EPOCHS",
@@ -91,32 +92,23 @@ def _positive_float(text):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0 (in float32), got {text}") from None
 
 
-def _non_negative_float(text):
-    value = float(text)
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+def _float_type(accepts, expectation):
+    """An argparse type: the float of the text if accepts(value), else the usage error 'must be <expectation>'."""
+
+    def parse(text):
+        value = float(text)
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"must be {expectation}, got {text}")
+        return value
+
+    parse.__name__ = "number"  # argparse names it in "invalid number value: 'x'"
+    return parse
 
 
-def _momentum(text):
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
-def _decay_factor(text):
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
-def _fraction(text):
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {text}")
-    return value
+_non_negative_float = _float_type(lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+_momentum = _float_type(lambda v: 0 <= v < 1, "in [0, 1)")
+_decay_factor = _float_type(lambda v: 0 < v <= 1, "in (0, 1]")
+_fraction = _float_type(lambda v: 0 <= v < 1, "a fraction in [0, 1)")
 
 
 def run(args):
@@ -210,24 +202,34 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.patience is not None and args.val_size == 0:
         parser.error("--patience needs --val-size > 0: early stopping watches the validation loss")
-    if args.nesterov and args.momentum == 0:
-        parser.error("--nesterov needs --momentum > 0")
-    try:
+    if args.momentum == 0:
+        args.nesterov = False  # plain SGD: there is no velocity to look ahead with
+
+    def check_outputs_then_run():
         for option in ("save", "metrics_json", "plot"):
             check_output_path(getattr(args, option), "--" + option.replace("_", "-"))
         if args.plot:
             require_matplotlib()
         run(args)
+
+    return run_reporting_errors(PROG, check_outputs_then_run, debug=args.debug)
+
+
+def run_reporting_errors(prog, action, *, debug=False):
+    """Call action() and return the exit status: 0; 1 after one line on stderr for an error (debug re-raises it);
+    130 on Ctrl-C; 141 when stdout was closed early."""
+    try:
+        action()
     except KeyboardInterrupt:  # outputs are written atomically, so none is left half-written
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # stdout closed early, as by `| head`: stop quietly, as shell tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 141
     except Exception as exc:
-        if args.debug:
+        if debug:
             raise
-        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     return 0
 

@@ -67,7 +67,6 @@ def test_cli_same_seed_gives_the_same_model(tiny_mnist_dir, tmp_path, capsys):
         (["--gamma", "2"], "--gamma: must be in (0, 1]"),
         (["--patience", "0", "--val-size", "0.1"], "--patience: must be an integer >= 1"),
         (["--patience", "3"], "--patience needs --val-size > 0"),
-        (["--nesterov"], "--nesterov needs --momentum > 0"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_usage_error_line(args, message, capsys):
@@ -96,6 +95,15 @@ def test_module_runs_as_a_script_and_shows_help():
     result = subprocess.run([sys.executable, "-m", "fastmlp.train", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     assert "--backend {numpy,numba}" in result.stdout and "--metrics-json" in result.stdout
+
+
+def test_cli_default_recipe_is_nesterov_momentum_with_a_cosine_schedule_and_momentum_0_is_plain_sgd(
+        tiny_mnist_dir, capsys):
+    assert main(["--backend", "numpy", "--data-dir", str(tiny_mnist_dir), "--epochs", "1", "--hidden", "8"]) == 0
+    assert "batch 64, lr 0.05 cosine, momentum 0.9 (Nesterov)," in capsys.readouterr().out
+    assert main(["--backend", "numpy", "--data-dir", str(tiny_mnist_dir), "--epochs", "1", "--hidden", "8",
+                 "--momentum", "0", "--schedule", "none", "--batch-size", "32", "--lr", "0.1"]) == 0
+    assert "batch 32, lr 0.1, seed 0" in capsys.readouterr().out
 
 
 def test_dataset_switch_finds_fashion_mnist_where_the_system_ships_it(tiny_mnist_dir, tmp_path, capsys, monkeypatch):

@@ -37,6 +37,13 @@ def test_fit_returns_self_and_learns_arbitrary_labels():
     np.testing.assert_array_equal(clf.classes_[proba.argmax(axis=1)], clf.predict(X))
 
 
+def test_momentum_options_reach_the_trainer():
+    X, y = blobs()
+    clf = small(momentum=0.9, nesterov=True, weight_decay=1e-4, schedule="cosine", learning_rate_init=0.02).fit(X, y)
+    assert clf._trainer.velocity is not None and clf._trainer.history[-1].lr < 0.02
+    assert clf.score(X, y) > 0.9
+
+
 def test_numeric_labels_keep_their_values_and_dtype():
     X, y = blobs(labels=(-1, 7))
     clf = small().fit(X, y)
@@ -79,7 +86,7 @@ def test_get_params_follow_init_and_set_params_returns_self():
     params = clf.get_params()
     assert params["hidden_layer_sizes"] == (8, 4) and params["learning_rate_init"] == 0.05
     assert set(params) == {"hidden_layer_sizes", "backend", "learning_rate_init", "batch_size", "max_iter",
-                           "random_state", "init", "verbose"}
+                           "random_state", "momentum", "nesterov", "weight_decay", "schedule", "init", "verbose"}
     assert clf.set_params(max_iter=3, backend="numpy") is clf and clf.max_iter == 3
     with pytest.raises(ValueError, match="invalid parameter 'epochs'"):
         clf.set_params(epochs=3)
@@ -113,6 +120,8 @@ def test_sklearn_cross_val_score_and_grid_search_run_it():
         ({"learning_rate_init": 0}, "lr must be finite and > 0"),
         ({"batch_size": 0}, "batch_size must be >= 1"),
         ({"hidden_layer_sizes": (0,)}, r"layer_sizes\[1\] must be an int >= 1"),
+        ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
+        ({"schedule": "exp"}, "schedule must be one of"),
     ],
 )
 def test_bad_params_are_refused_at_fit(params, match):

@@ -8,6 +8,8 @@ A backend offers
 - `sgd_step(model, X, y, lr) -> loss`: parameters -= lr * grad, in place; the loss before it;
 - `train_epoch(model, X, y, *, batch_size, lr, rng) -> mean loss`: one pass in the order
   `rng.permutation(len(X))`, the last partial batch included.
+Both take the keyword arguments momentum, nesterov, weight_decay and velocity (a
+`fastmlp.optim.Velocity`) for the updates of fastmlp/optim.py; the defaults are plain SGD.
 
 X is a float32 array (other real dtypes are converted) or `fastmlp.Pixels`; y holds class
 indices. Inputs are validated by these public methods, once per call.
