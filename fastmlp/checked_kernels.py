@@ -245,3 +245,47 @@ def gather_labels(out, y, rows):
     _apart("out", out, "y", y)
     _apart("out", out, "rows", rows)
     kernels.gather_labels(out, y, rows)
+
+
+def _momentum_factor(momentum):
+    momentum = _finite("momentum", momentum)
+    if not 0 <= momentum < 1:
+        raise ValueError(f"momentum must be in [0, 1), got {float(momentum)!r}")
+    return momentum
+
+
+def momentum_gemm_update_inplace(V, A, dZ, lr, momentum):
+    """Checked `kernels.momentum_gemm_update_inplace`: V = momentum * V - lr * A.T @ dZ; overwrites V."""
+    _check_gemm(("V", "A", "dZ"), V, A, dZ, True, False)
+    kernels.momentum_gemm_update_inplace(V, A, dZ, np.float32(check_positive_float(lr, "lr")),
+                                         _momentum_factor(momentum))
+
+
+def _check_same_shape_params(names, *arrays, written=2):
+    for i, (name, a) in enumerate(zip(names, arrays)):
+        _float32(name, a, written=i < written)
+        _shape(name, a, arrays[0].shape)
+    for i, (name, a) in enumerate(zip(names, arrays)):
+        for other_name, other in list(zip(names, arrays))[i + 1:]:
+            _apart(name, a, other_name, other)
+
+
+def momentum_apply_inplace(W, V, decay_step):
+    """Checked `kernels.momentum_apply_inplace`: V -= decay_step * W, then W += V; overwrites V and W."""
+    _check_same_shape_params(("W", "V"), W, V)
+    decay_step = _finite("decay_step", decay_step)
+    if decay_step < 0:
+        raise ValueError(f"decay_step must be >= 0, got {float(decay_step)!r}")
+    kernels.momentum_apply_inplace(W, V, decay_step)
+
+
+def momentum_update_inplace(W, V, G, lr, momentum, weight_decay, nesterov):
+    """Checked `kernels.momentum_update_inplace`: V = momentum * V - lr * g, W += V (or Nesterov's step); overwrites V and W."""
+    _check_same_shape_params(("W", "V", "G"), W, V, G)
+    weight_decay = _finite("weight_decay", weight_decay)
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {float(weight_decay)!r}")
+    if not isinstance(nesterov, (bool, np.bool_)):
+        raise TypeError(f"nesterov must be a bool, got {type(nesterov).__name__}")
+    kernels.momentum_update_inplace(W, V, G, np.float32(check_positive_float(lr, "lr")), _momentum_factor(momentum),
+                                    weight_decay, bool(nesterov))

@@ -5,11 +5,9 @@ bare `matplotlib.figure.Figure`, never through pyplot, so plotting leaves the ca
 matplotlib backend and open figures alone.
 """
 
-import os
-import tempfile
-from pathlib import Path
-
 import numpy as np
+
+from ._atomic import atomic_write
 
 INSTALL_HINT = 'pip install "fastmlp[plot]"'
 
@@ -103,13 +101,6 @@ def _new_figure(figsize):
 
 
 def save_png(figure, path, dpi=120):
-    """Save figure as a PNG at path through a temp file in the same folder, renamed when complete."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            figure.savefig(f, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Save figure as a PNG at path, atomically (a temp file in the same folder, renamed when complete)."""
+    with atomic_write(path, "wb") as f:
+        figure.savefig(f, format="png", dpi=dpi)

@@ -135,3 +135,33 @@ def test_bad_kernel_arguments_are_refused_naming_the_argument(kind):
     with pytest.raises(error) as info:
         call()
     assert words in str(info.value)
+
+
+def test_checked_momentum_kernels_give_the_kernels_results_and_refuse_bad_calls():
+    V, A, dZ = f32(4, 5), f32(6, 4), f32(6, 5)
+    expected = np.float32(0.9) * V - np.float32(0.1) * (A.T @ dZ)
+    ck.momentum_gemm_update_inplace(V, A, dZ, 0.1, 0.9)
+    np.testing.assert_allclose(V, expected, rtol=1e-5, atol=1e-6)
+    W, V = f32(4, 5, seed=1), f32(4, 5, seed=2)
+    expected_v = V - np.float32(0.01) * W
+    ck.momentum_apply_inplace(W, V, 0.01)
+    np.testing.assert_allclose(V, expected_v, rtol=1e-6)
+    W, V, G = f32(7, seed=3), f32(7, seed=4), f32(7, seed=5)
+    W0, V0 = W.copy(), V.copy()
+    kernels.momentum_update_inplace(W0, V0, G, np.float32(0.1), np.float32(0.9), np.float32(0.0), True)
+    ck.momentum_update_inplace(W, V, G, 0.1, 0.9, 0.0, True)
+    np.testing.assert_array_equal(W, W0)
+    np.testing.assert_array_equal(V, V0)
+
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\)"):
+        ck.momentum_gemm_update_inplace(f32(4, 5), A, dZ, 0.1, 1.0)
+    with pytest.raises(ValueError, match="V must have shape"):
+        ck.momentum_apply_inplace(f32(4, 5), f32(5, 4), 0.0)
+    with pytest.raises(ValueError, match="W must not share memory with V"):
+        ck.momentum_apply_inplace(BUF[:4], BUF[2:6], 0.0)
+    with pytest.raises(TypeError, match="G must be a float32 numpy array"):
+        ck.momentum_update_inplace(f32(3), f32(3), np.zeros(3), 0.1, 0.9, 0.0, False)
+    with pytest.raises(TypeError, match="nesterov must be a bool"):
+        ck.momentum_update_inplace(f32(3), f32(3), f32(3), 0.1, 0.9, 0.0, 1)
+    with pytest.raises(ValueError, match="weight_decay must be >= 0"):
+        ck.momentum_update_inplace(f32(3), f32(3), f32(3), 0.1, 0.9, -1.0, False)
