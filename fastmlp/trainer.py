@@ -8,9 +8,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .backends import get_backend
-from .backends.base import BackendBase
+from .backends.base import BackendBase, sgd_options
 from .backends.numpy_ref import hidden_activations, log_softmax
-from .backends.base import sgd_options
 from .inputs import check_features, check_labels, check_model, check_positive_float, check_positive_int, make_rng
 from .optim import LRSchedule, Velocity, check_sgd_options
 
@@ -36,7 +35,8 @@ class EpochRecord:
 class History:
     """One `EpochRecord` per epoch trained, across every call to `Trainer.fit`.
 
-    best_epoch: the epoch whose parameters early stopping restored (None if it never stopped).
+    best_epoch: after `fit(..., patience=N)`, the epoch of the lowest validation loss, whose
+    parameters the model was given back (None without patience).
     """
 
     epochs: list = field(default_factory=list)

@@ -171,9 +171,10 @@ class _Workspace:
         alone) the step runs with momentum 0 on zeroed scratch velocities of the workspace.
         """
         if self._momentum is None:
-            sizes = self.layer_sizes
-            self._momentum = tuple(tuple(np.zeros(shape, dtype=np.float32) for shape in shapes) for shapes in (
-                list(zip(sizes[:-1], sizes[1:])), [(k,) for k in sizes[1:]], list(zip(sizes[:-1], sizes[1:]))))
+            weight_shapes = list(zip(self.layer_sizes[:-1], self.layer_sizes[1:]))
+            bias_shapes = [(fan_out,) for fan_out in self.layer_sizes[1:]]
+            zeros = lambda shapes: tuple(np.zeros(shape, dtype=np.float32) for shape in shapes)  # noqa: E731
+            self._momentum = (zeros(weight_shapes), zeros(bias_shapes), zeros(weight_shapes))
         scratch_w, scratch_b, grads = self._momentum
         if velocity is None:
             return scratch_w, scratch_b, grads
