@@ -102,6 +102,9 @@ def test_cli_default_recipe_is_nesterov_momentum_with_a_cosine_schedule_and_mome
     assert main(["--backend", "numpy", "--data-dir", str(tiny_mnist_dir), "--epochs", "1", "--hidden", "8"]) == 0
     assert "batch 64, lr 0.05 cosine, momentum 0.9 (Nesterov)," in capsys.readouterr().out
     assert main(["--backend", "numpy", "--data-dir", str(tiny_mnist_dir), "--epochs", "1", "--hidden", "8",
+                 "--no-nesterov"]) == 0
+    assert "lr 0.05 cosine, momentum 0.9, seed 0" in capsys.readouterr().out
+    assert main(["--backend", "numpy", "--data-dir", str(tiny_mnist_dir), "--epochs", "1", "--hidden", "8",
                  "--momentum", "0", "--schedule", "none", "--batch-size", "32", "--lr", "0.1"]) == 0
     assert "batch 32, lr 0.1, seed 0" in capsys.readouterr().out
 

@@ -166,3 +166,10 @@ def test_predict_png_without_pillow_names_the_extra(trained, tmp_path, capsys, m
 def test_commands_run_as_modules_and_show_help(module):
     result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--model" in result.stdout
+
+
+def test_debug_shows_the_traceback_instead_of_one_line(trained, tmp_path):
+    with pytest.raises(FileNotFoundError):
+        predict_main(["--model", str(trained[0]), "--debug", str(tmp_path / "missing.npy")])
+    with pytest.raises(FileNotFoundError):
+        evaluate_main(["--model", str(tmp_path / "none.npz"), "--debug"])
