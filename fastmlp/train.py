@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from threadpoolctl import threadpool_limits
+
 from . import __version__
 from ._atomic import atomic_write
 from .backends import get_backend
@@ -57,6 +59,9 @@ def build_parser():
     parser.add_argument("--metrics-json", type=Path, metavar="PATH", help="write metrics and history as JSON")
     parser.add_argument("--plot", type=Path, metavar="PATH",
                         help="draw the learning curves (loss, accuracy per epoch) as a PNG; needs the plot extra")
+    parser.add_argument("--blas-threads", type=_positive_int, default=None, metavar="N",
+                        help="BLAS threads for both backends (default: BLAS's own, usually one per core); "
+                             "1 is steadier on a busy machine, where spinning BLAS threads wait on each other")
     parser.add_argument("--quiet", action="store_true", help="print only the final test accuracy")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("--version", action="version", version=f"fastmlp {__version__}")
@@ -210,7 +215,8 @@ def main(argv=None):
             check_output_path(getattr(args, option), "--" + option.replace("_", "-"))
         if args.plot:
             require_matplotlib()
-        run(args)
+        with threadpool_limits(args.blas_threads, user_api="blas"):  # None: leave BLAS as it is
+            run(args)
 
     return run_reporting_errors(PROG, check_outputs_then_run, debug=args.debug)
 

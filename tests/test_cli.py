@@ -152,3 +152,26 @@ def test_cli_patience_stops_early_and_keeps_the_best_epoch(tiny_mnist_dir, tmp_p
     best = metrics["best_epoch"]
     assert val_losses[best - 1] == min(val_losses) and len(history) - best == 2
     assert f"kept the parameters of epoch {best}" in out
+
+
+def test_blas_threads_limits_blas_during_the_run_only(monkeypatch, tiny_mnist_dir):
+    from threadpoolctl import threadpool_info
+
+    import fastmlp.train
+
+    def blas_threads():
+        return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    before = blas_threads()
+    seen = []
+    monkeypatch.setattr(fastmlp.train, "run", lambda args: seen.append(blas_threads()))
+    assert main(["--data-dir", str(tiny_mnist_dir), "--blas-threads", "1"]) == 0
+    assert seen and set(seen[0].values()) == {1}
+    assert blas_threads() == before
+
+
+def test_blas_threads_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--blas-threads", "0"])
+    assert exit_info.value.code == 2
+    assert "--blas-threads" in capsys.readouterr().err

@@ -10,13 +10,11 @@ Weights, biases and buffers travel as homogeneous tuples, so one compiled functi
 every depth-L net and its layers are indexed in a runtime loop.
 """
 
-import contextlib
 import time
 from collections import OrderedDict
 
 import numpy as np
 from numba import njit
-from threadpoolctl import ThreadpoolController
 
 from ..inputs import Pixels
 from ..kernels import (
@@ -28,12 +26,6 @@ from ..kernels import (
 from .base import BackendBase, epoch_chunks
 
 _MAX_WORKSPACES = 4
-# Up to this batch size the epoch runs with single-threaded BLAS. Each step's weight update
-# writes W in place, and two BLAS threads split the forward and the weight-gradient gemm of
-# the same W differently, so half of W moves between the cores' caches twice per step: at
-# batch 32 that cost more than the second core gained (measured 12-35 % slower), at 128 it
-# about breaks even, at 1024 two threads win clearly.
-SINGLE_THREAD_BLAS_MAX_BATCH = 64
 
 
 @njit(cache=True)
@@ -186,15 +178,6 @@ class Backend(BackendBase):
 
     def __init__(self):
         self._workspaces = OrderedDict()
-        self._blas_controller = None
-
-    def _blas_threads(self, batch_size):
-        """A context limiting BLAS to one thread for small batches."""
-        if batch_size > SINGLE_THREAD_BLAS_MAX_BATCH:
-            return contextlib.nullcontext()
-        if self._blas_controller is None:  # made lazily: it inspects every loaded library
-            self._blas_controller = ThreadpoolController()
-        return self._blas_controller.limit(limits=1, user_api="blas")
 
     def _workspace(self, layer_sizes, rows):
         key = (tuple(layer_sizes), rows)
@@ -241,20 +224,19 @@ class Backend(BackendBase):
         ws = self._workspace(model.layer_sizes, min(batch_size, len(data)))
         params = tuple(model.weights), tuple(model.biases)
         total = 0.0
-        with self._blas_threads(batch_size):
-            # One nopython call per chunk: the whole epoch without progress, ~50 calls with it.
-            for chunk in epoch_chunks(rng.permutation(len(data)), batch_size, progress):
-                if momentum is None:  # plain SGD
-                    total += train_batches_inplace(*params, data, scale, y, chunk, batch_size, np.float32(lr),
-                                                   ws.acts, ws.deltas, ws.db, ws.labels)
-                else:
-                    velocity_w, velocity_b, grads = ws.momentum_buffers(velocity)
-                    total += train_batches_momentum_inplace(
-                        *params, velocity_w, velocity_b, data, scale, y, chunk, batch_size, np.float32(lr),
-                        np.float32(momentum), np.float32(weight_decay), nesterov, ws.acts, ws.deltas, ws.db, grads,
-                        ws.labels)
-                if progress is not None:
-                    progress(len(chunk))
+        # One nopython call per chunk: the whole epoch without progress, ~50 calls with it.
+        for chunk in epoch_chunks(rng.permutation(len(data)), batch_size, progress):
+            if momentum is None:  # plain SGD
+                total += train_batches_inplace(*params, data, scale, y, chunk, batch_size, np.float32(lr),
+                                               ws.acts, ws.deltas, ws.db, ws.labels)
+            else:
+                velocity_w, velocity_b, grads = ws.momentum_buffers(velocity)
+                total += train_batches_momentum_inplace(
+                    *params, velocity_w, velocity_b, data, scale, y, chunk, batch_size, np.float32(lr),
+                    np.float32(momentum), np.float32(weight_decay), nesterov, ws.acts, ws.deltas, ws.db, grads,
+                    ws.labels)
+            if progress is not None:
+                progress(len(chunk))
         return total / len(data)
 
     def warm_up(self, model, *, pixels=False, momentum=False):
