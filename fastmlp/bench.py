@@ -1,0 +1,609 @@
+"""Training speed of the backends against the gemm floor and the roofline: `python -m fastmlp.bench`.
+
+All speeds are samples/s measured in one interleaved run, epoch by epoch: each backend (numpy,
+numba, and PyTorch CPU when it is installed) trains one epoch through `Trainer.fit`, then the
+gemm floor runs one epoch, because this kind of machine drifts by tens of percent between runs:
+only the ratios within a run mean anything. Every backend starts from the same initial weights
+and sees the same batches (the Trainer's seeded shuffle).
+
+- steady state: median over the epochs after the first two, from the seconds the History
+  records; JIT compilation is done before the first timed epoch.
+- gemm floor: the step's sgemm calls alone (three forward; per layer the weight gradient and,
+  except for the first layer, the input gradient: eight for 784-128-64-10) with NumPy
+  `np.matmul(..., out=...)` at the epoch's batch shapes, on preallocated operands.
+- roofline: the GFLOP/s of one large square sgemm divided by the FLOPs of a sample's step, those
+  of the floor's gemms: 2 * (3 * sum(fan_in * fan_out) - 784 * 128) = 454 kFLOP for 784-128-64-10.
+- late/early: median throughput of the last steady epochs over that of the first ones (three
+  each, fewer in short runs); below 1 means training got slower as it went (subnormal floats
+  are the usual cause).
+- peak RSS: a process's high-water mark cannot be split between backends that share it, so each
+  (backend, input) trains one epoch per batch size in a process of its own and reports its
+  `ru_maxrss`, and the high-water mark it had before training (imports and data).
+- compile: a fresh process compiles the numba backend's training epoch for float32 and Pixels
+  inputs with an empty NUMBA_CACHE_DIR (cold), then a second one loads it from that cache (warm).
+
+Every backend's turn starts after a short pause: NumPy and SciPy wheels each bundle their own
+OpenBLAS (PyTorch its own threads), whose worker threads spin for ~0.1 s after a call, and a run
+started while another library's threads still spin loses tens of milliseconds to the
+oversubscribed cores. Runs of the same library follow each other without a pause.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from functools import cached_property
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import numpy as np
+from threadpoolctl import threadpool_info
+from tqdm import tqdm
+
+from . import kernels
+from .backends import BackendError, get_backend
+from .backends.base import BackendBase
+from .backends.numpy_ref import log_softmax
+from .inputs import Pixels
+from .model import MLP
+from .trainer import Trainer
+
+PROG = "python -m fastmlp.bench"
+LAYER_SIZES = (784, 128, 64, 10)
+BATCH_SIZES = (32, 128, 1024)
+INPUTS = ("float32", "pixels")
+LR = 0.1
+WARMUP_EPOCHS = 2
+SETTLE_SECONDS = 0.3  # longer than OpenBLAS worker threads spin after their last call
+FULL = {"epochs": 12, "samples": None}  # None: all 60,000 MNIST training samples
+QUICK = {"epochs": 4, "samples": 4000}
+TORCH_INSTALL = "pip install torch==2.13.0"
+
+
+def flops_per_sample(layer_sizes=LAYER_SIZES):
+    """FLOPs of one sample's gemms: forward, dW and dA per layer, but no dA for the input layer."""
+    return 2 * (3 * sum(a * b for a, b in zip(layer_sizes[:-1], layer_sizes[1:])) - layer_sizes[0] * layer_sizes[1])
+
+
+def roofline(layer_sizes=LAYER_SIZES, n=2048, repeats=5):
+    """{'sgemm_gflops', 'flops_per_sample', 'samples_per_s'} from the best of `repeats` n x n sgemms."""
+    rng = np.random.default_rng(0)
+    A, B = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    C = np.empty((n, n), dtype=np.float32)
+    np.matmul(A, B, out=C)
+    best = min(_timed(np.matmul, A, B, out=C) for _ in range(repeats))
+    gflops = 2 * n**3 / best / 1e9
+    fps = flops_per_sample(layer_sizes)
+    return {"sgemm_gflops": gflops, "flops_per_sample": fps, "samples_per_s": gflops * 1e9 / fps}
+
+
+class GemmFloor:
+    """The sgemm calls of one training step with `np.matmul(..., out=...)` on preallocated operands."""
+
+    def __init__(self, layer_sizes, batch_size, seed=0):
+        rng = np.random.default_rng(seed)
+        pairs = list(zip(layer_sizes[:-1], layer_sizes[1:]))
+        self.weights = [rng.standard_normal(shape, dtype=np.float32) for shape in pairs]
+        self.grads = [np.empty(shape, dtype=np.float32) for shape in pairs]
+        self.acts = [rng.standard_normal((batch_size, s), dtype=np.float32) for s in layer_sizes]
+        self.deltas = [rng.standard_normal((batch_size, s), dtype=np.float32) for s in layer_sizes]
+
+    def step(self, n):
+        """The step's gemms on the first n rows of the batch buffers."""
+        acts = [a[:n] for a in self.acts]
+        deltas = [d[:n] for d in self.deltas]
+        for l, W in enumerate(self.weights):
+            np.matmul(acts[l], W, out=acts[l + 1])
+        for l in reversed(range(len(self.weights))):
+            np.matmul(acts[l].T, deltas[l + 1], out=self.grads[l])
+            if l > 0:
+                np.matmul(deltas[l + 1], self.weights[l].T, out=deltas[l])
+
+    def epoch_seconds(self, n_samples, batch_size):
+        """Seconds for the gemms of one epoch of n_samples, the last partial batch included."""
+        start = time.perf_counter()
+        for first in range(0, n_samples, batch_size):
+            self.step(min(batch_size, n_samples - first))
+        return time.perf_counter() - start
+
+
+class KernelCase(NamedTuple):
+    """A kernel of `fastmlp.kernels` and its NumPy counterpart as zero-argument calls on shared operands.
+
+    `fused()` runs the kernel, which overwrites `output`; `numpy()` returns the same quantity
+    computed as the reference backend writes it (allocating its result).
+    """
+
+    fused: Callable[[], object]
+    numpy: Callable[[], np.ndarray]
+    output: np.ndarray
+
+
+class _Operands:
+    """Random float32 operands shaped as in a training step of the 784-128-64-10 net at batch n."""
+
+    def __init__(self, n, seed=0, n_images=60000):
+        rng = np.random.default_rng(seed)
+        normal = lambda *shape: rng.standard_normal(shape, dtype=np.float32)
+        self.A0, self.W0, self.dW0 = normal(n, 784), normal(784, 128), normal(784, 128)
+        self.Z1, self.b1, self.dZ1, self.db1 = normal(n, 128), normal(128), normal(n, 128), np.empty(128, np.float32)
+        self.A1 = np.maximum(normal(n, 128), 0)  # a ReLU output: about half zeros, as the mask sees it
+        self.W1, self.dZ2 = normal(128, 64), normal(n, 64)
+        self.Z3, self.b3, self.labels = normal(n, 10), normal(10), rng.integers(0, 10, n)
+        self.rows = rng.permutation(n_images)[:n]
+        self.out = np.empty((n, 784), np.float32)
+        self.out_labels = np.empty(n, np.int64)
+        self.lr = np.float32(1e-4)  # repeated in-place updates must not overflow W
+        self._rng, self._n_images = rng, n_images
+
+    @cached_property
+    def pixels(self):  # an MNIST-sized source, so that a shuffled gather misses the caches as in training
+        return self._rng.integers(0, 256, (self._n_images, 784), dtype=np.uint8)
+
+    @cached_property
+    def images(self):
+        return self.pixels * np.float32(1 / 255)
+
+    @cached_property
+    def all_labels(self):
+        return self._rng.integers(0, 10, self._n_images)
+
+
+def _softmax_xent_grad_numpy(Z, y):
+    """(softmax(Z) - onehot(y)) / n, as the reference backend computes it."""
+    dZ = np.exp(log_softmax(Z))
+    dZ[np.arange(len(y)), y] -= 1
+    return dZ / np.float32(len(y))
+
+
+def _kernel_cases(o):
+    k = kernels
+    scale = np.float32(1 / 255)
+    return {  # name: (fused call, the operand it overwrites, NumPy counterpart)
+        "matmul_into": (lambda: k.matmul_into(o.Z1, o.A0, o.W0), "Z1", lambda: o.A0 @ o.W0),
+        "matmul_bt_into": (lambda: k.matmul_bt_into(o.Z1, o.dZ2, o.W1), "Z1", lambda: o.dZ2 @ o.W1.T),
+        "matmul_at_into": (lambda: k.matmul_at_into(o.dW0, o.A0, o.dZ1), "dW0", lambda: o.A0.T @ o.dZ1),
+        "sgd_gemm_update_inplace": (lambda: k.sgd_gemm_update_inplace(o.W0, o.A0, o.dZ1, o.lr), "W0",
+                                    lambda: np.subtract(o.W0, o.lr * (o.A0.T @ o.dZ1), out=o.W0)),
+        "bias_forward_inplace": (lambda: k.bias_forward_inplace(o.Z3, o.b3), "Z3", lambda: o.Z3 + o.b3),
+        "bias_relu_forward_inplace": (lambda: k.bias_relu_forward_inplace(o.Z1, o.b1), "Z1",
+                                      lambda: np.maximum(o.Z1 + o.b1, np.float32(0))),
+        "relu_backward_inplace": (lambda: k.relu_backward_inplace(o.dZ1, o.A1), "dZ1", lambda: o.dZ1 * (o.A1 > 0)),
+        "relu_backward_bias_grad_inplace": (lambda: k.relu_backward_bias_grad_inplace(o.dZ1, o.A1, o.db1), "db1",
+                                            lambda: (o.dZ1 * (o.A1 > 0)).sum(axis=0)),
+        "softmax_inplace": (lambda: k.softmax_inplace(o.Z3), "Z3",
+                            lambda: np.exp(log_softmax(o.Z3))),
+        "softmax_xent_backward_inplace": (lambda: k.softmax_xent_backward_inplace(o.Z3, o.labels), "Z3",
+                                          lambda: _softmax_xent_grad_numpy(o.Z3, o.labels)),
+        "bias_grad": (lambda: k.bias_grad(o.dZ1, o.db1), "db1", lambda: o.dZ1.sum(axis=0)),
+        "sgd_update_inplace": (lambda: k.sgd_update_inplace(o.W0, o.dW0, o.lr), "W0",
+                               lambda: np.subtract(o.W0, o.lr * o.dW0, out=o.W0)),
+        "gather_rows": (lambda: k.gather_rows(o.out, o.images, o.rows), "out", lambda: o.images[o.rows]),
+        "gather_rows_scaled": (lambda: k.gather_rows_scaled(o.out, o.pixels, o.rows, scale), "out",
+                               lambda: Pixels(o.pixels, scale)[o.rows]),
+        "gather_labels": (lambda: k.gather_labels(o.out_labels, o.all_labels, o.rows), "out_labels",
+                          lambda: o.all_labels[o.rows]),
+    }
+
+
+# Every public kernel but gemm_inplace, the general sgemm the three matmul kernels and the SGD gemm wrap.
+KERNELS = tuple(_kernel_cases(None))
+
+
+def kernel_case(name, batch_size, seed=0):
+    """The `KernelCase` of kernel `name` (one of KERNELS) on the default net's shapes at this batch size.
+
+    In-place kernels are meant to be called repeatedly on the same operands: their cost does not
+    depend on the values, which stay finite.
+    """
+    if name not in KERNELS:
+        raise ValueError(f"unknown kernel {name!r}; choose one of {', '.join(KERNELS)}")
+    operands = _Operands(batch_size, seed)
+    fused, output, reference = _kernel_cases(operands)[name]
+    return KernelCase(fused, reference, getattr(operands, output))
+
+
+class TorchBackend(BackendBase):
+    """PyTorch CPU as a yardstick: a plain float32 autograd + `torch.optim.SGD` loop.
+
+    Its parameters are `torch.from_numpy` views of the model's own arrays, so it trains the
+    model in place exactly like the fastmlp backends, from the same weights, in the same batch
+    order (`rng.permutation`). Only the benchmark uses it; torch is imported on construction.
+    """
+
+    name = "torch"
+
+    def __init__(self, threads):
+        import torch
+
+        self.torch = torch
+        torch.set_num_threads(threads)
+
+    def _params(self, model):
+        return [self.torch.from_numpy(a).requires_grad_() for pair in zip(model.weights, model.biases) for a in pair]
+
+    def _logits(self, params, A):
+        torch = self.torch
+        for W, b in zip(params[0:-2:2], params[1:-2:2]):
+            A = torch.relu(torch.addmm(b, A, W))
+        return torch.addmm(params[-1], A, params[-2])
+
+    def _step(self, optimizer, params, A, labels):
+        loss = self.torch.nn.functional.cross_entropy(self._logits(params, A), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    def _forward(self, model, X):
+        with self.torch.no_grad():
+            return self.torch.softmax(self._logits(self._params(model), self.torch.from_numpy(X)), dim=1).numpy()
+
+    def _loss_and_grads(self, model, X, y):
+        params = self._params(model)
+        loss = self.torch.nn.functional.cross_entropy(self._logits(params, self.torch.from_numpy(X)),
+                                                      self.torch.from_numpy(y))
+        loss.backward()
+        grads = [p.grad.numpy() for p in params]
+        return loss.item(), grads[0::2], grads[1::2]
+
+    def _sgd_step(self, model, X, y, lr):
+        params = self._params(model)
+        optimizer = self.torch.optim.SGD(params, lr=lr)
+        return self._step(optimizer, params, self.torch.from_numpy(X), self.torch.from_numpy(y))
+
+    def _train_epoch(self, model, X, y, batch_size, lr, rng, progress=None):
+        torch = self.torch
+        params = self._params(model)
+        optimizer = torch.optim.SGD(params, lr=lr)
+        data = torch.from_numpy(X.data if isinstance(X, Pixels) else X)
+        labels = torch.from_numpy(y)
+        order = torch.from_numpy(rng.permutation(len(y)))
+        total = 0.0
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            A = data[rows]
+            if isinstance(X, Pixels):  # the scale applied at the gather, as Pixels[rows] does
+                A = A.to(torch.float32).mul_(X.scale)
+            total += self._step(optimizer, params, A, labels[rows]) * len(rows)
+        if progress is not None:
+            progress(len(y))
+        return total / len(y)
+
+
+def torch_available():
+    """Whether PyTorch can be imported here (checked without importing it)."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def blas_threads():
+    """The thread count of the BLAS libraries loaded (NumPy's and SciPy's OpenBLAS), at least 1."""
+    return max([i["num_threads"] for i in threadpool_info() if i.get("user_api") == "blas"], default=1)
+
+
+def blas_info():
+    """The BLAS libraries loaded and their thread counts, as threadpoolctl reports them."""
+    return [f"{i.get('internal_api')} {i.get('version')} {i.get('num_threads')} threads ({i.get('prefix')})"
+            for i in threadpool_info() if i.get("user_api") == "blas"]
+
+
+def make_backend(name, threads=None):
+    """The backend called name: "numpy", "numba", or "torch" (with `threads` threads, default BLAS's)."""
+    if name != "torch":
+        return get_backend(name)
+    if not torch_available():
+        raise BackendError(f"backend 'torch' needs PyTorch: {TORCH_INSTALL}")
+    return TorchBackend(threads or blas_threads())
+
+
+def load_data(samples=None):
+    """The first `samples` MNIST training images (all when None) as Pixels, and their labels."""
+    from .datasets import load_mnist
+
+    X, y, _, _ = load_mnist(as_pixels=True)
+    if samples is not None:
+        X, y = Pixels(X.data[:samples], X.scale), y[:samples]
+    return X, y
+
+
+def input_data(pixels, kind):
+    """The training input of kind "pixels" (uint8, scaled at the gather) or "float32" (scaled up front)."""
+    return pixels if kind == "pixels" else pixels.to_float32()
+
+
+def warm_up(backends, data, y, batch_sizes, seed=0):
+    """Train one short epoch per backend, input and batch size: JIT compilation and first allocations."""
+    n = min(len(y), 2 * max(batch_sizes))
+    for backend in backends.values():
+        for X in data.values():
+            subset = Pixels(X.data[:n], X.scale) if isinstance(X, Pixels) else X[:n]
+            for batch_size in batch_sizes:
+                Trainer(MLP(LAYER_SIZES, seed=seed), backend, lr=LR, batch_size=batch_size,
+                        seed=seed).fit(subset, y[:n], epochs=1)
+
+
+def measure_training(backends, data, y, *, batch_sizes=BATCH_SIZES, epochs=FULL["epochs"], seed=0, progress=None):
+    """One row per (batch size, backend, input) with its steady-state samples/s and the ratios.
+
+    backends maps names to backends, data maps input kinds to training inputs. Each row holds
+    samples_per_s, floor_samples_per_s, vs_floor, vs_numpy (the same input on the numpy backend,
+    when it runs), late_over_early and epoch_samples_per_s. progress(message) is called per epoch.
+    """
+    if epochs < WARMUP_EPOCHS + 2:
+        raise ValueError(f"epochs must be >= {WARMUP_EPOCHS + 2} to compare early and late epochs, got {epochs}")
+    n = len(y)
+    init = MLP(LAYER_SIZES, seed=seed)
+    rows = []
+    for batch_size in batch_sizes:
+        runs = [(name, kind) for name in backends for kind in data]
+        trainers = {run: Trainer(init.copy(), backends[run[0]], lr=LR, batch_size=batch_size, seed=seed)
+                    for run in runs}
+        floor = GemmFloor(LAYER_SIZES, min(batch_size, n), seed)
+        floor_rates = []
+        for epoch in range(epochs):
+            for name in backends:
+                time.sleep(SETTLE_SECONDS)
+                for kind in data:
+                    trainers[name, kind].fit(data[kind], y, epochs=1)
+            time.sleep(SETTLE_SECONDS)
+            floor_rates.append(n / floor.epoch_seconds(n, batch_size))
+            if progress:
+                progress(f"batch {batch_size} epoch {epoch + 1}/{epochs}")
+        floor_rate = float(np.median(floor_rates[WARMUP_EPOCHS:]))
+        rates = {run: trainers[run].history.column("samples_per_s") for run in runs}
+        steady = {run: float(np.median(r[WARMUP_EPOCHS:])) for run, r in rates.items()}
+        k = min(3, (epochs - WARMUP_EPOCHS) // 2)
+        for run in runs:
+            rate = rates[run]
+            numpy_rate = steady.get(("numpy", run[1]))
+            rows.append({
+                "batch_size": batch_size, "backend": run[0], "input": run[1],
+                "samples_per_s": steady[run], "floor_samples_per_s": floor_rate,
+                "vs_floor": steady[run] / floor_rate,
+                "vs_numpy": steady[run] / numpy_rate if numpy_rate else None,
+                "late_over_early": float(np.median(rate[-k:]) / np.median(rate[WARMUP_EPOCHS : WARMUP_EPOCHS + k])),
+                "epoch_samples_per_s": rate,
+            })
+    return rows
+
+
+def _max_rss_bytes():
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is in bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def report_peak_rss(backend, kind, batch_sizes, samples, threads):
+    """In a fresh process: print as JSON the peak RSS of training one epoch per batch size, and before it."""
+    pixels, y = load_data(samples)
+    data = input_data(pixels, kind)
+    trainer_backend = make_backend(backend, threads)
+    before = _max_rss_bytes()
+    for batch_size in batch_sizes:
+        Trainer(MLP(LAYER_SIZES, seed=0), trainer_backend, lr=LR, batch_size=batch_size).fit(data, y, epochs=1)
+    print(json.dumps({"peak_rss_bytes": _max_rss_bytes(), "before_training_bytes": before}))
+
+
+def report_compile_seconds(inputs=INPUTS):
+    """In a fresh process: print as JSON the seconds to import the numba backend and to compile its epoch."""
+    start = time.perf_counter()
+    backend = get_backend("numba")
+    imported = time.perf_counter()
+    for kind in inputs:
+        X = Pixels(np.zeros((2, LAYER_SIZES[0]), dtype=np.uint8))
+        backend.train_epoch(MLP(LAYER_SIZES, seed=0), input_data(X, kind), np.zeros(2, dtype=np.int64),
+                            batch_size=1, lr=LR, rng=np.random.default_rng(0))
+    print(json.dumps({"import_s": imported - start, "compile_s": time.perf_counter() - imported}))
+
+
+def run_child(call, env=None):
+    """Run `fastmlp.bench.<call>` in a fresh Python process; returns the JSON object it printed last."""
+    proc = subprocess.run([sys.executable, "-c", f"import fastmlp.bench as b; b.{call}"],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"measurement process {call} failed (exit {proc.returncode}): {last}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def compile_seconds_in_child(cache_dir, inputs=INPUTS):
+    """Compile seconds of the numba training epoch in a fresh process whose Numba cache is cache_dir."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir))
+    return run_child(f"report_compile_seconds({tuple(inputs)!r})", env)["compile_s"]
+
+
+def measure_compile():
+    """{'numba_cold_s', 'numba_warm_s'}: compile from an empty Numba cache, then load from it."""
+    with tempfile.TemporaryDirectory(prefix="fastmlp-numba-cache-") as cache_dir:
+        cold = compile_seconds_in_child(cache_dir)
+        warm = compile_seconds_in_child(cache_dir)
+    return {"numba_cold_s": cold, "numba_warm_s": warm}
+
+
+def measure_peak_rss(backend_names, inputs, batch_sizes, samples, threads):
+    """One {'backend', 'input', 'peak_rss_mb', 'before_training_mb'} per pair, each from its own process.
+
+    The processes run side by side: memory, unlike time, does not suffer from sharing the cores.
+    """
+    pairs = [(b, k) for b in backend_names for k in inputs]
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", "import fastmlp.bench as b; "
+         f"b.report_peak_rss({b!r}, {k!r}, {tuple(batch_sizes)!r}, {samples!r}, {threads!r})"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for b, k in pairs]
+    results = []
+    for (backend, kind), proc in zip(pairs, procs):
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            last = (err.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"peak RSS process for {backend}/{kind} failed (exit {proc.returncode}): {last}")
+        report = json.loads(out.strip().splitlines()[-1])
+        results.append({"backend": backend, "input": kind, "peak_rss_mb": report["peak_rss_bytes"] / 2**20,
+                        "before_training_mb": report["before_training_bytes"] / 2**20})
+    return results
+
+
+def format_table(header, lines, left=1):
+    """An aligned text table: the first `left` columns left-aligned, the others right-aligned."""
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+
+    def fmt(cells):
+        return "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines])
+
+
+def format_report(report):
+    """The whole report of `run` as text: a header, the throughput table, then memory and compile time."""
+    c, roof = report["config"], report["roofline"]
+    k = min(3, (c["epochs"] - WARMUP_EPOCHS) // 2)
+    out = [
+        f"fastmlp bench ({c['mode']}): MNIST {c['samples']:,} training samples"
+        + (" (a subset)" if c["samples"] < 60000 else "") + f", net {'-'.join(map(str, c['layer_sizes']))}, "
+        f"SGD lr {c['lr']}, {c['epochs']} epochs per run, backends {', '.join(c['backends'])}",
+        *(f"BLAS: {line}" for line in c["blas"]),
+    ]
+    if "torch" in c["backends"]:
+        out.append(f"torch {c['torch_version']}: {c['torch_threads']} threads (the BLAS thread count)")
+    out += [
+        f"roofline: {roof['sgemm_gflops']:.1f} GFLOP/s sgemm 2048^3 / {roof['flops_per_sample'] / 1e3:.0f} "
+        f"kFLOP per sample = {roof['samples_per_s']:,.0f} samples/s",
+        f"steady state = median of epochs {WARMUP_EPOCHS + 1}-{c['epochs']}; late/early = median of the last "
+        f"{k} over the first {k} steady epochs; floor = the step's gemms alone",
+        "",
+        format_table(
+            ["batch", "backend", "input", "samples/s", "floor/s", "vs floor", "vs roofline", "vs numpy", "late/early"],
+            [[str(r["batch_size"]), r["backend"], r["input"], f"{r['samples_per_s']:,.0f}",
+              f"{r['floor_samples_per_s']:,.0f}", f"{r['vs_floor']:.2f}", f"{r['vs_roofline']:.2f}",
+              "-" if r["vs_numpy"] is None else f"{r['vs_numpy']:.2f}", f"{r['late_over_early']:.2f}"]
+             for r in report["rows"]], left=3),
+        "",
+        f"peak RSS, one process per row training one epoch at each batch size {', '.join(map(str, c['batch_sizes']))}:",
+        format_table(["backend", "input", "peak MiB", "before training MiB"],
+                     [[m["backend"], m["input"], f"{m['peak_rss_mb']:,.0f}", f"{m['before_training_mb']:,.0f}"]
+                      for m in report["peak_rss"]], left=2),
+    ]
+    if report["compile"]:
+        comp = report["compile"]
+        out += ["", f"numba compile of the training epoch (float32 and pixels inputs), in a fresh process: "
+                    f"cold cache {comp['numba_cold_s']:.2f} s, warm cache {comp['numba_warm_s']:.2f} s"]
+    return "\n".join(out)
+
+
+def run(args, progress_bar=None):
+    """Measure everything args ask for; returns the report (a JSON-ready dict)."""
+    names = list(args.backends)
+    threads = blas_threads()
+    backends = {name: make_backend(name, threads) for name in names}
+    pixels, y = load_data(args.samples)
+    data = {kind: input_data(pixels, kind) for kind in args.inputs}
+    bar = progress_bar or tqdm(disable=True)
+
+    def step(message):
+        bar.set_description(message, refresh=False)
+        bar.update()
+
+    compile_times = None
+    if "numba" in names:
+        bar.set_description("numba compile, cold and warm cache")
+        compile_times = measure_compile()
+        step("numba compile")
+    bar.set_description("peak RSS, one process per backend and input")
+    peak_rss = measure_peak_rss(names, args.inputs, args.batch_sizes, args.samples, threads)
+    step("peak RSS")
+    warm_up(backends, data, y, args.batch_sizes, args.seed)
+    time.sleep(SETTLE_SECONDS)
+    roof = roofline()
+    step("warm-up and roofline")
+    rows = measure_training(backends, data, y, batch_sizes=args.batch_sizes, epochs=args.epochs, seed=args.seed,
+                            progress=step)
+    for r in rows:
+        r["vs_roofline"] = r["samples_per_s"] / roof["samples_per_s"]
+    config = {"mode": "quick" if args.quick else "full", "samples": len(y), "epochs": args.epochs,
+              "batch_sizes": list(args.batch_sizes), "backends": names, "inputs": list(args.inputs),
+              "layer_sizes": list(LAYER_SIZES), "lr": LR, "seed": args.seed, "blas": blas_info(),
+              "warmup_epochs": WARMUP_EPOCHS}
+    if "torch" in backends:
+        config["torch_version"] = backends["torch"].torch.__version__
+        config["torch_threads"] = backends["torch"].torch.get_num_threads()
+    return {"config": config, "roofline": roof, "compile": compile_times, "peak_rss": peak_rss, "rows": rows}
+
+
+def _timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    fn(*args, **kwargs)
+    return time.perf_counter() - start
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _epochs(text):
+    value = _positive_int(text)
+    if value < WARMUP_EPOCHS + 2:
+        raise argparse.ArgumentTypeError(f"must be >= {WARMUP_EPOCHS + 2} (two warm-up epochs, then at least "
+                                         f"one early and one late), got {text}")
+    return value
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Measure training throughput (samples/s) of the numpy and numba backends, and PyTorch CPU "
+                    "when installed, against the gemm floor and the sgemm roofline, in one interleaved run; "
+                    "plus late/early epoch ratio, peak RSS and numba compile time. Prints a table.",
+    )
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a short run: {QUICK['epochs']} epochs on the first {QUICK['samples']:,} samples "
+                             f"(default: {FULL['epochs']} epochs on all 60,000)")
+    parser.add_argument("--epochs", type=_epochs, help="epochs per backend, input and batch size (overrides the mode)")
+    parser.add_argument("--samples", type=_positive_int, help="train on the first N MNIST samples (overrides the mode)")
+    parser.add_argument("--batch-sizes", type=_positive_int, nargs="+", default=list(BATCH_SIZES), metavar="N")
+    parser.add_argument("--backends", nargs="+", choices=["numpy", "numba", "torch"],
+                        help="default: numpy numba, and torch when it is installed")
+    parser.add_argument("--inputs", nargs="+", choices=INPUTS, default=list(INPUTS),
+                        help="float32: images scaled up front; pixels: uint8 scaled at the gather (fastmlp.Pixels)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the shuffling")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the full report as JSON")
+    return parser
+
+
+def main(argv=None):
+    from .train import _check_writable_folder, write_text_atomically
+
+    args = build_parser().parse_args(argv)
+    mode = QUICK if args.quick else FULL
+    args.epochs = args.epochs or mode["epochs"]
+    args.samples = args.samples or mode["samples"]
+    args.backends = args.backends or ["numpy", "numba"] + (["torch"] * torch_available())
+    try:
+        _check_writable_folder(args.json, "--json")
+        steps = ("numba" in args.backends) + 2 + len(args.batch_sizes) * args.epochs
+        # A bar on a terminal only (disable=None): in a log, its redraws are noise.
+        with tqdm(total=steps, desc="fastmlp bench", unit="step", file=sys.stderr, leave=False, disable=None) as bar:
+            report = run(args, bar)
+        print(format_report(report), flush=True)
+        if args.json:
+            write_text_atomically(args.json, json.dumps(report, indent=2) + "\n")
+            print(f"report written to {args.json}")
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, TypeError, ArithmeticError, RuntimeError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
