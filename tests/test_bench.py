@@ -1,0 +1,150 @@
+"""`python -m fastmlp.bench` and its parts: kernel cases, gemm floor, interleaved measurement, torch yardstick.
+
+Speed is never asserted: these tests check what is measured and reported, not how fast."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fastmlp import MLP, Pixels, get_backend, kernels
+from fastmlp import bench
+from fastmlp.testing import assert_backends_equivalent
+
+
+@pytest.fixture
+def no_settle(monkeypatch):
+    monkeypatch.setattr(bench, "SETTLE_SECONDS", 0.0)
+
+
+def tiny_pixels(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    return Pixels(rng.integers(0, 256, (n, 784), dtype=np.uint8)), rng.integers(0, 10, n)
+
+
+def test_kernel_cases_cover_every_public_kernel_but_the_general_gemm():
+    assert set(bench.KERNELS) == set(kernels.__all__) - {"gemm_inplace"}
+
+
+@pytest.mark.parametrize("batch_size", [1, 33])
+@pytest.mark.parametrize("name", bench.KERNELS)
+def test_kernel_case_fused_and_numpy_compute_the_same_result(name, batch_size):
+    fused = bench.kernel_case(name, batch_size)
+    fused.fused()
+    expected = bench.kernel_case(name, batch_size).numpy()  # the same operands, untouched
+    assert fused.output.shape == expected.shape
+    np.testing.assert_allclose(fused.output, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_unknown_kernel_case_is_refused():
+    with pytest.raises(ValueError, match="unknown kernel 'gemm_inplace'"):
+        bench.kernel_case("gemm_inplace", 32)
+
+
+def test_gemm_floor_does_the_flops_of_a_training_step(monkeypatch):
+    flops = []
+    matmul = np.matmul
+
+    def counting_matmul(a, b, out):
+        flops.append(2 * a.shape[0] * a.shape[1] * b.shape[1])
+        return matmul(a, b, out=out)
+
+    floor = bench.GemmFloor(bench.LAYER_SIZES, 32)
+    monkeypatch.setattr(np, "matmul", counting_matmul)
+    floor.step(20)
+    assert len(flops) == 8  # three forward, three weight gradients, two input gradients
+    assert sum(flops) == 20 * bench.flops_per_sample() == 20 * 454_400
+
+
+def test_measure_training_reports_every_backend_input_and_batch_size(no_settle):
+    pixels, y = tiny_pixels()
+    backends = {name: get_backend(name) for name in ("numpy", "numba")}
+    data = {kind: bench.input_data(pixels, kind) for kind in bench.INPUTS}
+    rows = bench.measure_training(backends, data, y, batch_sizes=[16, 64], epochs=4)
+    assert [(r["batch_size"], r["backend"], r["input"]) for r in rows] == [
+        (b, name, kind) for b in (16, 64) for name in ("numpy", "numba") for kind in bench.INPUTS]
+    for r in rows:
+        assert len(r["epoch_samples_per_s"]) == 4
+        assert r["samples_per_s"] > 0 and r["floor_samples_per_s"] > 0 and r["late_over_early"] > 0
+        assert r["vs_floor"] == pytest.approx(r["samples_per_s"] / r["floor_samples_per_s"])
+        if r["backend"] == "numpy":
+            assert r["vs_numpy"] == 1.0
+
+
+def test_measure_training_needs_steady_epochs_to_compare():
+    pixels, y = tiny_pixels(20)
+    with pytest.raises(ValueError, match="epochs must be >= 4"):
+        bench.measure_training({"numpy": get_backend("numpy")}, {"pixels": pixels}, y, epochs=3)
+
+
+def test_run_child_reports_a_failing_measurement_process():
+    with pytest.raises(RuntimeError, match="no_such_measurement.*AttributeError"):
+        bench.run_child("no_such_measurement()")
+
+
+def test_torch_backend_is_equivalent_to_the_reference():
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    model = MLP([20, 16, 8, 5], seed=1)
+    X, y = rng.random((40, 20), dtype=np.float32), rng.integers(0, 5, 40)
+    assert_backends_equivalent(model, X, y, backends=("numpy", bench.TorchBackend(1)))
+
+
+@pytest.mark.parametrize("kind", bench.INPUTS)
+def test_torch_epoch_trains_the_model_in_place_like_the_reference(kind):
+    pytest.importorskip("torch")
+    pixels, y = tiny_pixels(96)
+    X = bench.input_data(pixels, kind)
+    models = [MLP(bench.LAYER_SIZES, seed=2) for _ in range(2)]
+    losses = [backend.train_epoch(model, X, y, batch_size=32, lr=0.1, rng=np.random.default_rng(3))
+              for backend, model in zip((get_backend("numpy"), bench.TorchBackend(1)), models)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    for a, b in zip(models[0].weights + models[0].biases, models[1].weights + models[1].biases):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * np.abs(a).max())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "3"], "--epochs: must be >= 4"),
+    (["--batch-sizes", "0"], "--batch-sizes: must be an integer >= 1"),
+    (["--samples", "x"], "--samples: must be an integer, got 'x'"),
+    (["--backends", "cuda"], "invalid choice: 'cuda'"),
+    (["--inputs", "int8"], "invalid choice: 'int8'"),
+])
+def test_bad_arguments_exit_2_with_one_line(args, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(args)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_torch_requested_but_missing_exits_1_with_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(bench, "torch_available", lambda: False)
+    assert bench.main(["--backends", "torch"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["python -m fastmlp.bench: error: backend 'torch' needs PyTorch: pip install torch==2.13.0"]
+
+
+def test_unwritable_json_path_exits_1_before_measuring(tmp_path, capsys):
+    assert bench.main(["--json", str(tmp_path / "missing" / "r.json")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_bench_prints_the_table_and_writes_the_json_report(tmp_path, capsys, no_settle):
+    path = tmp_path / "report.json"
+    code = bench.main(["--samples", "300", "--epochs", "4", "--batch-sizes", "16", "64",
+                       "--backends", "numpy", "numba", "--json", str(path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    report = json.loads(path.read_text())
+    assert report["config"]["samples"] == 300 and report["config"]["mode"] == "full"
+    assert len(report["rows"]) == 2 * 2 * 2
+    assert all(r["vs_roofline"] > 0 for r in report["rows"])
+    assert [(m["backend"], m["input"]) for m in report["peak_rss"]] == [
+        (b, k) for b in ("numpy", "numba") for k in bench.INPUTS]
+    assert all(m["peak_rss_mb"] >= m["before_training_mb"] > 0 for m in report["peak_rss"])
+    assert report["compile"]["numba_cold_s"] > 0 and report["compile"]["numba_warm_s"] > 0
+    assert "MNIST 300 training samples (a subset)" in out
+    table = [line.split() for line in out.splitlines() if line.split()[:1] in (["16"], ["64"])]
+    assert [(t[0], t[1], t[2]) for t in table] == [(str(r["batch_size"]), r["backend"], r["input"])
+                                                   for r in report["rows"]]
+    assert "cold cache" in out and "warm cache" in out
