@@ -60,8 +60,9 @@ INPUTS = ("float32", "pixels")
 LR = 0.1
 WARMUP_EPOCHS = 2
 SETTLE_SECONDS = 0.3  # longer than OpenBLAS worker threads spin after their last call
-FULL = {"epochs": 12, "samples": None}  # None: all 60,000 MNIST training samples
+FULL = {"epochs": 12, "samples": None}  # None: all MNIST training samples
 QUICK = {"epochs": 4, "samples": 4000}
+MNIST_TRAIN_SAMPLES = 60000
 TORCH_INSTALL = "pip install torch==2.13.0"
 
 
@@ -127,7 +128,7 @@ class KernelCase(NamedTuple):
 class _Operands:
     """Random float32 operands shaped as in a training step of the 784-128-64-10 net at batch n."""
 
-    def __init__(self, n, seed=0, n_images=60000):
+    def __init__(self, n, seed=0, n_images=MNIST_TRAIN_SAMPLES):
         rng = np.random.default_rng(seed)
         normal = lambda *shape: rng.standard_normal(shape, dtype=np.float32)
         self.A0, self.W0, self.dW0 = normal(n, 784), normal(784, 128), normal(784, 128)
@@ -316,7 +317,7 @@ def input_data(pixels, kind):
     return pixels if kind == "pixels" else pixels.to_float32()
 
 
-def warm_up(backends, data, y, batch_sizes, seed=0):
+def warm_up_backends(backends, data, y, batch_sizes, seed=0):
     """Train one short epoch per backend, input and batch size: JIT compilation and first allocations."""
     n = min(len(y), 2 * max(batch_sizes))
     for backend in backends.values():
@@ -427,22 +428,15 @@ def measure_compile():
 def measure_peak_rss(backend_names, inputs, batch_sizes, samples, threads):
     """One {'backend', 'input', 'peak_rss_mb', 'before_training_mb'} per pair, each from its own process.
 
-    The processes run side by side: memory, unlike time, does not suffer from sharing the cores.
+    One process at a time: side by side, their BLAS threads would fight over the cores and the
+    small-batch epochs would crawl.
     """
-    pairs = [(b, k) for b in backend_names for k in inputs]
-    procs = [subprocess.Popen(
-        [sys.executable, "-c", "import fastmlp.bench as b; "
-         f"b.report_peak_rss({b!r}, {k!r}, {tuple(batch_sizes)!r}, {samples!r}, {threads!r})"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for b, k in pairs]
     results = []
-    for (backend, kind), proc in zip(pairs, procs):
-        out, err = proc.communicate()
-        if proc.returncode != 0:
-            last = (err.strip().splitlines() or ["no output"])[-1]
-            raise RuntimeError(f"peak RSS process for {backend}/{kind} failed (exit {proc.returncode}): {last}")
-        report = json.loads(out.strip().splitlines()[-1])
-        results.append({"backend": backend, "input": kind, "peak_rss_mb": report["peak_rss_bytes"] / 2**20,
-                        "before_training_mb": report["before_training_bytes"] / 2**20})
+    for backend in backend_names:
+        for kind in inputs:
+            report = run_child(f"report_peak_rss({backend!r}, {kind!r}, {tuple(batch_sizes)!r}, {samples!r}, {threads!r})")
+            results.append({"backend": backend, "input": kind, "peak_rss_mb": report["peak_rss_bytes"] / 2**20,
+                            "before_training_mb": report["before_training_bytes"] / 2**20})
     return results
 
 
@@ -462,7 +456,7 @@ def format_report(report):
     k = min(3, (c["epochs"] - WARMUP_EPOCHS) // 2)
     out = [
         f"fastmlp bench ({c['mode']}): MNIST {c['samples']:,} training samples"
-        + (" (a subset)" if c["samples"] < 60000 else "") + f", net {'-'.join(map(str, c['layer_sizes']))}, "
+        + (" (a subset)" if c["subset"] else "") + f", net {'-'.join(map(str, c['layer_sizes']))}, "
         f"SGD lr {c['lr']}, {c['epochs']} epochs per run, backends {', '.join(c['backends'])}",
         *(f"BLAS: {line}" for line in c["blas"]),
     ]
@@ -500,7 +494,7 @@ def run(args, progress_bar=None):
     backends = {name: make_backend(name, threads) for name in names}
     pixels, y = load_data(args.samples)
     data = {kind: input_data(pixels, kind) for kind in args.inputs}
-    bar = progress_bar or tqdm(disable=True)
+    bar = progress_bar if progress_bar is not None else tqdm(disable=True)
 
     def step(message):
         bar.set_description(message, refresh=False)
@@ -514,7 +508,7 @@ def run(args, progress_bar=None):
     bar.set_description("peak RSS, one process per backend and input")
     peak_rss = measure_peak_rss(names, args.inputs, args.batch_sizes, args.samples, threads)
     step("peak RSS")
-    warm_up(backends, data, y, args.batch_sizes, args.seed)
+    warm_up_backends(backends, data, y, args.batch_sizes, args.seed)
     time.sleep(SETTLE_SECONDS)
     roof = roofline()
     step("warm-up and roofline")
@@ -522,7 +516,7 @@ def run(args, progress_bar=None):
                             progress=step)
     for r in rows:
         r["vs_roofline"] = r["samples_per_s"] / roof["samples_per_s"]
-    config = {"mode": "quick" if args.quick else "full", "samples": len(y), "epochs": args.epochs,
+    config = {"mode": "quick" if args.quick else "full", "samples": len(y), "subset": len(y) < MNIST_TRAIN_SAMPLES, "epochs": args.epochs,
               "batch_sizes": list(args.batch_sizes), "backends": names, "inputs": list(args.inputs),
               "layer_sizes": list(LAYER_SIZES), "lr": LR, "seed": args.seed, "blas": blas_info(),
               "warmup_epochs": WARMUP_EPOCHS}
@@ -568,7 +562,8 @@ def build_parser():
                              f"(default: {FULL['epochs']} epochs on all 60,000)")
     parser.add_argument("--epochs", type=_epochs, help="epochs per backend, input and batch size (overrides the mode)")
     parser.add_argument("--samples", type=_positive_int, help="train on the first N MNIST samples (overrides the mode)")
-    parser.add_argument("--batch-sizes", type=_positive_int, nargs="+", default=list(BATCH_SIZES), metavar="N")
+    parser.add_argument("--batch-sizes", type=_positive_int, nargs="+", default=list(BATCH_SIZES), metavar="N",
+                        help=f"default: {' '.join(map(str, BATCH_SIZES))}")
     parser.add_argument("--backends", nargs="+", choices=["numpy", "numba", "torch"],
                         help="default: numpy numba, and torch when it is installed")
     parser.add_argument("--inputs", nargs="+", choices=INPUTS, default=list(INPUTS),
@@ -586,6 +581,8 @@ def main(argv=None):
     args.epochs = args.epochs or mode["epochs"]
     args.samples = args.samples or mode["samples"]
     args.backends = args.backends or ["numpy", "numba"] + (["torch"] * torch_available())
+    for name in ("backends", "inputs", "batch_sizes"):  # each once, in the order given
+        setattr(args, name, list(dict.fromkeys(getattr(args, name))))
     try:
         _check_writable_folder(args.json, "--json")
         steps = ("numba" in args.backends) + 2 + len(args.batch_sizes) * args.epochs
