@@ -328,6 +328,11 @@ def warm_up_backends(backends, data, y, batch_sizes, seed=0):
                         seed=seed).fit(subset, y[:n], epochs=1)
 
 
+def early_late_epochs(epochs):
+    """How many steady epochs at each end the late/early ratio compares: three, fewer in short runs."""
+    return min(3, (epochs - WARMUP_EPOCHS) // 2)
+
+
 def measure_training(backends, data, y, *, batch_sizes=BATCH_SIZES, epochs=FULL["epochs"], seed=0, progress=None):
     """One row per (batch size, backend, input) with its steady-state samples/s and the ratios.
 
@@ -358,7 +363,7 @@ def measure_training(backends, data, y, *, batch_sizes=BATCH_SIZES, epochs=FULL[
         floor_rate = float(np.median(floor_rates[WARMUP_EPOCHS:]))
         rates = {run: trainers[run].history.column("samples_per_s") for run in runs}
         steady = {run: float(np.median(r[WARMUP_EPOCHS:])) for run, r in rates.items()}
-        k = min(3, (epochs - WARMUP_EPOCHS) // 2)
+        k = early_late_epochs(epochs)
         for run in runs:
             rate = rates[run]
             numpy_rate = steady.get(("numpy", run[1]))
@@ -394,8 +399,8 @@ def report_compile_seconds(inputs=INPUTS):
     start = time.perf_counter()
     backend = get_backend("numba")
     imported = time.perf_counter()
+    X = Pixels(np.zeros((2, LAYER_SIZES[0]), dtype=np.uint8))
     for kind in inputs:
-        X = Pixels(np.zeros((2, LAYER_SIZES[0]), dtype=np.uint8))
         backend.train_epoch(MLP(LAYER_SIZES, seed=0), input_data(X, kind), np.zeros(2, dtype=np.int64),
                             batch_size=1, lr=LR, rng=np.random.default_rng(0))
     print(json.dumps({"import_s": imported - start, "compile_s": time.perf_counter() - imported}))
@@ -453,7 +458,7 @@ def format_table(header, lines, left=1):
 def format_report(report):
     """The whole report of `run` as text: a header, the throughput table, then memory and compile time."""
     c, roof = report["config"], report["roofline"]
-    k = min(3, (c["epochs"] - WARMUP_EPOCHS) // 2)
+    k = early_late_epochs(c["epochs"])
     out = [
         f"fastmlp bench ({c['mode']}): MNIST {c['samples']:,} training samples"
         + (" (a subset)" if c["subset"] else "") + f", net {'-'.join(map(str, c['layer_sizes']))}, "
