@@ -48,7 +48,7 @@ from tqdm import tqdm
 from . import kernels
 from .backends import BackendError, get_backend
 from .backends.base import BackendBase
-from .backends.numpy_ref import log_softmax
+from .backends.numpy_ref import log_softmax, momentum_update
 from .inputs import Pixels
 from .model import MLP
 from .trainer import Trainer
@@ -139,7 +139,9 @@ class _Operands:
         self.rows = rng.permutation(n_images)[:n]
         self.out = np.empty((n, 784), np.float32)
         self.out_labels = np.empty(n, np.int64)
+        self.V0 = normal(784, 128)  # a momentum velocity shaped like W0
         self.lr = np.float32(1e-4)  # repeated in-place updates must not overflow W
+        self.momentum, self.weight_decay = np.float32(0.9), np.float32(5e-4)
         self._rng, self._n_images = rng, n_images
 
     @cached_property
@@ -160,6 +162,19 @@ def _softmax_xent_grad_numpy(Z, y):
     dZ = np.exp(log_softmax(Z))
     dZ[np.arange(len(y)), y] -= 1
     return dZ / np.float32(len(y))
+
+
+def _momentum_apply_numpy(W, V, decay_step):
+    """V -= decay_step * W, then W += V: what the reference backend's decayed momentum step does to W."""
+    V -= decay_step * W
+    W += V
+    return W
+
+
+def _momentum_update_numpy(W, V, G, lr, momentum, weight_decay, nesterov):
+    """The reference backend's momentum step on W with velocity V and gradient G; returns W."""
+    momentum_update(W, V, G + weight_decay * W, lr, momentum, nesterov)
+    return W
 
 
 def _kernel_cases(o):
@@ -184,6 +199,14 @@ def _kernel_cases(o):
         "bias_grad": (lambda: k.bias_grad(o.dZ1, o.db1), "db1", lambda: o.dZ1.sum(axis=0)),
         "sgd_update_inplace": (lambda: k.sgd_update_inplace(o.W0, o.dW0, o.lr), "W0",
                                lambda: np.subtract(o.W0, o.lr * o.dW0, out=o.W0)),
+        "momentum_gemm_update_inplace": (
+            lambda: k.momentum_gemm_update_inplace(o.V0, o.A0, o.dZ1, o.lr, o.momentum), "V0",
+            lambda: np.subtract(o.momentum * o.V0, o.lr * (o.A0.T @ o.dZ1), out=o.V0)),
+        "momentum_apply_inplace": (lambda: k.momentum_apply_inplace(o.W0, o.V0, o.lr * o.weight_decay), "W0",
+                                   lambda: _momentum_apply_numpy(o.W0, o.V0, o.lr * o.weight_decay)),
+        "momentum_update_inplace": (
+            lambda: k.momentum_update_inplace(o.W0, o.V0, o.dW0, o.lr, o.momentum, o.weight_decay, True), "W0",
+            lambda: _momentum_update_numpy(o.W0, o.V0, o.dW0, o.lr, o.momentum, o.weight_decay, True)),
         "gather_rows": (lambda: k.gather_rows(o.out, o.images, o.rows), "out", lambda: o.images[o.rows]),
         "gather_rows_scaled": (lambda: k.gather_rows_scaled(o.out, o.pixels, o.rows, scale), "out",
                                lambda: Pixels(o.pixels, scale)[o.rows]),
@@ -253,12 +276,14 @@ class TorchBackend(BackendBase):
         grads = [p.grad.numpy() for p in params]
         return loss.item(), grads[0::2], grads[1::2]
 
-    def _sgd_step(self, model, X, y, lr):
+    def _sgd_step(self, model, X, y, lr, **sgd):
+        _plain_sgd_only(sgd)
         params = self._params(model)
         optimizer = self.torch.optim.SGD(params, lr=lr)
         return self._step(optimizer, params, self.torch.from_numpy(X), self.torch.from_numpy(y))
 
-    def _train_epoch(self, model, X, y, batch_size, lr, rng, progress=None):
+    def _train_epoch(self, model, X, y, batch_size, lr, rng, progress=None, **sgd):
+        _plain_sgd_only(sgd)
         torch = self.torch
         params = self._params(model)
         optimizer = torch.optim.SGD(params, lr=lr)
@@ -275,6 +300,11 @@ class TorchBackend(BackendBase):
         if progress is not None:
             progress(len(y))
         return total / len(y)
+
+
+def _plain_sgd_only(sgd):
+    if sgd:
+        raise ValueError(f"the torch yardstick trains with plain SGD only, got {', '.join(sorted(sgd))}")
 
 
 def torch_available():
@@ -412,7 +442,7 @@ def run_child(call, env=None):
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"measurement process {call} failed (exit {proc.returncode}): {last}")
+        raise ChildProcessError(f"measurement process {call} failed (exit {proc.returncode}): {last}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -575,11 +605,13 @@ def build_parser():
                         help="float32: images scaled up front; pixels: uint8 scaled at the gather (fastmlp.Pixels)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the shuffling")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the full report as JSON")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 
 
 def main(argv=None):
-    from .train import _check_writable_folder, write_text_atomically
+    from ._atomic import atomic_write
+    from .train import check_output_path, run_reporting_errors
 
     args = build_parser().parse_args(argv)
     mode = QUICK if args.quick else FULL
@@ -588,23 +620,20 @@ def main(argv=None):
     args.backends = args.backends or ["numpy", "numba"] + (["torch"] * torch_available())
     for name in ("backends", "inputs", "batch_sizes"):  # each once, in the order given
         setattr(args, name, list(dict.fromkeys(getattr(args, name))))
-    try:
-        _check_writable_folder(args.json, "--json")
+
+    def check_output_then_measure():
+        check_output_path(args.json, "--json")
         steps = ("numba" in args.backends) + 2 + len(args.batch_sizes) * args.epochs
         # A bar on a terminal only (disable=None): in a log, its redraws are noise.
         with tqdm(total=steps, desc="fastmlp bench", unit="step", file=sys.stderr, leave=False, disable=None) as bar:
             report = run(args, bar)
         print(format_report(report), flush=True)
         if args.json:
-            write_text_atomically(args.json, json.dumps(report, indent=2) + "\n")
+            with atomic_write(args.json, "w", encoding="utf-8") as f:
+                f.write(json.dumps(report, indent=2) + "\n")
             print(f"report written to {args.json}")
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except (OSError, ValueError, TypeError, ArithmeticError, RuntimeError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+
+    return run_reporting_errors(PROG, check_output_then_measure, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def test_measure_training_needs_steady_epochs_to_compare():
 
 
 def test_run_child_reports_a_failing_measurement_process():
-    with pytest.raises(RuntimeError, match="no_such_measurement.*AttributeError"):
+    with pytest.raises(ChildProcessError, match="no_such_measurement.*AttributeError"):
         bench.run_child("no_such_measurement()")
 
 
