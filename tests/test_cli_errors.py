@@ -94,6 +94,8 @@ def test_ctrl_c_during_training_exits_130_with_one_line_and_keeps_the_old_output
         [sys.executable, "-m", "fastmlp.train", "--backend", backend, "--data-dir", str(tiny_mnist_dir),
          "--epochs", "100000", "--hidden", "8", "--save", str(out / "m.npz"), "--metrics-json", str(out / "m.json")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # A shell's background job ignores SIGINT and its children inherit that; Ctrl-C must reach this one.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         for line in process.stdout:  # training has started once the first epoch is reported

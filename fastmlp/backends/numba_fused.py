@@ -255,21 +255,3 @@ class Backend(BackendBase):
         Backend().train_epoch(tiny, X, np.zeros(2, dtype=np.int64), batch_size=1, lr=0.01, rng=np.random.default_rng(0),
                               **sgd)
         return time.perf_counter() - start
-
-
-def compile_seconds(layer_sizes=(784, 128, 64, 10), pixels=False):
-    """Seconds to compile (or load from Numba's cache) every function a net of this depth uses."""
-    rng = np.random.default_rng(0)
-    from ..model import MLP
-
-    model = MLP(layer_sizes, seed=0)
-    X = rng.random((4, layer_sizes[0]), dtype=np.float32)
-    y = rng.integers(0, layer_sizes[-1], 4)
-    backend = Backend()
-    start = time.perf_counter()
-    backend.forward(model, X)
-    backend.loss_and_grads(model, X, y)
-    backend.sgd_step(model, X, y, 0.01)
-    data = Pixels((X * 255).astype(np.uint8)) if pixels else X
-    backend.train_epoch(model, data, y, batch_size=2, lr=0.01, rng=rng)
-    return time.perf_counter() - start
