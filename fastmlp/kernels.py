@@ -280,16 +280,7 @@ def momentum_update_inplace(W, V, G, lr, momentum, weight_decay, nesterov):
 @njit(cache=True)
 def gather_rows(out, X, rows):
     """out[i] = X[rows[i]] for a float32 C-contiguous X (N, f), integer rows (n,), out (n, f); overwrites out."""
-    n, f = out.shape
-    flat = X.reshape(X.size)
-    for i in range(min(_PREFETCH_ROWS, n)):
-        _prefetch_row(flat, rows[i], f)
-    for i in range(n):
-        if i + _PREFETCH_ROWS < n:
-            _prefetch_row(flat, rows[i + _PREFETCH_ROWS], f)
-        r = rows[i]
-        for j in range(f):
-            out[i, j] = X[r, j]
+    gather_rows_scaled(out, X, rows, np.float32(1.0))  # x * 1.0f is exact
 
 
 @njit(cache=True)
