@@ -1,6 +1,5 @@
 """MLP: construction, initialisation, prediction, and save/load with every refused file kind."""
 
-import zipfile
 
 import numpy as np
 import pytest
