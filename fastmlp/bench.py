@@ -196,6 +196,10 @@ def _kernel_cases(o):
                             lambda: np.exp(log_softmax(o.Z3))),
         "softmax_xent_backward_inplace": (lambda: k.softmax_xent_backward_inplace(o.Z3, o.labels), "Z3",
                                           lambda: _softmax_xent_grad_numpy(o.Z3, o.labels)),
+        # the first half of the batch's rows, as one of two worker threads computes them
+        "softmax_xent_backward_rows_inplace": (
+            lambda: k.softmax_xent_backward_rows_inplace(o.Z3[: len(o.Z3) // 2], o.labels, len(o.Z3)), "Z3",
+            lambda: np.concatenate([_softmax_xent_grad_numpy(o.Z3, o.labels)[: len(o.Z3) // 2], o.Z3[len(o.Z3) // 2 :]])),
         "bias_grad": (lambda: k.bias_grad(o.dZ1, o.db1), "db1", lambda: o.dZ1.sum(axis=0)),
         "sgd_update_inplace": (lambda: k.sgd_update_inplace(o.W0, o.dW0, o.lr), "W0",
                                lambda: np.subtract(o.W0, o.lr * o.dW0, out=o.W0)),

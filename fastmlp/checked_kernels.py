@@ -14,7 +14,7 @@ import numbers
 import numpy as np
 
 from . import kernels
-from .inputs import _describe, check_positive_float
+from .inputs import _describe, check_positive_float, check_positive_int
 
 __all__ = kernels.__all__
 
@@ -189,6 +189,19 @@ def softmax_xent_backward_inplace(Z, y):
     _in_range("y", y, Z.shape[1], "class indices")
     _apart("Z", Z, "y", y)
     return float(kernels.softmax_xent_backward_inplace(Z, y))
+
+
+def softmax_xent_backward_rows_inplace(Z, y, batch_n):
+    """Checked `kernels.softmax_xent_backward_rows_inplace`: summed cross-entropy of Z's rows, part of a batch of batch_n; overwrites Z with its gradient."""
+    _check_logits(Z)
+    batch_n = check_positive_int(batch_n, "batch_n")
+    if batch_n < Z.shape[0]:
+        raise ValueError(f"batch_n must be at least the {Z.shape[0]} rows of Z, got {batch_n}")
+    _integers("y", y)
+    _shape("y", y, Z.shape[:1])
+    _in_range("y", y, Z.shape[1], "class indices")
+    _apart("Z", Z, "y", y)
+    return float(kernels.softmax_xent_backward_rows_inplace(Z, y, batch_n))
 
 
 def bias_grad(dZ, out):

@@ -20,6 +20,7 @@ __all__ = [
     "gemm_inplace", "matmul_into", "matmul_bt_into", "matmul_at_into", "sgd_gemm_update_inplace",
     "bias_forward_inplace", "bias_relu_forward_inplace", "relu_backward_inplace",
     "relu_backward_bias_grad_inplace", "softmax_inplace", "softmax_xent_backward_inplace",
+    "softmax_xent_backward_rows_inplace",
     "bias_grad", "sgd_update_inplace", "gather_rows", "gather_rows_scaled", "gather_labels",
     "momentum_gemm_update_inplace", "momentum_apply_inplace", "momentum_update_inplace",
 ]
@@ -196,9 +197,19 @@ def softmax_xent_backward_inplace(Z, y):
     Gradient entries below the smallest normal float32 (~1.2e-38) are flushed to zero, as
     they only slow down the later passes.
     """
+    n = Z.shape[0]
+    return softmax_xent_backward_rows_inplace(Z, y, n) / n
+
+
+@njit(cache=True)
+def softmax_xent_backward_rows_inplace(Z, y, batch_n):
+    """Summed cross-entropy of the rows of Z (n, k) float32 vs labels y (n,), part of a batch of batch_n rows; overwrites Z with (softmax(Z) - onehot(y)) / batch_n.
+
+    The kernel of `softmax_xent_backward_inplace` for a batch split across threads.
+    """
     n, k = Z.shape
     total = 0.0
-    inv_n = np.float32(1.0) / np.float32(n)
+    inv_n = np.float32(1.0) / np.float32(batch_n)
     for i in range(n):
         m = Z[i, 0]
         for j in range(1, k):
@@ -219,7 +230,7 @@ def softmax_xent_backward_inplace(Z, y):
             if j == label:
                 g -= inv_n
             Z[i, j] = g
-    return total / n
+    return total
 
 
 @njit(cache=True)

@@ -34,6 +34,10 @@ def test_valid_calls_give_the_kernels_results():
     loss = ck.softmax_xent_backward_inplace(Z, y)
     assert isinstance(loss, float) and loss == pytest.approx(kernels.softmax_xent_backward_inplace(raw, y))
     np.testing.assert_array_equal(Z, raw)
+    Z, raw = f32(6, 5), f32(6, 5)
+    loss = ck.softmax_xent_backward_rows_inplace(Z[:2], y[:2], 6)
+    assert isinstance(loss, float) and loss == pytest.approx(kernels.softmax_xent_backward_rows_inplace(raw[:2], y[:2], 6))
+    np.testing.assert_array_equal(Z, raw)
 
     dA = f32(6, 5)
     A_relu = np.maximum(f32(6, 5, seed=3), 0)
@@ -90,6 +94,10 @@ CASES = {
     "softmax no classes": (lambda: ck.softmax_inplace(np.empty((3, 0), np.float32)), ValueError, "Z must have at least one column"),
     "xent empty batch": (lambda: ck.softmax_xent_backward_inplace(np.empty((0, 3), np.float32), np.empty(0, np.int64)),
                          ValueError, "Z is empty"),
+    "rows of a smaller batch": (lambda: ck.softmax_xent_backward_rows_inplace(f32(4, 3), np.zeros(4, np.int64), 3),
+                                ValueError, "batch_n must be at least the 4 rows of Z"),
+    "batch_n zero": (lambda: ck.softmax_xent_backward_rows_inplace(f32(4, 3), np.zeros(4, np.int64), 0),
+                     ValueError, "batch_n"),
     "labels out of range": (lambda: ck.softmax_xent_backward_inplace(f32(4, 3), np.array([0, 1, 3, 2])),
                             ValueError, r"y must hold class indices in [0, 3), got values in [0, 3]"),
     "negative labels": (lambda: ck.softmax_xent_backward_inplace(f32(4, 3), np.array([0, -1, 2, 2])),
