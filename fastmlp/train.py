@@ -60,8 +60,9 @@ def build_parser():
     parser.add_argument("--plot", type=Path, metavar="PATH",
                         help="draw the learning curves (loss, accuracy per epoch) as a PNG; needs the plot extra")
     parser.add_argument("--blas-threads", type=_positive_int, default=None, metavar="N",
-                        help="BLAS threads for both backends (default: BLAS's own, usually one per core); "
-                             "1 is steadier on a busy machine, where spinning BLAS threads wait on each other")
+                        help="threads to train with (default: BLAS's own count, usually one per core): BLAS "
+                             "threads for numpy, worker threads each with one BLAS thread for numba; 1 is "
+                             "steadier on a busy machine, where spinning threads wait on each other")
     parser.add_argument("--quiet", action="store_true", help="print only the final test accuracy")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("--version", action="version", version=f"fastmlp {__version__}")

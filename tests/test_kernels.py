@@ -7,7 +7,7 @@ from numba import njit
 from numba.core.runtime import _nrt_python, rtsys
 
 from fastmlp import MLP, kernels
-from fastmlp.backends.numba_fused import Backend, _Workspace, train_batches_inplace, train_batches_momentum_inplace
+from fastmlp.backends.numba_fused import Backend
 
 RTOL = 1e-5
 
@@ -128,6 +128,16 @@ def test_softmax_xent_backward_matches_numpy_even_for_huge_logits(rng, scale):
     assert_close(probs, np.exp(Z - Z.max(1, keepdims=True)) / np.exp(Z - Z.max(1, keepdims=True)).sum(1, keepdims=True))
 
 
+def test_softmax_xent_backward_of_some_rows_is_their_share_of_the_batch(rng):
+    Z, y = rand(rng, 16, 10), rng.integers(0, 10, 16)
+    loss, grad = reference_softmax_xent(Z, y)
+    top, bottom = Z[:5].copy(), Z[5:].copy()
+    total = kernels.softmax_xent_backward_rows_inplace(top, y[:5], 16)
+    total += kernels.softmax_xent_backward_rows_inplace(bottom, y[5:], 16)
+    assert total / 16 == pytest.approx(loss, rel=RTOL)
+    assert_close(np.concatenate([top, bottom]), grad)
+
+
 def test_softmax_xent_backward_flushes_subnormal_gradients():
     Z = np.array([[0.0, -100.0, 50.0]], np.float32)  # exp(-150) is far below float32's normal range
     kernels.softmax_xent_backward_inplace(Z, np.array([2]))
@@ -172,56 +182,34 @@ def test_kernels_are_callable_from_user_njit_code(rng):
     assert_close(user_dense_relu_layer(X, W, b), np.maximum(X @ W + b, 0))
 
 
-def test_fused_training_loop_allocates_nothing_per_step(rng):
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("sgd", [{}, {"momentum": 0.9}, {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-4}],
+                         ids=["plain", "momentum", "nesterov"])
+def test_fused_epoch_allocates_nothing_per_step(rng, threads, sgd):
+    from fastmlp.optim import Velocity
+
     model = MLP([20, 16, 8, 4], seed=0)
-    batch = 8
+    backend = Backend(threads=threads)
+    if sgd:
+        sgd = dict(sgd, velocity=Velocity(model))
     X = rng.random((1280, 20), dtype=np.float32)
     y = rng.integers(0, 4, 1280)
-    ws = _Workspace(model.layer_sizes, batch)
-    params = (tuple(model.weights), tuple(model.biases), X, np.float32(1.0), y)
-    buffers = (batch, np.float32(0.01), ws.acts, ws.deltas, ws.db, ws.labels)
-    train_batches_inplace(*params, rng.permutation(640), *buffers)  # compile first
+    epoch = lambda rows: backend.train_epoch(model, X[:rows], y[:rows], batch_size=8, lr=0.01,
+                                             rng=np.random.default_rng(0), **sgd)
+    epoch(640)  # compile first
     allocations = {}
     _nrt_python.memsys_enable_stats()
     try:
         for steps in (80, 160):  # epochs over the first 640 and all 1280 rows
-            order = rng.permutation(steps * batch)
             before = rtsys.get_allocation_stats().alloc
-            train_batches_inplace(*params, order, *buffers)
+            epoch(steps * 8)
             allocations[steps] = rtsys.get_allocation_stats().alloc - before
     finally:
         _nrt_python.memsys_disable_stats()
-    # Unboxing the array arguments costs a fixed few per call; a step must add none.
-    assert allocations[80] == allocations[160] <= 20
-
-
-@pytest.mark.parametrize("nesterov", [False, True])
-def test_fused_momentum_loop_allocates_nothing_per_step(rng, nesterov):
-    from fastmlp.optim import Velocity
-
-    model = MLP([20, 16, 8, 4], seed=0)
-    batch = 8
-    X = rng.random((1280, 20), dtype=np.float32)
-    y = rng.integers(0, 4, 1280)
-    ws = _Workspace(model.layer_sizes, batch)
-    velocity_w, velocity_b, grads = ws.momentum_buffers(Velocity(model))
-    params = (tuple(model.weights), tuple(model.biases), velocity_w, velocity_b, X, np.float32(1.0), y)
-    sgd = (batch, np.float32(0.01), np.float32(0.9), np.float32(1e-4), nesterov)
-    buffers = (ws.acts, ws.deltas, ws.db, grads, ws.labels)
-    train_batches_momentum_inplace(*params, rng.permutation(640), *sgd, *buffers)  # compile first
-    allocations = {}
-    _nrt_python.memsys_enable_stats()
-    try:
-        for steps in (80, 160):
-            order = rng.permutation(steps * batch)
-            before = rtsys.get_allocation_stats().alloc
-            train_batches_momentum_inplace(*params, order, *sgd, *buffers)
-            allocations[steps] = rtsys.get_allocation_stats().alloc - before
-    finally:
-        _nrt_python.memsys_disable_stats()
-    # About one allocation per array argument unboxed per call (27 arrays here); a step adds none.
-    assert allocations[80] == allocations[160] <= 30
-    assert np.abs(velocity_w[0]).max() > 0  # the run did update the velocity it was given
+    # Unboxing the array arguments costs a fixed few per call and worker; a step must add none.
+    assert allocations[80] == allocations[160] <= 40 * threads
+    if sgd:
+        assert np.abs(sgd["velocity"].weights[0]).max() > 0  # the run did update the velocity it was given
 
 
 def test_backend_reuses_its_buffers_across_epochs(rng):

@@ -134,12 +134,12 @@ def test_progress_counts_every_sample_and_leaves_the_result_unchanged(backend):
 
 @pytest.mark.parametrize("pixels", [False, True])
 def test_warm_up_compiles_the_epoch_function_for_the_input_dtype_and_depth(pixels):
-    from fastmlp.backends.numba_fused import train_batches_inplace
+    from fastmlp.backends.numba_fused import train_batches_worker
 
     model = MLP((6, 4, 3, 2))  # depth 3: the tuples of weights in the signature have 3 entries
     assert numba_backend.warm_up(model, pixels=pixels) >= 0.0
     dtype = "uint8" if pixels else "float32"
-    compiled = [sig for sig in train_batches_inplace.signatures
-                if len(sig[0]) == 3 and str(sig[2].dtype) == dtype]
+    compiled = [sig for sig in train_batches_worker.signatures
+                if len(sig[3]) == 3 and str(sig[7].dtype) == dtype]
     assert compiled, f"no epoch function compiled for depth 3 and {dtype} input"
     assert numpy_backend.warm_up(model, pixels=pixels) == 0.0

@@ -1,0 +1,178 @@
+"""The numba backend's epoch on several worker threads: same maths, BLAS limits restored, failures never hang."""
+
+import threading
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from fastmlp import MLP, get_backend
+from fastmlp.backends import numba_fused
+from fastmlp.backends.numba_fused import Backend, part_of, training_threads
+from fastmlp.optim import Velocity
+from fastmlp.spin_barrier import abort_barrier, barrier_state, barrier_wait
+from fastmlp.testing import scaled_error
+
+numpy_backend = get_backend("numpy")
+SGD_RULES = {"plain": {}, "momentum": {"momentum": 0.9}, "nesterov": {"momentum": 0.9, "nesterov": True},
+             "decay": {"weight_decay": 1e-3}}
+
+
+def epoch(backend, sizes, batch_size, sgd, seed=0, n=90):
+    rng = np.random.default_rng(seed)
+    X, y = rng.random((n, sizes[0]), dtype=np.float32), rng.integers(0, sizes[-1], n)
+    model = MLP(sizes, seed=1)
+    if "momentum" in sgd:
+        sgd = dict(sgd, velocity=Velocity(model))
+    loss = backend.train_epoch(model, X, y, batch_size=batch_size, lr=0.05, rng=np.random.default_rng(2), **sgd)
+    return loss, model
+
+
+def assert_models_close(m1, m2, rtol=1e-5):
+    for p1, p2 in zip(m1.weights + m1.biases, m2.weights + m2.biases):
+        error, where = scaled_error(p1, p2)
+        assert error <= rtol, f"scaled difference {error:.3g} at {where}"
+
+
+@pytest.mark.parametrize("rule", SGD_RULES)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("sizes, batch_size", [
+    ((12, 9, 6, 4), 8),
+    ((12, 9, 6, 4), 7),  # parts of unequal size, a last batch of 6
+    ((5, 1, 3), 5),  # a layer of width one: some workers own no row of W and no bias
+    ((6, 3), 1),  # batch of one: a single worker whatever the thread count
+    ((40, 30, 20, 10, 5), 64),  # the whole set in one batch
+])
+def test_any_thread_count_matches_the_reference_epoch(rule, threads, sizes, batch_size):
+    loss_ref, ref = epoch(numpy_backend, sizes, batch_size, SGD_RULES[rule])
+    loss, model = epoch(Backend(threads=threads), sizes, batch_size, SGD_RULES[rule])
+    assert loss == pytest.approx(loss_ref, rel=1e-5)
+    assert_models_close(model, ref)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_same_thread_count_gives_bit_identical_epochs(threads):
+    runs = [epoch(Backend(threads=threads), (30, 20, 10), 16, SGD_RULES["nesterov"], n=400) for _ in range(2)]
+    (loss1, m1), (loss2, m2) = runs
+    assert loss1 == loss2
+    for p1, p2 in zip(m1.weights + m1.biases, m2.weights + m2.biases):
+        np.testing.assert_array_equal(p1, p2)
+
+
+def test_progress_with_workers_counts_every_sample_and_changes_nothing():
+    updates = []
+    rng = np.random.default_rng(0)
+    X, y = rng.random((1000, 6), dtype=np.float32), rng.integers(0, 3, 1000)
+    m1, m2 = MLP([6, 5, 3], seed=0), MLP([6, 5, 3], seed=0)
+    loss1 = Backend(threads=2).train_epoch(m1, X, y, batch_size=7, lr=0.1, rng=np.random.default_rng(2),
+                                           progress=updates.append)
+    loss2 = Backend(threads=2).train_epoch(m2, X, y, batch_size=7, lr=0.1, rng=np.random.default_rng(2))
+    assert sum(updates) == 1000 and 10 <= len(updates) <= 60
+    assert loss1 == loss2
+    for p1, p2 in zip(m1.weights + m1.biases, m2.weights + m2.biases):
+        np.testing.assert_array_equal(p1, p2)
+
+
+def test_part_of_cuts_a_range_into_contiguous_near_equal_parts():
+    for n in range(20):
+        for parts in range(1, 6):
+            bounds = [part_of(t, n, parts) for t in range(parts)]
+            assert bounds[0][0] == 0 and bounds[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+            sizes = [stop - start for start, stop in bounds]
+            assert max(sizes) - min(sizes) <= 1
+
+
+def blas_threads_now():
+    return sorted((lib["filepath"], lib["num_threads"]) for lib in threadpool_info() if lib["user_api"] == "blas")
+
+
+def test_the_epoch_limits_blas_to_one_thread_per_worker_and_restores_it():
+    seen = []
+    before = blas_threads_now()
+    epoch(Backend(threads=2), (12, 9, 4), 8, {}, n=200)
+    rng = np.random.default_rng(0)
+    Backend(threads=2).train_epoch(MLP([4, 3], seed=0), rng.random((40, 4), dtype=np.float32),
+                                   rng.integers(0, 3, 40), batch_size=8, lr=0.1, rng=rng,
+                                   progress=lambda n: seen.append(blas_threads_now()))
+    assert seen and all(threads == 1 for libs in seen for _, threads in libs)
+    assert blas_threads_now() == before
+
+
+def test_training_threads_follow_the_blas_limit():
+    with threadpool_limits(1, user_api="blas"):
+        assert training_threads() == 1
+    assert 1 <= training_threads() <= numba_fused.usable_cpus()
+
+
+@pytest.mark.parametrize("threads, error", [(0, ValueError), (-2, ValueError), (2.0, TypeError), ("2", TypeError),
+                                            (True, TypeError)])
+def test_a_bad_thread_count_is_refused(threads, error):
+    with pytest.raises(error, match="threads"):
+        Backend(threads=threads)
+
+
+def run_with_deadline(fn, seconds=120):
+    """fn() on a thread; fails the test if it has not returned after `seconds` (a hang)."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # reported to the test below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "the epoch hung"
+    return outcome
+
+
+def test_an_error_in_progress_stops_every_worker_and_reaches_the_caller():
+    rng = np.random.default_rng(0)
+    X, y = rng.random((2000, 6), dtype=np.float32), rng.integers(0, 3, 2000)
+
+    def progress(n):
+        raise RuntimeError("progress failed")
+
+    outcome = run_with_deadline(lambda: Backend(threads=2).train_epoch(
+        MLP([6, 5, 3], seed=0), X, y, batch_size=4, lr=0.1, rng=rng, progress=progress))
+    assert isinstance(outcome.get("error"), RuntimeError)
+    assert [t for t in threading.enumerate() if t.name.startswith("fastmlp-worker")] == []
+
+
+def test_a_failing_worker_stops_the_others_and_its_error_reaches_the_caller(monkeypatch):
+    real_worker = numba_fused.train_batches_worker
+
+    def worker(t, *args):
+        if t == 1:
+            raise MemoryError("worker 1 failed")
+        return real_worker(t, *args)  # waits at its first barrier until worker 1's failure aborts it
+
+    monkeypatch.setattr(numba_fused, "train_batches_worker", worker)
+    rng = np.random.default_rng(0)
+    X, y = rng.random((200, 6), dtype=np.float32), rng.integers(0, 3, 200)
+    outcome = run_with_deadline(lambda: Backend(threads=2).train_epoch(
+        MLP([6, 5, 3], seed=0), X, y, batch_size=8, lr=0.1, rng=rng))
+    assert isinstance(outcome.get("error"), MemoryError)
+
+
+def test_the_barrier_releases_every_party_and_an_abort_releases_the_waiters():
+    state = barrier_state()
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(all(barrier_wait(state, 3) for _ in range(200))))
+               for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results == [True, True, True]
+
+    state = barrier_state()
+    waiter = threading.Thread(target=lambda: results.append(barrier_wait(state, 2)), daemon=True)
+    waiter.start()
+    abort_barrier(state)
+    waiter.join(60)
+    assert not waiter.is_alive() and results[-1] is False
+    assert barrier_wait(state, 1) is False  # an aborted barrier stays aborted
