@@ -8,6 +8,9 @@ and sees the same batches (the Trainer's seeded shuffle).
 
 - steady state: median over the epochs after the first two, from the seconds the History
   records; JIT compilation is done before the first timed epoch.
+- vs floor, vs numpy: the median over the steady epochs of each epoch's ratio to the floor's (or
+  numpy's) epoch of the same round, taken seconds apart: the machine's drift, tens of percent
+  over a run, cancels out of these, while it does not out of a ratio of two medians.
 - gemm floor: the step's sgemm calls alone (three forward; per layer the weight gradient and,
   except for the first layer, the input gradient: eight for 784-128-64-10) with NumPy
   `np.matmul(..., out=...)` at the epoch's batch shapes, on preallocated operands.
@@ -367,6 +370,13 @@ def early_late_epochs(epochs):
     return min(3, (epochs - WARMUP_EPOCHS) // 2)
 
 
+def epochwise_ratio(rates, baseline_rates):
+    """Median over the steady epochs of rates[e] / baseline_rates[e]: each epoch against the baseline's
+    epoch of the same round, seconds apart, so that the machine's drift over the run cancels out."""
+    ratios = np.asarray(rates[WARMUP_EPOCHS:]) / np.asarray(baseline_rates[WARMUP_EPOCHS:])
+    return float(np.median(ratios))
+
+
 def measure_training(backends, data, y, *, batch_sizes=BATCH_SIZES, epochs=FULL["epochs"], seed=0, progress=None):
     """One row per (batch size, backend, input) with its steady-state samples/s and the ratios.
 
@@ -395,19 +405,19 @@ def measure_training(backends, data, y, *, batch_sizes=BATCH_SIZES, epochs=FULL[
             if progress:
                 progress(f"batch {batch_size} epoch {epoch + 1}/{epochs}")
         floor_rate = float(np.median(floor_rates[WARMUP_EPOCHS:]))
-        rates = {run: trainers[run].history.column("samples_per_s") for run in runs}
+        rates = {run: np.asarray(trainers[run].history.column("samples_per_s")) for run in runs}
         steady = {run: float(np.median(r[WARMUP_EPOCHS:])) for run, r in rates.items()}
         k = early_late_epochs(epochs)
         for run in runs:
             rate = rates[run]
-            numpy_rate = steady.get(("numpy", run[1]))
+            numpy_rate = rates.get(("numpy", run[1]))
             rows.append({
                 "batch_size": batch_size, "backend": run[0], "input": run[1],
                 "samples_per_s": steady[run], "floor_samples_per_s": floor_rate,
-                "vs_floor": steady[run] / floor_rate,
-                "vs_numpy": steady[run] / numpy_rate if numpy_rate else None,
+                "vs_floor": epochwise_ratio(rate, floor_rates),
+                "vs_numpy": epochwise_ratio(rate, numpy_rate) if numpy_rate is not None else None,
                 "late_over_early": float(np.median(rate[-k:]) / np.median(rate[WARMUP_EPOCHS : WARMUP_EPOCHS + k])),
-                "epoch_samples_per_s": rate,
+                "epoch_samples_per_s": rate.tolist(), "floor_epoch_samples_per_s": floor_rates,
             })
     return rows
 
