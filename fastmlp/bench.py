@@ -16,9 +16,12 @@ and sees the same batches (the Trainer's seeded shuffle).
   `np.matmul(..., out=...)` at the epoch's batch shapes, on preallocated operands.
 - roofline: the GFLOP/s of one large square sgemm divided by the FLOPs of a sample's step, those
   of the floor's gemms: 2 * (3 * sum(fan_in * fan_out) - 784 * 128) = 454 kFLOP for 784-128-64-10.
-- late/early: median throughput of the last steady epochs over that of the first ones (three
-  each, fewer in short runs); below 1 means training got slower as it went (subnormal floats
-  are the usual cause).
+- late/early: whether the trained state itself trains slower (subnormal floats are the usual
+  cause). The model as the run leaves it (late) and as it was after the first two epochs (early)
+  each train one more epoch, from copies, on the same batches, back to back, LATE_EARLY_PAIRS
+  times: the median of early seconds / late seconds. Comparing epochs minutes apart in the run's
+  history instead measured the machine's drift (0.86-1.19 for states that train at the same
+  speed side by side).
 - peak RSS: a process's high-water mark cannot be split between backends that share it, so each
   (backend, input) trains one epoch per batch size in a process of its own; it reports the peak
   of loading the data, then resets the peak (Linux) and reports training's.
@@ -62,6 +65,7 @@ BATCH_SIZES = (32, 128, 1024)
 INPUTS = ("float32", "pixels")
 LR = 0.1
 WARMUP_EPOCHS = 2
+LATE_EARLY_PAIRS = 3
 SETTLE_SECONDS = 0.3  # longer than OpenBLAS worker threads spin after their last call
 FULL = {"epochs": 12, "samples": None}  # None: all MNIST training samples
 QUICK = {"epochs": 4, "samples": 4000}
@@ -365,9 +369,20 @@ def warm_up_backends(backends, data, y, batch_sizes, seed=0):
                         seed=seed).fit(subset, y[:n], epochs=1)
 
 
-def early_late_epochs(epochs):
-    """How many steady epochs at each end the late/early ratio compares: three, fewer in short runs."""
-    return min(3, (epochs - WARMUP_EPOCHS) // 2)
+def late_over_early(backend, early, late, X, y, batch_size, seed=0):
+    """Throughput of the model state `late` over that of `early`: one epoch of a copy of each on the
+    same batches, back to back (order alternating), LATE_EARLY_PAIRS times; the median ratio."""
+    ratios = []
+    for pair in range(LATE_EARLY_PAIRS):
+        seconds = {}
+        for name in ("early", "late") if pair % 2 == 0 else ("late", "early"):
+            model = (early if name == "early" else late).copy()
+            rng = np.random.default_rng([seed, pair])
+            start = time.perf_counter()
+            backend.train_epoch(model, X, y, batch_size=batch_size, lr=LR, rng=rng)
+            seconds[name] = time.perf_counter() - start
+        ratios.append(seconds["early"] / seconds["late"])
+    return float(np.median(ratios))
 
 
 def epochwise_ratio(rates, baseline_rates):
@@ -394,8 +409,10 @@ def measure_training(backends, data, y, *, batch_sizes=BATCH_SIZES, epochs=FULL[
         trainers = {run: Trainer(init.copy(), backends[run[0]], lr=LR, batch_size=batch_size, seed=seed)
                     for run in runs}
         floor = GemmFloor(LAYER_SIZES, min(batch_size, n), seed)
-        floor_rates = []
+        floor_rates, early = [], {}
         for epoch in range(epochs):
+            if epoch == WARMUP_EPOCHS:
+                early = {run: trainer.model.copy() for run, trainer in trainers.items()}
             for name in backends:
                 time.sleep(SETTLE_SECONDS)
                 for kind in data:
@@ -407,7 +424,11 @@ def measure_training(backends, data, y, *, batch_sizes=BATCH_SIZES, epochs=FULL[
         floor_rate = float(np.median(floor_rates[WARMUP_EPOCHS:]))
         rates = {run: np.asarray(trainers[run].history.column("samples_per_s")) for run in runs}
         steady = {run: float(np.median(r[WARMUP_EPOCHS:])) for run, r in rates.items()}
-        k = early_late_epochs(epochs)
+        late_early = {}
+        for run in runs:
+            time.sleep(SETTLE_SECONDS)
+            late_early[run] = late_over_early(backends[run[0]], early[run], trainers[run].model, data[run[1]], y,
+                                              batch_size, seed)
         for run in runs:
             rate = rates[run]
             numpy_rate = rates.get(("numpy", run[1]))
@@ -416,7 +437,7 @@ def measure_training(backends, data, y, *, batch_sizes=BATCH_SIZES, epochs=FULL[
                 "samples_per_s": steady[run], "floor_samples_per_s": floor_rate,
                 "vs_floor": epochwise_ratio(rate, floor_rates),
                 "vs_numpy": epochwise_ratio(rate, numpy_rate) if numpy_rate is not None else None,
-                "late_over_early": float(np.median(rate[-k:]) / np.median(rate[WARMUP_EPOCHS : WARMUP_EPOCHS + k])),
+                "late_over_early": late_early[run],
                 "epoch_samples_per_s": rate.tolist(), "floor_epoch_samples_per_s": floor_rates,
             })
     return rows
@@ -525,7 +546,6 @@ def format_table(header, lines, left=1):
 def format_report(report):
     """The whole report of `run` as text: a header, the throughput table, then memory and compile time."""
     c, roof = report["config"], report["roofline"]
-    k = early_late_epochs(c["epochs"])
     out = [
         f"fastmlp bench ({c['mode']}): MNIST {c['samples']:,} training samples"
         + (" (a subset)" if c["subset"] else "") + f", net {'-'.join(map(str, c['layer_sizes']))}, "
@@ -537,8 +557,9 @@ def format_report(report):
     out += [
         f"roofline: {roof['sgemm_gflops']:.1f} GFLOP/s sgemm 2048^3 / {roof['flops_per_sample'] / 1e3:.0f} "
         f"kFLOP per sample = {roof['samples_per_s']:,.0f} samples/s",
-        f"steady state = median of epochs {WARMUP_EPOCHS + 1}-{c['epochs']}; late/early = median of the last "
-        f"{k} over the first {k} steady epochs; floor = the step's gemms alone",
+        f"steady state = median of epochs {WARMUP_EPOCHS + 1}-{c['epochs']}; vs floor, vs numpy = median of same-round "
+        f"epoch ratios; late/early = the final state's epoch speed over that after epoch {WARMUP_EPOCHS}, "
+        f"{LATE_EARLY_PAIRS} back-to-back pairs; floor = the step's gemms alone",
         "",
         format_table(
             ["batch", "backend", "input", "samples/s", "floor/s", "vs floor", "vs roofline", "vs numpy", "late/early"],

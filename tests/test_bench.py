@@ -3,6 +3,7 @@
 Speed is never asserted: these tests check what is measured and reported, not how fast."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -157,3 +158,20 @@ def test_bench_prints_the_table_and_writes_the_json_report(tmp_path, capsys, no_
     assert [(t[0], t[1], t[2]) for t in table] == [(str(r["batch_size"]), r["backend"], r["input"])
                                                    for r in report["rows"]]
     assert "cold cache" in out and "warm cache" in out
+
+
+class _SlowOnceTrained:
+    """A stand-in backend whose epoch takes 0.2 s for a model marked as trained, 0.05 s otherwise."""
+
+    def train_epoch(self, model, X, y, *, batch_size, lr, rng):
+        time.sleep(0.2 if model.biases[0][0] == 1 else 0.05)
+
+
+def test_late_over_early_compares_the_two_model_states_side_by_side():
+    early, late = MLP([4, 3, 2], seed=0), MLP([4, 3, 2], seed=0)
+    late.biases[0][0] = 1
+    pixels, y = tiny_pixels(20)
+    slow = bench.late_over_early(_SlowOnceTrained(), early, late, pixels, y, batch_size=4)
+    same = bench.late_over_early(_SlowOnceTrained(), early, early.copy(), pixels, y, batch_size=4)
+    assert slow < 0.6 < same
+    assert late.biases[0][0] == 1 and early.biases[0][0] != 1  # trained on copies, the states untouched
