@@ -5,6 +5,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from .backends import get_backend
@@ -162,6 +163,10 @@ class Trainer:
         return self._evaluate(*_check_pair((X, y), self.model))
 
     def _evaluate(self, X, y, chunk=8192):
+        with threadpool_limits(self.backend.blas_threads_between_epochs, user_api="blas"):  # None: as it is
+            return self._evaluate_chunks(X, y, chunk)
+
+    def _evaluate_chunks(self, X, y, chunk):
         total_loss = 0.0
         correct = 0
         for start in range(0, len(X), chunk):

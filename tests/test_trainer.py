@@ -166,3 +166,31 @@ def test_patience_without_validation_data_is_refused():
 def test_bad_optimiser_arguments_are_refused(kwargs, error, match):
     with pytest.raises(error, match=match):
         Trainer(MLP([8, 3]), "numpy", **kwargs)
+
+
+def _blas_threads():
+    from threadpoolctl import threadpool_info
+
+    return max(lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_evaluation_between_epochs_runs_with_the_backends_blas_threads(monkeypatch, backend):
+    import fastmlp.trainer as trainer_module
+
+    seen = []
+    real = trainer_module.hidden_activations
+
+    def spy(model, X):
+        seen.append(_blas_threads())
+        return real(model, X)
+
+    monkeypatch.setattr(trainer_module, "hidden_activations", spy)
+    rng = np.random.default_rng(0)
+    X, y = rng.random((40, 5), dtype=np.float32), rng.integers(0, 3, 40)
+    before = _blas_threads()
+    Trainer(MLP([5, 4, 3], seed=0), backend, lr=0.1, batch_size=8, seed=0).fit(X, y, epochs=2, validation_data=(X, y))
+    # numba's epochs run next to single-threaded BLAS: a spinning BLAS thread left by a
+    # multi-threaded evaluation would take a core from the next epoch.
+    assert seen == [1, 1] if backend == "numba" else seen == [before, before]
+    assert _blas_threads() == before

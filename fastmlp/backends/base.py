@@ -11,6 +11,11 @@ class BackendBase:
     `_forward`, `_loss_and_grads`, `_sgd_step` and `_train_epoch`, which subclasses write."""
 
     name = None
+    # BLAS threads for the work a Trainer does between epochs (evaluation): None leaves BLAS as it
+    # is. A backend whose epoch runs its own threads next to single-threaded BLAS sets 1: an
+    # OpenBLAS worker thread spins for ~0.1 s after a multi-threaded call and would take a core
+    # from the start of the next epoch.
+    blas_threads_between_epochs = None
 
     def __repr__(self):
         return f"<fastmlp backend {self.name!r}>"

@@ -302,6 +302,7 @@ class Backend(BackendBase):
     """
 
     name = "numba"
+    blas_threads_between_epochs = 1
 
     def __init__(self, threads=None):
         if threads is not None:
