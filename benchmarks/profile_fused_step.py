@@ -21,7 +21,7 @@ from numba import njit
 
 from fastmlp import MLP
 from fastmlp.backends.numba_fused import (
-    PLAIN_SGD, Backend, _blas_controller, backprop_rows, part_of, training_threads, update_part,
+    PLAIN_SGD, Backend, backprop_rows, part_of, training_threads, update_part,
 )
 from fastmlp.bench import SETTLE_SECONDS, GemmFloor
 from fastmlp.datasets import load_mnist
@@ -57,8 +57,7 @@ def epoch_without_gather(model, pixels, y, batch_size, order, workers):
         return worker_without_gather(t, workers, barrier, *params, part_of_order, batch_size, np.float32(0.01),
                                      ws.acts, ws.deltas, ws.db_parts, ws.db_layers, ws.labels)
 
-    with _blas_controller().limit(limits=1, user_api="blas"):
-        backend._run_workers(run, workers, order, batch_size, None, barrier)
+    backend._run_workers(run, workers, order, batch_size, None, barrier)
 
 
 def profile(pixels, y, batch_size, rounds, layer_sizes=(784, 128, 64, 10)):

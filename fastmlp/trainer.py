@@ -5,7 +5,6 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from .backends import get_backend
@@ -163,7 +162,7 @@ class Trainer:
         return self._evaluate(*_check_pair((X, y), self.model))
 
     def _evaluate(self, X, y, chunk=8192):
-        with threadpool_limits(self.backend.blas_threads_between_epochs, user_api="blas"):  # None: as it is
+        with self.backend.between_epochs():
             return self._evaluate_chunks(X, y, chunk)
 
     def _evaluate_chunks(self, X, y, chunk):

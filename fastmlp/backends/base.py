@@ -1,5 +1,7 @@
 """The public edge shared by every backend: validate once, then call the backend's maths."""
 
+from contextlib import nullcontext
+
 import numpy as np
 
 from ..inputs import Pixels, check_features, check_labels, check_model, check_positive_float, check_positive_int
@@ -11,11 +13,6 @@ class BackendBase:
     `_forward`, `_loss_and_grads`, `_sgd_step` and `_train_epoch`, which subclasses write."""
 
     name = None
-    # BLAS threads for the work a Trainer does between epochs (evaluation): None leaves BLAS as it
-    # is. A backend whose epoch runs its own threads next to single-threaded BLAS sets 1: an
-    # OpenBLAS worker thread spins for ~0.1 s after a multi-threaded call and would take a core
-    # from the start of the next epoch.
-    blas_threads_between_epochs = None
 
     def __repr__(self):
         return f"<fastmlp backend {self.name!r}>"
@@ -57,6 +54,10 @@ class BackendBase:
             raise TypeError(f"progress must be callable or None, got {type(progress).__name__}")
         sgd = sgd_options(model, momentum, nesterov, weight_decay, velocity)
         return self._train_epoch(model, X, y, batch_size, lr, rng, progress, **sgd)
+
+    def between_epochs(self):
+        """A context manager for the work a Trainer does between epochs (evaluation); nothing here."""
+        return nullcontext()
 
     def warm_up(self, model, *, pixels=False, momentum=False):
         """Prepare whatever the first epoch would otherwise pay for (JIT compilation); returns seconds."""

@@ -17,15 +17,14 @@ between calls while the other core does elementwise work. Threads meet at a spin
 (fastmlp/spin_barrier.py) twice per batch.
 """
 
-import os
 import threading
 import time
 from collections import OrderedDict
 
 import numpy as np
 from numba import njit
-from threadpoolctl import ThreadpoolController
 
+from ..blas_threads import blas_thread_count, one_blas_thread_here, single_threaded_blas, usable_cpus
 from ..inputs import Pixels, check_positive_int
 from ..kernels import (
     bias_forward_inplace,
@@ -263,32 +262,12 @@ class _Workspace:
         return tuple(velocity.weights), tuple(velocity.biases), grads
 
 
-def usable_cpus():
-    """CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-_blas = None
-
-
-def _blas_controller():
-    """threadpoolctl's handle on the BLAS libraries loaded (SciPy's, which the kernels call, among them)."""
-    global _blas
-    if _blas is None:
-        _blas = ThreadpoolController().select(user_api="blas")
-    return _blas
-
-
 def training_threads():
     """Threads `train_epoch` uses: the BLAS thread count, at most the usable CPUs.
 
     So OPENBLAS_NUM_THREADS, threadpoolctl's limits and the CLI's --blas-threads set it.
     """
-    blas = max([lib["num_threads"] for lib in _blas_controller().info()], default=1)
-    return max(1, min(blas, usable_cpus()))
+    return max(1, min(blas_thread_count(), usable_cpus()))
 
 
 class Backend(BackendBase):
@@ -302,7 +281,6 @@ class Backend(BackendBase):
     """
 
     name = "numba"
-    blas_threads_between_epochs = 1
 
     def __init__(self, threads=None):
         if threads is not None:
@@ -374,8 +352,16 @@ class Backend(BackendBase):
             barrier = barrier_state()
             if workers == 1:
                 return self._run_chunks(run, order, batch_size, progress, barrier) / len(data)
-            with _blas_controller().limit(limits=1, user_api="blas"):
+            with single_threaded_blas():
                 return self._run_workers(run, workers, order, batch_size, progress, barrier) / len(data)
+
+    def between_epochs(self):
+        """Run BLAS single-threaded for the caller's work between epochs (a Trainer's evaluation).
+
+        After a multi-threaded call an OpenBLAS thread spins for ~0.1 s, and would take a core
+        from the start of the next epoch, whose workers need both.
+        """
+        return single_threaded_blas()
 
     @staticmethod
     def _run_chunks(run, order, batch_size, progress, barrier):
@@ -399,6 +385,7 @@ class Backend(BackendBase):
 
         def helper(t):
             try:
+                one_blas_thread_here()  # in case the count is per thread; undone when the epoch ends
                 totals[t] = run(t, order)
             except BaseException as exc:  # handed to the caller's thread below
                 errors.append(exc)
@@ -406,16 +393,17 @@ class Backend(BackendBase):
 
         threads = [threading.Thread(target=helper, args=(t,), name=f"fastmlp-worker-{t}", daemon=True)
                    for t in range(1, workers)]
-        for thread in threads:
-            thread.start()
         try:
+            for thread in threads:
+                thread.start()
             totals[0] = self._run_chunks(run, order, batch_size, progress, barrier)
         except BaseException:
             abort_barrier(barrier)
             raise
         finally:
             for thread in threads:
-                thread.join()
+                if thread.ident is not None:  # started
+                    thread.join()
         if errors:
             raise errors[0]
         return sum(totals)
