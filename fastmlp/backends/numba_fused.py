@@ -90,52 +90,6 @@ def loss_and_grads_into(weights, biases, acts, deltas, labels, dWs, dbs):
     return loss
 
 
-@njit(cache=True)
-def sgd_step_inplace(weights, biases, acts, deltas, db, labels, lr):
-    """One SGD step on the batch acts[0][:n], n = len(labels); overwrites weights, biases, acts[1:], deltas, db; returns the loss."""
-    n = labels.shape[0]
-    L = len(weights)
-    forward_logits_inplace(weights, biases, acts, 0, n)
-    loss = softmax_xent_backward_inplace(acts[L][:n], labels)
-    bias_grad(acts[L][:n], db[: acts[L].shape[1]])
-    for l in range(L - 1, -1, -1):
-        dZ = deltas[l][:n]
-        A = acts[l][:n]
-        sgd_update_inplace(biases[l], db[: dZ.shape[1]], lr)
-        if l > 0:
-            matmul_bt_into(deltas[l - 1][:n], dZ, weights[l])  # with W_l before its update
-        sgd_gemm_update_inplace(weights[l], A, dZ, lr)
-        if l > 0:  # the next layer down's dZ and its bias gradient, in one sweep
-            relu_backward_bias_grad_inplace(deltas[l - 1][:n], A, db[: A.shape[1]])
-    return loss
-
-
-@njit(cache=True)
-def momentum_step_inplace(weights, biases, velocity_w, velocity_b, acts, deltas, db, grads, labels, lr, momentum,
-                          weight_decay, nesterov):
-    """One step of momentum SGD (fastmlp/optim.py) on the batch acts[0][:n]; overwrites weights, biases, velocities, acts[1:], deltas, db, grads; returns the loss."""
-    n = labels.shape[0]
-    L = len(weights)
-    forward_logits_inplace(weights, biases, acts, 0, n)
-    loss = softmax_xent_backward_inplace(acts[L][:n], labels)
-    bias_grad(acts[L][:n], db[: acts[L].shape[1]])
-    for l in range(L - 1, -1, -1):
-        dZ = deltas[l][:n]
-        A = acts[l][:n]
-        momentum_update_inplace(biases[l], velocity_b[l], db[: dZ.shape[1]], lr, momentum, 0.0, nesterov)
-        if l > 0:
-            matmul_bt_into(deltas[l - 1][:n], dZ, weights[l])  # with W_l before its update
-        if nesterov:  # W's step needs the gradient itself, beside the new velocity
-            matmul_at_into(grads[l], A, dZ)
-            momentum_update_inplace(weights[l], velocity_w[l], grads[l], lr, momentum, weight_decay, True)
-        else:  # the velocity update folded into the weight-gradient gemm: no gradient buffer is read
-            momentum_gemm_update_inplace(velocity_w[l], A, dZ, lr, momentum)
-            momentum_apply_inplace(weights[l], velocity_w[l], lr * weight_decay)
-        if l > 0:
-            relu_backward_bias_grad_inplace(deltas[l - 1][:n], A, db[: A.shape[1]])
-    return loss
-
-
 # How a worker's part of an epoch updates the parameters (see `update_part`).
 PLAIN_SGD, MOMENTUM, NESTEROV = 0, 1, 2
 
@@ -199,6 +153,20 @@ def update_part(t, workers, weights, biases, velocity_w, velocity_b, acts, delta
             momentum_update_inplace(b[j0:j1], velocity_b[l][j0:j1], db[l, j0:j1], lr, momentum, 0.0, rule == NESTEROV)
 
 
+@njit(cache=True)
+def train_step_inplace(weights, biases, velocity_w, velocity_b, acts, deltas, db_parts, db, grads, labels, lr,
+                       momentum, weight_decay, rule):
+    """One step on the batch acts[0][:n], n = len(labels), as one worker of `train_batches_worker` takes it; returns the mean loss.
+
+    Overwrites the parameters (and, with momentum, the velocities), acts[1:], deltas, db_parts, db, grads.
+    """
+    n = labels.shape[0]
+    loss = backprop_rows(weights, biases, acts, deltas, db_parts[0], labels, 0, n, n)
+    update_part(0, 1, weights, biases, velocity_w, velocity_b, acts, deltas, db_parts, db, grads, n, lr, momentum,
+                weight_decay, rule)
+    return loss / n
+
+
 @njit(nogil=True, cache=True)
 def train_batches_worker(t, workers, barrier, weights, biases, velocity_w, velocity_b, X, scale, y, order, batch_size,
                          lr, momentum, weight_decay, rule, acts, deltas, db_parts, db, grads, labels):
@@ -232,21 +200,19 @@ class _Workspace:
 
     def __init__(self, layer_sizes, rows, workers=1):
         self.layer_sizes = tuple(layer_sizes)
-        self.workers = workers
         self.acts = tuple(np.empty((rows, size), dtype=np.float32) for size in layer_sizes)
         # deltas[l] is the gradient of layer l's output, shaped like acts[l + 1]; the hidden
         # ones need their own buffers because the ReLU mask still reads acts[l + 1].
         self.deltas = tuple(np.empty((rows, size), dtype=np.float32) for size in layer_sizes[1:-1])
         self.deltas += (self.acts[-1],)
         width, depth = max(layer_sizes[1:]), len(layer_sizes) - 1
-        self.db = np.empty(width, dtype=np.float32)
         self.db_layers = np.empty((depth, width), dtype=np.float32)  # per layer, summed over workers
         self.db_parts = np.empty((workers, depth, width), dtype=np.float32)  # per worker's rows
         self.labels = np.empty(rows, dtype=np.int64)
         self._momentum = None
 
     def momentum_buffers(self, velocity):
-        """(velocity_w, velocity_b, grads) for `momentum_step_inplace`, made on first use only.
+        """(velocity_w, velocity_b, grads) for a momentum `update_part`, made on first use only.
 
         grads are weight gradients (Nesterov's step reads them). Without a velocity (weight decay
         alone) the step runs with momentum 0 on zeroed scratch velocities of the workspace.
@@ -315,15 +281,20 @@ class Backend(BackendBase):
 
     def _sgd_step(self, model, X, y, lr, momentum=None, nesterov=False, weight_decay=0.0, velocity=None):
         ws = self._workspace(model.layer_sizes, len(X))
-        params = tuple(model.weights), tuple(model.biases)
-        if momentum is None:  # plain SGD
-            loss = sgd_step_inplace(*params, (X,) + ws.acts[1:], ws.deltas, ws.db, y, np.float32(lr))
-        else:
-            velocity_w, velocity_b, grads = ws.momentum_buffers(velocity)
-            loss = momentum_step_inplace(*params, velocity_w, velocity_b, (X,) + ws.acts[1:], ws.deltas, ws.db,
-                                         grads, y, np.float32(lr), np.float32(momentum), np.float32(weight_decay),
-                                         nesterov)
+        weights, biases = tuple(model.weights), tuple(model.biases)
+        rule, (velocity_w, velocity_b, grads) = self._update_rule(ws, weights, biases, momentum, nesterov, velocity)
+        loss = train_step_inplace(weights, biases, velocity_w, velocity_b, (X,) + ws.acts[1:], ws.deltas, ws.db_parts,
+                                  ws.db_layers, grads, y, np.float32(lr), np.float32(momentum or 0.0),
+                                  np.float32(weight_decay), rule)
         return float(loss)
+
+    @staticmethod
+    def _update_rule(ws, weights, biases, momentum, nesterov, velocity):
+        """(rule, (velocity_w, velocity_b, grads)) for `update_part`; plain SGD never touches the
+        velocity slots, so the parameters stand in for them."""
+        if momentum is None:
+            return PLAIN_SGD, (weights, biases, weights)
+        return NESTEROV if nesterov else MOMENTUM, ws.momentum_buffers(velocity)
 
     def _train_epoch(self, model, X, y, batch_size, lr, rng, progress=None, momentum=None, nesterov=False,
                      weight_decay=0.0, velocity=None):
@@ -337,11 +308,7 @@ class Backend(BackendBase):
         with self._epoch_lock:
             ws = self._workspace(model.layer_sizes, rows, workers)
             weights, biases = tuple(model.weights), tuple(model.biases)
-            if momentum is None:  # plain SGD never touches the velocity slots: the parameters stand in
-                rule, slots = PLAIN_SGD, (weights, biases, weights)
-            else:
-                rule, slots = NESTEROV if nesterov else MOMENTUM, ws.momentum_buffers(velocity)
-            velocity_w, velocity_b, grads = slots
+            rule, (velocity_w, velocity_b, grads) = self._update_rule(ws, weights, biases, momentum, nesterov, velocity)
 
             def run(t, part_of_order):
                 return train_batches_worker(
