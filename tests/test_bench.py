@@ -3,7 +3,6 @@
 Speed is never asserted: these tests check what is measured and reported, not how fast."""
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -160,18 +159,32 @@ def test_bench_prints_the_table_and_writes_the_json_report(tmp_path, capsys, no_
     assert "cold cache" in out and "warm cache" in out
 
 
+class _FakeClock:
+    """Stands in for the time module in fastmlp.bench: perf_counter reads a clock the fake backend advances."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
 class _SlowOnceTrained:
-    """A stand-in backend whose epoch takes 0.2 s for a model marked as trained, 0.05 s otherwise."""
+    """A stand-in backend whose epoch takes 4 clock units for a model marked as trained, 1 otherwise."""
+
+    def __init__(self, clock):
+        self.clock = clock
 
     def train_epoch(self, model, X, y, *, batch_size, lr, rng):
-        time.sleep(0.2 if model.biases[0][0] == 1 else 0.05)
+        self.clock.now += 4.0 if model.biases[0][0] == 1 else 1.0
 
 
-def test_late_over_early_compares_the_two_model_states_side_by_side():
+def test_late_over_early_compares_the_two_model_states_side_by_side(monkeypatch):
+    clock = _FakeClock()
+    monkeypatch.setattr(bench, "time", clock)  # no real timing: the ratio follows from the fake epochs
     early, late = MLP([4, 3, 2], seed=0), MLP([4, 3, 2], seed=0)
     late.biases[0][0] = 1
     pixels, y = tiny_pixels(20)
-    slow = bench.late_over_early(_SlowOnceTrained(), early, late, pixels, y, batch_size=4)
-    same = bench.late_over_early(_SlowOnceTrained(), early, early.copy(), pixels, y, batch_size=4)
-    assert slow < 0.6 < same
+    assert bench.late_over_early(_SlowOnceTrained(clock), early, late, pixels, y, batch_size=4) == 0.25
+    assert bench.late_over_early(_SlowOnceTrained(clock), early, early.copy(), pixels, y, batch_size=4) == 1.0
     assert late.biases[0][0] == 1 and early.biases[0][0] != 1  # trained on copies, the states untouched
