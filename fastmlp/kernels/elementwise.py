@@ -1,0 +1,160 @@
+"""Elementwise and row-wise kernels: bias, ReLU, softmax + cross-entropy, SGD and momentum updates."""
+
+import numpy as np
+from numba import njit
+
+# Smallest normal float32. Probabilities below it only produce subnormal gradients, which
+# make every later gemm and elementwise pass up to 100x slower on x86 (see softmax kernels).
+_TINY = np.float32(np.finfo(np.float32).tiny)
+
+@njit(cache=True)
+def bias_forward_inplace(Z, b):
+    """Z += b row-wise, Z (n, k), b (k,) float32; overwrites Z."""
+    n, k = Z.shape
+    for i in range(n):
+        for j in range(k):
+            Z[i, j] += b[j]
+
+
+@njit(cache=True)
+def bias_relu_forward_inplace(Z, b):
+    """Z = max(Z + b, 0) row-wise, Z (n, k), b (k,) float32; overwrites Z."""
+    n, k = Z.shape
+    for i in range(n):
+        for j in range(k):
+            Z[i, j] = max(Z[i, j] + b[j], np.float32(0.0))
+
+
+@njit(cache=True)
+def relu_backward_inplace(dA, A):
+    """dA = dA * (A > 0), the ReLU-mask backprop, dA and A (n, k) float32; overwrites dA."""
+    n, k = dA.shape
+    for i in range(n):
+        for j in range(k):
+            if A[i, j] <= 0:
+                dA[i, j] = 0
+
+
+@njit(cache=True)
+def relu_backward_bias_grad_inplace(dA, A, db):
+    """dA = dA * (A > 0) and db = column sums of the result, dA, A (n, k), db (k,) float32; overwrites dA and db."""
+    n, k = dA.shape
+    db[:] = 0
+    for i in range(n):
+        for j in range(k):
+            if A[i, j] <= 0:
+                dA[i, j] = 0
+            else:
+                db[j] += dA[i, j]
+
+
+@njit(cache=True)
+def softmax_inplace(Z):
+    """Row-wise numerically stable softmax of logits Z (n, k) float32; overwrites Z with the probabilities."""
+    n, k = Z.shape
+    for i in range(n):
+        m = Z[i, 0]
+        for j in range(1, k):
+            m = max(m, Z[i, j])
+        s = np.float32(0.0)
+        for j in range(k):
+            e = np.exp(Z[i, j] - m)
+            Z[i, j] = e
+            s += e
+        inv = np.float32(1.0) / s
+        for j in range(k):
+            Z[i, j] *= inv
+
+
+@njit(cache=True)
+def softmax_xent_backward_inplace(Z, y):
+    """Mean cross-entropy of logits Z (n, k) float32 vs labels y (n,); overwrites Z with (softmax(Z) - onehot(y)) / n.
+
+    Gradient entries below the smallest normal float32 (~1.2e-38) are flushed to zero, as
+    they only slow down the later passes.
+    """
+    n = Z.shape[0]
+    return softmax_xent_backward_rows_inplace(Z, y, n) / n
+
+
+@njit(cache=True)
+def softmax_xent_backward_rows_inplace(Z, y, batch_n):
+    """Summed cross-entropy of the rows of Z (n, k) float32 vs labels y (n,), part of a batch of batch_n rows; overwrites Z with (softmax(Z) - onehot(y)) / batch_n.
+
+    The kernel of `softmax_xent_backward_inplace` for a batch split across threads.
+    """
+    n, k = Z.shape
+    total = 0.0
+    inv_n = np.float32(1.0) / np.float32(batch_n)
+    for i in range(n):
+        m = Z[i, 0]
+        for j in range(1, k):
+            m = max(m, Z[i, j])
+        label = y[i]
+        shifted_label = Z[i, label] - m
+        s = np.float32(0.0)
+        for j in range(k):
+            e = np.exp(Z[i, j] - m)
+            Z[i, j] = e
+            s += e
+        total += np.log(s) - shifted_label
+        scale = inv_n / s
+        for j in range(k):
+            g = Z[i, j] * scale
+            if g < _TINY:
+                g = np.float32(0.0)
+            if j == label:
+                g -= inv_n
+            Z[i, j] = g
+    return total
+
+
+@njit(cache=True)
+def bias_grad(dZ, out):
+    """out = column sums of dZ (n, k) float32, out (k,); overwrites out."""
+    n, k = dZ.shape
+    out[:] = 0
+    for i in range(n):
+        for j in range(k):
+            out[j] += dZ[i, j]
+
+
+@njit(cache=True)
+def sgd_update_inplace(W, dW, lr):
+    """W -= lr * dW elementwise, W and dW the same shape (any ndim) float32; overwrites W."""
+    w = W.reshape(W.size)
+    g = dW.reshape(dW.size)
+    step = np.float32(lr)
+    for i in range(w.size):
+        w[i] -= step * g[i]
+
+
+@njit(cache=True)
+def momentum_apply_inplace(W, V, decay_step):
+    """V -= decay_step * W, then W += V, in one pass (decay_step = lr * weight_decay); W, V the same shape float32; overwrites V and W."""
+    w = W.reshape(W.size)
+    v = V.reshape(V.size)
+    d = np.float32(decay_step)
+    for i in range(w.size):
+        vi = v[i] - d * w[i]
+        v[i] = vi
+        w[i] += vi
+
+
+@njit(cache=True)
+def momentum_update_inplace(W, V, G, lr, momentum, weight_decay, nesterov):
+    """g = G + weight_decay * W; V = momentum * V - lr * g; W += momentum * V - lr * g if nesterov else V; one pass, W, V, G the same shape float32; overwrites V and W."""
+    w = W.reshape(W.size)
+    v = V.reshape(V.size)
+    grad = G.reshape(G.size)
+    lr32, mu, wd = np.float32(lr), np.float32(momentum), np.float32(weight_decay)
+    for i in range(w.size):
+        step = lr32 * (grad[i] + wd * w[i])
+        vi = mu * v[i] - step
+        v[i] = vi
+        if nesterov:
+            w[i] += mu * vi - step
+        else:
+            w[i] += vi
+
+
