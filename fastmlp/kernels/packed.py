@@ -1,0 +1,244 @@
+"""Weights packed into column panels, and the SIMD kernels that read and update them in place.
+
+The packed layout (the only place it is defined): a weight matrix W (K, N) float32 is kept as
+    P[p, k, j] = W[k, p * NR + j]       P of shape (ceil(N / NR), K, NR), C-contiguous,
+with zeros in the columns past N of the last panel. NR is `PANEL_WIDTH`, the width of the SIMD
+tile of the CPU Numba compiles for (32 with AVX-512, 16 with AVX2 or less; fastmlp.kernels.tiles).
+One packed row P[p, k] is the NR floats that the microkernel loads as B vectors at step k, so a
+panel is read front to back with no stride, and stays in cache across the rows of a batch.
+
+Products, with A row-major (M, K) (rows of A may be a row slice of a larger buffer):
+    packed_matmul_into(C, A, P)                  C = A @ W
+    packed_matmul_bias_into(Z, A, P, b)          Z = A @ W + b
+    packed_matmul_bias_relu_into(Z, A, P, b)     Z = max(A @ W + b, 0)
+    packed_matmul_relu_mask_into(dA, dZ, PT, A)  dA = (dZ @ W.T) * (A > 0), with PT = W.T packed
+    packed_sgd_update_inplace(P, A, dZ, lr, wd)  W -= lr * (A.T @ dZ + wd * W)
+    packed_momentum_update_inplace(P, V, A, dZ, lr, mu, wd, nesterov)   the momentum rules of
+                                                 fastmlp/optim.py, V the velocity packed like W
+The weight-gradient product never exists as an array: each tile of A.T @ dZ is applied to its
+rows of P (and V) while still in registers. The input gradient dA = dZ W.T reads W, so compute
+it before the update overwrites W.
+
+The `_part` functions do the same for a range of rows (or weight rows) and panels: they are the
+pieces the numba backend's worker threads split a step into.
+"""
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+from . import simd_ir
+from .contiguity import require_c_contiguous
+from .tiles import TILE
+
+PANEL_WIDTH = TILE.nr
+TILE_ROWS = TILE.mr
+
+STORE, BIAS, BIAS_RELU, RELU_MASK = simd_ir.STORE, simd_ir.BIAS, simd_ir.BIAS_RELU, simd_ir.RELU_MASK
+PLAIN_SGD, MOMENTUM, NESTEROV = simd_ir.PLAIN_SGD, simd_ir.MOMENTUM, simd_ir.NESTEROV
+
+
+def _data(context, builder, array_type, array, offset):
+    """Pointer to element `offset` (in floats) of the array's flat data."""
+    return builder.gep(context.make_array(array_type)(context, builder, array).data, [offset])
+
+
+@intrinsic
+def _forward_tile(typingctx, A, a_off, lda, P, p_off, K, C, c_off, ldc, rows, ncols, bias, b_off, mask, m_off, ldm,
+                  kind):
+    """One tile of C = epilogue(A @ W) (simd_ir.forward_tile); offsets and strides in floats."""
+    sig = types.void(A, types.intp, types.intp, P, types.intp, types.intp, C, types.intp, types.intp, types.intp,
+                     types.intp, bias, types.intp, mask, types.intp, types.intp, types.int32)
+
+    def codegen(context, builder, signature, args):
+        (A_, a_off_, lda_, P_, p_off_, K_, C_, c_off_, ldc_, rows_, ncols_, bias_, b_off_, mask_, m_off_, ldm_,
+         kind_) = args
+        ty = signature.args
+        fn = simd_ir.forward_tile(builder.module, TILE)
+        builder.call(fn, [_data(context, builder, ty[0], A_, a_off_), lda_, _data(context, builder, ty[3], P_, p_off_),
+                          K_, _data(context, builder, ty[6], C_, c_off_), ldc_, rows_, ncols_,
+                          _data(context, builder, ty[11], bias_, b_off_), _data(context, builder, ty[13], mask_, m_off_),
+                          ldm_, kind_])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _wgrad_tile(typingctx, A, a_off, lda, D, d_off, ldd, n, rows, ncols, P, p_off, V, lr, momentum, weight_decay,
+                rule):
+    """Tile rows of W (packed) updated from A[:, k0:k0+rows].T @ D[:, panel] (simd_ir.wgrad_tile)."""
+    sig = types.void(A, types.intp, types.intp, D, types.intp, types.intp, types.intp, types.intp, types.intp, P,
+                     types.intp, V, types.float32, types.float32, types.float32, types.int32)
+
+    def codegen(context, builder, signature, args):
+        A_, a_off_, lda_, D_, d_off_, ldd_, n_, rows_, ncols_, P_, p_off_, V_, lr_, mu_, wd_, rule_ = args
+        ty = signature.args
+        fn = simd_ir.wgrad_tile(builder.module, TILE)
+        builder.call(fn, [_data(context, builder, ty[0], A_, a_off_), lda_, _data(context, builder, ty[3], D_, d_off_),
+                          ldd_, n_, rows_, ncols_, _data(context, builder, ty[9], P_, p_off_),
+                          _data(context, builder, ty[11], V_, p_off_), lr_, mu_, wd_, rule_])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True)
+def panel_count(n_columns):
+    """Panels of PANEL_WIDTH columns that hold n_columns (the first dimension of a packed matrix)."""
+    return (n_columns + PANEL_WIDTH - 1) // PANEL_WIDTH
+
+
+def packed_shape(n_rows, n_columns):
+    """Shape of the packed form of a (n_rows, n_columns) weight matrix: (panels, n_rows, PANEL_WIDTH)."""
+    return (panel_count(n_columns), n_rows, PANEL_WIDTH)
+
+
+@njit(cache=True)
+def pack_weights_into(P, W):
+    """P = W (K, N) float32 in the packed layout (panels, K, PANEL_WIDTH), zero padding; overwrites P."""
+    require_c_contiguous(P, W)
+    K, N = W.shape
+    for p in range(P.shape[0]):
+        for k in range(K):
+            for j in range(PANEL_WIDTH):
+                col = p * PANEL_WIDTH + j
+                P[p, k, j] = W[k, col] if col < N else np.float32(0.0)
+
+
+@njit(cache=True)
+def pack_transposed_into(PT, W, k0, k1):
+    """Rows k0:k1 of W (K, N) written as columns of PT, W.T packed (panels of K, N, PANEL_WIDTH); overwrites those entries of PT.
+
+    With k0, k1 = 0, K this packs all of W.T (the padding columns of PT must be zero already, or
+    be written by a call covering them: columns past K are zeroed by the call that ends at K).
+    """
+    require_c_contiguous(PT, W)
+    K, N = W.shape
+    end = k1 if k1 < K else PT.shape[0] * PANEL_WIDTH
+    for k in range(k0, end):
+        p, j = k // PANEL_WIDTH, k % PANEL_WIDTH
+        if k < K:
+            for n in range(N):
+                PT[p, n, j] = W[k, n]
+        else:
+            for n in range(N):
+                PT[p, n, j] = np.float32(0.0)
+
+
+@njit(cache=True)
+def transpose_packed_into(PT, P, k0, k1):
+    """Rows k0:k1 of the packed W in P (panels, K, NR) written into PT, W.T packed; overwrites those entries of PT (and PT's zero padding when k1 = K)."""
+    require_c_contiguous(PT, P)
+    K = P.shape[1]
+    N = PT.shape[1]
+    end = k1 if k1 < K else PT.shape[0] * PANEL_WIDTH
+    for k in range(k0, end):
+        p, j = k // PANEL_WIDTH, k % PANEL_WIDTH
+        if k < K:
+            for n in range(N):
+                PT[p, n, j] = P[n // PANEL_WIDTH, k, n % PANEL_WIDTH]
+        else:
+            for n in range(N):
+                PT[p, n, j] = np.float32(0.0)
+
+
+@njit(cache=True)
+def unpack_weights_into(W, P):
+    """W (K, N) = the packed P (panels, K, PANEL_WIDTH), padding dropped; overwrites W."""
+    require_c_contiguous(W, P)
+    K, N = W.shape
+    for k in range(K):
+        for col in range(N):
+            W[k, col] = P[col // PANEL_WIDTH, k, col % PANEL_WIDTH]
+
+
+@njit(cache=True)
+def forward_part(C, A, P, bias, mask, kind, r0, r1, p0, p1):
+    """Rows r0:r1 and panels p0:p1 of C = epilogue(A @ W), W packed in P; overwrites that part of C.
+
+    kind: STORE (C = A @ W), BIAS (+ bias), BIAS_RELU (max(A @ W + bias, 0)), RELU_MASK
+    (C = A @ W where mask > 0, else 0; mask shaped like C). bias and mask are read only by the
+    kinds that use them (pass any float32 array otherwise).
+    """
+    K = A.shape[1]
+    N = C.shape[1]
+    lda, ldc, ldm = A.strides[0] // 4, C.strides[0] // 4, mask.strides[0] // 4
+    panel_size = K * PANEL_WIDTH
+    # Rows outer, panels inner: the tile's TILE_ROWS rows of A (25 KB at K = 784) stay in L1
+    # while every panel streams past them; the panels (100 KB each at K = 784) stay in L2.
+    for i0 in range(r0, r1, TILE_ROWS):
+        rows = min(TILE_ROWS, r1 - i0)
+        for p in range(p0, p1):
+            col = p * PANEL_WIDTH
+            _forward_tile(A, i0 * lda, lda, P, p * panel_size, K, C, i0 * ldc + col, ldc, rows,
+                          min(PANEL_WIDTH, N - col), bias, col, mask, i0 * ldm + col, ldm, np.int32(kind))
+
+
+@njit(cache=True)
+def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule):
+    """Rows k0:k1 of panels p0:p1 of the packed W (and V) updated by rule from G = A[:n].T @ dZ[:n]; overwrites that part of P (and V).
+
+    A (n, K) holds the layer's inputs, dZ (n, N) its output gradient. rule PLAIN_SGD,
+    MOMENTUM or NESTEROV as in fastmlp/optim.py, weight decay included; V is read only by
+    MOMENTUM and NESTEROV (pass P otherwise).
+    """
+    K = P.shape[1]
+    N = dZ.shape[1]
+    lda, ldd = A.strides[0] // 4, dZ.strides[0] // 4
+    panel_size = K * PANEL_WIDTH
+    lr32, mu32, wd32 = np.float32(lr), np.float32(momentum), np.float32(weight_decay)
+    for p in range(p0, p1):
+        col = p * PANEL_WIDTH
+        ncols = min(PANEL_WIDTH, N - col)
+        for k in range(k0, k1, TILE_ROWS):
+            rows = min(TILE_ROWS, k1 - k)
+            _wgrad_tile(A, k, lda, dZ, col, ldd, n, rows, ncols, P, p * panel_size + k * PANEL_WIDTH, V, lr32, mu32,
+                        wd32, np.int32(rule))
+
+
+@njit(cache=True)
+def packed_matmul_into(C, A, P):
+    """C = A @ W with A (M, K), W packed in P (panels, K, PANEL_WIDTH), C (M, N) float32; overwrites C."""
+    require_c_contiguous(C, A, P)
+    forward_part(C, A, P, C[0], C, STORE, 0, A.shape[0], 0, panel_count(C.shape[1]))
+
+
+@njit(cache=True)
+def packed_matmul_bias_into(Z, A, P, b):
+    """Z = A @ W + b with A (M, K), W packed in P, b (N,), Z (M, N) float32; overwrites Z."""
+    require_c_contiguous(Z, A, P, b)
+    forward_part(Z, A, P, b, Z, BIAS, 0, A.shape[0], 0, panel_count(Z.shape[1]))
+
+
+@njit(cache=True)
+def packed_matmul_bias_relu_into(Z, A, P, b):
+    """Z = max(A @ W + b, 0) with A (M, K), W packed in P, b (N,), Z (M, N) float32; overwrites Z."""
+    require_c_contiguous(Z, A, P, b)
+    forward_part(Z, A, P, b, Z, BIAS_RELU, 0, A.shape[0], 0, panel_count(Z.shape[1]))
+
+
+@njit(cache=True)
+def packed_matmul_relu_mask_into(dA, dZ, PT, A):
+    """dA = (dZ @ W.T) * (A > 0) with dZ (M, N), PT = W.T (N, K) packed, A and dA (M, K) float32; overwrites dA.
+
+    The input gradient of a ReLU layer whose output was A: call it before W is updated.
+    """
+    require_c_contiguous(dA, dZ, PT, A)
+    forward_part(dA, dZ, PT, dA[0], A, RELU_MASK, 0, dZ.shape[0], 0, panel_count(dA.shape[1]))
+
+
+@njit(cache=True)
+def packed_sgd_update_inplace(P, A, dZ, lr, weight_decay):
+    """W -= lr * (A.T @ dZ + weight_decay * W), W packed in P (panels, K, NR), A (n, K), dZ (n, N) float32; overwrites P."""
+    require_c_contiguous(P, A, dZ)
+    update_part(P, P, A, dZ, A.shape[0], 0, P.shape[1], 0, P.shape[0], lr, 0.0, weight_decay, PLAIN_SGD)
+
+
+@njit(cache=True)
+def packed_momentum_update_inplace(P, V, A, dZ, lr, momentum, weight_decay, nesterov):
+    """g = A.T @ dZ + wd W; V = mu V - lr g; W += V (Nesterov: mu V - lr g); W, V packed alike in P, V, A (n, K), dZ (n, N) float32; overwrites P and V."""
+    require_c_contiguous(P, V, A, dZ)
+    update_part(P, V, A, dZ, A.shape[0], 0, P.shape[1], 0, P.shape[0], lr, momentum, weight_decay,
+                NESTEROV if nesterov else MOMENTUM)

@@ -1,0 +1,295 @@
+"""The SIMD microkernels, written as LLVM IR: one MR x NR tile of a product, its epilogue fused.
+
+Numba's auto-vectoriser turns a plain-loop tile into scalar-ish code (34 GFLOP/s where the core
+peaks near 130); these kernels say exactly what the core should do instead. Each one is an LLVM
+function, added once to the module that calls it, whose loop carries the MR x NV accumulator
+vectors of the tile as `phi` values, so that they live in registers for the whole loop:
+
+    for k in range(K):                  # one iteration of the loop below
+        b[v] = load <VW x float>        # NV vectors: one row of the tile's B panel
+        for m in range(MR):
+            a = splat(A[m, k])          # one scalar broadcast to all VW lanes (insertelement +
+                                        # shufflevector; x86 folds it into the FMA's operand)
+            acc[m][v] = fma(a, b[v], acc[m][v])   # llvm.fma.vNf32
+
+The tile's shape comes from `fastmlp.kernels.tiles` (VW floats a vector, NV vectors a panel row,
+so NR = VW * NV columns, and MR rows): MR * NV accumulators, NV loaded B vectors and a broadcast
+must fit the 32 (AVX-512) or 16 (AVX2, SSE) vector registers. A tile of fewer rows (the edge of
+the batch) is its own copy of the loop, chosen by a `switch` on the row count, since registers
+cannot be indexed at run time.
+
+Two kernels, in the packed layout of `fastmlp.kernels.packed` (P[panel, k, 0:NR]):
+- `forward_tile`: C[rows, panel] = epilogue(A[rows, :] @ P[panel]). The B vectors are one
+  packed row, always NR wide (padding columns hold zeros); only the epilogue's loads and stores
+  are masked to the panel's real columns.
+- `wgrad_tile`: the weight-gradient product of MR rows of a packed weight panel,
+  G = A[:, k0:k0+MR].T @ D[:, panel], applied at once to P (and the velocity V) by the update
+  rule in the epilogue, so the gradient never leaves registers. Here A's scalars come from MR
+  consecutive columns of one row of A, and D's rows are loaded masked when the panel is partial.
+"""
+
+from llvmlite import ir
+
+F32 = ir.FloatType()
+I1, I32, I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+PTR = F32.as_pointer()
+
+# Epilogues of forward_tile (the `kind` argument).
+STORE, BIAS, BIAS_RELU, RELU_MASK = 0, 1, 2, 3
+# Update rules of wgrad_tile (the `rule` argument), the formulas of fastmlp/optim.py.
+PLAIN_SGD, MOMENTUM, NESTEROV = 0, 1, 2
+
+
+def _vec(vw):
+    return ir.VectorType(F32, vw)
+
+
+def _intrinsic(module, name, ret, args):
+    fn = module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(module, ir.FunctionType(ret, args), name)
+    return fn
+
+
+def _splat(builder, scalar, vw):
+    """<vw x float> with every lane = scalar (insertelement into lane 0, shufflevector lane 0 out)."""
+    vt = _vec(vw)
+    one = builder.insert_element(ir.Constant(vt, ir.Undefined), scalar, ir.Constant(I32, 0))
+    return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(I32, vw), [0] * vw))
+
+
+def _lane_mask(builder, first_col, ncols, vw):
+    """<vw x i1>: lane j is on when first_col + j < ncols (the panel's real columns)."""
+    lanes = ir.Constant(ir.VectorType(I64, vw), list(range(vw)))
+    cols = builder.add(lanes, _splat_int(builder, first_col, vw))
+    return builder.icmp_signed("<", cols, _splat_int(builder, ncols, vw))
+
+
+def _splat_int(builder, value, vw):
+    vt = ir.VectorType(I64, vw)
+    one = builder.insert_element(ir.Constant(vt, ir.Undefined), value, ir.Constant(I32, 0))
+    return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(I32, vw), [0] * vw))
+
+
+class _Vectors:
+    """The LLVM intrinsics a tile uses, at one vector width, declared in one module."""
+
+    def __init__(self, module, vw):
+        vt, vp = _vec(vw), _vec(vw).as_pointer()
+        mask = ir.VectorType(I1, vw)
+        self.vw, self.vt = vw, vt
+        self.fma = _intrinsic(module, f"llvm.fma.v{vw}f32", vt, [vt, vt, vt])
+        self.maxnum = _intrinsic(module, f"llvm.maxnum.v{vw}f32", vt, [vt, vt])
+        self._load = _intrinsic(module, f"llvm.masked.load.v{vw}f32.p0", vt, [vp, I32, mask, vt])
+        self._store = _intrinsic(module, f"llvm.masked.store.v{vw}f32.p0", ir.VoidType(), [vt, vp, I32, mask])
+        self.zero = ir.Constant(vt, [0.0] * vw)
+
+    def load(self, builder, ptr):
+        return builder.load(builder.bitcast(ptr, self.vt.as_pointer()), align=4)
+
+    def store(self, builder, value, ptr):
+        builder.store(value, builder.bitcast(ptr, self.vt.as_pointer()), align=4)
+
+    def masked_load(self, builder, ptr, mask):
+        return builder.call(self._load, [builder.bitcast(ptr, self.vt.as_pointer()), ir.Constant(I32, 4), mask, self.zero])
+
+    def masked_store(self, builder, value, ptr, mask):
+        builder.call(self._store, [value, builder.bitcast(ptr, self.vt.as_pointer()), ir.Constant(I32, 4), mask])
+
+
+def _tile_loop(builder, fn, trip_count, rows, nv, vec, load_b, load_a):
+    """The k loop of a tile: returns the rows x nv accumulators after `trip_count` iterations.
+
+    load_b(builder, k) gives the nv B vectors of iteration k; load_a(builder, k, m) the scalar of
+    row m. The accumulators are phi values of the loop header: registers, never memory.
+    """
+    entry = builder.block
+    header = fn.append_basic_block("k_loop")
+    body = fn.append_basic_block("k_body")
+    done = fn.append_basic_block("k_done")
+    builder.branch(header)
+
+    builder.position_at_end(header)
+    k = builder.phi(I64, "k")
+    k.add_incoming(ir.Constant(I64, 0), entry)
+    accs = [[builder.phi(vec.vt, f"acc{m}_{v}") for v in range(nv)] for m in range(rows)]
+    for row in accs:
+        for acc in row:
+            acc.add_incoming(vec.zero, entry)
+    builder.cbranch(builder.icmp_signed("<", k, trip_count), body, done)
+
+    builder.position_at_end(body)
+    b = load_b(builder, k)
+    new = []
+    for m in range(rows):
+        a = _splat(builder, load_a(builder, k, m), vec.vw)
+        new.append([builder.call(vec.fma, [a, b[v], accs[m][v]]) for v in range(nv)])
+    k_next = builder.add(k, ir.Constant(I64, 1))
+    k.add_incoming(k_next, builder.block)
+    for m in range(rows):
+        for v in range(nv):
+            accs[m][v].add_incoming(new[m][v], builder.block)
+    builder.branch(header)
+
+    builder.position_at_end(done)
+    return accs
+
+
+def _switch_on_rows(builder, fn, mr, max_rows, emit_rows):
+    """Branch to a copy of the tile for each row count 1..max_rows (emit_rows(builder, rows) writes one)."""
+    end = fn.append_basic_block("end")
+    cases = [fn.append_basic_block(f"rows{r}") for r in range(1, max_rows + 1)]
+    switch = builder.switch(mr, cases[-1])
+    for rows, block in enumerate(cases, start=1):
+        switch.add_case(ir.Constant(I64, rows), block)
+        builder.position_at_end(block)
+        emit_rows(builder, rows)
+        builder.branch(end)
+    builder.position_at_end(end)
+    builder.ret_void()
+
+
+def forward_tile(module, tile):
+    """The LLVM function computing one tile of C = epilogue(A @ W), W packed; declared once per module.
+
+    void (float* a, i64 lda, float* panel, i64 K, float* c, i64 ldc, i64 rows, i64 ncols,
+          float* bias, float* mask, i64 ldmask, i32 kind)
+    a: the tile's first row of A (row stride lda floats); panel: P[p, 0, 0] (K rows of NR
+    floats); c: the tile's top-left element of C (row stride ldc); rows (1..MR) and ncols
+    (1..NR) the tile's real size; kind STORE (C = acc), BIAS (C = acc + bias), BIAS_RELU
+    (C = max(acc + bias, 0)) or RELU_MASK (C = acc where mask > 0, else 0; mask shaped like C,
+    row stride ldmask). bias points at the panel's first bias, read only by BIAS and BIAS_RELU.
+    """
+    name = f"fastmlp_forward_tile_{tile.name}"
+    if name in module.globals:
+        return module.globals[name]
+    fnty = ir.FunctionType(ir.VoidType(), [PTR, I64, PTR, I64, PTR, I64, I64, I64, PTR, PTR, I64, I32])
+    fn = ir.Function(module, fnty, name)
+    fn.linkage = "internal"
+    a, lda, panel, K, c, ldc, mr, ncols, bias, mask, ldmask, kind = fn.args
+    vec = _Vectors(module, tile.vw)
+    nv, nr, vw = tile.nv, tile.nr, tile.vw
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+
+    def load_b(builder, k):
+        row = builder.gep(panel, [builder.mul(k, ir.Constant(I64, nr))])
+        return [vec.load(builder, builder.gep(row, [ir.Constant(I64, v * vw)])) for v in range(nv)]
+
+    def load_a(builder, k, m):
+        return builder.load(builder.gep(a, [builder.add(builder.mul(ir.Constant(I64, m), lda), k)]))
+
+    def emit_rows(builder, rows):
+        accs = _tile_loop(builder, fn, K, rows, nv, vec, load_b, load_a)
+        masks = [_lane_mask(builder, ir.Constant(I64, v * vw), ncols, vw) for v in range(nv)]
+        with_bias = builder.or_(builder.icmp_unsigned("==", kind, ir.Constant(I32, BIAS)),
+                                builder.icmp_unsigned("==", kind, ir.Constant(I32, BIAS_RELU)))
+        relu = builder.icmp_unsigned("==", kind, ir.Constant(I32, BIAS_RELU))
+        masked = builder.icmp_unsigned("==", kind, ir.Constant(I32, RELU_MASK))
+        # The bias is read only by BIAS and BIAS_RELU (lanes off otherwise: zeros, and `bias` may point anywhere).
+        bias_lanes = _splat_bool(builder, with_bias, vw)
+        b = [vec.masked_load(builder, builder.gep(bias, [ir.Constant(I64, v * vw)]), builder.and_(masks[v], bias_lanes))
+             for v in range(nv)]
+        masked_lanes = _splat_bool(builder, masked, vw)
+        for m in range(rows):
+            c_row = builder.gep(c, [builder.mul(ir.Constant(I64, m), ldc)])
+            mask_row = builder.gep(mask, [builder.mul(ir.Constant(I64, m), ldmask)])
+            for v in range(nv):
+                z = builder.fadd(accs[m][v], b[v])
+                z = builder.select(relu, builder.call(vec.maxnum, [z, vec.zero]), z)
+                # RELU_MASK reads the mask (lanes off for other kinds, so `mask` may point anywhere)
+                # and drops the lanes whose mask is not > 0.
+                gate = builder.and_(masks[v], masked_lanes)
+                keep = vec.masked_load(builder, builder.gep(mask_row, [ir.Constant(I64, v * vw)]), gate)
+                drop = builder.and_(masked_lanes, builder.not_(builder.fcmp_ordered(">", keep, vec.zero)))
+                z = builder.select(drop, vec.zero, z)
+                vec.masked_store(builder, z, builder.gep(c_row, [ir.Constant(I64, v * vw)]), masks[v])
+
+    _switch_on_rows(builder, fn, mr, tile.mr, emit_rows)
+    return fn
+
+
+def _splat_bool(builder, flag, vw):
+    vt = ir.VectorType(I1, vw)
+    one = builder.insert_element(ir.Constant(vt, ir.Undefined), flag, ir.Constant(I32, 0))
+    return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(I32, vw), [0] * vw))
+
+
+def wgrad_tile(module, tile):
+    """The LLVM function updating `rows` packed weight rows from their gradient; declared once per module.
+
+    void (float* a, i64 lda, float* d, i64 ldd, i64 n, i64 rows, i64 ncols, float* w, float* vel,
+          float lr, float momentum, float weight_decay, i32 rule)
+    a: A[0, k0] (row stride lda); d: D[0, panel's first column] (row stride ldd); n rows of A
+    and D are summed over; w, vel: P[p, k0, 0] and V[p, k0, 0], the tile's first packed row
+    (rows of NR floats). With G = A[:, k0:k0+rows].T @ D[:, panel] and g = G + weight_decay * W:
+    PLAIN_SGD W -= lr * g; MOMENTUM V = momentum * V - lr * g, W += V; NESTEROV the same V,
+    W += momentum * V - lr * g. vel is read only by MOMENTUM and NESTEROV. Padding columns
+    (past ncols) get G = 0, so zero padding stays zero.
+    """
+    name = f"fastmlp_wgrad_tile_{tile.name}"
+    if name in module.globals:
+        return module.globals[name]
+    fnty = ir.FunctionType(ir.VoidType(), [PTR, I64, PTR, I64, I64, I64, I64, PTR, PTR, F32, F32, F32, I32])
+    fn = ir.Function(module, fnty, name)
+    fn.linkage = "internal"
+    a, lda, d, ldd, n, mr, ncols, w, vel, lr, momentum, weight_decay, rule = fn.args
+    vec = _Vectors(module, tile.vw)
+    nv, nr, vw = tile.nv, tile.nr, tile.vw
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    full = builder.icmp_signed("==", ncols, ir.Constant(I64, nr))
+
+    def emit_rows(builder, rows):
+        # Two copies of the loop: plain loads of D for a full panel, masked ones for the last.
+        full_block, part_block = fn.append_basic_block(f"full{rows}"), fn.append_basic_block(f"part{rows}")
+        join = fn.append_basic_block(f"update{rows}")
+        builder.cbranch(full, full_block, part_block)
+        results = []
+        for block, is_full in ((full_block, True), (part_block, False)):
+            builder.position_at_end(block)
+            masks = [_lane_mask(builder, ir.Constant(I64, v * vw), ncols, vw) for v in range(nv)]
+
+            def load_b(builder, i, masks=masks, is_full=is_full):
+                row = builder.gep(d, [builder.mul(i, ldd)])
+                ptrs = [builder.gep(row, [ir.Constant(I64, v * vw)]) for v in range(nv)]
+                if is_full:
+                    return [vec.load(builder, p) for p in ptrs]
+                return [vec.masked_load(builder, p, masks[v]) for v, p in enumerate(ptrs)]
+
+            def load_a(builder, i, m):
+                return builder.load(builder.gep(a, [builder.add(builder.mul(i, lda), ir.Constant(I64, m))]))
+
+            accs = _tile_loop(builder, fn, n, rows, nv, vec, load_b, load_a)
+            results.append((accs, builder.block))
+            builder.branch(join)
+        builder.position_at_end(join)
+        accs = []
+        for m in range(rows):
+            row = []
+            for v in range(nv):
+                phi = builder.phi(vec.vt)
+                for acc, block in results:
+                    phi.add_incoming(acc[m][v], block)
+                row.append(phi)
+            accs.append(row)
+        lr_v, mu_v, wd_v = (_splat(builder, s, vw) for s in (lr, momentum, weight_decay))
+        uses_velocity = builder.icmp_unsigned("!=", rule, ir.Constant(I32, PLAIN_SGD))
+        nesterov = builder.icmp_unsigned("==", rule, ir.Constant(I32, NESTEROV))
+        no_lanes = ir.Constant(ir.VectorType(I1, vw), [0] * vw)
+        all_lanes = ir.Constant(ir.VectorType(I1, vw), [1] * vw)
+        vel_lanes = builder.select(uses_velocity, all_lanes, no_lanes)
+        for m in range(rows):
+            for v in range(nv):
+                offset = ir.Constant(I64, m * nr + v * vw)
+                w_ptr, vel_ptr = builder.gep(w, [offset]), builder.gep(vel, [offset])
+                weight = vec.load(builder, w_ptr)
+                step = builder.fmul(lr_v, builder.call(vec.fma, [wd_v, weight, accs[m][v]]))  # lr * g
+                # V is read and written only under MOMENTUM / NESTEROV (masked to no lanes otherwise).
+                velocity = builder.fsub(builder.fmul(mu_v, vec.masked_load(builder, vel_ptr, vel_lanes)), step)
+                vec.masked_store(builder, velocity, vel_ptr, vel_lanes)
+                nesterov_step = builder.fsub(builder.fmul(mu_v, velocity), step)
+                delta = builder.select(uses_velocity, builder.select(nesterov, nesterov_step, velocity),
+                                       builder.fsub(vec.zero, step))
+                vec.store(builder, builder.fadd(weight, delta), w_ptr)
+
+    _switch_on_rows(builder, fn, mr, tile.mr, emit_rows)
+    return fn

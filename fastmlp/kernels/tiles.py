@@ -1,0 +1,70 @@
+"""The SIMD tile shapes, one per instruction set, and which one the CPU Numba compiles for gets.
+
+A tile is MR rows by NR = VW * NV columns of a product, held in MR * NV vector registers while
+its loop runs (see fastmlp/kernels/simd_ir.py). The shapes fit the register files: AVX-512 has
+32 registers of 16 floats, so 8 x 2 accumulators leave room for the 2 B vectors and a
+broadcast; AVX2 and SSE have 16, so 6 x 2 (the classic 6 x 16 AVX2 sgemm tile). Eight
+independent FMA chains hide the FMA latency (4 cycles, two FMA ports) on every one of them.
+
+The choice follows the target Numba compiles for, never a guess: NUMBA_CPU_NAME and
+NUMBA_CPU_FEATURES when they are set (as Numba itself reads them), the host CPU otherwise.
+"""
+
+from typing import NamedTuple
+
+import llvmlite.binding as llvm
+from numba.core import config
+
+
+class Tile(NamedTuple):
+    name: str
+    vw: int  # floats per vector register
+    nv: int  # vectors per row of a packed panel
+    mr: int  # rows of A per tile
+
+    @property
+    def nr(self) -> int:
+        """Columns of a packed panel (and of a tile)."""
+        return self.vw * self.nv
+
+
+TILES = {
+    "avx512": Tile("avx512", vw=16, nv=2, mr=8),
+    "avx2": Tile("avx2", vw=8, nv=2, mr=6),
+    "sse": Tile("sse", vw=4, nv=2, mr=6),
+}
+
+# CPU models whose defaults include AVX-512 (F) or AVX2 + FMA, as LLVM names them.
+_AVX512_CPUS = ("skylake-avx512", "cascadelake", "cooperlake", "cannonlake", "icelake-client", "icelake-server",
+                "tigerlake", "rocketlake", "sapphirerapids", "emeraldrapids", "graniterapids", "graniterapids-d",
+                "diamondrapids", "knl", "knm", "znver4", "znver5", "x86-64-v4")
+_AVX2_CPUS = ("haswell", "broadwell", "skylake", "alderlake", "raptorlake", "meteorlake", "arrowlake",
+              "arrowlake-s", "lunarlake", "gracemont", "pantherlake", "znver1", "znver2", "znver3", "x86-64-v3",
+              "bdver4") + _AVX512_CPUS
+
+
+def target_cpu() -> tuple[str, str]:
+    """(CPU name, feature string) that Numba's JIT compiles for."""
+    name = config.CPU_NAME or llvm.get_host_cpu_name()
+    if config.CPU_FEATURES is not None:
+        return name, config.CPU_FEATURES
+    from numba.core.codegen import get_host_cpu_features
+
+    return name, get_host_cpu_features()
+
+
+def select_tile(cpu_name: str, features: str) -> Tile:
+    """The tile for a CPU model and LLVM feature string ("+avx2,-avx512f,...")."""
+    flags = {f[1:]: f[0] == "+" for f in features.split(",") if f[:1] in "+-" and len(f) > 1}
+
+    def has(feature, cpus):
+        return flags.get(feature, cpu_name in cpus)
+
+    if has("avx512f", _AVX512_CPUS):
+        return TILES["avx512"]
+    if has("avx2", _AVX2_CPUS) and has("fma", _AVX2_CPUS):
+        return TILES["avx2"]
+    return TILES["sse"]
+
+
+TILE = select_tile(*target_cpu())
