@@ -140,6 +140,6 @@ def test_warm_up_compiles_the_epoch_function_for_the_input_dtype_and_depth(pixel
     assert numba_backend.warm_up(model, pixels=pixels) >= 0.0
     dtype = "uint8" if pixels else "float32"
     compiled = [sig for sig in train_batches_worker.signatures
-                if len(sig[3]) == 3 and str(sig[7].dtype) == dtype]
+                if len(sig[3]) == 3 and str(sig[8].dtype) == dtype]
     assert compiled, f"no epoch function compiled for depth 3 and {dtype} input"
     assert numpy_backend.warm_up(model, pixels=pixels) == 0.0

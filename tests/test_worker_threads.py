@@ -18,6 +18,15 @@ SGD_RULES = {"plain": {}, "momentum": {"momentum": 0.9}, "nesterov": {"momentum"
              "decay": {"weight_decay": 1e-3}}
 
 
+@pytest.fixture(autouse=True)
+def every_thread_a_worker(request, monkeypatch):
+    """Run `threads` workers (at most one per row) whatever the batch and net: the default caps of
+    `epoch_workers` would put these tiny nets and batches on one worker, and the point here is the
+    split itself, idle workers (more workers than panels or rows) included."""
+    if "epoch_workers" not in request.node.name:
+        monkeypatch.setattr(numba_fused, "epoch_workers", lambda threads, rows, sizes: max(1, min(threads, rows)))
+
+
 def epoch(backend, sizes, batch_size, sgd, seed=0, n=90):
     rng = np.random.default_rng(seed)
     X, y = rng.random((n, sizes[0]), dtype=np.float32), rng.integers(0, sizes[-1], n)
@@ -87,16 +96,22 @@ def blas_threads_now():
     return sorted((lib["filepath"], lib["num_threads"]) for lib in threadpool_info() if lib["user_api"] == "blas")
 
 
-def test_the_epoch_limits_blas_to_one_thread_per_worker_and_restores_it():
-    seen = []
+def test_an_epoch_on_workers_leaves_the_blas_thread_counts_as_it_found_them():
     before = blas_threads_now()
-    epoch(Backend(threads=2), (12, 9, 4), 8, {}, n=200)
-    rng = np.random.default_rng(0)
-    Backend(threads=2).train_epoch(MLP([4, 3], seed=0), rng.random((40, 4), dtype=np.float32),
-                                   rng.integers(0, 3, 40), batch_size=8, lr=0.1, rng=rng,
-                                   progress=lambda n: seen.append(blas_threads_now()))
-    assert seen and all(threads == 1 for libs in seen for _, threads in libs)
+    epoch(Backend(threads=2), (12, 9, 4), 32, {}, n=200)
     assert blas_threads_now() == before
+
+
+@pytest.mark.parametrize("threads, batch_rows, sizes, expected", [
+    (16, 32, (784, 128, 64, 10), 2),  # 16 cores at batch 32: MIN_ROWS_PER_WORKER rows each
+    (16, 1024, (784, 128, 64, 10), 128 // numba_fused.PANEL_WIDTH),  # whole panels of the first layer each
+    (16, 1024, (784, 512, 256, 10), 16),
+    (2, 1024, (784, 128, 64, 10), 2),
+    (3, 15, (784, 128, 64, 10), 1),  # a batch too small to share
+    (4, 64, (6, 1), 1),  # a single panel
+])
+def test_epoch_workers_never_exceed_what_a_batch_and_the_first_layer_can_use(threads, batch_rows, sizes, expected):
+    assert numba_fused.epoch_workers(threads, batch_rows, sizes) == expected
 
 
 def test_training_threads_follow_the_blas_limit():

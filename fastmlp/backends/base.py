@@ -74,13 +74,18 @@ class BackendBase:
 PROGRESS_UPDATES = 50
 
 
+def epoch_ranges(n, batch_size, progress):
+    """(begin, end) pieces of range(n) in whole batches: one piece without progress, about PROGRESS_UPDATES with it."""
+    if progress is None:
+        return [(0, n)]
+    batches_per_chunk = max(1, -(-n // (batch_size * PROGRESS_UPDATES)))
+    step = batches_per_chunk * batch_size
+    return [(start, min(start + step, n)) for start in range(0, n, step)]
+
+
 def epoch_chunks(order, batch_size, progress):
     """`order` cut into whole batches: one piece without progress, about PROGRESS_UPDATES with it."""
-    if progress is None:
-        return [order]
-    batches_per_chunk = max(1, -(-len(order) // (batch_size * PROGRESS_UPDATES)))
-    step = batches_per_chunk * batch_size
-    return [order[start : start + step] for start in range(0, len(order), step)]
+    return [order[begin:end] for begin, end in epoch_ranges(len(order), batch_size, progress)]
 
 
 def sgd_options(model, momentum, nesterov, weight_decay, velocity):

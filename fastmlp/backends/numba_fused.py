@@ -1,20 +1,27 @@
-"""The fused backend: Numba drives `fastmlp.kernels`; a whole epoch runs in nopython code.
+"""The fused backend: fastmlp's own SIMD kernels (fastmlp.kernels.packed) run whole epochs in nopython code.
 
-Buffers, per (layer sizes, batch size, threads), made once and kept on the backend:
-    acts[l]    (batch, sizes[l])    A_l; acts[0] the gathered batch, acts[L] the logits
-    deltas[l]  (batch, sizes[l+1])  dZ of layer l; deltas[L-1] is acts[L] (the softmax kernel
-                                    overwrites the logits with their gradient)
-A step reads the old W_l for dZ_{l-1} = dZ_l W_l^T before the sgemm that folds the SGD
-update into the weight gradient (W_l -= lr A_{l-1}^T dZ_l), so no dW buffer exists.
-Weights, biases and buffers travel as homogeneous tuples, so one compiled function serves
-every depth-L net and its layers are indexed in a runtime loop.
+Weight-stationary training. For an epoch (or one `sgd_step`) each W_l is packed once into
+column panels (fastmlp/kernels/packed.py), and so are W_l.T for l >= 1 (read by the input
+gradient) and the velocities; they are unpacked into the model's own arrays when the epoch ends,
+so a caller never sees them. Biases stay in the model's arrays throughout.
 
-An epoch runs on one thread per core (`train_batches_worker`), each calling single-threaded
-BLAS: worker t gathers, forwards and backprops its own rows of every batch, then updates its
-own rows of every W_l. A batch written by one core and multiplied by BLAS threads on both
-cost 10-20 % of a step; here each core mostly reads what it wrote, and no BLAS thread spins
-between calls while the other core does elementwise work. Threads meet at a spinning barrier
-(fastmlp/spin_barrier.py) twice per batch.
+Buffers, per (layer sizes, batch size, workers), made once and kept on the backend:
+    inputs[0|1]  (batch, sizes[0])    the gathered batch, two of them: batch s uses inputs[s % 2]
+    acts[l]      (batch, sizes[l+1])  the output of layer l; acts[L-1] the logits
+    deltas[l]    (batch, sizes[l+1])  dZ_l; deltas[L-1] is acts[L-1] (the softmax kernel overwrites
+                                      the logits with their gradient)
+
+A step on `workers` threads (`step_worker`), worker t of them, three phases between barriers:
+  1. layer 0 forward for every row of the batch, on worker t's panels of W_0 (its columns);
+  2. for worker t's rows of the batch: the other layers' forward, softmax + cross-entropy, and
+     the backward pass down to dZ_0, dZ_{l-1} = (dZ_l W_l^T) * (A_{l-1} > 0) reading W_l.T packed;
+  3. the updates, the weight-gradient product fused with the SGD / momentum rule: worker t's
+     panels of W_0 (the same panels as in phase 1, so they stay in that core's cache: 200 KB of
+     the 400 KB W_0 of 784-128-64-10 per core, 1 MB of L2), its share of the rows of each
+     other W_l (then of W_l.T), and its share of each bias.
+Before phase 1 each worker gathers its rows of the next batch; a barrier ends each phase, and
+the gather's barrier also ends phase 3 (two input buffers let a worker gather batch s + 1 while
+another still reads batch s in phase 3). A barrier spins briefly, then yields (spin_barrier.py).
 """
 
 import threading
@@ -24,74 +31,37 @@ from collections import OrderedDict
 import numpy as np
 from numba import njit
 
-from ..blas_threads import blas_thread_count, one_blas_thread_here, single_threaded_blas, usable_cpus
+from ..blas_threads import blas_thread_count, single_threaded_blas, usable_cpus
 from ..inputs import Pixels, check_positive_int
-from ..kernels import (
-    bias_forward_inplace,
-    bias_grad,
-    bias_relu_forward_inplace,
-    gather_labels,
-    gather_rows_scaled,
-    matmul_at_into,
-    matmul_bt_into,
-    matmul_into,
-    momentum_apply_inplace,
-    momentum_gemm_update_inplace,
+from ..kernels.elementwise import (
     momentum_update_inplace,
-    relu_backward_bias_grad_inplace,
-    relu_backward_inplace,
-    sgd_gemm_update_inplace,
     sgd_update_inplace,
     softmax_inplace,
-    softmax_xent_backward_inplace,
     softmax_xent_backward_rows_inplace,
 )
+from ..kernels.gather import gather_labels, gather_rows_scaled
+from ..kernels.packed import (
+    BIAS,
+    BIAS_RELU,
+    MOMENTUM,
+    NESTEROV,
+    PANEL_WIDTH,
+    PLAIN_SGD,
+    RELU_MASK,
+    forward_part,
+    pack_weights_into,
+    packed_shape,
+    transpose_packed_into,
+    unpack_weights_into,
+    update_part,
+)
 from ..spin_barrier import abort_barrier, barrier_aborted, barrier_state, barrier_wait
-from .base import BackendBase, epoch_chunks
+from .base import BackendBase, epoch_ranges
 
 _MAX_WORKSPACES = 4
-
-
-@njit(cache=True)
-def forward_logits_inplace(weights, biases, acts, r0, r1):
-    """Forward pass of the rows r0:r1 of acts[0] through the net; overwrites those rows of acts[1:] (acts[L]: logits)."""
-    L = len(weights)
-    for l in range(L):
-        Z = acts[l + 1][r0:r1]
-        matmul_into(Z, acts[l][r0:r1], weights[l])
-        if l < L - 1:
-            bias_relu_forward_inplace(Z, biases[l])
-        else:
-            bias_forward_inplace(Z, biases[l])
-
-
-@njit(cache=True)
-def forward_probs_inplace(weights, biases, acts):
-    """Class probabilities of acts[0] in acts[L]; overwrites acts[1:]."""
-    n = acts[0].shape[0]
-    forward_logits_inplace(weights, biases, acts, 0, n)
-    softmax_inplace(acts[len(weights)])
-
-
-@njit(cache=True)
-def loss_and_grads_into(weights, biases, acts, deltas, labels, dWs, dbs):
-    """Mean loss of the batch acts[0] with labels; overwrites acts[1:], deltas, dWs and dbs with the gradients."""
-    n = labels.shape[0]
-    L = len(weights)
-    forward_logits_inplace(weights, biases, acts, 0, n)
-    loss = softmax_xent_backward_inplace(acts[L][:n], labels)
-    for l in range(L - 1, -1, -1):
-        dZ = deltas[l][:n]
-        matmul_at_into(dWs[l], acts[l][:n], dZ)
-        bias_grad(dZ, dbs[l])
-        if l > 0:
-            matmul_bt_into(deltas[l - 1][:n], dZ, weights[l])
-            relu_backward_inplace(deltas[l - 1][:n], acts[l][:n])
-    return loss
-
-
-# How a worker's part of an epoch updates the parameters (see `update_part`).
-PLAIN_SGD, MOMENTUM, NESTEROV = 0, 1, 2
+# A worker takes at least this many rows of a batch: below it, the two barriers of each step cost
+# more than the rows' share of the work saves (so batch 32 runs on at most 2 workers).
+MIN_ROWS_PER_WORKER = 16
 
 
 @njit(cache=True)
@@ -101,149 +71,219 @@ def part_of(t, n, parts):
 
 
 @njit(cache=True)
-def backprop_rows(weights, biases, acts, deltas, db_part, labels, r0, r1, nb):
-    """Forward and backward of the rows r0:r1 of a batch of nb in acts[0]; returns their summed loss.
-
-    Overwrites those rows of acts[1:] and deltas (dZ of every layer, the gradient scaled by 1/nb)
-    and db_part[l] with the bias gradient of the rows. Reads W_l, never writes it.
-    """
-    L = len(weights)
-    forward_logits_inplace(weights, biases, acts, r0, r1)
-    loss = softmax_xent_backward_rows_inplace(acts[L][r0:r1], labels[r0:r1], nb)
-    bias_grad(acts[L][r0:r1], db_part[L - 1, : acts[L].shape[1]])
-    for l in range(L - 1, 0, -1):
-        matmul_bt_into(deltas[l - 1][r0:r1], deltas[l][r0:r1], weights[l])
-        relu_backward_bias_grad_inplace(deltas[l - 1][r0:r1], acts[l][r0:r1], db_part[l - 1, : acts[l].shape[1]])
-    return loss
+def layer_input(x, acts, l):
+    """The input of layer l: the batch x for l = 0, else the output of layer l - 1."""
+    return x if l == 0 else acts[l - 1]
 
 
 @njit(cache=True)
-def update_part(t, workers, weights, biases, velocity_w, velocity_b, acts, deltas, db_parts, db, grads, nb, lr,
-                momentum, weight_decay, rule):
-    """Worker t's share of the update after a batch of nb: rows part_of(t) of every W_l, entries of every b_l.
-
-    rule PLAIN_SGD folds W -= lr A^T dZ into one sgemm; MOMENTUM folds the velocity update into
-    it (also weight decay without momentum, on a zero velocity); NESTEROV writes the weight
-    gradient to grads first (fastmlp/optim.py). Sums the workers' db_parts into db.
-    Overwrites those parts of weights, biases, velocities, grads and db.
-    """
-    for l in range(len(weights)):
-        W = weights[l]
-        k0, k1 = part_of(t, W.shape[0], workers)
-        A = acts[l][:nb, k0:k1]
-        dZ = deltas[l][:nb]
-        if rule == PLAIN_SGD:
-            sgd_gemm_update_inplace(W[k0:k1], A, dZ, lr)
-        elif rule == MOMENTUM:
-            momentum_gemm_update_inplace(velocity_w[l][k0:k1], A, dZ, lr, momentum)
-            momentum_apply_inplace(W[k0:k1], velocity_w[l][k0:k1], lr * weight_decay)
-        else:
-            matmul_at_into(grads[l][k0:k1], A, dZ)
-            momentum_update_inplace(W[k0:k1], velocity_w[l][k0:k1], grads[l][k0:k1], lr, momentum, weight_decay, True)
-        b = biases[l]
-        j0, j1 = part_of(t, b.shape[0], workers)
-        for j in range(j0, j1):
-            g = db_parts[0, l, j]
-            for w in range(1, workers):
-                g += db_parts[w, l, j]
-            db[l, j] = g
-        if rule == PLAIN_SGD:
-            sgd_update_inplace(b[j0:j1], db[l, j0:j1], lr)
-        else:
-            momentum_update_inplace(b[j0:j1], velocity_b[l][j0:j1], db[l, j0:j1], lr, momentum, 0.0, rule == NESTEROV)
+def forward_rows(packed, biases, x, acts, first, r0, r1):
+    """Layers first.. forward of rows r0:r1 (bias + ReLU, bias alone for the logits); overwrites those rows of acts[first:]."""
+    L = len(packed)
+    for l in range(first, L):
+        out = acts[l]
+        forward_part(out, layer_input(x, acts, l), packed[l], biases[l], out, BIAS_RELU if l < L - 1 else BIAS, r0, r1,
+                     0, packed[l].shape[0])
 
 
 @njit(cache=True)
-def train_step_inplace(weights, biases, velocity_w, velocity_b, acts, deltas, db_parts, db, grads, labels, lr,
+def backward_rows(transposed, acts, deltas, r0, r1):
+    """dZ_{l-1} = (dZ_l @ W_l.T) * (A_{l-1} > 0) for rows r0:r1, from the top layer down; overwrites those rows of deltas[:-1]."""
+    for l in range(len(transposed) - 1, 0, -1):
+        forward_part(deltas[l - 1], deltas[l], transposed[l], acts[l - 1][0], acts[l - 1], RELU_MASK, r0, r1, 0,
+                     transposed[l].shape[0])
+
+
+@njit(cache=True)
+def bias_step(b, vb, dZ, db, nb, c0, c1, lr, momentum, rule):
+    """db[c0:c1] = column sums of dZ[:nb, c0:c1]; then entries c0:c1 of b (and vb) updated by rule; overwrites them and db."""
+    for j in range(c0, c1):
+        db[j] = 0.0
+    for i in range(nb):
+        for j in range(c0, c1):
+            db[j] += dZ[i, j]
+    if rule == PLAIN_SGD:
+        sgd_update_inplace(b[c0:c1], db[c0:c1], lr)
+    else:
+        momentum_update_inplace(b[c0:c1], vb[c0:c1], db[c0:c1], lr, momentum, 0.0, rule == NESTEROV)
+
+
+@njit(cache=True)
+def update_worker_part(t, workers, packed, transposed, velocity_w, biases, velocity_b, x, acts, deltas, db, nb, lr,
                        momentum, weight_decay, rule):
-    """One step on the batch acts[0][:n], n = len(labels), as one worker of `train_batches_worker` takes it; returns the mean loss.
+    """Phase 3 of a step, worker t's share: its panels of W_0, its rows of each other W_l (and W_l.T), its bias entries.
 
-    Overwrites the parameters (and, with momentum, the velocities), acts[1:], deltas, db_parts, db, grads.
+    Overwrites those parts of packed, transposed, the velocities, the biases and db.
     """
-    n = labels.shape[0]
-    loss = backprop_rows(weights, biases, acts, deltas, db_parts[0], labels, 0, n, n)
-    update_part(0, 1, weights, biases, velocity_w, velocity_b, acts, deltas, db_parts, db, grads, n, lr, momentum,
-                weight_decay, rule)
-    return loss / n
+    L = len(packed)
+    for l in range(L):
+        P = packed[l]
+        A = layer_input(x, acts, l)
+        if l == 0:  # weight-stationary: the panels this worker's phase 1 read
+            p0, p1 = part_of(t, P.shape[0], workers)
+            update_part(P, velocity_w[l], A, deltas[l], nb, 0, P.shape[1], p0, p1, lr, momentum, weight_decay, rule)
+            c0, c1 = min(p0 * PANEL_WIDTH, biases[l].shape[0]), min(p1 * PANEL_WIDTH, biases[l].shape[0])
+        else:
+            k0, k1 = part_of(t, P.shape[1], workers)
+            update_part(P, velocity_w[l], A, deltas[l], nb, k0, k1, 0, P.shape[0], lr, momentum, weight_decay, rule)
+            transpose_packed_into(transposed[l], P, k0, k1)
+            c0, c1 = part_of(t, biases[l].shape[0], workers)
+        bias_step(biases[l], velocity_b[l], deltas[l], db[l], nb, c0, c1, lr, momentum, rule)
 
 
 @njit(nogil=True, cache=True)
-def train_batches_worker(t, workers, barrier, weights, biases, velocity_w, velocity_b, X, scale, y, order, batch_size,
-                         lr, momentum, weight_decay, rule, acts, deltas, db_parts, db, grads, labels):
-    """Worker t of `workers` training on the rows of X (float32, or uint8 times scale) in `order`, batch by batch.
+def step_worker(t, workers, barrier, packed, transposed, velocity_w, biases, velocity_b, x, labels, nb, lr, momentum,
+                weight_decay, rule, acts, deltas, db):
+    """Worker t's part of one step on the batch x[:nb], labels[:nb] (gathered, every worker past its barrier).
 
-    Every worker calls it with the same arguments but t, each on its own thread with single-
-    threaded BLAS. Per batch: worker t gathers, forwards and backprops its rows (part_of(t, nb));
-    all meet at the barrier; each updates its part of the parameters (`update_part`); all meet
-    again. Returns the summed loss of worker t's rows; stops early if the barrier is aborted.
+    Returns (the summed loss of the worker's rows, False if the barrier was aborted).
+    Overwrites acts, deltas, db and worker t's parts of the parameters (see the module doc).
     """
-    n = order.shape[0]
+    L = len(packed)
+    p0, p1 = part_of(t, packed[0].shape[0], workers)
+    forward_part(acts[0], x, packed[0], biases[0], acts[0], BIAS_RELU if L > 1 else BIAS, 0, nb, p0, p1)
+    if not barrier_wait(barrier, workers):
+        return 0.0, False
+    r0, r1 = part_of(t, nb, workers)
+    forward_rows(packed, biases, x, acts, 1, r0, r1)
+    loss = softmax_xent_backward_rows_inplace(acts[L - 1][r0:r1], labels[r0:r1], nb)
+    backward_rows(transposed, acts, deltas, r0, r1)
+    if not barrier_wait(barrier, workers):
+        return 0.0, False
+    update_worker_part(t, workers, packed, transposed, velocity_w, biases, velocity_b, x, acts, deltas, db, nb, lr,
+                       momentum, weight_decay, rule)
+    return loss, True
+
+
+@njit(nogil=True, cache=True)
+def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, biases, velocity_b, X, scale, y, order,
+                         begin, end, batch_size, lr, momentum, weight_decay, rule, inputs, acts, deltas, db, labels):
+    """Worker t of `workers` training on the batches of order[begin:end] (begin a multiple of batch_size).
+
+    X is float32, or uint8 pixels times scale. Every worker calls it with the same batches, each
+    on its own thread. Returns the summed loss of worker t's rows; stops early if the barrier is
+    aborted.
+    """
     total = 0.0
-    for start in range(0, n, batch_size):
-        nb = min(batch_size, n - start)
+    for start in range(begin, end, batch_size):
+        nb = min(batch_size, end - start)
+        x = inputs[(start // batch_size) % 2]
         r0, r1 = part_of(t, nb, workers)
         rows = order[start + r0 : start + r1]
-        gather_rows_scaled(acts[0][r0:r1], X, rows, scale)
+        gather_rows_scaled(x[r0:r1], X, rows, scale)
         gather_labels(labels[r0:r1], y, rows)
-        total += backprop_rows(weights, biases, acts, deltas, db_parts[t], labels, r0, r1, nb)
         if not barrier_wait(barrier, workers):
             break
-        update_part(t, workers, weights, biases, velocity_w, velocity_b, acts, deltas, db_parts, db, grads, nb, lr,
-                    momentum, weight_decay, rule)
-        if not barrier_wait(barrier, workers):
+        loss, ok = step_worker(t, workers, barrier, packed, transposed, velocity_w, biases, velocity_b, x, labels, nb,
+                               lr, momentum, weight_decay, rule, acts, deltas, db)
+        if not ok:
             break
+        total += loss
     return total
 
 
+@njit(cache=True)
+def forward_probs_inplace(packed, biases, x, acts):
+    """Class probabilities of the rows of x in acts[-1]; overwrites acts."""
+    forward_rows(packed, biases, x, acts, 0, 0, x.shape[0])
+    softmax_inplace(acts[len(packed) - 1])
+
+
+@njit(cache=True)
+def loss_and_grads_into(packed, transposed, biases, x, labels, acts, deltas, grads_packed, dbs):
+    """Mean loss of the batch x with labels; overwrites acts, deltas, grads_packed (dW_l packed) and dbs with the gradients.
+
+    grads_packed must hold zeros: the update kernel with lr = -1 turns a zero W into
+    0 + 1 * (A^T dZ), the gradient itself (both steps exact in float32).
+    """
+    n = x.shape[0]
+    L = len(packed)
+    forward_rows(packed, biases, x, acts, 0, 0, n)
+    loss = softmax_xent_backward_rows_inplace(acts[L - 1], labels, n) / n
+    backward_rows(transposed, acts, deltas, 0, n)
+    for l in range(L):
+        G = grads_packed[l]
+        update_part(G, G, layer_input(x, acts, l), deltas[l], n, 0, G.shape[1], 0, G.shape[0], -1.0, 0.0, 0.0,
+                    PLAIN_SGD)
+        for j in range(dbs[l].shape[0]):
+            dbs[l][j] = 0.0
+        for i in range(n):
+            for j in range(dbs[l].shape[0]):
+                dbs[l][j] += deltas[l][i, j]
+    return loss
+
+
+class _Packed:
+    """One net's parameters in the packed layout: W_l, W_l.T (for l >= 1) and the velocities."""
+
+    def __init__(self, layer_sizes):
+        shapes = list(zip(layer_sizes[:-1], layer_sizes[1:]))
+        self.weights = tuple(np.zeros(packed_shape(k, n), dtype=np.float32) for k, n in shapes)
+        # W_0.T is never read (no input gradient for the data): a one-panel stand-in keeps the tuple uniform.
+        self.transposed = (np.zeros((1, 1, PANEL_WIDTH), dtype=np.float32),) + tuple(
+            np.zeros(packed_shape(n, k), dtype=np.float32) for k, n in shapes[1:])
+        self._velocity = None
+
+    def velocity(self):
+        if self._velocity is None:
+            self._velocity = tuple(np.zeros_like(P) for P in self.weights)
+        return self._velocity
+
+    def load(self, model, velocity):
+        """Pack the model's weights (and the velocity's) into these buffers."""
+        for l, W in enumerate(model.weights):
+            pack_weights_into(self.weights[l], W)
+            if l > 0:
+                transpose_packed_into(self.transposed[l], self.weights[l], 0, W.shape[0])
+        if velocity is not None:
+            for P, W in zip(self.velocity(), velocity.weights):
+                pack_weights_into(P, W)
+
+    def store(self, model, velocity):
+        """Unpack into the model's own weight arrays (and the velocity's)."""
+        for W, P in zip(model.weights, self.weights):
+            unpack_weights_into(W, P)
+        if velocity is not None:
+            for W, P in zip(velocity.weights, self.velocity()):
+                unpack_weights_into(W, P)
+
+
 class _Workspace:
-    """Scratch buffers for batches of up to `rows` samples through a net of `layer_sizes`, for `workers` threads."""
+    """Scratch buffers for batches of up to `rows` samples through a net of `layer_sizes`."""
 
-    def __init__(self, layer_sizes, rows, workers=1):
+    def __init__(self, layer_sizes, rows):
         self.layer_sizes = tuple(layer_sizes)
-        self.acts = tuple(np.empty((rows, size), dtype=np.float32) for size in layer_sizes)
-        # deltas[l] is the gradient of layer l's output, shaped like acts[l + 1]; the hidden
-        # ones need their own buffers because the ReLU mask still reads acts[l + 1].
-        self.deltas = tuple(np.empty((rows, size), dtype=np.float32) for size in layer_sizes[1:-1])
-        self.deltas += (self.acts[-1],)
-        width, depth = max(layer_sizes[1:]), len(layer_sizes) - 1
-        self.db_layers = np.empty((depth, width), dtype=np.float32)  # per layer, summed over workers
-        self.db_parts = np.empty((workers, depth, width), dtype=np.float32)  # per worker's rows
-        self.labels = np.empty(rows, dtype=np.int64)
-        self._momentum = None
-
-    def momentum_buffers(self, velocity):
-        """(velocity_w, velocity_b, grads) for a momentum `update_part`, made on first use only.
-
-        grads are weight gradients (Nesterov's step reads them). Without a velocity (weight decay
-        alone) the step runs with momentum 0 on zeroed scratch velocities of the workspace.
-        """
-        if self._momentum is None:
-            weight_shapes = list(zip(self.layer_sizes[:-1], self.layer_sizes[1:]))
-            bias_shapes = [(fan_out,) for fan_out in self.layer_sizes[1:]]
-            zeros = lambda shapes: tuple(np.zeros(shape, dtype=np.float32) for shape in shapes)
-            self._momentum = (zeros(weight_shapes), zeros(bias_shapes), zeros(weight_shapes))
-        scratch_w, scratch_b, grads = self._momentum
-        if velocity is None:
-            return scratch_w, scratch_b, grads
-        return tuple(velocity.weights), tuple(velocity.biases), grads
+        self.inputs = tuple(np.zeros((rows, layer_sizes[0]), dtype=np.float32) for _ in range(2))
+        self.acts = tuple(np.zeros((rows, size), dtype=np.float32) for size in layer_sizes[1:])
+        # The hidden deltas need their own buffers because the ReLU mask still reads acts.
+        self.deltas = tuple(np.zeros((rows, size), dtype=np.float32) for size in layer_sizes[1:-1]) + (self.acts[-1],)
+        self.db = tuple(np.zeros(size, dtype=np.float32) for size in layer_sizes[1:])
+        self.labels = np.zeros(rows, dtype=np.int64)
 
 
 def training_threads():
-    """Threads `train_epoch` uses: the BLAS thread count, at most the usable CPUs.
+    """Threads `train_epoch` uses by default: the BLAS thread count, at most the usable CPUs.
 
     So OPENBLAS_NUM_THREADS, threadpoolctl's limits and the CLI's --blas-threads set it.
     """
     return max(1, min(blas_thread_count(), usable_cpus()))
 
 
-class Backend(BackendBase):
-    """The fused backend. `train_epoch` runs on `threads` threads (default `training_threads()`).
+def epoch_workers(threads, batch_rows, layer_sizes):
+    """Workers an epoch runs on: `threads`, but no more than a batch gives MIN_ROWS_PER_WORKER rows
+    each, nor than the first layer has panels (each worker owns whole panels of W_0)."""
+    panels = packed_shape(layer_sizes[0], layer_sizes[1])[0]
+    return max(1, min(threads, batch_rows // MIN_ROWS_PER_WORKER, panels))
 
-    With more than one, each thread trains its share of every batch's rows with single-threaded
-    BLAS (limited for the epoch through threadpoolctl) and updates its share of the parameters;
-    the threads meet at a spinning barrier twice per batch. One thread runs the same code alone,
-    leaving BLAS's own threads as they are. Results depend on the thread count (the order of
-    float32 sums), never on timing: the same count gives bit-identical runs.
+
+class Backend(BackendBase):
+    """The fused backend. `train_epoch` runs on up to `threads` worker threads (default `training_threads()`).
+
+    The workers are fastmlp's own threads: no BLAS runs in a step. Their number is also capped
+    by `epoch_workers` (MIN_ROWS_PER_WORKER rows of a batch each, whole panels of the first
+    layer each), so more cores than a batch can use leave the extra ones idle rather than
+    slowing every step. Results depend on the worker count (the order of float32 sums), never
+    on timing: the same count gives bit-identical runs.
     """
 
     name = "numba"
@@ -253,48 +293,69 @@ class Backend(BackendBase):
             threads = check_positive_int(threads, "threads")
         self.threads = threads
         self._workspaces = OrderedDict()
+        self._packed = OrderedDict()
         self._epoch_lock = threading.Lock()  # one epoch at a time: the workers share the workspace
 
-    def _workspace(self, layer_sizes, rows, workers=1):
-        key = (tuple(layer_sizes), rows, workers)
-        ws = self._workspaces.get(key)
-        if ws is None:
-            ws = self._workspaces[key] = _Workspace(layer_sizes, rows, workers)
-            while len(self._workspaces) > _MAX_WORKSPACES:
-                self._workspaces.popitem(last=False)
+    @staticmethod
+    def _cached(cache, key, make):
+        value = cache.get(key)
+        if value is None:
+            value = cache[key] = make()
+            while len(cache) > _MAX_WORKSPACES:
+                cache.popitem(last=False)
         else:
-            self._workspaces.move_to_end(key)
-        return ws
+            cache.move_to_end(key)
+        return value
+
+    def _workspace(self, layer_sizes, rows):
+        return self._cached(self._workspaces, (tuple(layer_sizes), rows), lambda: _Workspace(layer_sizes, rows))
+
+    def _packed_params(self, model, velocity=None):
+        """The model's parameters packed (see `_Packed`), loaded from the model now."""
+        packed = self._cached(self._packed, tuple(model.layer_sizes), lambda: _Packed(model.layer_sizes))
+        packed.load(model, velocity)
+        return packed
 
     def _forward(self, model, X):
-        acts = (X,) + tuple(np.empty((len(X), size), dtype=np.float32) for size in model.layer_sizes[1:])
-        forward_probs_inplace(tuple(model.weights), tuple(model.biases), acts)
+        packed = self._packed_params(model)
+        acts = tuple(np.empty((len(X), size), dtype=np.float32) for size in model.layer_sizes[1:])
+        forward_probs_inplace(packed.weights, tuple(model.biases), X, acts)
         return acts[-1]
 
     def _loss_and_grads(self, model, X, y):
-        ws = self._workspace(model.layer_sizes, len(X))
-        dW = [np.empty_like(W) for W in model.weights]
+        packed = self._packed_params(model)
+        ws = _Workspace(model.layer_sizes, len(X))
+        grads = tuple(np.zeros_like(P) for P in packed.weights)
         db = [np.empty_like(b) for b in model.biases]
-        loss = loss_and_grads_into(tuple(model.weights), tuple(model.biases), (X,) + ws.acts[1:], ws.deltas,
-                                   y, tuple(dW), tuple(db))
+        loss = loss_and_grads_into(packed.weights, packed.transposed, tuple(model.biases), X, y, ws.acts, ws.deltas,
+                                   grads, tuple(db))
+        dW = [np.empty_like(W) for W in model.weights]
+        for W, G in zip(dW, grads):
+            unpack_weights_into(W, G)
         return float(loss), dW, db
 
-    def _sgd_step(self, model, X, y, lr, momentum=None, nesterov=False, weight_decay=0.0, velocity=None):
-        ws = self._workspace(model.layer_sizes, len(X))
-        weights, biases = tuple(model.weights), tuple(model.biases)
-        rule, (velocity_w, velocity_b, grads) = self._update_rule(ws, weights, biases, momentum, nesterov, velocity)
-        loss = train_step_inplace(weights, biases, velocity_w, velocity_b, (X,) + ws.acts[1:], ws.deltas, ws.db_parts,
-                                  ws.db_layers, grads, y, np.float32(lr), np.float32(momentum or 0.0),
-                                  np.float32(weight_decay), rule)
-        return float(loss)
-
     @staticmethod
-    def _update_rule(ws, weights, biases, momentum, nesterov, velocity):
-        """(rule, (velocity_w, velocity_b, grads)) for `update_part`; plain SGD never touches the
-        velocity slots, so the parameters stand in for them."""
-        if momentum is None:
-            return PLAIN_SGD, (weights, biases, weights)
-        return NESTEROV if nesterov else MOMENTUM, ws.momentum_buffers(velocity)
+    def _update_rule(model, packed, momentum, nesterov, velocity):
+        """(rule, velocity_w, velocity_b) for the step; plain SGD never reads the velocity slots,
+        so the parameters stand in for them."""
+        if not momentum:
+            return PLAIN_SGD, packed.weights, tuple(model.biases)
+        return NESTEROV if nesterov else MOMENTUM, packed.velocity(), tuple(velocity.biases)
+
+    def _sgd_step(self, model, X, y, lr, momentum=None, nesterov=False, weight_decay=0.0, velocity=None):
+        with self._epoch_lock:
+            ws = self._workspace(model.layer_sizes, len(X))
+            packed = self._packed_params(model, velocity)
+            rule, velocity_w, velocity_b = self._update_rule(model, packed, momentum, nesterov, velocity)
+            ws.labels[:] = y
+            try:
+                loss, _ = step_worker(0, 1, barrier_state(), packed.weights, packed.transposed, velocity_w,
+                                      tuple(model.biases), velocity_b, X, ws.labels, len(X), np.float32(lr),
+                                      np.float32(momentum or 0.0), np.float32(weight_decay), rule, ws.acts, ws.deltas,
+                                      ws.db)
+            finally:
+                packed.store(model, velocity if rule != PLAIN_SGD else None)
+        return float(loss) / len(X)
 
     def _train_epoch(self, model, X, y, batch_size, lr, rng, progress=None, momentum=None, nesterov=False,
                      weight_decay=0.0, velocity=None):
@@ -303,24 +364,29 @@ class Backend(BackendBase):
         else:
             data, scale = X, np.float32(1.0)  # x * 1.0f is exact: one gather kernel serves both
         rows = min(batch_size, len(data))
-        workers = min(self.threads or training_threads(), rows)
+        workers = epoch_workers(self.threads or training_threads(), rows, model.layer_sizes)
         order = rng.permutation(len(data))
         with self._epoch_lock:
-            ws = self._workspace(model.layer_sizes, rows, workers)
-            weights, biases = tuple(model.weights), tuple(model.biases)
-            rule, (velocity_w, velocity_b, grads) = self._update_rule(ws, weights, biases, momentum, nesterov, velocity)
+            ws = self._workspace(model.layer_sizes, rows)
+            packed = self._packed_params(model, velocity)
+            rule, velocity_w, velocity_b = self._update_rule(model, packed, momentum, nesterov, velocity)
+            biases = tuple(model.biases)
 
-            def run(t, part_of_order):
+            def run(t, begin, end):
                 return train_batches_worker(
-                    t, workers, barrier, weights, biases, velocity_w, velocity_b, data, scale, y, part_of_order,
-                    batch_size, np.float32(lr), np.float32(momentum or 0.0), np.float32(weight_decay), rule,
-                    ws.acts, ws.deltas, ws.db_parts, ws.db_layers, grads, ws.labels)
+                    t, workers, barrier, packed.weights, packed.transposed, velocity_w, biases, velocity_b, data,
+                    scale, y, order, begin, end, batch_size, np.float32(lr), np.float32(momentum or 0.0),
+                    np.float32(weight_decay), rule, ws.inputs, ws.acts, ws.deltas, ws.db, ws.labels)
 
             barrier = barrier_state()
-            if workers == 1:
-                return self._run_chunks(run, order, batch_size, progress, barrier) / len(data)
-            with single_threaded_blas():
-                return self._run_workers(run, workers, order, batch_size, progress, barrier) / len(data)
+            try:
+                if workers == 1:
+                    total = self._run_chunks(run, len(order), batch_size, progress, barrier)
+                else:
+                    total = self._run_workers(run, workers, len(order), batch_size, progress, barrier)
+            finally:
+                packed.store(model, velocity if rule != PLAIN_SGD else None)
+            return total / len(data)
 
     def between_epochs(self):
         """Run BLAS single-threaded for the caller's work between epochs (a Trainer's evaluation).
@@ -331,19 +397,19 @@ class Backend(BackendBase):
         return single_threaded_blas()
 
     @staticmethod
-    def _run_chunks(run, order, batch_size, progress, barrier):
+    def _run_chunks(run, n, batch_size, progress, barrier):
         """Worker 0's part of the epoch on this thread: one nopython call, or ~50 with progress."""
         total = 0.0
-        for chunk in epoch_chunks(order, batch_size, progress):
-            total += run(0, chunk)
+        for begin, end in epoch_ranges(n, batch_size, progress):
+            total += run(0, begin, end)
             if barrier_aborted(barrier):
                 break
             if progress is not None:
-                progress(len(chunk))
+                progress(end - begin)
         return total
 
-    def _run_workers(self, run, workers, order, batch_size, progress, barrier):
-        """Workers 1.. on threads of their own over the whole order, worker 0 here; returns the summed loss.
+    def _run_workers(self, run, workers, n, batch_size, progress, barrier):
+        """Workers 1.. on threads of their own over the whole epoch, worker 0 here; returns the summed loss.
 
         If any of them fails (or progress raises, or Ctrl-C arrives between chunks), the barrier
         is aborted so the others stop at their next meeting, and the first error is raised.
@@ -352,8 +418,7 @@ class Backend(BackendBase):
 
         def helper(t):
             try:
-                one_blas_thread_here()  # in case the count is per thread; undone when the epoch ends
-                totals[t] = run(t, order)
+                totals[t] = run(t, 0, n)
             except BaseException as exc:  # handed to the caller's thread below
                 errors.append(exc)
                 abort_barrier(barrier)
@@ -363,7 +428,7 @@ class Backend(BackendBase):
         try:
             for thread in threads:
                 thread.start()
-            totals[0] = self._run_chunks(run, order, batch_size, progress, barrier)
+            totals[0] = self._run_chunks(run, n, batch_size, progress, barrier)
         except BaseException:
             abort_barrier(barrier)
             raise
