@@ -149,6 +149,8 @@ class _Operands:
         self.V0 = normal(784, 128)  # a momentum velocity shaped like W0
         self.lr = np.float32(1e-4)  # repeated in-place updates must not overflow W
         self.momentum, self.weight_decay = np.float32(0.9), np.float32(5e-4)
+        self.P0, self.VP0 = _packed_numpy(self.W0), _packed_numpy(self.V0)  # W0, V0 packed
+        self.PT1 = _packed_numpy(np.ascontiguousarray(self.W1.T))  # W1.T packed, for the input gradient
         self._rng, self._n_images = rng, n_images
 
     @cached_property
@@ -162,6 +164,16 @@ class _Operands:
     @cached_property
     def all_labels(self):
         return self._rng.integers(0, 10, self._n_images)
+
+
+def _packed_numpy(W):
+    """W (K, N) in the packed layout of fastmlp.kernels.packed, as NumPy writes it."""
+    K, N = W.shape
+    width = kernels.PANEL_WIDTH
+    panels = -(-N // width)
+    padded = np.zeros((K, panels * width), np.float32)
+    padded[:, :N] = W
+    return np.ascontiguousarray(padded.reshape(K, panels, width).transpose(1, 0, 2))
 
 
 def _softmax_xent_grad_numpy(Z, y):
@@ -223,6 +235,22 @@ def _kernel_cases(o):
                                lambda: Pixels(o.pixels, scale)[o.rows]),
         "gather_labels": (lambda: k.gather_labels(o.out_labels, o.all_labels, o.rows), "out_labels",
                           lambda: o.all_labels[o.rows]),
+        "pack_weights_into": (lambda: k.pack_weights_into(o.P0, o.W0), "P0", lambda: _packed_numpy(o.W0)),
+        "unpack_weights_into": (lambda: k.unpack_weights_into(o.dW0, o.P0), "dW0", lambda: o.W0.copy()),
+        "packed_matmul_into": (lambda: k.packed_matmul_into(o.Z1, o.A0, o.P0), "Z1", lambda: o.A0 @ o.W0),
+        "packed_matmul_bias_into": (lambda: k.packed_matmul_bias_into(o.Z1, o.A0, o.P0, o.b1), "Z1",
+                                    lambda: o.A0 @ o.W0 + o.b1),
+        "packed_matmul_bias_relu_into": (lambda: k.packed_matmul_bias_relu_into(o.Z1, o.A0, o.P0, o.b1), "Z1",
+                                         lambda: np.maximum(o.A0 @ o.W0 + o.b1, np.float32(0))),
+        "packed_matmul_relu_mask_into": (lambda: k.packed_matmul_relu_mask_into(o.Z1, o.dZ2, o.PT1, o.A1), "Z1",
+                                         lambda: (o.dZ2 @ o.W1.T) * (o.A1 > 0)),
+        "packed_sgd_update_inplace": (
+            lambda: k.packed_sgd_update_inplace(o.P0, o.A0, o.dZ1, o.lr, o.weight_decay), "P0",
+            lambda: _packed_numpy(o.W0 - o.lr * (o.A0.T @ o.dZ1 + o.weight_decay * o.W0))),
+        "packed_momentum_update_inplace": (
+            lambda: k.packed_momentum_update_inplace(o.P0, o.VP0, o.A0, o.dZ1, o.lr, o.momentum, o.weight_decay, True),
+            "P0", lambda: _packed_numpy(_momentum_update_numpy(o.W0, o.V0, o.A0.T @ o.dZ1, o.lr, o.momentum,
+                                                               o.weight_decay, True))),
     }
 
 

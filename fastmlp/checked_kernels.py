@@ -302,3 +302,105 @@ def momentum_update_inplace(W, V, G, lr, momentum, weight_decay, nesterov):
         raise TypeError(f"nesterov must be a bool, got {type(nesterov).__name__}")
     kernels.momentum_update_inplace(W, V, G, np.float32(check_positive_float(lr, "lr")), _momentum_factor(momentum),
                                     weight_decay, bool(nesterov))
+
+
+def _check_packed(name, P, n_rows, n_columns, *, written=False):
+    _float32(name, P, 3, written=written)
+    expected = kernels.packed_shape(n_rows, n_columns)
+    if P.shape != expected:
+        raise ValueError(f"{name} must have the packed shape {expected} of a ({n_rows}, {n_columns}) matrix "
+                         f"(kernels.packed_shape), got {P.shape}")
+
+
+def pack_weights_into(P, W):
+    """Checked `kernels.pack_weights_into`: P = W in the packed layout; overwrites P."""
+    _float32("W", W, 2)
+    _check_packed("P", P, *W.shape, written=True)
+    _apart("P", P, "W", W)
+    kernels.pack_weights_into(P, W)
+
+
+def unpack_weights_into(W, P):
+    """Checked `kernels.unpack_weights_into`: W = the packed P, padding dropped; overwrites W."""
+    _float32("W", W, 2, written=True)
+    _check_packed("P", P, *W.shape)
+    _apart("W", W, "P", P)
+    kernels.unpack_weights_into(W, P)
+
+
+def _check_packed_product(out_name, C, a_name, A, p_name, P, transposed=False):
+    _float32(out_name, C, 2, written=True)
+    _float32(a_name, A, 2)
+    if A.shape[0] != C.shape[0]:
+        raise ValueError(f"{out_name} {C.shape} and {a_name} {A.shape} must have the same number of rows")
+    if A.shape[1] == 0:
+        raise ValueError(f"{a_name} must not be empty along the summed dimension, got shape {A.shape}")
+    what = "W.T" if transposed else "W"
+    _float32(p_name, P, 3)
+    expected = kernels.packed_shape(A.shape[1], C.shape[1])
+    if P.shape != expected:
+        raise ValueError(f"{p_name} must be {what} packed for {a_name} {A.shape} @ {what} = {out_name} {C.shape}, "
+                         f"shape {expected} (kernels.packed_shape), got {P.shape}")
+    _apart(out_name, C, a_name, A)
+    _apart(out_name, C, p_name, P)
+
+
+def packed_matmul_into(C, A, P):
+    """Checked `kernels.packed_matmul_into`: C = A @ W, W packed in P; overwrites C."""
+    _check_packed_product("C", C, "A", A, "P", P)
+    kernels.packed_matmul_into(C, A, P)
+
+
+def packed_matmul_bias_into(Z, A, P, b):
+    """Checked `kernels.packed_matmul_bias_into`: Z = A @ W + b, W packed in P; overwrites Z."""
+    _check_packed_product("Z", Z, "A", A, "P", P)
+    _check_bias(Z, b)
+    kernels.packed_matmul_bias_into(Z, A, P, b)
+
+
+def packed_matmul_bias_relu_into(Z, A, P, b):
+    """Checked `kernels.packed_matmul_bias_relu_into`: Z = max(A @ W + b, 0), W packed in P; overwrites Z."""
+    _check_packed_product("Z", Z, "A", A, "P", P)
+    _check_bias(Z, b)
+    kernels.packed_matmul_bias_relu_into(Z, A, P, b)
+
+
+def packed_matmul_relu_mask_into(dA, dZ, PT, A):
+    """Checked `kernels.packed_matmul_relu_mask_into`: dA = (dZ @ W.T) * (A > 0), PT = W.T packed; overwrites dA."""
+    _check_packed_product("dA", dA, "dZ", dZ, "PT", PT, transposed=True)
+    _float32("A", A, 2)
+    _shape("A", A, dA.shape)
+    _apart("dA", dA, "A", A)
+    kernels.packed_matmul_relu_mask_into(dA, dZ, PT, A)
+
+
+def _check_packed_update(P, A, dZ, weight_decay):
+    _float32("A", A, 2)
+    _float32("dZ", dZ, 2)
+    if A.shape[0] != dZ.shape[0]:
+        raise ValueError(f"A {A.shape} and dZ {dZ.shape} must have the same number of rows (samples)")
+    _check_packed("P", P, A.shape[1], dZ.shape[1], written=True)
+    _apart("P", P, "A", A)
+    _apart("P", P, "dZ", dZ)
+    weight_decay = _finite("weight_decay", weight_decay)
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {float(weight_decay)!r}")
+    return weight_decay
+
+
+def packed_sgd_update_inplace(P, A, dZ, lr, weight_decay):
+    """Checked `kernels.packed_sgd_update_inplace`: W -= lr * (A.T @ dZ + weight_decay * W), W packed in P; overwrites P."""
+    weight_decay = _check_packed_update(P, A, dZ, weight_decay)
+    kernels.packed_sgd_update_inplace(P, A, dZ, np.float32(check_positive_float(lr, "lr")), weight_decay)
+
+
+def packed_momentum_update_inplace(P, V, A, dZ, lr, momentum, weight_decay, nesterov):
+    """Checked `kernels.packed_momentum_update_inplace`: the momentum step on W and V, both packed; overwrites P and V."""
+    weight_decay = _check_packed_update(P, A, dZ, weight_decay)
+    _check_packed("V", V, A.shape[1], dZ.shape[1], written=True)
+    for name, a in (("P", P), ("A", A), ("dZ", dZ)):
+        _apart("V", V, name, a)
+    if not isinstance(nesterov, (bool, np.bool_)):
+        raise TypeError(f"nesterov must be a bool, got {type(nesterov).__name__}")
+    kernels.packed_momentum_update_inplace(P, V, A, dZ, np.float32(check_positive_float(lr, "lr")),
+                                           _momentum_factor(momentum), weight_decay, bool(nesterov))

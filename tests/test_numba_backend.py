@@ -16,6 +16,7 @@ SHAPES = [
     ((9, 1, 4), 6),  # hidden width one
     ((6, 3), 5),  # no hidden layer
     ((5, 4, 4, 3, 3), 11),  # deeper
+    ((300, 257, 33, 10), 37),  # widths past several panels, none a multiple of the tile
 ]
 
 

@@ -4,10 +4,19 @@ Every kernel works on float32 C-contiguous arrays (row slices `buf[:n]` of one a
 assumes valid input and writes only the argument its name says it overwrites. Matrices are
 row-major: activations (batch, features), weights (fan_in, fan_out).
 
+Argument order: outputs first, then inputs (`matmul_into(C, A, B)`, `gather_rows(out, X, rows)`),
+except where a kernel overwrites an input in place (`*_inplace`: the array updated comes first).
+`bias_grad(dZ, out)` and `relu_backward_bias_grad_inplace(dA, A, db)` predate the rule and keep
+their order. A call with an array that is not C-contiguous fails when it is compiled.
+
 The modules of this package, one concept each:
     blas_gemm    the gemm kernels that call BLAS sgemm (through SciPy)
     elementwise  bias, ReLU, softmax + cross-entropy, SGD and momentum updates
     gather       a batch's rows gathered (and uint8 pixels scaled) into a float32 buffer
+    packed       weights packed into column panels, and the SIMD kernels that read and update them
+    simd_ir      the LLVM IR of those kernels' microkernels
+    tiles        the tile shape per instruction set, and the one chosen for this CPU
+    contiguity   the compile-time check that refuses non-C-contiguous arrays
 """
 
 from .blas_gemm import (
@@ -32,6 +41,20 @@ from .elementwise import (
     softmax_xent_backward_rows_inplace,
 )
 from .gather import gather_labels, gather_rows, gather_rows_scaled
+from .packed import (
+    PANEL_WIDTH,
+    TILE_ROWS,
+    pack_weights_into,
+    packed_matmul_bias_into,
+    packed_matmul_bias_relu_into,
+    packed_matmul_into,
+    packed_matmul_relu_mask_into,
+    packed_momentum_update_inplace,
+    packed_sgd_update_inplace,
+    packed_shape,
+    panel_count,
+    unpack_weights_into,
+)
 
 __all__ = [
     "gemm_inplace", "matmul_into", "matmul_bt_into", "matmul_at_into", "sgd_gemm_update_inplace",
@@ -40,4 +63,9 @@ __all__ = [
     "softmax_xent_backward_rows_inplace",
     "bias_grad", "sgd_update_inplace", "gather_rows", "gather_rows_scaled", "gather_labels",
     "momentum_gemm_update_inplace", "momentum_apply_inplace", "momentum_update_inplace",
+    "pack_weights_into", "unpack_weights_into", "packed_matmul_into", "packed_matmul_bias_into",
+    "packed_matmul_bias_relu_into", "packed_matmul_relu_mask_into", "packed_sgd_update_inplace",
+    "packed_momentum_update_inplace",
 ]
+# Also public, but not kernels: PANEL_WIDTH and TILE_ROWS (the tile of this CPU), and
+# packed_shape(K, N) / panel_count(N), the shape of a packed (K, N) weight matrix.

@@ -10,10 +10,13 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import get_cython_function_address, intrinsic
 
+from .contiguity import require_c_contiguous
+
 SGEMM_SYMBOL = "fastmlp_sgemm"
 llvm.add_symbol(SGEMM_SYMBOL, get_cython_function_address("scipy.linalg.cython_blas", "sgemm"))
 
 _N, _T = ord("N"), ord("T")
+
 
 @intrinsic
 def _sgemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
@@ -50,6 +53,7 @@ def _sgemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, l
 @njit(cache=True)
 def gemm_inplace(C, A, B, alpha, beta, trans_a, trans_b):
     """C = alpha * op(A) @ op(B) + beta * C, float32 row-major, op(X) = X.T if trans_x; overwrites C."""
+    require_c_contiguous(C, A, B)
     m, n = C.shape
     k = A.shape[0] if trans_a else A.shape[1]
     if m == 0 or n == 0:

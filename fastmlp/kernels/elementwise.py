@@ -3,13 +3,17 @@
 import numpy as np
 from numba import njit
 
+from .contiguity import require_c_contiguous
+
 # Smallest normal float32. Probabilities below it only produce subnormal gradients, which
 # make every later gemm and elementwise pass up to 100x slower on x86 (see softmax kernels).
 _TINY = np.float32(np.finfo(np.float32).tiny)
 
+
 @njit(cache=True)
 def bias_forward_inplace(Z, b):
     """Z += b row-wise, Z (n, k), b (k,) float32; overwrites Z."""
+    require_c_contiguous(Z, b)
     n, k = Z.shape
     for i in range(n):
         for j in range(k):
@@ -19,6 +23,7 @@ def bias_forward_inplace(Z, b):
 @njit(cache=True)
 def bias_relu_forward_inplace(Z, b):
     """Z = max(Z + b, 0) row-wise, Z (n, k), b (k,) float32; overwrites Z."""
+    require_c_contiguous(Z, b)
     n, k = Z.shape
     for i in range(n):
         for j in range(k):
@@ -28,6 +33,7 @@ def bias_relu_forward_inplace(Z, b):
 @njit(cache=True)
 def relu_backward_inplace(dA, A):
     """dA = dA * (A > 0), the ReLU-mask backprop, dA and A (n, k) float32; overwrites dA."""
+    require_c_contiguous(dA, A)
     n, k = dA.shape
     for i in range(n):
         for j in range(k):
@@ -38,6 +44,7 @@ def relu_backward_inplace(dA, A):
 @njit(cache=True)
 def relu_backward_bias_grad_inplace(dA, A, db):
     """dA = dA * (A > 0) and db = column sums of the result, dA, A (n, k), db (k,) float32; overwrites dA and db."""
+    require_c_contiguous(dA, A, db)
     n, k = dA.shape
     db[:] = 0
     for i in range(n):
@@ -51,6 +58,7 @@ def relu_backward_bias_grad_inplace(dA, A, db):
 @njit(cache=True)
 def softmax_inplace(Z):
     """Row-wise numerically stable softmax of logits Z (n, k) float32; overwrites Z with the probabilities."""
+    require_c_contiguous(Z)
     n, k = Z.shape
     for i in range(n):
         m = Z[i, 0]
@@ -83,6 +91,7 @@ def softmax_xent_backward_rows_inplace(Z, y, batch_n):
 
     The kernel of `softmax_xent_backward_inplace` for a batch split across threads.
     """
+    require_c_contiguous(Z, y)
     n, k = Z.shape
     total = 0.0
     inv_n = np.float32(1.0) / np.float32(batch_n)
@@ -112,6 +121,7 @@ def softmax_xent_backward_rows_inplace(Z, y, batch_n):
 @njit(cache=True)
 def bias_grad(dZ, out):
     """out = column sums of dZ (n, k) float32, out (k,); overwrites out."""
+    require_c_contiguous(dZ, out)
     n, k = dZ.shape
     out[:] = 0
     for i in range(n):
@@ -122,6 +132,7 @@ def bias_grad(dZ, out):
 @njit(cache=True)
 def sgd_update_inplace(W, dW, lr):
     """W -= lr * dW elementwise, W and dW the same shape (any ndim) float32; overwrites W."""
+    require_c_contiguous(W, dW)
     w = W.reshape(W.size)
     g = dW.reshape(dW.size)
     step = np.float32(lr)
@@ -132,6 +143,7 @@ def sgd_update_inplace(W, dW, lr):
 @njit(cache=True)
 def momentum_apply_inplace(W, V, decay_step):
     """V -= decay_step * W, then W += V, in one pass (decay_step = lr * weight_decay); W, V the same shape float32; overwrites V and W."""
+    require_c_contiguous(W, V)
     w = W.reshape(W.size)
     v = V.reshape(V.size)
     d = np.float32(decay_step)
@@ -144,6 +156,7 @@ def momentum_apply_inplace(W, V, decay_step):
 @njit(cache=True)
 def momentum_update_inplace(W, V, G, lr, momentum, weight_decay, nesterov):
     """g = G + weight_decay * W; V = momentum * V - lr * g; W += momentum * V - lr * g if nesterov else V; one pass, W, V, G the same shape float32; overwrites V and W."""
+    require_c_contiguous(W, V, G)
     w = W.reshape(W.size)
     v = V.reshape(V.size)
     grad = G.reshape(G.size)

@@ -6,6 +6,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .contiguity import require_c_contiguous
+
 # Rows ahead that the gathers prefetch: shuffled rows are latency-bound reads (a 784-byte uint8
 # row is 13 cache lines, too short for the hardware prefetcher); 4 rows ahead was fastest.
 _PREFETCH_ROWS = 4
@@ -40,6 +42,7 @@ def _prefetch_row(flat, row, n_cols):
         _prefetch(flat, base + j)
     _prefetch(flat, base + head - 1)
 
+
 @njit(cache=True)
 def gather_rows(out, X, rows):
     """out[i] = X[rows[i]] for a float32 C-contiguous X (N, f), integer rows (n,), out (n, f); overwrites out."""
@@ -49,6 +52,7 @@ def gather_rows(out, X, rows):
 @njit(cache=True)
 def gather_rows_scaled(out, pixels_u8, rows, scale):
     """out[i] = float32(pixels_u8[rows[i]]) * scale, C-contiguous uint8 (or float32) pixels (N, f), rows (n,), out (n, f) float32; overwrites out."""
+    require_c_contiguous(out, pixels_u8, rows)
     n, f = out.shape
     s = np.float32(scale)
     flat = pixels_u8.reshape(pixels_u8.size)
@@ -65,5 +69,6 @@ def gather_rows_scaled(out, pixels_u8, rows, scale):
 @njit(cache=True)
 def gather_labels(out, y, rows):
     """out[i] = y[rows[i]] for integer labels y (N,), rows (n,), out (n,); overwrites out."""
+    require_c_contiguous(out, y, rows)
     for i in range(out.shape[0]):
         out[i] = y[rows[i]]

@@ -108,26 +108,6 @@ def pack_weights_into(P, W):
 
 
 @njit(cache=True)
-def pack_transposed_into(PT, W, k0, k1):
-    """Rows k0:k1 of W (K, N) written as columns of PT, W.T packed (panels of K, N, PANEL_WIDTH); overwrites those entries of PT.
-
-    With k0, k1 = 0, K this packs all of W.T (the padding columns of PT must be zero already, or
-    be written by a call covering them: columns past K are zeroed by the call that ends at K).
-    """
-    require_c_contiguous(PT, W)
-    K, N = W.shape
-    end = k1 if k1 < K else PT.shape[0] * PANEL_WIDTH
-    for k in range(k0, end):
-        p, j = k // PANEL_WIDTH, k % PANEL_WIDTH
-        if k < K:
-            for n in range(N):
-                PT[p, n, j] = W[k, n]
-        else:
-            for n in range(N):
-                PT[p, n, j] = np.float32(0.0)
-
-
-@njit(cache=True)
 def transpose_packed_into(PT, P, k0, k1):
     """Rows k0:k1 of the packed W in P (panels, K, NR) written into PT, W.T packed; overwrites those entries of PT (and PT's zero padding when k1 = K)."""
     require_c_contiguous(PT, P)
@@ -202,7 +182,7 @@ def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule
 def packed_matmul_into(C, A, P):
     """C = A @ W with A (M, K), W packed in P (panels, K, PANEL_WIDTH), C (M, N) float32; overwrites C."""
     require_c_contiguous(C, A, P)
-    forward_part(C, A, P, C[0], C, STORE, 0, A.shape[0], 0, panel_count(C.shape[1]))
+    forward_part(C, A, P, C.reshape(C.size), C, STORE, 0, A.shape[0], 0, panel_count(C.shape[1]))
 
 
 @njit(cache=True)
@@ -226,7 +206,7 @@ def packed_matmul_relu_mask_into(dA, dZ, PT, A):
     The input gradient of a ReLU layer whose output was A: call it before W is updated.
     """
     require_c_contiguous(dA, dZ, PT, A)
-    forward_part(dA, dZ, PT, dA[0], A, RELU_MASK, 0, dZ.shape[0], 0, panel_count(dA.shape[1]))
+    forward_part(dA, dZ, PT, dA.reshape(dA.size), A, RELU_MASK, 0, dZ.shape[0], 0, panel_count(dA.shape[1]))
 
 
 @njit(cache=True)

@@ -1,0 +1,155 @@
+"""The SIMD kernels on packed weights against their NumPy one-liners, on shapes that hit every edge:
+rows, columns and depth that are not multiples of the tile, sizes of 1, widths up to 300."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numba import njit
+from numba.core.errors import TypingError
+
+from fastmlp import checked_kernels as ck
+from fastmlp import kernels
+from fastmlp.kernels import PANEL_WIDTH, TILE_ROWS
+from fastmlp.kernels.tiles import TILES, select_tile
+
+EDGE_SIZES = sorted({1, 2, TILE_ROWS - 1, TILE_ROWS, TILE_ROWS + 1, PANEL_WIDTH - 1, PANEL_WIDTH, PANEL_WIDTH + 1,
+                     2 * PANEL_WIDTH + 3, 300})
+
+
+def f32(rng, *shape):
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+def packed(W):
+    P = np.zeros(kernels.packed_shape(*W.shape), np.float32)
+    kernels.pack_weights_into(P, W)
+    return P
+
+
+def assert_close(actual, expected, rtol=1e-5):
+    scale = max(np.abs(expected).max(initial=0.0), 1e-30)
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
+
+
+def test_the_packed_layout_is_panels_of_panel_width_columns_padded_with_zeros():
+    W = np.arange(3 * (PANEL_WIDTH + 2), dtype=np.float32).reshape(3, PANEL_WIDTH + 2)
+    P = packed(W)
+    assert P.shape == (2, 3, PANEL_WIDTH) == kernels.packed_shape(3, PANEL_WIDTH + 2)
+    np.testing.assert_array_equal(P[0], W[:, :PANEL_WIDTH])
+    np.testing.assert_array_equal(P[1, :, :2], W[:, PANEL_WIDTH:])
+    assert not P[1, :, 2:].any()
+    back = np.empty_like(W)
+    kernels.unpack_weights_into(back, P)
+    np.testing.assert_array_equal(back, W)
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.sampled_from(EDGE_SIZES), k=st.sampled_from(EDGE_SIZES), n=st.sampled_from(EDGE_SIZES),
+       seed=st.integers(0, 2**16))
+def test_forward_kernels_match_numpy(m, k, n, seed):
+    rng = np.random.default_rng(seed)
+    A, W, b = f32(rng, m, k), f32(rng, k, n), f32(rng, n)
+    P = packed(W)
+    Z = np.full((m, n), np.nan, np.float32)
+    kernels.packed_matmul_into(Z, A, P)
+    assert_close(Z, A @ W)
+    kernels.packed_matmul_bias_into(Z, A, P, b)
+    assert_close(Z, A @ W + b)
+    kernels.packed_matmul_bias_relu_into(Z, A, P, b)
+    expected = np.maximum(A @ W + b, 0)
+    assert_close(Z, expected)
+    assert np.all(Z[expected == 0] == 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.sampled_from(EDGE_SIZES), k=st.sampled_from(EDGE_SIZES), n=st.sampled_from(EDGE_SIZES),
+       seed=st.integers(0, 2**16))
+def test_input_gradient_kernel_matches_numpy(m, k, n, seed):
+    rng = np.random.default_rng(seed)
+    dZ, W, A = f32(rng, m, n), f32(rng, k, n), np.maximum(f32(rng, m, k), 0)
+    dA = np.full((m, k), np.nan, np.float32)
+    kernels.packed_matmul_relu_mask_into(dA, dZ, packed(np.ascontiguousarray(W.T)), A)
+    assert_close(dA, (dZ @ W.T) * (A > 0))
+    assert np.all(dA[A == 0] == 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.sampled_from(EDGE_SIZES), k=st.sampled_from(EDGE_SIZES), n=st.sampled_from(EDGE_SIZES),
+       wd=st.sampled_from([0.0, 1e-3]), seed=st.integers(0, 2**16))
+def test_update_kernels_match_the_formulas_of_optim(m, k, n, wd, seed):
+    rng = np.random.default_rng(seed)
+    A, dZ, W, V = f32(rng, m, k), f32(rng, m, n), f32(rng, k, n), f32(rng, k, n)
+    lr, mu = np.float32(0.05), np.float32(0.9)
+    g = A.T @ dZ + np.float32(wd) * W
+    P = packed(W)
+    kernels.packed_sgd_update_inplace(P, A, dZ, lr, wd)
+    assert_close(P, packed(W - lr * g))
+    for nesterov in (False, True):
+        P, PV = packed(W), packed(V)
+        kernels.packed_momentum_update_inplace(P, PV, A, dZ, lr, mu, wd, nesterov)
+        v = mu * V - lr * g
+        assert_close(PV, packed(v))
+        assert_close(P, packed(W + (mu * v - lr * g if nesterov else v)))
+        assert not P[-1, :, (n - 1) % PANEL_WIDTH + 1:].any()  # the padding stays zero
+
+
+def test_tiles_follow_the_instruction_set_numba_compiles_for():
+    assert select_tile("znver5", "+avx512f,+avx2,+fma") == TILES["avx512"]
+    assert select_tile("skylake-avx512", "") == TILES["avx512"]
+    assert select_tile("znver5", "-avx512f,+avx2,+fma") == TILES["avx2"]
+    assert select_tile("haswell", "+avx2,+fma") == TILES["avx2"]
+    assert select_tile("generic", "") == TILES["sse"]
+    for tile in TILES.values():
+        registers = 32 if tile.vw == 16 else 16
+        assert tile.mr * tile.nv + tile.nv + 1 <= registers  # accumulators, B vectors, a broadcast
+    assert PANEL_WIDTH == kernels.packed.TILE.nr and TILE_ROWS == kernels.packed.TILE.mr
+
+
+def test_a_non_contiguous_array_is_refused_when_the_kernel_compiles():
+    # An outside test once saw matmul_into(big[:, ::2], A, B) overwrite big[:, 1] silently.
+    big = np.zeros((4, 6), np.float32)
+    A, B = np.ones((4, 3), np.float32), np.ones((3, 3), np.float32)
+    with pytest.raises(TypingError, match="not C-contiguous"):
+        kernels.matmul_into(big[:, ::2], A, B)
+    with pytest.raises(TypingError, match="not C-contiguous"):
+        kernels.packed_matmul_into(big[:, ::2], A, packed(B))
+    with pytest.raises(TypingError, match="not C-contiguous"):
+        kernels.bias_relu_forward_inplace(big.T, np.zeros(4, np.float32))
+    assert not big.any()
+
+
+@njit
+def user_dense_relu(X, P, b):
+    Z = np.empty((X.shape[0], b.shape[0]), dtype=np.float32)
+    kernels.packed_matmul_bias_relu_into(Z, X, P, b)
+    return Z
+
+
+def test_packed_kernels_are_callable_from_user_njit_code():
+    rng = np.random.default_rng(0)
+    X, W, b = f32(rng, 9, 7), f32(rng, 7, 5), f32(rng, 5)
+    assert_close(user_dense_relu(X, packed(W), b), np.maximum(X @ W + b, 0))
+
+
+def test_checked_packed_kernels_refuse_a_wrongly_packed_matrix_by_name():
+    rng = np.random.default_rng(0)
+    A, W = f32(rng, 4, 6), f32(rng, 6, 5)
+    Z = np.empty((4, 5), np.float32)
+    with pytest.raises(ValueError, match="P must be W packed"):
+        ck.packed_matmul_into(Z, A, np.zeros((1, 5, PANEL_WIDTH), np.float32))
+    with pytest.raises(ValueError, match="P must have the packed shape"):
+        ck.pack_weights_into(np.zeros((1, 5, PANEL_WIDTH), np.float32), W)
+    with pytest.raises(ValueError, match="same number of rows"):
+        ck.packed_sgd_update_inplace(packed(W), A, f32(rng, 3, 5), 0.1, 0.0)
+    with pytest.raises(ValueError, match="weight_decay must be >= 0"):
+        ck.packed_sgd_update_inplace(packed(W), A, f32(rng, 4, 5), 0.1, -1.0)
+    with pytest.raises(ValueError, match="PT must be W.T packed"):
+        ck.packed_matmul_relu_mask_into(np.empty((4, 6), np.float32), Z, packed(W), np.ones((4, 6), np.float32))
+    P = packed(W)
+    ck.packed_matmul_into(Z, A, P)
+    assert_close(Z, A @ W)
+    V = packed(np.zeros_like(W))
+    ck.packed_momentum_update_inplace(P, V, A, Z[:, :5], 0.1, 0.9, 0.0, True)
+    with pytest.raises(ValueError, match="V must not share memory with P"):
+        ck.packed_momentum_update_inplace(P, P, A, Z, 0.1, 0.9, 0.0, False)
