@@ -55,13 +55,14 @@ from . import kernels
 from .backends import BackendError, get_backend
 from .backends.base import BackendBase
 from .backends.numpy_ref import log_softmax, momentum_update
+from .bench_recipe import describe_recipe, measure_recipe, recipe_options
 from .inputs import Pixels
 from .model import MLP
 from .trainer import Trainer
 
 PROG = "python -m fastmlp.bench"
 LAYER_SIZES = (784, 128, 64, 10)
-BATCH_SIZES = (32, 128, 1024)
+BATCH_SIZES = (32, 64, 128, 1024)
 INPUTS = ("float32", "pixels")
 LR = 0.1
 WARMUP_EPOCHS = 2
@@ -272,7 +273,7 @@ def kernel_case(name, batch_size, seed=0):
 
 
 class TorchBackend(BackendBase):
-    """PyTorch CPU as a yardstick: a plain float32 autograd + `torch.optim.SGD` loop.
+    """PyTorch CPU as a yardstick: a plain float32 autograd + `torch.optim.SGD` loop (momentum and weight decay too).
 
     Its parameters are `torch.from_numpy` views of the model's own arrays, so it trains the
     model in place exactly like the fastmlp backends, from the same weights, in the same batch
@@ -315,17 +316,26 @@ class TorchBackend(BackendBase):
         grads = [p.grad.numpy() for p in params]
         return loss.item(), grads[0::2], grads[1::2]
 
+    def _optimizer(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0, velocity=None):
+        """`torch.optim.SGD` over params; with momentum, its buffers are views of the fastmlp Velocity
+        (torch's form v = mu v + g, W -= lr v: the same steps as fastmlp's at a constant lr)."""
+        optimizer = self.torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov,
+                                         weight_decay=weight_decay)
+        if velocity is not None:
+            buffers = [b for pair in zip(velocity.weights, velocity.biases) for b in pair]
+            for p, buffer in zip(params, buffers):
+                optimizer.state[p]["momentum_buffer"] = self.torch.from_numpy(buffer)
+        return optimizer
+
     def _sgd_step(self, model, X, y, lr, **sgd):
-        _plain_sgd_only(sgd)
         params = self._params(model)
-        optimizer = self.torch.optim.SGD(params, lr=lr)
+        optimizer = self._optimizer(params, lr, **sgd)
         return self._step(optimizer, params, self.torch.from_numpy(X), self.torch.from_numpy(y))
 
     def _train_epoch(self, model, X, y, batch_size, lr, rng, progress=None, **sgd):
-        _plain_sgd_only(sgd)
         torch = self.torch
         params = self._params(model)
-        optimizer = torch.optim.SGD(params, lr=lr)
+        optimizer = self._optimizer(params, lr, **sgd)
         data = torch.from_numpy(X.data if isinstance(X, Pixels) else X)
         labels = torch.from_numpy(y)
         order = torch.from_numpy(rng.permutation(len(y)))
@@ -339,11 +349,6 @@ class TorchBackend(BackendBase):
         if progress is not None:
             progress(len(y))
         return total / len(y)
-
-
-def _plain_sgd_only(sgd):
-    if sgd:
-        raise ValueError(f"the torch yardstick trains with plain SGD only, got {', '.join(sorted(sgd))}")
 
 
 def torch_available():
@@ -379,6 +384,14 @@ def load_data(samples=None):
     if samples is not None:
         X, y = Pixels(X.data[:samples], X.scale), y[:samples]
     return X, y
+
+
+def load_test_data():
+    """The MNIST test images as Pixels, and their labels."""
+    from .datasets import load_mnist
+
+    _, _, X_test, y_test = load_mnist(as_pixels=True)
+    return X_test, y_test
 
 
 def input_data(pixels, kind):
@@ -603,6 +616,15 @@ def format_report(report):
                      [[m["backend"], m["input"], f"{m['training_peak_mb']:,.0f}", f"{m['loading_peak_mb']:,.0f}"]
                       for m in report["peak_rss"]], left=2),
     ]
+    if report.get("recipe"):
+        options, epochs, hidden = recipe_options()
+        recipe_epochs = report["recipe"][0]["epochs"]
+        out += ["", f"the CLI's default recipe ({describe_recipe(options, recipe_epochs, hidden)}), Pixels input, "
+                    f"once per backend through Trainer.fit; vs numba = numba's training seconds over the row's",
+                format_table(["backend", "train s", "test accuracy", "vs numba"],
+                             [[r["backend"], f"{r['train_s']:.2f}", f"{100 * r['test_accuracy']:.2f} %",
+                               "-" if r["vs_numba"] is None else f"{r['vs_numba']:.2f}"]
+                              for r in report["recipe"]])]
     if report["compile"]:
         comp = report["compile"]
         out += ["", f"numba compile of the training epoch (float32 and pixels inputs), in a fresh process: "
@@ -639,6 +661,10 @@ def run(args, progress_bar=None):
                             progress=step)
     for r in rows:
         r["vs_roofline"] = r["samples_per_s"] / roof["samples_per_s"]
+    bar.set_description("the CLI's default recipe, once per backend")
+    recipe = measure_recipe(backends, pixels, y, *load_test_data(), epochs=None if not args.quick else WARMUP_EPOCHS,
+                            seed=args.seed, settle_seconds=SETTLE_SECONDS)
+    step("recipe")
     config = {"mode": "quick" if args.quick else "full", "samples": len(y), "subset": len(y) < MNIST_TRAIN_SAMPLES, "epochs": args.epochs,
               "batch_sizes": list(args.batch_sizes), "backends": names, "inputs": list(args.inputs),
               "layer_sizes": list(LAYER_SIZES), "lr": LR, "seed": args.seed, "blas": blas_info(),
@@ -646,7 +672,8 @@ def run(args, progress_bar=None):
     if "torch" in backends:
         config["torch_version"] = backends["torch"].torch.__version__
         config["torch_threads"] = backends["torch"].torch.get_num_threads()
-    return {"config": config, "roofline": roof, "compile": compile_times, "peak_rss": peak_rss, "rows": rows}
+    return {"config": config, "roofline": roof, "compile": compile_times, "peak_rss": peak_rss, "rows": rows,
+            "recipe": recipe}
 
 
 def _timed(fn, *args, **kwargs):
@@ -693,12 +720,16 @@ def build_parser():
                         help="float32: images scaled up front; pixels: uint8 scaled at the gather (fastmlp.Pixels)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the shuffling")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the full report as JSON")
+    parser.add_argument("--plot", type=Path, metavar="PATH",
+                        help="also draw samples/s against batch size, with the gemm floor and the roofline, as a "
+                             "PNG (needs matplotlib: the plot extra)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 
 
 def main(argv=None):
     from ._atomic import atomic_write
+    from .plot import plot_throughput, require_matplotlib
     from .train import check_output_path, run_reporting_errors
 
     args = build_parser().parse_args(argv)
@@ -711,7 +742,10 @@ def main(argv=None):
 
     def check_output_then_measure():
         check_output_path(args.json, "--json")
-        steps = ("numba" in args.backends) + 2 + len(args.batch_sizes) * args.epochs
+        check_output_path(args.plot, "--plot")
+        if args.plot:
+            require_matplotlib()
+        steps = ("numba" in args.backends) + 3 + len(args.batch_sizes) * args.epochs
         # A bar on a terminal only (disable=None): in a log, its redraws are noise.
         with tqdm(total=steps, desc="fastmlp bench", unit="step", file=sys.stderr, leave=False, disable=None) as bar:
             report = run(args, bar)
@@ -720,6 +754,9 @@ def main(argv=None):
             with atomic_write(args.json, "w", encoding="utf-8") as f:
                 f.write(json.dumps(report, indent=2) + "\n")
             print(f"report written to {args.json}")
+        if args.plot:
+            plot_throughput(report, args.plot)
+            print(f"plot written to {args.plot}")
 
     return run_reporting_errors(PROG, check_output_then_measure, debug=args.debug)
 

@@ -104,3 +104,31 @@ def save_png(figure, path, dpi=120):
     """Save figure as a PNG at path, atomically (a temp file in the same folder, renamed when complete)."""
     with atomic_write(path, "wb") as f:
         figure.savefig(f, format="png", dpi=dpi)
+
+
+def plot_throughput(report, path):
+    """Write a PNG of a `python -m fastmlp.bench` report: samples/s against batch size for each backend
+    and input, with the gemm floor and the roofline as lines (log scales)."""
+    figure = _new_figure(figsize=(8, 5))
+    axes = figure.subplots()
+    rows = report["rows"]
+    runs = list(dict.fromkeys((r["backend"], r["input"]) for r in rows))
+    backends = list(dict.fromkeys(backend for backend, _ in runs))
+    for backend, kind in runs:  # a colour per backend, a line style per input
+        points = sorted((r["batch_size"], r["samples_per_s"]) for r in rows if (r["backend"], r["input"]) == (backend, kind))
+        axes.plot(*zip(*points), "o-" if kind == "float32" else "s--", color=f"C{backends.index(backend)}",
+                  label=f"{backend}, {kind}")
+    floor = sorted({(r["batch_size"], r["floor_samples_per_s"]) for r in rows})
+    axes.plot(*zip(*floor), ":", color="black", label="gemm floor (the step's sgemm calls alone)")
+    roofline = report["roofline"]["samples_per_s"]
+    axes.axhline(roofline, color="grey", linestyle="-.", label=f"roofline ({roofline:,.0f} samples/s)")
+    batch_sizes = [b for b, _ in floor]
+    axes.set_xscale("log", base=2)
+    axes.set_yscale("log")
+    axes.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
+    net = "-".join(map(str, report["config"]["layer_sizes"]))
+    axes.set(xlabel="batch size", ylabel="samples/s (steady state)",
+             title=f"Training throughput, {net}, SGD ({report['config']['mode']} bench)")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=8)
+    save_png(figure, path)
