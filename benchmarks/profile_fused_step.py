@@ -1,16 +1,17 @@
-"""Where the fused training epoch loses against the gemm floor: `python benchmarks/profile_fused_step.py`.
+"""Where the numba backend's training step spends its time, phase by phase.
 
-For each batch size, one interleaved run (each variant once per round, medians over the rounds
-after the first) of a full MNIST epoch of plain SGD (uint8 pixels scaled at the gather):
+    python benchmarks/profile_fused_step.py [--batch-sizes 32 64 128 1024] [--rounds 5]
 
-- workers:     the numba backend as it trains, one worker thread per core with single-threaded
-               BLAS (`Backend()`);
-- no gather:   the same workers on one fixed batch (what gathering the shuffled batch costs);
-- one worker:  the same code on one thread, BLAS with its own threads (`Backend(threads=1)`);
-- floor:       the step's sgemm calls alone with NumPy (fastmlp.bench.GemmFloor);
-
-each as samples/s and as a fraction of the floor.
-Not a benchmark that asv runs: a tool for reading the profile behind the speed figures.
+For each batch size, on the 784-128-64-10 net and MNIST pixels, it times, interleaved round by
+round (the machine drifts, so each column is a median over rounds of the same order):
+- each phase of one step, alone, on one thread, over many repetitions on the same batch:
+  gather (uint8 pixels to the float32 batch), layer-0 forward (the SIMD forward tile, bias +
+  ReLU), the upper layers (forward, softmax + cross-entropy, backward to dZ_0), the layer-0
+  update (the weight-gradient tile fused with SGD), the upper layers' updates (with W.T
+  repacked) and the biases; each as microseconds per step and, for the products, GFLOP/s;
+- whole epochs through `Backend.train_epoch`, on one worker and on the default number, as
+  samples/s: what the step's phases add up to, and what the workers' barriers and split cost.
+A tool to read, not an asv suite.
 """
 
 import argparse
@@ -21,82 +22,132 @@ from numba import njit
 
 from fastmlp import MLP
 from fastmlp.backends.numba_fused import (
-    PLAIN_SGD, Backend, backprop_rows, part_of, training_threads, update_part,
+    PLAIN_SGD, Backend, _Packed, _Workspace, backward_rows, bias_step, epoch_workers, forward_rows, training_threads,
+    update_part, transpose_packed_into,
 )
-from fastmlp.bench import SETTLE_SECONDS, GemmFloor
 from fastmlp.datasets import load_mnist
-from fastmlp.spin_barrier import barrier_state, barrier_wait
+from fastmlp.kernels import gather_labels, gather_rows_scaled, softmax_xent_backward_rows_inplace
+from fastmlp.kernels.packed import BIAS_RELU, forward_part
+
+LAYER_SIZES = (784, 128, 64, 10)
+LR = np.float32(1e-6)  # tiny updates: the weights stay what they were, whatever the repetitions
 
 
-@njit(nogil=True, cache=True)
-def worker_without_gather(t, workers, barrier, weights, biases, order, batch_size, lr, acts, deltas, db_parts, db,
-                          labels):
-    """`train_batches_worker` (plain SGD) on the batch already in acts[0] and labels, never gathering."""
-    n = order.shape[0]
-    total = 0.0
-    for start in range(0, n, batch_size):
-        nb = min(batch_size, n - start)
-        r0, r1 = part_of(t, nb, workers)
-        total += backprop_rows(weights, biases, acts, deltas, db_parts[t], labels, r0, r1, nb)
-        barrier_wait(barrier, workers)
-        update_part(t, workers, weights, biases, weights, biases, acts, deltas, db_parts, db, weights, nb, lr,
-                    np.float32(0.0), np.float32(0.0), PLAIN_SGD)
-        barrier_wait(barrier, workers)
-    return total
+@njit(cache=True)
+def gather_phase(reps, x, labels, X, scale, y, rows):
+    for _ in range(reps):
+        gather_rows_scaled(x, X, rows, scale)
+        gather_labels(labels, y, rows)
 
 
-def epoch_without_gather(model, pixels, y, batch_size, order, workers):
-    backend = Backend(threads=workers)
-    ws = backend._workspace(model.layer_sizes, batch_size, workers)
-    ws.acts[0][:] = pixels.data[:batch_size] * np.float32(pixels.scale)
-    ws.labels[:] = y[:batch_size]
-    params = tuple(model.weights), tuple(model.biases)
-    barrier = barrier_state()
-
-    def run(t, part_of_order):
-        return worker_without_gather(t, workers, barrier, *params, part_of_order, batch_size, np.float32(0.01),
-                                     ws.acts, ws.deltas, ws.db_parts, ws.db_layers, ws.labels)
-
-    backend._run_workers(run, workers, order, batch_size, None, barrier)
+@njit(cache=True)
+def layer0_forward_phase(reps, packed, biases, x, acts, nb):
+    for _ in range(reps):
+        forward_part(acts[0], x, packed[0], biases[0], acts[0], BIAS_RELU, 0, nb, 0, packed[0].shape[0])
 
 
-def profile(pixels, y, batch_size, rounds, layer_sizes=(784, 128, 64, 10)):
-    """{variant: median epoch seconds} for workers, no gather, one worker and floor."""
-    n, workers = len(y), training_threads()
-    models = {name: MLP(layer_sizes, seed=0) for name in ("workers", "no gather", "one worker")}
-    backends = {"workers": Backend(), "one worker": Backend(threads=1)}
-    floor = GemmFloor(layer_sizes, batch_size)
-    rng = np.random.default_rng(0)
-    seconds = {name: [] for name in (*models, "floor")}
-    for _ in range(rounds):
-        order = rng.permutation(n)
-        for name, model in models.items():
-            time.sleep(SETTLE_SECONDS)
+@njit(cache=True)
+def upper_layers_phase(reps, packed, transposed, biases, x, acts, deltas, labels, nb):
+    L = len(packed)
+    for _ in range(reps):
+        forward_rows(packed, biases, x, acts, 1, 0, nb)
+        softmax_xent_backward_rows_inplace(acts[L - 1][:nb], labels[:nb], nb)
+        backward_rows(transposed, acts, deltas, 0, nb)
+
+
+@njit(cache=True)
+def layer0_update_phase(reps, packed, x, deltas, nb):
+    P = packed[0]
+    for _ in range(reps):
+        update_part(P, P, x, deltas[0], nb, 0, P.shape[1], 0, P.shape[0], LR, 0.0, 0.0, PLAIN_SGD)
+
+
+@njit(cache=True)
+def upper_updates_phase(reps, packed, transposed, acts, deltas, nb):
+    for _ in range(reps):
+        for l in range(1, len(packed)):
+            P = packed[l]
+            update_part(P, P, acts[l - 1], deltas[l], nb, 0, P.shape[1], 0, P.shape[0], LR, 0.0, 0.0, PLAIN_SGD)
+            transpose_packed_into(transposed[l], P, 0, P.shape[1])
+
+
+@njit(cache=True)
+def bias_phase(reps, biases, deltas, db, nb):
+    for _ in range(reps):
+        for l in range(len(biases)):
+            bias_step(biases[l], biases[l], deltas[l], db[l], nb, 0, biases[l].shape[0], LR, 0.0, PLAIN_SGD)
+
+
+def phase_calls(model, pixels, y, nb):
+    """{phase: (call(reps), FLOPs per step)} on one batch of nb rows, buffers made once."""
+    packed, ws = _Packed(model.layer_sizes), _Workspace(model.layer_sizes, nb)
+    packed.load(model, None)
+    biases = tuple(model.biases)
+    rows = np.random.default_rng(0).permutation(len(y))[:nb]
+    x, scale = ws.inputs[0], np.float32(pixels.scale)
+    gather_phase(1, x, ws.labels, pixels.data, scale, y, rows)
+    layer0_forward_phase(1, packed.weights, biases, x, ws.acts, nb)
+    upper_layers_phase(1, packed.weights, packed.transposed, biases, x, ws.acts, ws.deltas, ws.labels, nb)
+    k0, n0 = model.layer_sizes[:2]
+    upper = sum(a * b for a, b in zip(model.layer_sizes[1:-1], model.layer_sizes[2:]))
+    return {
+        "gather": (lambda r: gather_phase(r, x, ws.labels, pixels.data, scale, y, rows), 0),
+        "layer-0 forward": (lambda r: layer0_forward_phase(r, packed.weights, biases, x, ws.acts, nb),
+                            2 * nb * k0 * n0),
+        "upper fwd+bwd": (lambda r: upper_layers_phase(r, packed.weights, packed.transposed, biases, x, ws.acts,
+                                                       ws.deltas, ws.labels, nb), 2 * nb * (2 * upper)),
+        "layer-0 update": (lambda r: layer0_update_phase(r, packed.weights, x, ws.deltas, nb), 2 * nb * k0 * n0),
+        "upper updates": (lambda r: upper_updates_phase(r, packed.weights, packed.transposed, ws.acts, ws.deltas, nb),
+                          2 * nb * upper),
+        "biases": (lambda r: bias_phase(r, biases, ws.deltas, ws.db, nb), 0),
+    }
+
+
+def profile(pixels, y, batch_size, rounds):
+    """{name: median seconds per step (phases) or per epoch (epochs)} and the phases' FLOPs."""
+    model = MLP(LAYER_SIZES, seed=0)
+    calls = phase_calls(model, pixels, y, batch_size)
+    reps = max(20, 200_000 // batch_size)
+    workers = epoch_workers(training_threads(), batch_size, LAYER_SIZES)
+    backends = {"epoch, 1 worker": Backend(threads=1), f"epoch, {workers} workers": Backend()}
+    for backend in backends.values():
+        backend.train_epoch(MLP(LAYER_SIZES, seed=0), pixels, y, batch_size=batch_size, lr=0.01,
+                            rng=np.random.default_rng(0))
+    seconds = {name: [] for name in (*calls, *backends)}
+    for round_ in range(rounds):
+        for name, (call, _) in calls.items():
             start = time.perf_counter()
-            if name in backends:
-                backends[name].train_epoch(model, pixels, y, batch_size=batch_size, lr=0.01,
-                                           rng=np.random.default_rng(order[0]))
-            else:
-                epoch_without_gather(model, pixels, y, batch_size, order, workers)
+            call(reps)
+            seconds[name].append((time.perf_counter() - start) / reps)
+        for name, backend in backends.items():
+            start = time.perf_counter()
+            backend.train_epoch(MLP(LAYER_SIZES, seed=0), pixels, y, batch_size=batch_size, lr=0.01,
+                                rng=np.random.default_rng(round_))
             seconds[name].append(time.perf_counter() - start)
-        time.sleep(SETTLE_SECONDS)
-        seconds["floor"].append(floor.epoch_seconds(n, batch_size))
-    return {name: float(np.median(times[1:])) for name, times in seconds.items()}
+    return {name: float(np.median(s)) for name, s in seconds.items()}, {name: f for name, (_, f) in calls.items()}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128, 1024])
-    parser.add_argument("--rounds", type=int, default=7, help="epochs per variant; the first is not counted")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64, 128, 1024])
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of every measurement (default 5)")
     args = parser.parse_args(argv)
-    if args.rounds < 2 or min(args.batch_sizes) < 1:
-        parser.error("--rounds must be >= 2 and batch sizes >= 1")
+    if args.rounds < 1 or min(args.batch_sizes) < 1:
+        parser.error("--rounds and batch sizes must be >= 1")
     X, y, _, _ = load_mnist(as_pixels=True)
-    print(f"{training_threads()} worker threads", flush=True)
     for batch_size in args.batch_sizes:
-        median = profile(X, y, batch_size, args.rounds)
-        cells = [f"{name} {len(y) / s / 1e3:,.0f}k ({median['floor'] / s:.2f})" for name, s in median.items()]
-        print(f"batch {batch_size:>5}: " + "  ".join(cells), flush=True)
+        median, flops = profile(X, y, batch_size, args.rounds)
+        phases = {name: s for name, s in median.items() if name in flops}
+        step = sum(phases.values())
+        print(f"batch {batch_size}: one thread, phases of a step add up to {step * 1e6:.1f} us "
+              f"({batch_size / step:,.0f} samples/s)")
+        for name, s in phases.items():
+            rate = f"  {flops[name] / s / 1e9:6.1f} GFLOP/s" if flops[name] else ""
+            print(f"  {name:16s} {s * 1e6:8.1f} us  {100 * s / step:5.1f} %{rate}")
+        for name, s in median.items():
+            if name not in flops:
+                print(f"  {name:16s} {len(y) / s:10,.0f} samples/s  ({len(y) / s / (batch_size / step):.2f} of the "
+                      f"one-thread phases)")
 
 
 if __name__ == "__main__":
