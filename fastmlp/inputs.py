@@ -7,6 +7,7 @@ so that the maths inside the backends and kernels can assume valid input.
 import math
 import numbers
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -141,11 +142,13 @@ def make_rng(seed, name="seed"):
     return np.random.default_rng(seed)
 
 
-def check_model(model):
-    """Raise unless model's parameters are float32, C-contiguous, writable and shaped by layer_sizes.
+def check_model(model: Any, *, writable: bool = True) -> None:
+    """Raise unless model's parameters are float32, C-contiguous, shaped by layer_sizes and (if
+    `writable`) writable.
 
     Backends write into these arrays in place, so a replaced or reshaped array must be caught
-    here rather than read out of bounds by a kernel.
+    here rather than read out of bounds by a kernel. Prediction only reads them, so it passes
+    writable=False and works on read-only weights (a model memory-mapped by joblib.load).
     """
     sizes = getattr(model, "layer_sizes", None)
     if sizes is None or not hasattr(model, "weights") or not hasattr(model, "biases"):
@@ -158,5 +161,7 @@ def check_model(model):
                                (f"biases[{i}]", model.biases[i], (fan_out,))):
             if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != shape:
                 raise ValueError(f"model.{name} must be a float32 array of shape {shape}, got {_describe(a)}")
-            if not (a.flags.c_contiguous and a.flags.writeable):
-                raise ValueError(f"model.{name} must be C-contiguous and writable")
+            if not a.flags.c_contiguous:
+                raise ValueError(f"model.{name} must be C-contiguous")
+            if writable and not a.flags.writeable:
+                raise ValueError(f"model.{name} must be writable: training updates it in place")

@@ -56,7 +56,7 @@ class MLP:
         from .backends import get_backend
 
         forward = get_backend("numpy").forward
-        check_model(self)
+        check_model(self, writable=False)
         X = check_features(X, self.n_features)
         batch_size = check_positive_int(batch_size, "batch_size")
         n = len(X)
@@ -78,7 +78,7 @@ class MLP:
 
     def save(self, path):
         """Write the parameters to an `.npz` file (no pickled objects), atomically."""
-        check_model(self)
+        check_model(self, writable=False)
         path = _check_path(path)
         for name, a in [(f"weights[{i}]", W) for i, W in enumerate(self.weights)] + \
                        [(f"biases[{i}]", b) for i, b in enumerate(self.biases)]:

@@ -1,6 +1,7 @@
 """The public edge shared by every backend: validate once, then call the backend's maths."""
 
 from contextlib import nullcontext
+from typing import Any
 
 import numpy as np
 
@@ -12,14 +13,28 @@ class BackendBase:
     """Validates the arguments of the four protocol methods and hands valid arrays to
     `_forward`, `_loss_and_grads`, `_sgd_step` and `_train_epoch`, which subclasses write."""
 
-    name = None
+    name: str | None = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<fastmlp backend {self.name!r}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle (and deepcopy) the configuration, never the runtime state.
+
+        A backend may hold a lock and scratch buffers (the numba one does); a copy gets its own,
+        made as the original's were. The instance `get_backend(name)` shares comes back as that
+        same shared instance; any other one as `type(self)(threads=...)` when it has a thread setting.
+        """
+        from . import _instances, get_backend
+
+        if self.name is not None and _instances.get(self.name) is self:
+            return get_backend, (self.name,)
+        threads = getattr(self, "threads", _NO_SETTING)
+        return _rebuild_backend, (type(self), {} if threads is _NO_SETTING else {"threads": threads})
 
     def forward(self, model, X):
         """Class probabilities of X, float32 (n, classes)."""
-        check_model(model)
+        check_model(model, writable=False)
         return self._forward(model, _as_array(check_features(X, model.n_features)))
 
     def loss_and_grads(self, model, X, y):
@@ -69,6 +84,14 @@ class BackendBase:
         X = check_features(X, model.n_features)
         y = check_labels(y, len(X), model.n_classes)
         return X, y
+
+
+_NO_SETTING = object()
+
+
+def _rebuild_backend(cls: type[BackendBase], settings: dict[str, Any]) -> BackendBase:
+    """A fresh backend of class cls with the pickled settings (`BackendBase.__reduce__`)."""
+    return cls(**settings)
 
 
 PROGRESS_UPDATES = 50
