@@ -223,6 +223,7 @@ def _kernel_cases(o):
                                lambda: Pixels(o.pixels, scale)[o.rows]),
         "gather_labels": (lambda: k.gather_labels(o.out_labels, o.all_labels, o.rows), "out_labels",
                           lambda: o.all_labels[o.rows]),
+        "argmax_rows_into": (lambda: k.argmax_rows_into(o.out_labels, o.Z3), "out_labels", lambda: o.Z3.argmax(axis=1)),
     }
 
 

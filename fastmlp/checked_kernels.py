@@ -302,3 +302,15 @@ def momentum_update_inplace(W, V, G, lr, momentum, weight_decay, nesterov):
         raise TypeError(f"nesterov must be a bool, got {type(nesterov).__name__}")
     kernels.momentum_update_inplace(W, V, G, np.float32(check_positive_float(lr, "lr")), _momentum_factor(momentum),
                                     weight_decay, bool(nesterov))
+
+
+def argmax_rows_into(out, Z):
+    """Checked `kernels.argmax_rows_into`: out[i] = Z[i].argmax(); overwrites out."""
+    _integers("out", out, written=True)
+    _float32("Z", Z, 2)
+    _shape("out", out, Z.shape[:1])
+    if Z.shape[1] == 0:
+        raise ValueError(f"Z must have at least one column, got shape {Z.shape}")
+    if Z.shape[1] - 1 > np.iinfo(out.dtype).max:
+        raise TypeError(f"out must hold column indices up to {Z.shape[1] - 1}, got dtype {out.dtype}")
+    kernels.argmax_rows_into(out, Z)
