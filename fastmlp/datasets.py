@@ -21,6 +21,7 @@ import sys
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +93,18 @@ class DatasetError(ValueError):
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """No folder holds the dataset's four files and downloading is not allowed."""
+    """No folder holds the dataset's four files and downloading is not allowed.
+
+    dataset: its name; data_dir: the folder given, or None when the usual places were searched;
+    places: (label, folder, what is missing there) for each folder looked in.
+    """
+
+    def __init__(self, message: str, *, dataset: str | None = None, data_dir: Path | None = None,
+                 places: Sequence[tuple[str, Path, str]] = ()) -> None:
+        super().__init__(message)
+        self.dataset = dataset
+        self.data_dir = data_dir
+        self.places = list(places)
 
 
 class DownloadError(OSError):
@@ -197,7 +209,9 @@ def _search_places(dataset):
     env = os.environ.get(ENV_VAR)
     if env:
         places.append((f"${ENV_VAR}", Path(env).expanduser()))
-    places += [("shipped copy", folder) for folder in BUNDLED_DIRS.get(dataset, [])]
+    package = Path(__file__).parent
+    places += [("copy shipped with fastmlp" if folder.is_relative_to(package) else "system copy", folder)
+               for folder in BUNDLED_DIRS.get(dataset, [])]
     places.append(("user cache", cache_dir(dataset)))
     return places
 
@@ -209,9 +223,11 @@ def _locate(dataset, data_dir, download, progress):
         if not _missing_files(folder):
             return folder
         if not download:
+            missing = _describe_missing(folder)
             raise DatasetNotFoundError(
-                f"data_dir {folder} does not hold the {dataset} files ({_describe_missing(folder)}); "
-                f"put the four IDX files there, or pass download=True to download them into it"
+                f"data_dir {folder} does not hold the {dataset} files ({missing}); "
+                f"put the four IDX files there, or pass download=True to download them into it",
+                dataset=dataset, data_dir=folder, places=[("data_dir", folder, missing)],
             )
         return _download_missing(dataset, folder, progress)
 
@@ -221,11 +237,13 @@ def _locate(dataset, data_dir, download, progress):
             return folder
     if download:
         return _download_missing(dataset, cache_dir(dataset), progress)
-    looked = "\n".join(f"  - {label}: {folder} ({_describe_missing(folder)})" for label, folder in places)
+    looked_in = [(label, folder, _describe_missing(folder)) for label, folder in places]
+    looked = "\n".join(f"  - {label}: {folder} ({missing})" for label, folder, missing in looked_in)
     raise DatasetNotFoundError(
         f"{dataset} not found and download=False. Looked for "
         f"{', '.join(s + '[.gz]' for s in CANONICAL_FILES)} in:\n{looked}\n"
-        f"Set ${ENV_VAR} to a folder holding them, pass data_dir=..., or allow download=True."
+        f"Set ${ENV_VAR} to a folder holding them, pass data_dir=..., or allow download=True.",
+        dataset=dataset, places=looked_in,
     )
 
 

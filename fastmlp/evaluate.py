@@ -1,7 +1,6 @@
 """`python -m fastmlp.evaluate --model PATH`: a saved model's test accuracy, per-class precision and
 recall, and its confusion matrix (as text, and as a PNG with --plot)."""
 
-import argparse
 import sys
 
 import numpy as np
@@ -9,7 +8,8 @@ import numpy as np
 from .datasets import CLASS_NAMES, load_mnist
 from .inputs import check_labels
 from .model import MLP
-from .plot import require_matplotlib
+from .cli import new_parser
+from .plot import PLOT_FORMATS, require_plotting
 from .train import add_data_arguments, check_output_path, run_reporting_errors
 from .trainer import Trainer
 
@@ -51,14 +51,13 @@ def format_report(matrix, class_names=None):
     return lines
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Evaluate a saved fastmlp model on a dataset's test set.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def build_parser(prog=PROG):
+    parser = new_parser(prog, description="Evaluate a saved fastmlp model on a dataset's test set.")
     parser.add_argument("--model", type=str, required=True, metavar="PATH", help="a model written by --save (.npz)")
     add_data_arguments(parser)
-    parser.add_argument("--plot", type=str, metavar="PATH", help="also draw the confusion matrix as a PNG")
+    parser.add_argument("--plot", type=str, metavar="PATH",
+                        help="also draw the confusion matrix, as an image in the format of PATH's suffix "
+                             f"({', '.join(PLOT_FORMATS)}; PNG without one)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 
@@ -85,16 +84,16 @@ def run(args):
     return accuracy, matrix
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def main(argv=None, *, prog=PROG):
+    args = build_parser(prog).parse_args(argv)
 
     def check_output_then_run():
         check_output_path(args.plot, "--plot")
         if args.plot:
-            require_matplotlib()
+            require_plotting(args.plot)
         run(args)
 
-    return run_reporting_errors(PROG, check_output_then_run, debug=args.debug)
+    return run_reporting_errors(prog, check_output_then_run, debug=args.debug)
 
 
 if __name__ == "__main__":

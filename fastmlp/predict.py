@@ -8,13 +8,13 @@ turned to grayscale and resized to the model's input square (28x28 for MNIST); `
 black ink on white paper into MNIST's white on black.
 """
 
-import argparse
 import math
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from .cli import new_parser
 from .datasets import read_idx
 from .inputs import Pixels
 from .model import MLP
@@ -88,9 +88,9 @@ def _read_image(path, n_features):
         return np.asarray(gray, dtype=np.uint8)
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Predict the class of each image with a saved fastmlp model.",
+def build_parser(prog=PROG):
+    parser = new_parser(
+        prog, description="Predict the class of each image with a saved fastmlp model.",
         epilog="Pixels are scaled like the training data: uint8 / 255, white digit on a black background "
                "as in MNIST. Image files are turned to grayscale and resized to 28x28.",
     )
@@ -117,9 +117,9 @@ def run(args):
     return predictions
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    return run_reporting_errors(PROG, lambda: run(args), debug=args.debug)
+def main(argv=None, *, prog=PROG):
+    args = build_parser(prog).parse_args(argv)
+    return run_reporting_errors(prog, lambda: run(args), debug=args.debug)
 
 
 if __name__ == "__main__":
