@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -231,7 +232,7 @@ def _kernel_cases(o):
 KERNELS = tuple(_kernel_cases(None))
 
 
-def kernel_case(name, batch_size, seed=0):
+def kernel_case(name: str, batch_size: int, seed: int = 0) -> KernelCase:
     """The `KernelCase` of kernel `name` (one of KERNELS) on the default net's shapes at this batch size.
 
     In-place kernels are meant to be called repeatedly on the same operands: their cost does not
@@ -324,12 +325,12 @@ def torch_available():
     return importlib.util.find_spec("torch") is not None
 
 
-def blas_threads():
+def blas_threads() -> int:
     """The thread count of the BLAS libraries loaded (NumPy's and SciPy's OpenBLAS), at least 1."""
     return max([i["num_threads"] for i in threadpool_info() if i.get("user_api") == "blas"], default=1)
 
 
-def blas_info():
+def blas_info() -> list[str]:
     """The BLAS libraries loaded and their thread counts, as threadpoolctl reports them, each named by the
     package that loaded it: NumPy's (the numpy backend's matmuls) or SciPy's (the sgemm of fastmlp.kernels)."""
     return [f"{_blas_owner(i.get('filepath', ''))}: {i.get('internal_api')} {i.get('version')} "
@@ -341,7 +342,7 @@ _BLAS_OWNERS = {"numpy": "NumPy's BLAS (numpy backend)", "scipy": "SciPy's BLAS 
                 "torch": "PyTorch's BLAS"}
 
 
-def _blas_owner(filepath):
+def _blas_owner(filepath: str) -> str:
     """Which package a BLAS library belongs to, from the folder it was loaded from (numpy.libs/, scipy.libs/)."""
     for part in reversed(Path(filepath).parts[:-1]):
         owner = _BLAS_OWNERS.get(part.split(".")[0].lower())
@@ -671,7 +672,7 @@ def _epochs(text):
     return value
 
 
-def build_parser(prog=PROG):
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     from .cli import new_parser
 
     parser = new_parser(
@@ -700,7 +701,7 @@ def build_parser(prog=PROG):
     return parser
 
 
-def main(argv=None, *, prog=PROG):
+def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
     from ._atomic import atomic_write
     from .train import check_output_path, run_reporting_errors
 

@@ -21,7 +21,7 @@ import numbers
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -136,11 +136,11 @@ class MLPClassifier:
 
     def _checked_params(self) -> dict[str, Any]:
         """The `__init__` arguments validated, with errors naming them; raises ValueError / TypeError."""
-        hidden = self.hidden_layer_sizes
+        hidden: Any = self.hidden_layer_sizes
         if isinstance(hidden, numbers.Integral) and not isinstance(hidden, bool):
             hidden = [hidden]
         try:
-            hidden = list(hidden)  # type: ignore[arg-type]
+            hidden = list(hidden)
         except TypeError:
             raise TypeError(f"hidden_layer_sizes must be an int or a sequence of ints, got {hidden!r}") from None
         for i, size in enumerate(hidden):
@@ -257,7 +257,8 @@ class MLPClassifier:
     def score(self, X: npt.ArrayLike, y: npt.ArrayLike, sample_weight: npt.ArrayLike | None = None) -> float:
         """Mean accuracy of predict(X) against y (weighted by sample_weight if given)."""
         predicted = self.predict(X)
-        return float(np.average(predicted == _check_y(y, len(predicted)), weights=sample_weight))
+        weights = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        return float(np.average(predicted == _check_y(y, len(predicted)), weights=weights))
 
     def _check_X_fitted(self, X: Any) -> np.ndarray:
         """X checked against what fit saw: fitted at all, the number of features, their names."""
@@ -323,7 +324,7 @@ def _check_X(X: Any) -> tuple[np.ndarray, np.ndarray | None]:
                              f"by MLPClassifier.")
     if X.dtype == np.bool_:
         X = X.astype(np.float32)
-    return check_features(X, X.shape[1]), names
+    return cast(np.ndarray, check_features(X, X.shape[1])), names  # an array in, an array out
 
 
 def _check_y(y: Any, n_samples: int | None, name: str = "y") -> np.ndarray:

@@ -7,9 +7,15 @@ so that the maths inside the backends and kernels can assume valid input.
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
+
+FloatArray: TypeAlias = npt.NDArray[np.float32]
+"""A float32 numpy array: the dtype of every parameter, activation and kernel operand."""
+IndexArray: TypeAlias = npt.NDArray[np.integer[Any]]
+"""An integer numpy array: class labels, row indices."""
 
 
 @dataclass(frozen=True)
@@ -24,7 +30,7 @@ class Pixels:
     data: np.ndarray
     scale: float = 1.0 / 255.0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not isinstance(self.data, np.ndarray) or self.data.dtype != np.uint8:
             raise TypeError(f"Pixels.data must be a uint8 numpy array, got {_describe(self.data)}")
         if self.data.ndim != 2:
@@ -36,29 +42,33 @@ class Pixels:
             object.__setattr__(self, "data", np.ascontiguousarray(self.data))
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, ...]:
         return self.data.shape
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self.data.shape[0]
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: Any) -> FloatArray:
         """Rows as float32 features, e.g. `pixels[idx]` for a batch."""
         rows = self.data[index]
         return np.multiply(rows, np.float32(self.scale), dtype=np.float32)
 
-    def to_float32(self):
+    def to_float32(self) -> FloatArray:
         """All rows as a float32 array (n, features)."""
         return self[:]
 
 
-def _describe(x):
+def _describe(x: object) -> str:
     if isinstance(x, np.ndarray):
         return f"array of dtype {x.dtype} and shape {x.shape}"
     return type(x).__name__
 
 
-def check_features(X, n_features, name="X"):
+Features: TypeAlias = "npt.ArrayLike | Pixels"
+"""What the public API takes as samples: anything numpy reads as a 2-D real array, or `Pixels`."""
+
+
+def check_features(X: Features, n_features: int, name: str = "X") -> FloatArray | Pixels:
     """Return X as a C-contiguous float32 (n, n_features) array or `Pixels`; raise on anything else.
 
     float32 C-contiguous arrays are used as they are (no copy); other real dtypes and
@@ -90,7 +100,7 @@ def check_features(X, n_features, name="X"):
     return X
 
 
-def check_labels(y, n_samples, n_classes, name="y"):
+def check_labels(y: npt.ArrayLike, n_samples: int, n_classes: int, name: str = "y") -> npt.NDArray[np.int64]:
     """Return y as a C-contiguous int64 array of length n_samples with values in [0, n_classes)."""
     if not isinstance(y, np.ndarray):
         y = np.asarray(y)
@@ -107,7 +117,7 @@ def check_labels(y, n_samples, n_classes, name="y"):
     return np.ascontiguousarray(y, dtype=np.int64)
 
 
-def check_positive_float(value, name):
+def check_positive_float(value: float, name: str) -> float:
     """Return value as a float if it is a real number > 0 that stays finite and > 0 in float32.
 
     The kernels compute in float32: 1e300 would become inf there, and 1e-300 zero.
@@ -122,7 +132,7 @@ def check_positive_float(value, name):
     return value
 
 
-def check_positive_int(value, name):
+def check_positive_int(value: int, name: str) -> int:
     """Return value as an int if it is an integer >= 1."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
@@ -131,7 +141,11 @@ def check_positive_int(value, name):
     return int(value)
 
 
-def make_rng(seed, name="seed"):
+Seed: TypeAlias = "int | np.random.SeedSequence | np.random.BitGenerator | np.random.Generator | None"
+"""None (fresh entropy), an int >= 0, or a NumPy seed object."""
+
+
+def make_rng(seed: Seed, name: str = "seed") -> np.random.Generator:
     """A numpy Generator from seed: None (fresh entropy), an int >= 0, or a NumPy seed object."""
     if isinstance(seed, (np.random.SeedSequence, np.random.BitGenerator, np.random.Generator)):
         return np.random.default_rng(seed)
@@ -139,7 +153,7 @@ def make_rng(seed, name="seed"):
         raise TypeError(f"{name} must be None or an integer >= 0, got {type(seed).__name__}")
     if seed is not None and seed < 0:
         raise ValueError(f"{name} must be None or an integer >= 0, got {seed}")
-    return np.random.default_rng(seed)
+    return np.random.default_rng(int(seed) if seed is not None else None)
 
 
 def check_model(model: Any, *, writable: bool = True) -> None:

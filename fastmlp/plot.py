@@ -7,11 +7,15 @@ matplotlib backend and open figures alone.
 
 import os
 from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._atomic import atomic_write
+
+if TYPE_CHECKING:
+    from .trainer import History
 
 INSTALL_HINT = 'pip install "fastmlp[plot]"'
 # The suffixes --plot and the plot functions accept, and the matplotlib format each writes.
@@ -22,7 +26,7 @@ class PlotUnavailableError(ImportError):
     """matplotlib, from the `plot` extra, is not installed."""
 
 
-def require_matplotlib():
+def require_matplotlib() -> None:
     """Raise PlotUnavailableError, saying how to install it, unless matplotlib can be imported."""
     try:
         import matplotlib  # noqa: F401
@@ -41,7 +45,8 @@ def require_plotting(path: str | os.PathLike[str]) -> None:
             raise PlotUnavailableError(f"drawing a JPEG needs Pillow, which is not installed: {INSTALL_HINT}") from None
 
 
-def plot_learning_curves(history, path, *, title=None, val_label="test", best_epoch=None):
+def plot_learning_curves(history: "History", path: str | os.PathLike[str], *, title: str | None = None,
+                         val_label: str = "test", best_epoch: int | None = None) -> None:
     """Draw train loss and `val_label` loss and accuracy per epoch of a `History` (PNG, or as path's suffix says).
 
     best_epoch, if given, is marked as the epoch whose parameters were kept (early stopping).
@@ -83,7 +88,8 @@ def plot_learning_curves(history, path, *, title=None, val_label="test", best_ep
     save_png(figure, path)
 
 
-def plot_confusion_matrix(matrix, path, *, class_names=None, title=None):
+def plot_confusion_matrix(matrix: Any, path: str | os.PathLike[str], *, class_names: Sequence[str] | None = None,
+                          title: str | None = None) -> None:
     """Draw a confusion matrix (rows: true class, columns: predicted), counts in each cell (PNG, or as path's suffix says)."""
     from matplotlib.colors import LogNorm
 
@@ -110,7 +116,7 @@ def plot_confusion_matrix(matrix, path, *, class_names=None, title=None):
     save_png(figure, path)
 
 
-def _new_figure(figsize):
+def _new_figure(figsize: tuple[float, float]) -> Any:
     require_matplotlib()
     from matplotlib.figure import Figure
 

@@ -18,14 +18,32 @@ rounding. Compare trajectories on well-conditioned problems (inputs in [0, 1], a
 use steps=0 for arbitrary generated nets.
 """
 
+from __future__ import annotations
+
 import math
 import numbers
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from .backends import get_backend
-from .inputs import check_features, check_labels, check_model, check_positive_float, check_positive_int, make_rng
+from .backends.base import BackendBase
+from .inputs import (
+    Features,
+    Seed,
+    check_features,
+    check_labels,
+    check_model,
+    check_positive_float,
+    check_positive_int,
+    make_rng,
+)
+from .model import MLP
 from .optim import Velocity
+
+BackendPair = Sequence["str | BackendBase"]
 
 DEFAULT_RTOL = 1e-5
 DEFAULT_ATOL = 1e-6
@@ -35,7 +53,7 @@ DEFAULT_TRAJECTORY_RTOL = 1e-4
 LOSS_SCALE_FLOOR = 1.0
 
 
-def worst_difference(a, b):
+def worst_difference(a: npt.ArrayLike, b: npt.ArrayLike) -> tuple[float, float, tuple[int, ...] | None]:
     """(max|a - b|, max(max|a|, max|b|), index of the worst entry); inf and None if shapes differ."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
@@ -49,13 +67,14 @@ def worst_difference(a, b):
     return float(diff[worst]), float(scale), tuple(int(i) for i in worst)
 
 
-def scaled_error(a, b, floor=1e-12):
+def scaled_error(a: npt.ArrayLike, b: npt.ArrayLike, floor: float = 1e-12) -> tuple[float, tuple[int, ...] | None]:
     """max|a - b| relative to the largest magnitude in a or b (at least `floor`), and where it is."""
     diff, scale, where = worst_difference(a, b)
     return diff / max(scale, floor), where
 
 
-def _compare(report, what, names, a, b, rtol, atol, scale_floor=0.0):
+def _compare(report: list[str], what: str, names: Sequence[Any], a: Any, b: Any, rtol: float, atol: float,
+             scale_floor: float = 0.0) -> float:
     diff, scale, where = worst_difference(a, b)
     scale = max(scale, scale_floor)
     if not diff <= atol + rtol * scale:  # also catches NaN
@@ -69,9 +88,11 @@ def _compare(report, what, names, a, b, rtol, atol, scale_floor=0.0):
     return diff / max(scale, 1e-12)
 
 
-def backend_differences(model, X, y, *, backends=("numpy", "numba"), steps=20, lr=0.1, batch_size=32,
-                        rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, trajectory_rtol=DEFAULT_TRAJECTORY_RTOL, seed=0,
-                        momentum=0.0, nesterov=False, weight_decay=0.0):
+def backend_differences(model: MLP, X: Features, y: npt.ArrayLike, *, backends: BackendPair = ("numpy", "numba"),
+                        steps: int = 20, lr: float = 0.1, batch_size: int = 32, rtol: float = DEFAULT_RTOL,
+                        atol: float = DEFAULT_ATOL, trajectory_rtol: float = DEFAULT_TRAJECTORY_RTOL, seed: Seed = 0,
+                        momentum: float = 0.0, nesterov: bool = False,
+                        weight_decay: float = 0.0) -> tuple[list[str], dict[str, float]]:
     """Compare two backends on (X, y) from `model`'s parameters, which are left unchanged.
 
     Returns (report lines for every quantity out of tolerance, {quantity: scaled error}).
@@ -95,7 +116,8 @@ def backend_differences(model, X, y, *, backends=("numpy", "numba"), steps=20, l
     rng = make_rng(seed)
     names = tuple(backends)
     first, second = (get_backend(name) if isinstance(name, str) else name for name in names)
-    report, errors = [], {}
+    report: list[str] = []
+    errors: dict[str, float] = {}
 
     errors["forward"] = _compare(report, "forward", names, first.forward(model, X), second.forward(model, X), rtol, atol)
     loss_a, dW_a, db_a = first.loss_and_grads(model, X, y)
@@ -109,13 +131,13 @@ def backend_differences(model, X, y, *, backends=("numpy", "numba"), steps=20, l
     velocities = [Velocity(m) if momentum else None for m in models]
     sgd = {"momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay}
     worst = 0.0
-    for step in range(1, steps + 1):
+    for step in range(1, int(steps) + 1):
         batch = rng.choice(len(X), size=min(batch_size, len(X)), replace=False)
         losses = [backend.sgd_step(m, X[batch], y[batch], lr, velocity=v, **sgd)
                   for backend, m, v in zip((first, second), models, velocities)]
-        step_report = []
-        worst = max(worst, _compare(step_report, f"step {step} loss", names, *losses, trajectory_rtol, atol,
-                                    LOSS_SCALE_FLOOR))
+        step_report: list[str] = []
+        worst = max(worst, _compare(step_report, f"step {step} loss", names, losses[0], losses[1], trajectory_rtol,
+                                    atol, LOSS_SCALE_FLOOR))
         for i in range(len(model.weights)):
             for kind in ("weights", "biases"):
                 a, b = (getattr(m, kind)[i] for m in models)
@@ -127,9 +149,12 @@ def backend_differences(model, X, y, *, backends=("numpy", "numba"), steps=20, l
     return report, errors
 
 
-def assert_backends_equivalent(model, X, y, *, backends=("numpy", "numba"), steps=20, lr=0.1, batch_size=32,
-                               rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, trajectory_rtol=DEFAULT_TRAJECTORY_RTOL, seed=0,
-                               momentum=0.0, nesterov=False, weight_decay=0.0):
+def assert_backends_equivalent(model: MLP, X: Features, y: npt.ArrayLike, *,
+                               backends: BackendPair = ("numpy", "numba"), steps: int = 20, lr: float = 0.1,
+                               batch_size: int = 32, rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
+                               trajectory_rtol: float = DEFAULT_TRAJECTORY_RTOL, seed: Seed = 0,
+                               momentum: float = 0.0, nesterov: bool = False,
+                               weight_decay: float = 0.0) -> dict[str, float]:
     """Raise AssertionError, reporting the worst differences, unless two backends agree.
 
     See `backend_differences` for what is compared and how tolerances are measured.
@@ -141,7 +166,7 @@ def assert_backends_equivalent(model, X, y, *, backends=("numpy", "numba"), step
     if report:
         names = [getattr(b, "name", b) for b in backends]
         raise AssertionError(
-            f"backends {names[0]!r} and {names[1]!r} differ on {model!r} with a batch of {len(y)}:\n  "
+            f"backends {names[0]!r} and {names[1]!r} differ on {model!r} with a batch of {np.shape(y)[0]}:\n  "
             + "\n  ".join(report)
         )
     return errors

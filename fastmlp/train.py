@@ -6,7 +6,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from threadpoolctl import threadpool_limits
 
@@ -25,7 +27,7 @@ from .trainer import Trainer, format_epoch
 PROG = "python -m fastmlp.train"
 
 
-def build_parser(prog=PROG):
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = new_parser(
         prog, description="Train an MLP (ReLU hidden layers, softmax, minibatch SGD) on MNIST and report test accuracy.",
     )
@@ -70,7 +72,7 @@ def build_parser(prog=PROG):
     return parser
 
 
-def add_data_arguments(parser):
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """--dataset, --data-dir and --no-download: where the data comes from, for every fastmlp command."""
     parser.add_argument("--dataset", choices=sorted(FILES), default="mnist",
                         help="mnist: handwritten digits; fashion-mnist: ten kinds of clothing, same format")
@@ -80,7 +82,7 @@ def add_data_arguments(parser):
     parser.add_argument("--no-download", action="store_true", help="never use the network")
 
 
-def _integer(text, minimum):
+def _integer(text: str, minimum: int) -> int:
     """The int of text if it is an integer >= minimum, else the usage error 'must be an integer >= minimum'."""
     try:
         value = int(text)
@@ -91,25 +93,25 @@ def _integer(text, minimum):
     return value
 
 
-def _positive_int(text):
+def _positive_int(text: str) -> int:
     return _integer(text, 1)
 
 
-def _non_negative_int(text):
+def _non_negative_int(text: str) -> int:
     return _integer(text, 0)
 
 
-def _positive_float(text):
+def _positive_float(text: str) -> float:
     try:
         return check_positive_float(float(text), "value")
     except ValueError:  # also float("x")
         raise argparse.ArgumentTypeError(f"must be a finite number > 0 (in float32), got {text}") from None
 
 
-def _float_type(accepts, expectation):
+def _float_type(accepts: Callable[[float], bool], expectation: str) -> Callable[[str], float]:
     """An argparse type: the float of the text if accepts(value), else the usage error 'must be <expectation>'."""
 
-    def parse(text):
+    def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
@@ -127,7 +129,7 @@ _decay_factor = _float_type(lambda v: 0 < v <= 1, "in (0, 1]")
 _fraction = _float_type(lambda v: 0 <= v < 1, "a fraction in [0, 1)")
 
 
-def run(args):
+def run(args: argparse.Namespace) -> dict[str, Any]:
     """Load data, train, evaluate, write outputs; returns the metrics dict."""
     say = (lambda *a: None) if args.quiet else print
     start = time.perf_counter()
@@ -188,7 +190,7 @@ def run(args):
     return metrics
 
 
-def describe_sgd(args):
+def describe_sgd(args: argparse.Namespace) -> str:
     """The optimiser settings in a few words, e.g. 'lr 0.05 cosine, momentum 0.9 (Nesterov)'."""
     text = f"lr {args.lr:g}" + ("" if args.schedule == "none" else f" {args.schedule}")
     if args.schedule == "step":
@@ -200,7 +202,7 @@ def describe_sgd(args):
     return text
 
 
-def check_output_path(path, option):
+def check_output_path(path: str | os.PathLike[str] | None, option: str) -> None:
     """Fail before the work, not after it, when an output cannot be written."""
     if path is None:
         return
@@ -214,7 +216,7 @@ def check_output_path(path, option):
         raise IsADirectoryError(f"{option} {path} is a folder, not a file")
 
 
-def main(argv=None, *, prog=PROG):
+def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.patience is not None and args.val_size == 0:
@@ -222,7 +224,7 @@ def main(argv=None, *, prog=PROG):
     if args.momentum == 0:
         args.nesterov = False  # plain SGD: there is no velocity to look ahead with
 
-    def check_outputs_then_run():
+    def check_outputs_then_run() -> None:
         for option in ("save", "metrics_json", "plot"):
             check_output_path(getattr(args, option), "--" + option.replace("_", "-"))
         if args.plot:
@@ -233,7 +235,7 @@ def main(argv=None, *, prog=PROG):
     return run_reporting_errors(prog, check_outputs_then_run, debug=args.debug)
 
 
-def run_reporting_errors(prog, action, *, debug=False):
+def run_reporting_errors(prog: str, action: Callable[[], object], *, debug: bool = False) -> int:
     """Call action() and return the exit status: 0; 1 after one line on stderr for an error (debug re-raises it;
     data not found adds the places looked in, one per line); 130 on Ctrl-C; 141 when stdout was closed early."""
     try:
@@ -252,7 +254,7 @@ def run_reporting_errors(prog, action, *, debug=False):
     return 0
 
 
-def _one_line(exc):
+def _one_line(exc: BaseException) -> str:
     """The exception's message on one line; its type too when it is not an expected runtime error."""
     message = " ".join(str(exc).split())
     if not isinstance(exc, (OSError, ValueError, TypeError, ArithmeticError, ImportError)):
