@@ -52,8 +52,11 @@ def _flavoured(cls: type) -> type:
     if theirs is None:
         return cls
     if cls not in _SKLEARN_FLAVOURED:
+        # Pickled (from a worker process to its parent, say) as fastmlp's own class, which any
+        # process can import; this one exists only where scikit-learn was imported.
+        reduce = lambda self: (cls, self.args)  # noqa: E731
         _SKLEARN_FLAVOURED[cls] = type(cls.__name__, (cls, theirs), {"__module__": cls.__module__,
-                                                                     "__doc__": cls.__doc__})
+                                                                     "__doc__": cls.__doc__, "__reduce__": reduce})
     return _SKLEARN_FLAVOURED[cls]
 
 

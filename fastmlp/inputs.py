@@ -14,8 +14,6 @@ import numpy.typing as npt
 
 FloatArray: TypeAlias = npt.NDArray[np.float32]
 """A float32 numpy array: the dtype of every parameter, activation and kernel operand."""
-IndexArray: TypeAlias = npt.NDArray[np.integer[Any]]
-"""An integer numpy array: class labels, row indices."""
 
 
 @dataclass(frozen=True)

@@ -168,8 +168,12 @@ def test_fastmlp_itself_never_imports_sklearn():
 def test_sklearn_not_fitted_error_is_raised_once_sklearn_is_imported():
     from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 
-    with pytest.raises(SklearnNotFittedError):
+    with pytest.raises(SklearnNotFittedError) as info:
         small().predict_proba(np.zeros((2, 6)))
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(info.value))  # as a worker process would send it back
+    assert type(copy) is NotFittedError and copy.args == info.value.args
 
 
 def test_y_column_vector_is_raveled_with_a_data_conversion_warning():
@@ -184,24 +188,25 @@ def test_y_column_vector_is_raveled_with_a_data_conversion_warning():
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_a_diverged_fit_or_partial_fit_leaves_the_estimator_as_it_was(backend):
     X, y = blobs(n=60)
-    clf = small(backend=backend).fit(X, y)
-    before = (clf.predict_proba(X), list(clf.loss_curve_), clf.n_iter_, clf.model_)
-    with np.errstate(all="ignore"), pytest.raises(fastmlp.TrainingDivergedError, match="smaller learning_rate_init"):
-        clf.set_params(learning_rate_init=1e6).fit(X * 1e3, y)  # finite loss in epoch 1, NaN in epoch 2
-    assert clf.model_ is before[3] and clf.loss_curve_ == before[1] and clf.n_iter_ == before[2]
-    np.testing.assert_array_equal(clf.predict_proba(X), before[0])
+    with np.errstate(all="ignore"):  # the huge learning rate overflows float32, as meant
+        clf = small(backend=backend).fit(X, y)
+        before = (clf.predict_proba(X), list(clf.loss_curve_), clf.n_iter_, clf.model_)
+        with pytest.raises(fastmlp.TrainingDivergedError, match="smaller learning_rate_init"):
+            clf.set_params(learning_rate_init=1e6).fit(X * 1e3, y)  # finite loss in epoch 1, NaN in epoch 2
+        assert clf.model_ is before[3] and clf.loss_curve_ == before[1] and clf.n_iter_ == before[2]
+        np.testing.assert_array_equal(clf.predict_proba(X), before[0])
 
-    clf = small(backend=backend, learning_rate_init=1e6).partial_fit(X * 1e3, y, classes=["cat", "dog", "emu"])
-    before = (clf.predict_proba(X), list(clf.loss_curve_), clf.n_iter_, clf._trainer.rng.bit_generator.state)
-    with np.errstate(all="ignore"), pytest.raises(fastmlp.TrainingDivergedError):
-        clf.partial_fit(X * 1e3, y)
-    assert clf.loss_curve_ == before[1] and clf.n_iter_ == before[2] == len(clf._trainer.history)
-    assert clf._trainer.rng.bit_generator.state == before[3]
-    np.testing.assert_array_equal(clf.predict_proba(X), before[0])
-    with np.errstate(all="ignore"), pytest.raises(fastmlp.TrainingDivergedError):
-        fresh = small(backend=backend, learning_rate_init=1e6)
-        fresh.fit(X * 1e3, y)
-    assert not hasattr(fresh, "model_") and not hasattr(fresh, "n_iter_")
+        clf = small(backend=backend, learning_rate_init=1e6).partial_fit(X * 1e3, y, classes=["cat", "dog", "emu"])
+        before = (clf.predict_proba(X), list(clf.loss_curve_), clf.n_iter_, clf._trainer.rng.bit_generator.state)
+        with pytest.raises(fastmlp.TrainingDivergedError):
+            clf.partial_fit(X * 1e3, y)
+        assert clf.loss_curve_ == before[1] and clf.n_iter_ == before[2] == len(clf._trainer.history)
+        assert clf._trainer.rng.bit_generator.state == before[3]
+        np.testing.assert_array_equal(clf.predict_proba(X), before[0])
+        with pytest.raises(fastmlp.TrainingDivergedError):
+            fresh = small(backend=backend, learning_rate_init=1e6)
+            fresh.fit(X * 1e3, y)
+        assert not hasattr(fresh, "model_") and not hasattr(fresh, "n_iter_")
 
 
 def test_dataframe_records_feature_names_and_refuses_reordered_or_renamed_columns():
@@ -239,9 +244,14 @@ CHECK_PARAMS = {"hidden_layer_sizes": (8,), "max_iter": 3, "random_state": 0}
 
 
 def _conformance_cases():
+    import warnings
+
     from sklearn.utils.estimator_checks import parametrize_with_checks
 
-    return parametrize_with_checks([MLPClassifier(backend=backend, **CHECK_PARAMS) for backend in ("numpy", "numba")])
+    with warnings.catch_warnings():  # "does not inherit from BaseEstimator": deliberately (README)
+        warnings.filterwarnings("ignore", "Estimator MLPClassifier does not inherit", UserWarning)
+        return parametrize_with_checks([MLPClassifier(backend=backend, **CHECK_PARAMS)
+                                        for backend in ("numpy", "numba")])
 
 
 @_conformance_cases()
