@@ -12,7 +12,7 @@ from fastmlp.datasets import load_mnist
 
 model = fastmlp.MLP("784-128-10")  # wrong: layer sizes are ints, not a string
 model = fastmlp.MLP([784, 10], seed="zero")  # wrong: the seed is an int or a NumPy seed
-model.predict_proba(X=None, batch_size="big")  # wrong: batch_size is an int
+model.predict_proba(np.zeros((1, 784)), batch_size="big")  # wrong: batch_size is an int
 model.save(42)  # wrong: a path, not an int
 trainer = fastmlp.Trainer(model, lr="fast")  # wrong: lr is a float
 trainer = fastmlp.Trainer(model, backend=3)  # wrong: a backend name or object
