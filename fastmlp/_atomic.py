@@ -9,11 +9,13 @@ import contextlib
 import errno
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 
 @contextlib.contextmanager
-def atomic_write(path, mode="wb", encoding=None):
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
     """Open a temp file in path's folder for writing; on leaving the block, rename it to path.
 
     Yields the open file; its `name` is the temp file's path (e.g. to re-read it before the

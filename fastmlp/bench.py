@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -151,7 +152,7 @@ class _Operands:
         self.lr = np.float32(1e-4)  # repeated in-place updates must not overflow W
         self.momentum, self.weight_decay = np.float32(0.9), np.float32(5e-4)
         self.P0, self.VP0 = _packed_numpy(self.W0), _packed_numpy(self.V0)  # W0, V0 packed
-        self.PT1 = _packed_numpy(np.ascontiguousarray(self.W1.T))  # W1.T packed, for the input gradient
+        self.PT1 = _packed_numpy(np.ascontiguousarray(np.transpose(self.W1)))  # W1.T packed, for the input gradient
         self._rng, self._n_images = rng, n_images
 
     @cached_property
@@ -252,6 +253,7 @@ def _kernel_cases(o):
             lambda: k.packed_momentum_update_inplace(o.P0, o.VP0, o.A0, o.dZ1, o.lr, o.momentum, o.weight_decay, True),
             "P0", lambda: _packed_numpy(_momentum_update_numpy(o.W0, o.V0, o.A0.T @ o.dZ1, o.lr, o.momentum,
                                                                o.weight_decay, True))),
+        "argmax_rows_into": (lambda: k.argmax_rows_into(o.out_labels, o.Z3), "out_labels", lambda: o.Z3.argmax(axis=1)),
     }
 
 
@@ -259,7 +261,7 @@ def _kernel_cases(o):
 KERNELS = tuple(_kernel_cases(None))
 
 
-def kernel_case(name, batch_size, seed=0):
+def kernel_case(name: str, batch_size: int, seed: int = 0) -> KernelCase:
     """The `KernelCase` of kernel `name` (one of KERNELS) on the default net's shapes at this batch size.
 
     In-place kernels are meant to be called repeatedly on the same operands: their cost does not
@@ -356,15 +358,30 @@ def torch_available():
     return importlib.util.find_spec("torch") is not None
 
 
-def blas_threads():
+def blas_threads() -> int:
     """The thread count of the BLAS libraries loaded (NumPy's and SciPy's OpenBLAS), at least 1."""
     return max([i["num_threads"] for i in threadpool_info() if i.get("user_api") == "blas"], default=1)
 
 
-def blas_info():
-    """The BLAS libraries loaded and their thread counts, as threadpoolctl reports them."""
-    return [f"{i.get('internal_api')} {i.get('version')} {i.get('num_threads')} threads ({i.get('prefix')})"
+def blas_info() -> list[str]:
+    """The BLAS libraries loaded and their thread counts, as threadpoolctl reports them, each named by the
+    package that loaded it: NumPy's (the numpy backend's matmuls) or SciPy's (the sgemm of fastmlp.kernels)."""
+    return [f"{_blas_owner(i.get('filepath', ''))}: {i.get('internal_api')} {i.get('version')} "
+            f"{i.get('num_threads')} threads ({i.get('prefix')})"
             for i in threadpool_info() if i.get("user_api") == "blas"]
+
+
+_BLAS_OWNERS = {"numpy": "NumPy's BLAS (numpy backend)", "scipy": "SciPy's BLAS (numba kernels)",
+                "torch": "PyTorch's BLAS"}
+
+
+def _blas_owner(filepath: str) -> str:
+    """Which package a BLAS library belongs to, from the folder it was loaded from (numpy.libs/, scipy.libs/)."""
+    for part in reversed(Path(filepath).parts[:-1]):
+        owner = _BLAS_OWNERS.get(part.split(".")[0].lower())
+        if owner:
+            return owner
+    return "BLAS"
 
 
 def make_backend(name, threads=None):
@@ -591,7 +608,7 @@ def format_report(report):
         f"fastmlp bench ({c['mode']}): MNIST {c['samples']:,} training samples"
         + (" (a subset)" if c["subset"] else "") + f", net {'-'.join(map(str, c['layer_sizes']))}, "
         f"SGD lr {c['lr']}, {c['epochs']} epochs per run, backends {', '.join(c['backends'])}",
-        *(f"BLAS: {line}" for line in c["blas"]),
+        *c["blas"],
     ]
     if "torch" in c["backends"]:
         out.append(f"torch {c['torch_version']}: {c['torch_threads']} threads (the BLAS thread count)")
@@ -692,6 +709,16 @@ def _positive_int(text):
     return value
 
 
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
 def _epochs(text):
     value = _positive_int(text)
     if value < WARMUP_EPOCHS + 2:
@@ -700,9 +727,11 @@ def _epochs(text):
     return value
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog=PROG,
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    from .cli import new_parser
+
+    parser = new_parser(
+        prog,
         description="Measure training throughput (samples/s) of the numpy and numba backends, and PyTorch CPU "
                     "when installed, against the gemm floor and the sgemm roofline, in one interleaved run; "
                     "plus late/early epoch ratio, peak RSS and numba compile time. Prints a table.",
@@ -710,15 +739,18 @@ def build_parser():
     parser.add_argument("--quick", action="store_true",
                         help=f"a short run: {QUICK['epochs']} epochs on the first {QUICK['samples']:,} samples "
                              f"(default: {FULL['epochs']} epochs on all 60,000)")
-    parser.add_argument("--epochs", type=_epochs, help="epochs per backend, input and batch size (overrides the mode)")
-    parser.add_argument("--samples", type=_positive_int, help="train on the first N MNIST samples (overrides the mode)")
+    parser.add_argument("--epochs", type=_epochs, help="epochs per backend, input and batch size (default: "
+                        f"{FULL['epochs']}, {QUICK['epochs']} with --quick)")
+    parser.add_argument("--samples", type=_positive_int, metavar="N",
+                        help=f"train on the first N MNIST samples (default: all 60,000, {QUICK['samples']:,} with --quick)")
     parser.add_argument("--batch-sizes", type=_positive_int, nargs="+", default=list(BATCH_SIZES), metavar="N",
-                        help=f"default: {' '.join(map(str, BATCH_SIZES))}")
+                        help=f"batch sizes to measure (default: {' '.join(map(str, BATCH_SIZES))})")
     parser.add_argument("--backends", nargs="+", choices=["numpy", "numba", "torch"],
-                        help="default: numpy numba, and torch when it is installed")
+                        help="backends to measure (default: numpy numba, and torch when it is installed)")
     parser.add_argument("--inputs", nargs="+", choices=INPUTS, default=list(INPUTS),
-                        help="float32: images scaled up front; pixels: uint8 scaled at the gather (fastmlp.Pixels)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the shuffling")
+                        help="float32: images scaled up front; pixels: uint8 scaled at the gather (fastmlp.Pixels) "
+                             f"(default: {' '.join(INPUTS)})")
+    parser.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the initial weights and the shuffling")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the full report as JSON")
     parser.add_argument("--plot", type=Path, metavar="PATH",
                         help="also draw samples/s against batch size, with the gemm floor and the roofline, as a "
@@ -727,12 +759,12 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
     from ._atomic import atomic_write
     from .plot import plot_throughput, require_matplotlib
     from .train import check_output_path, run_reporting_errors
 
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     mode = QUICK if args.quick else FULL
     args.epochs = args.epochs or mode["epochs"]
     args.samples = args.samples or mode["samples"]
@@ -758,7 +790,7 @@ def main(argv=None):
             plot_throughput(report, args.plot)
             print(f"plot written to {args.plot}")
 
-    return run_reporting_errors(PROG, check_output_then_measure, debug=args.debug)
+    return run_reporting_errors(prog, check_output_then_measure, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -7,14 +7,17 @@ epochs. Each backend trains it from the same initial weights in the same batch o
 test accuracy, and the speed relative to the numba backend's run of the same round.
 """
 
+from __future__ import annotations
+
 import time
+from typing import Any
 
 from .inputs import Pixels
 from .model import MLP
 from .trainer import Trainer
 
 
-def recipe_options():
+def recipe_options() -> tuple[dict[str, Any], int, tuple[int, ...]]:
     """(Trainer keyword arguments, epochs, hidden sizes) of the CLI's default recipe."""
     from .train import build_parser
 
@@ -25,13 +28,14 @@ def recipe_options():
     return options, args.epochs, tuple(args.hidden)
 
 
-def describe_recipe(options, epochs, hidden):
+def describe_recipe(options: dict[str, Any], epochs: int, hidden: tuple[int, ...]) -> str:
     return (f"{'-'.join(map(str, (784, *hidden, 10)))}, batch {options['batch_size']}, lr {options['lr']:g} "
             f"{options['schedule']}, {'Nesterov ' if options['nesterov'] else ''}momentum {options['momentum']:g}, "
             f"{epochs} epochs")
 
 
-def measure_recipe(backends, X, y, X_test, y_test, *, epochs=None, seed=0, settle_seconds=0.0):
+def measure_recipe(backends: dict[str, Any], X: Any, y: Any, X_test: Any, y_test: Any, *, epochs: int | None = None,
+                   seed: int = 0, settle_seconds: float = 0.0) -> list[dict[str, Any]]:
     """One {'backend', 'train_s', 'test_accuracy', 'vs_numba'} per backend (a name -> backend mapping).
 
     X is the training input (float32 or Pixels); epochs defaults to the recipe's.

@@ -10,18 +10,25 @@ that shares memory with an input it still reads, then calls the kernel. Errors a
 """
 
 import numbers
+from collections.abc import Sequence
+from typing import Any, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 
 from . import kernels
 from .inputs import _describe, check_positive_float, check_positive_int
 
 __all__ = kernels.__all__
 
+F32: TypeAlias = npt.NDArray[np.float32]
+Ints: TypeAlias = npt.NDArray[np.integer[Any]]
+
 _BLAS_INT_MAX = 2**31 - 1  # sgemm takes 32-bit dimensions and leading dimensions
 
 
-def _float32(name, a, ndim=None, *, written=False, dtypes=(np.float32,)):
+def _float32(name: str, a: Any, ndim: int | None = None, *, written: bool = False,
+             dtypes: Sequence[type] = (np.float32,)) -> np.ndarray:
     if not isinstance(a, np.ndarray) or a.dtype not in dtypes:
         expected = " or ".join(np.dtype(d).name for d in dtypes)
         raise TypeError(f"{name} must be a {expected} numpy array, got {_describe(a)}")
@@ -34,7 +41,7 @@ def _float32(name, a, ndim=None, *, written=False, dtypes=(np.float32,)):
     return a
 
 
-def _integers(name, a, *, written=False):
+def _integers(name: str, a: Any, *, written: bool = False) -> np.ndarray:
     if not isinstance(a, np.ndarray) or a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
         raise TypeError(f"{name} must be an integer numpy array, got {_describe(a)}")
     if a.ndim != 1:
@@ -44,17 +51,17 @@ def _integers(name, a, *, written=False):
     return a
 
 
-def _in_range(name, index, upper, what):
+def _in_range(name: str, index: np.ndarray, upper: int, what: str) -> None:
     if len(index) and (index.min() < 0 or index.max() >= upper):
         raise ValueError(f"{name} must hold {what} in [0, {upper}), got values in [{index.min()}, {index.max()}]")
 
 
-def _shape(name, a, shape):
+def _shape(name: str, a: np.ndarray, shape: tuple[int, ...]) -> None:
     if a.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
 
 
-def _apart(out_name, out, in_name, a, *, identical_ok=False):
+def _apart(out_name: str, out: np.ndarray, in_name: str, a: np.ndarray, *, identical_ok: bool = False) -> None:
     """Refuse out sharing memory with a, unless it is the very same array and the kernel is elementwise."""
     same = (identical_ok and out.shape == a.shape and out.strides == a.strides
             and out.__array_interface__["data"][0] == a.__array_interface__["data"][0])
@@ -63,7 +70,7 @@ def _apart(out_name, out, in_name, a, *, identical_ok=False):
                          f"while it writes {out_name}")
 
 
-def _finite(name, value):
+def _finite(name: str, value: object) -> np.float32:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     with np.errstate(over="ignore"):
@@ -73,7 +80,7 @@ def _finite(name, value):
     return single
 
 
-def _check_gemm(names, C, A, B, trans_a, trans_b):
+def _check_gemm(names: tuple[str, str, str], C: Any, A: Any, B: Any, trans_a: bool, trans_b: bool) -> None:
     c_name, a_name, b_name = names
     _float32(c_name, C, 2, written=True)
     _float32(a_name, A, 2)
@@ -92,7 +99,7 @@ def _check_gemm(names, C, A, B, trans_a, trans_b):
     _apart(c_name, C, b_name, B)
 
 
-def gemm_inplace(C, A, B, alpha, beta, trans_a, trans_b):
+def gemm_inplace(C: F32, A: F32, B: F32, alpha: float, beta: float, trans_a: bool, trans_b: bool) -> None:
     """Checked `kernels.gemm_inplace`: C = alpha * op(A) @ op(B) + beta * C; overwrites C."""
     for name, flag in (("trans_a", trans_a), ("trans_b", trans_b)):
         if not isinstance(flag, (bool, np.bool_)):
@@ -101,63 +108,63 @@ def gemm_inplace(C, A, B, alpha, beta, trans_a, trans_b):
     kernels.gemm_inplace(C, A, B, _finite("alpha", alpha), _finite("beta", beta), bool(trans_a), bool(trans_b))
 
 
-def matmul_into(C, A, B):
+def matmul_into(C: F32, A: F32, B: F32) -> None:
     """Checked `kernels.matmul_into`: C = A @ B; overwrites C."""
     _check_gemm(("C", "A", "B"), C, A, B, False, False)
     kernels.matmul_into(C, A, B)
 
 
-def matmul_bt_into(C, A, B):
+def matmul_bt_into(C: F32, A: F32, B: F32) -> None:
     """Checked `kernels.matmul_bt_into`: C = A @ B.T; overwrites C."""
     _check_gemm(("C", "A", "B"), C, A, B, False, True)
     kernels.matmul_bt_into(C, A, B)
 
 
-def matmul_at_into(C, A, B):
+def matmul_at_into(C: F32, A: F32, B: F32) -> None:
     """Checked `kernels.matmul_at_into`: C = A.T @ B; overwrites C."""
     _check_gemm(("C", "A", "B"), C, A, B, True, False)
     kernels.matmul_at_into(C, A, B)
 
 
-def sgd_gemm_update_inplace(W, A, dZ, lr):
+def sgd_gemm_update_inplace(W: F32, A: F32, dZ: F32, lr: float) -> None:
     """Checked `kernels.sgd_gemm_update_inplace`: W -= lr * A.T @ dZ; overwrites W."""
     _check_gemm(("W", "A", "dZ"), W, A, dZ, True, False)
     kernels.sgd_gemm_update_inplace(W, A, dZ, np.float32(check_positive_float(lr, "lr")))
 
 
-def _check_bias(Z, b):
+def _check_bias(Z: Any, b: Any) -> None:
     _float32("Z", Z, 2, written=True)
     _float32("b", b, 1)
     _shape("b", b, Z.shape[1:])
     _apart("Z", Z, "b", b)
 
 
-def bias_forward_inplace(Z, b):
+def bias_forward_inplace(Z: F32, b: F32) -> None:
     """Checked `kernels.bias_forward_inplace`: Z += b row-wise; overwrites Z."""
     _check_bias(Z, b)
     kernels.bias_forward_inplace(Z, b)
 
 
-def bias_relu_forward_inplace(Z, b):
+def bias_relu_forward_inplace(Z: F32, b: F32) -> None:
     """Checked `kernels.bias_relu_forward_inplace`: Z = max(Z + b, 0); overwrites Z."""
     _check_bias(Z, b)
     kernels.bias_relu_forward_inplace(Z, b)
 
 
-def _check_relu_backward(dA, A):
+def _check_relu_backward(dA: Any, A: Any) -> None:
     _float32("dA", dA, 2, written=True)
     _float32("A", A, 2)
     _shape("A", A, dA.shape)
     _apart("dA", dA, "A", A, identical_ok=True)  # elementwise: dA is A is well defined
 
 
-def relu_backward_inplace(dA, A):
+def relu_backward_inplace(dA: F32, A: F32) -> None:
     """Checked `kernels.relu_backward_inplace`: dA = dA * (A > 0); overwrites dA."""
     _check_relu_backward(dA, A)
     kernels.relu_backward_inplace(dA, A)
 
 
-def relu_backward_bias_grad_inplace(dA, A, db):
+def relu_backward_bias_grad_inplace(dA: F32, A: F32, db: F32) -> None:
     """Checked `kernels.relu_backward_bias_grad_inplace`: dA = dA * (A > 0), db = its column sums; overwrites both."""
     _check_relu_backward(dA, A)
     _float32("db", db, 1, written=True)
@@ -167,19 +174,19 @@ def relu_backward_bias_grad_inplace(dA, A, db):
     kernels.relu_backward_bias_grad_inplace(dA, A, db)
 
 
-def _check_logits(Z):
+def _check_logits(Z: Any) -> None:
     _float32("Z", Z, 2, written=True)
     if Z.shape[1] == 0:
         raise ValueError(f"Z must have at least one column (class), got shape {Z.shape}")
 
 
-def softmax_inplace(Z):
+def softmax_inplace(Z: F32) -> None:
     """Checked `kernels.softmax_inplace`: row-wise softmax; overwrites Z."""
     _check_logits(Z)
     kernels.softmax_inplace(Z)
 
 
-def softmax_xent_backward_inplace(Z, y):
+def softmax_xent_backward_inplace(Z: F32, y: Ints) -> float:
     """Checked `kernels.softmax_xent_backward_inplace`: mean cross-entropy; overwrites Z with its gradient."""
     _check_logits(Z)
     if Z.shape[0] == 0:
@@ -191,7 +198,7 @@ def softmax_xent_backward_inplace(Z, y):
     return float(kernels.softmax_xent_backward_inplace(Z, y))
 
 
-def softmax_xent_backward_rows_inplace(Z, y, batch_n):
+def softmax_xent_backward_rows_inplace(Z: F32, y: Ints, batch_n: int) -> float:
     """Checked `kernels.softmax_xent_backward_rows_inplace`: summed cross-entropy of Z's rows, part of a batch of batch_n; overwrites Z with its gradient."""
     _check_logits(Z)
     batch_n = check_positive_int(batch_n, "batch_n")
@@ -204,7 +211,7 @@ def softmax_xent_backward_rows_inplace(Z, y, batch_n):
     return float(kernels.softmax_xent_backward_rows_inplace(Z, y, batch_n))
 
 
-def bias_grad(dZ, out):
+def bias_grad(dZ: F32, out: F32) -> None:
     """Checked `kernels.bias_grad`: out = column sums of dZ; overwrites out."""
     _float32("dZ", dZ, 2)
     _float32("out", out, 1, written=True)
@@ -213,7 +220,7 @@ def bias_grad(dZ, out):
     kernels.bias_grad(dZ, out)
 
 
-def sgd_update_inplace(W, dW, lr):
+def sgd_update_inplace(W: F32, dW: F32, lr: float) -> None:
     """Checked `kernels.sgd_update_inplace`: W -= lr * dW; overwrites W."""
     _float32("W", W, written=True)
     _float32("dW", dW)
@@ -222,7 +229,7 @@ def sgd_update_inplace(W, dW, lr):
     kernels.sgd_update_inplace(W, dW, np.float32(check_positive_float(lr, "lr")))
 
 
-def _check_gather(out, X, rows, x_name, x_dtypes):
+def _check_gather(out: Any, X: Any, rows: Any, x_name: str, x_dtypes: Sequence[type]) -> None:
     _float32("out", out, 2, written=True)
     _float32(x_name, X, 2, dtypes=x_dtypes)
     _integers("rows", rows)
@@ -234,19 +241,19 @@ def _check_gather(out, X, rows, x_name, x_dtypes):
     _apart("out", out, "rows", rows)
 
 
-def gather_rows(out, X, rows):
+def gather_rows(out: F32, X: F32, rows: Ints) -> None:
     """Checked `kernels.gather_rows`: out[i] = X[rows[i]]; overwrites out."""
     _check_gather(out, X, rows, "X", (np.float32,))
     kernels.gather_rows(out, X, rows)
 
 
-def gather_rows_scaled(out, pixels_u8, rows, scale):
+def gather_rows_scaled(out: F32, pixels_u8: npt.NDArray[np.uint8] | F32, rows: Ints, scale: float) -> None:
     """Checked `kernels.gather_rows_scaled`: out[i] = pixels_u8[rows[i]] * scale; overwrites out."""
     _check_gather(out, pixels_u8, rows, "pixels_u8", (np.uint8, np.float32))
     kernels.gather_rows_scaled(out, pixels_u8, rows, np.float32(check_positive_float(scale, "scale")))
 
 
-def gather_labels(out, y, rows):
+def gather_labels(out: Ints, y: Ints, rows: Ints) -> None:
     """Checked `kernels.gather_labels`: out[i] = y[rows[i]]; overwrites out."""
     _integers("out", out, written=True)
     _integers("y", y)
@@ -260,21 +267,21 @@ def gather_labels(out, y, rows):
     kernels.gather_labels(out, y, rows)
 
 
-def _momentum_factor(momentum):
+def _momentum_factor(momentum: object) -> np.float32:
     momentum = _finite("momentum", momentum)
     if not 0 <= momentum < 1:
         raise ValueError(f"momentum must be in [0, 1), got {float(momentum)!r}")
     return momentum
 
 
-def momentum_gemm_update_inplace(V, A, dZ, lr, momentum):
+def momentum_gemm_update_inplace(V: F32, A: F32, dZ: F32, lr: float, momentum: float) -> None:
     """Checked `kernels.momentum_gemm_update_inplace`: V = momentum * V - lr * A.T @ dZ; overwrites V."""
     _check_gemm(("V", "A", "dZ"), V, A, dZ, True, False)
     kernels.momentum_gemm_update_inplace(V, A, dZ, np.float32(check_positive_float(lr, "lr")),
                                          _momentum_factor(momentum))
 
 
-def _check_same_shape_params(names, *arrays, written=2):
+def _check_same_shape_params(names: Sequence[str], *arrays: Any, written: int = 2) -> None:
     for i, (name, a) in enumerate(zip(names, arrays)):
         _float32(name, a, written=i < written)
         _shape(name, a, arrays[0].shape)
@@ -283,28 +290,29 @@ def _check_same_shape_params(names, *arrays, written=2):
             _apart(name, a, other_name, other)
 
 
-def momentum_apply_inplace(W, V, decay_step):
+def momentum_apply_inplace(W: F32, V: F32, decay_step: float) -> None:
     """Checked `kernels.momentum_apply_inplace`: V -= decay_step * W, then W += V; overwrites V and W."""
     _check_same_shape_params(("W", "V"), W, V)
-    decay_step = _finite("decay_step", decay_step)
-    if decay_step < 0:
-        raise ValueError(f"decay_step must be >= 0, got {float(decay_step)!r}")
-    kernels.momentum_apply_inplace(W, V, decay_step)
+    step = _finite("decay_step", decay_step)
+    if step < 0:
+        raise ValueError(f"decay_step must be >= 0, got {float(step)!r}")
+    kernels.momentum_apply_inplace(W, V, step)
 
 
-def momentum_update_inplace(W, V, G, lr, momentum, weight_decay, nesterov):
+def momentum_update_inplace(W: F32, V: F32, G: F32, lr: float, momentum: float, weight_decay: float,
+                            nesterov: bool) -> None:
     """Checked `kernels.momentum_update_inplace`: V = momentum * V - lr * g, W += V (or Nesterov's step); overwrites V and W."""
     _check_same_shape_params(("W", "V", "G"), W, V, G)
-    weight_decay = _finite("weight_decay", weight_decay)
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {float(weight_decay)!r}")
+    decay = _finite("weight_decay", weight_decay)
+    if decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {float(decay)!r}")
     if not isinstance(nesterov, (bool, np.bool_)):
         raise TypeError(f"nesterov must be a bool, got {type(nesterov).__name__}")
     kernels.momentum_update_inplace(W, V, G, np.float32(check_positive_float(lr, "lr")), _momentum_factor(momentum),
-                                    weight_decay, bool(nesterov))
+                                    decay, bool(nesterov))
 
 
-def _check_packed(name, P, n_rows, n_columns, *, written=False):
+def _check_packed(name: str, P: F32, n_rows: int, n_columns: int, *, written: bool = False) -> None:
     _float32(name, P, 3, written=written)
     expected = kernels.packed_shape(n_rows, n_columns)
     if P.shape != expected:
@@ -312,7 +320,7 @@ def _check_packed(name, P, n_rows, n_columns, *, written=False):
                          f"(kernels.packed_shape), got {P.shape}")
 
 
-def pack_weights_into(P, W):
+def pack_weights_into(P: F32, W: F32) -> None:
     """Checked `kernels.pack_weights_into`: P = W in the packed layout; overwrites P."""
     _float32("W", W, 2)
     _check_packed("P", P, *W.shape, written=True)
@@ -320,7 +328,7 @@ def pack_weights_into(P, W):
     kernels.pack_weights_into(P, W)
 
 
-def unpack_weights_into(W, P):
+def unpack_weights_into(W: F32, P: F32) -> None:
     """Checked `kernels.unpack_weights_into`: W = the packed P, padding dropped; overwrites W."""
     _float32("W", W, 2, written=True)
     _check_packed("P", P, *W.shape)
@@ -328,7 +336,8 @@ def unpack_weights_into(W, P):
     kernels.unpack_weights_into(W, P)
 
 
-def _check_packed_product(out_name, C, a_name, A, p_name, P, transposed=False):
+def _check_packed_product(out_name: str, C: F32, a_name: str, A: F32, p_name: str, P: F32,
+                          transposed: bool = False) -> None:
     _float32(out_name, C, 2, written=True)
     _float32(a_name, A, 2)
     if A.shape[0] != C.shape[0]:
@@ -345,27 +354,27 @@ def _check_packed_product(out_name, C, a_name, A, p_name, P, transposed=False):
     _apart(out_name, C, p_name, P)
 
 
-def packed_matmul_into(C, A, P):
+def packed_matmul_into(C: F32, A: F32, P: F32) -> None:
     """Checked `kernels.packed_matmul_into`: C = A @ W, W packed in P; overwrites C."""
     _check_packed_product("C", C, "A", A, "P", P)
     kernels.packed_matmul_into(C, A, P)
 
 
-def packed_matmul_bias_into(Z, A, P, b):
+def packed_matmul_bias_into(Z: F32, A: F32, P: F32, b: F32) -> None:
     """Checked `kernels.packed_matmul_bias_into`: Z = A @ W + b, W packed in P; overwrites Z."""
     _check_packed_product("Z", Z, "A", A, "P", P)
     _check_bias(Z, b)
     kernels.packed_matmul_bias_into(Z, A, P, b)
 
 
-def packed_matmul_bias_relu_into(Z, A, P, b):
+def packed_matmul_bias_relu_into(Z: F32, A: F32, P: F32, b: F32) -> None:
     """Checked `kernels.packed_matmul_bias_relu_into`: Z = max(A @ W + b, 0), W packed in P; overwrites Z."""
     _check_packed_product("Z", Z, "A", A, "P", P)
     _check_bias(Z, b)
     kernels.packed_matmul_bias_relu_into(Z, A, P, b)
 
 
-def packed_matmul_relu_mask_into(dA, dZ, PT, A):
+def packed_matmul_relu_mask_into(dA: F32, dZ: F32, PT: F32, A: F32) -> None:
     """Checked `kernels.packed_matmul_relu_mask_into`: dA = (dZ @ W.T) * (A > 0), PT = W.T packed; overwrites dA."""
     _check_packed_product("dA", dA, "dZ", dZ, "PT", PT, transposed=True)
     _float32("A", A, 2)
@@ -374,7 +383,7 @@ def packed_matmul_relu_mask_into(dA, dZ, PT, A):
     kernels.packed_matmul_relu_mask_into(dA, dZ, PT, A)
 
 
-def _check_packed_update(P, A, dZ, weight_decay):
+def _check_packed_update(P: F32, A: F32, dZ: F32, weight_decay: float) -> np.float32:
     _float32("A", A, 2)
     _float32("dZ", dZ, 2)
     if A.shape[0] != dZ.shape[0]:
@@ -382,25 +391,38 @@ def _check_packed_update(P, A, dZ, weight_decay):
     _check_packed("P", P, A.shape[1], dZ.shape[1], written=True)
     _apart("P", P, "A", A)
     _apart("P", P, "dZ", dZ)
-    weight_decay = _finite("weight_decay", weight_decay)
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {float(weight_decay)!r}")
-    return weight_decay
+    decay = _finite("weight_decay", weight_decay)
+    if decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {float(decay)!r}")
+    return decay
 
 
-def packed_sgd_update_inplace(P, A, dZ, lr, weight_decay):
+def packed_sgd_update_inplace(P: F32, A: F32, dZ: F32, lr: float, weight_decay: float) -> None:
     """Checked `kernels.packed_sgd_update_inplace`: W -= lr * (A.T @ dZ + weight_decay * W), W packed in P; overwrites P."""
-    weight_decay = _check_packed_update(P, A, dZ, weight_decay)
-    kernels.packed_sgd_update_inplace(P, A, dZ, np.float32(check_positive_float(lr, "lr")), weight_decay)
+    decay = _check_packed_update(P, A, dZ, weight_decay)
+    kernels.packed_sgd_update_inplace(P, A, dZ, np.float32(check_positive_float(lr, "lr")), decay)
 
 
-def packed_momentum_update_inplace(P, V, A, dZ, lr, momentum, weight_decay, nesterov):
+def packed_momentum_update_inplace(P: F32, V: F32, A: F32, dZ: F32, lr: float, momentum: float, weight_decay: float,
+                                   nesterov: bool) -> None:
     """Checked `kernels.packed_momentum_update_inplace`: the momentum step on W and V, both packed; overwrites P and V."""
-    weight_decay = _check_packed_update(P, A, dZ, weight_decay)
+    decay = _check_packed_update(P, A, dZ, weight_decay)
     _check_packed("V", V, A.shape[1], dZ.shape[1], written=True)
     for name, a in (("P", P), ("A", A), ("dZ", dZ)):
         _apart("V", V, name, a)
     if not isinstance(nesterov, (bool, np.bool_)):
         raise TypeError(f"nesterov must be a bool, got {type(nesterov).__name__}")
     kernels.packed_momentum_update_inplace(P, V, A, dZ, np.float32(check_positive_float(lr, "lr")),
-                                           _momentum_factor(momentum), weight_decay, bool(nesterov))
+                                           _momentum_factor(momentum), decay, bool(nesterov))
+
+
+def argmax_rows_into(out: Ints, Z: F32) -> None:
+    """Checked `kernels.argmax_rows_into`: out[i] = Z[i].argmax(); overwrites out."""
+    _integers("out", out, written=True)
+    _float32("Z", Z, 2)
+    _shape("out", out, Z.shape[:1])
+    if Z.shape[1] == 0:
+        raise ValueError(f"Z must have at least one column, got shape {Z.shape}")
+    if Z.shape[1] - 1 > np.iinfo(out.dtype).max:
+        raise TypeError(f"out must hold column indices up to {Z.shape[1] - 1}, got dtype {out.dtype}")
+    kernels.argmax_rows_into(out, Z)

@@ -21,13 +21,19 @@ import sys
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Literal, overload
 
 import numpy as np
+import numpy.typing as npt
 from tqdm import tqdm
 
 from ._atomic import atomic_write
-from .inputs import Pixels, make_rng
+from .inputs import FloatArray, Pixels, Seed, make_rng
+
+Labels = npt.NDArray[np.int64]
+PathLike = str | os.PathLike[str]
 
 # Mirror base URLs per dataset, tried in order; a file's URL is the base followed by its name.
 MIRRORS = {
@@ -92,7 +98,18 @@ class DatasetError(ValueError):
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """No folder holds the dataset's four files and downloading is not allowed."""
+    """No folder holds the dataset's four files and downloading is not allowed.
+
+    dataset: its name; data_dir: the folder given, or None when the usual places were searched;
+    places: (label, folder, what is missing there) for each folder looked in.
+    """
+
+    def __init__(self, message: str, *, dataset: str | None = None, data_dir: Path | None = None,
+                 places: Sequence[tuple[str, Path, str]] = ()) -> None:
+        super().__init__(message)
+        self.dataset = dataset
+        self.data_dir = data_dir
+        self.places = list(places)
 
 
 class DownloadError(OSError):
@@ -102,7 +119,7 @@ class DownloadError(OSError):
 # --- IDX parsing -------------------------------------------------------------------------------
 
 
-def read_idx(path):
+def read_idx(path: PathLike) -> npt.NDArray[np.uint8]:
     """Read an IDX file of uint8 values (gzipped or plain, told by its first bytes) as an array.
 
     Returns a writable C-contiguous uint8 array whose shape is the header's dimensions.
@@ -119,7 +136,7 @@ def read_idx(path):
         raise DatasetError(f"{path}: corrupt or truncated gzip data ({exc})") from None
 
 
-def _parse_idx(f, path):
+def _parse_idx(f: Any, path: PathLike) -> npt.NDArray[np.uint8]:
     header = _read_at_most(f, 4)
     if len(header) < 4:
         raise DatasetError(f"{path}: truncated, {len(header)} bytes where the 4-byte IDX magic number should be")
@@ -150,7 +167,7 @@ def _parse_idx(f, path):
     return np.frombuffer(data, dtype=np.uint8).reshape(shape)  # a bytearray: writable, no copy
 
 
-def _read_at_most(f, limit):
+def _read_at_most(f: Any, limit: int) -> bytearray:
     """Up to `limit` bytes of f as a bytearray, read chunk by chunk so memory follows the data."""
     data = bytearray()
     while len(data) < limit:
@@ -164,14 +181,14 @@ def _read_at_most(f, limit):
 # --- finding the files -------------------------------------------------------------------------
 
 
-def cache_dir(dataset):
+def cache_dir(dataset: str) -> Path:
     """Where downloads of `dataset` go: $XDG_CACHE_HOME/fastmlp/<dataset>, else ~/.cache/fastmlp/<dataset>."""
     base = os.environ.get("XDG_CACHE_HOME", "")
     root = Path(base) if os.path.isabs(base) else Path.home() / ".cache"
     return root / "fastmlp" / dataset
 
 
-def _find_file(folder, stem):
+def _find_file(folder: Path, stem: str) -> Path | None:
     """The path of `stem` or `stem.gz` in folder, or None."""
     for name in (stem + ".gz", stem):
         path = folder / name
@@ -180,38 +197,42 @@ def _find_file(folder, stem):
     return None
 
 
-def _missing_files(folder):
+def _missing_files(folder: Path) -> list[str]:
     return [stem for stem in CANONICAL_FILES if _find_file(folder, stem) is None]
 
 
-def _describe_missing(folder):
+def _describe_missing(folder: Path) -> str:
     if not folder.is_dir():
         return "folder does not exist"
     missing = _missing_files(folder)
     return "missing " + ", ".join(f"{stem}[.gz]" for stem in missing)
 
 
-def _search_places(dataset):
+def _search_places(dataset: str) -> list[tuple[str, Path]]:
     """(label, folder) pairs looked at when no data_dir is given, in order."""
     places = []
     env = os.environ.get(ENV_VAR)
     if env:
         places.append((f"${ENV_VAR}", Path(env).expanduser()))
-    places += [("shipped copy", folder) for folder in BUNDLED_DIRS.get(dataset, [])]
+    package = Path(__file__).parent
+    places += [("copy shipped with fastmlp" if folder.is_relative_to(package) else "system copy", folder)
+               for folder in BUNDLED_DIRS.get(dataset, [])]
     places.append(("user cache", cache_dir(dataset)))
     return places
 
 
-def _locate(dataset, data_dir, download, progress):
+def _locate(dataset: str, data_dir: PathLike | None, download: bool, progress: bool | None) -> Path:
     """The folder holding the dataset's four files, downloading them if allowed and needed."""
     if data_dir is not None:
         folder = Path(data_dir).expanduser()
         if not _missing_files(folder):
             return folder
         if not download:
+            missing = _describe_missing(folder)
             raise DatasetNotFoundError(
-                f"data_dir {folder} does not hold the {dataset} files ({_describe_missing(folder)}); "
-                f"put the four IDX files there, or pass download=True to download them into it"
+                f"data_dir {folder} does not hold the {dataset} files ({missing}); "
+                f"put the four IDX files there, or pass download=True to download them into it",
+                dataset=dataset, data_dir=folder, places=[("data_dir", folder, missing)],
             )
         return _download_missing(dataset, folder, progress)
 
@@ -221,18 +242,20 @@ def _locate(dataset, data_dir, download, progress):
             return folder
     if download:
         return _download_missing(dataset, cache_dir(dataset), progress)
-    looked = "\n".join(f"  - {label}: {folder} ({_describe_missing(folder)})" for label, folder in places)
+    looked_in = [(label, folder, _describe_missing(folder)) for label, folder in places]
+    looked = "\n".join(f"  - {label}: {folder} ({missing})" for label, folder, missing in looked_in)
     raise DatasetNotFoundError(
         f"{dataset} not found and download=False. Looked for "
         f"{', '.join(s + '[.gz]' for s in CANONICAL_FILES)} in:\n{looked}\n"
-        f"Set ${ENV_VAR} to a folder holding them, pass data_dir=..., or allow download=True."
+        f"Set ${ENV_VAR} to a folder holding them, pass data_dir=..., or allow download=True.",
+        dataset=dataset, places=looked_in,
     )
 
 
 # --- download ----------------------------------------------------------------------------------
 
 
-def _download_missing(dataset, folder, progress):
+def _download_missing(dataset: str, folder: Path, progress: bool | None) -> Path:
     """Download into folder each of the dataset's files it lacks; returns folder."""
     table = FILES.get(dataset, {})
     folder.mkdir(parents=True, exist_ok=True)
@@ -244,7 +267,7 @@ def _download_missing(dataset, folder, progress):
     return folder
 
 
-def _download_file(dataset, name, folder, progress):
+def _download_file(dataset: str, name: str, folder: Path, progress: bool | None) -> None:
     """Fetch name from the first mirror that delivers it with the right checksum, into folder/name."""
     kind, digest = FILES[dataset][name]
     failures = []
@@ -259,7 +282,7 @@ def _download_file(dataset, name, folder, progress):
     raise DownloadError(f"could not download {dataset} file {name}; tried:\n{tried}")
 
 
-def _describe_failure(exc):
+def _describe_failure(exc: BaseException) -> str:
     if isinstance(exc, urllib.error.HTTPError):
         return f"HTTP {exc.code} {exc.reason}"
     if isinstance(exc, urllib.error.URLError):
@@ -267,7 +290,7 @@ def _describe_failure(exc):
     return str(exc) or type(exc).__name__
 
 
-def _fetch_verified(url, dest, kind, digest, progress):
+def _fetch_verified(url: str, dest: Path, kind: str, digest: str, progress: bool | None) -> None:
     """Stream url into a temp file beside dest, check its SHA-256, then rename it to dest.
 
     The temp file is removed on any failure, so dest either is a verified file or does not exist.
@@ -294,7 +317,7 @@ def _fetch_verified(url, dest, kind, digest, progress):
             raise ValueError(f"SHA-256 mismatch {what}: got {actual}, expected {digest}")
 
 
-def _sha256_decompressed(path):
+def _sha256_decompressed(path: PathLike) -> str:
     """SHA-256 of the file's content, gunzipped first if it starts with the gzip magic."""
     with open(path, "rb") as raw:
         gzipped = raw.read(2) == _GZIP_MAGIC
@@ -308,7 +331,20 @@ def _sha256_decompressed(path):
 # --- loading -----------------------------------------------------------------------------------
 
 
-def load_mnist(data_dir=None, *, download=True, dataset="mnist", as_pixels=False, progress=None):
+@overload
+def load_mnist(data_dir: PathLike | None = None, *, download: bool = True, dataset: str = "mnist",
+               as_pixels: Literal[False] = False,
+               progress: bool | None = None) -> tuple[FloatArray, Labels, FloatArray, Labels]: ...
+@overload
+def load_mnist(data_dir: PathLike | None = None, *, download: bool = True, dataset: str = "mnist",
+               as_pixels: Literal[True], progress: bool | None = None) -> tuple[Pixels, Labels, Pixels, Labels]: ...
+@overload
+def load_mnist(data_dir: PathLike | None = None, *, download: bool = True, dataset: str = "mnist",
+               as_pixels: bool = False,
+               progress: bool | None = None) -> tuple[FloatArray | Pixels, Labels, FloatArray | Pixels, Labels]: ...
+def load_mnist(data_dir: PathLike | None = None, *, download: bool = True, dataset: str = "mnist",
+               as_pixels: bool = False,
+               progress: bool | None = None) -> tuple[FloatArray | Pixels, Labels, FloatArray | Pixels, Labels]:
     """Load an MNIST-style dataset as (X_train, y_train, X_test, y_test).
 
     X is float32 (n, rows * cols), C-contiguous, with values in [0, 1]; with as_pixels=True it is
@@ -321,7 +357,7 @@ def load_mnist(data_dir=None, *, download=True, dataset="mnist", as_pixels=False
     if dataset not in FILES:
         raise ValueError(f"unknown dataset {dataset!r}; known datasets: {', '.join(sorted(FILES))}")
     folder = _locate(dataset, data_dir, download, progress)
-    paths = {stem: _find_file(folder, stem) for stem in CANONICAL_FILES}
+    paths = {stem: _find_file(folder, stem) or folder / stem for stem in CANONICAL_FILES}  # all found by _locate
     X_train, y_train = _read_pair(paths[TRAIN_IMAGES], paths[TRAIN_LABELS], as_pixels)
     X_test, y_test = _read_pair(paths[TEST_IMAGES], paths[TEST_LABELS], as_pixels)
     if X_train.shape[1] != X_test.shape[1]:
@@ -330,7 +366,7 @@ def load_mnist(data_dir=None, *, download=True, dataset="mnist", as_pixels=False
     return X_train, y_train, X_test, y_test
 
 
-def _read_pair(images_path, labels_path, as_pixels):
+def _read_pair(images_path: Path, labels_path: Path, as_pixels: bool) -> tuple[FloatArray | Pixels, Labels]:
     """Images as float32 (or Pixels) (n, rows * cols) and labels as int64 (n,), checked to match."""
     images = read_idx(images_path)
     labels = read_idx(labels_path)
@@ -343,6 +379,7 @@ def _read_pair(images_path, labels_path, as_pixels):
         raise DatasetError(f"count mismatch: {images_path} holds {len(images)} images "
                            f"but {labels_path} holds {len(labels)} labels")
     pixels = images.reshape(len(images), -1)
+    X: FloatArray | Pixels
     if as_pixels:
         X = Pixels(data=pixels, scale=1.0 / 255.0)
     else:
@@ -352,7 +389,7 @@ def _read_pair(images_path, labels_path, as_pixels):
     return X, labels.astype(np.int64)
 
 
-def train_val_split(X, y, val_size, seed):
+def train_val_split(X: Any, y: npt.ArrayLike, val_size: float, seed: Seed) -> tuple[Any, np.ndarray, Any, np.ndarray]:
     """Split (X, y) at random into (X_train, y_train, X_val, y_val).
 
     val_size is a fraction in (0, 1) of the samples (rounded to the nearest count) or an int count;
@@ -382,7 +419,7 @@ def train_val_split(X, y, val_size, seed):
     return X_train, y[train_idx], X_val, y[val_idx]
 
 
-def _validation_count(val_size, n):
+def _validation_count(val_size: object, n: int) -> int:
     """The number of validation samples val_size asks for out of n; raises unless 1 <= count < n."""
     if isinstance(val_size, bool) or not isinstance(val_size, numbers.Real):
         raise TypeError(f"val_size must be a fraction in (0, 1) or an int count, got {type(val_size).__name__}")
@@ -391,6 +428,7 @@ def _validation_count(val_size, n):
         if not 1 <= count < n:
             raise ValueError(f"val_size as a count must be in [1, {n - 1}] for {n} samples, got {count}")
         return count
+    val_size = float(val_size)
     if not (math.isfinite(val_size) and 0 < val_size < 1):
         raise ValueError(f"val_size as a fraction must be in (0, 1), got {val_size!r}")
     count = round(val_size * n)

@@ -3,27 +3,31 @@ recall, and its confusion matrix (as text, and as a PNG with --plot)."""
 
 import argparse
 import sys
+from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from .datasets import CLASS_NAMES, load_mnist
 from .inputs import check_labels
 from .model import MLP
-from .plot import require_matplotlib
+from .cli import new_parser
+from .plot import PLOT_FORMATS, require_plotting
 from .train import add_data_arguments, check_output_path, run_reporting_errors
 from .trainer import Trainer
 
 PROG = "python -m fastmlp.evaluate"
 
 
-def confusion_matrix(y_true, y_pred, n_classes):
+def confusion_matrix(y_true: npt.ArrayLike, y_pred: npt.ArrayLike, n_classes: int) -> npt.NDArray[np.int64]:
     """int64 (n_classes, n_classes) counts: entry [i, j] is how many samples of class i were predicted j."""
-    y_true = check_labels(y_true, len(y_true), n_classes, "y_true")
-    y_pred = check_labels(y_pred, len(y_true), n_classes, "y_pred")
-    return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    true = np.asarray(y_true)
+    true = check_labels(true, len(true) if true.ndim else 0, n_classes, "y_true")
+    pred = check_labels(y_pred, len(true), n_classes, "y_pred")
+    return np.bincount(true * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
-def precision_recall(matrix):
+def precision_recall(matrix: npt.ArrayLike) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """(precision, recall) per class from a confusion matrix; 0 where a class was never predicted / present."""
     matrix = np.asarray(matrix, dtype=np.float64)
     hits = np.diag(matrix)
@@ -33,7 +37,7 @@ def precision_recall(matrix):
     return precision, recall
 
 
-def format_report(matrix, class_names=None):
+def format_report(matrix: npt.ArrayLike, class_names: Sequence[str] | None = None) -> list[str]:
     """Per-class precision, recall and support, then the confusion matrix, as text lines."""
     matrix = np.asarray(matrix)
     k = len(matrix)
@@ -51,19 +55,18 @@ def format_report(matrix, class_names=None):
     return lines
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Evaluate a saved fastmlp model on a dataset's test set.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = new_parser(prog, description="Evaluate a saved fastmlp model on a dataset's test set.")
     parser.add_argument("--model", type=str, required=True, metavar="PATH", help="a model written by --save (.npz)")
     add_data_arguments(parser)
-    parser.add_argument("--plot", type=str, metavar="PATH", help="also draw the confusion matrix as a PNG")
+    parser.add_argument("--plot", type=str, metavar="PATH",
+                        help="also draw the confusion matrix, as an image in the format of PATH's suffix "
+                             f"({', '.join(PLOT_FORMATS)}; PNG without one)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 
 
-def run(args):
+def run(args: argparse.Namespace) -> tuple[float, npt.NDArray[np.int64]]:
     """Load the model and the test set, print the report, draw the plot; returns (accuracy, matrix)."""
     model = MLP.load(args.model)
     _, _, X_test, y_test = load_mnist(args.data_dir, download=not args.no_download, dataset=args.dataset)
@@ -85,16 +88,16 @@ def run(args):
     return accuracy, matrix
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
+    args = build_parser(prog).parse_args(argv)
 
-    def check_output_then_run():
+    def check_output_then_run() -> None:
         check_output_path(args.plot, "--plot")
         if args.plot:
-            require_matplotlib()
+            require_plotting(args.plot)
         run(args)
 
-    return run_reporting_errors(PROG, check_output_then_run, debug=args.debug)
+    return run_reporting_errors(prog, check_output_then_run, debug=args.debug)
 
 
 if __name__ == "__main__":

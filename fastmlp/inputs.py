@@ -7,8 +7,13 @@ so that the maths inside the backends and kernels can assume valid input.
 import math
 import numbers
 from dataclasses import dataclass
+from typing import Any, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
+
+FloatArray: TypeAlias = npt.NDArray[np.float32]
+"""A float32 numpy array: the dtype of every parameter, activation and kernel operand."""
 
 
 @dataclass(frozen=True)
@@ -23,7 +28,7 @@ class Pixels:
     data: np.ndarray
     scale: float = 1.0 / 255.0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not isinstance(self.data, np.ndarray) or self.data.dtype != np.uint8:
             raise TypeError(f"Pixels.data must be a uint8 numpy array, got {_describe(self.data)}")
         if self.data.ndim != 2:
@@ -35,29 +40,33 @@ class Pixels:
             object.__setattr__(self, "data", np.ascontiguousarray(self.data))
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, ...]:
         return self.data.shape
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self.data.shape[0]
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: Any) -> FloatArray:
         """Rows as float32 features, e.g. `pixels[idx]` for a batch."""
         rows = self.data[index]
         return np.multiply(rows, np.float32(self.scale), dtype=np.float32)
 
-    def to_float32(self):
+    def to_float32(self) -> FloatArray:
         """All rows as a float32 array (n, features)."""
         return self[:]
 
 
-def _describe(x):
+def _describe(x: object) -> str:
     if isinstance(x, np.ndarray):
         return f"array of dtype {x.dtype} and shape {x.shape}"
     return type(x).__name__
 
 
-def check_features(X, n_features, name="X"):
+Features: TypeAlias = "npt.ArrayLike | Pixels"
+"""What the public API takes as samples: anything numpy reads as a 2-D real array, or `Pixels`."""
+
+
+def check_features(X: Features, n_features: int, name: str = "X") -> FloatArray | Pixels:
     """Return X as a C-contiguous float32 (n, n_features) array or `Pixels`; raise on anything else.
 
     float32 C-contiguous arrays are used as they are (no copy); other real dtypes and
@@ -89,7 +98,7 @@ def check_features(X, n_features, name="X"):
     return X
 
 
-def check_labels(y, n_samples, n_classes, name="y"):
+def check_labels(y: npt.ArrayLike, n_samples: int, n_classes: int, name: str = "y") -> npt.NDArray[np.int64]:
     """Return y as a C-contiguous int64 array of length n_samples with values in [0, n_classes)."""
     if not isinstance(y, np.ndarray):
         y = np.asarray(y)
@@ -106,7 +115,7 @@ def check_labels(y, n_samples, n_classes, name="y"):
     return np.ascontiguousarray(y, dtype=np.int64)
 
 
-def check_positive_float(value, name):
+def check_positive_float(value: float, name: str) -> float:
     """Return value as a float if it is a real number > 0 that stays finite and > 0 in float32.
 
     The kernels compute in float32: 1e300 would become inf there, and 1e-300 zero.
@@ -121,7 +130,7 @@ def check_positive_float(value, name):
     return value
 
 
-def check_positive_int(value, name):
+def check_positive_int(value: int, name: str) -> int:
     """Return value as an int if it is an integer >= 1."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
@@ -130,7 +139,11 @@ def check_positive_int(value, name):
     return int(value)
 
 
-def make_rng(seed, name="seed"):
+Seed: TypeAlias = "int | np.random.SeedSequence | np.random.BitGenerator | np.random.Generator | None"
+"""None (fresh entropy), an int >= 0, or a NumPy seed object."""
+
+
+def make_rng(seed: Seed, name: str = "seed") -> np.random.Generator:
     """A numpy Generator from seed: None (fresh entropy), an int >= 0, or a NumPy seed object."""
     if isinstance(seed, (np.random.SeedSequence, np.random.BitGenerator, np.random.Generator)):
         return np.random.default_rng(seed)
@@ -138,14 +151,16 @@ def make_rng(seed, name="seed"):
         raise TypeError(f"{name} must be None or an integer >= 0, got {type(seed).__name__}")
     if seed is not None and seed < 0:
         raise ValueError(f"{name} must be None or an integer >= 0, got {seed}")
-    return np.random.default_rng(seed)
+    return np.random.default_rng(int(seed) if seed is not None else None)
 
 
-def check_model(model):
-    """Raise unless model's parameters are float32, C-contiguous, writable and shaped by layer_sizes.
+def check_model(model: Any, *, writable: bool = True) -> None:
+    """Raise unless model's parameters are float32, C-contiguous, shaped by layer_sizes and (if
+    `writable`) writable.
 
     Backends write into these arrays in place, so a replaced or reshaped array must be caught
-    here rather than read out of bounds by a kernel.
+    here rather than read out of bounds by a kernel. Prediction only reads them, so it passes
+    writable=False and works on read-only weights (a model memory-mapped by joblib.load).
     """
     sizes = getattr(model, "layer_sizes", None)
     if sizes is None or not hasattr(model, "weights") or not hasattr(model, "biases"):
@@ -158,5 +173,7 @@ def check_model(model):
                                (f"biases[{i}]", model.biases[i], (fan_out,))):
             if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != shape:
                 raise ValueError(f"model.{name} must be a float32 array of shape {shape}, got {_describe(a)}")
-            if not (a.flags.c_contiguous and a.flags.writeable):
-                raise ValueError(f"model.{name} must be C-contiguous and writable")
+            if not a.flags.c_contiguous:
+                raise ValueError(f"model.{name} must be C-contiguous")
+            if writable and not a.flags.writeable:
+                raise ValueError(f"model.{name} must be writable: training updates it in place")

@@ -1,17 +1,22 @@
 """The MLP's parameters: initialisation, prediction, save and load. No training maths here."""
 
+from __future__ import annotations
+
 import math
 import numbers
 import os
 import zipfile
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from numpy.lib import format as npy_format
 
 from ._atomic import atomic_write
-from .inputs import check_features, check_model, check_positive_int, make_rng
+from .inputs import FloatArray, Features, Seed, check_features, check_model, check_positive_int, make_rng
 
 INITS = ("he", "normal")
 
@@ -27,13 +32,13 @@ class MLP:
     C-contiguous and writable. Backends update these very arrays in place.
     """
 
-    def __init__(self, layer_sizes, *, init="he", seed=None):
-        self.layer_sizes = _check_layer_sizes(layer_sizes)
+    def __init__(self, layer_sizes: Iterable[int], *, init: str = "he", seed: Seed = None) -> None:
+        self.layer_sizes: tuple[int, ...] = _check_layer_sizes(layer_sizes)
         if not isinstance(init, str) or init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
         rng = make_rng(seed)
-        self.weights = []
-        self.biases = []
+        self.weights: list[FloatArray] = []
+        self.biases: list[FloatArray] = []
         for fan_in, fan_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:]):
             std = np.sqrt(2.0 / fan_in) if init == "he" else 0.01
             W = rng.standard_normal((fan_in, fan_out), dtype=np.float32) * np.float32(std)
@@ -41,22 +46,22 @@ class MLP:
             self.biases.append(np.zeros(fan_out, dtype=np.float32))
 
     @property
-    def n_features(self):
+    def n_features(self) -> int:
         return self.layer_sizes[0]
 
     @property
-    def n_classes(self):
+    def n_classes(self) -> int:
         return self.layer_sizes[-1]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"MLP({list(self.layer_sizes)})"
 
-    def predict_proba(self, X, *, batch_size=4096):
+    def predict_proba(self, X: Features, *, batch_size: int = 4096) -> FloatArray:
         """Class probabilities, float32 (n, classes), computed with the reference backend."""
         from .backends import get_backend
 
         forward = get_backend("numpy").forward
-        check_model(self)
+        check_model(self, writable=False)
         X = check_features(X, self.n_features)
         batch_size = check_positive_int(batch_size, "batch_size")
         n = len(X)
@@ -64,11 +69,11 @@ class MLP:
             return forward(self, X)
         return np.concatenate([forward(self, X[i : i + batch_size]) for i in range(0, n, batch_size)])
 
-    def predict(self, X):
+    def predict(self, X: Features) -> npt.NDArray[np.intp]:
         """Predicted class index per row, int64 (n,)."""
         return self.predict_proba(X).argmax(axis=1)
 
-    def copy(self):
+    def copy(self) -> MLP:
         """An independent copy of this model."""
         other = MLP.__new__(MLP)
         other.layer_sizes = self.layer_sizes
@@ -76,15 +81,15 @@ class MLP:
         other.biases = [b.copy() for b in self.biases]
         return other
 
-    def save(self, path):
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write the parameters to an `.npz` file (no pickled objects), atomically."""
-        check_model(self)
+        check_model(self, writable=False)
         path = _check_path(path)
         for name, a in [(f"weights[{i}]", W) for i, W in enumerate(self.weights)] + \
                        [(f"biases[{i}]", b) for i, b in enumerate(self.biases)]:
             if not np.isfinite(a).all():  # MLP.load would refuse the file
                 raise ValueError(f"model.{name} contains NaN or inf; such a model is not saved")
-        arrays = {"layer_sizes": np.asarray(self.layer_sizes, dtype=np.int64)}
+        arrays: dict[str, Any] = {"layer_sizes": np.asarray(self.layer_sizes, dtype=np.int64)}
         for i, (W, b) in enumerate(zip(self.weights, self.biases)):
             arrays[f"W{i}"] = W
             arrays[f"b{i}"] = b
@@ -92,7 +97,7 @@ class MLP:
             np.savez(f, **arrays)
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path: str | os.PathLike[str]) -> MLP:
         """Read a model written by `save`; raise ModelFileError on anything unexpected."""
         path = _check_path(path)
         if not path.is_file():
@@ -106,7 +111,7 @@ class MLP:
         return cls._from_arrays(arrays, path)
 
     @classmethod
-    def _from_arrays(cls, arrays, path):
+    def _from_arrays(cls, arrays: dict[str, np.ndarray], path: Path) -> MLP:
         if "layer_sizes" not in arrays:
             raise ModelFileError(f"{path} has no 'layer_sizes' entry: not a fastmlp model")
         sizes = arrays["layer_sizes"]
@@ -144,7 +149,7 @@ _MAX_DEFLATE_RATIO = 1032
 _NPY_HEADER_READERS = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
 
 
-def _check_declared_sizes(path):
+def _check_declared_sizes(path: Path) -> None:
     """Raise ModelFileError if an entry declares more data than the file can hold.
 
     np.load allocates each array from its header alone before reading any data, so a corrupt
@@ -167,13 +172,13 @@ def _check_declared_sizes(path):
                                      f"more than its {info.file_size} bytes hold")
 
 
-def _check_path(path):
+def _check_path(path: object) -> Path:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     return Path(path)
 
 
-def _check_layer_sizes(layer_sizes):
+def _check_layer_sizes(layer_sizes: Any) -> tuple[int, ...]:
     try:
         sizes = list(layer_sizes)
     except TypeError:

@@ -8,12 +8,18 @@ With g = dW + weight_decay * W (weights only: biases are not decayed) and veloci
 Both backends implement exactly these formulas; `Velocity` holds v, per model.
 """
 
+from __future__ import annotations
+
 import math
 import numbers
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .inputs import check_positive_int
+from .inputs import FloatArray, check_positive_int
+
+if TYPE_CHECKING:
+    from .model import MLP
 
 SCHEDULES = ("none", "step", "cosine")
 
@@ -21,21 +27,21 @@ SCHEDULES = ("none", "step", "cosine")
 class Velocity:
     """The momentum buffers of one model: float32 zeros shaped like its weights and biases."""
 
-    def __init__(self, model):
+    def __init__(self, model: MLP) -> None:
         self.layer_sizes = tuple(model.layer_sizes)
-        self.weights = [np.zeros_like(W) for W in model.weights]
-        self.biases = [np.zeros_like(b) for b in model.biases]
+        self.weights: list[FloatArray] = [np.zeros_like(W) for W in model.weights]
+        self.biases: list[FloatArray] = [np.zeros_like(b) for b in model.biases]
 
-    def fits(self, model):
+    def fits(self, model: MLP) -> bool:
         return self.layer_sizes == tuple(model.layer_sizes)
 
-    def reset(self):
+    def reset(self) -> None:
         """Zero every buffer, in place."""
         for v in self.weights + self.biases:
             v[...] = 0
 
 
-def check_sgd_options(momentum, nesterov, weight_decay):
+def check_sgd_options(momentum: float, nesterov: bool, weight_decay: float) -> tuple[float, bool, float]:
     """Validate momentum, nesterov and weight_decay; returns them as (float, bool, float)."""
     momentum = _check_real(momentum, "momentum")
     weight_decay = _check_real(weight_decay, "weight_decay")
@@ -50,7 +56,7 @@ def check_sgd_options(momentum, nesterov, weight_decay):
     return momentum, bool(nesterov), weight_decay
 
 
-def check_velocity(velocity, model):
+def check_velocity(velocity: object, model: MLP) -> None:
     """Raise unless velocity is a `Velocity` made for model's layer sizes."""
     if not isinstance(velocity, Velocity):
         raise TypeError(f"momentum > 0 needs velocity=fastmlp.optim.Velocity(model), got {type(velocity).__name__}")
@@ -59,7 +65,7 @@ def check_velocity(velocity, model):
                          f"not the model's {tuple(model.layer_sizes)}")
 
 
-def _check_real(value, name):
+def _check_real(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise TypeError(f"{name} must be a finite number, got {value!r}")
     return float(value)
@@ -74,7 +80,7 @@ class LRSchedule:
     starts a new cycle (a warm restart).
     """
 
-    def __init__(self, kind="none", *, step_size=10, gamma=0.1):
+    def __init__(self, kind: str | None = "none", *, step_size: int = 10, gamma: float = 0.1) -> None:
         if kind is None:
             kind = "none"
         if kind not in SCHEDULES:
@@ -86,11 +92,11 @@ class LRSchedule:
             raise ValueError(f"gamma must be in (0, 1], got {gamma!r}")
         self.gamma = gamma
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         extra = f", step_size={self.step_size}, gamma={self.gamma:g}" if self.kind == "step" else ""
         return f"LRSchedule({self.kind!r}{extra})"
 
-    def lr(self, base_lr, epoch, first_epoch, last_epoch):
+    def lr(self, base_lr: float, epoch: int, first_epoch: int, last_epoch: int) -> float:
         """The rate of `epoch` (1-based over all fit calls) in a fit call spanning first_epoch..last_epoch."""
         if self.kind == "step":
             return base_lr * self.gamma ** ((epoch - 1) // self.step_size)

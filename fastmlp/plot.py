@@ -5,18 +5,28 @@ bare `matplotlib.figure.Figure`, never through pyplot, so plotting leaves the ca
 matplotlib backend and open figures alone.
 """
 
+import os
+from pathlib import Path
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from ._atomic import atomic_write
 
+if TYPE_CHECKING:
+    from .trainer import History
+
 INSTALL_HINT = 'pip install "fastmlp[plot]"'
+# The suffixes --plot and the plot functions accept, and the matplotlib format each writes.
+PLOT_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".pdf": "pdf", ".svg": "svg"}
 
 
 class PlotUnavailableError(ImportError):
     """matplotlib, from the `plot` extra, is not installed."""
 
 
-def require_matplotlib():
+def require_matplotlib() -> None:
     """Raise PlotUnavailableError, saying how to install it, unless matplotlib can be imported."""
     try:
         import matplotlib  # noqa: F401
@@ -24,8 +34,20 @@ def require_matplotlib():
         raise PlotUnavailableError(f"plotting needs matplotlib, which is not installed: {INSTALL_HINT}") from None
 
 
-def plot_learning_curves(history, path, *, title=None, val_label="test", best_epoch=None):
-    """Write a PNG of train loss and `val_label` loss and accuracy per epoch of a `History`.
+def require_plotting(path: str | os.PathLike[str]) -> None:
+    """Raise before any work if a figure cannot be drawn at path: no matplotlib, a suffix not in
+    PLOT_FORMATS, or a JPEG without Pillow."""
+    require_matplotlib()
+    if plot_format(path) == "jpeg":
+        try:
+            import PIL  # noqa: F401
+        except ImportError:
+            raise PlotUnavailableError(f"drawing a JPEG needs Pillow, which is not installed: {INSTALL_HINT}") from None
+
+
+def plot_learning_curves(history: "History", path: str | os.PathLike[str], *, title: str | None = None,
+                         val_label: str = "test", best_epoch: int | None = None) -> None:
+    """Draw train loss and `val_label` loss and accuracy per epoch of a `History` (PNG, or as path's suffix says).
 
     best_epoch, if given, is marked as the epoch whose parameters were kept (early stopping).
     """
@@ -66,8 +88,9 @@ def plot_learning_curves(history, path, *, title=None, val_label="test", best_ep
     save_png(figure, path)
 
 
-def plot_confusion_matrix(matrix, path, *, class_names=None, title=None):
-    """Write a PNG of a confusion matrix (rows: true class, columns: predicted), counts in each cell."""
+def plot_confusion_matrix(matrix: Any, path: str | os.PathLike[str], *, class_names: Sequence[str] | None = None,
+                          title: str | None = None) -> None:
+    """Draw a confusion matrix (rows: true class, columns: predicted), counts in each cell (PNG, or as path's suffix says)."""
     from matplotlib.colors import LogNorm
 
     matrix = np.asarray(matrix)
@@ -93,20 +116,30 @@ def plot_confusion_matrix(matrix, path, *, class_names=None, title=None):
     save_png(figure, path)
 
 
-def _new_figure(figsize):
+def _new_figure(figsize: tuple[float, float]) -> Any:
     require_matplotlib()
     from matplotlib.figure import Figure
 
     return Figure(figsize=figsize, layout="constrained")
 
 
-def save_png(figure, path, dpi=120):
-    """Save figure as a PNG at path, atomically (a temp file in the same folder, renamed when complete)."""
+def plot_format(path: str | os.PathLike[str]) -> str:
+    """The image format that path's suffix asks for (PNG without one); ValueError for a suffix not in PLOT_FORMATS."""
+    suffix = Path(path).suffix.lower()
+    if suffix and suffix not in PLOT_FORMATS:
+        raise ValueError(f"{path}: cannot draw a {suffix} file; use one of {', '.join(PLOT_FORMATS)} (PNG without a suffix)")
+    return PLOT_FORMATS.get(suffix, "png")
+
+
+def save_png(figure: Any, path: str | os.PathLike[str], dpi: int = 120) -> None:
+    """Save figure at path in the format its suffix names (PNG by default, see `plot_format`), atomically
+    (a temp file in the same folder, renamed when complete). JPEG needs Pillow, of the same plot extra."""
+    fmt = plot_format(path)
     with atomic_write(path, "wb") as f:
-        figure.savefig(f, format="png", dpi=dpi)
+        figure.savefig(f, format=fmt, dpi=dpi)
 
 
-def plot_throughput(report, path):
+def plot_throughput(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Write a PNG of a `python -m fastmlp.bench` report: samples/s against batch size for each backend
     and input, with the gemm floor and the roofline as lines (log scales)."""
     figure = _new_figure(figsize=(8, 5))

@@ -10,13 +10,16 @@ black ink on white paper into MNIST's white on black.
 
 import argparse
 import math
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from .cli import new_parser
 from .datasets import read_idx
-from .inputs import Pixels
+from .inputs import FloatArray, Pixels
 from .model import MLP
 from .plot import INSTALL_HINT
 from .train import run_reporting_errors
@@ -25,7 +28,7 @@ PROG = "python -m fastmlp.predict"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
-def load_images(path, n_features, *, invert=False):
+def load_images(path: str | os.PathLike[str], n_features: int, *, invert: bool = False) -> FloatArray:
     """The images in path as float32 (n, n_features) features scaled like the training data.
 
     .npy: uint8 pixels (scaled by 1/255) or floats already in [0, 1], one image per row or
@@ -53,7 +56,7 @@ def load_images(path, n_features, *, invert=False):
     return 1 - features if invert else features
 
 
-def _as_rows(array, n_features, path):
+def _as_rows(array: np.ndarray, n_features: int, path: Path) -> np.ndarray:
     """array as (n, n_features): one flat image, rows already, or (side, side) images."""
     side = _side(n_features)
     if array.ndim == 1 and array.size == n_features:
@@ -67,12 +70,12 @@ def _as_rows(array, n_features, path):
                      f"got shape {array.shape}")
 
 
-def _side(n_features):
+def _side(n_features: int) -> int | None:
     side = math.isqrt(n_features)
     return side if side * side == n_features else None
 
 
-def _read_image(path, n_features):
+def _read_image(path: Path, n_features: int) -> np.ndarray:
     """One image file as a uint8 (side, side) grayscale array, resized to the model's input square."""
     side = _side(n_features)
     if side is None:
@@ -88,9 +91,9 @@ def _read_image(path, n_features):
         return np.asarray(gray, dtype=np.uint8)
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Predict the class of each image with a saved fastmlp model.",
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = new_parser(
+        prog, description="Predict the class of each image with a saved fastmlp model.",
         epilog="Pixels are scaled like the training data: uint8 / 255, white digit on a black background "
                "as in MNIST. Image files are turned to grayscale and resized to 28x28.",
     )
@@ -102,7 +105,7 @@ def build_parser():
     return parser
 
 
-def run(args):
+def run(args: argparse.Namespace) -> list[np.ndarray]:
     """Print 'INPUT[row]  class C  probability P' per image; returns the predicted classes per input."""
     model = MLP.load(args.model)
     predictions = []
@@ -117,9 +120,9 @@ def run(args):
     return predictions
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    return run_reporting_errors(PROG, lambda: run(args), debug=args.debug)
+def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
+    args = build_parser(prog).parse_args(argv)
+    return run_reporting_errors(prog, lambda: run(args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -24,14 +24,32 @@ compare them on well-conditioned problems (inputs in [0, 1], a few dozen steps) 
 for arbitrary generated nets.
 """
 
+from __future__ import annotations
+
 import math
 import numbers
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from .backends import get_backend
-from .inputs import check_features, check_labels, check_model, check_positive_float, check_positive_int, make_rng
+from .backends.base import BackendBase
+from .inputs import (
+    Features,
+    Seed,
+    check_features,
+    check_labels,
+    check_model,
+    check_positive_float,
+    check_positive_int,
+    make_rng,
+)
+from .model import MLP
 from .optim import Velocity
+
+BackendPair = Sequence["str | BackendBase"]
 
 DEFAULT_RTOL = 1e-5
 DEFAULT_ATOL = 1e-6
@@ -43,7 +61,7 @@ LOSS_SCALE_FLOOR = 1.0
 KINK_RTOL = 1e-5
 
 
-def worst_difference(a, b):
+def worst_difference(a: npt.ArrayLike, b: npt.ArrayLike) -> tuple[float, float, tuple[int, ...] | None]:
     """(max|a - b|, max(max|a|, max|b|), index of the worst entry); inf and None if shapes differ."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
@@ -57,13 +75,13 @@ def worst_difference(a, b):
     return float(diff[worst]), float(scale), tuple(int(i) for i in worst)
 
 
-def scaled_error(a, b, floor=1e-12):
+def scaled_error(a: npt.ArrayLike, b: npt.ArrayLike, floor: float = 1e-12) -> tuple[float, tuple[int, ...] | None]:
     """max|a - b| relative to the largest magnitude in a or b (at least `floor`), and where it is."""
     diff, scale, where = worst_difference(a, b)
     return diff / max(scale, floor), where
 
 
-def kink_allowance(model, X, y):
+def kink_allowance(model: MLP, X: npt.ArrayLike, y: npt.NDArray[np.integer[Any]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per-entry bounds (dW list, db list) on how much the gradient of (X, y) can change if every
     ReLU unit within rounding of its kink (see the module doc) took the other branch; zeros if none."""
     params = [np.asarray(p, dtype=np.float64) for p in model.weights], [np.asarray(b, dtype=np.float64) for b in model.biases]
@@ -96,12 +114,13 @@ def kink_allowance(model, X, y):
     return dW, db
 
 
-def _compare(report, what, names, a, b, rtol, atol, scale_floor=0.0, allowance=None):
+def _compare(report: list[str], what: str, names: Sequence[Any], a: Any, b: Any, rtol: float, atol: float,
+             scale_floor: float = 0.0, allowance: Any = None) -> float:
     diff, scale, where = worst_difference(a, b)
     scale = max(scale, scale_floor)
     if allowance is not None and where is not None and np.any(allowance):
         excess = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)) - allowance
-        where = np.unravel_index(np.argmax(excess), excess.shape)
+        where = tuple(int(i) for i in np.unravel_index(np.argmax(excess), excess.shape))
         diff = max(float(excess[where]), 0.0)
     if not diff <= atol + rtol * scale:  # also catches NaN
         if where is None:
@@ -114,9 +133,11 @@ def _compare(report, what, names, a, b, rtol, atol, scale_floor=0.0, allowance=N
     return diff / max(scale, 1e-12)
 
 
-def backend_differences(model, X, y, *, backends=("numpy", "numba"), steps=20, lr=0.1, batch_size=32,
-                        rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, trajectory_rtol=DEFAULT_TRAJECTORY_RTOL, seed=0,
-                        momentum=0.0, nesterov=False, weight_decay=0.0):
+def backend_differences(model: MLP, X: Features, y: npt.ArrayLike, *, backends: BackendPair = ("numpy", "numba"),
+                        steps: int = 20, lr: float = 0.1, batch_size: int = 32, rtol: float = DEFAULT_RTOL,
+                        atol: float = DEFAULT_ATOL, trajectory_rtol: float = DEFAULT_TRAJECTORY_RTOL, seed: Seed = 0,
+                        momentum: float = 0.0, nesterov: bool = False,
+                        weight_decay: float = 0.0) -> tuple[list[str], dict[str, float]]:
     """Compare two backends on (X, y) from `model`'s parameters, which are left unchanged.
 
     Returns (report lines for every quantity out of tolerance, {quantity: scaled error}).
@@ -140,7 +161,8 @@ def backend_differences(model, X, y, *, backends=("numpy", "numba"), steps=20, l
     rng = make_rng(seed)
     names = tuple(backends)
     first, second = (get_backend(name) if isinstance(name, str) else name for name in names)
-    report, errors = [], {}
+    report: list[str] = []
+    errors: dict[str, float] = {}
 
     errors["forward"] = _compare(report, "forward", names, first.forward(model, X), second.forward(model, X), rtol, atol)
     loss_a, dW_a, db_a = first.loss_and_grads(model, X, y)
@@ -159,7 +181,7 @@ def backend_differences(model, X, y, *, backends=("numpy", "numba"), steps=20, l
     # carries that on: by at most (1 + momentum) / (1 - momentum) times as much in all.
     carry = lr * (1 + momentum) / (1 - momentum)
     allowed = {"weights": [np.zeros(W.shape) for W in model.weights], "biases": [np.zeros(b.shape) for b in model.biases]}
-    for step in range(1, steps + 1):
+    for step in range(1, int(steps) + 1):
         batch = rng.choice(len(X), size=min(batch_size, len(X)), replace=False)
         kink_dW, kink_db = kink_allowance(models[0], X[batch], y[batch])
         for i in range(len(model.weights)):
@@ -167,9 +189,9 @@ def backend_differences(model, X, y, *, backends=("numpy", "numba"), steps=20, l
             allowed["biases"][i] += carry * kink_db[i]
         losses = [backend.sgd_step(m, X[batch], y[batch], lr, velocity=v, **sgd)
                   for backend, m, v in zip((first, second), models, velocities)]
-        step_report = []
-        worst = max(worst, _compare(step_report, f"step {step} loss", names, *losses, trajectory_rtol, atol,
-                                    LOSS_SCALE_FLOOR))
+        step_report: list[str] = []
+        worst = max(worst, _compare(step_report, f"step {step} loss", names, losses[0], losses[1], trajectory_rtol,
+                                    atol, LOSS_SCALE_FLOOR))
         for i in range(len(model.weights)):
             for kind in ("weights", "biases"):
                 a, b = (getattr(m, kind)[i] for m in models)
@@ -182,9 +204,12 @@ def backend_differences(model, X, y, *, backends=("numpy", "numba"), steps=20, l
     return report, errors
 
 
-def assert_backends_equivalent(model, X, y, *, backends=("numpy", "numba"), steps=20, lr=0.1, batch_size=32,
-                               rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, trajectory_rtol=DEFAULT_TRAJECTORY_RTOL, seed=0,
-                               momentum=0.0, nesterov=False, weight_decay=0.0):
+def assert_backends_equivalent(model: MLP, X: Features, y: npt.ArrayLike, *,
+                               backends: BackendPair = ("numpy", "numba"), steps: int = 20, lr: float = 0.1,
+                               batch_size: int = 32, rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
+                               trajectory_rtol: float = DEFAULT_TRAJECTORY_RTOL, seed: Seed = 0,
+                               momentum: float = 0.0, nesterov: bool = False,
+                               weight_decay: float = 0.0) -> dict[str, float]:
     """Raise AssertionError, reporting the worst differences, unless two backends agree.
 
     See `backend_differences` for what is compared and how tolerances are measured.
@@ -196,7 +221,7 @@ def assert_backends_equivalent(model, X, y, *, backends=("numpy", "numba"), step
     if report:
         names = [getattr(b, "name", b) for b in backends]
         raise AssertionError(
-            f"backends {names[0]!r} and {names[1]!r} differ on {model!r} with a batch of {len(y)}:\n  "
+            f"backends {names[0]!r} and {names[1]!r} differ on {model!r} with a batch of {np.shape(y)[0]}:\n  "
             + "\n  ".join(report)
         )
     return errors

@@ -6,35 +6,37 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from threadpoolctl import threadpool_limits
 
 from . import __version__
 from ._atomic import atomic_write
 from .backends import get_backend
+from .backends.base import BackendBase
+from .cli import dataset_not_found_message, new_parser, plural
 from .datasets import FILES, load_mnist, train_val_split
 from .inputs import check_positive_float
 from .model import INITS, MLP
 from .optim import SCHEDULES
-from .plot import plot_learning_curves, require_matplotlib
+from .plot import PLOT_FORMATS, plot_learning_curves, require_plotting
 from .trainer import Trainer, format_epoch
 
 PROG = "python -m fastmlp.train"
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Train an MLP (ReLU hidden layers, softmax, minibatch SGD) on MNIST and report test accuracy.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = new_parser(
+        prog, description="Train an MLP (ReLU hidden layers, softmax, minibatch SGD) on MNIST and report test accuracy.",
     )
     parser.add_argument("--backend", choices=["numpy", "numba"], default="numba",
                         help="numpy: the vectorized reference; numba: the fused JIT kernels")
     parser.add_argument("--hidden", type=_positive_int, nargs="*", default=[128, 64], metavar="N",
-                        help="hidden layer widths")
-    parser.add_argument("--epochs", type=_positive_int, default=10)
-    parser.add_argument("--batch-size", type=_positive_int, default=64)
+                        help="hidden layer widths; --hidden with no width trains no hidden layer (softmax regression)")
+    parser.add_argument("--epochs", type=_positive_int, default=10, help="passes over the training set")
+    parser.add_argument("--batch-size", type=_positive_int, default=64, metavar="N", help="samples per SGD step")
     parser.add_argument("--lr", type=_positive_float, default=0.05, help="SGD learning rate (of the first epoch)")
     parser.add_argument("--momentum", type=_momentum, default=0.9, help="SGD momentum in [0, 1); 0: plain SGD")
     parser.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
@@ -58,7 +60,8 @@ def build_parser():
     parser.add_argument("--save", type=Path, metavar="PATH", help="write the trained model (.npz)")
     parser.add_argument("--metrics-json", type=Path, metavar="PATH", help="write metrics and history as JSON")
     parser.add_argument("--plot", type=Path, metavar="PATH",
-                        help="draw the learning curves (loss, accuracy per epoch) as a PNG; needs the plot extra")
+                        help="draw the learning curves (loss, accuracy per epoch) as an image in the format of "
+                             f"PATH's suffix ({', '.join(PLOT_FORMATS)}; PNG without one); needs the plot extra")
     parser.add_argument("--blas-threads", type=_positive_int, default=None, metavar="N",
                         help="threads to train with (default: BLAS's own count, usually one per core): BLAS "
                              "threads for numpy, worker threads each with one BLAS thread for numba; 1 is "
@@ -69,45 +72,54 @@ def build_parser():
     return parser
 
 
-def add_data_arguments(parser):
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """--dataset, --data-dir and --no-download: where the data comes from, for every fastmlp command."""
-    parser.add_argument("--dataset", choices=sorted(FILES), default="mnist")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="folder with the four IDX files (default: $FASTMLP_DATA, the embedded MNIST, the cache)")
+    parser.add_argument("--dataset", choices=sorted(FILES), default="mnist",
+                        help="mnist: handwritten digits; fashion-mnist: ten kinds of clothing, same format")
+    parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                        help="folder with the four IDX files (default: $FASTMLP_DATA, the embedded MNIST, the "
+                             "system copy, the user cache, then a download into the cache)")
     parser.add_argument("--no-download", action="store_true", help="never use the network")
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+def _integer(text: str, minimum: int) -> int:
+    """The int of text if it is an integer >= minimum, else the usage error 'must be an integer >= minimum'."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
     return value
 
 
-def _non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
+def _positive_int(text: str) -> int:
+    return _integer(text, 1)
 
 
-def _positive_float(text):
+def _non_negative_int(text: str) -> int:
+    return _integer(text, 0)
+
+
+def _positive_float(text: str) -> float:
     try:
         return check_positive_float(float(text), "value")
     except ValueError:  # also float("x")
         raise argparse.ArgumentTypeError(f"must be a finite number > 0 (in float32), got {text}") from None
 
 
-def _float_type(accepts, expectation):
+def _float_type(accepts: Callable[[float], bool], expectation: str) -> Callable[[str], float]:
     """An argparse type: the float of the text if accepts(value), else the usage error 'must be <expectation>'."""
 
-    def parse(text):
-        value = float(text)
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {expectation}, got {text!r}") from None
         if not accepts(value):
             raise argparse.ArgumentTypeError(f"must be {expectation}, got {text}")
         return value
 
-    parse.__name__ = "number"  # argparse names it in "invalid number value: 'x'"
     return parse
 
 
@@ -117,7 +129,7 @@ _decay_factor = _float_type(lambda v: 0 < v <= 1, "in (0, 1]")
 _fraction = _float_type(lambda v: 0 <= v < 1, "a fraction in [0, 1)")
 
 
-def run(args):
+def run(args: argparse.Namespace) -> dict[str, Any]:
     """Load data, train, evaluate, write outputs; returns the metrics dict."""
     say = (lambda *a: None) if args.quiet else print
     start = time.perf_counter()
@@ -137,10 +149,11 @@ def run(args):
     trainer = Trainer(model, backend, lr=args.lr, batch_size=args.batch_size, seed=args.seed, momentum=args.momentum,
                       nesterov=args.nesterov, weight_decay=args.weight_decay, schedule=args.schedule,
                       step_size=args.step_size, gamma=args.gamma)
+    compiled = "" if type(backend).warm_up is BackendBase.warm_up else f", compiled in {compile_seconds:.1f} s"
     say(f"fastmlp {__version__}: backend {args.backend}, net {'-'.join(map(str, model.layer_sizes))}, "
         f"{args.dataset} {len(X_train):,} train / {len(validation[0]):,} {val_label}, "
         f"batch {args.batch_size}, {describe_sgd(args)}, seed {args.seed} "
-        f"(data loaded in {data_seconds:.1f} s, compiled in {compile_seconds:.1f} s)")
+        f"(data loaded in {data_seconds:.1f} s{compiled})")
     history = trainer.fit(
         X_train, y_train, epochs=args.epochs, validation_data=validation,
         on_epoch_end=lambda record: say(format_epoch(record, args.epochs, val_label)),
@@ -149,7 +162,7 @@ def run(args):
     if history.best_epoch is not None and history.best_epoch != history[-1].epoch:
         say(f"early stopping: kept the parameters of epoch {history.best_epoch}, the lowest validation loss")
     test_loss, test_accuracy = trainer.evaluate(X_test, y_test)
-    print(f"test accuracy {100 * test_accuracy:.2f}%  (loss {test_loss:.4f}, {len(history)} epochs, "
+    print(f"test accuracy {100 * test_accuracy:.2f}%  (loss {test_loss:.4f}, {plural(len(history), 'epoch')}, "
           f"{sum(history.column('seconds')):.1f} s training)")
 
     metrics = {
@@ -177,11 +190,11 @@ def run(args):
     return metrics
 
 
-def describe_sgd(args):
+def describe_sgd(args: argparse.Namespace) -> str:
     """The optimiser settings in a few words, e.g. 'lr 0.05 cosine, momentum 0.9 (Nesterov)'."""
     text = f"lr {args.lr:g}" + ("" if args.schedule == "none" else f" {args.schedule}")
     if args.schedule == "step":
-        text += f" (x{args.gamma:g} every {args.step_size} epochs)"
+        text += f" (x{args.gamma:g} every {plural(args.step_size, 'epoch')})"
     if args.momentum:
         text += f", momentum {args.momentum:g}" + (" (Nesterov)" if args.nesterov else "")
     if args.weight_decay:
@@ -189,7 +202,7 @@ def describe_sgd(args):
     return text
 
 
-def check_output_path(path, option):
+def check_output_path(path: str | os.PathLike[str] | None, option: str) -> None:
     """Fail before the work, not after it, when an output cannot be written."""
     if path is None:
         return
@@ -203,28 +216,28 @@ def check_output_path(path, option):
         raise IsADirectoryError(f"{option} {path} is a folder, not a file")
 
 
-def main(argv=None):
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.patience is not None and args.val_size == 0:
         parser.error("--patience needs --val-size > 0: early stopping watches the validation loss")
     if args.momentum == 0:
         args.nesterov = False  # plain SGD: there is no velocity to look ahead with
 
-    def check_outputs_then_run():
+    def check_outputs_then_run() -> None:
         for option in ("save", "metrics_json", "plot"):
             check_output_path(getattr(args, option), "--" + option.replace("_", "-"))
         if args.plot:
-            require_matplotlib()
+            require_plotting(args.plot)
         with threadpool_limits(args.blas_threads, user_api="blas"):  # None: leave BLAS as it is
             run(args)
 
-    return run_reporting_errors(PROG, check_outputs_then_run, debug=args.debug)
+    return run_reporting_errors(prog, check_outputs_then_run, debug=args.debug)
 
 
-def run_reporting_errors(prog, action, *, debug=False):
-    """Call action() and return the exit status: 0; 1 after one line on stderr for an error (debug re-raises it);
-    130 on Ctrl-C; 141 when stdout was closed early."""
+def run_reporting_errors(prog: str, action: Callable[[], object], *, debug: bool = False) -> int:
+    """Call action() and return the exit status: 0; 1 after one line on stderr for an error (debug re-raises it;
+    data not found adds the places looked in, one per line); 130 on Ctrl-C; 141 when stdout was closed early."""
     try:
         action()
     except KeyboardInterrupt:  # outputs are written atomically, so none is left half-written
@@ -236,12 +249,12 @@ def run_reporting_errors(prog, action, *, debug=False):
     except Exception as exc:
         if debug:
             raise
-        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"{prog}: error: {dataset_not_found_message(exc) or _one_line(exc)}", file=sys.stderr)
         return 1
     return 0
 
 
-def _one_line(exc):
+def _one_line(exc: BaseException) -> str:
     """The exception's message on one line; its type too when it is not an expected runtime error."""
     message = " ".join(str(exc).split())
     if not isinstance(exc, (OSError, ValueError, TypeError, ArithmeticError, ImportError)):

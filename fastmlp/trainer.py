@@ -1,16 +1,33 @@
 """Trainer and History: shuffled minibatch SGD over epochs with any backend, and its metrics."""
 
+from __future__ import annotations
+
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from tqdm import tqdm
 
 from .backends import get_backend
 from .backends.base import BackendBase, sgd_options
 from .backends.numpy_ref import hidden_activations, log_softmax
-from .inputs import check_features, check_labels, check_model, check_positive_float, check_positive_int, make_rng
+from .inputs import (
+    Features,
+    FloatArray,
+    Pixels,
+    Seed,
+    check_features,
+    check_labels,
+    check_model,
+    check_positive_float,
+    check_positive_int,
+    make_rng,
+)
+from .model import MLP
 from .optim import LRSchedule, Velocity, check_sgd_options
 
 
@@ -39,28 +56,28 @@ class History:
     parameters the model was given back (None without patience).
     """
 
-    epochs: list = field(default_factory=list)
+    epochs: list[EpochRecord] = field(default_factory=list)
     best_epoch: int | None = None
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.epochs)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> EpochRecord:
         return self.epochs[i]
 
-    def column(self, name):
+    def column(self, name: str) -> list[Any]:
         """One field of every epoch, e.g. `history.column("train_loss")`."""
         return [getattr(record, name) for record in self.epochs]
 
-    def as_dicts(self):
+    def as_dicts(self) -> list[dict[str, Any]]:
         return [asdict(record) for record in self.epochs]
 
 
-def format_epoch(record, total_epochs, val_label="val"):
+def format_epoch(record: EpochRecord, total_epochs: int, val_label: str = "val") -> str:
     """The one-line summary of an epoch that `fit(verbose=True)` and the CLI print."""
     width = len(str(total_epochs))
     line = f"epoch {record.epoch:>{width}}/{total_epochs}  train loss {record.train_loss:.4f}"
-    if record.val_loss is not None:
+    if record.val_loss is not None and record.val_accuracy is not None:
         line += f"  {val_label} loss {record.val_loss:.4f}  {val_label} acc {100 * record.val_accuracy:.2f}%"
     return line + f"  lr {record.lr:<8.3g}{record.seconds:6.2f} s  {record.samples_per_s:>9,.0f} samples/s"
 
@@ -75,8 +92,9 @@ class Trainer:
     backend (and thread count) give the same parameters. Calling `fit` again continues.
     """
 
-    def __init__(self, model, backend="numba", *, lr=0.1, batch_size=32, seed=0, momentum=0.0, nesterov=False,
-                 weight_decay=0.0, schedule=None, step_size=10, gamma=0.1):
+    def __init__(self, model: MLP, backend: str | BackendBase = "numba", *, lr: float = 0.1, batch_size: int = 32,
+                 seed: Seed = 0, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
+                 schedule: str | None = None, step_size: int = 10, gamma: float = 0.1) -> None:
         check_model(model)
         if not isinstance(backend, (str, BackendBase)):
             raise TypeError(f"backend must be a backend name or a fastmlp backend, got {type(backend).__name__}")
@@ -91,8 +109,10 @@ class Trainer:
         self.rng = make_rng(seed)
         self.history = History()
 
-    def fit(self, X, y, *, epochs, validation_data=None, verbose=False, val_label="val", on_epoch_end=None,
-            progress_bar=False, patience=None):
+    def fit(self, X: Features, y: npt.ArrayLike, *, epochs: int,
+            validation_data: tuple[Features, npt.ArrayLike] | None = None, verbose: bool = False,
+            val_label: str = "val", on_epoch_end: Callable[[EpochRecord], object] | None = None,
+            progress_bar: bool = False, patience: int | None = None) -> History:
         """Train for `epochs` more epochs; return the History of every epoch so far.
 
         verbose prints one line per epoch; `on_epoch_end(record)` is called after each epoch;
@@ -145,7 +165,7 @@ class Trainer:
             self._restore(best, verbose)
         return self.history
 
-    def _restore(self, best, verbose):
+    def _restore(self, best: _Best, verbose: bool) -> None:
         """Put back the best epoch's parameters, in the model's own arrays; momentum then starts afresh."""
         self.history.best_epoch = best.epoch
         if best.epoch == self.history[-1].epoch:
@@ -157,15 +177,15 @@ class Trainer:
         if verbose:
             print(f"early stopping: restored the parameters of epoch {best.epoch} (val loss {best.loss:.4f})")
 
-    def evaluate(self, X, y):
+    def evaluate(self, X: Features, y: npt.ArrayLike) -> tuple[float, float]:
         """(mean cross-entropy loss, accuracy) of the model on (X, y)."""
         return self._evaluate(*_check_pair((X, y), self.model))
 
-    def _evaluate(self, X, y, chunk=8192):
+    def _evaluate(self, X: FloatArray | Pixels, y: npt.NDArray[np.int64], chunk: int = 8192) -> tuple[float, float]:
         with self.backend.between_epochs():
             return self._evaluate_chunks(X, y, chunk)
 
-    def _evaluate_chunks(self, X, y, chunk):
+    def _evaluate_chunks(self, X: FloatArray | Pixels, y: npt.NDArray[np.int64], chunk: int) -> tuple[float, float]:
         total_loss = 0.0
         correct = 0
         for start in range(0, len(X), chunk):
@@ -181,12 +201,15 @@ class Trainer:
 class _Best:
     """Early stopping's memory: the lowest validation loss so far, its epoch and a copy of its parameters."""
 
-    def __init__(self):
-        self.loss, self.epoch, self.params, self.waited = math.inf, None, None, 0
+    def __init__(self) -> None:
+        self.loss: float = math.inf
+        self.epoch: int | None = None
+        self.params: list[FloatArray] = []
+        self.waited = 0
 
-    def stop_after(self, record, model, patience):
+    def stop_after(self, record: EpochRecord, model: MLP, patience: int) -> bool:
         """Note this epoch; True once `patience` epochs in a row have not improved on the best."""
-        if record.val_loss < self.loss:
+        if record.val_loss is not None and record.val_loss < self.loss:  # fit passes validation data
             self.loss, self.epoch, self.waited = record.val_loss, record.epoch, 0
             self.params = [p.copy() for p in model.weights + model.biases]
             return False
@@ -194,7 +217,7 @@ class _Best:
         return self.waited >= patience
 
 
-def _check_pair(data, model):
+def _check_pair(data: Any, model: MLP) -> tuple[FloatArray | Pixels, npt.NDArray[np.int64]]:
     try:
         X, y = data
     except (TypeError, ValueError):

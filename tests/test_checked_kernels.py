@@ -173,3 +173,20 @@ def test_checked_momentum_kernels_give_the_kernels_results_and_refuse_bad_calls(
         ck.momentum_update_inplace(f32(3), f32(3), f32(3), 0.1, 0.9, 0.0, 1)
     with pytest.raises(ValueError, match="weight_decay must be >= 0"):
         ck.momentum_update_inplace(f32(3), f32(3), f32(3), 0.1, 0.9, -1.0, False)
+
+
+def test_checked_argmax_gives_the_kernels_result_and_refuses_bad_calls():
+    Z = f32(7, 4)
+    out = np.empty(7, np.int64)
+    ck.argmax_rows_into(out, Z)
+    np.testing.assert_array_equal(out, Z.argmax(axis=1))
+    with pytest.raises(ValueError, match=r"out must have shape \(7,\)"):
+        ck.argmax_rows_into(np.empty(6, np.int64), Z)
+    with pytest.raises(TypeError, match="out must be an integer numpy array"):
+        ck.argmax_rows_into(np.empty(7, np.float32), Z)
+    with pytest.raises(TypeError, match="Z must be a float32 numpy array"):
+        ck.argmax_rows_into(out, Z.astype(np.float64))
+    with pytest.raises(ValueError, match="Z must have at least one column"):
+        ck.argmax_rows_into(out, np.empty((7, 0), np.float32))
+    with pytest.raises(TypeError, match="column indices up to 299"):
+        ck.argmax_rows_into(np.empty(2, np.int8), f32(2, 300))

@@ -54,7 +54,7 @@ def test_cli_same_seed_gives_the_same_model(tiny_mnist_dir, tmp_path, capsys):
     [
         (["--backend", "cuda"], "invalid choice: 'cuda'"),
         (["--epochs", "0"], "--epochs: must be an integer >= 1"),
-        (["--batch-size", "x"], "--batch-size: invalid"),
+        (["--batch-size", "x"], "--batch-size: must be an integer >= 1, got 'x'"),
         (["--lr", "-1"], "--lr: must be a finite number > 0"),
         (["--lr", "nan"], "--lr: must be a finite number > 0"),
         (["--val-size", "1.5"], "--val-size: must be a fraction"),
@@ -73,11 +73,11 @@ def test_bad_arguments_exit_2_with_one_usage_error_line(args, message, capsys):
     with pytest.raises(SystemExit) as exc:
         main(args)
     assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert message in err and err.strip().splitlines()[-1].startswith("python -m fastmlp.train: error:")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and err[0].startswith("python -m fastmlp.train: error:")
 
 
-def test_missing_data_with_no_download_exits_1_with_one_line(tmp_path, capsys):
+def test_missing_data_dir_with_no_download_exits_1_with_one_line(tmp_path, capsys):
     code = main(["--data-dir", str(tmp_path), "--no-download", "--epochs", "1"])
     err = capsys.readouterr().err
     assert code == 1

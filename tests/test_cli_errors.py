@@ -22,9 +22,11 @@ def run_cli(*args, **kwargs):
     "args, message",
     [
         (["--seed", "-1"], "--seed: must be an integer >= 0"),
-        (["--seed", "1.5"], "--seed: invalid _non_negative_int value"),
+        (["--seed", "1.5"], "--seed: must be an integer >= 0, got '1.5'"),
         (["--lr", "1e300"], "--lr: must be a finite number > 0"),
-        (["--hidden", "x"], "--hidden: invalid _positive_int value"),
+        (["--hidden", "x"], "--hidden: must be an integer >= 1, got 'x'"),
+        (["--lr", "fast"], "--lr: must be a finite number > 0"),
+        (["--momentum", "high"], "--momentum: must be in [0, 1), got 'high'"),
         (["--dataset", "cifar"], "invalid choice: 'cifar'"),
         (["--no-such-option"], "unrecognized arguments: --no-such-option"),
     ],
@@ -34,17 +36,30 @@ def test_more_bad_arguments_exit_2_with_one_usage_error_line(args, message, caps
         main(args)
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2
-    assert err[-1].startswith(f"{PROG}: error:") and message in err[-1]
+    assert len(err) == 1 and err[0].startswith(f"{PROG}: error:") and message in err[0]
+    assert err[0].endswith(f"(see {PROG} --help)") and "invalid" not in err[0].replace("invalid choice", "")
 
 
-def test_a_multi_line_error_message_is_printed_on_one_line(tmp_path, monkeypatch, capsys):
+def test_data_not_found_speaks_in_flags_and_lists_the_places_one_per_line(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("FASTMLP_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setitem(datasets.BUNDLED_DIRS, "mnist", [tmp_path / "nothing-here"])
-    assert main(["--no-download", "--epochs", "1"]) == 1
+    monkeypatch.setitem(datasets.BUNDLED_DIRS, "fashion-mnist", [tmp_path / "nothing-here"])
+    assert main(["--no-download", "--epochs", "1", "--dataset", "fashion-mnist"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith(f"{PROG}: error: fashion-mnist not found, and --no-download forbids downloading it.")
+    assert lines[1] == f"  - system copy: {tmp_path / 'nothing-here'} (folder does not exist)"
+    assert lines[2].startswith("  - user cache: ")
+    assert "--data-dir DIR" in lines[3] and "apt-get install dataset-fashion-mnist" in lines[3]
+    assert not any("download=" in line or "data_dir=" in line for line in lines)
+
+
+def test_a_data_dir_without_the_files_names_the_flags(tmp_path, capsys):
+    assert main(["--data-dir", str(tmp_path), "--no-download", "--epochs", "1"]) == 1
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1
-    assert err.startswith(f"{PROG}: error: mnist not found and download=False.") and "user cache" in err
+    assert err == (f"{PROG}: error: --data-dir {tmp_path} does not hold the mnist files (missing "
+                   "train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], "
+                   "t10k-labels-idx1-ubyte[.gz]); put the four IDX files there, or leave out --no-download to "
+                   "download them into it\n")
 
 
 @pytest.fixture

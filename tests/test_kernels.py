@@ -223,3 +223,16 @@ def test_backend_reuses_its_buffers_across_epochs(rng):
     ws = backend._workspace(model.layer_sizes, 8)
     backend.train_epoch(model, X, y, batch_size=8, lr=0.1, rng=rng)
     assert backend._workspace(model.layer_sizes, 8) is ws
+
+
+def test_argmax_rows_matches_numpy_argmax_ties_included(rng):
+    Z = rand(rng, 37, 10)
+    Z[3] = 1.0  # a row of ties: the first index, as np.argmax
+    Z[5, [2, 7]] = 9.0
+    Z[6] = -np.inf  # a row with nothing above the first entry
+    out = np.full(37, -1, np.int64)
+    kernels.argmax_rows_into(out, Z)
+    np.testing.assert_array_equal(out, Z.argmax(axis=1))
+    out32 = np.empty(4, np.int32)
+    kernels.argmax_rows_into(out32, Z[10:14])
+    np.testing.assert_array_equal(out32, Z[10:14].argmax(axis=1))

@@ -18,16 +18,20 @@ indices. Inputs are validated by these public methods, once per call.
 """
 
 import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .base import BackendBase
 
 _MODULES = {"numpy": "numpy_ref", "numba": "numba_fused"}
-_instances = {}
+_instances: dict[str, "BackendBase"] = {}
 
 
 class BackendError(ValueError):
     """An unknown backend, or one that cannot be used on this machine."""
 
 
-def available_backends():
+def available_backends() -> tuple[str, ...]:
     """Names of the backends that can be used here, the reference first."""
     names = []
     for name in _MODULES:
@@ -39,7 +43,7 @@ def available_backends():
     return tuple(names)
 
 
-def get_backend(name):
+def get_backend(name: str) -> "BackendBase":
     """The backend called `name` ("numpy" or "numba"); instances are shared."""
     if name not in _MODULES:
         raise BackendError(f"unknown backend {name!r}; choose one of {sorted(_MODULES)}")

@@ -1,33 +1,69 @@
 """The public edge shared by every backend: validate once, then call the backend's maths."""
 
-from contextlib import nullcontext
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
-from ..inputs import Pixels, check_features, check_labels, check_model, check_positive_float, check_positive_int
-from ..optim import check_sgd_options, check_velocity
+from ..inputs import (
+    Features,
+    FloatArray,
+    Pixels,
+    check_features,
+    check_labels,
+    check_model,
+    check_positive_float,
+    check_positive_int,
+)
+from ..optim import Velocity, check_sgd_options, check_velocity
+
+if TYPE_CHECKING:
+    from ..model import MLP
+
+Progress = Callable[[int], object]
+"""Called with the number of samples just trained (e.g. `tqdm.update`)."""
+Labels = npt.NDArray[np.int64]
 
 
 class BackendBase:
     """Validates the arguments of the four protocol methods and hands valid arrays to
     `_forward`, `_loss_and_grads`, `_sgd_step` and `_train_epoch`, which subclasses write."""
 
-    name = None
+    name: str | None = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<fastmlp backend {self.name!r}>"
 
-    def forward(self, model, X):
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle (and deepcopy) the configuration, never the runtime state.
+
+        A backend may hold a lock and scratch buffers (the numba one does); a copy gets its own,
+        made as the original's were. The instance `get_backend(name)` shares comes back as that
+        same shared instance; any other one as `type(self)(threads=...)` when it has a thread setting.
+        """
+        from . import _instances, get_backend
+
+        if self.name is not None and _instances.get(self.name) is self:
+            return get_backend, (self.name,)
+        threads = getattr(self, "threads", _NO_SETTING)
+        return _rebuild_backend, (type(self), {} if threads is _NO_SETTING else {"threads": threads})
+
+    def forward(self, model: MLP, X: Features) -> FloatArray:
         """Class probabilities of X, float32 (n, classes)."""
-        check_model(model)
+        check_model(model, writable=False)
         return self._forward(model, _as_array(check_features(X, model.n_features)))
 
-    def loss_and_grads(self, model, X, y):
+    def loss_and_grads(self, model: MLP, X: Features, y: npt.ArrayLike) -> tuple[float, list[FloatArray], list[FloatArray]]:
         """(mean cross-entropy, dW list, db list) of the batch (X, y)."""
         X, y = self._check_batch(model, X, y)
         return self._loss_and_grads(model, _as_array(X), y)
 
-    def sgd_step(self, model, X, y, lr, *, momentum=0.0, nesterov=False, weight_decay=0.0, velocity=None):
+    def sgd_step(self, model: MLP, X: Features, y: npt.ArrayLike, lr: float, *, momentum: float = 0.0,
+                 nesterov: bool = False, weight_decay: float = 0.0, velocity: Velocity | None = None) -> float:
         """One SGD step on the batch, in place; returns the loss before it.
 
         Plain SGD (the defaults) is parameters -= lr * grad; momentum, nesterov and weight_decay
@@ -38,8 +74,9 @@ class BackendBase:
         sgd = sgd_options(model, momentum, nesterov, weight_decay, velocity)
         return self._sgd_step(model, _as_array(X), y, lr, **sgd)
 
-    def train_epoch(self, model, X, y, *, batch_size, lr, rng, progress=None, momentum=0.0, nesterov=False,
-                    weight_decay=0.0, velocity=None):
+    def train_epoch(self, model: MLP, X: Features, y: npt.ArrayLike, *, batch_size: int, lr: float,
+                    rng: np.random.Generator, progress: Progress | None = None, momentum: float = 0.0,
+                    nesterov: bool = False, weight_decay: float = 0.0, velocity: Velocity | None = None) -> float:
         """One shuffled pass of SGD over (X, y); returns the mean loss over the samples.
 
         progress, if given, is called with the number of samples just trained, a few dozen
@@ -55,26 +92,50 @@ class BackendBase:
         sgd = sgd_options(model, momentum, nesterov, weight_decay, velocity)
         return self._train_epoch(model, X, y, batch_size, lr, rng, progress, **sgd)
 
-    def between_epochs(self):
+    def between_epochs(self) -> AbstractContextManager[object]:
         """A context manager for the work a Trainer does between epochs (evaluation); nothing here."""
         return nullcontext()
 
-    def warm_up(self, model, *, pixels=False, momentum=False):
+    def warm_up(self, model: MLP, *, pixels: bool = False, momentum: bool = False) -> float:
         """Prepare whatever the first epoch would otherwise pay for (JIT compilation); returns seconds."""
         return 0.0
 
+    # What a backend implements, on arrays the public methods above have validated.
+
+    def _forward(self, model: MLP, X: FloatArray) -> FloatArray:
+        raise NotImplementedError
+
+    def _loss_and_grads(self, model: MLP, X: FloatArray, y: Labels) -> tuple[float, list[FloatArray], list[FloatArray]]:
+        raise NotImplementedError
+
+    def _sgd_step(self, model: MLP, X: FloatArray, y: Labels, lr: float, *, momentum: float = 0.0,
+                  nesterov: bool = False, weight_decay: float = 0.0, velocity: Velocity | None = None) -> float:
+        raise NotImplementedError
+
+    def _train_epoch(self, model: MLP, X: FloatArray | Pixels, y: Labels, batch_size: int, lr: float,
+                     rng: np.random.Generator, progress: Progress | None = None, **sgd: Any) -> float:
+        raise NotImplementedError
+
     @staticmethod
-    def _check_batch(model, X, y):
+    def _check_batch(model: MLP, X: Features, y: npt.ArrayLike) -> tuple[FloatArray | Pixels, Labels]:
         check_model(model)
         X = check_features(X, model.n_features)
         y = check_labels(y, len(X), model.n_classes)
         return X, y
 
 
+_NO_SETTING = object()
+
+
+def _rebuild_backend(cls: type[BackendBase], settings: dict[str, Any]) -> BackendBase:
+    """A fresh backend of class cls with the pickled settings (`BackendBase.__reduce__`)."""
+    return cls(**settings)
+
+
 PROGRESS_UPDATES = 50
 
 
-def epoch_ranges(n, batch_size, progress):
+def epoch_ranges(n: int, batch_size: int, progress: Progress | None) -> list[tuple[int, int]]:
     """(begin, end) pieces of range(n) in whole batches: one piece without progress, about PROGRESS_UPDATES with it."""
     if progress is None:
         return [(0, n)]
@@ -83,12 +144,13 @@ def epoch_ranges(n, batch_size, progress):
     return [(start, min(start + step, n)) for start in range(0, n, step)]
 
 
-def epoch_chunks(order, batch_size, progress):
+def epoch_chunks(order: npt.NDArray[np.int64], batch_size: int, progress: Progress | None) -> list[npt.NDArray[np.int64]]:
     """`order` cut into whole batches: one piece without progress, about PROGRESS_UPDATES with it."""
     return [order[begin:end] for begin, end in epoch_ranges(len(order), batch_size, progress)]
 
 
-def sgd_options(model, momentum, nesterov, weight_decay, velocity):
+def sgd_options(model: MLP, momentum: float, nesterov: bool, weight_decay: float,
+                velocity: Velocity | None) -> dict[str, Any]:
     """The checked keyword arguments for `_sgd_step` / `_train_epoch`: none for plain SGD, whose path stays as it is."""
     momentum, nesterov, weight_decay = check_sgd_options(momentum, nesterov, weight_decay)
     if momentum > 0:
@@ -99,5 +161,5 @@ def sgd_options(model, momentum, nesterov, weight_decay, velocity):
             "velocity": velocity if momentum else None}
 
 
-def _as_array(X):
+def _as_array(X: FloatArray | Pixels) -> FloatArray:
     return X.to_float32() if isinstance(X, Pixels) else X

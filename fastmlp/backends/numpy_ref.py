@@ -8,18 +8,27 @@ Backward, with dZ_L = (P - onehot(y)) / n:
 The SGD step, with momentum and weight decay when asked: see fastmlp/optim.py.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
-from .base import BackendBase, epoch_chunks
+from ..inputs import FloatArray, Pixels
+from ..optim import Velocity
+from .base import BackendBase, Labels, Progress, epoch_chunks
+
+if TYPE_CHECKING:
+    from ..model import MLP
 
 
-def log_softmax(Z):
+def log_softmax(Z: FloatArray) -> FloatArray:
     """Row-wise log softmax of float32 logits (n, k), stable for any finite logits."""
     shifted = Z - Z.max(axis=1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def hidden_activations(model, X):
+def hidden_activations(model: MLP, X: FloatArray) -> tuple[list[FloatArray], FloatArray]:
     """[X, A_1, ..., A_{L-1}] and the logits Z_L of the batch X."""
     activations = [X]
     for W, b in zip(model.weights[:-1], model.biases[:-1]):
@@ -28,7 +37,8 @@ def hidden_activations(model, X):
     return activations, logits
 
 
-def momentum_update(param, v, g, lr, momentum, nesterov):
+def momentum_update(param: FloatArray, v: FloatArray, g: FloatArray, lr: float, momentum: float,
+                    nesterov: bool) -> None:
     """v = momentum * v - lr * g, then param += momentum * v - lr * g (Nesterov) or v; both in place."""
     mu = np.float32(momentum)
     step = lr * g
@@ -40,11 +50,11 @@ def momentum_update(param, v, g, lr, momentum, nesterov):
 class Backend(BackendBase):
     name = "numpy"
 
-    def _forward(self, model, X):
+    def _forward(self, model: MLP, X: FloatArray) -> FloatArray:
         _, logits = hidden_activations(model, X)
         return np.exp(log_softmax(logits))
 
-    def _loss_and_grads(self, model, X, y):
+    def _loss_and_grads(self, model: MLP, X: FloatArray, y: Labels) -> tuple[float, list[FloatArray], list[FloatArray]]:
         n = len(X)
         activations, logits = hidden_activations(model, X)
         log_probs = log_softmax(logits)
@@ -53,8 +63,8 @@ class Backend(BackendBase):
         dZ = np.exp(log_probs)
         dZ[np.arange(n), y] -= 1
         dZ /= np.float32(n)
-        dW = [None] * len(model.weights)
-        db = [None] * len(model.biases)
+        dW: list[Any] = [None] * len(model.weights)
+        db: list[Any] = [None] * len(model.biases)
         for l in reversed(range(len(model.weights))):
             A_prev = activations[l]
             dW[l] = A_prev.T @ dZ
@@ -63,21 +73,23 @@ class Backend(BackendBase):
                 dZ = (dZ @ model.weights[l].T) * (A_prev > 0)
         return float(loss), dW, db
 
-    def _sgd_step(self, model, X, y, lr, momentum=0.0, nesterov=False, weight_decay=0.0, velocity=None):
+    def _sgd_step(self, model: MLP, X: FloatArray, y: Labels, lr: float, momentum: float = 0.0, nesterov: bool = False,
+                  weight_decay: float = 0.0, velocity: Velocity | None = None) -> float:
         loss, dW, db = self._loss_and_grads(model, X, y)
-        lr = np.float32(lr)
+        lr32 = np.float32(lr)
         for l, (W, b, gW, gb) in enumerate(zip(model.weights, model.biases, dW, db)):
             if weight_decay:
                 gW += np.float32(weight_decay) * W
-            if momentum:
-                momentum_update(W, velocity.weights[l], gW, lr, momentum, nesterov)
-                momentum_update(b, velocity.biases[l], gb, lr, momentum, nesterov)
+            if momentum and velocity is not None:  # sgd_options makes sure momentum comes with one
+                momentum_update(W, velocity.weights[l], gW, lr32, momentum, nesterov)
+                momentum_update(b, velocity.biases[l], gb, lr32, momentum, nesterov)
             else:
-                W -= lr * gW
-                b -= lr * gb
+                W -= lr32 * gW
+                b -= lr32 * gb
         return loss
 
-    def _train_epoch(self, model, X, y, batch_size, lr, rng, progress=None, **sgd):
+    def _train_epoch(self, model: MLP, X: FloatArray | Pixels, y: Labels, batch_size: int, lr: float,
+                     rng: np.random.Generator, progress: Progress | None = None, **sgd: Any) -> float:
         total = 0.0
         for chunk in epoch_chunks(rng.permutation(len(X)), batch_size, progress):
             for start in range(0, len(chunk), batch_size):

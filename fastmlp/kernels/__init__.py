@@ -4,14 +4,22 @@ Every kernel works on float32 C-contiguous arrays (row slices `buf[:n]` of one a
 assumes valid input and writes only the argument its name says it overwrites. Matrices are
 row-major: activations (batch, features), weights (fan_in, fan_out).
 
-Argument order: outputs first, then inputs (`matmul_into(C, A, B)`, `gather_rows(out, X, rows)`),
-except where a kernel overwrites an input in place (`*_inplace`: the array updated comes first).
-`bias_grad(dZ, out)` and `relu_backward_bias_grad_inplace(dA, A, db)` predate the rule and keep
-their order. A call with an array that is not C-contiguous fails when it is compiled.
+Argument order: the array a kernel writes comes first, then what it reads, then scalars:
+`matmul_into(C, A, B)`, `gather_rows(out, X, rows)`, `argmax_rows_into(out, Z)`; an in-place
+kernel (`*_inplace`) first names the array it updates, `bias_relu_forward_inplace(Z, b)`. Two
+kernels predate the rule and put a column-sum output last, `bias_grad(dZ, out)` and
+`relu_backward_bias_grad_inplace(dA, A, db)`; they keep that order so that callers keep working.
+New kernels follow the rule.
+
+Order of a backward step: dA_{l-1} = dZ_l W_l^T (`matmul_bt_into`) reads W_l, so it must be
+computed before the update that overwrites W_l (`sgd_gemm_update_inplace`,
+`momentum_gemm_update_inplace`, `momentum_*_inplace`); the other order backpropagates through
+the already-updated weights, silently (fastmlp/backends/numba_fused.py does it so).
+A call with an array that is not C-contiguous fails when it is compiled.
 
 The modules of this package, one concept each:
     blas_gemm    the gemm kernels that call BLAS sgemm (through SciPy)
-    elementwise  bias, ReLU, softmax + cross-entropy, SGD and momentum updates
+    elementwise  bias, ReLU, softmax + cross-entropy, SGD and momentum updates, argmax (prediction)
     gather       a batch's rows gathered (and uint8 pixels scaled) into a float32 buffer
     packed       weights packed into column panels, and the SIMD kernels that read and update them
     simd_ir      the LLVM IR of those kernels' microkernels
@@ -28,6 +36,7 @@ from .blas_gemm import (
     sgd_gemm_update_inplace,
 )
 from .elementwise import (
+    argmax_rows_into,
     bias_forward_inplace,
     bias_grad,
     bias_relu_forward_inplace,
@@ -66,6 +75,7 @@ __all__ = [
     "pack_weights_into", "unpack_weights_into", "packed_matmul_into", "packed_matmul_bias_into",
     "packed_matmul_bias_relu_into", "packed_matmul_relu_mask_into", "packed_sgd_update_inplace",
     "packed_momentum_update_inplace",
+    "argmax_rows_into",
 ]
 # Also public, but not kernels: PANEL_WIDTH and TILE_ROWS (the tile of this CPU), and
 # packed_shape(K, N) / panel_count(N), the shape of a packed (K, N) weight matrix.

@@ -1,4 +1,4 @@
-"""Elementwise and row-wise kernels: bias, ReLU, softmax + cross-entropy, SGD and momentum updates."""
+"""Elementwise and row-wise kernels: bias, ReLU, softmax + cross-entropy, SGD and momentum updates, argmax."""
 
 import numpy as np
 from numba import njit
@@ -171,3 +171,15 @@ def momentum_update_inplace(W, V, G, lr, momentum, weight_decay, nesterov):
             w[i] += vi
 
 
+
+
+@njit(cache=True)
+def argmax_rows_into(out, Z):
+    """out[i] = index of the largest entry of row i of Z (n, k) float32 (the first on ties, as np.argmax), out (n,) integer; overwrites out."""
+    n, k = Z.shape
+    for i in range(n):
+        best, best_j = Z[i, 0], 0
+        for j in range(1, k):
+            if Z[i, j] > best:
+                best, best_j = Z[i, j], j
+        out[i] = best_j
