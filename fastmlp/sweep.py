@@ -39,8 +39,8 @@ def build_parser():
         prog=PROG,
         description="Train MLPs over a grid of fastmlp.train's options on a Dask cluster and compare them. "
                     "Each training option takes one or more values; the trials are their cartesian product. "
-                    f"'{NEXT_GRID}' followed by options adds another grid, which takes the options before the "
-                    f"first '{NEXT_GRID}' as its defaults.",
+                    f"'{NEXT_GRID}' followed by training options adds another grid, which takes the training "
+                    f"options before the first '{NEXT_GRID}' as its defaults.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.set_defaults(grid_dests=add_grid_arguments(parser))
@@ -73,15 +73,13 @@ def parse_arguments(argv):
     """(args, configurations): the sweep's options and its trials; exits with status 2 on a usage error."""
     parser = build_parser()
     parts = _split_grids(sys.argv[1:] if argv is None else list(argv))
-    args = parser.parse_args(parts[0])
-    grids = [grid_values(args, args.grid_dests)]
-    for part in parts[1:]:
-        more = parser.parse_args(parts[0] + part)
-        changed = [action.option_strings[0] for action in parser._actions if action.option_strings
-                   and action.dest not in args.grid_dests and getattr(more, action.dest) != getattr(args, action.dest)]
-        if changed:
-            parser.error(f"{NEXT_GRID} starts another grid: only training options may follow it, not {changed[0]}")
-        grids.append(grid_values(more, args.grid_dests))
+    # The sweep's own options (--json, --scheduler, ...) may come anywhere; the training options
+    # of each grid are those before the first --and, overridden by those of its own part.
+    args = parser.parse_args([word for part in parts for word in part])
+    grids = [grid_values(parser.parse_args(parts[0] + part), args.grid_dests) for part in parts[1:]]
+    grids.insert(0, grid_values(parser.parse_args(parts[0]), args.grid_dests))
+    if len({grid["val_size"][0] for grid in grids}) > 1:
+        parser.error("--val-size must be the same for every grid: the table ranks all trials by one accuracy")
     for grid in grids:
         if grid["patience"] != [None] and grid["val_size"] == [0.0]:
             parser.error("--patience needs --val-size > 0: early stopping watches the validation loss")
@@ -130,9 +128,11 @@ def dask_client(scheduler=None, workers=None):
             yield client
         return
     # One thread per worker process: each trial trains single-threaded, so this fills the cores
-    # without oversubscribing them. No dashboard: it would take a port and need bokeh.
+    # without oversubscribing them. No dashboard, and the scheduler's remaining HTTP routes on a
+    # free loopback port rather than 8787, which another cluster on the machine may hold.
     with LocalCluster(n_workers=workers or usable_cpus(), threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+                      dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield client
 
 
@@ -270,15 +270,21 @@ def main(argv=None):
     args, configs = parse_arguments(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
 
+    reports = []
+
     def check_then_run():
         require_distributed()
         for option in ("json", "resume", "plot", "save_best"):
             check_output_path(getattr(args, option), "--" + option.replace("_", "-"))
         if args.plot:
             require_matplotlib()
-        run(args, configs)
+        reports.append(run(args, configs))
 
-    return run_reporting_errors(PROG, check_then_run, debug=args.debug)
+    status = run_reporting_errors(PROG, check_then_run, debug=args.debug)
+    if status == 0 and reports[0].trials and not reports[0].ok_trials():
+        print(f"{PROG}: error: every trial failed", file=sys.stderr)
+        return 1
+    return status
 
 
 if __name__ == "__main__":
