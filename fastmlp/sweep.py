@@ -48,10 +48,10 @@ def build_parser():
                         help="run N trials drawn at random from the grid instead of all of it")
     parser.add_argument("--random-seed", type=int, default=0, metavar="S", help="seed of the --random draw")
     parser.add_argument("--scheduler", metavar="ADDRESS",
-                        help="the Dask scheduler of a running cluster, e.g. tcp://10.0.0.5:8786 "
-                             "(default: start a local cluster)")
+                        help="the Dask scheduler of a running cluster, e.g. tcp://10.0.0.5:8786; "
+                             "None: start a local cluster")
     parser.add_argument("--workers", type=_positive_int, default=None, metavar="N",
-                        help="worker processes of the local cluster, one thread each (default: one per core)")
+                        help="worker processes of the local cluster, one thread each; None: one per core")
     parser.add_argument("--json", type=Path, metavar="PATH",
                         help="write every trial's configuration and results as JSON, after each trial")
     parser.add_argument("--resume", type=Path, metavar="PATH",
@@ -139,7 +139,9 @@ def dask_client(scheduler=None, workers=None):
 def run(args, configs):
     """Run the trials not already done in --resume's JSON; print and write the results."""
     say = (lambda *a: None) if args.quiet else tqdm.write
-    source = {"dataset": configs[0]["dataset"], "data_dir": str(args.data_dir) if args.data_dir else None,
+    # A local cluster's workers share this machine's folders; a remote one's resolve the path where they run.
+    data_dir = args.data_dir if args.scheduler or args.data_dir is None else args.data_dir.resolve()
+    source = {"dataset": configs[0]["dataset"], "data_dir": str(data_dir) if data_dir else None,
               "download": not args.no_download}
     resumed = load_resumed_trials(args.resume) if args.resume else []
     done = {config_key(trial["config"]) for trial in resumed if trial["status"] == "ok"}

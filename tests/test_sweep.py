@@ -275,8 +275,8 @@ def test_mlpclassifier_in_gridsearchcv_on_a_dask_cluster(cluster):
     """scikit-learn's grid search, its fits sent to Dask workers through joblib's dask backend.
 
     backend="numpy": a fitted numba-backed MLPClassifier does not pickle yet (its backend
-    holds a threading.Lock; the library issue makes it picklable), and joblib may ship
-    fitted estimators back.
+    holds a threading.Lock; the library issue makes it picklable). The grid search itself
+    ships only unfitted clones; switch this to "numba" once fitted estimators pickle.
     """
     X, y = _blobs()
     search = GridSearchCV(
