@@ -125,6 +125,35 @@ def test_resume_skips_the_ok_trials_and_reruns_the_failed_ones(sweep, tmp_path):
     assert by_lr[0.1]["status"] == "ok" and by_lr[0.2]["status"] == "ok"
 
 
+def test_the_json_is_rewritten_complete_after_every_finished_trial(sweep, tmp_path, monkeypatch):
+    from fastmlp.sweep_report import Report
+
+    seen = []
+    write_json = Report.write_json
+
+    def write_and_read_back(self, path):
+        write_json(self, path)
+        seen.append([t["status"] for t in json.loads(path.read_text())["trials"]])
+
+    monkeypatch.setattr(Report, "write_json", write_and_read_back)
+    status, _, err, _ = sweep(*QUICK, "--lr", "0.02", "0.05", "0.1")
+    assert status == 0, err
+    assert seen[:3] == [["ok"], ["ok", "ok"], ["ok", "ok", "ok"]]  # then once more at the end
+    assert list(tmp_path.glob(".*.tmp")) == []
+
+
+def test_save_best_after_resume_trains_the_best_resumed_trial_again(sweep, tmp_path, tiny_mnist_dir):
+    status, _, err, first = sweep(*QUICK, "--lr", "0.01", "0.1")
+    assert status == 0, err
+    path = tmp_path / "best.npz"
+    status, out, err, _ = sweep(*QUICK, "--lr", "0.01", "0.1", "--resume", str(tmp_path / "sweep.json"),
+                                "--save-best", str(path))
+    assert status == 0, err
+    assert "2 trials, 0 to run" in out and "training the best trial again" in out
+    *_, X_test, y_test = load_mnist(tiny_mnist_dir)
+    assert float((MLP.load(path).predict(X_test) == y_test).mean()) == first["best"]["test_accuracy"]
+
+
 def test_resume_of_a_file_that_is_not_a_sweep_says_so(sweep, tmp_path):
     bogus = tmp_path / "bogus.json"
     bogus.write_text('{"history": []}')
