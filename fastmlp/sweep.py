@@ -254,8 +254,9 @@ def _add_ensembles(client, report, source):
 def _save_best(client, report, best, source, path, say):
     """Save the best trial's model; a best trial from --resume's JSON is trained again (same seed, same result)."""
     record = report.best()
-    if record is None:
-        raise RuntimeError("--save-best: no trial finished ok, so there is no model to save")
+    if record is None:  # the command exits 1 for that
+        say("--save-best: no trial finished ok, so there is no model to save")
+        return
     model = best[1] if best[0] is record else None
     if model is None:
         say(f"training the best trial again to save its model ({describe(record['config'], report.swept)})")
