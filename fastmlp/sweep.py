@@ -18,8 +18,9 @@ from tqdm import tqdm
 
 from . import __version__
 from .blas_threads import usable_cpus
-from .plot import plot_sweep, require_matplotlib
+from .plot import require_matplotlib
 from .sweep_grid import add_grid_arguments, config_key, configurations, describe, grid_values, swept_options
+from .sweep_plot import plot_sweep
 from .sweep_report import Report, load_resumed_trials, trial_record
 from .sweep_trial import TRIAL_STARTED, ensemble_accuracy, one_line_error, run_trial
 from .train import _positive_int, check_output_path, run_reporting_errors
