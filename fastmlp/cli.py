@@ -1,4 +1,4 @@
-"""The `fastmlp` command (`fastmlp train|evaluate|predict|bench ...`), and what every fastmlp CLI shares
+"""The `fastmlp` command (`fastmlp train|evaluate|predict|bench|sweep ...`), and what every fastmlp CLI shares
 in how it parses: one-line usage errors, help that shows each default, messages in flags.
 
 Each subcommand is also `python -m fastmlp.<subcommand>`; both run the same `main`.
@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "evaluate": "a saved model's test accuracy, per-class precision and recall, confusion matrix",
     "predict": "the predicted class of every image in IDX, .npy or image files",
     "bench": "training throughput of the backends against the gemm floor and the roofline",
+    "sweep": "a grid of trainings on a Dask cluster (the sweep extra), ranked by accuracy",
 }
 
 

@@ -31,32 +31,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = new_parser(
         prog, description="Train an MLP (ReLU hidden layers, softmax, minibatch SGD) on MNIST and report test accuracy.",
     )
-    parser.add_argument("--backend", choices=["numpy", "numba"], default="numba",
-                        help="numpy: the vectorized reference; numba: the fused JIT kernels")
-    parser.add_argument("--hidden", type=_positive_int, nargs="*", default=[128, 64], metavar="N",
-                        help="hidden layer widths; --hidden with no width trains no hidden layer (softmax regression)")
-    parser.add_argument("--epochs", type=_positive_int, default=10, help="passes over the training set")
-    parser.add_argument("--batch-size", type=_positive_int, default=64, metavar="N", help="samples per SGD step")
-    parser.add_argument("--lr", type=_positive_float, default=0.05, help="SGD learning rate (of the first epoch)")
-    parser.add_argument("--momentum", type=_momentum, default=0.9, help="SGD momentum in [0, 1); 0: plain SGD")
-    parser.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
-                        help="Nesterov momentum rather than classical (no effect with --momentum 0)")
-    parser.add_argument("--weight-decay", type=_non_negative_float, default=0.0,
-                        help="L2 weight decay on the weights (not the biases)")
-    parser.add_argument("--schedule", choices=SCHEDULES, default="cosine",
-                        help="learning rate per epoch: step: times --gamma every --step-size epochs; "
-                             "cosine: from --lr down towards 0 over the epochs")
-    parser.add_argument("--step-size", type=_positive_int, default=10, metavar="EPOCHS",
-                        help="epochs between two decays of the step schedule")
-    parser.add_argument("--gamma", type=_decay_factor, default=0.1, help="the step schedule's decay factor")
-    parser.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the initial weights and the shuffling")
-    parser.add_argument("--init", choices=INITS, default="he", help="he: N(0, 2/fan_in); normal: N(0, 0.01^2)")
-    add_data_arguments(parser)
-    parser.add_argument("--val-size", type=_fraction, default=0.0,
-                        help="fraction of the training set held out for validation (0: report test metrics per epoch)")
-    parser.add_argument("--patience", type=_positive_int, default=None, metavar="N",
-                        help="stop when the validation loss has not improved for N epochs and keep the best "
-                             "epoch's parameters (needs --val-size)")
+    add_training_arguments(parser)
     parser.add_argument("--save", type=Path, metavar="PATH", help="write the trained model (.npz)")
     parser.add_argument("--metrics-json", type=Path, metavar="PATH", help="write metrics and history as JSON")
     parser.add_argument("--plot", type=Path, metavar="PATH",
@@ -70,6 +45,44 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("--version", action="version", version=f"fastmlp {__version__}")
     return parser
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, adapt: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    """The options that define one training (net, optimiser, schedule, seed, data), shared by
+    `fastmlp.train` and `fastmlp.sweep`. adapt(dest, kwargs) -> kwargs, if given, rewrites an
+    option's `add_argument` keywords (the sweep lets each take several values); the data options
+    are never adapted."""
+
+    def add(flag: str, **kwargs: Any) -> None:
+        dest = flag[2:].replace("-", "_")
+        parser.add_argument(flag, **(adapt(dest, kwargs) if adapt else kwargs))
+
+    add("--backend", choices=["numpy", "numba"], default="numba",
+        help="numpy: the vectorized reference; numba: the fused JIT kernels")
+    add("--hidden", type=_positive_int, nargs="*", default=[128, 64], metavar="N",
+        help="hidden layer widths; --hidden with no width trains no hidden layer (softmax regression)")
+    add("--epochs", type=_positive_int, default=10, help="passes over the training set")
+    add("--batch-size", type=_positive_int, default=64, metavar="N", help="samples per SGD step")
+    add("--lr", type=_positive_float, default=0.05, help="SGD learning rate (of the first epoch)")
+    add("--momentum", type=_momentum, default=0.9, help="SGD momentum in [0, 1); 0: plain SGD")
+    add("--nesterov", action=argparse.BooleanOptionalAction, default=True,
+        help="Nesterov momentum rather than classical (no effect with --momentum 0)")
+    add("--weight-decay", type=_non_negative_float, default=0.0,
+        help="L2 weight decay on the weights (not the biases)")
+    add("--schedule", choices=SCHEDULES, default="cosine",
+        help="learning rate per epoch: step: times --gamma every --step-size epochs; "
+             "cosine: from --lr down towards 0 over the epochs")
+    add("--step-size", type=_positive_int, default=10, metavar="EPOCHS",
+        help="epochs between two decays of the step schedule")
+    add("--gamma", type=_decay_factor, default=0.1, help="the step schedule's decay factor")
+    add("--seed", type=_non_negative_int, default=0, help="seed of the initial weights and the shuffling")
+    add("--init", choices=INITS, default="he", help="he: N(0, 2/fan_in); normal: N(0, 0.01^2)")
+    add_data_arguments(parser)  # where the data comes from: one source per command, never varied
+    add("--val-size", type=_fraction, default=0.0,
+        help="fraction of the training set held out for validation (0: report test metrics per epoch)")
+    add("--patience", type=_positive_int, default=None, metavar="N",
+        help="stop when the validation loss has not improved for N epochs and keep the best "
+             "epoch's parameters (needs --val-size)")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,134 @@
+"""A sweep's trials: `fastmlp.train`'s options with several values each, as a grid of configurations.
+
+A configuration is a dict of one value per training option, keyed by the options' `dest`
+names (`batch_size`, `hidden`, ...), as JSON stores it. The grid is the cartesian product of
+the values given (options left out take train's defaults), or a reproducible random sample of
+it; `--and` on the command line starts another grid, and the sweep runs the union.
+"""
+
+import argparse
+import json
+import math
+
+import numpy as np
+
+from .train import add_training_arguments
+
+# Held fixed for a whole sweep: the validation split decides what the table sorts by.
+SINGLE_VALUED = {"val_size"}
+DATA_OPTIONS = ("dataset",)  # part of each configuration; data_dir and no_download only say where it is
+
+
+def add_grid_arguments(parser):
+    """Add train's options to parser, each taking one or more values; returns their dest names in order."""
+    dests = []
+
+    def several_values(dest, kwargs):
+        dests.append(dest)
+        if dest in SINGLE_VALUED or "action" in kwargs:  # --nesterov / --no-nesterov stays a flag
+            return kwargs
+        kwargs = dict(kwargs, nargs="+", default=[kwargs.get("default")])
+        if dest == "hidden":
+            kwargs.update(type=hidden_widths, default=[tuple(kwargs["default"][0])], metavar="WxW",
+                          help="hidden layer widths of a trial joined by x, e.g. 128x64 256x128 for two nets")
+        return kwargs
+
+    add_training_arguments(parser, several_values)
+    dests.extend(DATA_OPTIONS)
+    return dests
+
+
+def hidden_widths(text):
+    """'256x128' -> (256, 128): the hidden layers of one trial's net."""
+    try:
+        widths = tuple(int(part) for part in text.split("x"))
+    except ValueError:
+        widths = ()
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"must be layer widths >= 1 joined by x, such as 128x64, got {text!r}")
+    return widths
+
+
+def grid_values(args, dests):
+    """{dest: [values]} of one parsed command line: a list per option, in the options' order."""
+    values = {}
+    for dest in dests:
+        value = getattr(args, dest)
+        values[dest] = list(dict.fromkeys(value)) if isinstance(value, list) else [value]
+    return values
+
+
+def grid_size(grid):
+    return math.prod(len(values) for values in grid.values())
+
+
+def configurations(grids, sample=None, seed=0):
+    """The trials of the union of grids (each {dest: [values]}), in grid order, duplicates dropped.
+
+    sample: None for every trial, or how many to draw at random without replacement
+    (numpy.random.default_rng(seed), so a rerun or --resume draws the same ones).
+    """
+    sizes = [grid_size(grid) for grid in grids]
+    if sample is None:
+        indices = range(sum(sizes))
+    else:
+        if sample > sum(sizes):
+            raise ValueError(f"--random {sample} asks for more trials than the grid has ({sum(sizes)})")
+        indices = np.sort(np.random.default_rng(seed).choice(sum(sizes), size=sample, replace=False))
+    trials = {}
+    for index in indices:
+        config = _nth_configuration(grids, sizes, int(index))
+        trials.setdefault(config_key(config), config)
+    return list(trials.values())
+
+
+def _nth_configuration(grids, sizes, index):
+    """The index-th configuration of the grids' concatenated products (mixed radix, last option fastest),
+    decoded so that --random never builds a product that may be large."""
+    for grid, size in zip(grids, sizes):
+        if index < size:
+            break
+        index -= size
+    config = {}
+    for dest, values in reversed(grid.items()):
+        index, digit = divmod(index, len(values))
+        config[dest] = values[digit]
+    config = {dest: config[dest] for dest in grid}
+    config["hidden"] = list(config["hidden"])
+    if config["momentum"] == 0:
+        config["nesterov"] = False  # plain SGD has no velocity to look ahead with, as in fastmlp.train
+    return config
+
+
+def config_key(config):
+    """A configuration as one canonical string, equal for equal configurations, also after a JSON round trip."""
+    return json.dumps(config, sort_keys=True)
+
+
+def swept_options(configs):
+    """The options that differ between configurations, in the configurations' key order."""
+    if not configs:
+        return []
+    return [dest for dest in configs[0] if len({json.dumps(c[dest]) for c in configs}) > 1]
+
+
+def option_flag(dest):
+    return "--" + dest.replace("_", "-")
+
+
+def format_value(dest, value):
+    if dest == "hidden":
+        return "x".join(map(str, value)) or "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def describe(config, dests):
+    """'lr 0.05, batch-size 64': a configuration's values of the options dests."""
+    return ", ".join(f"{dest.replace('_', '-')} {format_value(dest, config[dest])}" for dest in dests)
+
+
+def without(config, dest):
+    return {key: value for key, value in config.items() if key != dest}
+
