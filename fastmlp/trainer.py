@@ -10,7 +10,7 @@ from tqdm import tqdm
 from .backends import get_backend
 from .backends.base import BackendBase, sgd_options
 from .backends.numpy_ref import hidden_activations, log_softmax
-from .inputs import check_features, check_labels, check_model, check_positive_float, check_positive_int, make_rng
+from .inputs import Pixels, check_features, check_labels, check_model, check_positive_float, check_positive_int, make_rng
 from .optim import LRSchedule, Velocity, check_sgd_options
 
 
@@ -37,10 +37,13 @@ class History:
 
     best_epoch: after `fit(..., patience=N)`, the epoch of the lowest validation loss, whose
     parameters the model was given back (None without patience).
+    compile_seconds: what `fit` spent preparing the backend (JIT compilation, or loading it from
+    Numba's cache) before its first timed epoch; no epoch's `seconds` includes it.
     """
 
     epochs: list = field(default_factory=list)
     best_epoch: int | None = None
+    compile_seconds: float = 0.0
 
     def __len__(self):
         return len(self.epochs)
@@ -73,15 +76,20 @@ class Trainer:
     None) sets each epoch's rate from lr, see `fastmlp.optim.LRSchedule` (step_size, gamma).
     The shuffling order comes from `numpy.random.default_rng(seed)`, so the same seed and
     backend (and thread count) give the same parameters. Calling `fit` again continues.
+    threads (with a backend name): the threads it trains on, see `fastmlp.get_backend`; default:
+    the backend's choice, which leaves out the cores other work keeps busy.
     """
 
     def __init__(self, model, backend="numba", *, lr=0.1, batch_size=32, seed=0, momentum=0.0, nesterov=False,
-                 weight_decay=0.0, schedule=None, step_size=10, gamma=0.1):
+                 weight_decay=0.0, schedule=None, step_size=10, gamma=0.1, threads=None):
         check_model(model)
         if not isinstance(backend, (str, BackendBase)):
             raise TypeError(f"backend must be a backend name or a fastmlp backend, got {type(backend).__name__}")
+        if threads is not None and not isinstance(backend, str):
+            raise ValueError("threads goes with a backend name; a backend object has its own "
+                             "(e.g. fastmlp.backends.numba_fused.Backend(threads=N))")
         self.model = model
-        self.backend = get_backend(backend) if isinstance(backend, str) else backend
+        self.backend = get_backend(backend, threads) if isinstance(backend, str) else backend
         self.lr = check_positive_float(lr, "lr")
         self.batch_size = check_positive_int(batch_size, "batch_size")
         momentum, nesterov, weight_decay = check_sgd_options(momentum, nesterov, weight_decay)
@@ -90,6 +98,7 @@ class Trainer:
         self.schedule = LRSchedule(schedule, step_size=step_size, gamma=gamma)
         self.rng = make_rng(seed)
         self.history = History()
+        self._warmed_up = set()  # input kinds (Pixels or not) the backend has compiled its epoch for
 
     def fit(self, X, y, *, epochs, validation_data=None, verbose=False, val_label="val", on_epoch_end=None,
             progress_bar=False, patience=None):
@@ -114,6 +123,7 @@ class Trainer:
             if validation_data is None:
                 raise ValueError("patience (early stopping) needs validation_data to watch")
             best = _Best()
+        self._warm_up(X)
         first = len(self.history) + 1
         last = first + epochs - 1
         for epoch in range(first, last + 1):
@@ -144,6 +154,14 @@ class Trainer:
         if patience is not None:
             self._restore(best, verbose)
         return self.history
+
+    def _warm_up(self, X):
+        """Compile the backend's epoch for this kind of input before any epoch is timed (once per kind)."""
+        pixels = isinstance(X, Pixels)
+        if pixels in self._warmed_up:
+            return
+        self.history.compile_seconds += self.backend.warm_up(self.model, pixels=pixels, momentum=bool(self._sgd))
+        self._warmed_up.add(pixels)
 
     def _restore(self, best, verbose):
         """Put back the best epoch's parameters, in the model's own arrays; momentum then starts afresh."""

@@ -8,6 +8,9 @@ The modules of this package, one concept each:
     blas_gemm    the gemm kernels that call BLAS sgemm (through SciPy)
     elementwise  bias, ReLU, softmax + cross-entropy, SGD and momentum updates
     gather       a batch's rows gathered (and uint8 pixels scaled) into a float32 buffer
+
+`blas_threads_limited()` (from fastmlp.blas_threads, not a kernel) runs the gemm kernels' BLAS on
+one thread within a `with` block: wrap your own loop in it on a machine busy with other work.
 """
 
 from .blas_gemm import (
@@ -32,6 +35,7 @@ from .elementwise import (
     softmax_xent_backward_rows_inplace,
 )
 from .gather import gather_labels, gather_rows, gather_rows_scaled
+from ..blas_threads import blas_threads_limited  # noqa: E402,F401  a context manager, kept out of __all__
 
 __all__ = [
     "gemm_inplace", "matmul_into", "matmul_bt_into", "matmul_at_into", "sgd_gemm_update_inplace",
