@@ -51,7 +51,7 @@ import numpy as np
 from threadpoolctl import threadpool_info
 from tqdm import tqdm
 
-from . import kernels
+from . import bench_contention, kernels
 from .backends import BackendError, get_backend
 from .backends.base import BackendBase
 from .backends.numpy_ref import log_softmax, momentum_update
@@ -665,6 +665,7 @@ def build_parser():
                         help="float32: images scaled up front; pixels: uint8 scaled at the gather (fastmlp.Pixels)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the shuffling")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the full report as JSON")
+    bench_contention.add_arguments(parser, _positive_int)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 
@@ -683,6 +684,8 @@ def main(argv=None):
 
     def check_output_then_measure():
         check_output_path(args.json, "--json")
+        if args.contention:
+            return bench_contention.report(args)
         steps = ("numba" in args.backends) + 2 + len(args.batch_sizes) * args.epochs
         # A bar on a terminal only (disable=None): in a log, its redraws are noise.
         with tqdm(total=steps, desc="fastmlp bench", unit="step", file=sys.stderr, leave=False, disable=None) as bar:
