@@ -109,6 +109,8 @@ class Trainer:
         patience: stop early once the validation loss has not improved for that many epochs,
         and put back the parameters of the best epoch (`history.best_epoch`); needs validation_data.
         Raises TrainingDivergedError, naming the epoch, if the loss becomes NaN or inf.
+        The backend compiles its epoch (`warm_up`) before the first one is timed, once per input
+        kind (float32 or Pixels): no epoch's seconds include JIT time, `history.compile_seconds` holds it.
         """
         epochs = check_positive_int(epochs, "epochs")
         if on_epoch_end is not None and not callable(on_epoch_end):
