@@ -19,7 +19,7 @@ the same bits in every run.
 """
 
 import os
-import time
+from time import monotonic, process_time
 from contextlib import contextmanager
 
 from .blas_threads import blas_thread_count, set_blas_threads_here, usable_cpus
@@ -63,7 +63,7 @@ class CpuLoad:
         self._last = self._sample()
 
     def _sample(self):
-        return time.monotonic(), _busy_seconds(self._cpus), time.process_time()
+        return monotonic(), _busy_seconds(self._cpus), process_time()
 
     def others_busy(self):
         """Cores busy with other work since the last call (or construction): 0 up to the usable CPUs."""
@@ -106,7 +106,7 @@ class BlasThreadPolicy:
         self._decision = None  # None until start(): then the ceiling, until a first window is measured
 
     def start(self):
-        now = time.monotonic()
+        now = monotonic()
         if self._current is None and now - self._ceiling_at >= RECHECK_SECONDS:
             self._ceiling, self._ceiling_at = max(1, min(blas_thread_count(), usable_cpus())), now
         if self._load is None and self.threads is None:
@@ -119,7 +119,7 @@ class BlasThreadPolicy:
         """The thread count for BLAS calls from now on."""
         if self.threads is not None:
             return self.threads
-        now = time.monotonic()
+        now = monotonic()
         if now - self._decided_at >= RECHECK_SECONDS:
             self._decision = min(self._ceiling, free_cores(self._load.others_busy(), self._ceiling))
             self._decided_at = now

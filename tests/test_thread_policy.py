@@ -26,8 +26,8 @@ class FakeMachine:
         self.now, self.busy, self.own = 100.0, 1000.0, 5.0
         monkeypatch.setattr(thread_policy, "_affinity", lambda: set(range(cpus)))
         monkeypatch.setattr(thread_policy, "_busy_seconds", lambda cpu_set: self.busy)
-        monkeypatch.setattr(thread_policy.time, "monotonic", lambda: self.now)
-        monkeypatch.setattr(thread_policy.time, "process_time", lambda: self.own)
+        monkeypatch.setattr(thread_policy, "monotonic", lambda: self.now)
+        monkeypatch.setattr(thread_policy, "process_time", lambda: self.own)
 
     def run(self, seconds, others, ours):
         """`seconds` pass with `others` cores busy with other work and `ours` with this process."""
