@@ -19,8 +19,8 @@ the same bits in every run.
 """
 
 import os
-from time import monotonic, process_time
 from contextlib import contextmanager
+from time import monotonic, process_time
 
 from .blas_threads import blas_thread_count, set_blas_threads_here, usable_cpus
 
@@ -60,6 +60,7 @@ class CpuLoad:
 
     def __init__(self):
         self._cpus = _affinity()
+        self.cpus = len(self._cpus)
         self._last = self._sample()
 
     def _sample(self):
@@ -78,7 +79,7 @@ class CpuLoad:
                 return max(0.0, os.getloadavg()[0] - ours)
             except (AttributeError, OSError):
                 return 0.0
-        return min(float(len(self._cpus)), max(0.0, (now[1] - last[1]) / wall - ours))
+        return min(float(self.cpus), max(0.0, (now[1] - last[1]) / wall - ours))
 
 
 def free_cores(others_busy, cpus):
@@ -121,7 +122,8 @@ class BlasThreadPolicy:
             return self.threads
         now = monotonic()
         if now - self._decided_at >= RECHECK_SECONDS:
-            self._decision = min(self._ceiling, free_cores(self._load.others_busy(), self._ceiling))
+            # Free cores among all this process may use: on 8 CPUs with one busy, 2 BLAS threads still fit.
+            self._decision = min(self._ceiling, free_cores(self._load.others_busy(), self._load.cpus))
             self._decided_at = now
         return self._decision
 

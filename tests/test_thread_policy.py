@@ -158,3 +158,16 @@ def test_cli_threads_and_its_old_name_reach_the_backend(monkeypatch, tiny_mnist_
     assert fastmlp.train.main(["--data-dir", str(tiny_mnist_dir), "--backend", "numpy", "--epochs", "1", "--quiet",
                                flag, "1"]) == 0
     assert seen == [("numpy", 1)]
+
+
+def test_a_busy_core_among_many_free_ones_leaves_blas_its_own_count(monkeypatch):
+    machine = FakeMachine(monkeypatch, cpus=8)
+    monkeypatch.setattr(thread_policy, "set_blas_threads_here", lambda threads: None)
+    monkeypatch.setattr(thread_policy, "blas_thread_count", lambda: 2)
+    monkeypatch.setattr(thread_policy, "usable_cpus", lambda: 8)
+    policy = BlasThreadPolicy()
+    policy.start()
+    machine.run(1.0, others=1.0, ours=2.0)
+    assert policy.apply() == 2
+    machine.run(1.0, others=7.0, ours=1.0)
+    assert policy.apply() == 1
