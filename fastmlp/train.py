@@ -61,8 +61,8 @@ def build_parser():
                         help="draw the learning curves (loss, accuracy per epoch) as a PNG; needs the plot extra")
     parser.add_argument("--threads", "--blas-threads", dest="threads", type=_positive_int, default=None, metavar="N",
                         help="threads to train with: BLAS threads for numpy, worker threads (each with one BLAS "
-                             "thread) for numba (default: one per core, fewer where other work keeps cores busy; "
-                             "a fixed N also gives the same bits in every run). --blas-threads is its old name")
+                             "thread) for numba (default: one per core, and numpy's BLAS fewer while other work keeps "
+                             "cores busy; a fixed N gives the same bits in every run). --blas-threads is its old name")
     parser.add_argument("--quiet", action="store_true", help="print only the final test accuracy")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("--version", action="version", version=f"fastmlp {__version__}")
