@@ -7,6 +7,7 @@ user runs it with a read-only HOME: root would ignore the permissions, a normal 
 """
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -24,9 +25,10 @@ PACKAGE = Path(fastmlp.__file__).parent
 NOBODY = 65534
 # The kernels and the numba backend switch from njit(cache=True) to cached_njit when the new
 # numba backend lands; until then an import of fastmlp.kernels fails in such an install.
+CACHED_NJIT = re.compile(r"^\s*@(numba\.)?n?jit\([^)]*cache\s*=\s*True", re.MULTILINE)  # a decorator line
 NOT_YET_SWITCHED = [p.relative_to(PACKAGE.parent).as_posix()
                     for p in sorted(PACKAGE.glob("kernels/*.py")) + [PACKAGE / "backends" / "numba_fused.py"]
-                    if "cache=True" in p.read_text()]
+                    if CACHED_NJIT.search(p.read_text())]
 
 
 def test_cached_njit_compiles_with_or_without_options_and_caches_where_numba_can():
@@ -42,6 +44,12 @@ def test_cached_njit_compiles_with_or_without_options_and_caches_where_numba_can
     assert triple.targetoptions["nogil"]
     for function in (double, triple):  # Numba's dispatcher holds a NullCache unless caching is on
         assert (type(function._cache).__name__ != "NullCache") == CACHE
+
+
+def test_no_module_outside_the_lead_s_two_compiles_with_a_hard_coded_cache():
+    offenders = [p.relative_to(PACKAGE.parent).as_posix() for p in sorted(PACKAGE.rglob("*.py"))
+                 if CACHED_NJIT.search(p.read_text()) and p.relative_to(PACKAGE.parent).as_posix() not in NOT_YET_SWITCHED]
+    assert offenders == [], "use fastmlp._jit.cached_njit instead of njit(cache=True)"
 
 
 def test_cached_njit_refuses_an_explicit_cache_option():
