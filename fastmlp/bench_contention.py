@@ -141,6 +141,8 @@ def run(args, progress=None):
     mode = QUICK if args.quick else FULL
     epochs = mode["epochs"]
     backends = [b for b in args.backends if b != "torch"] if args.backends else ["numpy", "numba"]
+    if not backends:
+        raise ValueError("--contention times fastmlp's own training CLI: --backends numpy and/or numba, not torch alone")
     config = {"mode": "quick" if args.quick else "full", "epochs": epochs, "repeats": args.repeats,
               "backends": backends, "threads": args.threads, "machine": machine_load()}
     rows = measure_contention(backends, epochs=epochs, repeats=args.repeats, threads=args.threads, progress=progress)

@@ -58,3 +58,8 @@ def test_bench_contention_flag_prints_the_table_and_writes_json(monkeypatch, tmp
     assert "two at once" in out and "within the x2.5 target" in out
     assert json.loads((tmp_path / "c.json").read_text())["config"]["epochs"] == 1
 
+
+
+def test_contention_with_torch_alone_exits_1_naming_the_backends(capsys):
+    assert bench.main(["--contention", "--backends", "torch"]) == 1
+    assert "--backends numpy" in capsys.readouterr().err
