@@ -52,7 +52,7 @@ import numpy as np
 from threadpoolctl import threadpool_info
 from tqdm import tqdm
 
-from . import kernels
+from . import bench_contention, kernels
 from .backends import BackendError, get_backend
 from .backends.base import BackendBase
 from .backends.numpy_ref import log_softmax, momentum_update
@@ -755,6 +755,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument("--plot", type=Path, metavar="PATH",
                         help="also draw samples/s against batch size, with the gemm floor and the roofline, as a "
                              "PNG (needs matplotlib: the plot extra)")
+    bench_contention.add_arguments(parser, _positive_int)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 
@@ -774,6 +775,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
 
     def check_output_then_measure():
         check_output_path(args.json, "--json")
+        if args.contention:
+            return bench_contention.report(args)
         check_output_path(args.plot, "--plot")
         if args.plot:
             require_matplotlib()

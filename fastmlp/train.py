@@ -37,10 +37,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument("--plot", type=Path, metavar="PATH",
                         help="draw the learning curves (loss, accuracy per epoch) as an image in the format of "
                              f"PATH's suffix ({', '.join(PLOT_FORMATS)}; PNG without one); needs the plot extra")
-    parser.add_argument("--blas-threads", type=_positive_int, default=None, metavar="N",
-                        help="threads to train with (default: BLAS's own count, usually one per core): BLAS "
-                             "threads for numpy, worker threads each with one BLAS thread for numba; 1 is "
-                             "steadier on a busy machine, where spinning threads wait on each other")
+    parser.add_argument("--threads", "--blas-threads", dest="threads", type=_positive_int, default=None, metavar="N",
+                        help="threads to train with: BLAS threads for numpy, worker threads (each with one BLAS "
+                             "thread) for numba (default: one per core, and numpy's BLAS fewer while other work keeps "
+                             "cores busy; a fixed N gives the same bits in every run). --blas-threads is its old name")
     parser.add_argument("--quiet", action="store_true", help="print only the final test accuracy")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("--version", action="version", version=f"fastmlp {__version__}")
@@ -157,7 +157,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         validation, val_label = (X_test, y_test), "test"
 
     model = MLP([X_train.shape[1], *args.hidden, 10], init=args.init, seed=args.seed)
-    backend = get_backend(args.backend)
+    backend = get_backend(args.backend, args.threads)
+    if args.backend == "numba" and not args.quiet and sys.stderr.isatty():
+        print(compiling_message(), file=sys.stderr, flush=True)
     compile_seconds = backend.warm_up(model, pixels=True, momentum=args.momentum > 0 or args.weight_decay > 0)
     trainer = Trainer(model, backend, lr=args.lr, batch_size=args.batch_size, seed=args.seed, momentum=args.momentum,
                       nesterov=args.nesterov, weight_decay=args.weight_decay, schedule=args.schedule,
@@ -187,6 +189,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "train_s": sum(history.column("seconds")), "total_s": time.perf_counter() - start},
         "config": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
     }
+    metrics["config"]["blas_threads"] = args.threads  # the option's old name, for readers of older reports
     if args.save:
         model.save(args.save)
         say(f"model saved to {args.save}")
@@ -201,6 +204,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                    f"{args.backend} backend: test accuracy {100 * test_accuracy:.2f}%")
         say(f"learning curves drawn in {args.plot}")
     return metrics
+
+
+def compiling_message() -> str:
+    """What the terminal shows while Numba compiles (or loads from its cache) the training epoch."""
+    from ._jit import CACHE
+
+    if CACHE:
+        return "compiling the numba kernels (first run only, ~10 s)..."
+    return "compiling the numba kernels (~10 s, in every run: Numba has no cache folder here, see NUMBA_CACHE_DIR)..."
 
 
 def describe_sgd(args: argparse.Namespace) -> str:
@@ -242,7 +254,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
             check_output_path(getattr(args, option), "--" + option.replace("_", "-"))
         if args.plot:
             require_plotting(args.plot)
-        with threadpool_limits(args.blas_threads, user_api="blas"):  # None: leave BLAS as it is
+        with threadpool_limits(args.threads, user_api="blas"):  # None: leave BLAS as it is
             run(args)
 
     return run_reporting_errors(prog, check_outputs_then_run, debug=args.debug)

@@ -54,10 +54,13 @@ class History:
 
     best_epoch: after `fit(..., patience=N)`, the epoch of the lowest validation loss, whose
     parameters the model was given back (None without patience).
+    compile_seconds: what `fit` spent preparing the backend (JIT compilation, or loading it from
+    Numba's cache) before its first timed epoch; no epoch's `seconds` includes it.
     """
 
     epochs: list[EpochRecord] = field(default_factory=list)
     best_epoch: int | None = None
+    compile_seconds: float = 0.0
 
     def __len__(self) -> int:
         return len(self.epochs)
@@ -90,16 +93,22 @@ class Trainer:
     None) sets each epoch's rate from lr, see `fastmlp.optim.LRSchedule` (step_size, gamma).
     The shuffling order comes from `numpy.random.default_rng(seed)`, so the same seed and
     backend (and thread count) give the same parameters. Calling `fit` again continues.
+    threads (with a backend name): the threads it trains on, see `fastmlp.get_backend`; default:
+    the backend's choice, which leaves out the cores other work keeps busy.
     """
 
     def __init__(self, model: MLP, backend: str | BackendBase = "numba", *, lr: float = 0.1, batch_size: int = 32,
                  seed: Seed = 0, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
-                 schedule: str | None = None, step_size: int = 10, gamma: float = 0.1) -> None:
+                 schedule: str | None = None, step_size: int = 10, gamma: float = 0.1,
+                 threads: int | None = None) -> None:
         check_model(model)
         if not isinstance(backend, (str, BackendBase)):
             raise TypeError(f"backend must be a backend name or a fastmlp backend, got {type(backend).__name__}")
+        if threads is not None and not isinstance(backend, str):
+            raise ValueError("threads goes with a backend name; a backend object has its own "
+                             "(e.g. fastmlp.backends.numba_fused.Backend(threads=N))")
         self.model = model
-        self.backend = get_backend(backend) if isinstance(backend, str) else backend
+        self.backend = get_backend(backend, threads) if isinstance(backend, str) else backend
         self.lr = check_positive_float(lr, "lr")
         self.batch_size = check_positive_int(batch_size, "batch_size")
         momentum, nesterov, weight_decay = check_sgd_options(momentum, nesterov, weight_decay)
@@ -108,6 +117,7 @@ class Trainer:
         self.schedule = LRSchedule(schedule, step_size=step_size, gamma=gamma)
         self.rng = make_rng(seed)
         self.history = History()
+        self._warmed_up = set()  # input kinds (Pixels or not) the backend has compiled its epoch for
 
     def fit(self, X: Features, y: npt.ArrayLike, *, epochs: int,
             validation_data: tuple[Features, npt.ArrayLike] | None = None, verbose: bool = False,
@@ -120,6 +130,8 @@ class Trainer:
         patience: stop early once the validation loss has not improved for that many epochs,
         and put back the parameters of the best epoch (`history.best_epoch`); needs validation_data.
         Raises TrainingDivergedError, naming the epoch, if the loss becomes NaN or inf.
+        The backend compiles its epoch (`warm_up`) before the first one is timed, once per input
+        kind (float32 or Pixels): no epoch's seconds include JIT time, `history.compile_seconds` holds it.
         """
         epochs = check_positive_int(epochs, "epochs")
         if on_epoch_end is not None and not callable(on_epoch_end):
@@ -134,6 +146,7 @@ class Trainer:
             if validation_data is None:
                 raise ValueError("patience (early stopping) needs validation_data to watch")
             best = _Best()
+        self._warm_up(X)
         first = len(self.history) + 1
         last = first + epochs - 1
         for epoch in range(first, last + 1):
@@ -164,6 +177,14 @@ class Trainer:
         if patience is not None:
             self._restore(best, verbose)
         return self.history
+
+    def _warm_up(self, X: Features) -> None:
+        """Compile the backend's epoch for this kind of input before any epoch is timed (once per kind)."""
+        pixels = isinstance(X, Pixels)
+        if pixels in self._warmed_up:
+            return
+        self.history.compile_seconds += self.backend.warm_up(self.model, pixels=pixels, momentum=bool(self._sgd))
+        self._warmed_up.add(pixels)
 
     def _restore(self, best: _Best, verbose: bool) -> None:
         """Put back the best epoch's parameters, in the model's own arrays; momentum then starts afresh."""

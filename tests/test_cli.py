@@ -175,3 +175,23 @@ def test_blas_threads_must_be_positive(capsys):
         main(["--blas-threads", "0"])
     assert exit_info.value.code == 2
     assert "--blas-threads" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_cli_says_before_compiling_on_a_terminal_and_nothing_when_quiet(monkeypatch, capsys, tiny_mnist_dir, quiet):
+    from fastmlp.backends import numba_fused
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    said_before = []
+    real_warm_up = numba_fused.Backend.warm_up
+
+    def warm_up(self, *args, **kwargs):
+        said_before.append(capsys.readouterr().err)
+        return real_warm_up(self, *args, **kwargs)
+
+    monkeypatch.setattr(numba_fused.Backend, "warm_up", warm_up)
+    args = ["--data-dir", str(tiny_mnist_dir), "--backend", "numba", "--epochs", "1"] + ["--quiet"] * quiet
+    assert main(args) == 0
+    message = "compiling the numba kernels"
+    assert said_before and (message in said_before[0]) != quiet
+    assert message not in capsys.readouterr().err  # said once, before compiling

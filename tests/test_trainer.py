@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from fastmlp import MLP, BackendError, Pixels, Trainer, TrainingDivergedError
+from fastmlp.backends.base import BackendBase
 
 
 def blobs(n=300, features=8, classes=3, seed=0):
@@ -174,8 +175,8 @@ def _blas_threads():
     return max(lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas")
 
 
-@pytest.mark.parametrize("backend", ["numpy", "numba"])
-def test_evaluation_between_epochs_runs_with_the_backends_blas_threads(monkeypatch, backend):
+@pytest.mark.parametrize("backend, threads", [("numpy", 1), ("numba", None)])
+def test_evaluation_between_epochs_runs_with_the_backends_blas_threads(monkeypatch, backend, threads):
     import fastmlp.trainer as trainer_module
 
     seen = []
@@ -189,8 +190,53 @@ def test_evaluation_between_epochs_runs_with_the_backends_blas_threads(monkeypat
     rng = np.random.default_rng(0)
     X, y = rng.random((40, 5), dtype=np.float32), rng.integers(0, 3, 40)
     before = _blas_threads()
-    Trainer(MLP([5, 4, 3], seed=0), backend, lr=0.1, batch_size=8, seed=0).fit(X, y, epochs=2, validation_data=(X, y))
+    trainer = Trainer(MLP([5, 4, 3], seed=0), backend, lr=0.1, batch_size=8, seed=0, threads=threads)
+    trainer.fit(X, y, epochs=2, validation_data=(X, y))
     # numba's epochs run next to single-threaded BLAS: a spinning BLAS thread left by a
-    # multi-threaded evaluation would take a core from the next epoch.
-    assert seen == [1, 1] if backend == "numba" else seen == [before, before]
+    # multi-threaded evaluation would take a core from the next epoch. numpy's evaluation runs
+    # on its training's thread count (its thread policy, here pinned to 1).
+    assert seen == [1, 1]
     assert _blas_threads() == before
+
+
+class _SlowToCompileBackend(BackendBase):
+    """A fake backend on a fake clock: warm_up takes 10 s, an epoch 1 s; it records what happens when."""
+
+    name = "fake"
+
+    def __init__(self, clock):
+        self.clock, self.events = clock, []
+
+    def warm_up(self, model, *, pixels=False, momentum=False):
+        self.events.append(("warm_up", pixels))
+        self.clock.now += 10.0
+        return 10.0
+
+    def _train_epoch(self, model, X, y, batch_size, lr, rng, progress=None, **sgd):
+        self.events.append(("epoch", isinstance(X, Pixels)))
+        self.clock.now += 1.0
+        return 0.5
+
+
+class _Clock:
+    now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_fit_compiles_before_the_first_timed_epoch_so_epoch_seconds_exclude_it(monkeypatch):
+    import fastmlp.trainer as trainer_module
+
+    clock = _Clock()
+    monkeypatch.setattr(trainer_module.time, "perf_counter", clock)
+    backend = _SlowToCompileBackend(clock)
+    trainer = Trainer(MLP([8, 3]), backend, batch_size=16)
+    X, y = blobs(features=8)
+    history = trainer.fit(X, y, epochs=2)
+    trainer.fit(X, y, epochs=1)  # already compiled for float32 input: no second warm-up
+    trainer.fit(Pixels(np.zeros((len(y), 8), np.uint8)), y, epochs=1)  # a new input kind compiles again
+    assert backend.events == [("warm_up", False), ("epoch", False), ("epoch", False), ("epoch", False),
+                              ("warm_up", True), ("epoch", True)]
+    assert history.column("seconds") == [1.0] * 4
+    assert history.compile_seconds == 20.0

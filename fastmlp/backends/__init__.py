@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .base import BackendBase
 
+from ..inputs import check_positive_int
+
 _MODULES = {"numpy": "numpy_ref", "numba": "numba_fused"}
 _instances: dict[str, "BackendBase"] = {}
 
@@ -43,14 +45,21 @@ def available_backends() -> tuple[str, ...]:
     return tuple(names)
 
 
-def get_backend(name: str) -> "BackendBase":
-    """The backend called `name` ("numpy" or "numba"); instances are shared."""
+def get_backend(name: str, threads: int | None = None) -> "BackendBase":
+    """The backend called `name` ("numpy" or "numba"); instances are shared, one per thread count.
+
+    threads: None (default) lets the backend choose (see "On a busy machine" in README.md); N
+    runs the numpy backend's BLAS, or the numba backend's worker threads, on N threads.
+    """
     if name not in _MODULES:
         raise BackendError(f"unknown backend {name!r}; choose one of {sorted(_MODULES)}")
-    if name not in _instances:
+    if threads is not None:
+        threads = check_positive_int(threads, "threads")
+    key = name if threads is None else (name, threads)
+    if key not in _instances:
         try:
             module = importlib.import_module(f"{__name__}.{_MODULES[name]}")
         except ImportError as exc:
             raise BackendError(f"backend {name!r} cannot be used here: {exc}") from exc
-        _instances[name] = module.Backend()
-    return _instances[name]
+        _instances[key] = module.Backend() if threads is None else module.Backend(threads=threads)
+    return _instances[key]

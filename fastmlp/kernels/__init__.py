@@ -25,6 +25,9 @@ The modules of this package, one concept each:
     simd_ir      the LLVM IR of those kernels' microkernels
     tiles        the tile shape per instruction set, and the one chosen for this CPU
     contiguity   the compile-time check that refuses non-C-contiguous arrays
+
+`blas_threads_limited()` (from fastmlp.blas_threads, not a kernel) runs the gemm kernels' BLAS on
+one thread within a `with` block: wrap your own loop in it on a machine busy with other work.
 """
 
 from .blas_gemm import (
@@ -64,6 +67,7 @@ from .packed import (
     panel_count,
     unpack_weights_into,
 )
+from ..blas_threads import blas_threads_limited  # noqa: E402,F401  a context manager, kept out of __all__
 
 __all__ = [
     "gemm_inplace", "matmul_into", "matmul_bt_into", "matmul_at_into", "sgd_gemm_update_inplace",

@@ -1,0 +1,173 @@
+"""The thread policy: BLAS on the cores other work leaves free, one knob to fix it, limits always undone.
+
+The load is faked (the clock, /proc/stat's busy seconds, this process's CPU time): no test here
+depends on what else runs on the machine, nor measures time.
+"""
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+import fastmlp.train
+from fastmlp import MLP, Trainer, get_backend, thread_policy
+from fastmlp.backends import numpy_ref
+from fastmlp.blas_threads import blas_threads_limited
+from fastmlp.thread_policy import BlasThreadPolicy, CpuLoad, free_cores
+
+
+def blas_thread_counts():
+    return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+
+class FakeMachine:
+    """A clock, the busy seconds of our CPUs and our own CPU time, advanced by `run(seconds, others, ours)`."""
+
+    def __init__(self, monkeypatch, cpus=2):
+        self.now, self.busy, self.own = 100.0, 1000.0, 5.0
+        monkeypatch.setattr(thread_policy, "_affinity", lambda: set(range(cpus)))
+        monkeypatch.setattr(thread_policy, "_busy_seconds", lambda cpu_set: self.busy)
+        monkeypatch.setattr(thread_policy, "monotonic", lambda: self.now)
+        monkeypatch.setattr(thread_policy, "process_time", lambda: self.own)
+
+    def run(self, seconds, others, ours):
+        """`seconds` pass with `others` cores busy with other work and `ours` with this process."""
+        self.now += seconds
+        self.busy += seconds * (others + ours)
+        self.own += seconds * ours
+
+
+def test_cpu_load_counts_other_work_but_not_our_own_threads(monkeypatch):
+    machine = FakeMachine(monkeypatch)
+    load = CpuLoad()
+    machine.run(1.0, others=0.0, ours=2.0)  # our two spinning BLAS threads alone
+    assert load.others_busy() == pytest.approx(0.0)
+    machine.run(0.5, others=1.0, ours=1.0)
+    assert load.others_busy() == pytest.approx(1.0)
+
+
+def test_cpu_load_falls_back_on_the_load_average_without_proc_stat(monkeypatch):
+    machine = FakeMachine(monkeypatch)
+    monkeypatch.setattr(thread_policy, "_busy_seconds", lambda cpu_set: None)
+    monkeypatch.setattr(thread_policy.os, "getloadavg", lambda: (1.5, 1.0, 1.0))
+    load = CpuLoad()
+    machine.run(1.0, others=0.0, ours=0.5)
+    assert load.others_busy() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("others, expected", [(0.0, 2), (0.2, 2), (0.3, 1), (1.0, 1), (2.0, 1)])
+def test_a_core_counts_as_free_when_others_leave_three_quarters_of_it(others, expected):
+    assert free_cores(others, 2) == expected
+
+
+def test_policy_starts_at_blas_count_drops_to_the_free_cores_and_comes_back(monkeypatch):
+    machine = FakeMachine(monkeypatch)
+    set_counts = []
+    monkeypatch.setattr(thread_policy, "set_blas_threads_here", set_counts.append)
+    monkeypatch.setattr(thread_policy, "blas_thread_count", lambda: 2)
+    monkeypatch.setattr(thread_policy, "usable_cpus", lambda: 2)
+    policy = BlasThreadPolicy()
+    policy.start()
+    assert policy.apply() == 2 and set_counts == []  # BLAS's own count: nothing to set
+    machine.run(0.3, others=1.0, ours=1.0)  # another training starts
+    assert policy.apply() == 1 and set_counts == [1]
+    machine.run(0.1, others=1.0, ours=1.0)  # within RECHECK_SECONDS: the same decision, nothing set
+    assert policy.apply() == 1 and set_counts == [1]
+    machine.run(1.0, others=0.0, ours=1.0)  # it has ended
+    assert policy.apply() == 2 and set_counts == [1, None]
+    policy.stop()
+    assert set_counts == [1, None]
+
+
+def test_a_fixed_thread_count_ignores_the_load_and_is_undone_by_stop(monkeypatch):
+    machine = FakeMachine(monkeypatch)
+    set_counts = []
+    monkeypatch.setattr(thread_policy, "set_blas_threads_here", set_counts.append)
+    policy = BlasThreadPolicy(threads=3)
+    policy.start()
+    machine.run(1.0, others=2.0, ours=0.0)
+    assert policy.apply() == 3
+    policy.stop()
+    assert set_counts == [3, None]
+
+
+def test_numpy_epochs_run_blas_on_one_thread_beside_other_work_and_restore_it(monkeypatch):
+    monkeypatch.setattr(thread_policy, "RECHECK_SECONDS", 0.0)  # decide before every step
+    monkeypatch.setattr(CpuLoad, "others_busy", lambda self: 2.0)  # every core busy elsewhere
+    backend = numpy_ref.Backend()
+    seen = []
+    real_step = backend._sgd_step
+    monkeypatch.setattr(backend, "_sgd_step", lambda *a, **k: (seen.append(blas_thread_counts()), real_step(*a, **k))[1])
+    before = blas_thread_counts()
+    rng = np.random.default_rng(0)
+    X, y = rng.random((64, 20), dtype=np.float32), rng.integers(0, 3, 64)
+    Trainer(MLP([20, 8, 3]), backend, batch_size=16).fit(X, y, epochs=1)
+    assert seen and all(set(counts.values()) == {1} for counts in seen)
+    assert blas_thread_counts() == before
+
+
+@pytest.mark.parametrize("name", ["numpy", "numba"])
+def test_threads_pins_the_backends_thread_count(name):
+    backend = get_backend(name, threads=3)
+    assert backend.threads == 3 and backend is get_backend(name, threads=3)
+    assert backend is not get_backend(name)
+    assert Trainer(MLP([4, 3]), name, threads=3).backend is backend
+
+
+def test_numpy_backend_with_fixed_threads_runs_blas_on_them_in_single_calls(monkeypatch):
+    backend = numpy_ref.Backend(threads=1)
+    seen = []
+    real = numpy_ref.hidden_activations
+    monkeypatch.setattr(numpy_ref, "hidden_activations", lambda *a: (seen.append(blas_thread_counts()), real(*a))[1])
+    before = blas_thread_counts()
+    backend.forward(MLP([4, 3]), np.ones((2, 4), np.float32))
+    assert set(seen[0].values()) == {1} and blas_thread_counts() == before
+
+
+@pytest.mark.parametrize("threads, error", [(0, ValueError), (1.5, TypeError), (True, TypeError)])
+def test_bad_thread_counts_are_refused_naming_threads(threads, error):
+    with pytest.raises(error, match="threads"):
+        get_backend("numpy", threads=threads)
+    with pytest.raises(error, match="threads"):
+        numpy_ref.Backend(threads=threads)
+    with pytest.raises(error, match="threads"):
+        with blas_threads_limited(threads):
+            pass
+
+
+def test_trainer_refuses_threads_beside_a_backend_object():
+    with pytest.raises(ValueError, match="threads"):
+        Trainer(MLP([4, 3]), get_backend("numpy"), threads=2)
+
+
+def test_blas_threads_limited_covers_the_kernels_blas_and_is_undone():
+    import fastmlp.kernels
+
+    before = blas_thread_counts()
+    with fastmlp.kernels.blas_threads_limited():
+        inside = blas_thread_counts()
+    assert len(inside) == len(before) >= 1 and set(inside.values()) == {1}
+    assert blas_thread_counts() == before
+    assert "blas_threads_limited" not in fastmlp.kernels.__all__  # not a kernel: no checked wrapper, no bench case
+
+
+@pytest.mark.parametrize("flag", ["--threads", "--blas-threads"])
+def test_cli_threads_and_its_old_name_reach_the_backend(monkeypatch, tiny_mnist_dir, flag):
+    seen = []
+    monkeypatch.setattr(fastmlp.train, "get_backend", lambda name, threads=None: seen.append((name, threads)) or
+                        get_backend(name, threads))
+    assert fastmlp.train.main(["--data-dir", str(tiny_mnist_dir), "--backend", "numpy", "--epochs", "1", "--quiet",
+                               flag, "1"]) == 0
+    assert seen == [("numpy", 1)]
+
+
+def test_a_busy_core_among_many_free_ones_leaves_blas_its_own_count(monkeypatch):
+    machine = FakeMachine(monkeypatch, cpus=8)
+    monkeypatch.setattr(thread_policy, "set_blas_threads_here", lambda threads: None)
+    monkeypatch.setattr(thread_policy, "blas_thread_count", lambda: 2)
+    monkeypatch.setattr(thread_policy, "usable_cpus", lambda: 8)
+    policy = BlasThreadPolicy()
+    policy.start()
+    machine.run(1.0, others=1.0, ours=2.0)
+    assert policy.apply() == 2
+    machine.run(1.0, others=7.0, ours=1.0)
+    assert policy.apply() == 1
