@@ -29,8 +29,8 @@ import time
 from collections import OrderedDict
 
 import numpy as np
-from numba import njit
 
+from .._jit import cached_njit
 from ..blas_threads import blas_thread_count, single_threaded_blas, usable_cpus
 from ..inputs import Pixels, check_positive_int
 from ..kernels.elementwise import (
@@ -64,19 +64,19 @@ _MAX_WORKSPACES = 4
 MIN_ROWS_PER_WORKER = 16
 
 
-@njit(cache=True)
+@cached_njit
 def part_of(t, n, parts):
     """(start, stop) of part t when range(n) is cut into `parts` near-equal contiguous parts."""
     return t * n // parts, (t + 1) * n // parts
 
 
-@njit(cache=True)
+@cached_njit
 def layer_input(x, acts, l):
     """The input of layer l: the batch x for l = 0, else the output of layer l - 1."""
     return x if l == 0 else acts[l - 1]
 
 
-@njit(cache=True)
+@cached_njit
 def forward_rows(packed, biases, x, acts, first, r0, r1):
     """Layers first.. forward of rows r0:r1 (bias + ReLU, bias alone for the logits); overwrites those rows of acts[first:]."""
     L = len(packed)
@@ -86,7 +86,7 @@ def forward_rows(packed, biases, x, acts, first, r0, r1):
                      0, packed[l].shape[0])
 
 
-@njit(cache=True)
+@cached_njit
 def backward_rows(transposed, acts, deltas, r0, r1):
     """dZ_{l-1} = (dZ_l @ W_l.T) * (A_{l-1} > 0) for rows r0:r1, from the top layer down; overwrites those rows of deltas[:-1]."""
     for l in range(len(transposed) - 1, 0, -1):
@@ -94,7 +94,7 @@ def backward_rows(transposed, acts, deltas, r0, r1):
                      transposed[l].shape[0])
 
 
-@njit(cache=True)
+@cached_njit
 def bias_step(b, vb, dZ, db, nb, c0, c1, lr, momentum, rule):
     """db[c0:c1] = column sums of dZ[:nb, c0:c1]; then entries c0:c1 of b (and vb) updated by rule; overwrites them and db."""
     for j in range(c0, c1):
@@ -108,7 +108,7 @@ def bias_step(b, vb, dZ, db, nb, c0, c1, lr, momentum, rule):
         momentum_update_inplace(b[c0:c1], vb[c0:c1], db[c0:c1], lr, momentum, 0.0, rule == NESTEROV)
 
 
-@njit(cache=True)
+@cached_njit
 def update_worker_part(t, workers, packed, transposed, velocity_w, biases, velocity_b, x, acts, deltas, db, nb, lr,
                        momentum, weight_decay, rule):
     """Phase 3 of a step, worker t's share: its panels of W_0, its rows of each other W_l (and W_l.T), its bias entries.
@@ -131,7 +131,7 @@ def update_worker_part(t, workers, packed, transposed, velocity_w, biases, veloc
         bias_step(biases[l], velocity_b[l], deltas[l], db[l], nb, c0, c1, lr, momentum, rule)
 
 
-@njit(nogil=True, cache=True)
+@cached_njit(nogil=True)
 def step_worker(t, workers, barrier, packed, transposed, velocity_w, biases, velocity_b, x, labels, nb, lr, momentum,
                 weight_decay, rule, acts, deltas, db):
     """Worker t's part of one step on the batch x[:nb], labels[:nb] (gathered, every worker past its barrier).
@@ -155,7 +155,7 @@ def step_worker(t, workers, barrier, packed, transposed, velocity_w, biases, vel
     return loss, True
 
 
-@njit(nogil=True, cache=True)
+@cached_njit(nogil=True)
 def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, biases, velocity_b, X, scale, y, order,
                          begin, end, batch_size, lr, momentum, weight_decay, rule, inputs, acts, deltas, db, labels):
     """Worker t of `workers` training on the batches of order[begin:end] (begin a multiple of batch_size).
@@ -182,14 +182,14 @@ def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, bi
     return total
 
 
-@njit(cache=True)
+@cached_njit
 def forward_probs_inplace(packed, biases, x, acts):
     """Class probabilities of the rows of x in acts[-1]; overwrites acts."""
     forward_rows(packed, biases, x, acts, 0, 0, x.shape[0])
     softmax_inplace(acts[len(packed) - 1])
 
 
-@njit(cache=True)
+@cached_njit
 def loss_and_grads_into(packed, transposed, biases, x, labels, acts, deltas, grads_packed, dbs):
     """Mean loss of the batch x with labels; overwrites acts, deltas, grads_packed (dW_l packed) and dbs with the gradients.
 

@@ -6,10 +6,11 @@ process: a raw function address compiled into cached code would be stale there.
 import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import get_cython_function_address, intrinsic
 
+from .._jit import cached_njit
 from .contiguity import require_c_contiguous
 
 SGEMM_SYMBOL = "fastmlp_sgemm"
@@ -50,7 +51,7 @@ def _sgemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, l
     return sig, codegen
 
 
-@njit(cache=True)
+@cached_njit
 def gemm_inplace(C, A, B, alpha, beta, trans_a, trans_b):
     """C = alpha * op(A) @ op(B) + beta * C, float32 row-major, op(X) = X.T if trans_x; overwrites C."""
     require_c_contiguous(C, A, B)
@@ -64,31 +65,31 @@ def gemm_inplace(C, A, B, alpha, beta, trans_a, trans_b):
            A, A.strides[0] // 4, beta, C, C.strides[0] // 4)
 
 
-@njit(cache=True)
+@cached_njit
 def matmul_into(C, A, B):
     """C = A @ B with A (m, k), B (k, n), C (m, n) float32; overwrites C."""
     gemm_inplace(C, A, B, np.float32(1.0), np.float32(0.0), False, False)
 
 
-@njit(cache=True)
+@cached_njit
 def matmul_bt_into(C, A, B):
     """C = A @ B.T with A (m, k), B (n, k), C (m, n) float32; overwrites C."""
     gemm_inplace(C, A, B, np.float32(1.0), np.float32(0.0), False, True)
 
 
-@njit(cache=True)
+@cached_njit
 def matmul_at_into(C, A, B):
     """C = A.T @ B with A (k, m), B (k, n), C (m, n) float32; overwrites C."""
     gemm_inplace(C, A, B, np.float32(1.0), np.float32(0.0), True, False)
 
 
-@njit(cache=True)
+@cached_njit
 def sgd_gemm_update_inplace(W, A, dZ, lr):
     """W -= lr * A.T @ dZ in one sgemm (alpha=-lr, beta=1, no dW buffer); W (k, n), A (b, k), dZ (b, n); overwrites W."""
     gemm_inplace(W, A, dZ, np.float32(-lr), np.float32(1.0), True, False)
 
 
-@njit(cache=True)
+@cached_njit
 def momentum_gemm_update_inplace(V, A, dZ, lr, momentum):
     """V = momentum * V - lr * A.T @ dZ in one sgemm (alpha=-lr, beta=momentum); V (k, n), A (b, k), dZ (b, n) float32; overwrites V."""
     gemm_inplace(V, A, dZ, np.float32(-lr), np.float32(momentum), True, False)

@@ -12,12 +12,14 @@ from numba import types
 from numba.core.errors import TypingError
 from numba.extending import overload
 
+from .._jit import CACHE
+
 
 def require_c_contiguous(*arrays):
     """Raise at compile time unless every array argument has Numba layout 'C' (nothing at run time)."""
 
 
-@overload(require_c_contiguous, jit_options={"cache": True})
+@overload(require_c_contiguous, jit_options={"cache": CACHE})
 def _require_c_contiguous(*arrays):
     if len(arrays) == 1 and isinstance(arrays[0], types.StarArgTuple):
         arrays = arrays[0].types

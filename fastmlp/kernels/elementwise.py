@@ -1,8 +1,8 @@
 """Elementwise and row-wise kernels: bias, ReLU, softmax + cross-entropy, SGD and momentum updates, argmax."""
 
 import numpy as np
-from numba import njit
 
+from .._jit import cached_njit
 from .contiguity import require_c_contiguous
 
 # Smallest normal float32. Probabilities below it only produce subnormal gradients, which
@@ -10,7 +10,7 @@ from .contiguity import require_c_contiguous
 _TINY = np.float32(np.finfo(np.float32).tiny)
 
 
-@njit(cache=True)
+@cached_njit
 def bias_forward_inplace(Z, b):
     """Z += b row-wise, Z (n, k), b (k,) float32; overwrites Z."""
     require_c_contiguous(Z, b)
@@ -20,7 +20,7 @@ def bias_forward_inplace(Z, b):
             Z[i, j] += b[j]
 
 
-@njit(cache=True)
+@cached_njit
 def bias_relu_forward_inplace(Z, b):
     """Z = max(Z + b, 0) row-wise, Z (n, k), b (k,) float32; overwrites Z."""
     require_c_contiguous(Z, b)
@@ -30,7 +30,7 @@ def bias_relu_forward_inplace(Z, b):
             Z[i, j] = max(Z[i, j] + b[j], np.float32(0.0))
 
 
-@njit(cache=True)
+@cached_njit
 def relu_backward_inplace(dA, A):
     """dA = dA * (A > 0), the ReLU-mask backprop, dA and A (n, k) float32; overwrites dA."""
     require_c_contiguous(dA, A)
@@ -41,7 +41,7 @@ def relu_backward_inplace(dA, A):
                 dA[i, j] = 0
 
 
-@njit(cache=True)
+@cached_njit
 def relu_backward_bias_grad_inplace(dA, A, db):
     """dA = dA * (A > 0) and db = column sums of the result, dA, A (n, k), db (k,) float32; overwrites dA and db."""
     require_c_contiguous(dA, A, db)
@@ -55,7 +55,7 @@ def relu_backward_bias_grad_inplace(dA, A, db):
                 db[j] += dA[i, j]
 
 
-@njit(cache=True)
+@cached_njit
 def softmax_inplace(Z):
     """Row-wise numerically stable softmax of logits Z (n, k) float32; overwrites Z with the probabilities."""
     require_c_contiguous(Z)
@@ -74,7 +74,7 @@ def softmax_inplace(Z):
             Z[i, j] *= inv
 
 
-@njit(cache=True)
+@cached_njit
 def softmax_xent_backward_inplace(Z, y):
     """Mean cross-entropy of logits Z (n, k) float32 vs labels y (n,); overwrites Z with (softmax(Z) - onehot(y)) / n.
 
@@ -85,7 +85,7 @@ def softmax_xent_backward_inplace(Z, y):
     return softmax_xent_backward_rows_inplace(Z, y, n) / n
 
 
-@njit(cache=True)
+@cached_njit
 def softmax_xent_backward_rows_inplace(Z, y, batch_n):
     """Summed cross-entropy of the rows of Z (n, k) float32 vs labels y (n,), part of a batch of batch_n rows; overwrites Z with (softmax(Z) - onehot(y)) / batch_n.
 
@@ -118,7 +118,7 @@ def softmax_xent_backward_rows_inplace(Z, y, batch_n):
     return total
 
 
-@njit(cache=True)
+@cached_njit
 def bias_grad(dZ, out):
     """out = column sums of dZ (n, k) float32, out (k,); overwrites out."""
     require_c_contiguous(dZ, out)
@@ -129,7 +129,7 @@ def bias_grad(dZ, out):
             out[j] += dZ[i, j]
 
 
-@njit(cache=True)
+@cached_njit
 def sgd_update_inplace(W, dW, lr):
     """W -= lr * dW elementwise, W and dW the same shape (any ndim) float32; overwrites W."""
     require_c_contiguous(W, dW)
@@ -140,7 +140,7 @@ def sgd_update_inplace(W, dW, lr):
         w[i] -= step * g[i]
 
 
-@njit(cache=True)
+@cached_njit
 def momentum_apply_inplace(W, V, decay_step):
     """V -= decay_step * W, then W += V, in one pass (decay_step = lr * weight_decay); W, V the same shape float32; overwrites V and W."""
     require_c_contiguous(W, V)
@@ -153,7 +153,7 @@ def momentum_apply_inplace(W, V, decay_step):
         w[i] += vi
 
 
-@njit(cache=True)
+@cached_njit
 def momentum_update_inplace(W, V, G, lr, momentum, weight_decay, nesterov):
     """g = G + weight_decay * W; V = momentum * V - lr * g; W += momentum * V - lr * g if nesterov else V; one pass, W, V, G the same shape float32; overwrites V and W."""
     require_c_contiguous(W, V, G)
@@ -173,7 +173,7 @@ def momentum_update_inplace(W, V, G, lr, momentum, weight_decay, nesterov):
 
 
 
-@njit(cache=True)
+@cached_njit
 def argmax_rows_into(out, Z):
     """out[i] = index of the largest entry of row i of Z (n, k) float32 (the first on ties, as np.argmax), out (n,) integer; overwrites out."""
     n, k = Z.shape

@@ -2,10 +2,11 @@
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .._jit import cached_njit
 from .contiguity import require_c_contiguous
 
 # Rows ahead that the gathers prefetch: shuffled rows are latency-bound reads (a 784-byte uint8
@@ -33,7 +34,7 @@ def _prefetch(typingctx, flat, index):
     return types.void(flat, types.intp), codegen
 
 
-@njit(cache=True)
+@cached_njit
 def _prefetch_row(flat, row, n_cols):
     step = max(64 // flat.itemsize, 1)
     base = row * n_cols
@@ -43,13 +44,13 @@ def _prefetch_row(flat, row, n_cols):
     _prefetch(flat, base + head - 1)
 
 
-@njit(cache=True)
+@cached_njit
 def gather_rows(out, X, rows):
     """out[i] = X[rows[i]] for a float32 C-contiguous X (N, f), integer rows (n,), out (n, f); overwrites out."""
     gather_rows_scaled(out, X, rows, np.float32(1.0))  # x * 1.0f is exact
 
 
-@njit(cache=True)
+@cached_njit
 def gather_rows_scaled(out, pixels_u8, rows, scale):
     """out[i] = float32(pixels_u8[rows[i]]) * scale, C-contiguous uint8 (or float32) pixels (N, f), rows (n,), out (n, f) float32; overwrites out."""
     require_c_contiguous(out, pixels_u8, rows)
@@ -66,7 +67,7 @@ def gather_rows_scaled(out, pixels_u8, rows, scale):
             out[i, j] = np.float32(pixels_u8[r, j]) * s
 
 
-@njit(cache=True)
+@cached_njit
 def gather_labels(out, y, rows):
     """out[i] = y[rows[i]] for integer labels y (N,), rows (n,), out (n,); overwrites out."""
     require_c_contiguous(out, y, rows)

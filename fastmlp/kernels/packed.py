@@ -25,9 +25,10 @@ pieces the numba backend's worker threads split a step into.
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.extending import intrinsic
 
+from .._jit import cached_njit
 from . import simd_ir
 from .contiguity import require_c_contiguous
 from .tiles import TILE
@@ -84,7 +85,7 @@ def _wgrad_tile(typingctx, A, a_off, lda, D, d_off, ldd, n, rows, ncols, P, p_of
     return sig, codegen
 
 
-@njit(cache=True)
+@cached_njit
 def panel_count(n_columns):
     """Panels of PANEL_WIDTH columns that hold n_columns (the first dimension of a packed matrix)."""
     return (n_columns + PANEL_WIDTH - 1) // PANEL_WIDTH
@@ -95,7 +96,7 @@ def packed_shape(n_rows, n_columns):
     return (panel_count(n_columns), n_rows, PANEL_WIDTH)
 
 
-@njit(cache=True)
+@cached_njit
 def pack_weights_into(P, W):
     """P = W (K, N) float32 in the packed layout (panels, K, PANEL_WIDTH), zero padding; overwrites P."""
     require_c_contiguous(P, W)
@@ -107,7 +108,7 @@ def pack_weights_into(P, W):
                 P[p, k, j] = W[k, col] if col < N else np.float32(0.0)
 
 
-@njit(cache=True)
+@cached_njit
 def transpose_packed_into(PT, P, k0, k1):
     """Rows k0:k1 of the packed W in P (panels, K, NR) written into PT, W.T packed; overwrites those entries of PT (and PT's zero padding when k1 = K)."""
     require_c_contiguous(PT, P)
@@ -124,7 +125,7 @@ def transpose_packed_into(PT, P, k0, k1):
                 PT[p, n, j] = np.float32(0.0)
 
 
-@njit(cache=True)
+@cached_njit
 def unpack_weights_into(W, P):
     """W (K, N) = the packed P (panels, K, PANEL_WIDTH), padding dropped; overwrites W."""
     require_c_contiguous(W, P)
@@ -134,7 +135,7 @@ def unpack_weights_into(W, P):
             W[k, col] = P[col // PANEL_WIDTH, k, col % PANEL_WIDTH]
 
 
-@njit(cache=True)
+@cached_njit
 def forward_part(C, A, P, bias, mask, kind, r0, r1, p0, p1):
     """Rows r0:r1 and panels p0:p1 of C = epilogue(A @ W), W packed in P; overwrites that part of C.
 
@@ -156,7 +157,7 @@ def forward_part(C, A, P, bias, mask, kind, r0, r1, p0, p1):
                           min(PANEL_WIDTH, N - col), bias, col, mask, i0 * ldm + col, ldm, np.int32(kind))
 
 
-@njit(cache=True)
+@cached_njit
 def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule):
     """Rows k0:k1 of panels p0:p1 of the packed W (and V) updated by rule from G = A[:n].T @ dZ[:n]; overwrites that part of P (and V).
 
@@ -178,28 +179,28 @@ def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule
                         wd32, np.int32(rule))
 
 
-@njit(cache=True)
+@cached_njit
 def packed_matmul_into(C, A, P):
     """C = A @ W with A (M, K), W packed in P (panels, K, PANEL_WIDTH), C (M, N) float32; overwrites C."""
     require_c_contiguous(C, A, P)
     forward_part(C, A, P, C.reshape(C.size), C, STORE, 0, A.shape[0], 0, panel_count(C.shape[1]))
 
 
-@njit(cache=True)
+@cached_njit
 def packed_matmul_bias_into(Z, A, P, b):
     """Z = A @ W + b with A (M, K), W packed in P, b (N,), Z (M, N) float32; overwrites Z."""
     require_c_contiguous(Z, A, P, b)
     forward_part(Z, A, P, b, Z, BIAS, 0, A.shape[0], 0, panel_count(Z.shape[1]))
 
 
-@njit(cache=True)
+@cached_njit
 def packed_matmul_bias_relu_into(Z, A, P, b):
     """Z = max(A @ W + b, 0) with A (M, K), W packed in P, b (N,), Z (M, N) float32; overwrites Z."""
     require_c_contiguous(Z, A, P, b)
     forward_part(Z, A, P, b, Z, BIAS_RELU, 0, A.shape[0], 0, panel_count(Z.shape[1]))
 
 
-@njit(cache=True)
+@cached_njit
 def packed_matmul_relu_mask_into(dA, dZ, PT, A):
     """dA = (dZ @ W.T) * (A > 0) with dZ (M, N), PT = W.T (N, K) packed, A and dA (M, K) float32; overwrites dA.
 
@@ -209,14 +210,14 @@ def packed_matmul_relu_mask_into(dA, dZ, PT, A):
     forward_part(dA, dZ, PT, dA.reshape(dA.size), A, RELU_MASK, 0, dZ.shape[0], 0, panel_count(dA.shape[1]))
 
 
-@njit(cache=True)
+@cached_njit
 def packed_sgd_update_inplace(P, A, dZ, lr, weight_decay):
     """W -= lr * (A.T @ dZ + weight_decay * W), W packed in P (panels, K, NR), A (n, K), dZ (n, N) float32; overwrites P."""
     require_c_contiguous(P, A, dZ)
     update_part(P, P, A, dZ, A.shape[0], 0, P.shape[1], 0, P.shape[0], lr, 0.0, weight_decay, PLAIN_SGD)
 
 
-@njit(cache=True)
+@cached_njit
 def packed_momentum_update_inplace(P, V, A, dZ, lr, momentum, weight_decay, nesterov):
     """g = A.T @ dZ + wd W; V = mu V - lr g; W += V (Nesterov: mu V - lr g); W, V packed alike in P, V, A (n, K), dZ (n, N) float32; overwrites P and V."""
     require_c_contiguous(P, V, A, dZ)
