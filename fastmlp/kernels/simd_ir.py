@@ -15,8 +15,9 @@ vectors of the tile as `phi` values, so that they live in registers for the whol
 The tile's shape comes from `fastmlp.kernels.tiles` (VW floats a vector, NV vectors a panel row,
 so NR = VW * NV columns, and MR rows): MR * NV accumulators, NV loaded B vectors and a broadcast
 must fit the 32 (AVX-512) or 16 (AVX2, SSE) vector registers. A tile of fewer rows (the edge of
-the batch) is its own copy of the loop, chosen by a `switch` on the row count, since registers
-cannot be indexed at run time.
+the batch) runs the same loop on MR rows, the missing ones reading a real row again, and stores
+only its real rows: one copy of the loop per kernel, where a copy per row count (a `switch`)
+doubled the cold compile time of the training epoch.
 
 Two kernels, in the packed layout of `fastmlp.kernels.packed` (P[panel, k, 0:NR]):
 - `forward_tile`: C[rows, panel] = epilogue(A[rows, :] @ P[panel]). The B vectors are one
@@ -25,7 +26,7 @@ Two kernels, in the packed layout of `fastmlp.kernels.packed` (P[panel, k, 0:NR]
 - `wgrad_tile`: the weight-gradient product of MR rows of a packed weight panel,
   G = A[:, k0:k0+MR].T @ D[:, panel], applied at once to P (and the velocity V) by the update
   rule in the epilogue, so the gradient never leaves registers. Here A's scalars come from MR
-  consecutive columns of one row of A, and D's rows are loaded masked when the panel is partial.
+  consecutive columns of one row of A, and D's rows are loaded masked to the panel's columns.
 """
 
 from llvmlite import ir
@@ -135,20 +136,6 @@ def _tile_loop(builder, fn, trip_count, rows, nv, vec, load_b, load_a):
     return accs
 
 
-def _switch_on_rows(builder, fn, mr, max_rows, emit_rows):
-    """Branch to a copy of the tile for each row count 1..max_rows (emit_rows(builder, rows) writes one)."""
-    end = fn.append_basic_block("end")
-    cases = [fn.append_basic_block(f"rows{r}") for r in range(1, max_rows + 1)]
-    switch = builder.switch(mr, cases[-1])
-    for rows, block in enumerate(cases, start=1):
-        switch.add_case(ir.Constant(I64, rows), block)
-        builder.position_at_end(block)
-        emit_rows(builder, rows)
-        builder.branch(end)
-    builder.position_at_end(end)
-    builder.ret_void()
-
-
 def forward_tile(module, tile):
     """The LLVM function computing one tile of C = epilogue(A @ W), W packed; declared once per module.
 
@@ -166,46 +153,61 @@ def forward_tile(module, tile):
     fnty = ir.FunctionType(ir.VoidType(), [PTR, I64, PTR, I64, PTR, I64, I64, I64, PTR, PTR, I64, I32])
     fn = ir.Function(module, fnty, name)
     fn.linkage = "internal"
-    a, lda, panel, K, c, ldc, mr, ncols, bias, mask, ldmask, kind = fn.args
+    a, lda, panel, K, c, ldc, rows, ncols, bias, mask, ldmask, kind = fn.args
     vec = _Vectors(module, tile.vw)
-    nv, nr, vw = tile.nv, tile.nr, tile.vw
+    nv, nr, vw, mr = tile.nv, tile.nr, tile.vw, tile.mr
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    # A tile of fewer rows (the batch's edge) runs the same loop: its missing rows read the last
+    # real row again and are never stored. One copy of the loop keeps the compile time down.
+    a_rows = [builder.gep(a, [builder.mul(_clamp_row(builder, m, rows), lda)]) for m in range(mr)]
 
     def load_b(builder, k):
         row = builder.gep(panel, [builder.mul(k, ir.Constant(I64, nr))])
         return [vec.load(builder, builder.gep(row, [ir.Constant(I64, v * vw)])) for v in range(nv)]
 
     def load_a(builder, k, m):
-        return builder.load(builder.gep(a, [builder.add(builder.mul(ir.Constant(I64, m), lda), k)]))
+        return builder.load(builder.gep(a_rows[m], [k]))
 
-    def emit_rows(builder, rows):
-        accs = _tile_loop(builder, fn, K, rows, nv, vec, load_b, load_a)
-        masks = [_lane_mask(builder, ir.Constant(I64, v * vw), ncols, vw) for v in range(nv)]
-        with_bias = builder.or_(builder.icmp_unsigned("==", kind, ir.Constant(I32, BIAS)),
-                                builder.icmp_unsigned("==", kind, ir.Constant(I32, BIAS_RELU)))
-        relu = builder.icmp_unsigned("==", kind, ir.Constant(I32, BIAS_RELU))
-        masked = builder.icmp_unsigned("==", kind, ir.Constant(I32, RELU_MASK))
-        # The bias is read only by BIAS and BIAS_RELU (lanes off otherwise: zeros, and `bias` may point anywhere).
-        bias_lanes = _splat_bool(builder, with_bias, vw)
-        b = [vec.masked_load(builder, builder.gep(bias, [ir.Constant(I64, v * vw)]), builder.and_(masks[v], bias_lanes))
-             for v in range(nv)]
-        masked_lanes = _splat_bool(builder, masked, vw)
-        for m in range(rows):
-            c_row = builder.gep(c, [builder.mul(ir.Constant(I64, m), ldc)])
-            mask_row = builder.gep(mask, [builder.mul(ir.Constant(I64, m), ldmask)])
-            for v in range(nv):
-                z = builder.fadd(accs[m][v], b[v])
-                z = builder.select(relu, builder.call(vec.maxnum, [z, vec.zero]), z)
-                # RELU_MASK reads the mask (lanes off for other kinds, so `mask` may point anywhere)
-                # and drops the lanes whose mask is not > 0.
-                gate = builder.and_(masks[v], masked_lanes)
-                keep = vec.masked_load(builder, builder.gep(mask_row, [ir.Constant(I64, v * vw)]), gate)
-                drop = builder.and_(masked_lanes, builder.not_(builder.fcmp_ordered(">", keep, vec.zero)))
-                z = builder.select(drop, vec.zero, z)
-                vec.masked_store(builder, z, builder.gep(c_row, [ir.Constant(I64, v * vw)]), masks[v])
-
-    _switch_on_rows(builder, fn, mr, tile.mr, emit_rows)
+    accs = _tile_loop(builder, fn, K, mr, nv, vec, load_b, load_a)
+    masks = [_lane_mask(builder, ir.Constant(I64, v * vw), ncols, vw) for v in range(nv)]
+    with_bias = builder.or_(builder.icmp_unsigned("==", kind, ir.Constant(I32, BIAS)),
+                            builder.icmp_unsigned("==", kind, ir.Constant(I32, BIAS_RELU)))
+    relu = builder.icmp_unsigned("==", kind, ir.Constant(I32, BIAS_RELU))
+    masked = builder.icmp_unsigned("==", kind, ir.Constant(I32, RELU_MASK))
+    # The bias is read only by BIAS and BIAS_RELU (lanes off otherwise: zeros, and `bias` may point anywhere).
+    bias_lanes = _splat_bool(builder, with_bias, vw)
+    b = [vec.masked_load(builder, builder.gep(bias, [ir.Constant(I64, v * vw)]), builder.and_(masks[v], bias_lanes))
+         for v in range(nv)]
+    masked_lanes = _splat_bool(builder, masked, vw)
+    end = fn.append_basic_block("end")
+    for m in range(mr):
+        store, after = fn.append_basic_block(f"store{m}"), fn.append_basic_block(f"after{m}")
+        builder.cbranch(builder.icmp_signed("<", ir.Constant(I64, m), rows), store, end)
+        builder.position_at_end(store)
+        c_row = builder.gep(c, [builder.mul(ir.Constant(I64, m), ldc)])
+        mask_row = builder.gep(mask, [builder.mul(ir.Constant(I64, m), ldmask)])
+        for v in range(nv):
+            z = builder.fadd(accs[m][v], b[v])
+            z = builder.select(relu, builder.call(vec.maxnum, [z, vec.zero]), z)
+            # RELU_MASK reads the mask (lanes off for other kinds, so `mask` may point anywhere)
+            # and drops the lanes whose mask is not > 0.
+            gate = builder.and_(masks[v], masked_lanes)
+            keep = vec.masked_load(builder, builder.gep(mask_row, [ir.Constant(I64, v * vw)]), gate)
+            drop = builder.and_(masked_lanes, builder.not_(builder.fcmp_ordered(">", keep, vec.zero)))
+            z = builder.select(drop, vec.zero, z)
+            vec.masked_store(builder, z, builder.gep(c_row, [ir.Constant(I64, v * vw)]), masks[v])
+        builder.branch(after)
+        builder.position_at_end(after)
+    builder.branch(end)
+    builder.position_at_end(end)
+    builder.ret_void()
     return fn
+
+
+def _clamp_row(builder, m, rows):
+    """min(m, rows - 1) as i64: the row a tile's m-th row reads."""
+    last = builder.sub(rows, ir.Constant(I64, 1))
+    return builder.select(builder.icmp_signed("<", ir.Constant(I64, m), rows), ir.Constant(I64, m), last)
 
 
 def _splat_bool(builder, flag, vw):
@@ -232,64 +234,50 @@ def wgrad_tile(module, tile):
     fnty = ir.FunctionType(ir.VoidType(), [PTR, I64, PTR, I64, I64, I64, I64, PTR, PTR, F32, F32, F32, I32])
     fn = ir.Function(module, fnty, name)
     fn.linkage = "internal"
-    a, lda, d, ldd, n, mr, ncols, w, vel, lr, momentum, weight_decay, rule = fn.args
+    a, lda, d, ldd, n, rows, ncols, w, vel, lr, momentum, weight_decay, rule = fn.args
     vec = _Vectors(module, tile.vw)
-    nv, nr, vw = tile.nv, tile.nr, tile.vw
+    nv, nr, vw, mr = tile.nv, tile.nr, tile.vw, tile.mr
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
-    full = builder.icmp_signed("==", ncols, ir.Constant(I64, nr))
+    # As in forward_tile, a tile of fewer rows reads its last real column of A again and is
+    # never stored; D's rows are loaded masked to the panel's real columns (a no-cost k-mask
+    # with AVX-512, vmaskmovps with AVX2), so that one copy of the loop serves every tile.
+    columns = [_clamp_row(builder, m, rows) for m in range(mr)]
+    masks = [_lane_mask(builder, ir.Constant(I64, v * vw), ncols, vw) for v in range(nv)]
 
-    def emit_rows(builder, rows):
-        # Two copies of the loop: plain loads of D for a full panel, masked ones for the last.
-        full_block, part_block = fn.append_basic_block(f"full{rows}"), fn.append_basic_block(f"part{rows}")
-        join = fn.append_basic_block(f"update{rows}")
-        builder.cbranch(full, full_block, part_block)
-        results = []
-        for block, is_full in ((full_block, True), (part_block, False)):
-            builder.position_at_end(block)
-            masks = [_lane_mask(builder, ir.Constant(I64, v * vw), ncols, vw) for v in range(nv)]
+    def load_b(builder, i):
+        row = builder.gep(d, [builder.mul(i, ldd)])
+        return [vec.masked_load(builder, builder.gep(row, [ir.Constant(I64, v * vw)]), masks[v]) for v in range(nv)]
 
-            def load_b(builder, i, masks=masks, is_full=is_full):
-                row = builder.gep(d, [builder.mul(i, ldd)])
-                ptrs = [builder.gep(row, [ir.Constant(I64, v * vw)]) for v in range(nv)]
-                if is_full:
-                    return [vec.load(builder, p) for p in ptrs]
-                return [vec.masked_load(builder, p, masks[v]) for v, p in enumerate(ptrs)]
+    def load_a(builder, i, m):
+        return builder.load(builder.gep(a, [builder.add(builder.mul(i, lda), columns[m])]))
 
-            def load_a(builder, i, m):
-                return builder.load(builder.gep(a, [builder.add(builder.mul(i, lda), ir.Constant(I64, m))]))
-
-            accs = _tile_loop(builder, fn, n, rows, nv, vec, load_b, load_a)
-            results.append((accs, builder.block))
-            builder.branch(join)
-        builder.position_at_end(join)
-        accs = []
-        for m in range(rows):
-            row = []
-            for v in range(nv):
-                phi = builder.phi(vec.vt)
-                for acc, block in results:
-                    phi.add_incoming(acc[m][v], block)
-                row.append(phi)
-            accs.append(row)
-        lr_v, mu_v, wd_v = (_splat(builder, s, vw) for s in (lr, momentum, weight_decay))
-        uses_velocity = builder.icmp_unsigned("!=", rule, ir.Constant(I32, PLAIN_SGD))
-        nesterov = builder.icmp_unsigned("==", rule, ir.Constant(I32, NESTEROV))
-        no_lanes = ir.Constant(ir.VectorType(I1, vw), [0] * vw)
-        all_lanes = ir.Constant(ir.VectorType(I1, vw), [1] * vw)
-        vel_lanes = builder.select(uses_velocity, all_lanes, no_lanes)
-        for m in range(rows):
-            for v in range(nv):
-                offset = ir.Constant(I64, m * nr + v * vw)
-                w_ptr, vel_ptr = builder.gep(w, [offset]), builder.gep(vel, [offset])
-                weight = vec.load(builder, w_ptr)
-                step = builder.fmul(lr_v, builder.call(vec.fma, [wd_v, weight, accs[m][v]]))  # lr * g
-                # V is read and written only under MOMENTUM / NESTEROV (masked to no lanes otherwise).
-                velocity = builder.fsub(builder.fmul(mu_v, vec.masked_load(builder, vel_ptr, vel_lanes)), step)
-                vec.masked_store(builder, velocity, vel_ptr, vel_lanes)
-                nesterov_step = builder.fsub(builder.fmul(mu_v, velocity), step)
-                delta = builder.select(uses_velocity, builder.select(nesterov, nesterov_step, velocity),
-                                       builder.fsub(vec.zero, step))
-                vec.store(builder, builder.fadd(weight, delta), w_ptr)
-
-    _switch_on_rows(builder, fn, mr, tile.mr, emit_rows)
+    accs = _tile_loop(builder, fn, n, mr, nv, vec, load_b, load_a)
+    lr_v, mu_v, wd_v = (_splat(builder, s, vw) for s in (lr, momentum, weight_decay))
+    uses_velocity = builder.icmp_unsigned("!=", rule, ir.Constant(I32, PLAIN_SGD))
+    nesterov = builder.icmp_unsigned("==", rule, ir.Constant(I32, NESTEROV))
+    no_lanes = ir.Constant(ir.VectorType(I1, vw), [0] * vw)
+    all_lanes = ir.Constant(ir.VectorType(I1, vw), [1] * vw)
+    vel_lanes = builder.select(uses_velocity, all_lanes, no_lanes)
+    end = fn.append_basic_block("end")
+    for m in range(mr):
+        store, after = fn.append_basic_block(f"update{m}"), fn.append_basic_block(f"after{m}")
+        builder.cbranch(builder.icmp_signed("<", ir.Constant(I64, m), rows), store, end)
+        builder.position_at_end(store)
+        for v in range(nv):
+            offset = ir.Constant(I64, m * nr + v * vw)
+            w_ptr, vel_ptr = builder.gep(w, [offset]), builder.gep(vel, [offset])
+            weight = vec.load(builder, w_ptr)
+            step = builder.fmul(lr_v, builder.call(vec.fma, [wd_v, weight, accs[m][v]]))  # lr * g
+            # V is read and written only under MOMENTUM / NESTEROV (masked to no lanes otherwise).
+            velocity = builder.fsub(builder.fmul(mu_v, vec.masked_load(builder, vel_ptr, vel_lanes)), step)
+            vec.masked_store(builder, velocity, vel_ptr, vel_lanes)
+            nesterov_step = builder.fsub(builder.fmul(mu_v, velocity), step)
+            delta = builder.select(uses_velocity, builder.select(nesterov, nesterov_step, velocity),
+                                   builder.fsub(vec.zero, step))
+            vec.store(builder, builder.fadd(weight, delta), w_ptr)
+        builder.branch(after)
+        builder.position_at_end(after)
+    builder.branch(end)
+    builder.position_at_end(end)
+    builder.ret_void()
     return fn
