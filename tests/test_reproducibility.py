@@ -31,9 +31,8 @@ def data():
 
 def train_one_epoch(backend, batch_size, data, seed):
     model = MLP([784, 128, 64, 10], seed=seed)
-    # numpy's thread policy follows the machine's load, and with it the bits: pin the count.
-    threads = 2 if backend == "numpy" else None
-    Trainer(model, backend, lr=0.05, batch_size=batch_size, seed=seed, threads=threads).fit(*data, epochs=1)
+    # Both backends' automatic thread counts follow the machine's load, and with them the bits: pin the count.
+    Trainer(model, backend, lr=0.05, batch_size=batch_size, seed=seed, threads=2).fit(*data, epochs=1)
     return model
 
 

@@ -191,3 +191,26 @@ def test_the_barrier_releases_every_party_and_an_abort_releases_the_waiters():
     waiter.join(60)
     assert not waiter.is_alive() and results[-1] is False
     assert barrier_wait(state, 1) is False  # an aborted barrier stays aborted
+
+
+def test_an_epoch_takes_only_the_cores_other_work_leaves_free_unless_threads_is_fixed(monkeypatch):
+    class Load:  # a CpuLoad whose other processes keep `busy` of 2 cores busy
+        cpus, busy = 2, 1.0
+
+        def others_busy(self):
+            return self.busy
+
+    monkeypatch.setattr(numba_fused, "training_threads", lambda: 2)
+    backend = Backend()
+    backend._load = Load()
+    assert backend._free_threads() == 1
+    Load.busy = 0.1
+    assert backend._free_threads() == 2
+    asked = []
+    monkeypatch.setattr(numba_fused, "epoch_workers", lambda threads, rows, sizes: asked.append(threads) or 1)
+    Load.busy = 1.0
+    for b in (backend, Backend(threads=2)):
+        b._load = Load()
+        b.train_epoch(MLP([6, 3], seed=0), np.zeros((4, 6), np.float32), np.zeros(4, np.int64), batch_size=2,
+                      lr=0.1, rng=np.random.default_rng(0))
+    assert asked == [1, 2]

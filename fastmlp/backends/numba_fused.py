@@ -56,6 +56,7 @@ from ..kernels.packed import (
     update_part,
 )
 from ..spin_barrier import abort_barrier, barrier_aborted, barrier_state, barrier_wait
+from ..thread_policy import CpuLoad, free_cores
 from .base import BackendBase, epoch_ranges
 
 _MAX_WORKSPACES = 4
@@ -279,11 +280,13 @@ def epoch_workers(threads, batch_rows, layer_sizes):
 class Backend(BackendBase):
     """The fused backend. `train_epoch` runs on up to `threads` worker threads (default `training_threads()`).
 
-    The workers are fastmlp's own threads: no BLAS runs in a step. Their number is also capped
-    by `epoch_workers` (MIN_ROWS_PER_WORKER rows of a batch each, whole panels of the first
-    layer each), so more cores than a batch can use leave the extra ones idle rather than
-    slowing every step. Results depend on the worker count (the order of float32 sums), never
-    on timing: the same count gives bit-identical runs.
+    The workers are fastmlp's own threads: no BLAS runs in a step. Without `threads`, an epoch
+    also uses no more workers than the cores that other processes left free during the last one
+    (`_free_threads`). Their number is also capped by `epoch_workers` (MIN_ROWS_PER_WORKER rows
+    of a batch each, whole panels of the first layer each), so more cores than a batch can use
+    leave the extra ones idle rather than slowing every step. Results depend on the worker count
+    (the order of float32 sums), never on timing: the same count gives bit-identical runs, and a
+    fixed `threads` gives the same bits under any load.
     """
 
     name = "numba"
@@ -295,6 +298,7 @@ class Backend(BackendBase):
         self._workspaces = OrderedDict()
         self._packed = OrderedDict()
         self._epoch_lock = threading.Lock()  # one epoch at a time: the workers share the workspace
+        self._load = None  # the CPU load since the last epoch (CpuLoad), when threads is None
 
     @staticmethod
     def _cached(cache, key, make):
@@ -364,7 +368,7 @@ class Backend(BackendBase):
         else:
             data, scale = X, np.float32(1.0)  # x * 1.0f is exact: one gather kernel serves both
         rows = min(batch_size, len(data))
-        workers = epoch_workers(self.threads or training_threads(), rows, model.layer_sizes)
+        workers = epoch_workers(self.threads or self._free_threads(), rows, model.layer_sizes)
         order = rng.permutation(len(data))
         with self._epoch_lock:
             ws = self._workspace(model.layer_sizes, rows)
@@ -387,6 +391,16 @@ class Backend(BackendBase):
             finally:
                 packed.store(model, velocity if rule != PLAIN_SGD else None)
             return total / len(data)
+
+    def _free_threads(self):
+        """`training_threads()`, but no more than the cores other work left free since the last epoch.
+
+        Two workers that meet at a barrier three times a step wait for each other's time slice
+        when another process holds one of the two cores; one worker per free core shares fairly.
+        """
+        if self._load is None:
+            self._load = CpuLoad()
+        return min(training_threads(), free_cores(self._load.others_busy(), self._load.cpus))
 
     def between_epochs(self):
         """Run BLAS single-threaded for the caller's work between epochs (a Trainer's evaluation).
