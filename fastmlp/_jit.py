@@ -19,8 +19,12 @@ cannot, every `cached_njit` function compiles in memory only (each run compiles 
 one warning line says so and names `NUMBA_CACHE_DIR`, the fix.
 """
 
+from __future__ import annotations
+
 import os
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 from numba import njit
 
@@ -31,11 +35,11 @@ class JitCacheWarning(UserWarning):
     """Numba cannot cache fastmlp's compiled code here, so it compiles it again in every process."""
 
 
-def _probe():  # pragma: no cover - only ever decorated, never called
+def _probe() -> int:  # pragma: no cover - only ever decorated, never called
     return 0
 
 
-def _numba_can_cache():
+def _numba_can_cache() -> bool:
     """Whether Numba finds a writable cache folder for functions defined in fastmlp's source files."""
     try:
         njit(cache=True)(_probe)  # looks for a cache locator at decoration; compiles nothing
@@ -57,8 +61,12 @@ if not CACHE:
     warnings.warn_explicit(NO_CACHE_MESSAGE, JitCacheWarning, filename="fastmlp", lineno=0, module="fastmlp")
 
 
-def cached_njit(function=None, **options):
-    """`numba.njit(**options, cache=CACHE)`; use as `@cached_njit` or `@cached_njit(nogil=True)`."""
+def cached_njit(function: Callable[..., Any] | None = None, **options: Any) -> Any:
+    """`numba.njit(**options, cache=CACHE)`; use as `@cached_njit` or `@cached_njit(nogil=True)`.
+
+    Typed Any (a Numba dispatcher, or the decorator that makes one): the Python side of the kernels is
+    typed where it wraps them, fastmlp.checked_kernels.
+    """
     if "cache" in options:
         raise TypeError("cached_njit decides the cache itself; use numba.njit for an explicit cache=")
     decorate = njit(cache=CACHE, **options)

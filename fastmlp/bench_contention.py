@@ -16,15 +16,23 @@ figures come from a machine where nothing else ran; on a machine shared with oth
 three scenarios carry that work too.
 """
 
+from __future__ import annotations
+
+import argparse
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .datasets import PathLike
 
 SCENARIOS = ("alone", "two at once", "beside a CPU hog")
 FULL = {"epochs": 3}
@@ -34,7 +42,16 @@ HOG_HEAD_START_S = 0.5  # the hog runs before the training starts, as a busy mac
 _HOG = "while True: pass"
 
 
-def train_command(backend, epochs, metrics_json, data_dir=None, threads=None):
+class ContentionRow(TypedDict):
+    """One backend's line of the report: median seconds and ratios to the run alone, per scenario."""
+
+    backend: str
+    seconds: dict[str, float]
+    ratios: dict[str, float]
+
+
+def train_command(backend: str, epochs: int, metrics_json: PathLike, data_dir: PathLike | None = None,
+                  threads: int | None = None) -> list[str]:
     """The CLI run of one measurement: the default recipe but `epochs`, quiet, metrics to metrics_json."""
     command = [sys.executable, "-m", "fastmlp.train", "--backend", backend, "--epochs", str(epochs), "--quiet",
                "--no-download", "--metrics-json", str(metrics_json)]
@@ -45,24 +62,26 @@ def train_command(backend, epochs, metrics_json, data_dir=None, threads=None):
     return command
 
 
-def _train_seconds(procs, paths):
+def _train_seconds(procs: Sequence[subprocess.Popen[str]], paths: Sequence[PathLike]) -> list[float]:
     """Wait for the training processes; the `train_s` of each one's metrics JSON."""
     seconds = []
     for proc, path in zip(procs, paths):
         _, err = proc.communicate()
         if proc.returncode != 0:
             last = (err.strip().splitlines() or ["no output"])[-1]
-            raise ChildProcessError(f"training process {' '.join(proc.args[1:4])}... failed "
+            command = cast("list[str]", proc.args)  # a train_command()
+            raise ChildProcessError(f"training process {' '.join(command[1:4])}... failed "
                                     f"(exit {proc.returncode}): {last}")
         seconds.append(json.loads(Path(path).read_text())["timings"]["train_s"])
     return seconds
 
 
-def run_scenario(scenario, backend, epochs, folder, data_dir=None, threads=None):
+def run_scenario(scenario: str, backend: str, epochs: int, folder: PathLike, data_dir: PathLike | None = None,
+                 threads: int | None = None) -> float:
     """Seconds of training in `scenario` (one of SCENARIOS): the slower run's `train_s`."""
     runs = 2 if scenario == "two at once" else 1
     paths = [Path(folder) / f"{backend}-{scenario.replace(' ', '-')}-{i}.json" for i in range(runs)]
-    hog = None
+    hog: subprocess.Popen[bytes] | None = None
     if scenario == "beside a CPU hog":
         hog = subprocess.Popen([sys.executable, "-c", _HOG])
         time.sleep(HOG_HEAD_START_S)
@@ -76,14 +95,15 @@ def run_scenario(scenario, backend, epochs, folder, data_dir=None, threads=None)
             hog.wait()
 
 
-def measure_contention(backends=("numpy", "numba"), *, epochs=FULL["epochs"], repeats=1, data_dir=None,
-                       threads=None, progress=None):
+def measure_contention(backends: Sequence[str] = ("numpy", "numba"), *, epochs: int = FULL["epochs"],
+                       repeats: int = 1, data_dir: PathLike | None = None, threads: int | None = None,
+                       progress: Callable[[str], object] | None = None) -> list[ContentionRow]:
     """One row per backend: {'backend', 'seconds': {scenario: median s}, 'ratios': {scenario: x alone}}.
 
     The runs alternate scenario by scenario within each repeat, so a drift of the machine's load
     spreads over all of them. progress(message) is called after each run.
     """
-    results = {b: {s: [] for s in SCENARIOS} for b in backends}
+    results: dict[str, dict[str, list[float]]] = {b: {s: [] for s in SCENARIOS} for b in backends}
     with tempfile.TemporaryDirectory(prefix="fastmlp-contention-") as folder:
         for backend in backends:  # compile (or load the cache) once, outside the measured runs
             _train_seconds([subprocess.Popen(train_command(backend, 1, Path(folder) / "warm.json", data_dir, threads),
@@ -96,7 +116,7 @@ def measure_contention(backends=("numpy", "numba"), *, epochs=FULL["epochs"], re
                                                                    threads))
                     if progress:
                         progress(f"{backend} {scenario}")
-    rows = []
+    rows: list[ContentionRow] = []
     for backend in backends:
         seconds = {s: float(np.median(v)) for s, v in results[backend].items()}
         rows.append({"backend": backend, "seconds": seconds,
@@ -104,7 +124,7 @@ def measure_contention(backends=("numpy", "numba"), *, epochs=FULL["epochs"], re
     return rows
 
 
-def machine_load():
+def machine_load() -> dict[str, Any]:
     """The 1-minute load average and usable CPUs, to print beside the table."""
     from .blas_threads import usable_cpus
 
@@ -115,7 +135,7 @@ def machine_load():
     return {"loadavg_1min": load, "usable_cpus": usable_cpus()}
 
 
-def format_contention(rows, config):
+def format_contention(rows: Sequence[ContentionRow], config: Mapping[str, Any]) -> str:
     """The contention table as text, with the conditions it was measured in."""
     from .bench import format_table
 
@@ -136,7 +156,7 @@ def format_contention(rows, config):
     return "\n".join([header, "", table, "", verdict])
 
 
-def run(args, progress=None):
+def run(args: argparse.Namespace, progress: Callable[[str], object] | None = None) -> dict[str, Any]:
     """The contention report of the parsed `python -m fastmlp.bench --contention` arguments."""
     mode = QUICK if args.quick else FULL
     epochs = mode["epochs"]
@@ -149,7 +169,7 @@ def run(args, progress=None):
     return {"config": config, "rows": rows}
 
 
-def add_arguments(parser, positive_int):
+def add_arguments(parser: argparse.ArgumentParser, positive_int: Callable[[str], int]) -> None:
     """The options of this mode, on `python -m fastmlp.bench`'s parser."""
     parser.add_argument("--contention", action="store_true",
                         help="instead: per backend, 3 epochs of the training CLI's default recipe alone, as two "
@@ -159,7 +179,7 @@ def add_arguments(parser, positive_int):
                         help="with --contention: the training CLI's --threads (default: its own thread policy)")
 
 
-def report(args):
+def report(args: argparse.Namespace) -> None:
     """Measure, print the table, and write the JSON report if asked: `python -m fastmlp.bench --contention`."""
     from tqdm import tqdm
 

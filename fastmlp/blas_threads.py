@@ -6,21 +6,26 @@ run single-threaded. OpenBLAS (what NumPy's and SciPy's wheels bundle) offers
 process-wide change does; where a BLAS lacks it, threadpoolctl limits the whole process.
 """
 
+from __future__ import annotations
+
 import ctypes
 import os
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from threadpoolctl import ThreadpoolController
 
 from .inputs import check_positive_int
 
-_controller = None
+# threadpoolctl carries no type information: its controller and limits are Any here.
+_controller: Any = None
 _controller_has_kernels = False
-_local_setters = None
+_local_setters: tuple[Callable[[int], int], ...] | None = None
 
 
-def blas_controller():
+def blas_controller() -> Any:
     """threadpoolctl's handle on the BLAS libraries loaded: NumPy's, and SciPy's once the kernels that
     call it are imported (listed again then). The numpy backend never imports Numba for it."""
     global _controller, _controller_has_kernels, _local_setters
@@ -32,12 +37,12 @@ def blas_controller():
     return _controller
 
 
-def blas_thread_count():
+def blas_thread_count() -> int:
     """The largest thread count among the BLAS libraries loaded, at least 1."""
     return max([lib["num_threads"] for lib in blas_controller().info()], default=1)
 
 
-def usable_cpus():
+def usable_cpus() -> int:
     """CPUs this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
@@ -45,12 +50,12 @@ def usable_cpus():
         return os.cpu_count() or 1
 
 
-def thread_local_setters():
+def thread_local_setters() -> tuple[Callable[[int], int], ...]:
     """`openblas_set_num_threads_local` of every BLAS loaded, or () if one of them lacks it."""
     global _local_setters
     blas_controller()  # lists SciPy's BLAS too once the kernels are loaded
     if _local_setters is None:
-        setters = []
+        setters: list[Callable[[int], int]] = []
         for lib in blas_controller().lib_controllers:
             setter = getattr(ctypes.CDLL(lib.filepath), "openblas_set_num_threads_local", None)
             if lib.internal_api != "openblas" or setter is None:
@@ -62,7 +67,7 @@ def thread_local_setters():
     return _local_setters
 
 
-def one_blas_thread_here(threads=1):
+def one_blas_thread_here(threads: int = 1) -> bool:
     """Make BLAS calls from this thread single-threaded (or `threads`), where OpenBLAS allows it
     (True), until `single_threaded_blas` in the thread that started this one ends. Else does nothing (False)."""
     for set_local in thread_local_setters():
@@ -70,10 +75,10 @@ def one_blas_thread_here(threads=1):
     return bool(thread_local_setters())
 
 
-_process_limit = None  # the threadpoolctl limit set_blas_threads_here falls back on
+_process_limit: Any = None  # the threadpoolctl limit set_blas_threads_here falls back on
 
 
-def set_blas_threads_here(threads):
+def set_blas_threads_here(threads: int | None) -> None:
     """From now on, BLAS calls from this thread run on `threads` threads (None: BLAS's own count again).
 
     Through openblas_set_num_threads_local where every BLAS loaded has it (cheap: call it per
@@ -92,7 +97,7 @@ def set_blas_threads_here(threads):
 
 
 @contextmanager
-def blas_threads_limited(threads=1):
+def blas_threads_limited(threads: int = 1) -> Iterator[None]:
     """Within the block, BLAS calls made by this thread run on `threads` threads (default one).
 
     The recipe for your own @njit code that calls fastmlp's gemm kernels on a machine busy with
@@ -119,7 +124,7 @@ def blas_threads_limited(threads=1):
 
 
 @contextmanager
-def single_threaded_blas():
+def single_threaded_blas() -> Iterator[None]:
     """Within the block, BLAS calls made by this thread run on one thread.
 
     Through OpenBLAS's openblas_set_num_threads_local where every BLAS loaded has it: no thread

@@ -18,9 +18,13 @@ near 0), so results under the automatic policy depend on the machine's load; a f
 the same bits in every run.
 """
 
+from __future__ import annotations
+
 import os
+from collections.abc import Container, Iterator
 from contextlib import contextmanager
 from time import monotonic, process_time
+from typing import cast
 
 from .blas_threads import blas_thread_count, set_blas_threads_here, usable_cpus
 
@@ -32,7 +36,7 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user nice system (idle iowait) irq softirq steal, of a cpuN line
 
 
-def _busy_seconds(cpus):
+def _busy_seconds(cpus: Container[int]) -> float | None:
     """CPU seconds spent busy since boot on the CPUs numbered in `cpus`, or None without /proc/stat."""
     try:
         with open("/proc/stat") as f:
@@ -48,7 +52,7 @@ def _busy_seconds(cpus):
     return ticks / _CLOCK_TICKS
 
 
-def _affinity():
+def _affinity() -> set[int]:
     try:
         return os.sched_getaffinity(0)
     except AttributeError:  # not Linux
@@ -58,15 +62,15 @@ def _affinity():
 class CpuLoad:
     """Cores that other processes kept busy on this process's CPUs, between two calls of `others_busy`."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._cpus = _affinity()
         self.cpus = len(self._cpus)
         self._last = self._sample()
 
-    def _sample(self):
+    def _sample(self) -> tuple[float, float | None, float]:
         return monotonic(), _busy_seconds(self._cpus), process_time()
 
-    def others_busy(self):
+    def others_busy(self) -> float:
         """Cores busy with other work since the last call (or construction): 0 up to the usable CPUs."""
         last, now = self._last, self._sample()
         self._last = now
@@ -82,7 +86,7 @@ class CpuLoad:
         return min(float(self.cpus), max(0.0, (now[1] - last[1]) / wall - ours))
 
 
-def free_cores(others_busy, cpus):
+def free_cores(others_busy: float, cpus: int) -> int:
     """Cores free for our threads when others keep `others_busy` of `cpus` cores busy: at least 1."""
     return max(1, int(cpus - others_busy + (1 - FREE_CORE_SHARE)))
 
@@ -97,16 +101,16 @@ class BlasThreadPolicy:
     `limited()` wraps the three around one block.
     """
 
-    def __init__(self, threads=None):
+    def __init__(self, threads: int | None = None) -> None:
         self.threads = threads
-        self._load = None
-        self._ceiling = None
+        self._load: CpuLoad | None = None
+        self._ceiling: int | None = None
         self._ceiling_at = -float("inf")
-        self._current = None  # the count apply() set, None: BLAS's own
+        self._current: int | None = None  # the count apply() set, None: BLAS's own
         self._decided_at = -float("inf")
-        self._decision = None  # None until start(): then the ceiling, until a first window is measured
+        self._decision: int | None = None  # None until start(): then the ceiling, until a first window is measured
 
-    def start(self):
+    def start(self) -> None:
         now = monotonic()
         if self._current is None and now - self._ceiling_at >= RECHECK_SECONDS:
             self._ceiling, self._ceiling_at = max(1, min(blas_thread_count(), usable_cpus())), now
@@ -116,10 +120,12 @@ class BlasThreadPolicy:
             self._load = CpuLoad()
             self._decided_at, self._decision = now, self._ceiling
 
-    def decide(self):
+    def decide(self) -> int:
         """The thread count for BLAS calls from now on."""
         if self.threads is not None:
             return self.threads
+        # start() has set all three (before it, the automatic mode has no load to read).
+        assert self._load is not None and self._ceiling is not None and self._decision is not None, "start() first"
         now = monotonic()
         if now - self._decided_at >= RECHECK_SECONDS:
             # Free cores among all this process may use: on 8 CPUs with one busy, 2 BLAS threads still fit.
@@ -127,23 +133,24 @@ class BlasThreadPolicy:
             self._decided_at = now
         return self._decision
 
-    def apply(self):
+    def apply(self) -> int:
         """Make this thread's BLAS count `decide()`; returns it. Changes it only when the decision does."""
         threads = self.decide()
-        # In the automatic mode, the ceiling is BLAS's own count: no limit to set for it.
-        target = None if self.threads is None and threads >= self._ceiling else threads
+        # In the automatic mode, the ceiling is BLAS's own count: no limit to set for it
+        # (start() has read it; decide() checked that start() came first).
+        target = None if self.threads is None and threads >= cast(int, self._ceiling) else threads
         if target != self._current:
             set_blas_threads_here(target)
             self._current = target
         return threads
 
-    def stop(self):
+    def stop(self) -> None:
         if self._current is not None:
             set_blas_threads_here(None)
             self._current = None
 
     @contextmanager
-    def limited(self):
+    def limited(self) -> Iterator[None]:
         """BLAS on the policy's thread count within the block (one decision, re-read at most every RECHECK_SECONDS)."""
         self.start()
         self.apply()

@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"test accuracy {100 * test_accuracy:.2f}%  (loss {test_loss:.4f}, {plural(len(history), 'epoch')}, "
           f"{sum(history.column('seconds')):.1f} s training)")
 
-    metrics = {
+    metrics: dict[str, Any] = {
         "test_accuracy": test_accuracy,
         "test_loss": test_loss,
         "history": history.as_dicts(),

@@ -117,7 +117,7 @@ class Trainer:
         self.schedule = LRSchedule(schedule, step_size=step_size, gamma=gamma)
         self.rng = make_rng(seed)
         self.history = History()
-        self._warmed_up = set()  # input kinds (Pixels or not) the backend has compiled its epoch for
+        self._warmed_up: set[bool] = set()  # input kinds (Pixels or not) the backend has compiled its epoch for
 
     def fit(self, X: Features, y: npt.ArrayLike, *, epochs: int,
             validation_data: tuple[Features, npt.ArrayLike] | None = None, verbose: bool = False,
