@@ -1,4 +1,4 @@
-"""The sweep CLI: `python -m fastmlp.sweep --lr 0.05 0.1 --seed 0 1 2`, trials run on Dask distributed.
+"""The sweep CLI: `fastmlp sweep --lr 0.05 0.1 --seed 0 1 2` (or `python -m fastmlp.sweep`), trials run on Dask.
 
 Each of `fastmlp.train`'s options may take several values; the trials are their cartesian
 product (or `--random N` of it). They run on a Dask cluster: by default a LocalCluster of one
@@ -7,23 +7,33 @@ fastmlp/sweep_trial.py is what a worker runs; fastmlp/sweep_grid.py builds the t
 fastmlp/sweep_report.py the table, the JSON and the groups over seeds.
 """
 
+from __future__ import annotations
+
 import argparse
 import logging
 import sys
 import uuid
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
 from . import __version__
 from .blas_threads import usable_cpus
-from .plot import require_matplotlib
-from .sweep_grid import add_grid_arguments, config_key, configurations, describe, grid_values, swept_options
+from .cli import new_parser
+from .plot import PLOT_FORMATS, require_plotting
+from .sweep_grid import Config, add_grid_arguments, config_key, configurations, describe, grid_values, swept_options
 from .sweep_plot import plot_sweep
-from .sweep_report import Report, load_resumed_trials, trial_record
-from .sweep_trial import TRIAL_STARTED, ensemble_accuracy, one_line_error, run_trial
+from .sweep_report import Record, Report, load_resumed_trials, trial_record
+from .sweep_trial import TRIAL_STARTED, Source, ensemble_accuracy, one_line_error, run_trial
 from .train import _positive_int, check_output_path, run_reporting_errors
+
+if TYPE_CHECKING:
+    from distributed import Client, Future
+
+    from .model import MLP
 
 PROG = "python -m fastmlp.sweep"
 INSTALL_HINT = 'pip install "fastmlp[sweep]"'
@@ -35,31 +45,31 @@ class SweepUnavailableError(ImportError):
     """Dask distributed, from the `sweep` extra, is not installed."""
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog=PROG,
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = new_parser(
+        prog,
         description="Train MLPs over a grid of fastmlp.train's options on a Dask cluster and compare them. "
                     "Each training option takes one or more values; the trials are their cartesian product. "
                     f"'{NEXT_GRID}' followed by training options adds another grid, which takes the training "
                     f"options before the first '{NEXT_GRID}' as its defaults.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.set_defaults(grid_dests=add_grid_arguments(parser))
     parser.add_argument("--random", type=_positive_int, default=None, metavar="N",
                         help="run N trials drawn at random from the grid instead of all of it")
     parser.add_argument("--random-seed", type=int, default=0, metavar="S", help="seed of the --random draw")
     parser.add_argument("--scheduler", metavar="ADDRESS",
-                        help="the Dask scheduler of a running cluster, e.g. tcp://10.0.0.5:8786; "
-                             "None: start a local cluster")
+                        help="the Dask scheduler of a running cluster, e.g. tcp://10.0.0.5:8786 "
+                             "(default: start a local cluster on 127.0.0.1)")
     parser.add_argument("--workers", type=_positive_int, default=None, metavar="N",
-                        help="worker processes of the local cluster, one thread each; None: one per core")
+                        help="worker processes of the local cluster, one thread each (default: one per core)")
     parser.add_argument("--json", type=Path, metavar="PATH",
                         help="write every trial's configuration and results as JSON, after each trial")
     parser.add_argument("--resume", type=Path, metavar="PATH",
                         help="continue the sweep of this JSON: skip its ok trials, rerun its failed ones "
                              "(and write to it unless --json says otherwise)")
     parser.add_argument("--plot", type=Path, metavar="PATH",
-                        help="draw accuracy against each swept option as a PNG; needs the plot extra")
+                        help="draw accuracy against each swept option as an image in the format of PATH's suffix "
+                             f"({', '.join(PLOT_FORMATS)}; PNG without one); needs the plot extra")
     parser.add_argument("--save-best", type=Path, metavar="PATH", help="write the best trial's model (.npz)")
     parser.add_argument("--ensemble", action="store_true",
                         help="with several --seed values: also the test accuracy of each configuration's "
@@ -70,9 +80,9 @@ def build_parser():
     return parser
 
 
-def parse_arguments(argv):
+def parse_arguments(argv: Sequence[str] | None, prog: str = PROG) -> tuple[argparse.Namespace, list[Config]]:
     """(args, configurations): the sweep's options and its trials; exits with status 2 on a usage error."""
-    parser = build_parser()
+    parser = build_parser(prog)
     parts = _split_grids(sys.argv[1:] if argv is None else list(argv))
     # The sweep's own options (--json, --scheduler, ...) may come anywhere; the training options
     # of each grid are those before the first --and, overridden by those of its own part.
@@ -95,8 +105,8 @@ def parse_arguments(argv):
     return args, configs
 
 
-def _split_grids(argv):
-    parts = [[]]
+def _split_grids(argv: Sequence[str]) -> list[list[str]]:
+    parts: list[list[str]] = [[]]
     for word in argv:
         if word == NEXT_GRID:
             parts.append([])
@@ -105,7 +115,7 @@ def _split_grids(argv):
     return parts
 
 
-def require_distributed():
+def require_distributed() -> None:
     """Raise SweepUnavailableError, saying how to install it, unless Dask distributed can be imported."""
     try:
         import distributed  # noqa: F401
@@ -114,7 +124,7 @@ def require_distributed():
 
 
 @contextmanager
-def dask_client(scheduler=None, workers=None):
+def dask_client(scheduler: str | None = None, workers: int | None = None) -> Iterator[Client]:
     """A distributed.Client of the cluster at `scheduler`, or of a new LocalCluster on 127.0.0.1 of
     `workers` single-threaded worker processes (default one per core), closed on leaving."""
     from distributed import Client, LocalCluster
@@ -137,9 +147,9 @@ def dask_client(scheduler=None, workers=None):
         yield client
 
 
-def run(args, configs):
+def run(args: argparse.Namespace, configs: list[Config]) -> Report:
     """Run the trials not already done in --resume's JSON; print and write the results."""
-    say = (lambda *a: None) if args.quiet else tqdm.write
+    say: Callable[[str], object] = (lambda *a: None) if args.quiet else tqdm.write
     # A local cluster's workers share this machine's folders; a remote one's resolve the path where they run.
     data_dir = args.data_dir if args.scheduler or args.data_dir is None else args.data_dir.resolve()
     source = {"dataset": configs[0]["dataset"], "data_dir": str(data_dir) if data_dir else None,
@@ -175,18 +185,20 @@ def run(args, configs):
     return report
 
 
-def _run_trials(client, todo, source, args, report, starts, output, say):
+def _run_trials(client: Client, todo: list[Config], source: Source, args: argparse.Namespace, report: Report,
+                starts: dict[str, list[str]], output: Path | None,
+                say: Callable[[str], object]) -> tuple[Record | None, MLP | None]:
     """Submit every trial, record each as it finishes; returns (record, model) of the best trial run here."""
     from distributed import as_completed
 
     run_id = uuid.uuid4().hex[:8]
-    futures = {}
+    futures: dict[Future, Config] = {}
     for i, config in enumerate(todo):
         key = f"fastmlp-trial-{run_id}-{i}"
         future = client.submit(run_trial, key, config, source, keep_model=args.save_best is not None,
                                keep_probabilities=args.ensemble, key=key, pure=False)
         futures[future] = config
-    best = (None, None)
+    best: tuple[Record | None, MLP | None] = (None, None)
     with tqdm(total=len(todo), unit="trial", disable=args.quiet or not sys.stderr.isatty()) as bar:
         for finished, future in enumerate(as_completed(futures), 1):
             result = _result_of(future)
@@ -204,7 +216,7 @@ def _run_trials(client, todo, source, args, report, starts, output, say):
     return best
 
 
-def _result_of(future):
+def _result_of(future: Future) -> dict[str, Any]:
     """The trial's result dict; a trial Dask gave up on (its workers kept dying) becomes a failed one."""
     from distributed import KilledWorker
 
@@ -216,15 +228,15 @@ def _result_of(future):
         return {"status": "failed", "error": one_line_error(exc)}
 
 
-def _watch_trial_starts(client):
+def _watch_trial_starts(client: Client) -> dict[str, list[str]]:
     """{task key: [worker address of each attempt]}, filled as trials log their start (run_trial).
 
     A trial that started twice was rerun by Dask after losing its worker mid-trial: the scheduler
     reschedules the tasks of a lost worker, up to distributed.scheduler.allowed-failures times.
     """
-    starts = {}
+    starts: dict[str, list[str]] = {}
 
-    def note(event):
+    def note(event: tuple[float, dict[str, Any]]) -> None:
         _, message = event
         starts.setdefault(message["key"], []).append(message["worker"])
 
@@ -232,18 +244,22 @@ def _watch_trial_starts(client):
     return starts
 
 
-def _describe_cluster(client, scheduler):
+def _describe_cluster(client: Client, scheduler: str | None) -> str:
     workers = client.scheduler_info()["workers"].values()
     threads = sorted({worker["nthreads"] for worker in workers})
     text = (f"{len(workers)} worker{'s' if len(workers) != 1 else ''} "
             f"({'/'.join(map(str, threads)) or 'no'} thread{'s' if threads != [1] else ''} each)")
-    text += f" of the cluster at {scheduler}" if scheduler else f" of a local cluster at {client.scheduler.address}"
+    if scheduler:
+        text += f" of the cluster at {scheduler}"
+    else:
+        assert client.scheduler is not None  # set while the client is connected
+        text += f" of a local cluster at {client.scheduler.address}"
     if not workers:
         text += "; the trials wait for workers to join"
     return text
 
 
-def _add_ensembles(client, report, source):
+def _add_ensembles(client: Client, report: Report, source: Source) -> None:
     """The test accuracy of each group's averaged probabilities, computed on a worker, which holds the labels."""
     for group in report.groups_over_seeds():
         members = [trial for trial in group["trials"] if trial.get("_probabilities") is not None]
@@ -252,7 +268,8 @@ def _add_ensembles(client, report, source):
             report.set_ensemble(group["config"], [t["config"]["seed"] for t in members], accuracy)
 
 
-def _save_best(client, report, best, source, path, say):
+def _save_best(client: Client, report: Report, best: tuple[Record | None, MLP | None], source: Source, path: Path,
+               say: Callable[[str], object]) -> None:
     """Save the best trial's model; a best trial from --resume's JSON is trained again (same seed, same result)."""
     record = report.best()
     if record is None:  # the command exits 1 for that
@@ -270,23 +287,23 @@ def _save_best(client, report, best, source, path, say):
     say(f"best model ({describe(record['config'], report.swept)}) saved to {path}")
 
 
-def main(argv=None):
-    args, configs = parse_arguments(argv)
+def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
+    args, configs = parse_arguments(argv, prog)
     args.argv = sys.argv[1:] if argv is None else list(argv)
 
-    reports = []
+    reports: list[Report] = []
 
-    def check_then_run():
+    def check_then_run() -> None:
         require_distributed()
         for option in ("json", "resume", "plot", "save_best"):
             check_output_path(getattr(args, option), "--" + option.replace("_", "-"))
-        if args.plot:
-            require_matplotlib()
+        if args.plot:  # before the trials, not after them: no matplotlib, or a suffix it cannot draw
+            require_plotting(args.plot)
         reports.append(run(args, configs))
 
-    status = run_reporting_errors(PROG, check_then_run, debug=args.debug)
+    status = run_reporting_errors(prog, check_then_run, debug=args.debug)
     if status == 0 and reports[0].trials and not reports[0].ok_trials():
-        print(f"{PROG}: error: every trial failed", file=sys.stderr)
+        print(f"{prog}: error: every trial failed", file=sys.stderr)
         return 1
     return status
 

@@ -4,13 +4,20 @@ Drawn like fastmlp/plot.py's figures: on a bare matplotlib Figure, never through
 saved atomically.
 """
 
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
 import numpy as np
 
 from .plot import require_matplotlib, save_png
 from .sweep_grid import format_value, option_flag
 
 
-def plot_sweep(trials, options, path, *, metric="test_accuracy"):
+def plot_sweep(trials: Sequence[dict[str, Any]], options: Iterable[str], path: str | os.PathLike[str], *,
+               metric: str = "test_accuracy") -> None:
     """Write a PNG of each sweep trial's accuracy (`metric` of its record) against each swept option, a panel each.
 
     trials: records of `fastmlp.sweep` (a "config" dict and the metric); each option's values
@@ -41,7 +48,7 @@ def plot_sweep(trials, options, path, *, metric="test_accuracy"):
     save_png(figure, path)
 
 
-def _sort_key(value):
+def _sort_key(value: Any) -> tuple[int, tuple[Any, ...], str]:
     """Numbers by value, layer widths by their sizes, anything else by its text."""
     if isinstance(value, (list, tuple)):
         return (1, tuple(value), "")

@@ -7,24 +7,39 @@ backend and net depth). A trial trains on one thread: a Dask worker runs one tri
 thread, so one single-threaded worker per core keeps every core busy without oversubscription.
 """
 
+from __future__ import annotations
+
 import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 from threadpoolctl import threadpool_limits
 
 from .backends import get_backend
-from .datasets import load_mnist, train_val_split
+from .datasets import Labels, load_mnist, train_val_split
+from .inputs import Pixels
 from .model import MLP
 from .trainer import Trainer
+
+if TYPE_CHECKING:
+    from distributed import Worker
+
+    from .sweep_grid import Config
 
 TRIAL_STARTED = "fastmlp-sweep-trial-started"  # the Dask event topic a trial logs as it starts
 N_CLASSES = 10  # as fastmlp.train: every dataset it loads has ten classes
 
-_datasets = {}  # (dataset, data_dir, download) -> (X_train, y_train, X_test, y_test) of this process
-_compiled = set()  # (backend, depth) warmed up in this process
+Source = dict[str, Any]  # {"dataset", "data_dir", "download"}: where every worker finds the data
+Data = tuple[Pixels, Labels, Pixels, Labels]  # X_train, y_train, X_test, y_test
+
+_datasets: dict[tuple[str, str | None, bool], Data] = {}  # (dataset, data_dir, download) -> (X_train, y_train, X_test, y_test) of this process
+_compiled: set[tuple[str, int]] = set()  # (backend, depth) warmed up in this process
 
 
-def run_trial(key, config, source, *, keep_model=False, keep_probabilities=False):
+def run_trial(key: str, config: Config, source: Source, *, keep_model: bool = False,
+              keep_probabilities: bool = False) -> dict[str, Any]:
     """Train `config` on the data of `source`; return its result dict, never raising for the trial's own errors.
 
     config: the training options of one trial (the `dest` names of `fastmlp.train`'s options);
@@ -36,7 +51,7 @@ def run_trial(key, config, source, *, keep_model=False, keep_probabilities=False
     worker = _current_worker()
     if worker is not None:
         worker.log_event(TRIAL_STARTED, {"key": key, "worker": worker.address, "pid": os.getpid()})
-    result = {"worker": worker.address if worker is not None else None, "loaded_data": False, "compile_s": None}
+    result: dict[str, Any] = {"worker": worker.address if worker is not None else None, "loaded_data": False, "compile_s": None}
     try:
         data, result["loaded_data"] = _dataset(source)
         with threadpool_limits(1, user_api="blas"):
@@ -47,19 +62,20 @@ def run_trial(key, config, source, *, keep_model=False, keep_probabilities=False
     return result
 
 
-def ensemble_accuracy(source, probabilities):
+def ensemble_accuracy(source: Source, probabilities: Sequence[npt.NDArray[np.float32]]) -> float:
     """Test accuracy of the mean of several trials' test probabilities (each float32 (n_test, classes))."""
     (_, _, _, y_test), _ = _dataset(source)
     mean = np.mean(probabilities, axis=0)
     return float((mean.argmax(axis=1) == y_test).mean())
 
 
-def one_line_error(exc):
+def one_line_error(exc: BaseException) -> str:
     """'Type: message' on one line, as the sweep's table and JSON show a failed trial."""
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
-def _train(config, data, result, keep_model, keep_probabilities):
+def _train(config: Config, data: Data, result: dict[str, Any], keep_model: bool,
+           keep_probabilities: bool) -> dict[str, Any]:
     X_train, y_train, X_test, y_test = data
     val_size = config["val_size"]
     if val_size > 0:
@@ -76,7 +92,7 @@ def _train(config, data, result, keep_model, keep_probabilities):
     history = trainer.fit(X_train, y_train, epochs=config["epochs"],
                           validation_data=(X_val, y_val) if val_size > 0 else None, patience=config["patience"])
     test_loss, test_accuracy = trainer.evaluate(X_test, y_test)
-    metrics = {"test_accuracy": test_accuracy, "test_loss": test_loss, "val_accuracy": None, "val_loss": None,
+    metrics: dict[str, Any] = {"test_accuracy": test_accuracy, "test_loss": test_loss, "val_accuracy": None, "val_loss": None,
                "train_s": sum(history.column("seconds")), "epochs_trained": len(history),
                "best_epoch": history.best_epoch, "error": None}
     if val_size > 0:
@@ -88,7 +104,7 @@ def _train(config, data, result, keep_model, keep_probabilities):
     return metrics
 
 
-def _dataset(source):
+def _dataset(source: Source) -> tuple[Data, bool]:
     """(the four arrays, whether this call loaded them): loaded on a process's first call, then kept."""
     key = (source["dataset"], source["data_dir"], source["download"])
     if key in _datasets:
@@ -98,7 +114,7 @@ def _dataset(source):
     return _datasets[key], True
 
 
-def _current_worker():
+def _current_worker() -> Worker | None:
     """The Dask worker running this call, or None outside one (a trial run directly, as in a debugger)."""
     try:
         from distributed import get_worker

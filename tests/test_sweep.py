@@ -1,8 +1,10 @@
 """python -m fastmlp.sweep on real Dask LocalClusters (worker processes on 127.0.0.1), on the tiny synthetic dataset."""
 
+import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
 
 import distributed
@@ -11,9 +13,9 @@ import numpy as np
 import pytest
 from sklearn.model_selection import GridSearchCV
 
-from fastmlp import MLP, MLPClassifier
+from fastmlp import MLP, MLPClassifier, cli
 from fastmlp.datasets import load_mnist
-from fastmlp.sweep import main, parse_arguments
+from fastmlp.sweep import build_parser, main, parse_arguments
 from fastmlp.sweep_grid import configurations, grid_values
 from fastmlp.sweep_trial import TRIAL_STARTED, run_trial
 
@@ -205,6 +207,14 @@ def test_plot_draws_a_png(sweep, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_plot_suffix_that_cannot_be_drawn_fails_before_any_trial(tmp_path, capsys, tiny_mnist_dir):
+    status = main(["--scheduler", "tcp://127.0.0.1:1", "--data-dir", str(tiny_mnist_dir),  # never reached
+                   "--plot", str(tmp_path / "sweep.gif")])
+    err = capsys.readouterr().err
+    assert status == 1 and err.count("\n") == 1
+    assert err.startswith(f"python -m fastmlp.sweep: error: {tmp_path / 'sweep.gif'}: cannot draw a .gif file")
+
+
 def test_the_default_local_cluster_loads_the_data_and_compiles_once_per_worker(sweep):
     status, out, err, document = sweep("--backend", "numba", "--hidden", "32x16", "--epochs", "1",
                                        "--seed", "0", "1", "2", "--workers", "1", scheduler=None)
@@ -264,7 +274,45 @@ def test_bad_arguments_exit_2_naming_the_flag(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse_arguments(args)
     assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert err.startswith("python -m fastmlp.sweep: error: ") and err.endswith(" (see python -m fastmlp.sweep --help)\n")
+
+
+def test_fastmlp_sweep_is_the_sweep_under_its_own_name(capsys, monkeypatch, tiny_mnist_dir):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["sweep", "--help"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("usage: fastmlp sweep ")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["sweep", "--lr", "0.1", "-1"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == ("fastmlp sweep: error: argument --lr: must be a finite number > 0 (in float32), "
+                                       "got -1 (see fastmlp sweep --help)\n")
+    monkeypatch.setitem(sys.modules, "distributed", None)  # a runtime error names the command it ran as, too
+    assert cli.main(["sweep", "--data-dir", str(tiny_mnist_dir), "--epochs", "1"]) == 1
+    assert capsys.readouterr().err.startswith("fastmlp sweep: error: sweeps need Dask distributed")
+
+
+def test_python_dash_m_fastmlp_sweep_still_runs():
+    result = subprocess.run([sys.executable, "-m", "fastmlp.sweep", "--workers", "0"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    assert result.stderr == ("python -m fastmlp.sweep: error: argument --workers: must be an integer >= 1, got '0' "
+                             "(see python -m fastmlp.sweep --help)\n")
+
+
+def test_every_option_has_help_and_shows_its_default_once_as_a_value_not_a_list():
+    parser = build_parser()
+    help_text = parser.format_help()
+    for action in parser._actions:
+        if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            continue
+        assert action.help, f"{action.option_strings} has no help"
+        shown = parser._get_formatter()._get_help_string(action) or ""
+        if action.default is not None and action.default is not False:
+            assert shown.count("default:") == 1, f"{action.option_strings}: {shown!r}"
+    assert "(default: None)" not in help_text and "(default: [" not in help_text
+    assert "(default: 128x64)" in help_text and "(default: 0.05)" in help_text
 
 
 def test_an_unreachable_scheduler_is_one_line_naming_the_flag(tiny_mnist_dir, capsys, monkeypatch):
@@ -303,13 +351,12 @@ def test_momentum_0_turns_nesterov_off_as_train_does():
 def test_mlpclassifier_in_gridsearchcv_on_a_dask_cluster(cluster):
     """scikit-learn's grid search, its fits sent to Dask workers through joblib's dask backend.
 
-    backend="numpy": a fitted numba-backed MLPClassifier does not pickle yet (its backend
-    holds a threading.Lock; the library issue makes it picklable). The grid search itself
-    ships only unfitted clones; switch this to "numba" once fitted estimators pickle.
+    backend="numba", which the workers compile once each; a fitted numba-backed MLPClassifier
+    pickles, so the fitted best estimator also travels to a worker and predicts there.
     """
     X, y = _blobs()
     search = GridSearchCV(
-        MLPClassifier((16,), backend="numpy", max_iter=5, random_state=0, batch_size=16),
+        MLPClassifier((16,), backend="numba", max_iter=5, random_state=0, batch_size=16),
         {"learning_rate_init": [0.001, 0.1]}, cv=2)
     with distributed.Client(cluster) as client, joblib.parallel_config(backend="dask"):
         with distributed.get_task_stream(client) as tasks:
@@ -317,6 +364,9 @@ def test_mlpclassifier_in_gridsearchcv_on_a_dask_cluster(cluster):
     assert len(tasks.data) >= 4  # the 2 x 2 fits ran as Dask tasks, on the workers
     assert search.best_params_ == {"learning_rate_init": 0.1}
     assert search.best_score_ > 0.9 > search.cv_results_["mean_test_score"][0]
+    with distributed.Client(cluster) as client:
+        on_a_worker = client.submit(search.best_estimator_.predict, X, pure=False).result()
+    np.testing.assert_array_equal(on_a_worker, search.predict(X))
 
 
 def _blobs():
