@@ -39,7 +39,7 @@ from ..kernels.elementwise import (
     softmax_inplace,
     softmax_xent_backward_rows_inplace,
 )
-from ..kernels.gather import gather_labels, gather_rows_scaled
+from ..kernels.gather import gather_labels, gather_rows_scaled, prefetch_rows_to_l2
 from ..kernels.packed import (
     BIAS,
     BIAS_RELU,
@@ -173,6 +173,10 @@ def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, bi
         rows = order[start + r0 : start + r1]
         gather_rows_scaled(x[r0:r1], X, rows, scale)
         gather_labels(labels[r0:r1], y, rows)
+        following = start + batch_size
+        if following < end:  # the next batch's rows, fetched while this step computes
+            n0, n1 = part_of(t, min(batch_size, end - following), workers)
+            prefetch_rows_to_l2(X, order[following + n0 : following + n1])
         if not barrier_wait(barrier, workers):
             break
         loss, ok = step_worker(t, workers, barrier, packed, transposed, velocity_w, biases, velocity_b, x, labels, nb,

@@ -18,20 +18,28 @@ _PREFETCH_ROWS = 4
 _PREFETCH_ROW_BYTES = 832
 
 
-@intrinsic
-def _prefetch(typingctx, flat, index):
-    """Hint the CPU to fetch the cache line holding flat[index] (1-D array); no effect on results."""
+def _prefetch_intrinsic(locality, doc):
+    """An intrinsic (flat, index) hinting the CPU to fetch the cache line of flat[index] (1-D array)
+    into the caches of llvm.prefetch's `locality` (3: all levels, L1 included; 2: L2 and L3)."""
 
-    def codegen(context, builder, signature, args):
-        ary = context.make_array(signature.args[0])(context, builder, args[0])
-        ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), ir.IntType(8).as_pointer())
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
+    def prefetch(typingctx, flat, index):
+        def codegen(context, builder, signature, args):
+            ary = context.make_array(signature.args[0])(context, builder, args[0])
+            ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), ir.IntType(8).as_pointer())
+            i32 = ir.IntType(32)
+            fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+            builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, locality), ir.Constant(i32, 1)])
+            return context.get_dummy_value()
 
-    return types.void(flat, types.intp), codegen
+        return types.void(flat, types.intp), codegen
+
+    prefetch.__doc__ = doc
+    return intrinsic(prefetch)
+
+
+_prefetch = _prefetch_intrinsic(3, "Fetch flat[index]'s cache line into every level (L1 too); no effect on results.")
+_prefetch_l2 = _prefetch_intrinsic(2, "Fetch flat[index]'s cache line into L2 and L3, not L1; no effect on results.")
 
 
 @cached_njit
@@ -42,6 +50,24 @@ def _prefetch_row(flat, row, n_cols):
     for j in range(0, head, step):
         _prefetch(flat, base + j)
     _prefetch(flat, base + head - 1)
+
+
+@cached_njit
+def prefetch_rows_to_l2(X, rows):
+    """Hint the CPU to bring the first 832 bytes of each row X[rows[i]] into L2; no effect on results.
+
+    The numba backend calls it for the next batch's rows before it computes a step, so that the
+    gather that follows finds them there instead of in DRAM (13 cache lines a uint8 MNIST row,
+    each a ~100 ns miss). Into L2 only: the step's tiles need all of L1.
+    """
+    flat = X.reshape(X.size)
+    n_cols = X.shape[1]
+    step = max(64 // flat.itemsize, 1)
+    head = min(n_cols, _PREFETCH_ROW_BYTES // flat.itemsize)
+    for row in rows:
+        base = row * n_cols
+        for j in range(0, head, step):
+            _prefetch_l2(flat, base + j)
 
 
 @cached_njit
