@@ -92,6 +92,26 @@ def roofline(layer_sizes=LAYER_SIZES, n=2048, repeats=5):
     return {"sgemm_gflops": gflops, "flops_per_sample": fps, "samples_per_s": gflops * 1e9 / fps}
 
 
+def report_roofline():
+    """In a fresh process: print `roofline()` as JSON (see `native_roofline`)."""
+    print(json.dumps(roofline()))
+
+
+def native_roofline():
+    """`roofline()` in a process without OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE, or None if neither is set.
+
+    Some machines here set them (older OpenBLAS builds crash or compute wrong on their CPUs), and
+    a current OpenBLAS then runs that core type's kernels: Haswell's AVX2 where the CPU has
+    AVX-512, half the FMA width. The roofline as configured is the yardstick of the table; this
+    one says what the hardware itself allows.
+    """
+    names = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+    if not any(name in os.environ for name in names):
+        return None
+    env = {key: value for key, value in os.environ.items() if key not in names}
+    return run_child("report_roofline()", env)
+
+
 class GemmFloor:
     """The sgemm calls of one training step with `np.matmul(..., out=...)` on preallocated operands."""
 
@@ -614,16 +634,21 @@ def format_report(report):
         out.append(f"torch {c['torch_version']}: {c['torch_threads']} threads (the BLAS thread count)")
     out += [
         f"roofline: {roof['sgemm_gflops']:.1f} GFLOP/s sgemm 2048^3 / {roof['flops_per_sample'] / 1e3:.0f} "
-        f"kFLOP per sample = {roof['samples_per_s']:,.0f} samples/s",
+        f"kFLOP per sample = {roof['samples_per_s']:,.0f} samples/s"
+        + (f" (OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '')} is set: without it, as the hardware "
+           f"allows, {roof['native']['sgemm_gflops']:.1f} GFLOP/s = {roof['native']['samples_per_s']:,.0f} "
+           f"samples/s, the 'vs native' column)" if "native" in roof else ""),
         f"steady state = median of epochs {WARMUP_EPOCHS + 1}-{c['epochs']}; vs floor, vs numpy = median of same-round "
         f"epoch ratios; late/early = the final state's epoch speed over that after epoch {WARMUP_EPOCHS}, "
         f"{LATE_EARLY_PAIRS} back-to-back pairs; floor = the step's gemms alone",
         "",
         format_table(
-            ["batch", "backend", "input", "samples/s", "floor/s", "vs floor", "vs roofline", "vs numpy", "late/early"],
+            ["batch", "backend", "input", "samples/s", "floor/s", "vs floor", "vs roofline"]
+            + (["vs native"] if "native" in roof else []) + ["vs numpy", "late/early"],
             [[str(r["batch_size"]), r["backend"], r["input"], f"{r['samples_per_s']:,.0f}",
-              f"{r['floor_samples_per_s']:,.0f}", f"{r['vs_floor']:.2f}", f"{r['vs_roofline']:.2f}",
-              "-" if r["vs_numpy"] is None else f"{r['vs_numpy']:.2f}", f"{r['late_over_early']:.2f}"]
+              f"{r['floor_samples_per_s']:,.0f}", f"{r['vs_floor']:.2f}", f"{r['vs_roofline']:.2f}"]
+             + ([f"{r['vs_native_roofline']:.2f}"] if "native" in roof else [])
+             + ["-" if r["vs_numpy"] is None else f"{r['vs_numpy']:.2f}", f"{r['late_over_early']:.2f}"]
              for r in report["rows"]], left=3),
         "",
         f"peak RSS, one process per row: loading the data, then training one epoch at each batch size "
@@ -673,11 +698,16 @@ def run(args, progress_bar=None):
     warm_up_backends(backends, data, y, args.batch_sizes, args.seed)
     time.sleep(SETTLE_SECONDS)
     roof = roofline()
+    native = native_roofline()
+    if native is not None:
+        roof["native"] = native
     step("warm-up and roofline")
     rows = measure_training(backends, data, y, batch_sizes=args.batch_sizes, epochs=args.epochs, seed=args.seed,
                             progress=step)
     for r in rows:
         r["vs_roofline"] = r["samples_per_s"] / roof["samples_per_s"]
+        if native is not None:
+            r["vs_native_roofline"] = r["samples_per_s"] / native["samples_per_s"]
     bar.set_description("the CLI's default recipe, once per backend")
     recipe = measure_recipe(backends, pixels, y, *load_test_data(), epochs=None if not args.quick else WARMUP_EPOCHS,
                             seed=args.seed, settle_seconds=SETTLE_SECONDS)

@@ -155,6 +155,9 @@ def plot_throughput(report: dict[str, Any], path: str | os.PathLike[str]) -> Non
     axes.plot(*zip(*floor), ":", color="black", label="gemm floor (the step's sgemm calls alone)")
     roofline = report["roofline"]["samples_per_s"]
     axes.axhline(roofline, color="grey", linestyle="-.", label=f"roofline ({roofline:,.0f} samples/s)")
+    if "native" in report["roofline"]:  # OPENBLAS_CORETYPE set: the hardware's own roofline too
+        native = report["roofline"]["native"]["samples_per_s"]
+        axes.axhline(native, color="grey", linestyle="--", label=f"roofline, OPENBLAS_CORETYPE unset ({native:,.0f})")
     batch_sizes = [b for b, _ in floor]
     axes.set_xscale("log", base=2)
     axes.set_yscale("log")
