@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import numpy as np
 
+from .cli import plural
+
 if TYPE_CHECKING:
     from .datasets import PathLike
 
@@ -140,7 +142,7 @@ def format_contention(rows: Sequence[ContentionRow], config: Mapping[str, Any]) 
     from .bench import format_table
 
     load = config["machine"]
-    header = (f"fastmlp bench --contention ({config['mode']}): {config['epochs']} epochs of the default recipe per "
+    header = (f"fastmlp bench --contention ({config['mode']}): {plural(config['epochs'], 'epoch')} of the default recipe per "
               f"run, train_s of python -m fastmlp.train --metrics-json, median of {config['repeats']}; "
               f"{load['usable_cpus']} usable CPUs, load average {load['loadavg_1min']:.2f} before the run"
               + ("" if config["threads"] is None else f"; --threads {config['threads']}"))
