@@ -179,11 +179,8 @@ def forward_tile(module, tile):
     b = [vec.masked_load(builder, builder.gep(bias, [ir.Constant(I64, v * vw)]), builder.and_(masks[v], bias_lanes))
          for v in range(nv)]
     masked_lanes = _splat_bool(builder, masked, vw)
-    end = fn.append_basic_block("end")
-    for m in range(mr):
-        store, after = fn.append_basic_block(f"store{m}"), fn.append_basic_block(f"after{m}")
-        builder.cbranch(builder.icmp_signed("<", ir.Constant(I64, m), rows), store, end)
-        builder.position_at_end(store)
+
+    def store_row(builder, m):
         c_row = builder.gep(c, [builder.mul(ir.Constant(I64, m), ldc)])
         mask_row = builder.gep(mask, [builder.mul(ir.Constant(I64, m), ldmask)])
         for v in range(nv):
@@ -196,12 +193,24 @@ def forward_tile(module, tile):
             drop = builder.and_(masked_lanes, builder.not_(builder.fcmp_ordered(">", keep, vec.zero)))
             z = builder.select(drop, vec.zero, z)
             vec.masked_store(builder, z, builder.gep(c_row, [ir.Constant(I64, v * vw)]), masks[v])
+
+    _for_real_rows(builder, fn, rows, mr, store_row)
+    return fn
+
+
+def _for_real_rows(builder, fn, rows, mr, emit_row):
+    """emit_row(builder, m) for m = 0..mr-1 while m < rows (a tile's real rows), then return from fn."""
+    end = fn.append_basic_block("end")
+    for m in range(mr):
+        block, after = fn.append_basic_block(f"row{m}"), fn.append_basic_block(f"after{m}")
+        builder.cbranch(builder.icmp_signed("<", ir.Constant(I64, m), rows), block, end)
+        builder.position_at_end(block)
+        emit_row(builder, m)
         builder.branch(after)
         builder.position_at_end(after)
     builder.branch(end)
     builder.position_at_end(end)
     builder.ret_void()
-    return fn
 
 
 def _clamp_row(builder, m, rows):
@@ -258,11 +267,8 @@ def wgrad_tile(module, tile):
     no_lanes = ir.Constant(ir.VectorType(I1, vw), [0] * vw)
     all_lanes = ir.Constant(ir.VectorType(I1, vw), [1] * vw)
     vel_lanes = builder.select(uses_velocity, all_lanes, no_lanes)
-    end = fn.append_basic_block("end")
-    for m in range(mr):
-        store, after = fn.append_basic_block(f"update{m}"), fn.append_basic_block(f"after{m}")
-        builder.cbranch(builder.icmp_signed("<", ir.Constant(I64, m), rows), store, end)
-        builder.position_at_end(store)
+
+    def update_row(builder, m):
         for v in range(nv):
             offset = ir.Constant(I64, m * nr + v * vw)
             w_ptr, vel_ptr = builder.gep(w, [offset]), builder.gep(vel, [offset])
@@ -275,9 +281,6 @@ def wgrad_tile(module, tile):
             delta = builder.select(uses_velocity, builder.select(nesterov, nesterov_step, velocity),
                                    builder.fsub(vec.zero, step))
             vec.store(builder, builder.fadd(weight, delta), w_ptr)
-        builder.branch(after)
-        builder.position_at_end(after)
-    builder.branch(end)
-    builder.position_at_end(end)
-    builder.ret_void()
+
+    _for_real_rows(builder, fn, rows, mr, update_row)
     return fn
