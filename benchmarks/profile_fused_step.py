@@ -59,7 +59,7 @@ def upper_layers_phase(reps, packed, transposed, biases, x, acts, deltas, labels
 def layer0_update_phase(reps, packed, x, deltas, nb):
     P = packed[0]
     for _ in range(reps):
-        update_part(P, P, x, deltas[0], nb, 0, P.shape[1], 0, P.shape[0], LR, 0.0, 0.0, PLAIN_SGD)
+        update_part(P, P, x, deltas[0], nb, 0, P.shape[1], 0, P.shape[0], LR, 0.0, 0.0, PLAIN_SGD, P, 0.0, 0.0, 0.0, 0.0)
 
 
 @njit(cache=True)
@@ -67,7 +67,8 @@ def upper_updates_phase(reps, packed, transposed, acts, deltas, nb):
     for _ in range(reps):
         for l in range(1, len(packed)):
             P = packed[l]
-            update_part(P, P, acts[l - 1], deltas[l], nb, 0, P.shape[1], 0, P.shape[0], LR, 0.0, 0.0, PLAIN_SGD)
+            update_part(P, P, acts[l - 1], deltas[l], nb, 0, P.shape[1], 0, P.shape[0], LR, 0.0, 0.0, PLAIN_SGD, P, 0.0,
+                        0.0, 0.0, 0.0)
             transpose_packed_into(transposed[l], P, 0, P.shape[1])
 
 

@@ -55,7 +55,7 @@ from tqdm import tqdm
 from . import bench_contention, kernels
 from .backends import BackendError, get_backend
 from .backends.base import BackendBase
-from .backends.numpy_ref import log_softmax, momentum_update
+from .backends.numpy_ref import adam_update, log_softmax, momentum_update
 from .bench_recipe import describe_recipe, measure_recipe, recipe_options
 from .inputs import Pixels
 from .model import MLP
@@ -171,7 +171,9 @@ class _Operands:
         self.V0 = normal(784, 128)  # a momentum velocity shaped like W0
         self.lr = np.float32(1e-4)  # repeated in-place updates must not overflow W
         self.momentum, self.weight_decay = np.float32(0.9), np.float32(5e-4)
-        self.P0, self.VP0 = _packed_numpy(self.W0), _packed_numpy(self.V0)  # W0, V0 packed
+        self.S0 = self.V0 * self.V0  # an Adam second moment shaped like W0 (>= 0)
+        self.beta2, self.eps = np.float32(0.999), np.float32(1e-8)
+        self.P0, self.VP0, self.SP0 = _packed_numpy(self.W0), _packed_numpy(self.V0), _packed_numpy(self.S0)
         self.PT1 = _packed_numpy(np.ascontiguousarray(np.transpose(self.W1)))  # W1.T packed, for the input gradient
         self._rng, self._n_images = rng, n_images
 
@@ -215,6 +217,13 @@ def _momentum_apply_numpy(W, V, decay_step):
 def _momentum_update_numpy(W, V, G, lr, momentum, weight_decay, nesterov):
     """The reference backend's momentum step on W with velocity V and gradient G; returns W."""
     momentum_update(W, V, G + weight_decay * W, lr, momentum, nesterov)
+    return W
+
+
+def _adamw_update_numpy(W, M, S, G, lr, beta1, beta2, eps, weight_decay, t):
+    """The reference backend's AdamW step t on W with moments M, S and gradient G; returns W."""
+    W -= lr * weight_decay * W
+    adam_update(W, M, S, G, lr, (beta1, beta2), eps, t)
     return W
 
 
@@ -273,6 +282,11 @@ def _kernel_cases(o):
             lambda: k.packed_momentum_update_inplace(o.P0, o.VP0, o.A0, o.dZ1, o.lr, o.momentum, o.weight_decay, True),
             "P0", lambda: _packed_numpy(_momentum_update_numpy(o.W0, o.V0, o.A0.T @ o.dZ1, o.lr, o.momentum,
                                                                o.weight_decay, True))),
+        "packed_adam_update_inplace": (  # AdamW at step 10, V0 as the first moment, S0 the second
+            lambda: k.packed_adam_update_inplace(o.P0, o.VP0, o.SP0, o.A0, o.dZ1, o.lr, o.momentum, o.beta2, o.eps,
+                                                 o.weight_decay, 10, True),
+            "P0", lambda: _packed_numpy(_adamw_update_numpy(o.W0, o.V0, o.S0, o.A0.T @ o.dZ1, o.lr, o.momentum,
+                                                            o.beta2, o.eps, o.weight_decay, 10))),
         "argmax_rows_into": (lambda: k.argmax_rows_into(o.out_labels, o.Z3), "out_labels", lambda: o.Z3.argmax(axis=1)),
     }
 

@@ -94,6 +94,55 @@ def test_update_kernels_match_the_formulas_of_optim(m, k, n, wd, seed):
         assert not P[-1, :, (n - 1) % PANEL_WIDTH + 1:].any()  # the padding stays zero
 
 
+def adam_reference(W, M, S, G, lr, beta1, beta2, eps, wd, t, decoupled):
+    """Kingma & Ba's step t in float64 (AdamW: W decayed apart from g); returns (W, M, S)."""
+    W, M, S, G = (np.asarray(a, np.float64) for a in (W, M, S, G))
+    g = G if decoupled else G + wd * W
+    M = beta1 * M + (1 - beta1) * g
+    S = beta2 * S + (1 - beta2) * g * g
+    if decoupled:
+        W = W - lr * wd * W
+    return W - lr * (M / (1 - beta1**t)) / (np.sqrt(S / (1 - beta2**t)) + eps), M, S
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.sampled_from(EDGE_SIZES), k=st.sampled_from(EDGE_SIZES), n=st.sampled_from(EDGE_SIZES),
+       wd=st.sampled_from([0.0, 1e-2]), t=st.sampled_from([1, 2, 1000]), decoupled=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_adam_kernel_matches_the_formulas_of_optim(m, k, n, wd, t, decoupled, seed):
+    rng = np.random.default_rng(seed)
+    A, dZ, W, M = f32(rng, m, k), f32(rng, m, n), f32(rng, k, n), f32(rng, k, n)
+    S = np.abs(f32(rng, k, n))  # a second moment is >= 0
+    lr, beta1, beta2, eps = 1e-3, 0.9, 0.999, 1e-8
+    P, PM, PS = packed(W), packed(M), packed(S)
+    kernels.packed_adam_update_inplace(P, PM, PS, A, dZ, lr, beta1, beta2, eps, wd, t, decoupled)
+    W_ref, M_ref, S_ref = adam_reference(W, M, S, A.T @ dZ, lr, beta1, beta2, eps, wd, t, decoupled)
+    assert_close(PM, packed(M_ref.astype(np.float32)))
+    assert_close(PS, packed(S_ref.astype(np.float32)))
+    # W moves by about lr: judge the step itself, entry by entry, beside W's own float32 rounding.
+    step, error = packed(W_ref - W), packed(np.float32(W_ref)) - P
+    assert np.all(np.abs(error) <= 1e-4 * np.abs(step) + 2 * np.spacing(np.abs(packed(W))))
+    for a in (P, PM, PS):
+        assert not a[-1, :, (n - 1) % PANEL_WIDTH + 1:].any()  # the padding and its moments stay zero
+
+
+def test_adam_steps_by_lr_on_its_first_step_and_its_arguments_leave_plain_sgd_bit_identical():
+    # Step 1 of Adam is lr * sign(g) wherever |g| >> eps: the bias correction at work.
+    rng = np.random.default_rng(0)
+    A, dZ, W = f32(rng, 8, 5), f32(rng, 8, 3), f32(rng, 5, 3)
+    P = packed(W)
+    kernels.packed_adam_update_inplace(P, packed(np.zeros_like(W)), packed(np.zeros_like(W)), A, dZ, 0.01, 0.9,
+                                       0.999, 1e-8, 0.0, 1, False)
+    back = np.empty_like(W)
+    kernels.unpack_weights_into(back, P)
+    np.testing.assert_allclose(back - W, -0.01 * np.sign(A.T @ dZ), rtol=1e-4)
+    P1, P2 = packed(W), packed(W)
+    kernels.packed_sgd_update_inplace(P1, A, dZ, 0.05, 1e-3)
+    kernels.packed.update_part(P2, P2, A, dZ, 8, 0, 5, 0, P2.shape[0], 0.05, 0.0, 1e-3, kernels.packed.PLAIN_SGD,
+                               P2, 0.9, 1e-8, 1.0, 1.0)  # Adam's arguments, ignored by plain SGD
+    np.testing.assert_array_equal(P1, P2)
+
+
 def test_tiles_follow_the_instruction_set_numba_compiles_for():
     assert select_tile("znver5", "+avx512f,+avx2,+fma") == TILES["avx512"]
     assert select_tile("skylake-avx512", "") == TILES["avx512"]
@@ -153,3 +202,13 @@ def test_checked_packed_kernels_refuse_a_wrongly_packed_matrix_by_name():
     ck.packed_momentum_update_inplace(P, V, A, Z[:, :5], 0.1, 0.9, 0.0, True)
     with pytest.raises(ValueError, match="V must not share memory with P"):
         ck.packed_momentum_update_inplace(P, P, A, Z, 0.1, 0.9, 0.0, False)
+    M, S = packed(np.zeros_like(W)), packed(np.zeros_like(W))
+    ck.packed_adam_update_inplace(P, M, S, A, Z, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1, False)
+    with pytest.raises(ValueError, match="S must not share memory with M"):
+        ck.packed_adam_update_inplace(P, M, M, A, Z, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1, False)
+    with pytest.raises(ValueError, match="beta2 must be in \\[0, 1\\)"):
+        ck.packed_adam_update_inplace(P, M, S, A, Z, 1e-3, 0.9, 1.0, 1e-8, 0.0, 1, False)
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        ck.packed_adam_update_inplace(P, M, S, A, Z, 1e-3, 0.9, 0.999, 0.0, 0.0, 1, False)
+    with pytest.raises(ValueError, match="step must be an integer >= 1"):
+        ck.packed_adam_update_inplace(P, M, S, A, Z, 1e-3, 0.9, 0.999, 1e-8, 0.0, 0, False)

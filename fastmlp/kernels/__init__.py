@@ -57,6 +57,7 @@ from .packed import (
     PANEL_WIDTH,
     TILE_ROWS,
     pack_weights_into,
+    packed_adam_update_inplace,
     packed_matmul_bias_into,
     packed_matmul_bias_relu_into,
     packed_matmul_into,
@@ -78,7 +79,7 @@ __all__ = [
     "momentum_gemm_update_inplace", "momentum_apply_inplace", "momentum_update_inplace",
     "pack_weights_into", "unpack_weights_into", "packed_matmul_into", "packed_matmul_bias_into",
     "packed_matmul_bias_relu_into", "packed_matmul_relu_mask_into", "packed_sgd_update_inplace",
-    "packed_momentum_update_inplace",
+    "packed_momentum_update_inplace", "packed_adam_update_inplace",
     "argmax_rows_into",
 ]
 # Also public, but not kernels: PANEL_WIDTH and TILE_ROWS (the tile of this CPU), and

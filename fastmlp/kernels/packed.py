@@ -15,6 +15,9 @@ Products, with A row-major (M, K) (rows of A may be a row slice of a larger buff
     packed_sgd_update_inplace(P, A, dZ, lr, wd)  W -= lr * (A.T @ dZ + wd * W)
     packed_momentum_update_inplace(P, V, A, dZ, lr, mu, wd, nesterov)   the momentum rules of
                                                  fastmlp/optim.py, V the velocity packed like W
+    packed_adam_update_inplace(P, M, S, A, dZ, lr, beta1, beta2, eps, wd, step, decoupled)
+                                                 Adam (AdamW when decoupled) at step t = step,
+                                                 M and S its moments packed like W
 The weight-gradient product never exists as an array: each tile of A.T @ dZ is applied to its
 rows of P (and V) while still in registers. The input gradient dA = dZ W.T reads W, so compute
 it before the update overwrites W.
@@ -38,6 +41,7 @@ TILE_ROWS = TILE.mr
 
 STORE, BIAS, BIAS_RELU, RELU_MASK = simd_ir.STORE, simd_ir.BIAS, simd_ir.BIAS_RELU, simd_ir.RELU_MASK
 PLAIN_SGD, MOMENTUM, NESTEROV = simd_ir.PLAIN_SGD, simd_ir.MOMENTUM, simd_ir.NESTEROV
+ADAM, ADAMW = simd_ir.ADAM, simd_ir.ADAMW
 
 
 def _data(context, builder, array_type, array, offset):
@@ -68,18 +72,21 @@ def _forward_tile(typingctx, A, a_off, lda, P, p_off, K, C, c_off, ldc, rows, nc
 
 @intrinsic
 def _wgrad_tile(typingctx, A, a_off, lda, D, d_off, ldd, n, rows, ncols, P, p_off, V, lr, momentum, weight_decay,
-                rule):
-    """Tile rows of W (packed) updated from A[:, k0:k0+rows].T @ D[:, panel] (simd_ir.wgrad_tile)."""
+                rule, S, beta2, eps, c1, c2):
+    """Tile rows of W (packed) updated from A[:, k0:k0+rows].T @ D[:, panel] (simd_ir.wgrad_tile); V and S at P's offset."""
     sig = types.void(A, types.intp, types.intp, D, types.intp, types.intp, types.intp, types.intp, types.intp, P,
-                     types.intp, V, types.float32, types.float32, types.float32, types.int32)
+                     types.intp, V, types.float32, types.float32, types.float32, types.int32, S, types.float32,
+                     types.float32, types.float32, types.float32)
 
     def codegen(context, builder, signature, args):
-        A_, a_off_, lda_, D_, d_off_, ldd_, n_, rows_, ncols_, P_, p_off_, V_, lr_, mu_, wd_, rule_ = args
+        (A_, a_off_, lda_, D_, d_off_, ldd_, n_, rows_, ncols_, P_, p_off_, V_, lr_, mu_, wd_, rule_, S_, beta2_, eps_,
+         c1_, c2_) = args
         ty = signature.args
         fn = simd_ir.wgrad_tile(builder.module, TILE)
         builder.call(fn, [_data(context, builder, ty[0], A_, a_off_), lda_, _data(context, builder, ty[3], D_, d_off_),
                           ldd_, n_, rows_, ncols_, _data(context, builder, ty[9], P_, p_off_),
-                          _data(context, builder, ty[11], V_, p_off_), lr_, mu_, wd_, rule_])
+                          _data(context, builder, ty[11], V_, p_off_), lr_, mu_, wd_, rule_,
+                          _data(context, builder, ty[16], S_, p_off_), beta2_, eps_, c1_, c2_])
         return context.get_dummy_value()
 
     return sig, codegen
@@ -158,25 +165,34 @@ def forward_part(C, A, P, bias, mask, kind, r0, r1, p0, p1):
 
 
 @cached_njit
-def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule):
-    """Rows k0:k1 of panels p0:p1 of the packed W (and V) updated by rule from G = A[:n].T @ dZ[:n]; overwrites that part of P (and V).
+def adam_corrections(beta1, beta2, step):
+    """(1 / (1 - beta1^t), 1 / sqrt(1 - beta2^t)) for step t = step >= 1, in float64: Adam's bias corrections."""
+    return 1.0 / (1.0 - beta1**step), 1.0 / np.sqrt(1.0 - beta2**step)
+
+
+@cached_njit
+def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule, S, beta2, eps, c1, c2):
+    """Rows k0:k1 of panels p0:p1 of the packed W (and V, S) updated by rule from G = A[:n].T @ dZ[:n]; overwrites that part of P (and V, S).
 
     A (n, K) holds the layer's inputs, dZ (n, N) its output gradient. rule PLAIN_SGD,
     MOMENTUM or NESTEROV as in fastmlp/optim.py, weight decay included; V is read only by
-    MOMENTUM and NESTEROV (pass P otherwise).
+    MOMENTUM and NESTEROV (pass P otherwise). ADAM and ADAMW (simd_ir.wgrad_tile): V is the
+    first moment, S the second, momentum is beta1, (c1, c2) = adam_corrections(beta1, beta2, t);
+    S, beta2, eps, c1 and c2 are read only by these (pass P and zeros otherwise).
     """
     K = P.shape[1]
     N = dZ.shape[1]
     lda, ldd = A.strides[0] // 4, dZ.strides[0] // 4
     panel_size = K * PANEL_WIDTH
     lr32, mu32, wd32 = np.float32(lr), np.float32(momentum), np.float32(weight_decay)
+    beta2_32, eps32, c1_32, c2_32 = np.float32(beta2), np.float32(eps), np.float32(c1), np.float32(c2)
     for p in range(p0, p1):
         col = p * PANEL_WIDTH
         ncols = min(PANEL_WIDTH, N - col)
         for k in range(k0, k1, TILE_ROWS):
             rows = min(TILE_ROWS, k1 - k)
             _wgrad_tile(A, k, lda, dZ, col, ldd, n, rows, ncols, P, p * panel_size + k * PANEL_WIDTH, V, lr32, mu32,
-                        wd32, np.int32(rule))
+                        wd32, np.int32(rule), S, beta2_32, eps32, c1_32, c2_32)
 
 
 @cached_njit
@@ -214,7 +230,8 @@ def packed_matmul_relu_mask_into(dA, dZ, PT, A):
 def packed_sgd_update_inplace(P, A, dZ, lr, weight_decay):
     """W -= lr * (A.T @ dZ + weight_decay * W), W packed in P (panels, K, NR), A (n, K), dZ (n, N) float32; overwrites P."""
     require_c_contiguous(P, A, dZ)
-    update_part(P, P, A, dZ, A.shape[0], 0, P.shape[1], 0, P.shape[0], lr, 0.0, weight_decay, PLAIN_SGD)
+    update_part(P, P, A, dZ, A.shape[0], 0, P.shape[1], 0, P.shape[0], lr, 0.0, weight_decay, PLAIN_SGD, P, 0.0, 0.0,
+                0.0, 0.0)
 
 
 @cached_njit
@@ -222,4 +239,16 @@ def packed_momentum_update_inplace(P, V, A, dZ, lr, momentum, weight_decay, nest
     """g = A.T @ dZ + wd W; V = mu V - lr g; W += V (Nesterov: mu V - lr g); W, V packed alike in P, V, A (n, K), dZ (n, N) float32; overwrites P and V."""
     require_c_contiguous(P, V, A, dZ)
     update_part(P, V, A, dZ, A.shape[0], 0, P.shape[1], 0, P.shape[0], lr, momentum, weight_decay,
-                NESTEROV if nesterov else MOMENTUM)
+                NESTEROV if nesterov else MOMENTUM, P, 0.0, 0.0, 0.0, 0.0)
+
+
+@cached_njit
+def packed_adam_update_inplace(P, M, S, A, dZ, lr, beta1, beta2, eps, weight_decay, step, decoupled):
+    """Adam step t = step on W with g = A.T @ dZ (+ wd W, or AdamW's decoupled W -= lr wd W): M = b1 M + (1 - b1) g, S = b2 S + (1 - b2) g^2, W -= lr M^ / (sqrt(S^) + eps); W, M, S packed alike, A (n, K), dZ (n, N) float32; overwrites P, M and S.
+
+    M^ = M / (1 - b1^t), S^ = S / (1 - b2^t) (Kingma & Ba's bias correction): step counts from 1.
+    """
+    require_c_contiguous(P, M, S, A, dZ)
+    c1, c2 = adam_corrections(beta1, beta2, step)
+    update_part(P, M, A, dZ, A.shape[0], 0, P.shape[1], 0, P.shape[0], lr, beta1, weight_decay,
+                ADAMW if decoupled else ADAM, S, beta2, eps, c1, c2)
