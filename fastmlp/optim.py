@@ -1,11 +1,19 @@
-"""What SGD does beyond `W -= lr * grad`: momentum, weight decay and a learning rate per epoch.
+"""What SGD does beyond `W -= lr * grad`: momentum, weight decay, Adam and a learning rate per epoch.
 
 With g = dW + weight_decay * W (weights only: biases are not decayed) and velocity v, one step is
     momentum 0:   W -= lr * g
     classical:    v = momentum * v - lr * g;   W += v
     Nesterov:     v = momentum * v - lr * g;   W += momentum * v - lr * g
 (the Sutskever form, whose velocity carries lr, so a schedule's lr change takes effect gradually).
-Both backends implement exactly these formulas; `Velocity` holds v, per model.
+
+Adam (Kingma & Ba 2015, Algorithm 1), step t = 1, 2, ... with moments m and s, betas (b1, b2):
+    m = b1 * m + (1 - b1) * g;   s = b2 * s + (1 - b2) * g^2
+    m^ = m / (1 - b1^t);         s^ = s / (1 - b2^t)
+    W -= lr * m^ / (sqrt(s^) + eps)
+"adam" takes weight_decay into g as above (an L2 term, like torch.optim.Adam); "adamw" (Loshchilov
+& Hutter) uses g = dW and decays the weights apart from it, W -= lr * weight_decay * W, before the
+step (like torch.optim.AdamW). Biases take the same step, never decayed.
+Both backends implement exactly these formulas; `Velocity` holds v, `AdamMoments` m, s and t.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ if TYPE_CHECKING:
     from .model import MLP
 
 SCHEDULES = ("none", "step", "cosine")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+ADAM_OPTIMIZERS = ("adam", "adamw")
 
 
 class Velocity:
@@ -39,6 +49,66 @@ class Velocity:
         """Zero every buffer, in place."""
         for v in self.weights + self.biases:
             v[...] = 0
+
+
+class AdamMoments:
+    """Adam's state for one model: first moments m (`first`), second moments s (`second`), each a
+    `Velocity`-shaped set of float32 zeros, and `step`, the steps taken so far (t of the last one)."""
+
+    def __init__(self, model: MLP) -> None:
+        self.layer_sizes = tuple(model.layer_sizes)
+        self.first = Velocity(model)
+        self.second = Velocity(model)
+        self.step = 0
+
+    def fits(self, model: MLP) -> bool:
+        return self.layer_sizes == tuple(model.layer_sizes)
+
+    def reset(self) -> None:
+        """Zero both moments and the step count, in place."""
+        self.first.reset()
+        self.second.reset()
+        self.step = 0
+
+
+def check_optimizer(optimizer: str) -> str:
+    """Validate the optimizer name: one of OPTIMIZERS."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    return optimizer
+
+
+def check_adam_options(betas: tuple[float, float], eps: float, *,
+                       names: tuple[str, str, str] = ("betas[0]", "betas[1]", "eps"),
+                       ) -> tuple[tuple[float, float], float]:
+    """Validate Adam's betas (a pair, each in [0, 1)) and eps (> 0); returns ((float, float), float).
+
+    names: what the caller calls beta1, beta2 and eps, for the messages (the CLI's and
+    MLPClassifier's own names).
+    """
+    try:
+        beta1, beta2 = betas
+    except (TypeError, ValueError):
+        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
+    checked = []
+    for name, beta in zip(names[:2], (beta1, beta2)):
+        beta = _check_real(beta, name)
+        if not 0 <= beta < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {beta!r}")
+        checked.append(beta)
+    eps = _check_real(eps, names[2])
+    if not (eps > 0 and np.float32(eps) > 0):
+        raise ValueError(f"{names[2]} must be > 0 (and not 0 in float32), got {eps!r}")
+    return (checked[0], checked[1]), eps
+
+
+def check_moments(moments: object, model: MLP) -> None:
+    """Raise unless moments is an `AdamMoments` made for model's layer sizes."""
+    if not isinstance(moments, AdamMoments):
+        raise TypeError(f"Adam needs moments=fastmlp.optim.AdamMoments(model), got {type(moments).__name__}")
+    if not moments.fits(model):
+        raise ValueError(f"moments were made for layer sizes {moments.layer_sizes}, "
+                         f"not the model's {tuple(model.layer_sizes)}")
 
 
 def check_sgd_options(momentum: float, nesterov: bool, weight_decay: float) -> tuple[float, bool, float]:

@@ -22,6 +22,20 @@ change, to first order (`kink_allowance`); with no unit that close to 0 the allo
 the tolerances above apply unchanged. Trajectories still part beyond that over many steps, so
 compare them on well-conditioned problems (inputs in [0, 1], a few dozen steps) and use steps=0
 for arbitrary generated nets.
+
+Adam. Its step lr * m^ / (sqrt(s^) + eps) divides by the gradient's own size, so a rounding
+difference δg of the gradient moves it by about lr * δg / (sqrt(s^) + eps), not lr * δg as in
+SGD: harmless where the gradient is large, but an entry whose gradient is within rounding of 0
+(a sum that cancels, seen: -9.6e-8 from terms of 1e-2 on the 784-128-64-10 net's first step)
+gets a step of either sign, up to lr. The trajectory of Adam therefore allows, entry by entry,
+lr * 4 * E / (sqrt(s^) + eps) per step, where E is the rounding of the gradient
+(`gradient_rounding`: KINK_RTOL times the sum of the magnitudes it was summed from) carried
+through the first moment as the error itself is, E = beta1 E + (1 - beta1) δg, bias-corrected;
+4 covers that error reaching the step through both m^ and sqrt(s^). Each step's allowance is
+capped at twice the largest step Adam takes, lr * max(1, (1 - beta1) / sqrt(1 - beta2)) (Kingma &
+Ba, section 2.1), which is also what an entry a kink flip reached gets from then on. For an entry
+with a gradient well above its rounding the allowance is ~1e-6 lr per step: the tolerances above
+hold unchanged for it.
 """
 
 from __future__ import annotations
@@ -47,7 +61,7 @@ from .inputs import (
     make_rng,
 )
 from .model import MLP
-from .optim import Velocity
+from .optim import ADAM_OPTIMIZERS, AdamMoments, Velocity, check_adam_options, check_optimizer
 
 BackendPair = Sequence["str | BackendBase"]
 
@@ -114,6 +128,30 @@ def kink_allowance(model: MLP, X: npt.ArrayLike, y: npt.NDArray[np.integer[Any]]
     return dW, db
 
 
+def gradient_rounding(model: MLP, X: Any, y: Any) -> tuple[list[Any], list[Any]]:
+    """Per-entry bounds (dW list, db list) on the float32 rounding of the gradient of (X, y): KINK_RTOL times
+    the sums of the magnitudes each entry is summed from, through the forward and the backward pass."""
+    weights = [np.asarray(W, dtype=np.float64) for W in model.weights]
+    biases = [np.asarray(b, dtype=np.float64) for b in model.biases]
+    acts = [np.asarray(X, dtype=np.float64)]
+    sizes = [np.abs(acts[0])]  # what each activation is summed from: |A_l-1| @ |W_l| + |b_l| where active
+    for W, b in zip(weights[:-1], biases[:-1]):
+        acts.append(np.maximum(acts[-1] @ W + b, 0.0))
+        sizes.append((np.abs(acts[-2]) @ np.abs(W) + np.abs(b)) * (acts[-1] > 0))
+    z = acts[-1] @ weights[-1] + biases[-1]
+    z -= z.max(axis=1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    magnitude = (probs + np.eye(probs.shape[1])[y]) / len(y)  # |p| + |onehot|, what p - onehot is made of
+    dW: list[Any] = [None] * len(weights)
+    db: list[Any] = [None] * len(biases)
+    for l in range(len(weights) - 1, -1, -1):
+        dW[l] = KINK_RTOL * (sizes[l].T @ magnitude)
+        db[l] = KINK_RTOL * magnitude.sum(axis=0)
+        if l > 0:
+            magnitude = (magnitude @ np.abs(weights[l]).T) * (acts[l] > 0)
+    return dW, db
+
+
 def _compare(report: list[str], what: str, names: Sequence[Any], a: Any, b: Any, rtol: float, atol: float,
              scale_floor: float = 0.0, allowance: Any = None) -> float:
     diff, scale, where = worst_difference(a, b)
@@ -137,14 +175,17 @@ def backend_differences(model: MLP, X: Features, y: npt.ArrayLike, *, backends: 
                         steps: int = 20, lr: float = 0.1, batch_size: int = 32, rtol: float = DEFAULT_RTOL,
                         atol: float = DEFAULT_ATOL, trajectory_rtol: float = DEFAULT_TRAJECTORY_RTOL, seed: Seed = 0,
                         momentum: float = 0.0, nesterov: bool = False,
-                        weight_decay: float = 0.0) -> tuple[list[str], dict[str, float]]:
+                        weight_decay: float = 0.0, optimizer: str = "sgd", betas: tuple[float, float] = (0.9, 0.999),
+                        eps: float = 1e-8) -> tuple[list[str], dict[str, float]]:
     """Compare two backends on (X, y) from `model`'s parameters, which are left unchanged.
 
     Returns (report lines for every quantity out of tolerance, {quantity: scaled error}).
     Compared: forward probabilities, loss, every gradient (on the whole of X), and the
     parameters after each of `steps` SGD steps taken from the same start on the same batches
     (batches of `batch_size` rows drawn with `numpy.random.default_rng(seed)`), with the given
-    momentum, nesterov and weight_decay (each backend keeping its own velocity from zero).
+    momentum, nesterov and weight_decay (each backend keeping its own velocity from zero), or
+    with optimizer="adam" / "adamw" Adam's steps with betas, eps and weight_decay (each backend
+    keeping its own moments from zero).
     """
     check_model(model)
     X = check_features(X, model.n_features)
@@ -158,6 +199,8 @@ def backend_differences(model: MLP, X: Features, y: npt.ArrayLike, *, backends: 
     if isinstance(backends, str) or len(backends) != 2:
         raise ValueError(f"backends must be a pair of backend names or backends, got {backends!r}")
     lr = check_positive_float(lr, "lr")
+    adam = check_optimizer(optimizer) in ADAM_OPTIMIZERS
+    betas, eps = check_adam_options(betas, eps)
     rng = make_rng(seed)
     names = tuple(backends)
     first, second = (get_backend(name) if isinstance(name, str) else name for name in names)
@@ -174,21 +217,43 @@ def backend_differences(model: MLP, X: Features, y: npt.ArrayLike, *, backends: 
         errors[f"db[{i}]"] = _compare(report, f"db[{i}]", names, db_a[i], db_b[i], rtol, atol, allowance=kink_db[i])
 
     models = (model.copy(), model.copy())
-    velocities = [Velocity(m) if momentum else None for m in models]
-    sgd = {"momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay}
+    if adam:
+        states = [{"moments": AdamMoments(m)} for m in models]
+        sgd = {"optimizer": optimizer, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+    else:
+        states = [{"velocity": Velocity(m) if momentum else None} for m in models]
+        sgd = {"momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay}
     worst = 0.0
     # A kink flip in one step moves the parameters by lr times its gradient change, and momentum
     # carries that on: by at most (1 + momentum) / (1 - momentum) times as much in all.
     carry = lr * (1 + momentum) / (1 - momentum)
+    adam_step_bound = 2 * lr * max(1.0, (1 - betas[0]) / math.sqrt(1 - betas[1]))
     allowed = {"weights": [np.zeros(W.shape) for W in model.weights], "biases": [np.zeros(b.shape) for b in model.biases]}
+    touched = {"weights": [np.zeros(W.shape, bool) for W in model.weights],
+               "biases": [np.zeros(b.shape, bool) for b in model.biases]}
+    moment_error = {kind: [np.zeros(a.shape) for a in arrays] for kind, arrays in allowed.items()}
     for step in range(1, int(steps) + 1):
         batch = rng.choice(len(X), size=min(batch_size, len(X)), replace=False)
         kink_dW, kink_db = kink_allowance(models[0], X[batch], y[batch])
-        for i in range(len(model.weights)):
-            allowed["weights"][i] += carry * kink_dW[i]
-            allowed["biases"][i] += carry * kink_db[i]
-        losses = [backend.sgd_step(m, X[batch], y[batch], lr, velocity=v, **sgd)
-                  for backend, m, v in zip((first, second), models, velocities)]
+        rounding = dict(zip(("weights", "biases"), gradient_rounding(models[0], X[batch], y[batch]) if adam else ()))
+        if not adam:
+            for i in range(len(model.weights)):
+                allowed["weights"][i] += carry * kink_dW[i]
+                allowed["biases"][i] += carry * kink_db[i]
+        losses = [backend.sgd_step(m, X[batch], y[batch], lr, **state, **sgd)
+                  for backend, m, state in zip((first, second), models, states)]
+        if adam:  # see the module doc; the second moments after the step are those it divided by
+            second_moments = states[0]["moments"].second
+            for i in range(len(model.weights)):
+                for kind, kink in (("weights", kink_dW[i]), ("biases", kink_db[i])):
+                    error = moment_error[kind][i]
+                    error *= betas[0]
+                    error += (1 - betas[0]) * rounding[kind][i]
+                    s_hat = getattr(second_moments, kind)[i] / (1 - betas[1] ** step)
+                    drift = 4 * lr * error / (1 - betas[0] ** step) / (np.sqrt(s_hat) + eps)
+                    touched[kind][i] |= kink > 0
+                    allowed[kind][i] += np.where(touched[kind][i], adam_step_bound,
+                                                 np.minimum(drift, adam_step_bound))
         step_report: list[str] = []
         worst = max(worst, _compare(step_report, f"step {step} loss", names, losses[0], losses[1], trajectory_rtol,
                                     atol, LOSS_SCALE_FLOOR))
@@ -209,7 +274,8 @@ def assert_backends_equivalent(model: MLP, X: Features, y: npt.ArrayLike, *,
                                batch_size: int = 32, rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
                                trajectory_rtol: float = DEFAULT_TRAJECTORY_RTOL, seed: Seed = 0,
                                momentum: float = 0.0, nesterov: bool = False,
-                               weight_decay: float = 0.0) -> dict[str, float]:
+                               weight_decay: float = 0.0, optimizer: str = "sgd",
+                               betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> dict[str, float]:
     """Raise AssertionError, reporting the worst differences, unless two backends agree.
 
     See `backend_differences` for what is compared and how tolerances are measured.
@@ -217,6 +283,7 @@ def assert_backends_equivalent(model: MLP, X: Features, y: npt.ArrayLike, *,
     report, errors = backend_differences(
         model, X, y, backends=backends, steps=steps, lr=lr, batch_size=batch_size, rtol=rtol, atol=atol,
         trajectory_rtol=trajectory_rtol, seed=seed, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+        optimizer=optimizer, betas=betas, eps=eps,
     )
     if report:
         names = [getattr(b, "name", b) for b in backends]

@@ -13,7 +13,7 @@ import numpy.typing as npt
 from tqdm import tqdm
 
 from .backends import get_backend
-from .backends.base import BackendBase, sgd_options
+from .backends.base import DEFAULT_BETAS, DEFAULT_EPS, BackendBase, sgd_options
 from .backends.numpy_ref import hidden_activations, log_softmax
 from .inputs import (
     Features,
@@ -28,7 +28,15 @@ from .inputs import (
     make_rng,
 )
 from .model import MLP
-from .optim import LRSchedule, Velocity, check_sgd_options
+from .optim import (
+    ADAM_OPTIMIZERS,
+    AdamMoments,
+    LRSchedule,
+    Velocity,
+    check_adam_options,
+    check_optimizer,
+    check_sgd_options,
+)
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -86,10 +94,14 @@ def format_epoch(record: EpochRecord, total_epochs: int, val_label: str = "val")
 
 
 class Trainer:
-    """Trains `model` in place with minibatch SGD on the backend named `backend`.
+    """Trains `model` in place with minibatch SGD (or Adam) on the backend named `backend`.
 
     momentum (classical, or Nesterov's with nesterov=True) and weight_decay (L2, on the weights)
-    follow fastmlp/optim.py; the velocity lives on the Trainer. schedule ("step", "cosine" or
+    follow fastmlp/optim.py; the velocity lives on the Trainer. optimizer="adam" (Kingma & Ba,
+    weight_decay as an L2 term) or "adamw" (weight_decay decoupled) takes Adam's step with betas
+    and eps instead of momentum (which must then stay 0, and nesterov False); its moments and
+    step count live on the Trainer (`moments`, a `fastmlp.optim.AdamMoments`). Adam wants a far
+    smaller lr than SGD's default 0.1: 1e-3 is the usual. schedule ("step", "cosine" or
     None) sets each epoch's rate from lr, see `fastmlp.optim.LRSchedule` (step_size, gamma).
     The shuffling order comes from `numpy.random.default_rng(seed)`, so the same seed and
     backend (and thread count) give the same parameters. Calling `fit` again continues.
@@ -100,7 +112,8 @@ class Trainer:
     def __init__(self, model: MLP, backend: str | BackendBase = "numba", *, lr: float = 0.1, batch_size: int = 32,
                  seed: Seed = 0, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
                  schedule: str | None = None, step_size: int = 10, gamma: float = 0.1,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, optimizer: str = "sgd", betas: tuple[float, float] = DEFAULT_BETAS,
+                 eps: float = DEFAULT_EPS) -> None:
         check_model(model)
         if not isinstance(backend, (str, BackendBase)):
             raise TypeError(f"backend must be a backend name or a fastmlp backend, got {type(backend).__name__}")
@@ -111,9 +124,14 @@ class Trainer:
         self.backend = get_backend(backend, threads) if isinstance(backend, str) else backend
         self.lr = check_positive_float(lr, "lr")
         self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.optimizer = check_optimizer(optimizer)
         momentum, nesterov, weight_decay = check_sgd_options(momentum, nesterov, weight_decay)
-        self.velocity = Velocity(model) if momentum > 0 else None
-        self._sgd = sgd_options(model, momentum, nesterov, weight_decay, self.velocity)
+        betas, eps = check_adam_options(betas, eps)
+        adam = self.optimizer in ADAM_OPTIMIZERS
+        self.velocity = Velocity(model) if momentum > 0 and not adam else None
+        self.moments = AdamMoments(model) if adam else None
+        self._sgd = sgd_options(model, momentum, nesterov, weight_decay, self.velocity, self.optimizer, betas, eps,
+                                self.moments)
         self.schedule = LRSchedule(schedule, step_size=step_size, gamma=gamma)
         self.rng = make_rng(seed)
         self.history = History()
@@ -187,7 +205,7 @@ class Trainer:
         self._warmed_up.add(pixels)
 
     def _restore(self, best: _Best, verbose: bool) -> None:
-        """Put back the best epoch's parameters, in the model's own arrays; momentum then starts afresh."""
+        """Put back the best epoch's parameters, in the model's own arrays; momentum (or Adam) then starts afresh."""
         self.history.best_epoch = best.epoch
         if best.epoch == self.history[-1].epoch:
             return
@@ -195,6 +213,8 @@ class Trainer:
             param[...] = saved
         if self.velocity is not None:
             self.velocity.reset()
+        if self.moments is not None:
+            self.moments.reset()
         if verbose:
             print(f"early stopping: restored the parameters of epoch {best.epoch} (val loss {best.loss:.4f})")
 

@@ -86,6 +86,52 @@ def test_momentum_and_weight_decay_trajectories_stay_within_the_tolerance(sgd):
     assert errors["trajectory"] <= 1e-4
 
 
+ADAM_VARIANTS = [
+    {"optimizer": "adam"},
+    {"optimizer": "adam", "weight_decay": 1e-3},
+    {"optimizer": "adamw", "weight_decay": 1e-2},
+    {"optimizer": "adamw", "weight_decay": 1e-2, "betas": (0.5, 0.9), "eps": 1e-6},
+]
+
+
+def _variant_id(options):
+    return "-".join(f"{k}={v}" for k, v in options.items())
+
+
+@pytest.mark.parametrize("adam", ADAM_VARIANTS, ids=_variant_id)
+def test_adam_and_adamw_trajectories_stay_within_the_tolerance(adam):
+    rng = np.random.default_rng(0)
+    model = MLP([784, 128, 64, 10], seed=0)
+    X = rng.random((512, 784), dtype=np.float32)
+    y = rng.integers(0, 10, 512)
+    errors = assert_backends_equivalent(model, X, y, steps=50, batch_size=32, lr=1e-3, **adam)
+    assert errors["trajectory"] <= 1e-4
+
+
+@pytest.mark.parametrize("adam", ADAM_VARIANTS[1:3], ids=_variant_id)
+def test_adam_agrees_on_edge_cases(adam):
+    rng = np.random.default_rng(0)
+    for model, X, y in [(MLP([30, 20, 5], seed=1), rng.random((1, 30), dtype=np.float32), np.array([3])),
+                        (MLP([30, 1, 1, 5], seed=1), rng.random((40, 30), dtype=np.float32), rng.integers(0, 5, 40)),
+                        (MLP([30, 20, 5], seed=1), np.zeros((40, 30), np.float32), rng.integers(0, 5, 40))]:
+        assert_backends_equivalent(model, X, y, steps=10, batch_size=8, lr=1e-2, **adam)
+
+
+def test_the_helper_reports_an_adam_step_that_differs():
+    class Perturbed(type(__import__("fastmlp").get_backend("numpy"))):
+        name = "perturbed"
+
+        def _sgd_step(self, model, X, y, lr, **options):
+            return super()._sgd_step(model, X, y, lr * np.float32(1.02), **options)
+
+    rng = np.random.default_rng(0)
+    model = MLP([10, 8, 3], seed=0)
+    X, y = rng.random((16, 10), dtype=np.float32), rng.integers(0, 3, 16)
+    report, _ = backend_differences(model, X, y, backends=("numpy", Perturbed()), steps=3, lr=1e-2,
+                                    optimizer="adam")
+    assert any(line.startswith("step 1 weights[0]: scaled difference") for line in report), report
+
+
 @pytest.mark.parametrize("sgd", SGD_VARIANTS[:2])
 def test_momentum_agrees_on_edge_cases(sgd):
     rng = np.random.default_rng(0)
@@ -142,6 +188,18 @@ def test_one_momentum_epoch_on_2000_mnist_samples_gives_the_same_accuracy_on_bot
     for backend in ("numpy", "numba"):
         trainer = Trainer(MLP([784, 128, 64, 10], seed=0), backend, lr=0.02, batch_size=32, seed=0, momentum=0.9,
                           nesterov=True, weight_decay=1e-4, schedule="cosine")
+        trainer.fit(X_train[:2000], y_train[:2000], epochs=2)
+        accuracies[backend] = trainer.evaluate(X_test, y_test)[1]
+    assert accuracies["numpy"] > 0.8
+    assert abs(accuracies["numpy"] - accuracies["numba"]) <= 0.005
+
+
+def test_one_adam_epoch_on_2000_mnist_samples_gives_the_same_accuracy_on_both_backends(mnist):
+    X_train, y_train, X_test, y_test = mnist
+    accuracies = {}
+    for backend in ("numpy", "numba"):
+        trainer = Trainer(MLP([784, 128, 64, 10], seed=0), backend, lr=1e-3, batch_size=32, seed=0, optimizer="adamw",
+                          weight_decay=1e-2, schedule="cosine")
         trainer.fit(X_train[:2000], y_train[:2000], epochs=2)
         accuracies[backend] = trainer.evaluate(X_test, y_test)[1]
     assert accuracies["numpy"] > 0.8

@@ -19,7 +19,16 @@ from ..inputs import (
     check_positive_float,
     check_positive_int,
 )
-from ..optim import Velocity, check_sgd_options, check_velocity
+from ..optim import (
+    ADAM_OPTIMIZERS,
+    AdamMoments,
+    Velocity,
+    check_adam_options,
+    check_moments,
+    check_optimizer,
+    check_sgd_options,
+    check_velocity,
+)
 
 if TYPE_CHECKING:
     from ..model import MLP
@@ -27,6 +36,8 @@ if TYPE_CHECKING:
 Progress = Callable[[int], object]
 """Called with the number of samples just trained (e.g. `tqdm.update`)."""
 Labels = npt.NDArray[np.int64]
+DEFAULT_BETAS = (0.9, 0.999)
+DEFAULT_EPS = 1e-8
 
 
 class BackendBase:
@@ -63,24 +74,31 @@ class BackendBase:
         return self._loss_and_grads(model, _as_array(X), y)
 
     def sgd_step(self, model: MLP, X: Features, y: npt.ArrayLike, lr: float, *, momentum: float = 0.0,
-                 nesterov: bool = False, weight_decay: float = 0.0, velocity: Velocity | None = None) -> float:
-        """One SGD step on the batch, in place; returns the loss before it.
+                 nesterov: bool = False, weight_decay: float = 0.0, velocity: Velocity | None = None,
+                 optimizer: str = "sgd", betas: tuple[float, float] = DEFAULT_BETAS, eps: float = DEFAULT_EPS,
+                 moments: AdamMoments | None = None) -> float:
+        """One optimiser step on the batch, in place; returns the loss before it.
 
         Plain SGD (the defaults) is parameters -= lr * grad; momentum, nesterov and weight_decay
         follow fastmlp/optim.py, with velocity a `fastmlp.optim.Velocity(model)` updated in place.
+        optimizer="adam" or "adamw" takes Adam's step instead (fastmlp/optim.py) with betas, eps
+        and weight_decay, moments a `fastmlp.optim.AdamMoments(model)` updated in place (its
+        step count too); momentum and nesterov are then SGD's alone and must stay unset.
         """
         X, y = self._check_batch(model, X, y)
         lr = check_positive_float(lr, "lr")
-        sgd = sgd_options(model, momentum, nesterov, weight_decay, velocity)
+        sgd = sgd_options(model, momentum, nesterov, weight_decay, velocity, optimizer, betas, eps, moments)
         return self._sgd_step(model, _as_array(X), y, lr, **sgd)
 
     def train_epoch(self, model: MLP, X: Features, y: npt.ArrayLike, *, batch_size: int, lr: float,
                     rng: np.random.Generator, progress: Progress | None = None, momentum: float = 0.0,
-                    nesterov: bool = False, weight_decay: float = 0.0, velocity: Velocity | None = None) -> float:
-        """One shuffled pass of SGD over (X, y); returns the mean loss over the samples.
+                    nesterov: bool = False, weight_decay: float = 0.0, velocity: Velocity | None = None,
+                    optimizer: str = "sgd", betas: tuple[float, float] = DEFAULT_BETAS, eps: float = DEFAULT_EPS,
+                    moments: AdamMoments | None = None) -> float:
+        """One shuffled pass of SGD (or Adam) over (X, y); returns the mean loss over the samples.
 
         progress, if given, is called with the number of samples just trained, a few dozen
-        times per epoch at most (e.g. `tqdm.update`). The SGD options are those of `sgd_step`.
+        times per epoch at most (e.g. `tqdm.update`). The optimiser options are those of `sgd_step`.
         """
         X, y = self._check_batch(model, X, y)
         batch_size = check_positive_int(batch_size, "batch_size")
@@ -89,7 +107,7 @@ class BackendBase:
             raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
         if progress is not None and not callable(progress):
             raise TypeError(f"progress must be callable or None, got {type(progress).__name__}")
-        sgd = sgd_options(model, momentum, nesterov, weight_decay, velocity)
+        sgd = sgd_options(model, momentum, nesterov, weight_decay, velocity, optimizer, betas, eps, moments)
         return self._train_epoch(model, X, y, batch_size, lr, rng, progress, **sgd)
 
     def between_epochs(self) -> AbstractContextManager[object]:
@@ -109,7 +127,9 @@ class BackendBase:
         raise NotImplementedError
 
     def _sgd_step(self, model: MLP, X: FloatArray, y: Labels, lr: float, *, momentum: float = 0.0,
-                  nesterov: bool = False, weight_decay: float = 0.0, velocity: Velocity | None = None) -> float:
+                  nesterov: bool = False, weight_decay: float = 0.0, velocity: Velocity | None = None,
+                  optimizer: str = "sgd", betas: tuple[float, float] | None = None, eps: float | None = None,
+                  moments: AdamMoments | None = None) -> float:
         raise NotImplementedError
 
     def _train_epoch(self, model: MLP, X: FloatArray | Pixels, y: Labels, batch_size: int, lr: float,
@@ -149,10 +169,22 @@ def epoch_chunks(order: npt.NDArray[np.int64], batch_size: int, progress: Progre
     return [order[begin:end] for begin, end in epoch_ranges(len(order), batch_size, progress)]
 
 
-def sgd_options(model: MLP, momentum: float, nesterov: bool, weight_decay: float,
-                velocity: Velocity | None) -> dict[str, Any]:
-    """The checked keyword arguments for `_sgd_step` / `_train_epoch`: none for plain SGD, whose path stays as it is."""
+def sgd_options(model: MLP, momentum: float, nesterov: bool, weight_decay: float, velocity: Velocity | None,
+                optimizer: str = "sgd", betas: tuple[float, float] = DEFAULT_BETAS, eps: float = DEFAULT_EPS,
+                moments: AdamMoments | None = None) -> dict[str, Any]:
+    """The checked keyword arguments for `_sgd_step` / `_train_epoch`: none for plain SGD, whose path stays as it is.
+
+    Adam's: optimizer, betas, eps, weight_decay and moments (no momentum, nesterov or velocity).
+    """
+    optimizer = check_optimizer(optimizer)
     momentum, nesterov, weight_decay = check_sgd_options(momentum, nesterov, weight_decay)
+    if optimizer in ADAM_OPTIMIZERS:
+        if momentum or nesterov:
+            raise ValueError(f"momentum and nesterov are SGD options: optimizer={optimizer!r} takes "
+                             f"betas=(beta1, beta2) instead (got momentum={momentum!r}, nesterov={nesterov!r})")
+        betas, eps = check_adam_options(betas, eps)
+        check_moments(moments, model)
+        return {"optimizer": optimizer, "betas": betas, "eps": eps, "weight_decay": weight_decay, "moments": moments}
     if momentum > 0:
         check_velocity(velocity, model)
     if momentum == 0 and weight_decay == 0:

@@ -2,8 +2,11 @@
 
 Weight-stationary training. For an epoch (or one `sgd_step`) each W_l is packed once into
 column panels (fastmlp/kernels/packed.py), and so are W_l.T for l >= 1 (read by the input
-gradient) and the velocities; they are unpacked into the model's own arrays when the epoch ends,
-so a caller never sees them. Biases stay in the model's arrays throughout.
+gradient) and the velocities (or Adam's two moments); they are unpacked into the model's own
+arrays (and the Velocity's or AdamMoments') when the epoch ends, so a caller never sees them.
+Biases and their velocities or moments stay in their own arrays throughout. Adam's step count t
+advances per batch inside the epoch: the epoch starts from the moments' t, batch s of it is step
+t + s + 1, and its bias corrections are computed in nopython code.
 
 Buffers, per (layer sizes, batch size, workers), made once and kept on the backend:
     inputs[0|1]  (batch, sizes[0])    the gathered batch, two of them: batch s uses inputs[s % 2]
@@ -15,7 +18,7 @@ A step on `workers` threads (`step_worker`), worker t of them, three phases betw
   1. layer 0 forward for every row of the batch, on worker t's panels of W_0 (its columns);
   2. for worker t's rows of the batch: the other layers' forward, softmax + cross-entropy, and
      the backward pass down to dZ_0, dZ_{l-1} = (dZ_l W_l^T) * (A_{l-1} > 0) reading W_l.T packed;
-  3. the updates, the weight-gradient product fused with the SGD / momentum rule: worker t's
+  3. the updates, the weight-gradient product fused with the SGD / momentum / Adam rule: worker t's
      panels of W_0 (the same panels as in phase 1, so they stay in that core's cache: 200 KB of
      the 400 KB W_0 of 784-128-64-10 per core, 1 MB of L2), its share of the rows of each
      other W_l (then of W_l.T), and its share of each bias.
@@ -41,6 +44,8 @@ from ..kernels.elementwise import (
 )
 from ..kernels.gather import gather_labels, gather_rows_scaled, prefetch_rows_to_l2
 from ..kernels.packed import (
+    ADAM,
+    ADAMW,
     BIAS,
     BIAS_RELU,
     MOMENTUM,
@@ -48,6 +53,7 @@ from ..kernels.packed import (
     PANEL_WIDTH,
     PLAIN_SGD,
     RELU_MASK,
+    adam_corrections,
     forward_part,
     pack_weights_into,
     packed_shape,
@@ -96,8 +102,22 @@ def backward_rows(transposed, acts, deltas, r0, r1):
 
 
 @cached_njit
-def bias_step(b, vb, dZ, db, nb, c0, c1, lr, momentum, rule):
-    """db[c0:c1] = column sums of dZ[:nb, c0:c1]; then entries c0:c1 of b (and vb) updated by rule; overwrites them and db."""
+def adam_bias_update(b, mb, sb, g, lr, beta1, beta2, eps, bc1, bc2):
+    """The Adam step of simd_ir.wgrad_tile on a bias (never decayed): mb, sb its moments, g its gradient, (bc1, bc2)
+    adam_corrections of the step; all float32; overwrites b, mb and sb."""
+    one = np.float32(1.0)
+    step = lr * bc1
+    for j in range(b.shape[0]):
+        m = beta1 * mb[j] + (one - beta1) * g[j]
+        v = beta2 * sb[j] + (one - beta2) * (g[j] * g[j])
+        mb[j] = m
+        sb[j] = v
+        b[j] -= step * m / (np.sqrt(v) * bc2 + eps)
+
+
+@cached_njit
+def bias_step(b, vb, sb, dZ, db, nb, c0, c1, lr, momentum, rule, beta2, eps, bc1, bc2):
+    """db[c0:c1] = column sums of dZ[:nb, c0:c1]; then entries c0:c1 of b (and vb, sb) updated by rule; overwrites them and db."""
     for j in range(c0, c1):
         db[j] = 0.0
     for i in range(nb):
@@ -105,16 +125,19 @@ def bias_step(b, vb, dZ, db, nb, c0, c1, lr, momentum, rule):
             db[j] += dZ[i, j]
     if rule == PLAIN_SGD:
         sgd_update_inplace(b[c0:c1], db[c0:c1], lr)
+    elif rule == ADAM or rule == ADAMW:
+        adam_bias_update(b[c0:c1], vb[c0:c1], sb[c0:c1], db[c0:c1], lr, momentum, beta2, eps, bc1, bc2)
     else:
         momentum_update_inplace(b[c0:c1], vb[c0:c1], db[c0:c1], lr, momentum, 0.0, rule == NESTEROV)
 
 
 @cached_njit
 def update_worker_part(t, workers, packed, transposed, velocity_w, biases, velocity_b, x, acts, deltas, db, nb, lr,
-                       momentum, weight_decay, rule):
+                       momentum, weight_decay, rule, second_w, second_b, beta2, eps, bc1, bc2):
     """Phase 3 of a step, worker t's share: its panels of W_0, its rows of each other W_l (and W_l.T), its bias entries.
 
-    Overwrites those parts of packed, transposed, the velocities, the biases and db.
+    Overwrites those parts of packed, transposed, the velocities (Adam: first moments, and
+    second_w / second_b the second moments), the biases and db.
     """
     L = len(packed)
     for l in range(L):
@@ -122,20 +145,25 @@ def update_worker_part(t, workers, packed, transposed, velocity_w, biases, veloc
         A = layer_input(x, acts, l)
         if l == 0:  # weight-stationary: the panels this worker's phase 1 read
             p0, p1 = part_of(t, P.shape[0], workers)
-            update_part(P, velocity_w[l], A, deltas[l], nb, 0, P.shape[1], p0, p1, lr, momentum, weight_decay, rule)
+            update_part(P, velocity_w[l], A, deltas[l], nb, 0, P.shape[1], p0, p1, lr, momentum, weight_decay, rule,
+                        second_w[l], beta2, eps, bc1, bc2)
             c0, c1 = min(p0 * PANEL_WIDTH, biases[l].shape[0]), min(p1 * PANEL_WIDTH, biases[l].shape[0])
         else:
             k0, k1 = part_of(t, P.shape[1], workers)
-            update_part(P, velocity_w[l], A, deltas[l], nb, k0, k1, 0, P.shape[0], lr, momentum, weight_decay, rule)
+            update_part(P, velocity_w[l], A, deltas[l], nb, k0, k1, 0, P.shape[0], lr, momentum, weight_decay, rule,
+                        second_w[l], beta2, eps, bc1, bc2)
             transpose_packed_into(transposed[l], P, k0, k1)
             c0, c1 = part_of(t, biases[l].shape[0], workers)
-        bias_step(biases[l], velocity_b[l], deltas[l], db[l], nb, c0, c1, lr, momentum, rule)
+        bias_step(biases[l], velocity_b[l], second_b[l], deltas[l], db[l], nb, c0, c1, lr, momentum, rule, beta2, eps,
+                  bc1, bc2)
 
 
 @cached_njit(nogil=True)
 def step_worker(t, workers, barrier, packed, transposed, velocity_w, biases, velocity_b, x, labels, nb, lr, momentum,
-                weight_decay, rule, acts, deltas, db):
+                weight_decay, rule, acts, deltas, db, second_w, second_b, beta2, eps, step):
     """Worker t's part of one step on the batch x[:nb], labels[:nb] (gathered, every worker past its barrier).
+
+    step: Adam's step count t of this step (from 1), for its bias corrections; unused by SGD.
 
     Returns (the summed loss of the worker's rows, False if the barrier was aborted).
     Overwrites acts, deltas, db and worker t's parts of the parameters (see the module doc).
@@ -151,15 +179,21 @@ def step_worker(t, workers, barrier, packed, transposed, velocity_w, biases, vel
     backward_rows(transposed, acts, deltas, r0, r1)
     if not barrier_wait(barrier, workers):
         return 0.0, False
+    bc1 = bc2 = 0.0
+    if rule == ADAM or rule == ADAMW:
+        bc1, bc2 = adam_corrections(momentum, beta2, step)
     update_worker_part(t, workers, packed, transposed, velocity_w, biases, velocity_b, x, acts, deltas, db, nb, lr,
-                       momentum, weight_decay, rule)
+                       momentum, weight_decay, rule, second_w, second_b, beta2, eps, np.float32(bc1), np.float32(bc2))
     return loss, True
 
 
 @cached_njit(nogil=True)
 def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, biases, velocity_b, X, scale, y, order,
-                         begin, end, batch_size, lr, momentum, weight_decay, rule, inputs, acts, deltas, db, labels):
+                         begin, end, batch_size, lr, momentum, weight_decay, rule, inputs, acts, deltas, db, labels,
+                         second_w, second_b, beta2, eps, first_step):
     """Worker t of `workers` training on the batches of order[begin:end] (begin a multiple of batch_size).
+
+    Batch s of the epoch (order[s * batch_size:]) is Adam's step first_step + s.
 
     X is float32, or uint8 pixels times scale. Every worker calls it with the same batches, each
     on its own thread. Returns the summed loss of worker t's rows; stops early if the barrier is
@@ -180,7 +214,8 @@ def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, bi
         if not barrier_wait(barrier, workers):
             break
         loss, ok = step_worker(t, workers, barrier, packed, transposed, velocity_w, biases, velocity_b, x, labels, nb,
-                               lr, momentum, weight_decay, rule, acts, deltas, db)
+                               lr, momentum, weight_decay, rule, acts, deltas, db, second_w, second_b, beta2, eps,
+                               first_step + start // batch_size)
         if not ok:
             break
         total += loss
@@ -209,7 +244,7 @@ def loss_and_grads_into(packed, transposed, biases, x, labels, acts, deltas, gra
     for l in range(L):
         G = grads_packed[l]
         update_part(G, G, layer_input(x, acts, l), deltas[l], n, 0, G.shape[1], 0, G.shape[0], -1.0, 0.0, 0.0,
-                    PLAIN_SGD)
+                    PLAIN_SGD, G, 0.0, 0.0, 0.0, 0.0)
         for j in range(dbs[l].shape[0]):
             dbs[l][j] = 0.0
         for i in range(n):
@@ -219,7 +254,7 @@ def loss_and_grads_into(packed, transposed, biases, x, labels, acts, deltas, gra
 
 
 class _Packed:
-    """One net's parameters in the packed layout: W_l, W_l.T (for l >= 1) and the velocities."""
+    """One net's parameters in the packed layout: W_l, W_l.T (for l >= 1), the velocities and Adam's moments."""
 
     def __init__(self, layer_sizes):
         shapes = list(zip(layer_sizes[:-1], layer_sizes[1:]))
@@ -227,29 +262,42 @@ class _Packed:
         # W_0.T is never read (no input gradient for the data): a one-panel stand-in keeps the tuple uniform.
         self.transposed = (np.zeros((1, 1, PANEL_WIDTH), dtype=np.float32),) + tuple(
             np.zeros(packed_shape(n, k), dtype=np.float32) for k, n in shapes[1:])
-        self._velocity = None
+        self._velocity = self._second = None
 
     def velocity(self):
+        """The packed velocities (Adam: the first moments)."""
         if self._velocity is None:
             self._velocity = tuple(np.zeros_like(P) for P in self.weights)
         return self._velocity
 
-    def load(self, model, velocity):
-        """Pack the model's weights (and the velocity's) into these buffers."""
+    def second_moments(self):
+        """The packed second moments of Adam."""
+        if self._second is None:
+            self._second = tuple(np.zeros_like(P) for P in self.weights)
+        return self._second
+
+    def _states(self, velocity, moments):
+        """(packed buffers, the caller's arrays) pairs of the optimiser state in use."""
+        if moments is not None:
+            return [(self.velocity(), moments.first.weights), (self.second_moments(), moments.second.weights)]
+        return [] if velocity is None else [(self.velocity(), velocity.weights)]
+
+    def load(self, model, velocity, moments=None):
+        """Pack the model's weights (and the velocity's, or Adam's moments) into these buffers."""
         for l, W in enumerate(model.weights):
             pack_weights_into(self.weights[l], W)
             if l > 0:
                 transpose_packed_into(self.transposed[l], self.weights[l], 0, W.shape[0])
-        if velocity is not None:
-            for P, W in zip(self.velocity(), velocity.weights):
+        for packed, arrays in self._states(velocity, moments):
+            for P, W in zip(packed, arrays):
                 pack_weights_into(P, W)
 
-    def store(self, model, velocity):
-        """Unpack into the model's own weight arrays (and the velocity's)."""
+    def store(self, model, velocity, moments=None):
+        """Unpack into the model's own weight arrays (and the velocity's, or Adam's moments)."""
         for W, P in zip(model.weights, self.weights):
             unpack_weights_into(W, P)
-        if velocity is not None:
-            for W, P in zip(velocity.weights, self.velocity()):
+        for packed, arrays in self._states(velocity, moments):
+            for W, P in zip(arrays, packed):
                 unpack_weights_into(W, P)
 
 
@@ -318,10 +366,10 @@ class Backend(BackendBase):
     def _workspace(self, layer_sizes, rows):
         return self._cached(self._workspaces, (tuple(layer_sizes), rows), lambda: _Workspace(layer_sizes, rows))
 
-    def _packed_params(self, model, velocity=None):
+    def _packed_params(self, model, velocity=None, moments=None):
         """The model's parameters packed (see `_Packed`), loaded from the model now."""
         packed = self._cached(self._packed, tuple(model.layer_sizes), lambda: _Packed(model.layer_sizes))
-        packed.load(model, velocity)
+        packed.load(model, velocity, moments)
         return packed
 
     def _forward(self, model, X):
@@ -343,30 +391,42 @@ class Backend(BackendBase):
         return float(loss), dW, db
 
     @staticmethod
-    def _update_rule(model, packed, momentum, nesterov, velocity):
-        """(rule, velocity_w, velocity_b) for the step; plain SGD never reads the velocity slots,
-        so the parameters stand in for them."""
+    def _update_rule(model, packed, momentum, nesterov, velocity, optimizer="sgd", betas=None, eps=None,
+                     moments=None):
+        """The rule and its state for the step: (rule, velocity_w, velocity_b, second_w, second_b, momentum
+        or beta1, beta2, eps, Adam's step count so far). Slots a rule never reads hold the parameters."""
+        weights, biases = packed.weights, tuple(model.biases)
+        if optimizer in ("adam", "adamw"):
+            return (ADAMW if optimizer == "adamw" else ADAM, packed.velocity(), tuple(moments.first.biases),
+                    packed.second_moments(), tuple(moments.second.biases), np.float32(betas[0]), np.float32(betas[1]),
+                    np.float32(eps), moments.step)
+        zero = np.float32(0.0)
         if not momentum:
-            return PLAIN_SGD, packed.weights, tuple(model.biases)
-        return NESTEROV if nesterov else MOMENTUM, packed.velocity(), tuple(velocity.biases)
+            return PLAIN_SGD, weights, biases, weights, biases, zero, zero, zero, 0
+        return (NESTEROV if nesterov else MOMENTUM, packed.velocity(), tuple(velocity.biases), weights, biases,
+                np.float32(momentum), zero, zero, 0)
 
-    def _sgd_step(self, model, X, y, lr, momentum=None, nesterov=False, weight_decay=0.0, velocity=None):
+    def _sgd_step(self, model, X, y, lr, momentum=None, nesterov=False, weight_decay=0.0, velocity=None,
+                  optimizer="sgd", betas=None, eps=None, moments=None):
         with self._epoch_lock:
             ws = self._workspace(model.layer_sizes, len(X))
-            packed = self._packed_params(model, velocity)
-            rule, velocity_w, velocity_b = self._update_rule(model, packed, momentum, nesterov, velocity)
+            packed = self._packed_params(model, velocity, moments)
+            (rule, velocity_w, velocity_b, second_w, second_b, mu, beta2, eps32,
+             steps) = self._update_rule(model, packed, momentum, nesterov, velocity, optimizer, betas, eps, moments)
             ws.labels[:] = y
             try:
                 loss, _ = step_worker(0, 1, barrier_state(), packed.weights, packed.transposed, velocity_w,
-                                      tuple(model.biases), velocity_b, X, ws.labels, len(X), np.float32(lr),
-                                      np.float32(momentum or 0.0), np.float32(weight_decay), rule, ws.acts, ws.deltas,
-                                      ws.db)
+                                      tuple(model.biases), velocity_b, X, ws.labels, len(X), np.float32(lr), mu,
+                                      np.float32(weight_decay), rule, ws.acts, ws.deltas, ws.db, second_w, second_b,
+                                      beta2, eps32, steps + 1)
             finally:
-                packed.store(model, velocity if rule != PLAIN_SGD else None)
+                packed.store(model, velocity if rule in (MOMENTUM, NESTEROV) else None, moments)
+                if moments is not None:
+                    moments.step += 1
         return float(loss) / len(X)
 
     def _train_epoch(self, model, X, y, batch_size, lr, rng, progress=None, momentum=None, nesterov=False,
-                     weight_decay=0.0, velocity=None):
+                     weight_decay=0.0, velocity=None, optimizer="sgd", betas=None, eps=None, moments=None):
         if isinstance(X, Pixels):
             data, scale = X.data, np.float32(X.scale)
         else:
@@ -376,15 +436,16 @@ class Backend(BackendBase):
         order = rng.permutation(len(data))
         with self._epoch_lock:
             ws = self._workspace(model.layer_sizes, rows)
-            packed = self._packed_params(model, velocity)
-            rule, velocity_w, velocity_b = self._update_rule(model, packed, momentum, nesterov, velocity)
+            packed = self._packed_params(model, velocity, moments)
+            (rule, velocity_w, velocity_b, second_w, second_b, mu, beta2, eps32,
+             steps) = self._update_rule(model, packed, momentum, nesterov, velocity, optimizer, betas, eps, moments)
             biases = tuple(model.biases)
 
             def run(t, begin, end):
                 return train_batches_worker(
                     t, workers, barrier, packed.weights, packed.transposed, velocity_w, biases, velocity_b, data,
-                    scale, y, order, begin, end, batch_size, np.float32(lr), np.float32(momentum or 0.0),
-                    np.float32(weight_decay), rule, ws.inputs, ws.acts, ws.deltas, ws.db, ws.labels)
+                    scale, y, order, begin, end, batch_size, np.float32(lr), mu, np.float32(weight_decay), rule,
+                    ws.inputs, ws.acts, ws.deltas, ws.db, ws.labels, second_w, second_b, beta2, eps32, steps + 1)
 
             barrier = barrier_state()
             try:
@@ -393,7 +454,9 @@ class Backend(BackendBase):
                 else:
                     total = self._run_workers(run, workers, len(order), batch_size, progress, barrier)
             finally:
-                packed.store(model, velocity if rule != PLAIN_SGD else None)
+                packed.store(model, velocity if rule in (MOMENTUM, NESTEROV) else None, moments)
+                if moments is not None:  # an interrupted epoch counts whole: its moments moved anyway
+                    moments.step += -(-len(order) // batch_size)
             return total / len(data)
 
     def _free_threads(self):
@@ -462,8 +525,8 @@ class Backend(BackendBase):
         """Compile (or load from Numba's cache) the epoch function for nets of model's depth; returns seconds.
 
         Compiled code depends only on the depth and the input dtype, so a tiny net of the same depth does.
-        One compiled function serves plain SGD, momentum, Nesterov and weight decay, so momentum is
-        accepted for compatibility and changes nothing.
+        One compiled function serves plain SGD, momentum, Nesterov, weight decay, Adam and AdamW, so
+        momentum is accepted for compatibility and changes nothing.
         """
         from ..model import MLP
 
