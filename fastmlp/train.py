@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from threadpoolctl import threadpool_limits
 
 from . import __version__
@@ -20,18 +21,20 @@ from .cli import dataset_not_found_message, new_parser, plural
 from .datasets import FILES, load_mnist, train_val_split
 from .inputs import check_positive_float
 from .model import INITS, MLP
-from .optim import SCHEDULES
+from .optim import ADAM_OPTIMIZERS, OPTIMIZERS, SCHEDULES
 from .plot import PLOT_FORMATS, plot_learning_curves, require_plotting
 from .trainer import Trainer, format_epoch
 
 PROG = "python -m fastmlp.train"
+ADAM_DEFAULT_LR = 0.001  # --lr when --optimizer adam / adamw is given without it
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = new_parser(
-        prog, description="Train an MLP (ReLU hidden layers, softmax, minibatch SGD) on MNIST and report test accuracy.",
+        prog, description="Train an MLP (ReLU hidden layers, softmax, minibatch SGD or Adam) on MNIST and report test accuracy.",
     )
     add_training_arguments(parser)
+    add_optimizer_arguments(parser)
     parser.add_argument("--save", type=Path, metavar="PATH", help="write the trained model (.npz)")
     parser.add_argument("--metrics-json", type=Path, metavar="PATH", help="write metrics and history as JSON")
     parser.add_argument("--plot", type=Path, metavar="PATH",
@@ -83,6 +86,30 @@ def add_training_arguments(parser: argparse.ArgumentParser, adapt: Callable[[str
     add("--patience", type=_positive_int, default=None, metavar="N",
         help="stop when the validation loss has not improved for N epochs and keep the best "
              "epoch's parameters (needs --val-size)")
+
+
+def add_optimizer_arguments(parser: argparse.ArgumentParser) -> None:
+    """--optimizer and Adam's --beta1, --beta2, --eps (train's own: a sweep trains with SGD)."""
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
+                        help="sgd: SGD with --momentum; adam: Adam (Kingma & Ba) with --beta1, --beta2, --eps, "
+                             f"and --lr {ADAM_DEFAULT_LR:g} unless given; adamw: Adam with the weight decay "
+                             "decoupled from the gradient. --momentum and --nesterov are SGD options")
+    parser.add_argument("--beta1", type=_beta, default=0.9,
+                        help="Adam's decay rate of the gradient's running mean, in [0, 1)")
+    parser.add_argument("--beta2", type=_beta, default=0.999,
+                        help="Adam's decay rate of the squared gradient's running mean, in [0, 1)")
+    parser.add_argument("--eps", type=_eps, default=1e-8,
+                        help="Adam's term added to the root of the second moment, > 0")
+
+
+def given_options(prog: str, argv: Sequence[str] | None) -> set[str]:
+    """The dest names of the options given on the command line, not left at their defaults: the
+    command line parsed again with every default suppressed (so `--momentum 0.9` counts, and
+    the default 0.9 does not)."""
+    probe = build_parser(prog)
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv)))
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -140,6 +167,8 @@ _non_negative_float = _float_type(lambda v: math.isfinite(v) and v >= 0, "a fini
 _momentum = _float_type(lambda v: 0 <= v < 1, "in [0, 1)")
 _decay_factor = _float_type(lambda v: 0 < v <= 1, "in (0, 1]")
 _fraction = _float_type(lambda v: 0 <= v < 1, "a fraction in [0, 1)")
+_beta = _float_type(lambda v: 0 <= v < 1, "in [0, 1)")
+_eps = _float_type(lambda v: math.isfinite(v) and v > 0 and np.float32(v) > 0, "a finite number > 0 (in float32)")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -163,7 +192,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     compile_seconds = backend.warm_up(model, pixels=True, momentum=args.momentum > 0 or args.weight_decay > 0)
     trainer = Trainer(model, backend, lr=args.lr, batch_size=args.batch_size, seed=args.seed, momentum=args.momentum,
                       nesterov=args.nesterov, weight_decay=args.weight_decay, schedule=args.schedule,
-                      step_size=args.step_size, gamma=args.gamma)
+                      step_size=args.step_size, gamma=args.gamma, optimizer=args.optimizer,
+                      betas=(args.beta1, args.beta2), eps=args.eps)
     compiled = "" if type(backend).warm_up is BackendBase.warm_up else f", compiled in {compile_seconds:.1f} s"
     say(f"fastmlp {__version__}: backend {args.backend}, net {'-'.join(map(str, model.layer_sizes))}, "
         f"{args.dataset} {len(X_train):,} train / {len(validation[0]):,} {val_label}, "
@@ -216,10 +246,15 @@ def compiling_message() -> str:
 
 
 def describe_sgd(args: argparse.Namespace) -> str:
-    """The optimiser settings in a few words, e.g. 'lr 0.05 cosine, momentum 0.9 (Nesterov)'."""
-    text = f"lr {args.lr:g}" + ("" if args.schedule == "none" else f" {args.schedule}")
+    """The optimiser settings in a few words, e.g. 'lr 0.05 cosine, momentum 0.9 (Nesterov)'
+    or 'adam, lr 0.001 cosine, betas 0.9 0.999, eps 1e-08'."""
+    adam = getattr(args, "optimizer", "sgd") in ADAM_OPTIMIZERS
+    text = (f"{args.optimizer}, " if adam else "") + f"lr {args.lr:g}"
+    text += "" if args.schedule == "none" else f" {args.schedule}"
     if args.schedule == "step":
         text += f" (x{args.gamma:g} every {plural(args.step_size, 'epoch')})"
+    if adam:
+        text += f", betas {args.beta1:g} {args.beta2:g}, eps {args.eps:g}"
     if args.momentum:
         text += f", momentum {args.momentum:g}" + (" (Nesterov)" if args.nesterov else "")
     if args.weight_decay:
@@ -246,6 +281,19 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
     args = parser.parse_args(argv)
     if args.patience is not None and args.val_size == 0:
         parser.error("--patience needs --val-size > 0: early stopping watches the validation loss")
+    given = given_options(prog, argv)
+    if args.optimizer in ADAM_OPTIMIZERS:
+        for option in ("momentum", "nesterov"):
+            if option in given:
+                parser.error(f"--{option} is an SGD option: --optimizer {args.optimizer} takes --beta1 and --beta2 "
+                             f"instead")
+        args.momentum, args.nesterov = 0.0, False  # the SGD defaults do not apply
+        if "lr" not in given:
+            args.lr = ADAM_DEFAULT_LR
+    else:
+        for option in ("beta1", "beta2", "eps"):
+            if option in given:
+                parser.error(f"--{option} is an Adam option: give --optimizer adam or adamw with it")
     if args.momentum == 0:
         args.nesterov = False  # plain SGD: there is no velocity to look ahead with
 

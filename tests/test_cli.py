@@ -67,6 +67,15 @@ def test_cli_same_seed_gives_the_same_model(tiny_mnist_dir, tmp_path, capsys):
         (["--gamma", "2"], "--gamma: must be in (0, 1]"),
         (["--patience", "0", "--val-size", "0.1"], "--patience: must be an integer >= 1"),
         (["--patience", "3"], "--patience needs --val-size > 0"),
+        (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
+        (["--optimizer", "adam", "--beta1", "1"], "--beta1: must be in [0, 1)"),
+        (["--optimizer", "adam", "--beta2", "-0.5"], "--beta2: must be in [0, 1)"),
+        (["--optimizer", "adam", "--eps", "0"], "--eps: must be a finite number > 0"),
+        (["--optimizer", "adamw", "--eps", "1e-60"], "--eps: must be a finite number > 0 (in float32)"),
+        (["--optimizer", "adam", "--momentum", "0.9"], "--momentum is an SGD option: --optimizer adam takes --beta1"),
+        (["--optimizer", "adamw", "--nesterov"], "--nesterov is an SGD option: --optimizer adamw"),
+        (["--optimizer", "adam", "--no-nesterov"], "--nesterov is an SGD option"),
+        (["--beta2", "0.99"], "--beta2 is an Adam option: give --optimizer adam or adamw with it"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_usage_error_line(args, message, capsys):
@@ -195,3 +204,22 @@ def test_cli_says_before_compiling_on_a_terminal_and_nothing_when_quiet(monkeypa
     message = "compiling the numba kernels"
     assert said_before and (message in said_before[0]) != quiet
     assert message not in capsys.readouterr().err  # said once, before compiling
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_cli_adam_ignores_the_sgd_defaults_and_reaches_the_trainer(tiny_mnist_dir, tmp_path, capsys, backend):
+    # The default recipe's momentum 0.9 and Nesterov are not "given": --optimizer adam alone must run.
+    code = main(["--backend", backend, "--data-dir", str(tiny_mnist_dir), "--epochs", "2", "--hidden", "16",
+                 "--optimizer", "adam", "--metrics-json", str(tmp_path / "m.json")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "batch 64, adam, lr 0.001 cosine, betas 0.9 0.999, eps 1e-08, seed 0" in out
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["config"]["optimizer"] == "adam" and metrics["config"]["lr"] == 0.001
+    assert metrics["config"]["momentum"] == 0.0 and metrics["config"]["nesterov"] is False
+    assert metrics["test_accuracy"] > 0.8
+    code = main(["--backend", backend, "--data-dir", str(tiny_mnist_dir), "--epochs", "1", "--hidden", "16",
+                 "--optimizer", "adamw", "--lr", "0.002", "--beta1", "0.8", "--beta2", "0.99", "--eps", "1e-6",
+                 "--weight-decay", "0.01"])
+    assert code == 0
+    assert "adamw, lr 0.002 cosine, betas 0.8 0.99, eps 1e-06, weight decay 0.01, seed 0" in capsys.readouterr().out
