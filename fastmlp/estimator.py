@@ -30,7 +30,7 @@ from .backends import BackendError, get_backend
 from .backends.base import BackendBase
 from .inputs import check_features, check_positive_float, check_positive_int
 from .model import INITS, MLP
-from .optim import SCHEDULES, Velocity, check_sgd_options
+from .optim import SCHEDULES, AdamMoments, Velocity, check_adam_options, check_sgd_options
 from .trainer import Trainer, TrainingDivergedError
 
 
@@ -70,6 +70,12 @@ class MLPClassifier:
     or an int seeding the initial weights and the shuffling; momentum, nesterov, weight_decay and
     schedule ("none", "step", "cosine") as in `fastmlp.Trainer`; init: "he" or "normal";
     verbose prints one line per epoch.
+    solver: "sgd" or "adam" (Trainer's optimizer="adam", weight_decay as its L2 term), with
+    beta_1, beta_2 and epsilon, scikit-learn's names and defaults; momentum and nesterov are
+    SGD's and must stay at their defaults with "adam". The default solver stays "sgd", unlike
+    scikit-learn's "adam": this estimator has always trained with SGD and its default
+    learning_rate_init=0.1 is an SGD rate (Adam wants about 1e-3), so changing it would change
+    every existing caller's results.
 
     Fitted attributes: classes_ (sorted labels), n_features_in_, feature_names_in_ (when X was a
     DataFrame with string column names), model_ (the `fastmlp.MLP`), loss_curve_ (train loss per
@@ -89,7 +95,8 @@ class MLPClassifier:
     def __init__(self, hidden_layer_sizes: int | Sequence[int] = (128, 64), *, backend: str | BackendBase = "numba",
                  learning_rate_init: float = 0.1, batch_size: int = 32, max_iter: int = 10,
                  random_state: int | None = None, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0, schedule: str = "none", init: str = "he", verbose: bool = False) -> None:
+                 weight_decay: float = 0.0, schedule: str = "none", init: str = "he", verbose: bool = False,
+                 solver: str = "sgd", beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-8) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.backend = backend
         self.learning_rate_init = learning_rate_init
@@ -102,6 +109,10 @@ class MLPClassifier:
         self.schedule = schedule
         self.init = init
         self.verbose = verbose
+        self.solver = solver
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
 
     # --- parameters --------------------------------------------------------------------------
 
@@ -161,6 +172,7 @@ class MLPClassifier:
                 raise BackendError(f"backend: {exc}") from None
         else:
             raise TypeError(f"backend must be 'numpy', 'numba' or a fastmlp backend, got {self.backend!r}")
+        solver = self._solver_options()  # first: with solver='adam', momentum and nesterov are not SGD's to check
         momentum, nesterov, weight_decay = check_sgd_options(self.momentum, self.nesterov, self.weight_decay)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
@@ -170,7 +182,7 @@ class MLPClassifier:
                 "lr": check_positive_float(self.learning_rate_init, "learning_rate_init"),
                 "batch_size": check_positive_int(self.batch_size, "batch_size"),
                 "max_iter": check_positive_int(self.max_iter, "max_iter"),
-                "momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay}
+                "momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay, **solver}
 
     # --- training ----------------------------------------------------------------------------
 
@@ -223,6 +235,16 @@ class MLPClassifier:
         self.n_iter_ = len(self.loss_curve_)
         return self
 
+    def _solver_options(self) -> dict[str, Any]:
+        """Trainer's optimizer, betas and eps from solver, beta_1, beta_2, epsilon, checked under these names."""
+        if self.solver not in ("sgd", "adam"):
+            raise ValueError(f"solver must be 'sgd' or 'adam', got {self.solver!r}")
+        betas, eps = check_adam_options((self.beta_1, self.beta_2), self.epsilon, names=("beta_1", "beta_2", "epsilon"))
+        if self.solver == "adam" and (self.momentum or self.nesterov):
+            raise ValueError(f"momentum and nesterov are options of solver='sgd', not 'adam' (got momentum="
+                             f"{self.momentum!r}, nesterov={self.nesterov!r}): beta_1 and beta_2 take their place")
+        return {"optimizer": self.solver, "betas": betas, "eps": eps}
+
     def _new_trainer(self, params: dict[str, Any], classes: np.ndarray, n_features: int) -> Trainer:
         if len(classes) < 2:
             raise ValueError(f"MLPClassifier needs samples of at least 2 classes; y holds {len(classes)} class: "
@@ -230,7 +252,8 @@ class MLPClassifier:
         model = MLP([n_features, *params["hidden"], len(classes)], init=self.init, seed=params["seed"])
         return Trainer(model, params["backend"], lr=params["lr"], batch_size=params["batch_size"], seed=params["seed"],
                        momentum=params["momentum"], nesterov=params["nesterov"],
-                       weight_decay=params["weight_decay"], schedule=self.schedule)
+                       weight_decay=params["weight_decay"], schedule=self.schedule, optimizer=params["optimizer"],
+                       betas=params["betas"], eps=params["eps"])
 
     def _set_fitted(self, trainer: Trainer, classes: np.ndarray, names: np.ndarray | None) -> None:
         """Set every fitted attribute at once, after training succeeded."""
@@ -386,10 +409,13 @@ def _fit_naming_our_parameters(trainer: Trainer, X: np.ndarray, y_index: np.ndar
 
 
 def _make_writable(trainer: Trainer) -> None:
-    """Replace read-only parameters and velocities (memory-mapped by joblib) by writable copies, in place."""
+    """Replace read-only parameters, velocities and moments (memory-mapped by joblib) by writable copies, in place."""
     arrays = [trainer.model.weights, trainer.model.biases]
     if trainer.velocity is not None:
         arrays += [trainer.velocity.weights, trainer.velocity.biases]
+    if trainer.moments is not None:
+        arrays += [trainer.moments.first.weights, trainer.moments.first.biases, trainer.moments.second.weights,
+                   trainer.moments.second.biases]
     for group in arrays:
         for i, a in enumerate(group):
             if not a.flags.writeable:
@@ -397,12 +423,15 @@ def _make_writable(trainer: Trainer) -> None:
 
 
 class _TrainerState:
-    """What one more epoch changes in a Trainer: parameters, velocity, shuffling state, history."""
+    """What one more epoch changes in a Trainer: parameters, velocity (or Adam's moments), shuffling state, history."""
 
     def __init__(self, trainer: Trainer) -> None:
         self.params = [p.copy() for p in trainer.model.weights + trainer.model.biases]
         velocity: Velocity | None = trainer.velocity
         self.velocity = None if velocity is None else [v.copy() for v in velocity.weights + velocity.biases]
+        moments: AdamMoments | None = trainer.moments
+        self.moments = None if moments is None else (
+            [a.copy() for state in (moments.first, moments.second) for a in state.weights + state.biases], moments.step)
         self.rng_state = trainer.rng.bit_generator.state
         self.epochs = len(trainer.history)
 
@@ -412,6 +441,11 @@ class _TrainerState:
         if trainer.velocity is not None and self.velocity is not None:
             for v, saved in zip(trainer.velocity.weights + trainer.velocity.biases, self.velocity):
                 v[...] = saved
+        if trainer.moments is not None and self.moments is not None:
+            state = trainer.moments
+            for a, saved in zip([a for s in (state.first, state.second) for a in s.weights + s.biases], self.moments[0]):
+                a[...] = saved
+            state.step = self.moments[1]
         trainer.rng.bit_generator.state = self.rng_state
         del trainer.history.epochs[self.epochs:]
 

@@ -87,7 +87,8 @@ def test_get_params_follow_init_and_set_params_returns_self():
     params = clf.get_params()
     assert params["hidden_layer_sizes"] == (8, 4) and params["learning_rate_init"] == 0.05
     assert set(params) == {"hidden_layer_sizes", "backend", "learning_rate_init", "batch_size", "max_iter",
-                           "random_state", "momentum", "nesterov", "weight_decay", "schedule", "init", "verbose"}
+                           "random_state", "momentum", "nesterov", "weight_decay", "schedule", "init", "verbose",
+                           "solver", "beta_1", "beta_2", "epsilon"}
     assert clf.set_params(max_iter=3, backend="numpy") is clf and clf.max_iter == 3
     with pytest.raises(ValueError, match="invalid parameter 'epochs'"):
         clf.set_params(epochs=3)
