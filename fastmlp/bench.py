@@ -25,6 +25,8 @@ and sees the same batches (the Trainer's seeded shuffle).
 - peak RSS: a process's high-water mark cannot be split between backends that share it, so each
   (backend, input) trains one epoch per batch size in a process of its own; it reports the peak
   of loading the data, then resets the peak (Linux) and reports training's.
+- optimizers (numba only): one step's cost per optimiser at batch 64, plain SGD, Nesterov
+  momentum, Adam and AdamW in interleaved rounds, as ratios to SGD's (fastmlp/bench_optimizers.py).
 - compile: a fresh process compiles the numba backend's training epoch for float32 and Pixels
   inputs with an empty NUMBA_CACHE_DIR (cold), then a second one loads it from that cache (warm).
 
@@ -56,6 +58,8 @@ from . import bench_contention, kernels
 from .backends import BackendError, get_backend
 from .backends.base import BackendBase
 from .backends.numpy_ref import adam_update, log_softmax, momentum_update
+from .bench_optimizers import BATCH_SIZE as OPTIMIZER_BATCH_SIZE
+from .bench_optimizers import measure_optimizer_steps
 from .bench_recipe import describe_recipe, measure_recipe, recipe_options
 from .inputs import Pixels
 from .model import MLP
@@ -309,7 +313,8 @@ def kernel_case(name: str, batch_size: int, seed: int = 0) -> KernelCase:
 
 
 class TorchBackend(BackendBase):
-    """PyTorch CPU as a yardstick: a plain float32 autograd + `torch.optim.SGD` loop (momentum and weight decay too).
+    """PyTorch CPU as a yardstick: a plain float32 autograd + `torch.optim.SGD` loop (momentum and weight decay too),
+    or `torch.optim.Adam` / `AdamW` for optimizer="adam" / "adamw".
 
     Its parameters are `torch.from_numpy` views of the model's own arrays, so it trains the
     model in place exactly like the fastmlp backends, from the same weights, in the same batch
@@ -352,10 +357,23 @@ class TorchBackend(BackendBase):
         grads = [p.grad.numpy() for p in params]
         return loss.item(), grads[0::2], grads[1::2]
 
-    def _optimizer(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0, velocity=None):
+    def _optimizer(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0, velocity=None, optimizer="sgd",
+                   betas=None, eps=None, moments=None):
         """`torch.optim.SGD` over params; with momentum, its buffers are views of the fastmlp Velocity
-        (torch's form v = mu v + g, W -= lr v: the same steps as fastmlp's at a constant lr)."""
-        optimizer = self.torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov,
+        (torch's form v = mu v + g, W -= lr v: the same steps as fastmlp's at a constant lr).
+        Adam / AdamW: torch's moments are views of the fastmlp AdamMoments, its step count from it.
+        weight_decay applies to the weights alone (torch's default would decay the biases too)."""
+        groups = [{"params": params[0::2]}, {"params": params[1::2], "weight_decay": 0.0}]
+        if moments is not None:
+            kind = self.torch.optim.AdamW if optimizer == "adamw" else self.torch.optim.Adam
+            adam = kind(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+            first = [a for pair in zip(moments.first.weights, moments.first.biases) for a in pair]
+            second = [a for pair in zip(moments.second.weights, moments.second.biases) for a in pair]
+            for p, m, s in zip(params, first, second):
+                adam.state[p] = {"step": self.torch.tensor(float(moments.step)), "exp_avg": self.torch.from_numpy(m),
+                                 "exp_avg_sq": self.torch.from_numpy(s)}
+            return adam
+        optimizer = self.torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov,
                                          weight_decay=weight_decay)
         if velocity is not None:
             buffers = [b for pair in zip(velocity.weights, velocity.biases) for b in pair]
@@ -366,7 +384,10 @@ class TorchBackend(BackendBase):
     def _sgd_step(self, model, X, y, lr, **sgd):
         params = self._params(model)
         optimizer = self._optimizer(params, lr, **sgd)
-        return self._step(optimizer, params, self.torch.from_numpy(X), self.torch.from_numpy(y))
+        loss = self._step(optimizer, params, self.torch.from_numpy(X), self.torch.from_numpy(y))
+        if sgd.get("moments") is not None:
+            sgd["moments"].step += 1
+        return loss
 
     def _train_epoch(self, model, X, y, batch_size, lr, rng, progress=None, **sgd):
         torch = self.torch
@@ -384,6 +405,8 @@ class TorchBackend(BackendBase):
             total += self._step(optimizer, params, A, labels[rows]) * len(rows)
         if progress is not None:
             progress(len(y))
+        if sgd.get("moments") is not None:
+            sgd["moments"].step += len(range(0, len(order), batch_size))
         return total / len(y)
 
 
@@ -681,6 +704,12 @@ def format_report(report):
                              [[r["backend"], f"{r['train_s']:.2f}", f"{100 * r['test_accuracy']:.2f} %",
                                "-" if r["vs_numba"] is None else f"{r['vs_numba']:.2f}"]
                               for r in report["recipe"]])]
+    if report.get("optimizers"):
+        out += ["", f"one step's cost per optimiser, numba backend, batch {OPTIMIZER_BATCH_SIZE}, Pixels input: "
+                    f"epochs interleaved round by round; vs = median of same-round ratios",
+                format_table(["optimizer", "us per step", "vs sgd", "vs sgd nesterov"],
+                             [[r["optimizer"], f"{r['step_us']:,.0f}", f"{r['vs_sgd']:.3f}",
+                               f"{r['vs_sgd_nesterov']:.3f}"] for r in report["optimizers"]])]
     if report["compile"]:
         comp = report["compile"]
         out += ["", f"numba compile of the training epoch (float32 and pixels inputs), in a fresh process: "
@@ -726,6 +755,12 @@ def run(args, progress_bar=None):
     recipe = measure_recipe(backends, pixels, y, *load_test_data(), epochs=None if not args.quick else WARMUP_EPOCHS,
                             seed=args.seed, settle_seconds=SETTLE_SECONDS)
     step("recipe")
+    optimizers = None
+    if "numba" in names:
+        bar.set_description("one step per optimiser, numba backend")
+        optimizers = measure_optimizer_steps(backends["numba"], pixels, y, rounds=args.epochs,
+                                             settle_seconds=SETTLE_SECONDS)
+        step("optimizers")
     config = {"mode": "quick" if args.quick else "full", "samples": len(y), "subset": len(y) < MNIST_TRAIN_SAMPLES, "epochs": args.epochs,
               "batch_sizes": list(args.batch_sizes), "backends": names, "inputs": list(args.inputs),
               "layer_sizes": list(LAYER_SIZES), "lr": LR, "seed": args.seed, "blas": blas_info(),
@@ -734,7 +769,7 @@ def run(args, progress_bar=None):
         config["torch_version"] = backends["torch"].torch.__version__
         config["torch_threads"] = backends["torch"].torch.get_num_threads()
     return {"config": config, "roofline": roof, "compile": compile_times, "peak_rss": peak_rss, "rows": rows,
-            "recipe": recipe}
+            "recipe": recipe, "optimizers": optimizers}
 
 
 def _timed(fn, *args, **kwargs):
@@ -824,7 +859,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
         check_output_path(args.plot, "--plot")
         if args.plot:
             require_matplotlib()
-        steps = ("numba" in args.backends) + 3 + len(args.batch_sizes) * args.epochs
+        steps = 2 * ("numba" in args.backends) + 3 + len(args.batch_sizes) * args.epochs
         # A bar on a terminal only (disable=None): in a log, its redraws are noise.
         with tqdm(total=steps, desc="fastmlp bench", unit="step", file=sys.stderr, leave=False, disable=None) as bar:
             report = run(args, bar)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fastmlp import MLP, Pixels, get_backend, kernels
-from fastmlp import bench
+from fastmlp import bench, bench_optimizers
 from fastmlp.testing import assert_backends_equivalent
 
 
@@ -157,6 +157,34 @@ def test_bench_prints_the_table_and_writes_the_json_report(tmp_path, capsys, no_
     assert [(t[0], t[1], t[2]) for t in table] == [(str(r["batch_size"]), r["backend"], r["input"])
                                                    for r in report["rows"]]
     assert "cold cache" in out and "warm cache" in out
+    assert [r["optimizer"] for r in report["optimizers"]] == list(bench_optimizers.OPTIMIZERS)
+    assert "one step's cost per optimiser" in out and "adamw wd 0.01" in out
+
+
+def test_optimizer_steps_are_timed_in_interleaved_rounds_against_sgd(monkeypatch):
+    clock = _FakeClock()
+    clock.sleep = lambda seconds: None
+    monkeypatch.setattr(bench_optimizers, "time", clock)  # no real timing: the figures follow from the fake epochs
+    costs = {"sgd": 1.0, "momentum": 1.25, "adam": 1.5, "adamw": 1.5}
+    epochs = []
+
+    class Timed(type(get_backend("numpy"))):  # one epoch takes `costs` clock units; the first round twice that
+        def _train_epoch(self, model, X, y, batch_size, lr, rng, progress=None, **options):
+            name = options.get("optimizer") or ("momentum" if options.get("momentum") else "sgd")
+            epochs.append(name)
+            clock.now += costs[name] * (2 if len(epochs) <= len(bench_optimizers.OPTIMIZERS) else 1)
+            return 1.0
+
+    pixels, y = tiny_pixels(128)
+    rows = bench_optimizers.measure_optimizer_steps(Timed(), pixels, y, rounds=3, batch_size=64)
+    assert epochs == ["sgd", "momentum", "adam", "adamw"] * 3  # interleaved, round by round
+    by_name = {r["optimizer"]: r for r in rows}
+    assert by_name["sgd"]["vs_sgd"] == 1.0 and by_name["adam"]["vs_sgd"] == pytest.approx(1.5)
+    assert by_name["adamw wd 0.01"]["vs_sgd_nesterov"] == pytest.approx(1.2)
+    assert by_name["sgd"]["step_us"] == pytest.approx(1.0 / 2 * 1e6)  # 2 steps of 64 per epoch, round 1 left out
+    assert by_name["adam"]["round_step_us"] == pytest.approx([1.5e6, 0.75e6, 0.75e6])
+    with pytest.raises(ValueError, match="rounds must be >= 2"):
+        bench_optimizers.measure_optimizer_steps(Timed(), pixels, y, rounds=1)
 
 
 class _FakeClock:
@@ -188,3 +216,4 @@ def test_late_over_early_compares_the_two_model_states_side_by_side(monkeypatch)
     assert bench.late_over_early(_SlowOnceTrained(clock), early, late, pixels, y, batch_size=4) == 0.25
     assert bench.late_over_early(_SlowOnceTrained(clock), early, early.copy(), pixels, y, batch_size=4) == 1.0
     assert late.biases[0][0] == 1 and early.biases[0][0] != 1  # trained on copies, the states untouched
+
