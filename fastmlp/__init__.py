@@ -2,7 +2,7 @@
 
 Public API:
     MLP                 parameters, predict, save/load          (fastmlp.model)
-    Trainer, History    shuffled minibatch SGD over epochs      (fastmlp.trainer)
+    Trainer, History    shuffled minibatch SGD or Adam over epochs  (fastmlp.trainer)
     MLPClassifier       a scikit-learn style estimator          (fastmlp.estimator)
     get_backend, available_backends   "numpy" reference and "numba" fused kernels
     Pixels              uint8 images scaled during the batch gather
