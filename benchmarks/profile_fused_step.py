@@ -76,7 +76,8 @@ def upper_updates_phase(reps, packed, transposed, acts, deltas, nb):
 def bias_phase(reps, biases, deltas, db, nb):
     for _ in range(reps):
         for l in range(len(biases)):
-            bias_step(biases[l], biases[l], deltas[l], db[l], nb, 0, biases[l].shape[0], LR, 0.0, PLAIN_SGD)
+            bias_step(biases[l], biases[l], biases[l], deltas[l], db[l], nb, 0, biases[l].shape[0], LR, 0.0, PLAIN_SGD,
+                      0.0, 0.0, 0.0, 0.0)
 
 
 def phase_calls(model, pixels, y, nb):
