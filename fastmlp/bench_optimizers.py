@@ -10,16 +10,21 @@ also pays for any first allocations) and the median of its same-round ratios to 
 the momentum step: the machine's drift cancels out of a ratio of epochs taken seconds apart.
 """
 
+from __future__ import annotations
+
 import time
+from typing import Any
 
 import numpy as np
 
+from .backends.base import BackendBase
+from .inputs import FloatArray, Pixels
 from .model import MLP
 from .trainer import Trainer
 
 BATCH_SIZE = 64
 # name: Trainer options. Rates as their recipes use them (the cost of a step does not depend on it).
-OPTIMIZERS = {
+OPTIMIZERS: dict[str, dict[str, Any]] = {
     "sgd": {"lr": 0.05},
     "sgd nesterov 0.9": {"lr": 0.05, "momentum": 0.9, "nesterov": True},
     "adam": {"lr": 1e-3, "optimizer": "adam"},
@@ -28,8 +33,9 @@ OPTIMIZERS = {
 BASELINES = ("sgd", "sgd nesterov 0.9")
 
 
-def measure_optimizer_steps(backend, X, y, *, rounds, batch_size=BATCH_SIZE, hidden=(128, 64), seed=0,
-                            settle_seconds=0.0):
+def measure_optimizer_steps(backend: BackendBase, X: FloatArray | Pixels, y: np.ndarray, *, rounds: int,
+                            batch_size: int = BATCH_SIZE, hidden: tuple[int, ...] = (128, 64), seed: int = 0,
+                            settle_seconds: float = 0.0) -> list[dict[str, Any]]:
     """One {'optimizer', 'step_us', 'vs_sgd', 'vs_sgd_nesterov', 'round_step_us'} per entry of OPTIMIZERS.
 
     rounds >= 2: epochs per optimiser, interleaved; the first is left out of every figure.
@@ -42,7 +48,7 @@ def measure_optimizer_steps(backend, X, y, *, rounds, batch_size=BATCH_SIZE, hid
     for trainer in trainers.values():  # compile (or load) the epoch before any timed round
         backend.warm_up(trainer.model, pixels=not isinstance(X, np.ndarray))
     steps = -(-len(y) // batch_size)
-    seconds = {name: [] for name in OPTIMIZERS}
+    seconds: dict[str, list[float]] = {name: [] for name in OPTIMIZERS}
     for _ in range(rounds):
         for name, trainer in trainers.items():
             time.sleep(settle_seconds)
@@ -50,7 +56,7 @@ def measure_optimizer_steps(backend, X, y, *, rounds, batch_size=BATCH_SIZE, hid
             trainer.fit(X, y, epochs=1)
             seconds[name].append(time.perf_counter() - start)
     steady = {name: np.asarray(s[1:]) for name, s in seconds.items()}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in OPTIMIZERS:
         row = {"optimizer": name, "step_us": float(np.median(steady[name])) / steps * 1e6,
                "round_step_us": [s / steps * 1e6 for s in seconds[name]]}

@@ -431,7 +431,7 @@ def argmax_rows_into(out: Ints, Z: F32) -> None:
 def packed_adam_update_inplace(P: F32, M: F32, S: F32, A: F32, dZ: F32, lr: float, beta1: float, beta2: float,
                                eps: float, weight_decay: float, step: int, decoupled: bool) -> None:
     """Checked `kernels.packed_adam_update_inplace`: Adam's (AdamW's) step t = step on W and its moments M, S, all packed; overwrites P, M and S."""
-    weight_decay = _check_packed_update(P, A, dZ, weight_decay)
+    decay = _check_packed_update(P, A, dZ, weight_decay)
     for name, state in (("M", M), ("S", S)):
         _check_packed(name, state, A.shape[1], dZ.shape[1], written=True)
         for other, a in (("P", P), ("A", A), ("dZ", dZ)):
@@ -439,16 +439,16 @@ def packed_adam_update_inplace(P: F32, M: F32, S: F32, A: F32, dZ: F32, lr: floa
     _apart("S", S, "M", M)
     betas = []
     for name, beta in (("beta1", beta1), ("beta2", beta2)):
-        beta = _finite(name, beta)
-        if not 0 <= beta < 1:
-            raise ValueError(f"{name} must be in [0, 1), got {float(beta)!r}")
-        betas.append(beta)
-    eps = _finite("eps", eps)
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0 in float32, got {float(eps)!r}")
+        value = _finite(name, beta)
+        if not 0 <= value < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {float(value)!r}")
+        betas.append(value)
+    eps32 = _finite("eps", eps)
+    if not eps32 > 0:
+        raise ValueError(f"eps must be > 0 in float32, got {float(eps32)!r}")
     if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 1:
         raise ValueError(f"step must be an integer >= 1 (Adam's t, counted from 1), got {step!r}")
     if not isinstance(decoupled, (bool, np.bool_)):
         raise TypeError(f"decoupled must be a bool, got {type(decoupled).__name__}")
-    kernels.packed_adam_update_inplace(P, M, S, A, dZ, np.float32(check_positive_float(lr, "lr")), *betas, eps,
-                                       weight_decay, int(step), bool(decoupled))
+    kernels.packed_adam_update_inplace(P, M, S, A, dZ, np.float32(check_positive_float(lr, "lr")), *betas, eps32,
+                                       decay, int(step), bool(decoupled))
