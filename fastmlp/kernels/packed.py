@@ -186,11 +186,14 @@ def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule
     panel_size = K * PANEL_WIDTH
     lr32, mu32, wd32 = np.float32(lr), np.float32(momentum), np.float32(weight_decay)
     beta2_32, eps32, c1_32, c2_32 = np.float32(beta2), np.float32(eps), np.float32(c1), np.float32(c2)
-    for p in range(p0, p1):
-        col = p * PANEL_WIDTH
-        ncols = min(PANEL_WIDTH, N - col)
-        for k in range(k0, k1, TILE_ROWS):
-            rows = min(TILE_ROWS, k1 - k)
+    # Weight rows outer, panels inner: the TILE_ROWS columns of A that a tile reads (n cache
+    # lines, 64 KB at batch 1024) are read from L3 once and from L1/L2 for the other panels. The
+    # other order streamed all of A (3.2 MB at batch 1024) from L3 once per panel.
+    for k in range(k0, k1, TILE_ROWS):
+        rows = min(TILE_ROWS, k1 - k)
+        for p in range(p0, p1):
+            col = p * PANEL_WIDTH
+            ncols = min(PANEL_WIDTH, N - col)
             _wgrad_tile(A, k, lda, dZ, col, ldd, n, rows, ncols, P, p * panel_size + k * PANEL_WIDTH, V, lr32, mu32,
                         wd32, np.int32(rule), S, beta2_32, eps32, c1_32, c2_32)
 
