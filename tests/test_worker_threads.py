@@ -200,17 +200,23 @@ def test_an_epoch_takes_only_the_cores_other_work_leaves_free_unless_threads_is_
         def others_busy(self):
             return self.busy
 
+    def watched(backend, busy):
+        """backend with a fake load of `busy` cores, its window over: the next epoch reads it."""
+        Load.busy = busy
+        backend._free_threads()  # the first call starts watching
+        backend._load, backend._load_read_at = Load(), -np.inf
+        return backend
+
     monkeypatch.setattr(numba_fused, "training_threads", lambda: 2)
-    backend = Backend()
-    backend._load = Load()
+    assert watched(Backend(), 1.0)._free_threads() == 1
+    assert watched(Backend(), 0.1)._free_threads() == 2
+    backend = watched(Backend(), 1.0)
     assert backend._free_threads() == 1
-    Load.busy = 0.1
-    assert backend._free_threads() == 2
+    Load.busy = 0.0
+    assert backend._free_threads() == 1  # within the window the last reading stands
     asked = []
     monkeypatch.setattr(numba_fused, "epoch_workers", lambda threads, rows, sizes: asked.append(threads) or 1)
-    Load.busy = 1.0
-    for b in (backend, Backend(threads=2)):
-        b._load = Load()
+    for b in (watched(Backend(), 1.0), watched(Backend(threads=2), 1.0)):
         b.train_epoch(MLP([6, 3], seed=0), np.zeros((4, 6), np.float32), np.zeros(4, np.int64), batch_size=2,
                       lr=0.1, rng=np.random.default_rng(0))
     assert asked == [1, 2]

@@ -69,6 +69,8 @@ _MAX_WORKSPACES = 4
 # A worker takes at least this many rows of a batch: below it, the two barriers of each step cost
 # more than the rows' share of the work saves (so batch 32 runs on at most 2 workers).
 MIN_ROWS_PER_WORKER = 16
+# How long the CPU load is watched before the worker count follows it (see Backend._free_threads).
+LOAD_WINDOW_SECONDS = 1.0
 
 
 @cached_njit
@@ -350,7 +352,7 @@ class Backend(BackendBase):
         self._workspaces = OrderedDict()
         self._packed = OrderedDict()
         self._epoch_lock = threading.Lock()  # one epoch at a time: the workers share the workspace
-        self._load = None  # the CPU load since the last epoch (CpuLoad), when threads is None
+        self._load = None  # the CPU load (CpuLoad) watched by `_free_threads` when threads is None
 
     @staticmethod
     def _cached(cache, key, make):
@@ -460,14 +462,22 @@ class Backend(BackendBase):
             return total / len(data)
 
     def _free_threads(self):
-        """`training_threads()`, but no more than the cores other work left free since the last epoch.
+        """`training_threads()`, but no more than the cores other work left free over the last LOAD_WINDOW_SECONDS.
 
         Two workers that meet at a barrier three times a step wait for each other's time slice
         when another process holds one of the two cores; one worker per free core shares fairly.
+        The load is read at most once a window and the last count kept in between: /proc/stat
+        counts in 10 ms ticks, so over one 0.1 s epoch it misjudged an idle machine as a third
+        busy and halved the workers of random epochs.
         """
+        now = time.monotonic()
         if self._load is None:
-            self._load = CpuLoad()
-        return min(training_threads(), free_cores(self._load.others_busy(), self._load.cpus))
+            self._load, self._load_read_at, self._free_cores = CpuLoad(), now, None
+        if now - self._load_read_at >= LOAD_WINDOW_SECONDS:
+            self._free_cores = free_cores(self._load.others_busy(), self._load.cpus)
+            self._load_read_at = now
+        threads = training_threads()
+        return threads if self._free_cores is None else min(threads, self._free_cores)
 
     def between_epochs(self):
         """Run BLAS single-threaded for the caller's work between epochs (a Trainer's evaluation).
