@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Container, Iterator
 from contextlib import contextmanager
-from time import monotonic, process_time
+from time import monotonic, process_time, sleep
 from typing import cast
 
 from .blas_threads import blas_thread_count, set_blas_threads_here, usable_cpus
@@ -84,6 +84,25 @@ class CpuLoad:
             except (AttributeError, OSError):
                 return 0.0
         return min(float(self.cpus), max(0.0, (now[1] - last[1]) / wall - ours))
+
+
+def others_running(samples: int = 3, gap_seconds: float = 0.0005) -> int | None:
+    """Threads of other processes that are runnable right now, or None without /proc/loadavg.
+
+    /proc/loadavg's fourth field counts the runnable threads of the whole machine, the reader
+    included; the least of a few readings `gap_seconds` apart skips a thread that ran only for
+    a moment. Called from a process whose other threads are idle, so that only the reader is ours.
+    """
+    counts = []
+    for i in range(samples):
+        try:
+            with open("/proc/loadavg") as f:
+                counts.append(int(f.read().split()[3].split("/")[0]))
+        except (OSError, IndexError, ValueError):
+            return None
+        if i + 1 < samples:
+            sleep(gap_seconds)
+    return max(0, min(counts) - 1)
 
 
 def free_cores(others_busy: float, cpus: int) -> int:

@@ -62,7 +62,7 @@ from ..kernels.packed import (
     update_part,
 )
 from ..spin_barrier import abort_barrier, barrier_aborted, barrier_state, barrier_wait
-from ..thread_policy import CpuLoad, free_cores
+from ..thread_policy import CpuLoad, free_cores, others_running
 from .base import BackendBase, epoch_ranges
 
 _MAX_WORKSPACES = 4
@@ -462,13 +462,16 @@ class Backend(BackendBase):
             return total / len(data)
 
     def _free_threads(self):
-        """`training_threads()`, but no more than the cores other work left free over the last LOAD_WINDOW_SECONDS.
+        """`training_threads()`, but no more than the cores other work leaves free.
 
         Two workers that meet at a barrier three times a step wait for each other's time slice
-        when another process holds one of the two cores; one worker per free core shares fairly.
-        The load is read at most once a window and the last count kept in between: /proc/stat
-        counts in 10 ms ticks, so over one 0.1 s epoch it misjudged an idle machine as a third
-        busy and halved the workers of random epochs.
+        when another process holds one of the two cores (3 epochs of the default recipe beside a
+        CPU-bound process: 5x as long as alone); one worker per free core shares fairly. Two
+        readings: the threads of other processes runnable as the epoch starts (which sees a
+        newly started job at once), and the cores they kept busy over the last LOAD_WINDOW_SECONDS
+        (which sees one that only runs now and then). The window's reading is renewed at most
+        once a window: /proc/stat counts in 10 ms ticks, and over one 0.1 s epoch it misjudged an
+        idle machine as a third busy.
         """
         now = time.monotonic()
         if self._load is None:
@@ -477,6 +480,9 @@ class Backend(BackendBase):
             self._free_cores = free_cores(self._load.others_busy(), self._load.cpus)
             self._load_read_at = now
         threads = training_threads()
+        running = others_running()
+        if running is not None:
+            threads = min(threads, max(1, self._load.cpus - running))
         return threads if self._free_cores is None else min(threads, self._free_cores)
 
     def between_epochs(self):
