@@ -171,3 +171,13 @@ def test_a_busy_core_among_many_free_ones_leaves_blas_its_own_count(monkeypatch)
     assert policy.apply() == 2
     machine.run(1.0, others=7.0, ours=1.0)
     assert policy.apply() == 1
+
+
+def test_others_running_is_the_least_runnable_count_of_a_few_readings_less_the_reader(monkeypatch):
+    import io
+
+    from fastmlp import thread_policy
+
+    readings = iter(["0.50 0.40 0.30 3/120 4242\n", "0.50 0.40 0.30 2/120 4242\n", "0.50 0.40 0.30 4/120 4242\n"])
+    monkeypatch.setattr(thread_policy, "open", lambda path: io.StringIO(next(readings)), raising=False)
+    assert thread_policy.others_running(samples=3, gap_seconds=0.0) == 1
