@@ -104,10 +104,15 @@ def check_adam_options(betas: tuple[float, float], eps: float, *,
 
 def check_moments(moments: object, model: MLP) -> None:
     """Raise unless moments is an `AdamMoments` made for model's layer sizes."""
-    if not isinstance(moments, AdamMoments):
-        raise TypeError(f"Adam needs moments=fastmlp.optim.AdamMoments(model), got {type(moments).__name__}")
-    if not moments.fits(model):
-        raise ValueError(f"moments were made for layer sizes {moments.layer_sizes}, "
+    _check_buffers(moments, AdamMoments, model, "Adam needs moments", "moments were")
+
+
+def _check_buffers(buffers: object, kind: type, model: MLP, needs: str, were: str) -> None:
+    """Raise unless buffers is a `kind` (Velocity, AdamMoments) made for model's layer sizes."""
+    if not isinstance(buffers, kind):
+        raise TypeError(f"{needs}=fastmlp.optim.{kind.__name__}(model), got {type(buffers).__name__}")
+    if not buffers.fits(model):  # type: ignore[attr-defined]
+        raise ValueError(f"{were} made for layer sizes {buffers.layer_sizes}, "  # type: ignore[attr-defined]
                          f"not the model's {tuple(model.layer_sizes)}")
 
 
@@ -128,11 +133,7 @@ def check_sgd_options(momentum: float, nesterov: bool, weight_decay: float) -> t
 
 def check_velocity(velocity: object, model: MLP) -> None:
     """Raise unless velocity is a `Velocity` made for model's layer sizes."""
-    if not isinstance(velocity, Velocity):
-        raise TypeError(f"momentum > 0 needs velocity=fastmlp.optim.Velocity(model), got {type(velocity).__name__}")
-    if not velocity.fits(model):
-        raise ValueError(f"velocity was made for layer sizes {velocity.layer_sizes}, "
-                         f"not the model's {tuple(model.layer_sizes)}")
+    _check_buffers(velocity, Velocity, model, "momentum > 0 needs velocity", "velocity was")
 
 
 def _check_real(value: object, name: str) -> float:

@@ -9,7 +9,6 @@ user runs it with a read-only HOME: root would ignore the permissions, a normal 
 import os
 import re
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile

@@ -53,7 +53,7 @@ from .elementwise import (
     softmax_xent_backward_rows_inplace,
 )
 from .gather import gather_labels, gather_rows, gather_rows_scaled
-from .packed import (
+from .packed import (  # noqa: F401  PANEL_WIDTH, TILE_ROWS, packed_shape, panel_count: public, not kernels
     PANEL_WIDTH,
     TILE_ROWS,
     pack_weights_into,

@@ -27,7 +27,6 @@ pieces the numba backend's worker threads split a step into.
 """
 
 import numpy as np
-from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
