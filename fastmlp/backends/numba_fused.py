@@ -467,9 +467,9 @@ class Backend(BackendBase):
         Two workers that meet at a barrier three times a step wait for each other's time slice
         when another process holds one of the two cores (3 epochs of the default recipe beside a
         CPU-bound process: 5x as long as alone); one worker per free core shares fairly. Two
-        readings: the threads of other processes runnable as the epoch starts (which sees a
-        newly started job at once), and the cores they kept busy over the last LOAD_WINDOW_SECONDS
-        (which sees one that only runs now and then). The window's reading is renewed at most
+        readings: until a first window has passed, the threads of other processes runnable as
+        the epoch starts (a short training sees the job beside it at once); then the cores they
+        kept busy over the last LOAD_WINDOW_SECONDS (which also sees one that runs now and then). The window's reading is renewed at most
         once a window: /proc/stat counts in 10 ms ticks, and over one 0.1 s epoch it misjudged an
         idle machine as a third busy.
         """
@@ -483,10 +483,12 @@ class Backend(BackendBase):
             self._free_cores = max(1, int(self._load.cpus - self._load.others_busy() + 0.5))
             self._load_read_at = now
         threads = training_threads()
+        if self._free_cores is not None:
+            return min(threads, self._free_cores)
+        # Until the first window is read: the ~1 ms of readings, just before the workers start,
+        # cost an idle machine's epochs ~10 % when they were taken before every epoch.
         running = others_running()
-        if running is not None:
-            threads = min(threads, max(1, self._load.cpus - running))
-        return threads if self._free_cores is None else min(threads, self._free_cores)
+        return threads if running is None else min(threads, max(1, self._load.cpus - running))
 
     def between_epochs(self):
         """Run BLAS single-threaded for the caller's work between epochs (a Trainer's evaluation).
