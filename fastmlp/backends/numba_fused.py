@@ -105,16 +105,17 @@ def backward_rows(transposed, acts, deltas, r0, r1):
 
 @cached_njit
 def adam_bias_update(b, mb, sb, g, lr, beta1, beta2, eps, bc1, bc2):
-    """The Adam step of simd_ir.wgrad_tile on a bias (never decayed): mb, sb its moments, g its gradient, (bc1, bc2)
-    adam_corrections of the step; all float32; overwrites b, mb and sb."""
+    """The Adam step of simd_ir.wgrad_tile on a bias (never decayed), in that kernel's arrangement of the formulas:
+    mb, sb its moments, g its gradient, (bc1, bc2) adam_corrections of the step; all float32; overwrites b, mb and sb."""
     one = np.float32(1.0)
-    step = lr * bc1
+    neg_step = -(lr * bc1 / bc2)
+    eps_over_bc2 = eps / bc2
     for j in range(b.shape[0]):
-        m = beta1 * mb[j] + (one - beta1) * g[j]
-        v = beta2 * sb[j] + (one - beta2) * (g[j] * g[j])
+        m = mb[j] + (one - beta1) * (g[j] - mb[j])
+        v = sb[j] + (one - beta2) * (g[j] * g[j] - sb[j])
         mb[j] = m
         sb[j] = v
-        b[j] -= step * m / (np.sqrt(v) * bc2 + eps)
+        b[j] += neg_step * (m / (np.sqrt(v) + eps_over_bc2))
 
 
 @cached_njit
