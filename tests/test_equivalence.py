@@ -5,9 +5,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastmlp import MLP, Trainer
+from fastmlp import MLP, Trainer, get_backend
 from fastmlp.datasets import load_mnist
-from fastmlp.testing import assert_backends_equivalent, backend_differences, kink_allowance
+from fastmlp.testing import (
+    assert_backends_equivalent,
+    backend_differences,
+    kink_allowance,
+)
 
 
 @st.composite
@@ -117,6 +121,20 @@ def test_adam_agrees_on_edge_cases(adam):
         assert_backends_equivalent(model, X, y, steps=10, batch_size=8, lr=1e-2, **adam)
 
 
+def backend_with_scaled_weight_gradient(layer, factor=1.001):
+    """A numpy-backend class whose weight gradient of `layer` is `factor` times the true one."""
+
+    class Perturbed(type(get_backend("numpy"))):
+        name = "perturbed"
+
+        def _loss_and_grads(self, model, X, y):
+            loss, dW, db = super()._loss_and_grads(model, X, y)
+            dW[layer] = dW[layer] * np.float32(factor)
+            return loss, dW, db
+
+    return Perturbed
+
+
 def test_the_helper_reports_an_adam_step_that_differs():
     class Perturbed(type(__import__("fastmlp").get_backend("numpy"))):
         name = "perturbed"
@@ -141,14 +159,7 @@ def test_momentum_agrees_on_edge_cases(sgd):
 
 
 def test_the_helper_reports_a_backend_that_differs():
-    class Perturbed(type(__import__("fastmlp").get_backend("numpy"))):
-        name = "perturbed"
-
-        def _loss_and_grads(self, model, X, y):
-            loss, dW, db = super()._loss_and_grads(model, X, y)
-            dW[0] = dW[0] * np.float32(1.001)
-            return loss, dW, db
-
+    Perturbed = backend_with_scaled_weight_gradient(0)
     rng = np.random.default_rng(0)
     model = MLP([10, 8, 3], seed=0)
     X, y = rng.random((16, 10), dtype=np.float32), rng.integers(0, 3, 16)
@@ -225,14 +236,7 @@ def test_the_kink_allowance_is_zero_without_a_unit_at_the_kink_and_local_with_on
 
 
 def test_the_helper_still_reports_a_small_error_on_a_batch_with_a_unit_at_the_kink():
-    class Perturbed(type(__import__("fastmlp").get_backend("numpy"))):
-        name = "perturbed"
-
-        def _loss_and_grads(self, model, X, y):
-            loss, dW, db = super()._loss_and_grads(model, X, y)
-            dW[1] = dW[1] * np.float32(1.001)
-            return loss, dW, db
-
+    Perturbed = backend_with_scaled_weight_gradient(1)
     rng = np.random.default_rng(0)
     model = MLP([784, 128, 64, 10], seed=0)
     X, y = rng.random((512, 784), dtype=np.float32), rng.integers(0, 10, 512)
