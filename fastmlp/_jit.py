@@ -17,18 +17,29 @@ is decided once, at the import of this module, by decorating a function of this 
 fastmlp's source lives in the same package folder, so one probe answers for every module): if it
 cannot, every `cached_njit` function compiles in memory only (each run compiles again, ~10 s), and
 one warning line says so and names `NUMBA_CACHE_DIR`, the fix.
+
+Numba keys a cached function by its own bytecode and invalidates it when its own file changes,
+not when a function it calls, or the LLVM IR an intrinsic emits, changes in another file: after
+an edit to `kernels/simd_ir.py` alone, every cached caller kept running the old microkernels.
+So `cached_njit` functions use `SourceKeyedCache`, whose key also holds a hash of every fastmlp
+source file that holds compiled code (`compiled_sources_hash`): an edit to any of them compiles
+every kernel again, once, and an install (whose files never change) always finds its cache.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from numba import njit
+from numba.core.caching import FunctionCache
 
-__all__ = ["CACHE", "JitCacheWarning", "cached_njit"]
+__all__ = ["CACHE", "JitCacheWarning", "SourceKeyedCache", "cached_njit", "compiled_sources_hash"]
 
 
 class JitCacheWarning(UserWarning):
@@ -61,6 +72,29 @@ if not CACHE:
     warnings.warn_explicit(NO_CACHE_MESSAGE, JitCacheWarning, filename="fastmlp", lineno=0, module="fastmlp")
 
 
+# A source file holds compiled code when it names one of these (its kernels, or the IR they emit).
+_COMPILED_CODE_MARKERS = (b"cached_njit", b"@intrinsic", b"llvmlite")
+
+
+@functools.cache
+def compiled_sources_hash() -> str:
+    """sha256 over the fastmlp source files that hold compiled code (paths and contents); computed once, at the first cache lookup."""
+    package = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        source = path.read_bytes()
+        if any(marker in source for marker in _COMPILED_CODE_MARKERS):
+            digest.update(path.relative_to(package).as_posix().encode() + b"\0" + source)
+    return digest.hexdigest()
+
+
+class SourceKeyedCache(FunctionCache):
+    """Numba's on-disk cache of one function, keyed also by compiled_sources_hash() (see the module doc)."""
+
+    def _index_key(self, sig: Any, codegen: Any) -> Any:
+        return (*super()._index_key(sig, codegen), compiled_sources_hash())
+
+
 def cached_njit(function: Callable[..., Any] | None = None, **options: Any) -> Any:
     """`numba.njit(**options, cache=CACHE)`; use as `@cached_njit` or `@cached_njit(nogil=True)`.
 
@@ -69,5 +103,11 @@ def cached_njit(function: Callable[..., Any] | None = None, **options: Any) -> A
     """
     if "cache" in options:
         raise TypeError("cached_njit decides the cache itself; use numba.njit for an explicit cache=")
-    decorate = njit(cache=CACHE, **options)
+
+    def decorate(python_function: Callable[..., Any]) -> Any:
+        dispatcher = njit(cache=CACHE, **options)(python_function)
+        if CACHE:
+            dispatcher._cache = SourceKeyedCache(dispatcher.py_func)
+        return dispatcher
+
     return decorate if function is None else decorate(function)
