@@ -84,3 +84,27 @@ def test_adam_first_step_moves_every_weight_with_a_gradient_by_lr():
         for W, W0, g in zip(model.weights, before, dW):
             big = np.abs(g) > 1e-5
             np.testing.assert_allclose((W - W0)[big], -1e-3 * np.sign(g[big]), rtol=1e-3)
+
+
+def test_the_fused_bias_step_flushes_subnormal_moments_as_the_reference_does():
+    from fastmlp.backends.numba_fused import adam_bias_update
+    from fastmlp.backends.numpy_ref import adam_update
+    from fastmlp.kernels.packed import adam_corrections
+
+    tiny = np.finfo(np.float32).tiny
+    g = np.array([0, 0, 0, 0, 0.5], np.float32)  # no gradient: the moments only decay, by beta1 and beta2
+    m = np.array([1.2e-38, -1.2e-38, 1e-30, 0, 0.1], np.float32)  # x 0.9: subnormal, subnormal, normal
+    s = np.array([1.1e-38, 1e-30, 1.1e-38, 0, 0.2], np.float32)  # 1.1e-38 is subnormal already
+    b = np.ones(5, np.float32)
+    t, lr, betas, eps = 4, np.float32(1e-3), (0.9, 0.999), 1e-8
+    b_ref, m_ref, s_ref = b.copy(), m.copy(), s.copy()
+    adam_update(b_ref, m_ref, s_ref, g, lr, betas, eps, t)
+    bc1, bc2 = adam_corrections(*betas, t)
+    adam_bias_update(b, m, s, g, lr, np.float32(betas[0]), np.float32(betas[1]), np.float32(eps), np.float32(bc1),
+                     np.float32(bc2))
+    for fused, ref in ((m, m_ref), (s, s_ref)):
+        np.testing.assert_array_equal(fused == 0, ref == 0)
+        assert np.all((fused == 0) | (np.abs(fused) >= tiny))
+    np.testing.assert_array_equal(m == 0, [True, True, False, True, False])
+    np.testing.assert_array_equal(s == 0, [True, False, True, True, False])
+    np.testing.assert_allclose(b, b_ref, rtol=1e-6)

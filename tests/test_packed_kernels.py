@@ -133,6 +133,33 @@ def test_adam_kernel_matches_the_formulas_of_optim(m, k, n, wd, t, decoupled, se
         assert not a[-1, :, (n - 1) % PANEL_WIDTH + 1:].any()  # the padding and its moments stay zero
 
 
+def test_adam_flushes_subnormal_moments_to_zero_in_the_kernel_and_the_reference_alike():
+    # Weight rows whose inputs are all 0 get g = 0: their moments only decay, by beta1 and beta2.
+    from fastmlp.backends.numpy_ref import adam_update
+
+    tiny = np.finfo(np.float32).tiny
+    rng = np.random.default_rng(0)
+    k, n = 2 * TILE_ROWS + 3, PANEL_WIDTH + 5
+    A, dZ, W = f32(rng, 6, k), f32(rng, 6, n), f32(rng, k, n)
+    A[:, :TILE_ROWS + 1] = 0
+    M, S = f32(rng, k, n), np.abs(f32(rng, k, n))
+    M[:TILE_ROWS + 1] = np.where(rng.random((TILE_ROWS + 1, n)) < 0.5, 1.2e-38, -1e-30)  # 0.9x: subnormal, or not
+    S[:TILE_ROWS + 1] = np.where(rng.random((TILE_ROWS + 1, n)) < 0.5, 1.1e-38, 1e-30)  # 1.1e-38 is subnormal
+    P, PM, PS = packed(W), packed(M), packed(S)
+    kernels.packed_adam_update_inplace(P, PM, PS, A, dZ, 1e-3, 0.9, 0.999, 1e-8, 0.0, 3, False)
+    W_ref, M_ref, S_ref = W.copy(), M.copy(), S.copy()
+    adam_update(W_ref, M_ref, S_ref, A.T @ dZ, np.float32(1e-3), (0.9, 0.999), 1e-8, 3)
+    decayed = slice(0, TILE_ROWS + 1)
+    for moment, ref, start in ((PM, M_ref, M), (PS, S_ref, S)):
+        back = np.empty_like(W)
+        kernels.unpack_weights_into(back, moment)
+        flushed = np.abs(start[decayed]) < 1e-37
+        assert flushed.any() and not flushed.all()
+        assert not back[decayed][flushed].any() and not ref[decayed][flushed].any()
+        assert np.all(np.abs(back[decayed][~flushed]) > tiny) and np.all(np.abs(ref[decayed][~flushed]) > tiny)
+        assert_close(back, ref)
+
+
 def test_adam_steps_by_lr_on_its_first_step_and_its_arguments_leave_plain_sgd_bit_identical():
     # Step 1 of Adam is lr * sign(g) wherever |g| >> eps: the bias correction at work.
     rng = np.random.default_rng(0)

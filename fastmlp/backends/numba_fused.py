@@ -61,6 +61,7 @@ from ..kernels.packed import (
     unpack_weights_into,
     update_part,
 )
+from ..optim import SMALLEST_NORMAL
 from ..spin_barrier import abort_barrier, barrier_aborted, barrier_state, barrier_wait
 from ..thread_policy import CpuLoad, others_running
 from .base import BackendBase, epoch_ranges
@@ -105,14 +106,19 @@ def backward_rows(transposed, acts, deltas, r0, r1):
 
 @cached_njit
 def adam_bias_update(b, mb, sb, g, lr, beta1, beta2, eps, bc1, bc2):
-    """The Adam step of simd_ir.wgrad_tile on a bias (never decayed), in that kernel's arrangement of the formulas:
-    mb, sb its moments, g its gradient, (bc1, bc2) adam_corrections of the step; all float32; overwrites b, mb and sb."""
+    """The Adam step of simd_ir.wgrad_tile on a bias (never decayed), in that kernel's arrangement of the formulas
+    (subnormal moments flushed to zero): mb, sb its moments, g its gradient, (bc1, bc2) adam_corrections of the
+    step; all float32; overwrites b, mb and sb."""
     one = np.float32(1.0)
     neg_step = -(lr * bc1 / bc2)
     eps_over_bc2 = eps / bc2
     for j in range(b.shape[0]):
         m = mb[j] + (one - beta1) * (g[j] - mb[j])
         v = sb[j] + (one - beta2) * (g[j] * g[j] - sb[j])
+        if abs(m) < SMALLEST_NORMAL:
+            m = np.float32(0.0)
+        if v < SMALLEST_NORMAL:
+            v = np.float32(0.0)
         mb[j] = m
         sb[j] = v
         b[j] += neg_step * (m / (np.sqrt(v) + eps_over_bc2))

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..inputs import FloatArray, Pixels, check_positive_int
-from ..optim import AdamMoments, Velocity
+from ..optim import SMALLEST_NORMAL, AdamMoments, Velocity
 from ..thread_policy import BlasThreadPolicy
 from .base import BackendBase, Labels, Progress, epoch_chunks
 
@@ -61,6 +61,8 @@ def adam_update(param: FloatArray, m: FloatArray, s: FloatArray, g: FloatArray, 
     m += (1 - beta1) * g                       # m_t = b1 m_{t-1} + (1 - b1) g_t
     s *= beta2
     s += (1 - beta2) * (g * g)                 # v_t = b2 v_{t-1} + (1 - b2) g_t^2
+    m[np.abs(m) < SMALLEST_NORMAL] = 0         # subnormal moments flushed to zero (fastmlp/optim.py)
+    s[s < SMALLEST_NORMAL] = 0
     m_hat = m / np.float32(1 - betas[0] ** t)  # bias-corrected first moment
     s_hat = s / np.float32(1 - betas[1] ** t)  # bias-corrected second moment
     param -= lr * m_hat / (np.sqrt(s_hat) + np.float32(eps))
