@@ -106,7 +106,7 @@ def backward_rows(transposed, acts, deltas, r0, r1):
 
 @cached_njit
 def adam_bias_update(b, mb, sb, g, lr, beta1, beta2, eps, bc1, bc2):
-    """The Adam step of simd_ir.wgrad_tile on a bias (never decayed), in that kernel's arrangement of the formulas
+    """The Adam step of simd_ir.adam_tile on a bias (never decayed), in that kernel's arrangement of the formulas
     (subnormal moments flushed to zero): mb, sb its moments, g its gradient, (bc1, bc2) adam_corrections of the
     step; all float32; overwrites b, mb and sb."""
     one = np.float32(1.0)

@@ -27,7 +27,9 @@ pieces the numba backend's worker threads split a step into.
 """
 
 import numpy as np
+from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .._jit import cached_njit
@@ -37,6 +39,7 @@ from .tiles import TILE
 
 PANEL_WIDTH = TILE.nr
 TILE_ROWS = TILE.mr
+VECTORS_PER_ROW = TILE.nv  # SIMD vectors in one packed row
 
 STORE, BIAS, BIAS_RELU, RELU_MASK = simd_ir.STORE, simd_ir.BIAS, simd_ir.BIAS_RELU, simd_ir.RELU_MASK
 PLAIN_SGD, MOMENTUM, NESTEROV = simd_ir.PLAIN_SGD, simd_ir.MOMENTUM, simd_ir.NESTEROV
@@ -71,22 +74,56 @@ def _forward_tile(typingctx, A, a_off, lda, P, p_off, K, C, c_off, ldc, rows, nc
 
 @intrinsic
 def _wgrad_tile(typingctx, A, a_off, lda, D, d_off, ldd, n, rows, ncols, P, p_off, V, lr, momentum, weight_decay,
-                rule, S, beta2, eps, c1, c2):
-    """Tile rows of W (packed) updated from A[:, k0:k0+rows].T @ D[:, panel] (simd_ir.wgrad_tile); V and S at P's offset."""
+                rule):
+    """Tile rows of W (packed) updated by an SGD rule from A[:, k0:k0+rows].T @ D[:, panel] (simd_ir.wgrad_tile); V at P's offset."""
     sig = types.void(A, types.intp, types.intp, D, types.intp, types.intp, types.intp, types.intp, types.intp, P,
-                     types.intp, V, types.float32, types.float32, types.float32, types.int32, S, types.float32,
-                     types.float32, types.float32, types.float32)
+                     types.intp, V, types.float32, types.float32, types.float32, types.int32)
 
     def codegen(context, builder, signature, args):
-        (A_, a_off_, lda_, D_, d_off_, ldd_, n_, rows_, ncols_, P_, p_off_, V_, lr_, mu_, wd_, rule_, S_, beta2_, eps_,
-         c1_, c2_) = args
+        A_, a_off_, lda_, D_, d_off_, ldd_, n_, rows_, ncols_, P_, p_off_, V_, lr_, mu_, wd_, rule_ = args
         ty = signature.args
         fn = simd_ir.wgrad_tile(builder.module, TILE)
         builder.call(fn, [_data(context, builder, ty[0], A_, a_off_), lda_, _data(context, builder, ty[3], D_, d_off_),
                           ldd_, n_, rows_, ncols_, _data(context, builder, ty[9], P_, p_off_),
-                          _data(context, builder, ty[11], V_, p_off_), lr_, mu_, wd_, rule_,
-                          _data(context, builder, ty[16], S_, p_off_), beta2_, eps_, c1_, c2_])
+                          _data(context, builder, ty[11], V_, p_off_), lr_, mu_, wd_, rule_])
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _adam_tile(typingctx, A, a_off, lda, D, d_off, ldd, n, rows, ncols, G, P, pending_off, M, S, pending, lr, beta1,
+               weight_decay, rule, beta2, eps, c1, c2):
+    """One Adam tile (simd_ir.adam_tile): this tile's gradient accumulated into G while the pending tile's, left in G,
+    updates P, M and S at offset pending_off (its first `pending` vectors)."""
+    sig = types.void(A, types.intp, types.intp, D, types.intp, types.intp, types.intp, types.intp, types.intp, G, P,
+                     types.intp, M, S, types.intp, types.float32, types.float32, types.float32, types.int32,
+                     types.float32, types.float32, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        (A_, a_off_, lda_, D_, d_off_, ldd_, n_, rows_, ncols_, G_, P_, pending_off_, M_, S_, pending_, lr_, b1_, wd_,
+         rule_, b2_, eps_, c1_, c2_) = args
+        ty = signature.args
+        fn = simd_ir.adam_tile(builder.module, TILE)
+        builder.call(fn, [_data(context, builder, ty[0], A_, a_off_), lda_, _data(context, builder, ty[3], D_, d_off_),
+                          ldd_, n_, rows_, ncols_, G_, _data(context, builder, ty[10], P_, pending_off_),
+                          _data(context, builder, ty[12], M_, pending_off_),
+                          _data(context, builder, ty[13], S_, pending_off_), pending_, lr_, b1_, wd_, rule_, b2_, eps_,
+                          c1_, c2_])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _tile_buffer(typingctx):
+    """A pointer to MR x NR floats of scratch on the stack of the function that uses it (allocated once per call of
+    that function, in its entry block): where adam_tile leaves a tile's gradient for the next call."""
+    sig = types.CPointer(types.float32)()
+
+    def codegen(context, builder, signature, args):
+        buffer = cgutils.alloca_once(builder, ir.ArrayType(ir.FloatType(), TILE.mr * TILE.nr))
+        return builder.bitcast(buffer, ir.FloatType().as_pointer())
 
     return sig, codegen
 
@@ -175,7 +212,7 @@ def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule
 
     A (n, K) holds the layer's inputs, dZ (n, N) its output gradient. rule PLAIN_SGD,
     MOMENTUM or NESTEROV as in fastmlp/optim.py, weight decay included; V is read only by
-    MOMENTUM and NESTEROV (pass P otherwise). ADAM and ADAMW (simd_ir.wgrad_tile): V is the
+    MOMENTUM and NESTEROV (pass P otherwise). ADAM and ADAMW (simd_ir.adam_tile): V is the
     first moment, S the second, momentum is beta1, (c1, c2) = adam_corrections(beta1, beta2, t);
     S, beta2, eps, c1 and c2 are read only by these (pass P and zeros otherwise).
     """
@@ -188,13 +225,29 @@ def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule
     # Weight rows outer, panels inner: the TILE_ROWS columns of A that a tile reads (n cache
     # lines, 64 KB at batch 1024) are read from L3 once and from L1/L2 for the other panels. The
     # other order streamed all of A (3.2 MB at batch 1024) from L3 once per panel.
+    if rule == ADAM or rule == ADAMW:
+        # Software-pipelined: each call accumulates one tile's gradient while it applies the
+        # previous tile's (left in G) to that tile's W, M and S; the last call, with no rows of
+        # A (n = 0), applies the last tile's. Pending tiles follow the same order as below.
+        G = _tile_buffer()
+        pending_off = pending = 0
+        for k in range(k0, k1, TILE_ROWS):
+            rows = min(TILE_ROWS, k1 - k)
+            for p in range(p0, p1):
+                col = p * PANEL_WIDTH
+                _adam_tile(A, k, lda, dZ, col, ldd, n, rows, min(PANEL_WIDTH, N - col), G, P, pending_off, V, S,
+                           pending, lr32, mu32, wd32, np.int32(rule), beta2_32, eps32, c1_32, c2_32)
+                pending_off, pending = p * panel_size + k * PANEL_WIDTH, rows * VECTORS_PER_ROW
+        _adam_tile(A, 0, lda, dZ, 0, ldd, 0, 1, 1, G, P, pending_off, V, S, pending, lr32, mu32, wd32, np.int32(rule),
+                   beta2_32, eps32, c1_32, c2_32)
+        return
     for k in range(k0, k1, TILE_ROWS):
         rows = min(TILE_ROWS, k1 - k)
         for p in range(p0, p1):
             col = p * PANEL_WIDTH
             ncols = min(PANEL_WIDTH, N - col)
             _wgrad_tile(A, k, lda, dZ, col, ldd, n, rows, ncols, P, p * panel_size + k * PANEL_WIDTH, V, lr32, mu32,
-                        wd32, np.int32(rule), S, beta2_32, eps32, c1_32, c2_32)
+                        wd32, np.int32(rule))
 
 
 @cached_njit

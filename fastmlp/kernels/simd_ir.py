@@ -21,14 +21,17 @@ the batch) runs the same loop on MR rows, the missing ones reading a real row ag
 only its real rows: one copy of the loop per kernel, where a copy per row count (a `switch`)
 doubled the cold compile time of the training epoch.
 
-Two kernels, in the packed layout of `fastmlp.kernels.packed` (P[panel, k, 0:NR]):
+Three kernels, in the packed layout of `fastmlp.kernels.packed` (P[panel, k, 0:NR]):
 - `forward_tile`: C[rows, panel] = epilogue(A[rows, :] @ P[panel]). The B vectors are one
   packed row, always NR wide (padding columns hold zeros); only the epilogue's loads and stores
   are masked to the panel's real columns.
 - `wgrad_tile`: the weight-gradient product of MR rows of a packed weight panel,
-  G = A[:, k0:k0+MR].T @ D[:, panel], applied at once to P (and the velocity V, or Adam's two
-  moments) by the update rule in the epilogue, so the gradient never leaves registers. Here A's scalars come from MR
+  G = A[:, k0:k0+MR].T @ D[:, panel], applied at once to P (and the velocity V) by an SGD rule
+  in the epilogue, so the gradient never leaves registers. Here A's scalars come from MR
   consecutive columns of one row of A, and D's rows are loaded masked to the panel's columns.
+- `adam_tile`: the same product for Adam, software-pipelined: its loop also applies the
+  previous tile's gradient to that tile's W and two moments, one vector per iteration, so that
+  Adam's loads, stores, sqrt and divide run beside the FMAs rather than after them.
 """
 
 from llvmlite import ir
@@ -96,11 +99,13 @@ class _Vectors:
         builder.call(self._store, [value, builder.bitcast(ptr, self.vt.as_pointer()), ir.Constant(I32, 4), mask])
 
 
-def _tile_loop(builder, fn, trip_count, rows, nv, vec, load_b, load_a):
+def _tile_loop(builder, fn, trip_count, rows, nv, vec, load_b, load_a, also=None):
     """The k loop of a tile: returns the rows x nv accumulators after `trip_count` iterations.
 
     load_b(builder, k) gives the nv B vectors of iteration k; load_a(builder, k, m) the scalar of
     row m. The accumulators are phi values of the loop header: registers, never memory.
+    also(builder, k), if given, emits more work into iteration k (it may add blocks, and leaves
+    the builder in the block where the iteration goes on).
     """
     entry = builder.block
     header = fn.append_basic_block("k_loop")
@@ -118,6 +123,8 @@ def _tile_loop(builder, fn, trip_count, rows, nv, vec, load_b, load_a):
     builder.cbranch(builder.icmp_signed("<", k, trip_count), body, done)
 
     builder.position_at_end(body)
+    if also is not None:
+        also(builder, k)
     b = load_b(builder, k)
     new = []
     for m in range(rows):
@@ -218,57 +225,29 @@ def _clamp_row(builder, m, rows):
 
 
 def wgrad_tile(module, tile):
-    """The LLVM function updating `rows` packed weight rows from their gradient; declared once per module.
+    """The LLVM function updating `rows` packed weight rows from their gradient by an SGD rule; declared once per module.
 
     void (float* a, i64 lda, float* d, i64 ldd, i64 n, i64 rows, i64 ncols, float* w, float* vel,
-          float lr, float momentum, float weight_decay, i32 rule,
-          float* sq, float beta2, float eps, float c1, float c2)
+          float lr, float momentum, float weight_decay, i32 rule)
     a: A[0, k0] (row stride lda); d: D[0, panel's first column] (row stride ldd); n rows of A
-    and D are summed over; w, vel, sq: P[p, k0, 0], V[p, k0, 0] and S[p, k0, 0], the tile's first
-    packed row (rows of NR floats). With G = A[:, k0:k0+rows].T @ D[:, panel] and
-    g = G + weight_decay * W:
+    and D are summed over; w, vel: P[p, k0, 0] and V[p, k0, 0], the tile's first packed row
+    (rows of NR floats). With G = A[:, k0:k0+rows].T @ D[:, panel] and g = G + weight_decay * W:
     PLAIN_SGD W -= lr * g; MOMENTUM V = momentum * V - lr * g, W += V; NESTEROV the same V,
-    W += momentum * V - lr * g.
-    ADAM (vel the first moment M, sq the second S, momentum = beta1; c1 = 1 / (1 - beta1^t) and
-    c2 = 1 / sqrt(1 - beta2^t) the bias corrections of step t):
-        M = beta1 M + (1 - beta1) g;  S = beta2 S + (1 - beta2) g^2;  W -= lr c1 M / (sqrt(S) c2 + eps)
-    ADAMW the same with g = G and W first decayed, W -= lr * weight_decay * W (decoupled).
-    vel is read only by MOMENTUM, NESTEROV and the Adam rules, sq only by the Adam rules. Padding
-    columns (past ncols) get G = 0, so zero padding stays zero (and so do its moments).
+    W += momentum * V - lr * g. vel is read only by MOMENTUM and NESTEROV. Padding columns
+    (past ncols) get G = 0, so zero padding stays zero. (Adam: adam_tile.)
     """
     name = f"fastmlp_wgrad_tile_{tile.name}"
     if name in module.globals:
         return module.globals[name]
-    fnty = ir.FunctionType(ir.VoidType(), [PTR, I64, PTR, I64, I64, I64, I64, PTR, PTR, F32, F32, F32, I32,
-                                           PTR, F32, F32, F32, F32])
+    fnty = ir.FunctionType(ir.VoidType(), [PTR, I64, PTR, I64, I64, I64, I64, PTR, PTR, F32, F32, F32, I32])
     fn = ir.Function(module, fnty, name)
     fn.linkage = "internal"
-    a, lda, d, ldd, n, rows, ncols, w, vel, lr, momentum, weight_decay, rule, sq, beta2, eps, c1, c2 = fn.args
+    a, lda, d, ldd, n, rows, ncols, w, vel, lr, momentum, weight_decay, rule = fn.args
     vec = _Vectors(module, tile.vw)
     nv, nr, vw, mr = tile.nv, tile.nr, tile.vw, tile.mr
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
-    # As in forward_tile, a tile of fewer rows reads its last real column of A again and is
-    # never stored; D's rows are loaded masked to the panel's real columns (a no-cost k-mask
-    # with AVX-512, vmaskmovps with AVX2), so that one copy of the loop serves every tile.
-    columns = [_clamp_row(builder, m, rows) for m in range(mr)]
-    masks = [_lane_mask(builder, ir.Constant(I64, v * vw), ncols, vw) for v in range(nv)]
-
-    def load_b(builder, i):
-        row = builder.gep(d, [builder.mul(i, ldd)])
-        return [vec.masked_load(builder, builder.gep(row, [ir.Constant(I64, v * vw)]), masks[v]) for v in range(nv)]
-
-    def load_a(builder, i, m):
-        return builder.load(builder.gep(a, [builder.add(builder.mul(i, lda), columns[m])]))
-
+    load_b, load_a = _wgrad_operands(builder, vec, tile, a, lda, d, ldd, rows, ncols)
     accs = _tile_loop(builder, fn, n, mr, nv, vec, load_b, load_a)
-    # The Adam rules have their own copy of the epilogue (a branch per tile, not selects), so
-    # the SGD rules' code, and so their results, stay as they were, with no sqrt or divide added.
-    sgd_block, adam_block = fn.append_basic_block("sgd"), fn.append_basic_block("adam")
-    builder.cbranch(builder.icmp_unsigned(">=", rule, ir.Constant(I32, ADAM)), adam_block, sgd_block)
-    builder.position_at_end(adam_block)
-    _adam_epilogue(builder, fn, vec, accs, rows, tile, w, vel, sq, lr, momentum, weight_decay, rule, beta2, eps, c1,
-                   c2)
-    builder.position_at_end(sgd_block)
     lr_v, mu_v, wd_v = (_splat(builder, s, vw) for s in (lr, momentum, weight_decay))
     uses_velocity = builder.icmp_unsigned("!=", rule, ir.Constant(I32, PLAIN_SGD))
     nesterov = builder.icmp_unsigned("==", rule, ir.Constant(I32, NESTEROV))
@@ -294,67 +273,129 @@ def wgrad_tile(module, tile):
     return fn
 
 
+def _wgrad_operands(builder, vec, tile, a, lda, d, ldd, rows, ncols):
+    """(load_b, load_a) of a weight-gradient tile's loop: iteration i reads row i of D and of A.
+
+    As in forward_tile, a tile of fewer rows reads its last real column of A again and is
+    never stored; D's rows are loaded masked to the panel's real columns (a no-cost k-mask
+    with AVX-512, vmaskmovps with AVX2), so that one copy of the loop serves every tile.
+    """
+    nv, vw, mr = tile.nv, tile.vw, tile.mr
+    columns = [_clamp_row(builder, m, rows) for m in range(mr)]
+    masks = [_lane_mask(builder, ir.Constant(I64, v * vw), ncols, vw) for v in range(nv)]
+
+    def load_b(builder, i):
+        row = builder.gep(d, [builder.mul(i, ldd)])
+        return [vec.masked_load(builder, builder.gep(row, [ir.Constant(I64, v * vw)]), masks[v]) for v in range(nv)]
+
+    def load_a(builder, i, m):
+        return builder.load(builder.gep(a, [builder.add(builder.mul(i, lda), columns[m])]))
+
+    return load_b, load_a
+
+
 # The smallest normal float32: Adam's moments below it are flushed to zero (fastmlp/optim.py).
 SMALLEST_NORMAL = 1.1754943508222875e-38
 
 
-def _adam_epilogue(builder, fn, vec, accs, rows, tile, w, vel, sq, lr, beta1, weight_decay, rule, beta2, eps, c1, c2):
-    """The ADAM / ADAMW update of the tile's real rows of NR weights from G = accs (see wgrad_tile); returns from fn.
+def adam_tile(module, tile):
+    """The LLVM function of one software-pipelined Adam tile; declared once per module.
 
-    One pass: each vector of W, M and S is loaded once, updated in registers and stored once.
-    The formulas are wgrad_tile's, rearranged so that as few operations as possible land on the
-    FMA pipes, which the tile's loop keeps busy (an add or subtract goes to the FP adders; on
-    Zen those are separate pipes):
-        M' = M + (1 - beta1) (g - M)                  (= beta1 M + (1 - beta1) g)
-        S' = S + (1 - beta2) (g^2 - S)                (= beta2 S + (1 - beta2) g^2)
+    void (float* a, i64 lda, float* d, i64 ldd, i64 n, i64 rows, i64 ncols, float* g_buf,
+          float* w, float* m, float* s, i64 pending,
+          float lr, float beta1, float weight_decay, i32 rule, float beta2, float eps, float c1, float c2)
+    Two things in one loop over the n rows of A and D:
+    - this tile's G = A[:, k0:k0+rows].T @ D[:, panel] (a, lda, d, ldd, rows, ncols as in
+      wgrad_tile), stored into g_buf (MR x NR floats, rows past `rows` included) when the loop ends;
+    - the previous tile's update: g_buf holds its G on entry, and w, m, s point at its first
+      packed row of W and of Adam's moments M and S. Its first `pending` vectors (its real rows
+      times NV) are updated, vector i in iteration i, or after the loop when i >= n.
+    The caller passes pending = 0 with its first tile, and applies its last one with n = 0.
+    Each tile's update (3 loads, 3 stores, a sqrt, a divide and 8 more operations a vector, 16
+    vectors a tile) so runs beside the next tile's FMAs, where at the end of its own loop it
+    left the FMA pipes idle: on one Zen 5 core, updating 2 panels of a 784 x 128 weight at batch
+    64, the Adam step cost 1.16x the plain SGD step's kernel that way, 1.00-1.05x this way.
+
+    The update of one vector, rule ADAM or ADAMW (momentum is beta1; c1 = 1 / (1 - beta1^t) and
+    c2 = 1 / sqrt(1 - beta2^t), the bias corrections of step t), arranged so that few of its
+    operations land on the FMA pipes (an add or subtract goes to the FP adders):
+        g  = G + l2 W                  l2 = weight_decay for ADAM, 0 for ADAMW (g = G exactly)
+        W0 = W + decay W               decay = -lr weight_decay for ADAMW, 0 for ADAM (W0 = W exactly)
+        M' = M + (1 - beta1) (g - M)   (= beta1 M + (1 - beta1) g)
+        S' = S + (1 - beta2) (g^2 - S) (= beta2 S + (1 - beta2) g^2)
+        M', S' = 0 where |M'|, S' < SMALLEST_NORMAL
         W' = W0 - (lr c1 / c2) M' / (sqrt(S') + eps / c2)
-    where the last is lr c1 M' / (sqrt(S') c2 + eps) divided through by c2, and W0 is W (ADAM)
-    or W - lr weight_decay W (ADAMW). That is 4 FMA-pipe operations a vector (g^2 and three
-    FMAs), besides a sqrt and a divide, where the textbook order takes 9. With both forms in one
-    build, side by side on one Zen 5 core, the kernel cost 1.12x SGD's where the textbook order
-    cost 1.16x (784 x 128 at batch 64; 1.11x and 1.17x at 784 x 32). Each weight-decay form has
-    its own copy (a branch per tile), so that none pays for another's operation:
-    ADAM with weight_decay 0 (g = G), ADAM with an L2 term (g = G + weight_decay W), ADAMW.
-    M' and S' below the smallest normal float32 are stored as 0: subnormal operands make the
-    divide 2.4x slower on this project's Zen 5, and 3 % of M's entries were subnormal after 4
-    epochs of MNIST (those of weights whose pixel is nearly always 0, M decaying by beta1).
+    the last being lr c1 M' / (sqrt(S') c2 + eps) divided through by c2. The flush keeps
+    subnormal floats out of the divide (on this project's Zen 5, a divide of a subnormal runs
+    2.4x slower; 3 % of M's entries were subnormal after 4 epochs: those of weights whose pixel
+    is nearly always 0), and changes W by less than 1e-30.
+    Padding columns have G = 0, so their W, M and S stay zero.
     """
-    vw, nv, nr, mr = vec.vw, tile.nv, tile.nr, tile.mr
-    one = ir.Constant(F32, 1.0)
+    name = f"fastmlp_adam_tile_{tile.name}"
+    if name in module.globals:
+        return module.globals[name]
+    fnty = ir.FunctionType(ir.VoidType(), [PTR, I64, PTR, I64, I64, I64, I64, PTR, PTR, PTR, PTR, I64,
+                                           F32, F32, F32, I32, F32, F32, F32, F32])
+    fn = ir.Function(module, fnty, name)
+    fn.linkage = "internal"
+    (a, lda, d, ldd, n, rows, ncols, g_buf, w, first_moment, second_moment, pending, lr, beta1, weight_decay, rule,
+     beta2, eps, c1, c2) = fn.args
+    vec = _Vectors(module, tile.vw)
+    nv, vw, mr = tile.nv, tile.vw, tile.mr
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    load_b, load_a = _wgrad_operands(builder, vec, tile, a, lda, d, ldd, rows, ncols)
+    one, zero = ir.Constant(F32, 1.0), ir.Constant(F32, 0.0)
     b1c, b2c = (_splat(builder, builder.fsub(one, s), vw) for s in (beta1, beta2))  # 1 - beta
     neg_step = _splat(builder, builder.fneg(builder.fdiv(builder.fmul(lr, c1), c2)), vw)  # -lr c1 / c2
     eps_v = _splat(builder, builder.fdiv(eps, c2), vw)  # eps / c2
-    wd_v = _splat(builder, weight_decay, vw)
-    smallest = ir.Constant(vec.vt, [SMALLEST_NORMAL] * vw)
-    neg_decay = _splat(builder, builder.fneg(builder.fmul(lr, weight_decay)), vw)
     decoupled = builder.icmp_unsigned("==", rule, ir.Constant(I32, ADAMW))
-    l2 = builder.and_(builder.not_(decoupled), builder.fcmp_unordered("!=", weight_decay, ir.Constant(F32, 0.0)))
-    plain_block, l2_block, decoupled_block = (fn.append_basic_block(f"adam_{form}") for form in ("plain", "l2", "w"))
-    builder.cbranch(decoupled, decoupled_block, plain_block)
-    builder.position_at_end(plain_block)
-    no_l2_block = fn.append_basic_block("adam_no_l2")
-    builder.cbranch(l2, l2_block, no_l2_block)
+    l2 = _splat(builder, builder.select(decoupled, zero, weight_decay), vw)
+    decay = _splat(builder, builder.select(decoupled, builder.fneg(builder.fmul(lr, weight_decay)), zero), vw)
+    smallest = ir.Constant(vec.vt, [SMALLEST_NORMAL] * vw)
 
-    for block, form in ((no_l2_block, "plain"), (l2_block, "l2"), (decoupled_block, "w")):
-        builder.position_at_end(block)
+    def flushed(builder, x, magnitude):
+        return builder.select(builder.fcmp_ordered("<", magnitude, smallest), vec.zero, x)
 
-        def update_row(builder, m, form=form):
-            for v in range(nv):
-                offset = ir.Constant(I64, m * nr + v * vw)
-                w_ptr, m_ptr, s_ptr = builder.gep(w, [offset]), builder.gep(vel, [offset]), builder.gep(sq, [offset])
-                weight = vec.load(builder, w_ptr)
-                g = builder.call(vec.fma, [wd_v, weight, accs[m][v]]) if form == "l2" else accs[m][v]
-                base = builder.call(vec.fma, [neg_decay, weight, weight]) if form == "w" else weight
-                old_m, old_s = vec.load(builder, m_ptr), vec.load(builder, s_ptr)
-                first = builder.call(vec.fma, [b1c, builder.fsub(g, old_m), old_m])
-                second = builder.call(vec.fma, [b2c, builder.fsub(builder.fmul(g, g), old_s), old_s])
-                # Subnormal moments flushed to zero (fastmlp/optim.py); S >= 0.
-                first = builder.select(builder.fcmp_ordered("<", builder.call(vec.fabs, [first]), smallest), vec.zero,
-                                       first)
-                second = builder.select(builder.fcmp_ordered("<", second, smallest), vec.zero, second)
-                vec.store(builder, first, m_ptr)
-                vec.store(builder, second, s_ptr)
-                denom = builder.fadd(builder.call(vec.sqrt, [second]), eps_v)
-                vec.store(builder, builder.call(vec.fma, [neg_step, builder.fdiv(first, denom), base]), w_ptr)
+    def update_vector(builder, i):
+        """The pending tile's vector i (i * VW floats into each of its arrays) updated from its G in g_buf."""
+        offset = builder.mul(i, ir.Constant(I64, vw))
+        g_ptr, w_ptr, m_ptr, s_ptr = (builder.gep(p, [offset]) for p in (g_buf, w, first_moment, second_moment))
+        weight, old_m, old_s = vec.load(builder, w_ptr), vec.load(builder, m_ptr), vec.load(builder, s_ptr)
+        g = builder.call(vec.fma, [l2, weight, vec.load(builder, g_ptr)])
+        base = builder.call(vec.fma, [decay, weight, weight])
+        new_m = builder.call(vec.fma, [b1c, builder.fsub(g, old_m), old_m])
+        new_m = flushed(builder, new_m, builder.call(vec.fabs, [new_m]))
+        new_s = builder.call(vec.fma, [b2c, builder.fsub(builder.fmul(g, g), old_s), old_s])
+        new_s = flushed(builder, new_s, new_s)  # S >= 0
+        vec.store(builder, new_m, m_ptr)
+        vec.store(builder, new_s, s_ptr)
+        denom = builder.fadd(builder.call(vec.sqrt, [new_s]), eps_v)
+        vec.store(builder, builder.call(vec.fma, [neg_step, builder.fdiv(new_m, denom), base]), w_ptr)
 
-        _for_real_rows(builder, fn, rows, mr, update_row)
+    def update_pending_vector(builder, i):  # in iteration i of the loop: vector i, if pending
+        now, then = fn.append_basic_block("update"), fn.append_basic_block("accumulate")
+        builder.cbranch(builder.icmp_signed("<", i, pending), now, then)
+        builder.position_at_end(now)
+        update_vector(builder, i)
+        builder.branch(then)
+        builder.position_at_end(then)
+
+    accs = _tile_loop(builder, fn, n, mr, nv, vec, load_b, load_a, update_pending_vector)
+    # The pending vectors the loop did not reach (all of them when n = 0).
+    before = builder.block
+    header, body, done = (fn.append_basic_block(f"rest_{part}") for part in ("loop", "body", "done"))
+    builder.branch(header)
+    builder.position_at_end(header)
+    i = builder.phi(I64, "i")
+    i.add_incoming(n, before)
+    builder.cbranch(builder.icmp_signed("<", i, pending), body, done)
+    builder.position_at_end(body)
+    update_vector(builder, i)
+    i.add_incoming(builder.add(i, ir.Constant(I64, 1)), builder.block)
+    builder.branch(header)
+    builder.position_at_end(done)
+    for m in range(mr):  # this tile's G, pending for the next call
+        for v in range(nv):
+            vec.store(builder, accs[m][v], builder.gep(g_buf, [ir.Constant(I64, (m * nv + v) * vw)]))
+    builder.ret_void()
+    return fn
