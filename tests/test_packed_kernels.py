@@ -147,6 +147,7 @@ def test_adam_flushes_subnormal_moments_to_zero_in_the_kernel_and_the_reference_
     S[:TILE_ROWS + 1] = np.where(rng.random((TILE_ROWS + 1, n)) < 0.5, 1.1e-38, 1e-30)  # 1.1e-38 is subnormal
     P, PM, PS = packed(W), packed(M), packed(S)
     kernels.packed_adam_update_inplace(P, PM, PS, A, dZ, 1e-3, 0.9, 0.999, 1e-8, 0.0, 3, False)
+    assert np.float32(1.2e-38) * np.float32(0.5) != 0  # the kernel left this thread's float modes as they were
     W_ref, M_ref, S_ref = W.copy(), M.copy(), S.copy()
     adam_update(W_ref, M_ref, S_ref, A.T @ dZ, np.float32(1e-3), (0.9, 0.999), 1e-8, 3)
     decayed = slice(0, TILE_ROWS + 1)

@@ -128,6 +128,35 @@ def _tile_buffer(typingctx):
     return sig, codegen
 
 
+@intrinsic
+def _flush_subnormals_on(typingctx):
+    """x86: turn on the MXCSR's flush-to-zero and denormals-are-zero modes for this thread; returns the
+    MXCSR to restore (`_restore_mxcsr`). A no-op returning 0 elsewhere (simd_ir.adam_tile flushes itself)."""
+    sig = types.int32()
+
+    def codegen(context, builder, signature, args):
+        if not simd_ir.X86:
+            return ir.Constant(ir.IntType(32), 0)
+        old = simd_ir.read_mxcsr(builder)
+        simd_ir.write_mxcsr(builder, builder.or_(old, ir.Constant(ir.IntType(32), simd_ir.FTZ_DAZ)))
+        return old
+
+    return sig, codegen
+
+
+@intrinsic
+def _restore_mxcsr(typingctx, csr):
+    """x86: MXCSR = csr, as `_flush_subnormals_on` returned it; a no-op elsewhere."""
+    sig = types.void(types.int32)
+
+    def codegen(context, builder, signature, args):
+        if simd_ir.X86:
+            simd_ir.write_mxcsr(builder, args[0])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @cached_njit
 def panel_count(n_columns):
     """Panels of PANEL_WIDTH columns that hold n_columns (the first dimension of a packed matrix)."""
@@ -230,6 +259,7 @@ def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule
         # previous tile's (left in G) to that tile's W, M and S; the last call, with no rows of
         # A (n = 0), applies the last tile's. Pending tiles follow the same order as below.
         G = _tile_buffer()
+        csr = _flush_subnormals_on()  # Adam's subnormal moments become 0 (fastmlp/optim.py), at no cost
         pending_off = pending = 0
         for k in range(k0, k1, TILE_ROWS):
             rows = min(TILE_ROWS, k1 - k)
@@ -240,6 +270,7 @@ def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule
                 pending_off, pending = p * panel_size + k * PANEL_WIDTH, rows * VECTORS_PER_ROW
         _adam_tile(A, 0, lda, dZ, 0, ldd, 0, 1, 1, G, P, pending_off, V, S, pending, lr32, mu32, wd32, np.int32(rule),
                    beta2_32, eps32, c1_32, c2_32)
+        _restore_mxcsr(csr)
         return
     for k in range(k0, k1, TILE_ROWS):
         rows = min(TILE_ROWS, k1 - k)
