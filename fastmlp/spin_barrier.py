@@ -12,8 +12,6 @@ can `abort_barrier(state)`: waiting and later `barrier_wait` calls then return F
 so workers stop instead of waiting forever for one that failed.
 """
 
-import platform
-
 import numpy as np
 from llvmlite import ir
 from numba import types
@@ -21,6 +19,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._jit import cached_njit
+from .kernels.simd_ir import X86
 
 _COUNT, _GENERATION, _ABORTED = 0, 8, 16  # int64 slots, 64 bytes apart
 _SPINS_BEFORE_YIELD = 4000  # ~10-40 us of spinning; a step at batch 32 takes ~150 us
@@ -31,7 +30,6 @@ _SPINS_BEFORE_YIELD = 4000  # ~10-40 us of spinning; a step at batch 32 takes ~1
 # 5.39 s with naps, 7.97 and 8.52 s yielding only; two trainings at once 5.53 / 5.00 s against 6.04 / 5.93 s.
 _YIELDS_BEFORE_NAPS = 1000
 _NAP_MICROSECONDS = 50
-_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 
 
 def _slot_pointer(context, builder, array_type, array, index):
@@ -77,7 +75,7 @@ def _cpu_relax(typingctx):
     """x86 `pause` (eases the spinning core's pressure on its sibling); a no-op elsewhere."""
 
     def codegen(context, builder, signature, args):
-        if _X86:
+        if X86:
             fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause")
             builder.call(fn, [])
         return context.get_dummy_value()

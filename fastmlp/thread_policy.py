@@ -91,7 +91,8 @@ def others_running(samples: int = 5, gap_seconds: float = 0.0002) -> int | None:
 
     /proc/loadavg's fourth field counts the runnable threads of the whole machine, the reader
     included; the least of a few readings `gap_seconds` apart skips a thread that ran only for
-    a moment (read back to back, an idle machine here showed a runnable thread in 14 % of them). Called from a process whose other threads are idle, so that only the reader is ours.
+    a moment (read back to back, an idle machine here showed a runnable thread in 14 % of them).
+    Called from a process whose other threads are idle, so that only the reader is ours.
     """
     counts = []
     for i in range(samples):
@@ -105,9 +106,12 @@ def others_running(samples: int = 5, gap_seconds: float = 0.0002) -> int | None:
     return max(0, min(counts) - 1)
 
 
-def free_cores(others_busy: float, cpus: int) -> int:
-    """Cores free for our threads when others keep `others_busy` of `cpus` cores busy: at least 1."""
-    return max(1, int(cpus - others_busy + (1 - FREE_CORE_SHARE)))
+def free_cores(others_busy: float, cpus: int, free_share: float = FREE_CORE_SHARE) -> int:
+    """Cores free for our threads when others keep `others_busy` of `cpus` cores busy: at least 1.
+
+    A core counts as free once others leave `free_share` of it.
+    """
+    return max(1, int(cpus - others_busy + (1 - free_share)))
 
 
 class BlasThreadPolicy:

@@ -63,7 +63,7 @@ from ..kernels.packed import (
 )
 from ..optim import SMALLEST_NORMAL
 from ..spin_barrier import abort_barrier, barrier_aborted, barrier_state, barrier_wait
-from ..thread_policy import CpuLoad, others_running
+from ..thread_policy import CpuLoad, free_cores, others_running
 from .base import BackendBase, epoch_ranges
 
 _MAX_WORKSPACES = 4
@@ -487,7 +487,7 @@ class Backend(BackendBase):
             # A core counts as taken once others keep it busy half the time: on this idle VM,
             # interrupts and steal time read as 0.1-0.15 of a core, and numpy's stricter
             # threshold (a quarter) took a worker away from a whole training now and then.
-            self._free_cores = max(1, int(self._load.cpus - self._load.others_busy() + 0.5))
+            self._free_cores = free_cores(self._load.others_busy(), self._load.cpus, free_share=0.5)
             self._load_read_at = now
         threads = training_threads()
         if self._free_cores is not None:

@@ -383,9 +383,7 @@ def adam_tile(module, tile):
     decay = _splat(builder, builder.select(decoupled, builder.fneg(builder.fmul(lr, weight_decay)), zero), vw)
     smallest = ir.Constant(vec.vt, [SMALLEST_NORMAL] * vw)
 
-    def flushed(builder, x, magnitude):  # without the MXCSR's modes: 0 where magnitude < SMALLEST_NORMAL
-        if X86:
-            return x
+    def flushed(builder, x, magnitude):  # 0 where magnitude < SMALLEST_NORMAL (x86: the MXCSR's modes do it)
         return builder.select(builder.fcmp_ordered("<", magnitude, smallest), vec.zero, x)
 
     def update_vector(builder, i):
@@ -396,9 +394,10 @@ def adam_tile(module, tile):
         g = builder.call(vec.fma, [l2, weight, vec.load(builder, g_ptr)])
         base = builder.call(vec.fma, [decay, weight, weight])
         new_m = builder.call(vec.fma, [b1c, builder.fsub(g, old_m), old_m])
-        new_m = flushed(builder, new_m, builder.call(vec.fabs, [new_m]))
         new_s = builder.call(vec.fma, [b2c, builder.fsub(builder.fmul(g, g), old_s), old_s])
-        new_s = flushed(builder, new_s, new_s)  # S >= 0
+        if not X86:
+            new_m = flushed(builder, new_m, builder.call(vec.fabs, [new_m]))
+            new_s = flushed(builder, new_s, new_s)  # S >= 0
         vec.store(builder, new_m, m_ptr)
         vec.store(builder, new_s, s_ptr)
         denom = builder.fadd(builder.call(vec.sqrt, [new_s]), eps_v)
