@@ -21,13 +21,13 @@ import numpy as np
 from numba import njit
 
 from fastmlp import MLP
-from fastmlp.backends.numba_fused import (
-    PLAIN_SGD, Backend, _Packed, _Workspace, backward_rows, bias_step, epoch_workers, forward_rows, training_threads,
-    update_part, transpose_packed_into,
-)
+from fastmlp.backends.numba.backend import Backend
+from fastmlp.backends.numba.buffers import _Packed, _Workspace
+from fastmlp.backends.numba.step import backward_rows, bias_step, forward_rows
+from fastmlp.backends.numba.threads import epoch_workers, training_threads
 from fastmlp.datasets import load_mnist
 from fastmlp.kernels import gather_labels, gather_rows_scaled, softmax_xent_backward_rows_inplace
-from fastmlp.kernels.packed import BIAS_RELU, forward_part
+from fastmlp.kernels.packed import BIAS_RELU, PLAIN_SGD, forward_part, transpose_packed_into, update_part
 
 LAYER_SIZES = (784, 128, 64, 10)
 LR = np.float32(1e-6)  # tiny updates: the weights stay what they were, whatever the repetitions

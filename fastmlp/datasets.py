@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from ._atomic import atomic_write
+from .runtime.atomic import atomic_write
 from .inputs import FloatArray, Pixels, Seed, make_rng
 
 Labels = npt.NDArray[np.int64]

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 from numpy.lib import format as npy_format
 
-from ._atomic import atomic_write
+from .runtime.atomic import atomic_write
 from .inputs import FloatArray, Features, Seed, check_features, check_model, check_positive_int, make_rng
 
 INITS = ("he", "normal")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fastmlp import MLP, Trainer, get_backend
-from fastmlp.backends.numba_fused import Backend as NumbaBackend
+from fastmlp.backends.numba.backend import Backend as NumbaBackend
 from fastmlp.optim import AdamMoments
 
 
@@ -87,7 +87,7 @@ def test_adam_first_step_moves_every_weight_with_a_gradient_by_lr():
 
 
 def test_the_fused_bias_step_flushes_subnormal_moments_as_the_reference_does():
-    from fastmlp.backends.numba_fused import adam_bias_update
+    from fastmlp.backends.numba.step import adam_bias_update
     from fastmlp.backends.numpy_ref import adam_update
     from fastmlp.kernels.packed import adam_corrections
 

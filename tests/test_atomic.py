@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fastmlp import MLP
-from fastmlp._atomic import atomic_write
+from fastmlp.runtime.atomic import atomic_write
 
 
 @pytest.mark.parametrize("interruption", [OSError("disk full"), KeyboardInterrupt()], ids=["error", "ctrl-c"])

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 from fastmlp import MLP, Pixels, get_backend, kernels
-from fastmlp import bench, bench_optimizers
+from fastmlp.bench import optimizers as bench_optimizers
+from fastmlp import bench
 from fastmlp.testing import assert_backends_equivalent
 
 
 @pytest.fixture
 def no_settle(monkeypatch):
-    monkeypatch.setattr(bench, "SETTLE_SECONDS", 0.0)
+    monkeypatch.setattr(bench.throughput, "SETTLE_SECONDS", 0.0)
 
 
 def tiny_pixels(n=300, seed=0):
@@ -127,7 +128,8 @@ def test_bad_arguments_exit_2_with_one_line(args, message, capsys):
 
 
 def test_torch_requested_but_missing_exits_1_with_one_line(monkeypatch, capsys):
-    monkeypatch.setattr(bench, "torch_available", lambda: False)
+    monkeypatch.setattr(bench.throughput, "torch_available", lambda: False)
+    monkeypatch.setattr(bench.common, "torch_available", lambda: False)
     assert bench.main(["--backends", "torch"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["python -m fastmlp.bench: error: backend 'torch' needs PyTorch: pip install torch==2.13.0"]
@@ -209,7 +211,7 @@ class _SlowOnceTrained:
 
 def test_late_over_early_compares_the_two_model_states_side_by_side(monkeypatch):
     clock = _FakeClock()
-    monkeypatch.setattr(bench, "time", clock)  # no real timing: the ratio follows from the fake epochs
+    monkeypatch.setattr(bench.throughput, "time", clock)  # no real timing: the ratio follows from the fake epochs
     early, late = MLP([4, 3, 2], seed=0), MLP([4, 3, 2], seed=0)
     late.biases[0][0] = 1
     pixels, y = tiny_pixels(20)

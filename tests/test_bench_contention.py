@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from fastmlp import bench, bench_contention
-from fastmlp.bench_contention import SCENARIOS, format_contention, measure_contention, train_command
+from fastmlp.bench import contention as bench_contention
+from fastmlp import bench
+from fastmlp.bench.contention import SCENARIOS, format_contention, measure_contention, train_command
 
 
 def test_each_scenario_runs_the_training_cli_and_reads_its_train_seconds(tiny_mnist_dir, monkeypatch):

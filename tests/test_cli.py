@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fastmlp import MLP, available_backends
-from fastmlp.train import main
+from fastmlp.cli.train import main
 
 
 @pytest.mark.parametrize("backend", available_backends())
@@ -120,7 +120,7 @@ def test_cli_default_recipe_is_nesterov_momentum_with_a_cosine_schedule_and_mome
 
 def test_dataset_switch_finds_fashion_mnist_where_the_system_ships_it(tiny_mnist_dir, tmp_path, capsys, monkeypatch):
     from fastmlp import datasets
-    from fastmlp.evaluate import main as evaluate_main
+    from fastmlp.cli.evaluate import main as evaluate_main
 
     monkeypatch.delenv("FASTMLP_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -166,14 +166,14 @@ def test_cli_patience_stops_early_and_keeps_the_best_epoch(tiny_mnist_dir, tmp_p
 def test_blas_threads_limits_blas_during_the_run_only(monkeypatch, tiny_mnist_dir):
     from threadpoolctl import threadpool_info
 
-    import fastmlp.train
+    import fastmlp.cli.train
 
     def blas_threads():
         return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
 
     before = blas_threads()
     seen = []
-    monkeypatch.setattr(fastmlp.train, "run", lambda args: seen.append(blas_threads()))
+    monkeypatch.setattr(fastmlp.cli.train, "run", lambda args: seen.append(blas_threads()))
     assert main(["--data-dir", str(tiny_mnist_dir), "--blas-threads", "1"]) == 0
     assert seen and set(seen[0].values()) == {1}
     assert blas_threads() == before
@@ -188,7 +188,7 @@ def test_blas_threads_must_be_positive(capsys):
 
 @pytest.mark.parametrize("quiet", [False, True])
 def test_cli_says_before_compiling_on_a_terminal_and_nothing_when_quiet(monkeypatch, capsys, tiny_mnist_dir, quiet):
-    from fastmlp.backends import numba_fused
+    from fastmlp.backends.numba import backend as numba_fused
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     said_before = []

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from fastmlp import MLP, available_backends, datasets
-from fastmlp.train import PROG, main
+from fastmlp.cli.train import PROG, main
 
 
 def run_cli(*args, **kwargs):
@@ -91,7 +91,7 @@ def test_an_unexpected_error_is_one_line_naming_its_type(monkeypatch, tiny_mnist
     def broken(*args, **kwargs):
         raise RuntimeError("something unforeseen")
 
-    monkeypatch.setattr("fastmlp.train.load_mnist", broken)
+    monkeypatch.setattr("fastmlp.cli.train.load_mnist", broken)
     assert main(["--data-dir", str(tiny_mnist_dir)]) == 1
     err = capsys.readouterr().err
     assert err == f"{PROG}: error: RuntimeError: something unforeseen (run with --debug for the traceback)\n"

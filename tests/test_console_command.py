@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from fastmlp import bench, cli, evaluate, predict, sweep, train
+from fastmlp import bench, cli, sweep
+from fastmlp.cli import evaluate, predict, train
 
 PARSERS = {"train": train.build_parser, "evaluate": evaluate.build_parser, "predict": predict.build_parser,
            "bench": bench.build_parser, "sweep": sweep.build_parser}

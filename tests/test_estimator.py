@@ -290,7 +290,7 @@ def test_pickle_and_deepcopy_keep_predictions_and_carry_no_runtime_state(backend
 def test_a_pinned_numba_backend_pickles_as_its_thread_setting():
     import pickle
 
-    from fastmlp.backends.numba_fused import Backend
+    from fastmlp.backends.numba.backend import Backend
 
     backend = Backend(threads=1)
     backend.train_epoch(fastmlp.MLP([6, 4, 3], seed=0), blobs(n=20)[0].astype(np.float32), np.zeros(20, dtype=int),

@@ -10,10 +10,10 @@ import pytest
 
 from fastmlp import MLP, Pixels, Trainer
 from fastmlp.datasets import load_mnist
-from fastmlp.evaluate import confusion_matrix, format_report, precision_recall
-from fastmlp.evaluate import main as evaluate_main
-from fastmlp.predict import load_images
-from fastmlp.predict import main as predict_main
+from fastmlp.cli.evaluate import confusion_matrix, format_report, precision_recall
+from fastmlp.cli.evaluate import main as evaluate_main
+from fastmlp.cli.predict import load_images
+from fastmlp.cli.predict import main as predict_main
 
 from conftest import write_idx
 

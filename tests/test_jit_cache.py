@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import fastmlp
-from fastmlp._jit import CACHE, compiled_sources_hash
+from fastmlp.runtime.jit import CACHE, compiled_sources_hash
 
 PACKAGE = Path(fastmlp.__file__).parent
 
@@ -61,10 +61,10 @@ def test_an_edit_to_the_ir_module_alone_compiles_its_callers_again_and_other_edi
 
 def test_the_hash_covers_the_ir_module_and_the_kernels_and_not_pure_python():
     # Recompute what compiled_sources_hash reads, file by file, to name the files it covers.
-    from fastmlp import _jit
+    from fastmlp.runtime import jit as _jit
     covered = {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
                if any(m in p.read_bytes() for m in _jit._COMPILED_CODE_MARKERS)}
-    assert {"kernels/simd_ir.py", "kernels/packed.py", "kernels/tiles.py", "spin_barrier.py",
-            "backends/numba_fused.py"} <= covered
+    assert {"kernels/simd_ir.py", "kernels/packed.py", "kernels/tiles.py", "runtime/barrier.py",
+            "backends/numba/backend.py"} <= covered
     assert "plot.py" not in covered and "train.py" not in covered
     assert len(compiled_sources_hash()) == 64

@@ -7,7 +7,7 @@ from numba import njit
 from numba.core.runtime import _nrt_python, rtsys
 
 from fastmlp import MLP, kernels
-from fastmlp.backends.numba_fused import Backend, epoch_workers
+from fastmlp.backends.numba.backend import Backend, epoch_workers
 from fastmlp.kernels.packed import PANEL_WIDTH
 
 RTOL = 1e-5

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from fastmlp import MLP, get_backend
-from fastmlp.backends import numba_fused, numpy_ref
+from fastmlp.backends import numpy_ref
+from fastmlp.backends.numba import backend as numba_fused
 from fastmlp.optim import Velocity
 from fastmlp.testing import scaled_error
 

@@ -135,7 +135,7 @@ def test_progress_counts_every_sample_and_leaves_the_result_unchanged(backend):
 
 @pytest.mark.parametrize("pixels", [False, True])
 def test_warm_up_compiles_the_epoch_function_for_the_input_dtype_and_depth(pixels):
-    from fastmlp.backends.numba_fused import train_batches_worker
+    from fastmlp.backends.numba.backend import train_batches_worker
 
     model = MLP((6, 4, 3, 2))  # depth 3: the tuples of weights in the signature have 3 entries
     assert numba_backend.warm_up(model, pixels=pixels) >= 0.0

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from fastmlp import MLP, Trainer
-from fastmlp.plot import PlotUnavailableError, plot_confusion_matrix, plot_learning_curves
-from fastmlp.train import main
+from fastmlp.cli.plot import PlotUnavailableError, plot_confusion_matrix, plot_learning_curves
+from fastmlp.cli.train import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

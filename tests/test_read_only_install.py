@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import fastmlp
-from fastmlp._jit import CACHE, JitCacheWarning, cached_njit
+from fastmlp.runtime.jit import CACHE, JitCacheWarning, cached_njit
 
 PACKAGE = Path(fastmlp.__file__).parent
 NOBODY = 65534
@@ -45,7 +45,7 @@ def test_cached_njit_compiles_with_or_without_options_and_caches_where_numba_can
 def test_no_module_compiles_with_a_hard_coded_cache():
     offenders = [p.relative_to(PACKAGE.parent).as_posix() for p in sorted(PACKAGE.rglob("*.py"))
                  if CACHED_NJIT.search(p.read_text())]
-    assert offenders == [], "use fastmlp._jit.cached_njit instead of njit(cache=True)"
+    assert offenders == [], "use fastmlp.runtime.jit.cached_njit instead of njit(cache=True)"
 
 
 def test_cached_njit_refuses_an_explicit_cache_option():
@@ -109,8 +109,8 @@ def test_read_only_install_trains_with_the_numpy_backend_and_says_how_to_cache(r
         import numpy as np
         import fastmlp
         from fastmlp import MLP, Trainer
-        from fastmlp._jit import CACHE
-        from fastmlp.spin_barrier import barrier_state, barrier_wait
+        from fastmlp.runtime.jit import CACHE
+        from fastmlp.runtime.barrier import barrier_state, barrier_wait
         assert not CACHE
         assert barrier_wait(barrier_state(), 1)  # compiled, in memory only
         rng = np.random.default_rng(0)

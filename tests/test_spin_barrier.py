@@ -7,7 +7,7 @@ The late thread sleeps so that the waiter goes all the way to its naps; nothing 
 import threading
 import time
 
-from fastmlp.spin_barrier import abort_barrier, barrier_state, barrier_wait
+from fastmlp.runtime.barrier import abort_barrier, barrier_state, barrier_wait
 
 LATE_S = 0.05  # far beyond the ~1 ms of spinning and yielding before the naps
 

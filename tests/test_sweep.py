@@ -15,9 +15,9 @@ from sklearn.model_selection import GridSearchCV
 
 from fastmlp import MLP, MLPClassifier, cli
 from fastmlp.datasets import load_mnist
-from fastmlp.sweep import build_parser, main, parse_arguments
-from fastmlp.sweep_grid import configurations, grid_values
-from fastmlp.sweep_trial import TRIAL_STARTED, run_trial
+from fastmlp.sweep.cli import build_parser, main, parse_arguments
+from fastmlp.sweep.grid import configurations, grid_values
+from fastmlp.sweep.trial import TRIAL_STARTED, run_trial
 
 TRIAL_KEYS = {"config", "status", "test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_s",
               "epochs_trained", "best_epoch", "error", "worker", "loaded_data", "compile_s", "retries",
@@ -128,7 +128,7 @@ def test_resume_skips_the_ok_trials_and_reruns_the_failed_ones(sweep, tmp_path):
 
 
 def test_the_json_is_rewritten_complete_after_every_finished_trial(sweep, tmp_path, monkeypatch):
-    from fastmlp.sweep_report import Report
+    from fastmlp.sweep.report import Report
 
     seen = []
     write_json = Report.write_json

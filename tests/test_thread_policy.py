@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
-import fastmlp.train
-from fastmlp import MLP, Trainer, get_backend, thread_policy
+import fastmlp.cli.train
+from fastmlp import MLP, Trainer, get_backend
+from fastmlp.runtime import thread_policy
 from fastmlp.backends import numpy_ref
-from fastmlp.blas_threads import blas_threads_limited
-from fastmlp.thread_policy import BlasThreadPolicy, CpuLoad, free_cores
+from fastmlp.runtime.blas_threads import blas_threads_limited
+from fastmlp.runtime.thread_policy import BlasThreadPolicy, CpuLoad, free_cores
 
 
 def blas_thread_counts():
@@ -153,9 +154,9 @@ def test_blas_threads_limited_covers_the_kernels_blas_and_is_undone():
 @pytest.mark.parametrize("flag", ["--threads", "--blas-threads"])
 def test_cli_threads_and_its_old_name_reach_the_backend(monkeypatch, tiny_mnist_dir, flag):
     seen = []
-    monkeypatch.setattr(fastmlp.train, "get_backend", lambda name, threads=None: seen.append((name, threads)) or
+    monkeypatch.setattr(fastmlp.cli.train, "get_backend", lambda name, threads=None: seen.append((name, threads)) or
                         get_backend(name, threads))
-    assert fastmlp.train.main(["--data-dir", str(tiny_mnist_dir), "--backend", "numpy", "--epochs", "1", "--quiet",
+    assert fastmlp.cli.train.main(["--data-dir", str(tiny_mnist_dir), "--backend", "numpy", "--epochs", "1", "--quiet",
                                flag, "1"]) == 0
     assert seen == [("numpy", 1)]
 
@@ -176,7 +177,7 @@ def test_a_busy_core_among_many_free_ones_leaves_blas_its_own_count(monkeypatch)
 def test_others_running_is_the_least_runnable_count_of_a_few_readings_less_the_reader(monkeypatch):
     import io
 
-    from fastmlp import thread_policy
+    from fastmlp.runtime import thread_policy
 
     readings = iter(["0.50 0.40 0.30 3/120 4242\n", "0.50 0.40 0.30 2/120 4242\n", "0.50 0.40 0.30 4/120 4242\n"])
     monkeypatch.setattr(thread_policy, "open", lambda path: io.StringIO(next(readings)), raising=False)

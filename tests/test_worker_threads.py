@@ -7,10 +7,10 @@ import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from fastmlp import MLP, get_backend
-from fastmlp.backends import numba_fused
-from fastmlp.backends.numba_fused import Backend, part_of, training_threads
+from fastmlp.backends.numba import backend as numba_fused
+from fastmlp.backends.numba.backend import Backend, part_of, training_threads
 from fastmlp.optim import Velocity
-from fastmlp.spin_barrier import abort_barrier, barrier_state, barrier_wait
+from fastmlp.runtime.barrier import abort_barrier, barrier_state, barrier_wait
 from fastmlp.testing import scaled_error
 
 numpy_backend = get_backend("numpy")

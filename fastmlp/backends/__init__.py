@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 from ..inputs import check_positive_int
 
-_MODULES = {"numpy": "numpy_ref", "numba": "numba_fused"}
+_MODULES = {"numpy": "numpy_ref", "numba": "numba"}
 _instances: dict[str | tuple[str, int], "BackendBase"] = {}  # by name, or (name, threads)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..inputs import FloatArray, Pixels, check_positive_int
 from ..optim import SMALLEST_NORMAL, AdamMoments, Velocity
-from ..thread_policy import BlasThreadPolicy
+from ..runtime.thread_policy import BlasThreadPolicy
 from .base import BackendBase, Labels, Progress, epoch_chunks
 
 if TYPE_CHECKING:

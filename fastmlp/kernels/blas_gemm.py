@@ -10,7 +10,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import get_cython_function_address, intrinsic
 
-from .._jit import cached_njit
+from ..runtime.jit import cached_njit
 from .contiguity import require_c_contiguous
 
 SGEMM_SYMBOL = "fastmlp_sgemm"

@@ -12,7 +12,7 @@ from numba import types
 from numba.core.errors import TypingError
 from numba.extending import overload
 
-from .._jit import CACHE
+from ..runtime.jit import CACHE
 
 
 def require_c_contiguous(*arrays):

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .._jit import cached_njit
+from ..runtime.jit import cached_njit
 from .contiguity import require_c_contiguous
 
 # Smallest normal float32. Probabilities below it only produce subnormal gradients, which

@@ -6,7 +6,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .._jit import cached_njit
+from ..runtime.jit import cached_njit
 from .contiguity import require_c_contiguous
 
 # Rows ahead that the gathers prefetch: shuffled rows are latency-bound reads (a 784-byte uint8

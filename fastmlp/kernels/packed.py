@@ -32,7 +32,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .._jit import cached_njit
+from ..runtime.jit import cached_njit
 from . import simd_ir
 from .contiguity import require_c_contiguous
 from .tiles import TILE

@@ -34,7 +34,6 @@ Three kernels, in the packed layout of `fastmlp.kernels.packed` (P[panel, k, 0:N
   Adam's loads, stores, sqrt and divide run beside the FMAs rather than after them.
 """
 
-import platform
 
 from llvmlite import ir
 
@@ -300,7 +299,7 @@ def _wgrad_operands(builder, vec, tile, a, lda, d, ldd, rows, ncols):
 SMALLEST_NORMAL = 1.1754943508222875e-38
 # On x86 the caller runs adam_tile with the MXCSR's flush-to-zero and denormals-are-zero modes
 # on (`flush_to_zero_mode`), which flush for free; elsewhere the tile compares and selects.
-X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+from ..runtime.jit import X86  # noqa: E402  re-exported: packed.py reads simd_ir.X86
 FTZ_DAZ = 0x8040  # MXCSR bits 15 (flush subnormal results to zero) and 6 (read subnormal inputs as zero)
 
 

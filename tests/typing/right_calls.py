@@ -4,7 +4,7 @@ import numpy as np
 
 import fastmlp
 from fastmlp import checked_kernels
-from fastmlp.backends.numba_fused import Backend
+from fastmlp.backends.numba.backend import Backend
 from fastmlp.datasets import load_mnist
 
 X_train, y_train, X_test, y_test = load_mnist()

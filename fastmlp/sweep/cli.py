@@ -20,20 +20,20 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from . import __version__
-from .blas_threads import usable_cpus
-from .cli import new_parser
-from .plot import PLOT_FORMATS, require_plotting
-from .sweep_grid import Config, add_grid_arguments, config_key, configurations, describe, grid_values, swept_options
-from .sweep_plot import plot_sweep
-from .sweep_report import Record, Report, load_resumed_trials, trial_record
-from .sweep_trial import TRIAL_STARTED, Source, ensemble_accuracy, one_line_error, run_trial
-from .train import _positive_int, check_output_path, run_reporting_errors
+from .. import __version__
+from ..runtime.blas_threads import usable_cpus
+from ..cli.common import new_parser
+from ..cli.plot import PLOT_FORMATS, require_plotting
+from .grid import Config, add_grid_arguments, config_key, configurations, describe, grid_values, swept_options
+from .plot import plot_sweep
+from .report import Record, Report, load_resumed_trials, trial_record
+from .trial import TRIAL_STARTED, Source, ensemble_accuracy, one_line_error, run_trial
+from ..cli.common import check_output_path, positive_int, run_reporting_errors
 
 if TYPE_CHECKING:
     from distributed import Client, Future
 
-    from .model import MLP
+    from ..model import MLP
 
 PROG = "python -m fastmlp.sweep"
 INSTALL_HINT = 'pip install "fastmlp[sweep]"'
@@ -54,13 +54,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                     f"options before the first '{NEXT_GRID}' as its defaults.",
     )
     parser.set_defaults(grid_dests=add_grid_arguments(parser))
-    parser.add_argument("--random", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--random", type=positive_int, default=None, metavar="N",
                         help="run N trials drawn at random from the grid instead of all of it")
     parser.add_argument("--random-seed", type=int, default=0, metavar="S", help="seed of the --random draw")
     parser.add_argument("--scheduler", metavar="ADDRESS",
                         help="the Dask scheduler of a running cluster, e.g. tcp://10.0.0.5:8786 "
                              "(default: start a local cluster on 127.0.0.1)")
-    parser.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--workers", type=positive_int, default=None, metavar="N",
                         help="worker processes of the local cluster, one thread each (default: one per core)")
     parser.add_argument("--json", type=Path, metavar="PATH",
                         help="write every trial's configuration and results as JSON, after each trial")

@@ -17,16 +17,16 @@ import numpy as np
 import numpy.typing as npt
 from threadpoolctl import threadpool_limits
 
-from .backends import get_backend
-from .datasets import Labels, load_mnist, train_val_split
-from .inputs import Pixels
-from .model import MLP
-from .trainer import Trainer
+from ..backends import get_backend
+from ..datasets import Labels, load_mnist, train_val_split
+from ..inputs import Pixels
+from ..model import MLP
+from ..trainer import Trainer
 
 if TYPE_CHECKING:
     from distributed import Worker
 
-    from .sweep_grid import Config
+    from .grid import Config
 
 TRIAL_STARTED = "fastmlp-sweep-trial-started"  # the Dask event topic a trial logs as it starts
 N_CLASSES = 10  # as fastmlp.train: every dataset it loads has ten classes

@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import numpy as np
 
-from .cli import plural
+from ..cli.common import plural
 
 if TYPE_CHECKING:
-    from .datasets import PathLike
+    from ..datasets import PathLike
 
 SCENARIOS = ("alone", "two at once", "beside a CPU hog")
 FULL = {"epochs": 3}
@@ -128,7 +128,7 @@ def measure_contention(backends: Sequence[str] = ("numpy", "numba"), *, epochs: 
 
 def machine_load() -> dict[str, Any]:
     """The 1-minute load average and usable CPUs, to print beside the table."""
-    from .blas_threads import usable_cpus
+    from ..runtime.blas_threads import usable_cpus
 
     try:
         load = os.getloadavg()[0]
@@ -139,7 +139,7 @@ def machine_load() -> dict[str, Any]:
 
 def format_contention(rows: Sequence[ContentionRow], config: Mapping[str, Any]) -> str:
     """The contention table as text, with the conditions it was measured in."""
-    from .bench import format_table
+    from .report import format_table
 
     load = config["machine"]
     header = (f"fastmlp bench --contention ({config['mode']}): {plural(config['epochs'], 'epoch')} of the default recipe per "
@@ -185,7 +185,7 @@ def report(args: argparse.Namespace) -> None:
     """Measure, print the table, and write the JSON report if asked: `python -m fastmlp.bench --contention`."""
     from tqdm import tqdm
 
-    from ._atomic import atomic_write
+    from ..runtime.atomic import atomic_write
 
     with tqdm(total=3 * len(args.backends) * args.repeats, desc="fastmlp bench --contention", unit="run",
               file=sys.stderr, leave=False, disable=None) as bar:

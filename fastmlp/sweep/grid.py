@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .train import add_training_arguments
+from ..cli.train import add_training_arguments
 
 # Held fixed for a whole sweep: the validation split decides what the table sorts by.
 SINGLE_VALUED = {"val_size"}

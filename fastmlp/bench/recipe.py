@@ -12,14 +12,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .inputs import Pixels
-from .model import MLP
-from .trainer import Trainer
+from ..inputs import Pixels
+from ..model import MLP
+from ..trainer import Trainer
 
 
 def recipe_options() -> tuple[dict[str, Any], int, tuple[int, ...]]:
     """(Trainer keyword arguments, epochs, hidden sizes) of the CLI's default recipe."""
-    from .train import build_parser
+    from ..cli.train import build_parser
 
     args = build_parser().parse_args([])
     options = {"lr": args.lr, "batch_size": args.batch_size, "momentum": args.momentum, "nesterov": args.nesterov,

@@ -17,7 +17,7 @@ from typing import Any
 
 from threadpoolctl import ThreadpoolController
 
-from .inputs import check_positive_int
+from ..inputs import check_positive_int
 
 # threadpoolctl carries no type information: its controller and limits are Any here.
 _controller: Any = None
@@ -110,7 +110,7 @@ def blas_threads_limited(threads: int = 1) -> Iterator[None]:
     Mechanism as for `single_threaded_blas`, whose general form this is.
     """
     threads = check_positive_int(threads, "threads")
-    from . import kernels  # noqa: F401  the kernels' BLAS (SciPy's) must be loaded to be limited
+    import scipy.linalg.cython_blas  # noqa: F401  the kernels' BLAS (SciPy's) must be loaded to be limited
 
     if one_blas_thread_here(threads):
         try:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import platform
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +61,10 @@ def _numba_can_cache() -> bool:
 
 
 CACHE = _numba_can_cache()
+
+# Whether this is an x86 machine: the SIMD kernels and the barrier use x86-only instructions there
+# (the MXCSR's flush-to-zero modes, `pause`) and portable code elsewhere.
+X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 
 NO_CACHE_MESSAGE = (
     f"Numba finds no writable folder to cache fastmlp's compiled kernels (next to {os.path.dirname(__file__)} "

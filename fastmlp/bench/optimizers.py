@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from .backends.base import BackendBase
-from .inputs import FloatArray, Pixels
-from .model import MLP
-from .trainer import Trainer
+from ..backends.base import BackendBase
+from ..inputs import FloatArray, Pixels
+from ..model import MLP
+from ..trainer import Trainer
 
 BATCH_SIZE = 64
 # name: Trainer options. Rates as their recipes use them (the cost of a step does not depend on it).

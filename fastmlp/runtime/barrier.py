@@ -18,8 +18,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._jit import cached_njit
-from .kernels.simd_ir import X86
+from .jit import X86, cached_njit
 
 _COUNT, _GENERATION, _ABORTED = 0, 8, 16  # int64 slots, 64 bytes apart
 _SPINS_BEFORE_YIELD = 4000  # ~10-40 us of spinning; a step at batch 32 takes ~150 us

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._atomic import atomic_write
+from ..runtime.atomic import atomic_write
 
 if TYPE_CHECKING:
-    from .trainer import History
+    from ..trainer import History
 
 INSTALL_HINT = 'pip install "fastmlp[plot]"'
 # The suffixes --plot and the plot functions accept, and the matplotlib format each writes.

@@ -17,9 +17,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from ._atomic import atomic_write
-from .sweep_grid import Config, config_key, describe, format_value, option_flag, without
+from .. import __version__
+from ..runtime.atomic import atomic_write
+from .grid import Config, config_key, describe, format_value, option_flag, without
 
 RESULT_FIELDS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_s", "epochs_trained",
                  "best_epoch", "error", "worker", "loaded_data", "compile_s")

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .plot import require_matplotlib, save_png
-from .sweep_grid import format_value, option_flag
+from ..cli.plot import require_matplotlib, save_png
+from .grid import format_value, option_flag
 
 
 def plot_sweep(trials: Sequence[dict[str, Any]], options: Iterable[str], path: str | os.PathLike[str], *,

@@ -1,0 +1,209 @@
+"""The numba backend: fastmlp's own SIMD kernels (fastmlp.kernels.packed) run whole epochs in nopython code.
+
+    step     the step and the epoch in nopython code, and the design of a step on several workers
+    buffers  the packed parameters and a batch's scratch arrays
+    threads  how many workers an epoch runs on, and how they run it
+    backend  the Backend: packs, runs, unpacks, and serialises its callers (this module)
+"""
+
+import threading
+import time
+from collections import OrderedDict
+
+import numpy as np
+
+from ...inputs import Pixels, check_positive_int
+from ...kernels.packed import ADAM, ADAMW, MOMENTUM, NESTEROV, PANEL_WIDTH, PLAIN_SGD, unpack_weights_into  # noqa: F401
+from ...runtime.barrier import barrier_state
+from ...runtime.blas_threads import single_threaded_blas, usable_cpus  # noqa: F401  usable_cpus: read by tests
+from ...runtime.thread_policy import CpuLoad, free_cores, others_running
+from ..base import BackendBase
+from .buffers import _Packed, _Workspace
+from .step import forward_probs_inplace, loss_and_grads_into, part_of, step_worker, train_batches_worker  # noqa: F401
+from .threads import LOAD_WINDOW_SECONDS, epoch_workers, run_chunks, run_workers, training_threads
+
+_MAX_WORKSPACES = 4
+
+
+class Backend(BackendBase):
+    """The fused backend. `train_epoch` runs on up to `threads` worker threads (default `training_threads()`).
+
+    The workers are fastmlp's own threads: no BLAS runs in a step. Without `threads`, an epoch
+    also uses no more workers than the cores that other processes left free during the last one
+    (`_free_threads`). Their number is also capped by `epoch_workers` (MIN_ROWS_PER_WORKER rows
+    of a batch each, whole panels of the first layer each), so more cores than a batch can use
+    leave the extra ones idle rather than slowing every step. Results depend on the worker count
+    (the order of float32 sums), never on timing: the same count gives bit-identical runs, and a
+    fixed `threads` gives the same bits under any load.
+    """
+
+    name = "numba"
+
+    def __init__(self, threads=None):
+        if threads is not None:
+            threads = check_positive_int(threads, "threads")
+        self.threads = threads
+        self._workspaces = OrderedDict()
+        self._packed = OrderedDict()
+        self._epoch_lock = threading.Lock()  # one epoch at a time: the workers share the workspace
+        self._load = None  # the CPU load (CpuLoad) watched by `_free_threads` when threads is None
+
+    @staticmethod
+    def _cached(cache, key, make):
+        value = cache.get(key)
+        if value is None:
+            value = cache[key] = make()
+            while len(cache) > _MAX_WORKSPACES:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(key)
+        return value
+
+    def _workspace(self, layer_sizes, rows):
+        return self._cached(self._workspaces, (tuple(layer_sizes), rows), lambda: _Workspace(layer_sizes, rows))
+
+    def _packed_params(self, model, velocity=None, moments=None):
+        """The model's parameters packed (see `_Packed`), loaded from the model now."""
+        packed = self._cached(self._packed, tuple(model.layer_sizes), lambda: _Packed(model.layer_sizes))
+        packed.load(model, velocity, moments)
+        return packed
+
+    def _forward(self, model, X):
+        packed = self._packed_params(model)
+        acts = tuple(np.empty((len(X), size), dtype=np.float32) for size in model.layer_sizes[1:])
+        forward_probs_inplace(packed.weights, tuple(model.biases), X, acts)
+        return acts[-1]
+
+    def _loss_and_grads(self, model, X, y):
+        packed = self._packed_params(model)
+        ws = _Workspace(model.layer_sizes, len(X))
+        grads = tuple(np.zeros_like(P) for P in packed.weights)
+        db = [np.empty_like(b) for b in model.biases]
+        loss = loss_and_grads_into(packed.weights, packed.transposed, tuple(model.biases), X, y, ws.acts, ws.deltas,
+                                   grads, tuple(db))
+        dW = [np.empty_like(W) for W in model.weights]
+        for W, G in zip(dW, grads):
+            unpack_weights_into(W, G)
+        return float(loss), dW, db
+
+    @staticmethod
+    def _update_rule(model, packed, momentum, nesterov, velocity, optimizer="sgd", betas=None, eps=None,
+                     moments=None):
+        """The rule and its state for the step: (rule, velocity_w, velocity_b, second_w, second_b, momentum
+        or beta1, beta2, eps, Adam's step count so far). Slots a rule never reads hold the parameters."""
+        weights, biases = packed.weights, tuple(model.biases)
+        if optimizer in ("adam", "adamw"):
+            return (ADAMW if optimizer == "adamw" else ADAM, packed.velocity(), tuple(moments.first.biases),
+                    packed.second_moments(), tuple(moments.second.biases), np.float32(betas[0]), np.float32(betas[1]),
+                    np.float32(eps), moments.step)
+        zero = np.float32(0.0)
+        if not momentum:
+            return PLAIN_SGD, weights, biases, weights, biases, zero, zero, zero, 0
+        return (NESTEROV if nesterov else MOMENTUM, packed.velocity(), tuple(velocity.biases), weights, biases,
+                np.float32(momentum), zero, zero, 0)
+
+    def _sgd_step(self, model, X, y, lr, momentum=None, nesterov=False, weight_decay=0.0, velocity=None,
+                  optimizer="sgd", betas=None, eps=None, moments=None):
+        with self._epoch_lock:
+            ws = self._workspace(model.layer_sizes, len(X))
+            packed = self._packed_params(model, velocity, moments)
+            (rule, velocity_w, velocity_b, second_w, second_b, mu, beta2, eps32,
+             steps) = self._update_rule(model, packed, momentum, nesterov, velocity, optimizer, betas, eps, moments)
+            ws.labels[:] = y
+            try:
+                loss, _ = step_worker(0, 1, barrier_state(), packed.weights, packed.transposed, velocity_w,
+                                      tuple(model.biases), velocity_b, X, ws.labels, len(X), np.float32(lr), mu,
+                                      np.float32(weight_decay), rule, ws.acts, ws.deltas, ws.db, second_w, second_b,
+                                      beta2, eps32, steps + 1)
+            finally:
+                packed.store(model, velocity if rule in (MOMENTUM, NESTEROV) else None, moments)
+                if moments is not None:
+                    moments.step += 1
+        return float(loss) / len(X)
+
+    def _train_epoch(self, model, X, y, batch_size, lr, rng, progress=None, momentum=None, nesterov=False,
+                     weight_decay=0.0, velocity=None, optimizer="sgd", betas=None, eps=None, moments=None):
+        if isinstance(X, Pixels):
+            data, scale = X.data, np.float32(X.scale)
+        else:
+            data, scale = X, np.float32(1.0)  # x * 1.0f is exact: one gather kernel serves both
+        rows = min(batch_size, len(data))
+        workers = epoch_workers(self.threads or self._free_threads(), rows, model.layer_sizes)
+        order = rng.permutation(len(data))
+        with self._epoch_lock:
+            ws = self._workspace(model.layer_sizes, rows)
+            packed = self._packed_params(model, velocity, moments)
+            (rule, velocity_w, velocity_b, second_w, second_b, mu, beta2, eps32,
+             steps) = self._update_rule(model, packed, momentum, nesterov, velocity, optimizer, betas, eps, moments)
+            biases = tuple(model.biases)
+
+            def run(t, begin, end):
+                return train_batches_worker(
+                    t, workers, barrier, packed.weights, packed.transposed, velocity_w, biases, velocity_b, data,
+                    scale, y, order, begin, end, batch_size, np.float32(lr), mu, np.float32(weight_decay), rule,
+                    ws.inputs, ws.acts, ws.deltas, ws.db, ws.labels, second_w, second_b, beta2, eps32, steps + 1)
+
+            barrier = barrier_state()
+            try:
+                if workers == 1:
+                    total = run_chunks(run, len(order), batch_size, progress, barrier)
+                else:
+                    total = run_workers(run, workers, len(order), batch_size, progress, barrier)
+            finally:
+                packed.store(model, velocity if rule in (MOMENTUM, NESTEROV) else None, moments)
+                if moments is not None:  # an interrupted epoch counts whole: its moments moved anyway
+                    moments.step += -(-len(order) // batch_size)
+            return total / len(data)
+
+    def _free_threads(self):
+        """`training_threads()`, but no more than the cores other work leaves free.
+
+        Two workers that meet at a barrier three times a step wait for each other's time slice
+        when another process holds one of the two cores (3 epochs of the default recipe beside a
+        CPU-bound process: 5x as long as alone); one worker per free core shares fairly. Two
+        readings: until a first window has passed, the threads of other processes runnable as
+        the epoch starts (a short training sees the job beside it at once); then the cores they
+        kept busy over the last LOAD_WINDOW_SECONDS (which also sees one that runs now and then). The window's reading is renewed at most
+        once a window: /proc/stat counts in 10 ms ticks, and over one 0.1 s epoch it misjudged an
+        idle machine as a third busy.
+        """
+        now = time.monotonic()
+        if self._load is None:
+            self._load, self._load_read_at, self._free_cores = CpuLoad(), now, None
+        if now - self._load_read_at >= LOAD_WINDOW_SECONDS:
+            # A core counts as taken once others keep it busy half the time: on this idle VM,
+            # interrupts and steal time read as 0.1-0.15 of a core, and numpy's stricter
+            # threshold (a quarter) took a worker away from a whole training now and then.
+            self._free_cores = free_cores(self._load.others_busy(), self._load.cpus, free_share=0.5)
+            self._load_read_at = now
+        threads = training_threads()
+        if self._free_cores is not None:
+            return min(threads, self._free_cores)
+        # Until the first window is read: the ~1 ms of readings, just before the workers start,
+        # cost an idle machine's epochs ~10 % when they were taken before every epoch.
+        running = others_running()
+        return threads if running is None else min(threads, max(1, self._load.cpus - running))
+
+    def between_epochs(self):
+        """Run BLAS single-threaded for the caller's work between epochs (a Trainer's evaluation).
+
+        After a multi-threaded call an OpenBLAS thread spins for ~0.1 s, and would take a core
+        from the start of the next epoch, whose workers need both.
+        """
+        return single_threaded_blas()
+
+    def warm_up(self, model, *, pixels=False, momentum=False):
+        """Compile (or load from Numba's cache) the epoch function for nets of model's depth; returns seconds.
+
+        Compiled code depends only on the depth and the input dtype, so a tiny net of the same depth does.
+        One compiled function serves plain SGD, momentum, Nesterov, weight decay, Adam and AdamW, so
+        momentum is accepted for compatibility and changes nothing.
+        """
+        from ...model import MLP
+
+        tiny = MLP((2,) * len(model.layer_sizes), seed=0)
+        X = Pixels(np.zeros((2, 2), dtype=np.uint8)) if pixels else np.zeros((2, 2), dtype=np.float32)
+        start = time.perf_counter()
+        Backend(threads=1).train_epoch(tiny, X, np.zeros(2, dtype=np.int64), batch_size=1, lr=0.01,
+                                       rng=np.random.default_rng(0))
+        return time.perf_counter() - start

@@ -1,0 +1,73 @@
+"""The numba backend's buffers: a net's parameters in the packed layout (fastmlp/kernels/packed.py),
+and the scratch arrays of a batch. Made once per (layer sizes[, batch rows]) and kept by the backend.
+
+    inputs[0|1]  (batch, sizes[0])    the gathered batch, two of them: batch s uses inputs[s % 2]
+    acts[l]      (batch, sizes[l+1])  the output of layer l; acts[L-1] the logits
+    deltas[l]    (batch, sizes[l+1])  dZ_l; deltas[L-1] is acts[L-1] (the softmax kernel overwrites
+                                      the logits with their gradient)
+"""
+
+import numpy as np
+
+from ...kernels.packed import PANEL_WIDTH, pack_weights_into, packed_shape, transpose_packed_into, unpack_weights_into
+
+
+class _Packed:
+    """One net's parameters in the packed layout: W_l, W_l.T (for l >= 1), the velocities and Adam's moments."""
+
+    def __init__(self, layer_sizes):
+        shapes = list(zip(layer_sizes[:-1], layer_sizes[1:]))
+        self.weights = tuple(np.zeros(packed_shape(k, n), dtype=np.float32) for k, n in shapes)
+        # W_0.T is never read (no input gradient for the data): a one-panel stand-in keeps the tuple uniform.
+        self.transposed = (np.zeros((1, 1, PANEL_WIDTH), dtype=np.float32),) + tuple(
+            np.zeros(packed_shape(n, k), dtype=np.float32) for k, n in shapes[1:])
+        self._velocity = self._second = None
+
+    def velocity(self):
+        """The packed velocities (Adam: the first moments)."""
+        if self._velocity is None:
+            self._velocity = tuple(np.zeros_like(P) for P in self.weights)
+        return self._velocity
+
+    def second_moments(self):
+        """The packed second moments of Adam."""
+        if self._second is None:
+            self._second = tuple(np.zeros_like(P) for P in self.weights)
+        return self._second
+
+    def _states(self, velocity, moments):
+        """(packed buffers, the caller's arrays) pairs of the optimiser state in use."""
+        if moments is not None:
+            return [(self.velocity(), moments.first.weights), (self.second_moments(), moments.second.weights)]
+        return [] if velocity is None else [(self.velocity(), velocity.weights)]
+
+    def load(self, model, velocity, moments=None):
+        """Pack the model's weights (and the velocity's, or Adam's moments) into these buffers."""
+        for l, W in enumerate(model.weights):
+            pack_weights_into(self.weights[l], W)
+            if l > 0:
+                transpose_packed_into(self.transposed[l], self.weights[l], 0, W.shape[0])
+        for packed, arrays in self._states(velocity, moments):
+            for P, W in zip(packed, arrays):
+                pack_weights_into(P, W)
+
+    def store(self, model, velocity, moments=None):
+        """Unpack into the model's own weight arrays (and the velocity's, or Adam's moments)."""
+        for W, P in zip(model.weights, self.weights):
+            unpack_weights_into(W, P)
+        for packed, arrays in self._states(velocity, moments):
+            for W, P in zip(arrays, packed):
+                unpack_weights_into(W, P)
+
+
+class _Workspace:
+    """Scratch buffers for batches of up to `rows` samples through a net of `layer_sizes`."""
+
+    def __init__(self, layer_sizes, rows):
+        self.layer_sizes = tuple(layer_sizes)
+        self.inputs = tuple(np.zeros((rows, layer_sizes[0]), dtype=np.float32) for _ in range(2))
+        self.acts = tuple(np.zeros((rows, size), dtype=np.float32) for size in layer_sizes[1:])
+        # The hidden deltas need their own buffers because the ReLU mask still reads acts.
+        self.deltas = tuple(np.zeros((rows, size), dtype=np.float32) for size in layer_sizes[1:-1]) + (self.acts[-1],)
+        self.db = tuple(np.zeros(size, dtype=np.float32) for size in layer_sizes[1:])
+        self.labels = np.zeros(rows, dtype=np.int64)

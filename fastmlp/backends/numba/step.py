@@ -1,0 +1,243 @@
+"""The numba backend's step in nopython code: fastmlp's own SIMD kernels (fastmlp.kernels.packed) run whole epochs in nopython code.
+
+Weight-stationary training. For an epoch (or one `sgd_step`) each W_l is packed once into
+column panels (fastmlp/kernels/packed.py), and so are W_l.T for l >= 1 (read by the input
+gradient) and the velocities (or Adam's two moments); they are unpacked into the model's own
+arrays (and the Velocity's or AdamMoments') when the epoch ends, so a caller never sees them.
+Biases and their velocities or moments stay in their own arrays throughout. Adam's step count t
+advances per batch inside the epoch: the epoch starts from the moments' t, batch s of it is step
+t + s + 1, and its bias corrections are computed in nopython code.
+
+Buffers, per (layer sizes, batch size, workers), made once and kept on the backend:
+    inputs[0|1]  (batch, sizes[0])    the gathered batch, two of them: batch s uses inputs[s % 2]
+    acts[l]      (batch, sizes[l+1])  the output of layer l; acts[L-1] the logits
+    deltas[l]    (batch, sizes[l+1])  dZ_l; deltas[L-1] is acts[L-1] (the softmax kernel overwrites
+                                      the logits with their gradient)
+
+A step on `workers` threads (`step_worker`), worker t of them, three phases between barriers:
+  1. layer 0 forward for every row of the batch, on worker t's panels of W_0 (its columns);
+  2. for worker t's rows of the batch: the other layers' forward, softmax + cross-entropy, and
+     the backward pass down to dZ_0, dZ_{l-1} = (dZ_l W_l^T) * (A_{l-1} > 0) reading W_l.T packed;
+  3. the updates, the weight-gradient product fused with the SGD / momentum / Adam rule: worker t's
+     panels of W_0 (the same panels as in phase 1, so they stay in that core's cache: 200 KB of
+     the 400 KB W_0 of 784-128-64-10 per core, 1 MB of L2), its share of the rows of each
+     other W_l (then of W_l.T), and its share of each bias.
+Before phase 1 each worker gathers its rows of the next batch; a barrier ends each phase, and
+the gather's barrier also ends phase 3 (two input buffers let a worker gather batch s + 1 while
+another still reads batch s in phase 3). A barrier spins briefly, then yields (spin_barrier.py).
+"""
+
+import numpy as np
+
+from ...kernels.elementwise import (
+    momentum_update_inplace,
+    sgd_update_inplace,
+    softmax_inplace,
+    softmax_xent_backward_rows_inplace,
+)
+from ...kernels.gather import gather_labels, gather_rows_scaled, prefetch_rows_to_l2
+from ...kernels.packed import (
+    ADAM,
+    ADAMW,
+    BIAS,
+    BIAS_RELU,
+    NESTEROV,
+    PANEL_WIDTH,
+    PLAIN_SGD,
+    RELU_MASK,
+    adam_corrections,
+    forward_part,
+    transpose_packed_into,
+    update_part,
+)
+from ...optim import SMALLEST_NORMAL
+from ...runtime.barrier import barrier_wait
+from ...runtime.jit import cached_njit
+
+
+@cached_njit
+def part_of(t, n, parts):
+    """(start, stop) of part t when range(n) is cut into `parts` near-equal contiguous parts."""
+    return t * n // parts, (t + 1) * n // parts
+
+
+@cached_njit
+def layer_input(x, acts, l):
+    """The input of layer l: the batch x for l = 0, else the output of layer l - 1."""
+    return x if l == 0 else acts[l - 1]
+
+
+@cached_njit
+def forward_rows(packed, biases, x, acts, first, r0, r1):
+    """Layers first.. forward of rows r0:r1 (bias + ReLU, bias alone for the logits); overwrites those rows of acts[first:]."""
+    L = len(packed)
+    for l in range(first, L):
+        out = acts[l]
+        forward_part(out, layer_input(x, acts, l), packed[l], biases[l], out, BIAS_RELU if l < L - 1 else BIAS, r0, r1,
+                     0, packed[l].shape[0])
+
+
+@cached_njit
+def backward_rows(transposed, acts, deltas, r0, r1):
+    """dZ_{l-1} = (dZ_l @ W_l.T) * (A_{l-1} > 0) for rows r0:r1, from the top layer down; overwrites those rows of deltas[:-1]."""
+    for l in range(len(transposed) - 1, 0, -1):
+        forward_part(deltas[l - 1], deltas[l], transposed[l], acts[l - 1][0], acts[l - 1], RELU_MASK, r0, r1, 0,
+                     transposed[l].shape[0])
+
+
+@cached_njit
+def adam_bias_update(b, mb, sb, g, lr, beta1, beta2, eps, bc1, bc2):
+    """The Adam step of simd_ir.adam_tile on a bias (never decayed), in that kernel's arrangement of the formulas
+    (subnormal moments flushed to zero): mb, sb its moments, g its gradient, (bc1, bc2) adam_corrections of the
+    step; all float32; overwrites b, mb and sb."""
+    one = np.float32(1.0)
+    neg_step = -(lr * bc1 / bc2)
+    eps_over_bc2 = eps / bc2
+    for j in range(b.shape[0]):
+        m = mb[j] + (one - beta1) * (g[j] - mb[j])
+        v = sb[j] + (one - beta2) * (g[j] * g[j] - sb[j])
+        if abs(m) < SMALLEST_NORMAL:
+            m = np.float32(0.0)
+        if v < SMALLEST_NORMAL:
+            v = np.float32(0.0)
+        mb[j] = m
+        sb[j] = v
+        b[j] += neg_step * (m / (np.sqrt(v) + eps_over_bc2))
+
+
+@cached_njit
+def bias_step(b, vb, sb, dZ, db, nb, c0, c1, lr, momentum, rule, beta2, eps, bc1, bc2):
+    """db[c0:c1] = column sums of dZ[:nb, c0:c1]; then entries c0:c1 of b (and vb, sb) updated by rule; overwrites them and db."""
+    for j in range(c0, c1):
+        db[j] = 0.0
+    for i in range(nb):
+        for j in range(c0, c1):
+            db[j] += dZ[i, j]
+    if rule == PLAIN_SGD:
+        sgd_update_inplace(b[c0:c1], db[c0:c1], lr)
+    elif rule == ADAM or rule == ADAMW:
+        adam_bias_update(b[c0:c1], vb[c0:c1], sb[c0:c1], db[c0:c1], lr, momentum, beta2, eps, bc1, bc2)
+    else:
+        momentum_update_inplace(b[c0:c1], vb[c0:c1], db[c0:c1], lr, momentum, 0.0, rule == NESTEROV)
+
+
+@cached_njit
+def update_worker_part(t, workers, packed, transposed, velocity_w, biases, velocity_b, x, acts, deltas, db, nb, lr,
+                       momentum, weight_decay, rule, second_w, second_b, beta2, eps, bc1, bc2):
+    """Phase 3 of a step, worker t's share: its panels of W_0, its rows of each other W_l (and W_l.T), its bias entries.
+
+    Overwrites those parts of packed, transposed, the velocities (Adam: first moments, and
+    second_w / second_b the second moments), the biases and db.
+    """
+    L = len(packed)
+    for l in range(L):
+        P = packed[l]
+        A = layer_input(x, acts, l)
+        if l == 0:  # weight-stationary: the panels this worker's phase 1 read
+            p0, p1 = part_of(t, P.shape[0], workers)
+            update_part(P, velocity_w[l], A, deltas[l], nb, 0, P.shape[1], p0, p1, lr, momentum, weight_decay, rule,
+                        second_w[l], beta2, eps, bc1, bc2)
+            c0, c1 = min(p0 * PANEL_WIDTH, biases[l].shape[0]), min(p1 * PANEL_WIDTH, biases[l].shape[0])
+        else:
+            k0, k1 = part_of(t, P.shape[1], workers)
+            update_part(P, velocity_w[l], A, deltas[l], nb, k0, k1, 0, P.shape[0], lr, momentum, weight_decay, rule,
+                        second_w[l], beta2, eps, bc1, bc2)
+            transpose_packed_into(transposed[l], P, k0, k1)
+            c0, c1 = part_of(t, biases[l].shape[0], workers)
+        bias_step(biases[l], velocity_b[l], second_b[l], deltas[l], db[l], nb, c0, c1, lr, momentum, rule, beta2, eps,
+                  bc1, bc2)
+
+
+@cached_njit(nogil=True)
+def step_worker(t, workers, barrier, packed, transposed, velocity_w, biases, velocity_b, x, labels, nb, lr, momentum,
+                weight_decay, rule, acts, deltas, db, second_w, second_b, beta2, eps, step):
+    """Worker t's part of one step on the batch x[:nb], labels[:nb] (gathered, every worker past its barrier).
+
+    step: Adam's step count t of this step (from 1), for its bias corrections; unused by SGD.
+
+    Returns (the summed loss of the worker's rows, False if the barrier was aborted).
+    Overwrites acts, deltas, db and worker t's parts of the parameters (see the module doc).
+    """
+    L = len(packed)
+    p0, p1 = part_of(t, packed[0].shape[0], workers)
+    forward_part(acts[0], x, packed[0], biases[0], acts[0], BIAS_RELU if L > 1 else BIAS, 0, nb, p0, p1)
+    if not barrier_wait(barrier, workers):
+        return 0.0, False
+    r0, r1 = part_of(t, nb, workers)
+    forward_rows(packed, biases, x, acts, 1, r0, r1)
+    loss = softmax_xent_backward_rows_inplace(acts[L - 1][r0:r1], labels[r0:r1], nb)
+    backward_rows(transposed, acts, deltas, r0, r1)
+    if not barrier_wait(barrier, workers):
+        return 0.0, False
+    bc1 = bc2 = 0.0
+    if rule == ADAM or rule == ADAMW:
+        bc1, bc2 = adam_corrections(momentum, beta2, step)
+    update_worker_part(t, workers, packed, transposed, velocity_w, biases, velocity_b, x, acts, deltas, db, nb, lr,
+                       momentum, weight_decay, rule, second_w, second_b, beta2, eps, np.float32(bc1), np.float32(bc2))
+    return loss, True
+
+
+@cached_njit(nogil=True)
+def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, biases, velocity_b, X, scale, y, order,
+                         begin, end, batch_size, lr, momentum, weight_decay, rule, inputs, acts, deltas, db, labels,
+                         second_w, second_b, beta2, eps, first_step):
+    """Worker t of `workers` training on the batches of order[begin:end] (begin a multiple of batch_size).
+
+    Batch s of the epoch (order[s * batch_size:]) is Adam's step first_step + s.
+
+    X is float32, or uint8 pixels times scale. Every worker calls it with the same batches, each
+    on its own thread. Returns the summed loss of worker t's rows; stops early if the barrier is
+    aborted.
+    """
+    total = 0.0
+    for start in range(begin, end, batch_size):
+        nb = min(batch_size, end - start)
+        x = inputs[(start // batch_size) % 2]
+        r0, r1 = part_of(t, nb, workers)
+        rows = order[start + r0 : start + r1]
+        gather_rows_scaled(x[r0:r1], X, rows, scale)
+        gather_labels(labels[r0:r1], y, rows)
+        following = start + batch_size
+        if following < end:  # the next batch's rows, fetched while this step computes
+            n0, n1 = part_of(t, min(batch_size, end - following), workers)
+            prefetch_rows_to_l2(X, order[following + n0 : following + n1])
+        if not barrier_wait(barrier, workers):
+            break
+        loss, ok = step_worker(t, workers, barrier, packed, transposed, velocity_w, biases, velocity_b, x, labels, nb,
+                               lr, momentum, weight_decay, rule, acts, deltas, db, second_w, second_b, beta2, eps,
+                               first_step + start // batch_size)
+        if not ok:
+            break
+        total += loss
+    return total
+
+
+@cached_njit
+def forward_probs_inplace(packed, biases, x, acts):
+    """Class probabilities of the rows of x in acts[-1]; overwrites acts."""
+    forward_rows(packed, biases, x, acts, 0, 0, x.shape[0])
+    softmax_inplace(acts[len(packed) - 1])
+
+
+@cached_njit
+def loss_and_grads_into(packed, transposed, biases, x, labels, acts, deltas, grads_packed, dbs):
+    """Mean loss of the batch x with labels; overwrites acts, deltas, grads_packed (dW_l packed) and dbs with the gradients.
+
+    grads_packed must hold zeros: the update kernel with lr = -1 turns a zero W into
+    0 + 1 * (A^T dZ), the gradient itself (both steps exact in float32).
+    """
+    n = x.shape[0]
+    L = len(packed)
+    forward_rows(packed, biases, x, acts, 0, 0, n)
+    loss = softmax_xent_backward_rows_inplace(acts[L - 1], labels, n) / n
+    backward_rows(transposed, acts, deltas, 0, n)
+    for l in range(L):
+        G = grads_packed[l]
+        update_part(G, G, layer_input(x, acts, l), deltas[l], n, 0, G.shape[1], 0, G.shape[0], -1.0, 0.0, 0.0,
+                    PLAIN_SGD, G, 0.0, 0.0, 0.0, 0.0)
+        for j in range(dbs[l].shape[0]):
+            dbs[l][j] = 0.0
+        for i in range(n):
+            for j in range(dbs[l].shape[0]):
+                dbs[l][j] += deltas[l][i, j]
+    return loss

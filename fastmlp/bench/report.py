@@ -1,0 +1,76 @@
+"""The bench report as text: aligned tables of the measured rows and what was measured beside them."""
+
+import os
+
+from .common import LATE_EARLY_PAIRS, WARMUP_EPOCHS
+from .optimizers import BATCH_SIZE as OPTIMIZER_BATCH_SIZE
+from .recipe import describe_recipe, recipe_options
+
+
+def format_table(header, lines, left=1):
+    """An aligned text table: the first `left` columns left-aligned, the others right-aligned."""
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+
+    def fmt(cells):
+        return "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines])
+
+
+def format_report(report):
+    """The whole report of `run` as text: a header, the throughput table, then memory and compile time."""
+    c, roof = report["config"], report["roofline"]
+    out = [
+        f"fastmlp bench ({c['mode']}): MNIST {c['samples']:,} training samples"
+        + (" (a subset)" if c["subset"] else "") + f", net {'-'.join(map(str, c['layer_sizes']))}, "
+        f"SGD lr {c['lr']}, {c['epochs']} epochs per run, backends {', '.join(c['backends'])}",
+        *c["blas"],
+    ]
+    if "torch" in c["backends"]:
+        out.append(f"torch {c['torch_version']}: {c['torch_threads']} threads (the BLAS thread count)")
+    out += [
+        f"roofline: {roof['sgemm_gflops']:.1f} GFLOP/s sgemm 2048^3 / {roof['flops_per_sample'] / 1e3:.0f} "
+        f"kFLOP per sample = {roof['samples_per_s']:,.0f} samples/s"
+        + (f" (OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '')} is set: without it, as the hardware "
+           f"allows, {roof['native']['sgemm_gflops']:.1f} GFLOP/s = {roof['native']['samples_per_s']:,.0f} "
+           f"samples/s, the 'vs native' column)" if "native" in roof else ""),
+        f"steady state = median of epochs {WARMUP_EPOCHS + 1}-{c['epochs']}; vs floor, vs numpy = median of same-round "
+        f"epoch ratios; late/early = the final state's epoch speed over that after epoch {WARMUP_EPOCHS}, "
+        f"{LATE_EARLY_PAIRS} back-to-back pairs; floor = the step's gemms alone",
+        "",
+        format_table(
+            ["batch", "backend", "input", "samples/s", "floor/s", "vs floor", "vs roofline"]
+            + (["vs native"] if "native" in roof else []) + ["vs numpy", "late/early"],
+            [[str(r["batch_size"]), r["backend"], r["input"], f"{r['samples_per_s']:,.0f}",
+              f"{r['floor_samples_per_s']:,.0f}", f"{r['vs_floor']:.2f}", f"{r['vs_roofline']:.2f}"]
+             + ([f"{r['vs_native_roofline']:.2f}"] if "native" in roof else [])
+             + ["-" if r["vs_numpy"] is None else f"{r['vs_numpy']:.2f}", f"{r['late_over_early']:.2f}"]
+             for r in report["rows"]], left=3),
+        "",
+        f"peak RSS, one process per row: loading the data, then training one epoch at each batch size "
+        f"{', '.join(map(str, c['batch_sizes']))}"
+        + ("" if all(m["reset"] for m in report["peak_rss"]) else " (peak not resettable here: training includes loading)"),
+        format_table(["backend", "input", "training peak MiB", "loading peak MiB"],
+                     [[m["backend"], m["input"], f"{m['training_peak_mb']:,.0f}", f"{m['loading_peak_mb']:,.0f}"]
+                      for m in report["peak_rss"]], left=2),
+    ]
+    if report.get("recipe"):
+        options, epochs, hidden = recipe_options()
+        recipe_epochs = report["recipe"][0]["epochs"]
+        out += ["", f"the CLI's default recipe ({describe_recipe(options, recipe_epochs, hidden)}), Pixels input, "
+                    f"once per backend through Trainer.fit; vs numba = numba's training seconds over the row's",
+                format_table(["backend", "train s", "test accuracy", "vs numba"],
+                             [[r["backend"], f"{r['train_s']:.2f}", f"{100 * r['test_accuracy']:.2f} %",
+                               "-" if r["vs_numba"] is None else f"{r['vs_numba']:.2f}"]
+                              for r in report["recipe"]])]
+    if report.get("optimizers"):
+        out += ["", f"one step's cost per optimiser, numba backend, batch {OPTIMIZER_BATCH_SIZE}, Pixels input: "
+                    f"epochs interleaved round by round; vs = median of same-round ratios",
+                format_table(["optimizer", "us per step", "vs sgd", "vs sgd nesterov"],
+                             [[r["optimizer"], f"{r['step_us']:,.0f}", f"{r['vs_sgd']:.3f}",
+                               f"{r['vs_sgd_nesterov']:.3f}"] for r in report["optimizers"]])]
+    if report["compile"]:
+        comp = report["compile"]
+        out += ["", f"numba compile of the training epoch (float32 and pixels inputs), in a fresh process: "
+                    f"cold cache {comp['numba_cold_s']:.2f} s, warm cache {comp['numba_warm_s']:.2f} s"]
+    return "\n".join(out)

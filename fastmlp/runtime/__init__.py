@@ -1,0 +1,9 @@
+"""What the kernels and backends run on: the JIT cache, atomic file writes, CPU count and load, BLAS
+threads, and the workers' barrier. Imports nothing of fastmlp above `inputs`.
+
+    jit            cached_njit: Numba's njit with a cache that follows every compiled source file
+    atomic         atomic_write: a file written under a temporary name, renamed when complete
+    blas_threads   usable CPUs, BLAS thread count and limits
+    thread_policy  other processes' load, free cores, the numpy backend's BLAS thread policy
+    barrier        the spin-then-yield barrier the numba backend's workers meet at
+"""
