@@ -12,7 +12,7 @@ Public API:
     testing             backend equivalence helpers (import fastmlp.testing)
 """
 
-__version__ = "0.2.0"
+from ._version import __version__
 
 from . import datasets
 from .backends import BackendError, available_backends, get_backend

@@ -16,7 +16,7 @@ import numpy.typing as npt
 from numpy.lib import format as npy_format
 
 from .runtime.atomic import atomic_write
-from .inputs import FloatArray, Features, Seed, check_features, check_model, check_positive_int, make_rng
+from .inputs import FloatArray, Features, Pixels, Seed, check_features, check_model, check_positive_int, make_rng
 
 INITS = ("he", "normal")
 
@@ -57,10 +57,13 @@ class MLP:
         return f"MLP({list(self.layer_sizes)})"
 
     def predict_proba(self, X: Features, *, batch_size: int = 4096) -> FloatArray:
-        """Class probabilities, float32 (n, classes), computed with the reference backend."""
-        from .backends import get_backend
+        """Class probabilities, float32 (n, classes), computed with the reference maths (fastmlp.kernels.reference)."""
+        from .kernels.reference import forward_probs
 
-        forward = get_backend("numpy").forward
+        def forward(model: MLP, X: FloatArray | Pixels) -> FloatArray:
+            rows = X.to_float32() if isinstance(X, Pixels) else X
+            return forward_probs(model.weights, model.biases, rows)
+
         check_model(self, writable=False)
         X = check_features(X, self.n_features)
         batch_size = check_positive_int(batch_size, "batch_size")

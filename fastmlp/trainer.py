@@ -14,7 +14,6 @@ from tqdm import tqdm
 
 from .backends import get_backend
 from .backends.base import DEFAULT_BETAS, DEFAULT_EPS, BackendBase, sgd_options
-from .backends.numpy_ref import hidden_activations, log_softmax
 from .inputs import (
     Features,
     FloatArray,
@@ -227,12 +226,14 @@ class Trainer:
             return self._evaluate_chunks(X, y, chunk)
 
     def _evaluate_chunks(self, X: FloatArray | Pixels, y: npt.NDArray[np.int64], chunk: int) -> tuple[float, float]:
+        from .kernels.reference import hidden_and_logits, log_softmax  # NumPy only, but fastmlp.kernels loads Numba
+
         total_loss = 0.0
         correct = 0
         for start in range(0, len(X), chunk):
             Xc = X[start : start + chunk]
             yc = y[start : start + chunk]
-            _, logits = hidden_activations(self.model, Xc)
+            _, logits = hidden_and_logits(self.model.weights, self.model.biases, Xc)
             log_probs = log_softmax(logits)
             total_loss -= float(log_probs[np.arange(len(yc)), yc].sum(dtype=np.float64))
             correct += int((logits.argmax(axis=1) == yc).sum())

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from fastmlp import bench, cli, sweep
+from fastmlp.bench import blas_report
 from fastmlp.cli import evaluate, predict, train
 
 PARSERS = {"train": train.build_parser, "evaluate": evaluate.build_parser, "predict": predict.build_parser,
@@ -104,5 +105,5 @@ def test_bench_labels_numpys_and_scipys_blas():
     owners = {line.split(":")[0] for line in lines}
     assert owners <= {"NumPy's BLAS (numpy backend)", "SciPy's BLAS (numba kernels)", "PyTorch's BLAS", "BLAS"}
     assert any(line.startswith("NumPy's BLAS") for line in lines)
-    assert bench._blas_owner("/x/site-packages/scipy.libs/libscipy_openblas-1.so") == "SciPy's BLAS (numba kernels)"
-    assert bench._blas_owner("/x/site-packages/numpy.libs/libscipy_openblas64_.so") == "NumPy's BLAS (numpy backend)"
+    assert blas_report._blas_owner("/x/site-packages/scipy.libs/libscipy_openblas-1.so") == "SciPy's BLAS (numba kernels)"
+    assert blas_report._blas_owner("/x/site-packages/numpy.libs/libscipy_openblas64_.so") == "NumPy's BLAS (numpy backend)"

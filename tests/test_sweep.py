@@ -316,7 +316,7 @@ def test_every_option_has_help_and_shows_its_default_once_as_a_value_not_a_list(
 
 
 def test_an_unreachable_scheduler_is_one_line_naming_the_flag(tiny_mnist_dir, capsys, monkeypatch):
-    monkeypatch.setattr("fastmlp.sweep.CONNECT_TIMEOUT_S", 2)
+    monkeypatch.setattr("fastmlp.sweep.cli.CONNECT_TIMEOUT_S", 2)
     with socket_nobody_listens_on() as port:
         status = main(["--scheduler", f"tcp://127.0.0.1:{port}", "--data-dir", str(tiny_mnist_dir)])
     err = capsys.readouterr().err

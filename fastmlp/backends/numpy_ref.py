@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..inputs import FloatArray, Pixels, check_positive_int
-from ..optim import SMALLEST_NORMAL, AdamMoments, Velocity
+from ..kernels.reference import adam_update, hidden_and_logits, log_softmax, momentum_update
+from ..optim import AdamMoments, Velocity
 from ..runtime.thread_policy import BlasThreadPolicy
 from .base import BackendBase, Labels, Progress, epoch_chunks
 
@@ -28,44 +29,9 @@ if TYPE_CHECKING:
     from ..model import MLP
 
 
-def log_softmax(Z: FloatArray) -> FloatArray:
-    """Row-wise log softmax of float32 logits (n, k), stable for any finite logits."""
-    shifted = Z - Z.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-
-
 def hidden_activations(model: MLP, X: FloatArray) -> tuple[list[FloatArray], FloatArray]:
     """[X, A_1, ..., A_{L-1}] and the logits Z_L of the batch X."""
-    activations = [X]
-    for W, b in zip(model.weights[:-1], model.biases[:-1]):
-        activations.append(np.maximum(activations[-1] @ W + b, np.float32(0)))
-    logits = activations[-1] @ model.weights[-1] + model.biases[-1]
-    return activations, logits
-
-
-def momentum_update(param: FloatArray, v: FloatArray, g: FloatArray, lr: float, momentum: float,
-                    nesterov: bool) -> None:
-    """v = momentum * v - lr * g, then param += momentum * v - lr * g (Nesterov) or v; both in place."""
-    mu = np.float32(momentum)
-    step = lr * g
-    v *= mu
-    v -= step
-    param += mu * v - step if nesterov else v
-
-
-def adam_update(param: FloatArray, m: FloatArray, s: FloatArray, g: FloatArray, lr: float,
-                betas: tuple[float, float], eps: float, t: int) -> None:
-    """Step t (from 1) of Kingma & Ba's Algorithm 1 on param with gradient g and moments m, s; all three in place."""
-    beta1, beta2 = np.float32(betas[0]), np.float32(betas[1])
-    m *= beta1
-    m += (1 - beta1) * g                       # m_t = b1 m_{t-1} + (1 - b1) g_t
-    s *= beta2
-    s += (1 - beta2) * (g * g)                 # v_t = b2 v_{t-1} + (1 - b2) g_t^2
-    m[np.abs(m) < SMALLEST_NORMAL] = 0         # subnormal moments flushed to zero (fastmlp/optim.py)
-    s[s < SMALLEST_NORMAL] = 0
-    m_hat = m / np.float32(1 - betas[0] ** t)  # bias-corrected first moment
-    s_hat = s / np.float32(1 - betas[1] ** t)  # bias-corrected second moment
-    param -= lr * m_hat / (np.sqrt(s_hat) + np.float32(eps))
+    return hidden_and_logits(model.weights, model.biases, X)
 
 
 class Backend(BackendBase):

@@ -63,9 +63,9 @@ def timed(fn, *args, **kwargs):
     return time.perf_counter() - start
 
 
-def run_child(call, env=None):
-    """Run `fastmlp.bench.<call>` in a fresh Python process; returns the JSON object it printed last."""
-    proc = subprocess.run([sys.executable, "-c", f"import fastmlp.bench as b; b.{call}"],
+def run_child(call, env=None, module="children"):
+    """Run `fastmlp.bench.<module>.<call>` in a fresh Python process; returns the JSON object it printed last."""
+    proc = subprocess.run([sys.executable, "-c", f"import fastmlp.bench.{module} as b; b.{call}"],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]

@@ -7,7 +7,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from .. import kernels
-from ..backends.numpy_ref import adam_update, log_softmax, momentum_update
+from ..kernels import reference
 from ..inputs import Pixels
 from .common import MNIST_TRAIN_SAMPLES
 
@@ -43,8 +43,8 @@ class _Operands:
         self.momentum, self.weight_decay = np.float32(0.9), np.float32(5e-4)
         self.S0 = self.V0 * self.V0  # an Adam second moment shaped like W0 (>= 0)
         self.beta2, self.eps = np.float32(0.999), np.float32(1e-8)
-        self.P0, self.VP0, self.SP0 = _packed_numpy(self.W0), _packed_numpy(self.V0), _packed_numpy(self.S0)
-        self.PT1 = _packed_numpy(np.ascontiguousarray(np.transpose(self.W1)))  # W1.T packed, for the input gradient
+        self.P0, self.VP0, self.SP0 = reference.packed(self.W0), reference.packed(self.V0), reference.packed(self.S0)
+        self.PT1 = reference.packed(np.ascontiguousarray(np.transpose(self.W1)))  # W1.T packed, for the input gradient
         self._rng, self._n_images = rng, n_images
 
     @cached_property
@@ -58,43 +58,6 @@ class _Operands:
     @cached_property
     def all_labels(self):
         return self._rng.integers(0, 10, self._n_images)
-
-
-def _packed_numpy(W):
-    """W (K, N) in the packed layout of fastmlp.kernels.packed, as NumPy writes it."""
-    K, N = W.shape
-    width = kernels.PANEL_WIDTH
-    panels = -(-N // width)
-    padded = np.zeros((K, panels * width), np.float32)
-    padded[:, :N] = W
-    return np.ascontiguousarray(padded.reshape(K, panels, width).transpose(1, 0, 2))
-
-
-def _softmax_xent_grad_numpy(Z, y):
-    """(softmax(Z) - onehot(y)) / n, as the reference backend computes it."""
-    dZ = np.exp(log_softmax(Z))
-    dZ[np.arange(len(y)), y] -= 1
-    return dZ / np.float32(len(y))
-
-
-def _momentum_apply_numpy(W, V, decay_step):
-    """V -= decay_step * W, then W += V: what the reference backend's decayed momentum step does to W."""
-    V -= decay_step * W
-    W += V
-    return W
-
-
-def _momentum_update_numpy(W, V, G, lr, momentum, weight_decay, nesterov):
-    """The reference backend's momentum step on W with velocity V and gradient G; returns W."""
-    momentum_update(W, V, G + weight_decay * W, lr, momentum, nesterov)
-    return W
-
-
-def _adamw_update_numpy(W, M, S, G, lr, beta1, beta2, eps, weight_decay, t):
-    """The reference backend's AdamW step t on W with moments M, S and gradient G; returns W."""
-    W -= lr * weight_decay * W
-    adam_update(W, M, S, G, lr, (beta1, beta2), eps, t)
-    return W
 
 
 def _kernel_cases(o):
@@ -113,13 +76,13 @@ def _kernel_cases(o):
         "relu_backward_bias_grad_inplace": (lambda: k.relu_backward_bias_grad_inplace(o.dZ1, o.A1, o.db1), "db1",
                                             lambda: (o.dZ1 * (o.A1 > 0)).sum(axis=0)),
         "softmax_inplace": (lambda: k.softmax_inplace(o.Z3), "Z3",
-                            lambda: np.exp(log_softmax(o.Z3))),
+                            lambda: reference.softmax(o.Z3)),
         "softmax_xent_backward_inplace": (lambda: k.softmax_xent_backward_inplace(o.Z3, o.labels), "Z3",
-                                          lambda: _softmax_xent_grad_numpy(o.Z3, o.labels)),
+                                          lambda: reference.softmax_xent_grad(o.Z3, o.labels)),
         # the first half of the batch's rows, as one of two worker threads computes them
         "softmax_xent_backward_rows_inplace": (
             lambda: k.softmax_xent_backward_rows_inplace(o.Z3[: len(o.Z3) // 2], o.labels, len(o.Z3)), "Z3",
-            lambda: np.concatenate([_softmax_xent_grad_numpy(o.Z3, o.labels)[: len(o.Z3) // 2], o.Z3[len(o.Z3) // 2 :]])),
+            lambda: np.concatenate([reference.softmax_xent_grad(o.Z3, o.labels)[: len(o.Z3) // 2], o.Z3[len(o.Z3) // 2 :]])),
         "bias_grad": (lambda: k.bias_grad(o.dZ1, o.db1), "db1", lambda: o.dZ1.sum(axis=0)),
         "sgd_update_inplace": (lambda: k.sgd_update_inplace(o.W0, o.dW0, o.lr), "W0",
                                lambda: np.subtract(o.W0, o.lr * o.dW0, out=o.W0)),
@@ -127,16 +90,16 @@ def _kernel_cases(o):
             lambda: k.momentum_gemm_update_inplace(o.V0, o.A0, o.dZ1, o.lr, o.momentum), "V0",
             lambda: np.subtract(o.momentum * o.V0, o.lr * (o.A0.T @ o.dZ1), out=o.V0)),
         "momentum_apply_inplace": (lambda: k.momentum_apply_inplace(o.W0, o.V0, o.lr * o.weight_decay), "W0",
-                                   lambda: _momentum_apply_numpy(o.W0, o.V0, o.lr * o.weight_decay)),
+                                   lambda: reference.momentum_apply(o.W0, o.V0, o.lr * o.weight_decay)),
         "momentum_update_inplace": (
             lambda: k.momentum_update_inplace(o.W0, o.V0, o.dW0, o.lr, o.momentum, o.weight_decay, True), "W0",
-            lambda: _momentum_update_numpy(o.W0, o.V0, o.dW0, o.lr, o.momentum, o.weight_decay, True)),
+            lambda: reference.momentum_update_decayed(o.W0, o.V0, o.dW0, o.lr, o.momentum, o.weight_decay, True)),
         "gather_rows": (lambda: k.gather_rows(o.out, o.images, o.rows), "out", lambda: o.images[o.rows]),
         "gather_rows_scaled": (lambda: k.gather_rows_scaled(o.out, o.pixels, o.rows, scale), "out",
                                lambda: Pixels(o.pixels, scale)[o.rows]),
         "gather_labels": (lambda: k.gather_labels(o.out_labels, o.all_labels, o.rows), "out_labels",
                           lambda: o.all_labels[o.rows]),
-        "pack_weights_into": (lambda: k.pack_weights_into(o.P0, o.W0), "P0", lambda: _packed_numpy(o.W0)),
+        "pack_weights_into": (lambda: k.pack_weights_into(o.P0, o.W0), "P0", lambda: reference.packed(o.W0)),
         "unpack_weights_into": (lambda: k.unpack_weights_into(o.dW0, o.P0), "dW0", lambda: o.W0.copy()),
         "packed_matmul_into": (lambda: k.packed_matmul_into(o.Z1, o.A0, o.P0), "Z1", lambda: o.A0 @ o.W0),
         "packed_matmul_bias_into": (lambda: k.packed_matmul_bias_into(o.Z1, o.A0, o.P0, o.b1), "Z1",
@@ -147,15 +110,15 @@ def _kernel_cases(o):
                                          lambda: (o.dZ2 @ o.W1.T) * (o.A1 > 0)),
         "packed_sgd_update_inplace": (
             lambda: k.packed_sgd_update_inplace(o.P0, o.A0, o.dZ1, o.lr, o.weight_decay), "P0",
-            lambda: _packed_numpy(o.W0 - o.lr * (o.A0.T @ o.dZ1 + o.weight_decay * o.W0))),
+            lambda: reference.packed(o.W0 - o.lr * (o.A0.T @ o.dZ1 + o.weight_decay * o.W0))),
         "packed_momentum_update_inplace": (
             lambda: k.packed_momentum_update_inplace(o.P0, o.VP0, o.A0, o.dZ1, o.lr, o.momentum, o.weight_decay, True),
-            "P0", lambda: _packed_numpy(_momentum_update_numpy(o.W0, o.V0, o.A0.T @ o.dZ1, o.lr, o.momentum,
+            "P0", lambda: reference.packed(reference.momentum_update_decayed(o.W0, o.V0, o.A0.T @ o.dZ1, o.lr, o.momentum,
                                                                o.weight_decay, True))),
         "packed_adam_update_inplace": (  # AdamW at step 10, V0 as the first moment, S0 the second
             lambda: k.packed_adam_update_inplace(o.P0, o.VP0, o.SP0, o.A0, o.dZ1, o.lr, o.momentum, o.beta2, o.eps,
                                                  o.weight_decay, 10, True),
-            "P0", lambda: _packed_numpy(_adamw_update_numpy(o.W0, o.V0, o.S0, o.A0.T @ o.dZ1, o.lr, o.momentum,
+            "P0", lambda: reference.packed(reference.adamw_update(o.W0, o.V0, o.S0, o.A0.T @ o.dZ1, o.lr, o.momentum,
                                                             o.beta2, o.eps, o.weight_decay, 10))),
         "argmax_rows_into": (lambda: k.argmax_rows_into(o.out_labels, o.Z3), "out_labels", lambda: o.Z3.argmax(axis=1)),
     }

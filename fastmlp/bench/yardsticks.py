@@ -44,7 +44,7 @@ def native_roofline():
     if not any(name in os.environ for name in names):
         return None
     env = {key: value for key, value in os.environ.items() if key not in names}
-    return run_child("report_roofline()", env)
+    return run_child("report_roofline()", env, module="yardsticks")
 
 
 class GemmFloor:

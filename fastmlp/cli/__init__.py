@@ -14,7 +14,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from .. import __version__
+from .._version import __version__
 from .common import Parser, new_parser
 
 SUBCOMMANDS = {

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .. import __version__
+from .._version import __version__
 from ..runtime.atomic import atomic_write
 from ..backends import get_backend
 from ..backends.base import BackendBase

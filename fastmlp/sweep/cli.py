@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from .. import __version__
+from .._version import __version__
 from ..runtime.blas_threads import usable_cpus
 from ..cli.common import new_parser
 from ..cli.plot import PLOT_FORMATS, require_plotting

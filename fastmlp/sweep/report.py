@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 from ..runtime.atomic import atomic_write
 from .grid import Config, config_key, describe, format_value, option_flag, without
 
