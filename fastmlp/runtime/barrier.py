@@ -12,7 +12,10 @@ can `abort_barrier(state)`: waiting and later `barrier_wait` calls then return F
 so workers stop instead of waiting forever for one that failed.
 """
 
+from typing import Any, no_type_check
+
 import numpy as np
+import numpy.typing as npt
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -31,15 +34,15 @@ _YIELDS_BEFORE_NAPS = 1000
 _NAP_MICROSECONDS = 50
 
 
-def _slot_pointer(context, builder, array_type, array, index):
+def _slot_pointer(context: Any, builder: Any, array_type: Any, array: Any, index: Any) -> Any:
     return builder.gep(context.make_array(array_type)(context, builder, array).data, [index])
 
 
 @intrinsic
-def _atomic_add(typingctx, state, index, value):
+def _atomic_add(typingctx: Any, state: Any, index: Any, value: Any) -> Any:
     """state[index] += value atomically (sequentially consistent); returns the old value."""
 
-    def codegen(context, builder, signature, args):
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         ptr = _slot_pointer(context, builder, signature.args[0], args[0], args[1])
         return builder.atomic_rmw("add", ptr, args[2], "seq_cst")
 
@@ -47,10 +50,10 @@ def _atomic_add(typingctx, state, index, value):
 
 
 @intrinsic
-def _atomic_load(typingctx, state, index):
+def _atomic_load(typingctx: Any, state: Any, index: Any) -> Any:
     """state[index], read atomically (acquire): never hoisted out of a spin loop."""
 
-    def codegen(context, builder, signature, args):
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         ptr = _slot_pointer(context, builder, signature.args[0], args[0], args[1])
         return builder.load_atomic(ptr, "acquire", 8)
 
@@ -58,10 +61,10 @@ def _atomic_load(typingctx, state, index):
 
 
 @intrinsic
-def _atomic_store(typingctx, state, index, value):
+def _atomic_store(typingctx: Any, state: Any, index: Any, value: Any) -> Any:
     """state[index] = value atomically (release)."""
 
-    def codegen(context, builder, signature, args):
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         ptr = _slot_pointer(context, builder, signature.args[0], args[0], args[1])
         builder.store_atomic(args[2], ptr, "release", 8)
         return context.get_dummy_value()
@@ -70,10 +73,10 @@ def _atomic_store(typingctx, state, index, value):
 
 
 @intrinsic
-def _cpu_relax(typingctx):
+def _cpu_relax(typingctx: Any) -> Any:
     """x86 `pause` (eases the spinning core's pressure on its sibling); a no-op elsewhere."""
 
-    def codegen(context, builder, signature, args):
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         if X86:
             fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause")
             builder.call(fn, [])
@@ -83,10 +86,10 @@ def _cpu_relax(typingctx):
 
 
 @intrinsic
-def _sched_yield(typingctx):
+def _sched_yield(typingctx: Any) -> Any:
     """POSIX sched_yield(): let another thread run on this core."""
 
-    def codegen(context, builder, signature, args):
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
         builder.call(fn, [])
         return context.get_dummy_value()
@@ -95,10 +98,10 @@ def _sched_yield(typingctx):
 
 
 @intrinsic
-def _usleep(typingctx, microseconds):
+def _usleep(typingctx: Any, microseconds: Any) -> Any:
     """POSIX usleep(microseconds): sleep at least that long (the scheduler may round it up)."""
 
-    def codegen(context, builder, signature, args):
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         i32 = ir.IntType(32)
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i32, [i32]), "usleep")
         builder.call(fn, [context.cast(builder, args[0], signature.args[0], types.uint32)])
@@ -107,21 +110,22 @@ def _usleep(typingctx, microseconds):
     return types.void(microseconds), codegen
 
 
-def barrier_state():
+def barrier_state() -> npt.NDArray[np.int64]:
     """A fresh barrier: int64 state, no thread waiting, not aborted."""
     return np.zeros(_ABORTED + 8, dtype=np.int64)
 
 
-def abort_barrier(state):
+def abort_barrier(state: npt.NDArray[np.int64]) -> None:
     """Release every waiting thread; this barrier and later waits on it return False."""
     state[_ABORTED] = 1
 
 
-def barrier_aborted(state):
+def barrier_aborted(state: npt.NDArray[np.int64]) -> bool:
     return bool(state[_ABORTED])
 
 
 @cached_njit(nogil=True)
+@no_type_check  # a Numba body: mypy would misread the intrinsics' calls (typed by Numba)
 def barrier_wait(state, parties):
     """Block until `parties` threads have called it (True), or the barrier is aborted (False)."""
     if parties <= 1:
