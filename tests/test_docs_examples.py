@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import linecache
+import re
 import textwrap
 from pathlib import Path
 from typing import NamedTuple
@@ -64,6 +65,16 @@ def test_the_pages_are_found() -> None:
     ids = {page_id(page) for page in PAGES_WITH_CODE}
     assert "README.md" in ids
     assert "docs/kernels/njit.md" in ids
+
+
+def test_readme_links_resolve() -> None:
+    """README links into docs/ by relative paths, so that they work on GitHub; mkdocs checks the
+    site's own links (--strict), this checks README's."""
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", (ROOT / "README.md").read_text(encoding="utf-8"))
+    local = [link for link in links if "://" not in link]
+    assert local, "README links into no page of the docs"
+    missing = [link for link in local if not (ROOT / link).is_file()]
+    assert not missing, f"README links to files that do not exist: {missing}"
 
 
 @pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=page_id)
