@@ -8,8 +8,8 @@ Backward, with dZ_L = (P - onehot(y)) / n:
 The SGD step, with momentum and weight decay when asked, and Adam's: see fastmlp/optim.py.
 
 BLAS runs on as many threads as the cores other work leaves free (fastmlp/thread_policy.py),
-or on `Backend(threads=N)`: alone, two threads make a step 1.2-1.6x faster at any batch size;
-beside other work, OpenBLAS's spinning threads made two trainings at once 48x slower.
+or on `Backend(threads=N)`: alone, more threads make a step faster at any batch size; beside
+other work, OpenBLAS's spinning threads made two trainings at once dozens of times slower.
 """
 
 from __future__ import annotations

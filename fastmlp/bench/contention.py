@@ -10,7 +10,7 @@ each run a process of its own that writes `--metrics-json`; the time compared is
 
 Each ratio is that time over the run alone. Two jobs sharing the cores fairly take up to twice
 as long, so 2x is the price of sharing and anything far above it is threads waiting for each
-other (before the thread policy, the numpy backend's two runs at once took 48x as long).
+other (before the thread policy, the numpy backend's two runs at once took dozens of times as long).
 Scenarios run one after the other, each `--repeats` times; the median is reported. The lead's
 figures come from a machine where nothing else ran; on a machine shared with other work all
 three scenarios carry that work too.

@@ -20,8 +20,8 @@ and sees the same batches (the Trainer's seeded shuffle).
   cause). The model as the run leaves it (late) and as it was after the first two epochs (early)
   each train one more epoch, from copies, on the same batches, back to back, LATE_EARLY_PAIRS
   times: the median of early seconds / late seconds. Comparing epochs minutes apart in the run's
-  history instead measured the machine's drift (0.86-1.19 for states that train at the same
-  speed side by side).
+  history instead measured the machine's drift (ratios far from 1 for states that train at the
+  same speed side by side; docs/results.md).
 - peak RSS: a process's high-water mark cannot be split between backends that share it, so each
   (backend, input) trains one epoch per batch size in a process of its own; it reports the peak
   of loading the data, then resets the peak (Linux) and reports training's.

@@ -1,9 +1,8 @@
 """The SIMD microkernels, written as LLVM IR: one MR x NR tile of a product, its epilogue fused.
 
 Numba's auto-vectoriser does not keep a plain-loop tile in registers (a prototype of it ran at
-34 GFLOP/s where this IR ran at 120-137 on one Intel core; on this project's Zen 5 machine the
-tiles below run 200-250 GFLOP/s on one core, 1.1-1.9x single-threaded OpenBLAS at the step's
-shapes); these kernels say exactly what the core should do instead. Each one is an LLVM
+a fraction of this IR's speed; the figures are in docs/results.md); these kernels say exactly what
+the core should do instead. Each one is an LLVM
 function, added once to the module that calls it, whose loop carries the MR x NV accumulator
 vectors of the tile as `phi` values, so that they live in registers for the whole loop:
 
@@ -339,8 +338,8 @@ def adam_tile(module, tile):
     The caller passes pending = 0 with its first tile, and applies its last one with n = 0.
     Each tile's update (3 loads, 3 stores, a sqrt, a divide and 8 more operations a vector, 16
     vectors a tile) so runs beside the next tile's FMAs, where at the end of its own loop it
-    left the FMA pipes idle: on one Zen 5 core, updating 2 panels of a 784 x 128 weight at batch
-    64, the Adam step cost 1.16x the plain SGD step's kernel that way, 1.00-1.05x this way.
+    left the FMA pipes idle: this way the Adam step costs about what the plain SGD step's kernel
+    does (measured in docs/results.md, "Adam").
 
     The update of one vector, rule ADAM or ADAMW (momentum is beta1; c1 = 1 / (1 - beta1^t) and
     c2 = 1 / sqrt(1 - beta2^t), the bias corrections of step t), arranged so that few of its
@@ -352,12 +351,12 @@ def adam_tile(module, tile):
         M', S' = 0 where |M'|, S' < SMALLEST_NORMAL
         W' = W0 - (lr c1 / c2) M' / (sqrt(S') + eps / c2)
     the last being lr c1 M' / (sqrt(S') c2 + eps) divided through by c2. The flush keeps
-    subnormal floats out of the divide (on this project's Zen 5, a divide of a subnormal runs
-    2.4x slower; 3 % of M's entries were subnormal after 4 epochs: those of weights whose pixel
-    is nearly always 0), and changes W by less than 1e-30. On x86 it is the MXCSR's
+    subnormal floats out of the divide (a divide of a subnormal runs several times slower on x86,
+    and many of M's entries turn subnormal: those of weights whose pixel is nearly always 0; see
+    docs/results.md), and changes W by less than 1e-30. On x86 it is the MXCSR's
     flush-to-zero and denormals-are-zero modes, which the caller turns on around its tiles
-    (packed._flush_subnormals_on): free, where a compare and a select per moment made the
-    kernel cost 1.13x plain SGD's instead of 1.03-1.06x. Elsewhere the tile compares and selects.
+    (packed._flush_subnormals_on): free, where a compare and a select per moment cost the
+    kernel measurably more. Elsewhere the tile compares and selects.
     Padding columns have G = 0, so their W, M and S stay zero.
     """
     name = f"fastmlp_adam_tile_{tile.name}"

@@ -24,12 +24,11 @@ from numba.extending import intrinsic
 from .jit import X86, cached_njit
 
 _COUNT, _GENERATION, _ABORTED = 0, 8, 16  # int64 slots, 64 bytes apart
-_SPINS_BEFORE_YIELD = 4000  # ~10-40 us of spinning; a step at batch 32 takes ~150 us
+_SPINS_BEFORE_YIELD = 4000  # tens of microseconds of spinning, a fraction of a step at batch 32
 # Then sched_yield, ~1 us each when no other thread wants the core; after this many (>= 1 ms:
 # on an idle machine the others never are that late) the waiter naps NAP_MICROSECONDS at a time,
-# so a late thread, descheduled by other work, gets the core back within a nap or two. Measured
-# (bench --contention, numba, 3 epochs, two runs each, machine shared): beside a CPU hog 4.99 and
-# 5.39 s with naps, 7.97 and 8.52 s yielding only; two trainings at once 5.53 / 5.00 s against 6.04 / 5.93 s.
+# so a late thread, descheduled by other work, gets the core back within a nap or two: with naps,
+# bench --contention ran faster beside a CPU hog and two at once than yielding only (docs/results.md).
 _YIELDS_BEFORE_NAPS = 1000
 _NAP_MICROSECONDS = 50
 

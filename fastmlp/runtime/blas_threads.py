@@ -101,8 +101,8 @@ def blas_threads_limited(threads: int = 1) -> Iterator[None]:
     """Within the block, BLAS calls made by this thread run on `threads` threads (default one).
 
     The recipe for your own @njit code that calls fastmlp's gemm kernels on a machine busy with
-    other work, where BLAS's spinning threads would wait for each other (30-58 s per epoch of
-    such a loop, against 0.6-1.1 s single-threaded)::
+    other work, where BLAS's spinning threads would wait for each other (such a loop ran tens of
+    times slower than single-threaded; docs/results.md)::
 
         with fastmlp.kernels.blas_threads_limited():
             my_training_loop(...)

@@ -1,10 +1,10 @@
 """How many BLAS threads the numpy backend trains with: as many as the cores other work leaves free.
 
-OpenBLAS's threads spin while they wait for work. Alone on the machine, two of them make the
-numpy backend's step 1.2-1.6x faster on this 2-core machine, at every batch size from 32 to 1024
-(measured: the products of a step are small, but still pay). Beside any other busy process the
-spinning threads outnumber the free cores and every hand-off waits for a scheduler time slice:
-two numpy trainings at once ran 48x slower (106 s instead of 2.2 s for 3 epochs). So the policy
+OpenBLAS's threads spin while they wait for work. Alone on the machine, more of them make the
+numpy backend's step faster at every batch size from 32 to 1024 (measured: the products of a step
+are small, but still pay). Beside any other busy process the spinning threads outnumber the free
+cores and every hand-off waits for a scheduler time slice: two numpy trainings at once ran dozens
+of times slower (the figures are in docs/results.md). So the policy
 counts the cores others use, from the CPU time of this process's CPUs in /proc/stat minus this
 process's own CPU time, over the last RECHECK_SECONDS, and runs BLAS on the cores left free
 (at most the BLAS thread count and the usable CPUs: affinity mask). Elsewhere than Linux the

@@ -159,8 +159,8 @@ class Backend(BackendBase):
         """`training_threads()`, but no more than the cores other work leaves free.
 
         Two workers that meet at a barrier three times a step wait for each other's time slice
-        when another process holds one of the two cores (3 epochs of the default recipe beside a
-        CPU-bound process: 5x as long as alone); one worker per free core shares fairly. Two
+        when another process holds one of the two cores (several times as long as alone beside a
+        CPU-bound process; docs/results.md); one worker per free core shares fairly. Two
         readings: until a first window has passed, the threads of other processes runnable as
         the epoch starts (a short training sees the job beside it at once); then the cores they
         kept busy over the last LOAD_WINDOW_SECONDS (which also sees one that runs now and then). The window's reading is renewed at most
@@ -171,16 +171,16 @@ class Backend(BackendBase):
         if self._load is None:
             self._load, self._load_read_at, self._free_cores = CpuLoad(), now, None
         if now - self._load_read_at >= LOAD_WINDOW_SECONDS:
-            # A core counts as taken once others keep it busy half the time: on this idle VM,
-            # interrupts and steal time read as 0.1-0.15 of a core, and numpy's stricter
+            # A core counts as taken once others keep it busy half the time: on an idle VM,
+            # interrupts and steal time read as a fraction of a core, and numpy's stricter
             # threshold (a quarter) took a worker away from a whole training now and then.
             self._free_cores = free_cores(self._load.others_busy(), self._load.cpus, free_share=0.5)
             self._load_read_at = now
         threads = training_threads()
         if self._free_cores is not None:
             return min(threads, self._free_cores)
-        # Until the first window is read: the ~1 ms of readings, just before the workers start,
-        # cost an idle machine's epochs ~10 % when they were taken before every epoch.
+        # Until the first window is read: these readings, just before the workers start, cost an
+        # idle machine's short epochs measurably when they were taken before every epoch.
         running = others_running()
         return threads if running is None else min(threads, max(1, self._load.cpus - running))
 
