@@ -323,6 +323,51 @@ def _check_finite(X: FloatArray, path: Path, names: Sequence[str] | None) -> Non
             raise TableError(f"{path}: {where}: {value} (NaN and inf cannot be trained on)")
 
 
+def hold_out(X: FloatArray, y: np.ndarray, fraction: float, seed: int | None) -> tuple[FloatArray, np.ndarray,
+                                                                                    FloatArray, np.ndarray]:
+    """(X_train, y_train, X_test, y_test): a random `fraction` of the rows held out, each part in file order.
+
+    The rows are drawn as `fastmlp.datasets.train_val_split` draws them, but X's training rows are moved
+    to its front in place, block by block, and X_train is a view of them: only the held-out rows are
+    copied, never the whole table.
+    """
+    from .datasets import _validation_count
+    from .inputs import make_rng
+
+    n_test = _validation_count(fraction, len(X))
+    permutation = make_rng(seed).permutation(len(X))
+    test_idx, train_idx = np.sort(permutation[:n_test]), np.sort(permutation[n_test:])
+    X_test, y_test = X[test_idx], y[test_idx]
+    # train_idx rises and train_idx[i] >= i, so writing row i never overwrites a row still to be read.
+    step = max(1, (1 << 20) // max(1, X.shape[1]))
+    for start in range(0, len(train_idx), step):
+        rows = train_idx[start : start + step]
+        X[start : start + len(rows)] = X[rows]
+    return X[: len(train_idx)], y[train_idx], X_test, y_test
+
+
+def mean_and_std(X: FloatArray) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Each column's mean and standard deviation, summed in float64 one block of rows at a time (no copy of X)."""
+    step = max(1, (1 << 20) // max(1, X.shape[1]))
+    total = np.zeros(X.shape[1])
+    for start in range(0, len(X), step):
+        total += X[start : start + step].sum(axis=0, dtype=np.float64)
+    mean = total / len(X)
+    squares = np.zeros(X.shape[1])
+    for start in range(0, len(X), step):
+        squares += ((X[start : start + step] - mean) ** 2).sum(axis=0)
+    return mean, np.sqrt(squares / len(X))
+
+
+def standardize_in_place(X: FloatArray, mean: npt.ArrayLike, std: npt.ArrayLike) -> None:
+    """X = (X - mean) / std in float32, in place, as `MLP.standardize` computes it (std 0 counts as 1)."""
+    mean32 = np.asarray(mean, dtype=np.float32)
+    std32 = np.array(std, dtype=np.float32)
+    std32[std32 == 0] = 1
+    X -= mean32
+    X /= std32
+
+
 def describe_shape(table: Table) -> str:
     """'1,000 rows, 4 features, 3 classes' for messages."""
     k = len(np.unique(table.labels))
@@ -330,4 +375,4 @@ def describe_shape(table: Table) -> str:
 
 
 __all__ = ["FEATURE_SUFFIXES", "Table", "TableError", "class_labels", "describe_shape", "encode_labels",
-           "load_features", "load_table"]
+           "hold_out", "load_features", "load_table", "mean_and_std", "standardize_in_place"]
