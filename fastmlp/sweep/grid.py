@@ -40,8 +40,9 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> list[str]:
             return dict(kwargs, nargs="+")
         kwargs = dict(kwargs, nargs="+", default=[kwargs["default"]])
         if dest == "lr":  # resolved per trial: train's SGD default, or Adam's for an Adam trial
-            kwargs.update(default=[None], help=kwargs["help"] + f" (default: {kwargs['default'][0]:g}, and "
-                                                                f"{ADAM_DEFAULT_LR:g} for --optimizer adam or adamw)")
+            kwargs.update(default=[None], help=f"learning rate (of the first epoch); {ADAM_DEFAULT_LR:g} for the "
+                                               f"adam and adamw trials when not given (default: "
+                                               f"{kwargs['default'][0]:g})")
             return kwargs
         if dest == "hidden":
             kwargs.update(type=hidden_widths, default=[tuple(kwargs["default"][0])], metavar="WxW",
