@@ -95,14 +95,20 @@ def load_features(path: PathLike, n_features: int, feature_names: Sequence[str] 
 def encode_labels(labels: np.ndarray, classes: np.ndarray, path: PathLike | None = None) -> npt.NDArray[np.int64]:
     """Each label's index in classes (sorted, as np.unique gives them); raises TableError, naming path, for a
     label that is not one of them."""
+    where = f"{path}: " if path is not None else ""
+    if classes.dtype.kind == "U":
+        labels = labels.astype(str)  # "3" in a file of words matches the class "3"
+    elif labels.dtype.kind == "U":
+        raise TableError(f"{where}labels are words ({labels[0].item()!r}, ...) but the model's classes are numbers: "
+                         f"{', '.join(map(str, classes[:20].tolist()))}")
     index = np.searchsorted(classes, labels)
     index = np.minimum(index, len(classes) - 1)
     unknown = classes[index] != labels
     if unknown.any():
         first = int(np.argmax(unknown))
-        where = f"{path}: " if path is not None else ""
-        raise TableError(f"{where}label {labels[first]!r} (row {first + 1}) is not one of the model's classes: "
-                         f"{', '.join(map(str, classes[:20]))}{' ...' if len(classes) > 20 else ''}")
+        raise TableError(f"{where}label {labels[first].item()!r} (row {first + 1}) is not one of the model's "
+                         f"classes: {', '.join(map(str, classes[:20].tolist()))}"
+                         f"{' ...' if len(classes) > 20 else ''}")
     return index.astype(np.int64)
 
 
