@@ -16,7 +16,7 @@ import numpy.typing as npt
 from numpy.lib import format as npy_format
 
 from .runtime.atomic import atomic_write
-from .inputs import FloatArray, Features, Seed, check_features, check_model, check_positive_int, make_rng
+from .inputs import FloatArray, Features, Pixels, Seed, check_features, check_model, check_positive_int, make_rng
 
 INITS = ("he", "normal")
 
@@ -93,10 +93,12 @@ class MLP:
         index = self.predict_proba(X).argmax(axis=1)
         return index if self.classes is None else self.classes[index]
 
-    def standardize(self, X: FloatArray) -> FloatArray:
+    def standardize(self, X: FloatArray | Pixels) -> FloatArray | Pixels:
         """X as the net's first layer takes it: (X - mean) / std in float32 when the model standardises, else X."""
         if self.mean is None or self.std is None:
             return X
+        if isinstance(X, Pixels):
+            X = X.to_float32()
         return np.divide(X - self.mean, self.std, dtype=np.float32)
 
     def set_standardization(self, mean: npt.ArrayLike, std: npt.ArrayLike) -> None:

@@ -42,7 +42,7 @@ def announce_compiling(what: str = "the numba kernels", say: Callable[[str], obj
 
     said = False
 
-    class Notice(event.Listener):  # type: ignore[misc]  # numba has no type information
+    class Notice(event.Listener):  # numba has no type information: a subclass of Any
         def on_start(self, ev: Any) -> None:
             nonlocal said
             if not said:
