@@ -16,7 +16,8 @@ import numpy.typing as npt
 from numpy.lib import format as npy_format
 
 from .runtime.atomic import atomic_write
-from .inputs import FloatArray, Features, Pixels, Seed, check_features, check_model, check_positive_int, make_rng
+from .inputs import FloatArray, Features, Seed, check_features, check_model, check_positive_int, make_rng
+from .inputs import Pixels  # MLP.standardize takes them too
 
 INITS = ("he", "normal")
 
@@ -77,11 +78,13 @@ class MLP:
 
     def predict_proba(self, X: Features, *, batch_size: int = 4096) -> FloatArray:
         """Class probabilities, float32 (n, classes), computed with the reference backend."""
+        if self.mean is not None:  # the model's standardisation first: the net was trained on (X - mean) / std
+            X = self.standardize(check_features(X, self.n_features))
         from .backends import get_backend
 
         forward = get_backend("numpy").forward
         check_model(self, writable=False)
-        X = self.standardize(check_features(X, self.n_features))
+        X = check_features(X, self.n_features)
         batch_size = check_positive_int(batch_size, "batch_size")
         n = len(X)
         if n <= batch_size:
