@@ -47,9 +47,9 @@ def format_report(matrix: npt.ArrayLike, class_names: Sequence[str] | None = Non
     precision, recall = precision_recall(matrix)
     labels = [name if name == str(c) else f"{c} {name}" for c, name in enumerate(names)]
     width = max(len("class"), *map(len, labels))
-    lines = [f"{'class':<{width}}  precision  recall  support"]
+    lines = [f"{'class':<{width}}  precision   recall  support"]  # room for a recall of 100.00%
     for c, label in enumerate(labels):
-        lines.append(f"{label:<{width}}  {100 * precision[c]:8.2f}%  {100 * recall[c]:5.2f}%  {int(matrix[c].sum()):7,}")
+        lines.append(f"{label:<{width}}  {100 * precision[c]:8.2f}%  {100 * recall[c]:6.2f}%  {int(matrix[c].sum()):7,}")
     width = max(5, len(f"{int(matrix.max()):,}") + 1)
     lines += ["", "confusion matrix (rows: true class, columns: predicted class)",
               "true\\pred" + "".join(f"{c:>{width}}" for c in range(k))]
