@@ -4,12 +4,12 @@
     load_features(path, ...)        -> float32 features only, for predictions (CSV, .npz or .npy)
     encode_labels(labels, classes)  -> class indices 0..k-1, the order of `classes`
 
-A CSV is read in two passes over the file and never held as text or as Python objects: the
-first pass (Python, one line at a time) checks that every row has as many fields as the header;
-the second is NumPy's C parser (`np.loadtxt`), which writes the feature columns straight into one
-float32 array that grows by chunks, and the label column into an array of its own. The peak memory
-is the float32 features and the labels, plus a chunk of the parser's. Only when the parser fails
-is the file read a third time, in Python, to name the column and line of the first bad value.
+A CSV is read in three passes over the file and never held as text or as Python objects: the
+first (Python, one line at a time) checks that every row has as many fields as the header; the
+second and third are NumPy's C parser (`np.loadtxt`), which writes the feature columns straight into
+one float32 array that grows by chunks, then the label column into an array of its own. The peak
+memory is the float32 features and the labels, plus a chunk of the parser's. Only when the parser
+fails is the file read once more, in Python, to name the column and line of the first bad value.
 
 Every error is a `TableError` (a ValueError) whose one-line message starts with the file's path,
 so that the command line can print it as it is.
@@ -59,6 +59,9 @@ def load_table(path: PathLike, target: str | None = None) -> Table:
     """Features and labels from a CSV with a header row (target: the label column's name, default the
     last column) or an .npz with arrays X (n, features) and y (n,). Raises TableError naming the file."""
     path = _existing_file(path)
+    if path.suffix.lower() == ".npy":
+        raise TableError(f"{path}: an .npy file holds one array, so no labels; give a CSV with a label column, or "
+                         f"an .npz holding X and y (np.savez(path, X=X, y=y))")
     if path.suffix.lower() == ".npz":
         if target is not None:
             raise TableError(f"{path}: --target names a CSV column; an .npz file holds its labels in array 'y'")

@@ -92,6 +92,9 @@ def test_bad_npz_files_are_named(tmp_path):
     np.savez(tmp_path / "short.npz", X=np.zeros((3, 2)), y=np.zeros(2))
     with pytest.raises(TableError, match="one label per row of X"):
         load_table(tmp_path / "short.npz")
+    np.save(tmp_path / "x.npy", np.zeros((2, 2)))
+    with pytest.raises(TableError, match=r"x.npy: an .npy file holds one array, so no labels"):
+        load_table(tmp_path / "x.npy")
     with pytest.raises(FileNotFoundError, match="nothere.csv: no such file"):
         load_table(tmp_path / "nothere.csv")
 
