@@ -202,6 +202,8 @@ def _missing_files(folder: Path) -> list[str]:
 
 
 def _describe_missing(folder: Path) -> str:
+    if folder.exists() and not folder.is_dir():
+        return "a file, not a folder"
     if not folder.is_dir():
         return "folder does not exist"
     missing = _missing_files(folder)
@@ -221,12 +223,37 @@ def _search_places(dataset: str) -> list[tuple[str, Path]]:
     return places
 
 
-def _locate(dataset: str, data_dir: PathLike | None, download: bool, progress: bool | None) -> Path:
-    """The folder holding the dataset's four files, downloading them if allowed and needed."""
+def find_dataset(dataset: str, data_dir: PathLike | None = None, *, download: bool = True,
+                 progress: bool | None = None) -> tuple[str, Path]:
+    """(where, folder): the folder holding the dataset's four files and which place it is ("data_dir",
+    "$FASTMLP_DATA", "copy shipped with fastmlp", "system copy", "user cache"), looked for as `load_mnist`
+    does (downloading into the cache, or into data_dir, if allowed and needed)."""
+    if dataset not in FILES:
+        raise ValueError(f"unknown dataset {dataset!r}; known datasets: {', '.join(sorted(FILES))}")
+    return _locate(dataset, data_dir, download, progress)
+
+
+def unused_env_folder(dataset: str) -> tuple[Path, str] | None:
+    """($FASTMLP_DATA's folder, what it lacks) when the variable is set but does not hold the dataset, so that
+    another place's copy is used instead: a caller can say so. None when unset or holding it."""
+    env = os.environ.get(ENV_VAR)
+    if not env:
+        return None
+    folder = Path(env).expanduser()
+    return None if not _missing_files(folder) else (folder, _describe_missing(folder))
+
+
+def _locate(dataset: str, data_dir: PathLike | None, download: bool, progress: bool | None) -> tuple[str, Path]:
+    """(label, folder): the folder holding the dataset's four files, downloading them if allowed and needed."""
     if data_dir is not None:
         folder = Path(data_dir).expanduser()
+        if folder.exists() and not folder.is_dir():  # a download could not create the folder either
+            raise DatasetNotFoundError(
+                f"data_dir {folder} is a file, not a folder holding the {dataset} IDX files",
+                dataset=dataset, data_dir=folder, places=[("data_dir", folder, "a file, not a folder")],
+            )
         if not _missing_files(folder):
-            return folder
+            return "data_dir", folder
         if not download:
             missing = _describe_missing(folder)
             raise DatasetNotFoundError(
@@ -234,14 +261,14 @@ def _locate(dataset: str, data_dir: PathLike | None, download: bool, progress: b
                 f"put the four IDX files there, or pass download=True to download them into it",
                 dataset=dataset, data_dir=folder, places=[("data_dir", folder, missing)],
             )
-        return _download_missing(dataset, folder, progress)
+        return "data_dir", _download_missing(dataset, folder, progress)
 
     places = _search_places(dataset)
-    for _, folder in places:
+    for label, folder in places:
         if not _missing_files(folder):
-            return folder
+            return label, folder
     if download:
-        return _download_missing(dataset, cache_dir(dataset), progress)
+        return "download into the user cache", _download_missing(dataset, cache_dir(dataset), progress)
     looked_in = [(label, folder, _describe_missing(folder)) for label, folder in places]
     looked = "\n".join(f"  - {label}: {folder} ({missing})" for label, folder, missing in looked_in)
     raise DatasetNotFoundError(
@@ -356,7 +383,7 @@ def load_mnist(data_dir: PathLike | None = None, *, download: bool = True, datas
     """
     if dataset not in FILES:
         raise ValueError(f"unknown dataset {dataset!r}; known datasets: {', '.join(sorted(FILES))}")
-    folder = _locate(dataset, data_dir, download, progress)
+    _, folder = _locate(dataset, data_dir, download, progress)
     paths = {stem: _find_file(folder, stem) or folder / stem for stem in CANONICAL_FILES}  # all found by _locate
     X_train, y_train = _read_pair(paths[TRAIN_IMAGES], paths[TRAIN_LABELS], as_pixels)
     X_test, y_test = _read_pair(paths[TEST_IMAGES], paths[TEST_LABELS], as_pixels)

@@ -20,6 +20,12 @@ from .inputs import FloatArray, Features, Pixels, Seed, check_features, check_mo
 
 INITS = ("he", "normal")
 
+# The model file's layout (see `MLP.save`). Version 1 (no "format_version" entry) held the layers only;
+# version 2 adds the optional class labels, standardisation and column names. A reader refuses versions
+# it does not know, so that a newer file is never half-read.
+FORMAT_VERSION = 2
+_OPTIONAL_ENTRIES = ("classes", "mean", "std", "feature_names", "target")
+
 
 class ModelFileError(ValueError):
     """A model file that is missing pieces, corrupt, pickled or inconsistent."""
@@ -30,7 +36,20 @@ class MLP:
 
     `weights[i]` has shape (fan_in, fan_out) and `biases[i]` shape (fan_out,), float32,
     C-contiguous and writable. Backends update these very arrays in place.
+
+    What a model trained on the user's own data also carries, each None when absent (the net then
+    works on features as given, and predicts class indices):
+    classes        the label of each output, sorted (int64, float64 or str): `predict` returns them;
+    mean, std      float32 (n_features,): `predict_proba` and `predict` standardise X as (X - mean) / std
+                   first (the backends and `Trainer` see features already standardised);
+    feature_names  the training file's feature columns, and target its label column's name.
     """
+
+    classes: np.ndarray | None = None
+    mean: FloatArray | None = None
+    std: FloatArray | None = None
+    feature_names: tuple[str, ...] | None = None
+    target: str | None = None
 
     def __init__(self, layer_sizes: Iterable[int], *, init: str = "he", seed: Seed = None) -> None:
         self.layer_sizes: tuple[int, ...] = _check_layer_sizes(layer_sizes)
@@ -58,6 +77,8 @@ class MLP:
 
     def predict_proba(self, X: Features, *, batch_size: int = 4096) -> FloatArray:
         """Class probabilities, float32 (n, classes), computed with the reference maths (fastmlp.kernels.reference)."""
+        if self.mean is not None:  # the model's standardisation first: the net was trained on (X - mean) / std
+            X = self.standardize(check_features(X, self.n_features))
         from .kernels.reference import forward_probs
 
         def forward(model: MLP, X: FloatArray | Pixels) -> FloatArray:
@@ -72,9 +93,29 @@ class MLP:
             return forward(self, X)
         return np.concatenate([forward(self, X[i : i + batch_size]) for i in range(0, n, batch_size)])
 
-    def predict(self, X: Features) -> npt.NDArray[np.intp]:
-        """Predicted class index per row, int64 (n,)."""
-        return self.predict_proba(X).argmax(axis=1)
+    def predict(self, X: Features) -> np.ndarray:
+        """Predicted class per row (n,): its label from `classes` when the model has them, else its index (int64)."""
+        index = self.predict_proba(X).argmax(axis=1)
+        return index if self.classes is None else self.classes[index]
+
+    def standardize(self, X: FloatArray | Pixels) -> FloatArray | Pixels:
+        """X as the net's first layer takes it: (X - mean) / std in float32 when the model standardises, else X."""
+        if self.mean is None or self.std is None:
+            return X
+        if isinstance(X, Pixels):
+            X = X.to_float32()
+        return np.divide(X - self.mean, self.std, dtype=np.float32)
+
+    def set_standardization(self, mean: npt.ArrayLike, std: npt.ArrayLike) -> None:
+        """Keep (X - mean) / std as the first step of every prediction; std 0 (a constant feature) counts as 1."""
+        mean = np.ascontiguousarray(mean, dtype=np.float32)
+        std = np.array(std, dtype=np.float32)
+        if mean.shape != (self.n_features,) or std.shape != (self.n_features,):
+            raise ValueError(f"mean and std must have shape ({self.n_features},), got {mean.shape} and {std.shape}")
+        if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std >= 0).all()):
+            raise ValueError("mean and std must be finite, and std >= 0")
+        std[std == 0] = 1
+        self.mean, self.std = mean, std
 
     def copy(self) -> MLP:
         """An independent copy of this model."""
@@ -82,20 +123,38 @@ class MLP:
         other.layer_sizes = self.layer_sizes
         other.weights = [W.copy() for W in self.weights]
         other.biases = [b.copy() for b in self.biases]
+        for name in _OPTIONAL_ENTRIES:
+            value = getattr(self, name)
+            setattr(other, name, value.copy() if isinstance(value, np.ndarray) else value)
         return other
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the parameters to an `.npz` file (no pickled objects), atomically."""
+        """Write the model to an `.npz` file (no pickled objects), atomically.
+
+        The file's entries, each a plain array (any tool with an .npz reader can use them):
+        format_version  int64 scalar, 2 (files without it are version 1: layer entries only)
+        layer_sizes     int64 (L+1,): inputs, hidden widths, classes
+        W{i}, b{i}      float32 (fan_in, fan_out) and (fan_out,) for layer i = 0..L-1; the net is
+                        softmax(relu(...relu(X @ W0 + b0)...) @ W{L-1} + b{L-1})
+        classes         optional, (classes,) int64, float64 or unicode: the label of each output, sorted
+        mean, std       optional, float32 (inputs,): X is replaced by (X - mean) / std first
+        feature_names   optional, unicode (inputs,): the training file's feature columns
+        target          optional, unicode scalar: the training file's label column
+        """
         check_model(self, writable=False)
         path = _check_path(path)
         for name, a in [(f"weights[{i}]", W) for i, W in enumerate(self.weights)] + \
                        [(f"biases[{i}]", b) for i, b in enumerate(self.biases)]:
             if not np.isfinite(a).all():  # MLP.load would refuse the file
                 raise ValueError(f"model.{name} contains NaN or inf; such a model is not saved")
-        arrays: dict[str, Any] = {"layer_sizes": np.asarray(self.layer_sizes, dtype=np.int64)}
+        arrays: dict[str, Any] = {"format_version": np.int64(FORMAT_VERSION),
+                                  "layer_sizes": np.asarray(self.layer_sizes, dtype=np.int64)}
         for i, (W, b) in enumerate(zip(self.weights, self.biases)):
             arrays[f"W{i}"] = W
             arrays[f"b{i}"] = b
+        extras = _extras_as_arrays(self)
+        _check_extras(extras, self.layer_sizes, "model")
+        arrays.update(extras)
         with atomic_write(path) as f:
             np.savez(f, **arrays)
 
@@ -124,11 +183,17 @@ class MLP:
             layer_sizes = _check_layer_sizes(sizes.tolist())
         except ValueError as exc:
             raise ModelFileError(f"{path}: {exc}") from None
+        version = arrays.pop("format_version", np.int64(1))
+        if version.shape != () or version.dtype.kind not in "iu" or int(version) not in (1, FORMAT_VERSION):
+            raise ModelFileError(f"{path}: model file format {version!r}; this fastmlp reads formats 1 and "
+                                 f"{FORMAT_VERSION} (a newer fastmlp wrote it? upgrade fastmlp)")
         n_layers = len(layer_sizes) - 1
         expected = {"layer_sizes"} | {f"W{i}" for i in range(n_layers)} | {f"b{i}" for i in range(n_layers)}
+        extras = {name: arrays.pop(name) for name in _OPTIONAL_ENTRIES if name in arrays and int(version) >= 2}
         if set(arrays) != expected:
             missing, extra = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
             raise ModelFileError(f"{path}: entries do not match layer_sizes (missing {missing}, unexpected {extra})")
+        _check_extras(extras, layer_sizes, str(path), error=ModelFileError)
         model = cls.__new__(cls)
         model.layer_sizes = layer_sizes
         model.weights, model.biases = [], []
@@ -140,7 +205,60 @@ class MLP:
                 if not np.isfinite(a).all():
                     raise ModelFileError(f"{path}: {name} contains NaN or inf")
                 dest.append(np.array(a, dtype=np.float32, order="C"))
+        if "classes" in extras:
+            model.classes = extras["classes"]
+        if "mean" in extras:
+            model.mean, model.std = (np.array(extras[k], dtype=np.float32, order="C") for k in ("mean", "std"))
+        if "feature_names" in extras:
+            model.feature_names = tuple(str(name) for name in extras["feature_names"])
+        if "target" in extras:
+            model.target = str(extras["target"])
         return model
+
+
+def _extras_as_arrays(model: MLP) -> dict[str, np.ndarray]:
+    """The model's optional attributes that are set, as the arrays `save` writes."""
+    extras: dict[str, np.ndarray] = {}
+    if model.classes is not None:
+        classes = np.asarray(model.classes)
+        extras["classes"] = classes.astype(str) if classes.dtype.kind in "USO" else classes
+    if model.mean is not None or model.std is not None:
+        extras["mean"], extras["std"] = np.asarray(model.mean), np.asarray(model.std)
+    if model.feature_names is not None:
+        extras["feature_names"] = np.asarray([str(name) for name in model.feature_names], dtype=str)
+    if model.target is not None:
+        extras["target"] = np.asarray(str(model.target))
+    return extras
+
+
+def _check_extras(extras: dict[str, np.ndarray], layer_sizes: tuple[int, ...], where: str,
+                  error: type[ValueError] = ValueError) -> None:
+    """Raise error (naming where) unless the optional entries fit the net: classes one per output, sorted
+    and distinct; mean and std both or neither, float32 per input, finite, std > 0; names one per input."""
+    n_in, n_out = layer_sizes[0], layer_sizes[-1]
+    classes = extras.get("classes")
+    if classes is not None:
+        if classes.shape != (n_out,) or classes.dtype.kind not in "iufU":
+            raise error(f"{where}: classes must be {n_out} numbers or strings, got {classes.dtype} {classes.shape}")
+        if classes.dtype.kind == "f" and not np.isfinite(classes).all():
+            raise error(f"{where}: classes contains NaN or inf")
+        if n_out > 1 and not (classes[1:] > classes[:-1]).all():
+            raise error(f"{where}: classes must be sorted and distinct (as np.unique gives them)")
+    if ("mean" in extras) != ("std" in extras):
+        raise error(f"{where}: mean and std go together; only one of them is set")
+    for name in ("mean", "std"):
+        if name in extras:
+            a = extras[name]
+            if a.dtype != np.float32 or a.shape != (n_in,):
+                raise error(f"{where}: {name} must be float32 ({n_in},), got {a.dtype} {a.shape}")
+            if not np.isfinite(a).all() or (name == "std" and not (a > 0).all()):
+                raise error(f"{where}: {name} must be finite" + (" and > 0" if name == "std" else ""))
+    names = extras.get("feature_names")
+    if names is not None and (names.dtype.kind != "U" or names.shape != (n_in,)):
+        raise error(f"{where}: feature_names must be {n_in} strings, got {names.dtype} {names.shape}")
+    target = extras.get("target")
+    if target is not None and (target.dtype.kind != "U" or target.shape != ()):
+        raise error(f"{where}: target must be one string, got {target.dtype} {target.shape}")
 
 
 # What reading a corrupt .npz can raise: zipfile raises NotImplementedError for an unknown

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from .inputs import (
     make_rng,
 )
 from .model import MLP
+from .runtime.compile_notice import announce_compiling
 from .optim import (
     ADAM_OPTIMIZERS,
     AdamMoments,
@@ -92,6 +94,9 @@ def format_epoch(record: EpochRecord, total_epochs: int, val_label: str = "val")
     return line + f"  lr {record.lr:<8.3g}{record.seconds:6.2f} s  {record.samples_per_s:>9,.0f} samples/s"
 
 
+SGD_DEFAULT_LR = 0.1  # Trainer's lr when none is given, whatever the optimizer (see Trainer)
+
+
 class Trainer:
     """Trains `model` in place with minibatch SGD (or Adam) on the backend named `backend`.
 
@@ -100,7 +105,9 @@ class Trainer:
     weight_decay as an L2 term) or "adamw" (weight_decay decoupled) takes Adam's step with betas
     and eps instead of momentum (which must then stay 0, and nesterov False); its moments and
     step count live on the Trainer (`moments`, a `fastmlp.optim.AdamMoments`). Adam wants a far
-    smaller lr than SGD's default 0.1: 1e-3 is the usual. schedule ("step", "cosine" or
+    smaller lr than SGD's default 0.1: 1e-3 is the usual (the command line's default with
+    --optimizer adam). Left out, lr stays 0.1 with Adam too, so that existing code keeps its results,
+    and a warning says so: pass lr (lr=1e-3, or lr=0.1 to keep it) to silence it. schedule ("step", "cosine" or
     None) sets each epoch's rate from lr, see `fastmlp.optim.LRSchedule` (step_size, gamma).
     The shuffling order comes from `numpy.random.default_rng(seed)`, so the same seed and
     backend (and thread count) give the same parameters. Calling `fit` again continues.
@@ -108,7 +115,7 @@ class Trainer:
     the backend's choice, which leaves out the cores other work keeps busy.
     """
 
-    def __init__(self, model: MLP, backend: str | BackendBase = "numba", *, lr: float = 0.1, batch_size: int = 32,
+    def __init__(self, model: MLP, backend: str | BackendBase = "numba", *, lr: float | None = None, batch_size: int = 32,
                  seed: Seed = 0, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
                  schedule: str | None = None, step_size: int = 10, gamma: float = 0.1,
                  threads: int | None = None, optimizer: str = "sgd", betas: tuple[float, float] = DEFAULT_BETAS,
@@ -121,7 +128,7 @@ class Trainer:
                              "(e.g. fastmlp.backends.numba_fused.Backend(threads=N))")
         self.model = model
         self.backend = get_backend(backend, threads) if isinstance(backend, str) else backend
-        self.lr = check_positive_float(lr, "lr")
+        self.lr = check_positive_float(SGD_DEFAULT_LR if lr is None else lr, "lr")
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.optimizer = check_optimizer(optimizer)
         momentum, nesterov, weight_decay = check_sgd_options(momentum, nesterov, weight_decay)
@@ -129,6 +136,10 @@ class Trainer:
         adam = self.optimizer in ADAM_OPTIMIZERS
         self.velocity = Velocity(model) if momentum > 0 and not adam else None
         self.moments = AdamMoments(model) if adam else None
+        if adam and lr is None:
+            warnings.warn(f"Trainer(optimizer={self.optimizer!r}) without lr trains with lr={SGD_DEFAULT_LR}, the SGD "
+                          f"default, which is usually too large for Adam: pass lr=1e-3 (the command line's "
+                          f"default for Adam), or lr={SGD_DEFAULT_LR} to keep it", UserWarning, stacklevel=2)
         self._sgd = sgd_options(model, momentum, nesterov, weight_decay, self.velocity, self.optimizer, betas, eps,
                                 self.moments)
         self.schedule = LRSchedule(schedule, step_size=step_size, gamma=gamma)
@@ -200,7 +211,9 @@ class Trainer:
         pixels = isinstance(X, Pixels)
         if pixels in self._warmed_up:
             return
-        self.history.compile_seconds += self.backend.warm_up(self.model, pixels=pixels, momentum=bool(self._sgd))
+        # A new net depth compiles for seconds: say so, once, when Numba really compiles (not on a cache hit).
+        with announce_compiling(f"the training epoch for nets of depth {len(self.model.layer_sizes) - 1}"):
+            self.history.compile_seconds += self.backend.warm_up(self.model, pixels=pixels, momentum=bool(self._sgd))
         self._warmed_up.add(pixels)
 
     def _restore(self, best: _Best, verbose: bool) -> None:

@@ -9,10 +9,10 @@ import pytest
 
 from fastmlp import bench, cli, sweep
 from fastmlp.bench import blas_report
-from fastmlp.cli import evaluate, predict, train
+from fastmlp.cli import evaluate, export, predict, train
 
 PARSERS = {"train": train.build_parser, "evaluate": evaluate.build_parser, "predict": predict.build_parser,
-           "bench": bench.build_parser, "sweep": sweep.build_parser}
+           "export": export.build_parser, "bench": bench.build_parser, "sweep": sweep.build_parser}
 
 
 def test_every_subcommand_is_listed_and_each_has_a_parser():

@@ -124,7 +124,7 @@ def test_sklearn_cross_val_score_and_grid_search_run_it():
         ({"max_iter": 0}, "max_iter must be >= 1"),
         ({"hidden_layer_sizes": (0,)}, r"hidden_layer_sizes\[0\] must be an int >= 1"),
         ({"hidden_layer_sizes": (16, -2)}, r"hidden_layer_sizes\[1\] must be an int >= 1"),
-        ({"backend": "cuda"}, "backend: unknown backend 'cuda'"),
+        ({"backend": "cuda"}, "MLPClassifier: unknown backend 'cuda'"),
         ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
         ({"schedule": "exp"}, "schedule must be one of"),
     ],

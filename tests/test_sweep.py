@@ -78,7 +78,7 @@ def test_the_json_holds_one_record_per_trial_in_the_documented_schema(sweep):
     assert set(document) == {"sweep", "trials", "best", "groups_over_seeds"}
     for trial in document["trials"]:
         assert set(trial) == TRIAL_KEYS
-        assert set(trial["config"]) == {"backend", "hidden", "epochs", "batch_size", "lr", "momentum", "nesterov",
+        assert set(trial["config"]) == {"backend", "hidden", "epochs", "batch_size", "lr", "momentum", "nesterov", "optimizer",
                                         "weight_decay", "schedule", "step_size", "gamma", "seed", "init",
                                         "val_size", "patience", "dataset"}
         assert trial["status"] in ("ok", "failed") and trial["worker"].startswith("tcp://127.0.0.1:")
@@ -388,3 +388,38 @@ class socket_nobody_listens_on:
 
     def __exit__(self, *exc):
         self.socket.close()
+
+
+def test_optimizer_is_swept_with_adams_learning_rate_unless_lr_is_given():
+    from fastmlp.sweep.cli import parse_arguments
+
+    _, configs = parse_arguments(["--optimizer", "sgd", "adam", "--epochs", "1"])
+    by_optimizer = {c["optimizer"]: c for c in configs}
+    assert set(by_optimizer) == {"sgd", "adam"}
+    assert by_optimizer["sgd"]["lr"] == 0.05 and by_optimizer["sgd"]["momentum"] == 0.9
+    assert by_optimizer["adam"]["lr"] == 0.001
+    assert by_optimizer["adam"]["momentum"] == 0.0 and by_optimizer["adam"]["nesterov"] is False
+    _, configs = parse_arguments(["--optimizer", "adamw", "--lr", "0.01"])
+    assert [(c["optimizer"], c["lr"]) for c in configs] == [("adamw", 0.01)]
+
+
+def test_an_adam_trial_trains_with_adam(monkeypatch):
+    import fastmlp.sweep.trial as trial
+    from fastmlp import Pixels
+
+    rng = np.random.default_rng(0)
+    X = Pixels(rng.integers(0, 256, size=(64, 16), dtype=np.uint8))
+    y = rng.integers(0, 3, size=64)
+    config = {"backend": "numpy", "hidden": [8], "epochs": 1, "batch_size": 16, "lr": 1e-3, "momentum": 0.0,
+              "nesterov": False, "weight_decay": 0.0, "schedule": "none", "step_size": 10, "gamma": 0.1,
+              "seed": 0, "init": "he", "val_size": 0.0, "patience": None, "optimizer": "adam"}
+    made = []
+    real = trial.Trainer
+
+    def spy(*args, **kwargs):
+        made.append(kwargs.get("optimizer"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trial, "Trainer", spy)
+    result = trial._train(config, (X, y, X, y), {}, False, False)
+    assert made == ["adam"] and 0 <= result["test_accuracy"] <= 1

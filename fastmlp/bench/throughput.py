@@ -50,6 +50,7 @@ from ..inputs import Pixels
 from ..model import MLP
 from ..trainer import Trainer
 from . import contention as bench_contention
+from . import inference as bench_inference
 from .blas_report import blas_info, blas_threads
 from .children import measure_compile, measure_peak_rss
 from .common import (
@@ -274,6 +275,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                         help="also draw samples/s against batch size, with the gemm floor and the roofline, as a "
                              "PNG (needs matplotlib: the plot extra)")
     bench_contention.add_arguments(parser, _positive_int)
+    bench_inference.add_arguments(parser)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 
@@ -295,6 +297,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
         check_output_path(args.json, "--json")
         if args.contention:
             return bench_contention.report(args)
+        if args.inference:
+            return bench_inference.report(args)
         check_output_path(args.plot, "--plot")
         if args.plot:
             require_matplotlib()

@@ -2,7 +2,7 @@
 
 Each subcommand is also `python -m fastmlp.<subcommand>`; both run the same `main`.
     common    what every command shares in how it parses and reports errors
-    train, evaluate, predict   the commands on models and data
+    train, evaluate, predict, export   the commands on models and data
     plot      the figures they draw (matplotlib, optional)
 `bench` and `sweep` are packages of their own (fastmlp.bench, fastmlp.sweep).
 """
@@ -18,13 +18,15 @@ from .._version import __version__
 from .common import Parser, new_parser
 
 SUBCOMMANDS = {
-    "train": "train an MLP on MNIST or Fashion-MNIST and report its test accuracy",
+    "train": "train an MLP on MNIST, Fashion-MNIST or your own CSV / .npz data and report its test accuracy",
     "evaluate": "a saved model's test accuracy, per-class precision and recall, confusion matrix",
-    "predict": "the predicted class of every image in IDX, .npy or image files",
+    "predict": "the predicted class of every row or image in CSV, .npz, .npy, IDX or image files",
+    "export": "write a saved model as an ONNX graph (the onnx extra)",
     "bench": "training throughput of the backends against the gemm floor and the roofline",
     "sweep": "a grid of trainings on a Dask cluster (the sweep extra), ranked by accuracy",
 }
 MODULES = {"train": "fastmlp.cli.train", "evaluate": "fastmlp.cli.evaluate", "predict": "fastmlp.cli.predict",
+           "export": "fastmlp.cli.export",
            "bench": "fastmlp.bench", "sweep": "fastmlp.sweep"}
 
 

@@ -32,7 +32,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def new_parser(prog: str, **kwargs: Any) -> Parser:
-    """The parser of a fastmlp command: one-line usage errors, defaults in the help."""
+    """The parser of a fastmlp command: one-line usage errors, defaults in the help, and options spelled out in
+    full: argparse's prefix matching would read --data as --data-dir, or a future option's prefix as an old one."""
+    kwargs.setdefault("allow_abbrev", False)
     return Parser(prog=prog, formatter_class=HelpFormatter, **kwargs)
 
 
@@ -48,6 +50,9 @@ def dataset_not_found_message(exc: Exception) -> str | None:
 
     if not isinstance(exc, DatasetNotFoundError) or exc.dataset is None:
         return None
+    if exc.data_dir is not None and exc.data_dir.exists() and not exc.data_dir.is_dir():
+        return (f"--data-dir {exc.data_dir} is a file, not a folder of the {exc.dataset} IDX files; to train on "
+                f"a CSV or .npz file of your own, give it as --data {exc.data_dir}")
     if exc.data_dir is not None:
         return (f"--data-dir {exc.data_dir} does not hold the {exc.dataset} files ({exc.places[0][2]}); put the "
                 f"four IDX files there, or leave out --no-download to download them into it")

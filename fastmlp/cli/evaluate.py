@@ -4,16 +4,18 @@ recall, and its confusion matrix (as text, and as a PNG with --plot)."""
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from ..datasets import CLASS_NAMES, load_mnist
-from ..inputs import check_labels
+from ..inputs import FloatArray, check_labels
 from ..model import MLP
 from .common import new_parser
 from .plot import PLOT_FORMATS, require_plotting
 from .common import add_data_arguments, check_output_path, run_reporting_errors
+from ..tabular import encode_labels, load_table
 from ..trainer import Trainer
 
 PROG = "python -m fastmlp.evaluate"
@@ -45,9 +47,9 @@ def format_report(matrix: npt.ArrayLike, class_names: Sequence[str] | None = Non
     precision, recall = precision_recall(matrix)
     labels = [name if name == str(c) else f"{c} {name}" for c, name in enumerate(names)]
     width = max(len("class"), *map(len, labels))
-    lines = [f"{'class':<{width}}  precision  recall  support"]
+    lines = [f"{'class':<{width}}  precision   recall  support"]  # room for a recall of 100.00%
     for c, label in enumerate(labels):
-        lines.append(f"{label:<{width}}  {100 * precision[c]:8.2f}%  {100 * recall[c]:5.2f}%  {int(matrix[c].sum()):7,}")
+        lines.append(f"{label:<{width}}  {100 * precision[c]:8.2f}%  {100 * recall[c]:6.2f}%  {int(matrix[c].sum()):7,}")
     width = max(5, len(f"{int(matrix.max()):,}") + 1)
     lines += ["", "confusion matrix (rows: true class, columns: predicted class)",
               "true\\pred" + "".join(f"{c:>{width}}" for c in range(k))]
@@ -56,9 +58,16 @@ def format_report(matrix: npt.ArrayLike, class_names: Sequence[str] | None = Non
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    parser = new_parser(prog, description="Evaluate a saved fastmlp model on a dataset's test set.")
+    parser = new_parser(prog, description="Evaluate a saved fastmlp model on a dataset's test set, or on your own "
+                                          "data file with --data.")
     parser.add_argument("--model", type=str, required=True, metavar="PATH", help="a model written by --save (.npz)")
     add_data_arguments(parser)
+    parser.add_argument("--data", type=Path, metavar="PATH",
+                        help="your own test data instead of --dataset: a CSV with a header row, or an .npz holding "
+                             "X and y, with the columns the model was trained on")
+    parser.add_argument("--target", metavar="COLUMN",
+                        help="the CSV column holding the labels (default: the model's training target, else the "
+                             "last column)")
     parser.add_argument("--plot", type=str, metavar="PATH",
                         help="also draw the confusion matrix, as an image in the format of PATH's suffix "
                              f"({', '.join(PLOT_FORMATS)}; PNG without one)")
@@ -66,30 +75,56 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     return parser
 
 
+def own_test_data(model: MLP, path: Path, target: str | None) -> tuple[FloatArray, npt.NDArray[np.int64], list[str]]:
+    """(X, class indices, class names) of a CSV or .npz test file, checked against what the model was trained on:
+    the same feature columns (by name when both know them), labels among the model's classes."""
+    is_csv = path.suffix.lower() != ".npz"
+    table = load_table(path, (target or model.target) if is_csv else None)
+    if table.X.shape[1] != model.n_features or (is_csv and model.feature_names is not None
+                                                and table.feature_names != model.feature_names):
+        trained = ", ".join(model.feature_names) if model.feature_names else f"{model.n_features} columns"
+        raise ValueError(f"{path}: its feature columns ({', '.join(table.feature_names)}) are not the model's "
+                         f"({trained})")
+    classes = model.classes if model.classes is not None else np.arange(model.n_classes)
+    return table.X, encode_labels(table.labels, classes, path), [str(c) for c in classes.tolist()]
+
+
 def run(args: argparse.Namespace) -> tuple[float, npt.NDArray[np.int64]]:
     """Load the model and the test set, print the report, draw the plot; returns (accuracy, matrix)."""
     model = MLP.load(args.model)
-    _, _, X_test, y_test = load_mnist(args.data_dir, download=not args.no_download, dataset=args.dataset)
-    if model.n_features != X_test.shape[1] or model.n_classes != len(CLASS_NAMES[args.dataset]):
-        raise ValueError(f"model {args.model} ({'-'.join(map(str, model.layer_sizes))}) does not fit {args.dataset}: "
-                         f"it has {X_test.shape[1]} inputs and {len(CLASS_NAMES[args.dataset])} classes")
-    loss, accuracy = Trainer(model, "numpy").evaluate(X_test, y_test)
-    matrix = confusion_matrix(y_test, model.predict(X_test), model.n_classes)
-    print(f"model {args.model} ({'-'.join(map(str, model.layer_sizes))}) on {args.dataset} test, "
-          f"{len(y_test):,} samples")
+    if args.data is not None:
+        X_test, y_test, class_names = own_test_data(model, args.data, args.target)
+        name = str(args.data)
+    else:
+        _, _, X_test, y_test = load_mnist(args.data_dir, download=not args.no_download, dataset=args.dataset)
+        class_names, name = CLASS_NAMES[args.dataset], f"{args.dataset} test"
+        if model.n_features != X_test.shape[1] or model.n_classes != len(class_names):
+            raise ValueError(f"model {args.model} ({'-'.join(map(str, model.layer_sizes))}) does not fit "
+                             f"{args.dataset}: it has {X_test.shape[1]} inputs and {len(class_names)} classes")
+    # Both apply the model's standardisation, if it has one: the loss as training reported it, the
+    # predictions as `predict_proba` makes them.
+    loss, accuracy = Trainer(model, "numpy").evaluate(model.standardize(X_test), y_test)
+    matrix = confusion_matrix(y_test, model.predict_proba(X_test).argmax(axis=1), model.n_classes)
+    print(f"model {args.model} ({'-'.join(map(str, model.layer_sizes))}) on {name}, {len(y_test):,} samples")
     print(f"test accuracy {100 * accuracy:.2f}%  (loss {loss:.4f})\n")
-    print("\n".join(format_report(matrix, CLASS_NAMES[args.dataset])))
+    print("\n".join(format_report(matrix, class_names)))
     if args.plot:
         from .plot import plot_confusion_matrix
 
-        plot_confusion_matrix(matrix, args.plot, class_names=CLASS_NAMES[args.dataset],
-                              title=f"{args.dataset} test: accuracy {100 * accuracy:.2f}%")
+        plot_confusion_matrix(matrix, args.plot, class_names=class_names,
+                              title=f"{name}: accuracy {100 * accuracy:.2f}%")
         print(f"\nconfusion matrix drawn in {args.plot}")
     return accuracy, matrix
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if args.data is not None and (args.data_dir is not None or args.no_download or args.dataset != "mnist"):
+        parser.error("--dataset, --data-dir and --no-download choose an MNIST-style dataset; --data tests on your "
+                     "file instead: give one or the other")
+    if args.target is not None and args.data is None:
+        parser.error("--target goes with --data PATH (your own CSV file)")
 
     def check_output_then_run() -> None:
         check_output_path(args.plot, "--plot")

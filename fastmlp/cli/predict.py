@@ -1,7 +1,9 @@
-"""`python -m fastmlp.predict --model PATH INPUT...`: the predicted class of every image in INPUT, and its
+"""`python -m fastmlp.predict --model PATH INPUT...`: the predicted class of every row or image in INPUT, and its
 probability.
 
-INPUT is an IDX image file (as in the datasets, gzipped or not), a `.npy` array or an image file
+INPUT is a CSV (header row), .npz (array X) or .npy of feature rows, for a model trained on your own data
+(`fastmlp train --data`): the class printed is the label the training file used, and a CSV's columns are
+picked by the names the model was trained on. For an image model INPUT is an IDX image file (as in the datasets, gzipped or not), a `.npy` array or an image file
 (PNG, read with Pillow from the `plot` extra). Pixels get the training scaling: uint8 values
 times 1/255, so 0 is black background and 255 the white ink of an MNIST digit. An image file is
 turned to grayscale and resized to the model's input square (28x28 for MNIST); `--invert` turns
@@ -12,20 +14,61 @@ import argparse
 import math
 import os
 import sys
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .common import new_parser
-from ..datasets import read_idx
+from ..datasets import DatasetError, read_idx
 from ..inputs import FloatArray, Pixels
 from ..model import MLP
+from ..tabular import TableError, load_features
 from .plot import INSTALL_HINT
 from .common import run_reporting_errors
 
 PROG = "python -m fastmlp.predict"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+ACCEPTED = ("predict reads a CSV (header row), .npz (array X) or .npy of feature rows, or images: an IDX file "
+            "(as in MNIST, gzipped or not), a .npy of pixels, or an image file (" +
+            ", ".join(suffix[1:].upper() for suffix in IMAGE_SUFFIXES[:4]) + ", ...)")
+
+
+def is_image_model(model: MLP) -> bool:
+    """Whether model was trained on images (MNIST-style pixels): it keeps no labels, columns or standardisation."""
+    return model.classes is None and model.feature_names is None and model.mean is None
+
+
+def load_input(path: str | os.PathLike[str], model: MLP, *, invert: bool = False) -> FloatArray:
+    """The rows of one INPUT as the model takes them: feature rows from a CSV / .npz (/ .npy for a model trained
+    on its own data), images otherwise. Errors name the file and, for a file of an unknown kind, list what
+    predict reads."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"INPUT {path}: no such file ({ACCEPTED})")
+    if path.is_dir():
+        raise IsADirectoryError(f"INPUT {path} is a folder, not a file ({ACCEPTED})")
+    suffix = path.suffix.lower()
+    if suffix == ".npz" and _is_model_file(path):
+        raise ValueError(f"INPUT {path} is a fastmlp model, not data: a model goes after --model ({ACCEPTED})")
+    try:
+        if suffix in (".csv", ".npz") or (suffix == ".npy" and not is_image_model(model)):
+            if invert:
+                raise ValueError("--invert is for images; this file holds feature rows")
+            return load_features(path, model.n_features, model.feature_names)
+        return load_images(path, model.n_features, invert=invert)
+    except (DatasetError, TableError) as exc:  # not an IDX file, not a data file: say what predict reads
+        raise ValueError(f"{exc} ({ACCEPTED})") from None
+
+
+def _is_model_file(path: Path) -> bool:
+    """Whether path is an .npz archive holding a model's layer_sizes entry (`MLP.save`'s file)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return "layer_sizes.npy" in archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def load_images(path: str | os.PathLike[str], n_features: int, *, invert: bool = False) -> FloatArray:
@@ -93,12 +136,15 @@ def _read_image(path: Path, n_features: int) -> np.ndarray:
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = new_parser(
-        prog, description="Predict the class of each image with a saved fastmlp model.",
+        prog, description="Predict the class of each row of a data file, or of each image, with a saved fastmlp "
+                          "model.",
         epilog="Pixels are scaled like the training data: uint8 / 255, white digit on a black background "
                "as in MNIST. Image files are turned to grayscale and resized to 28x28.",
     )
     parser.add_argument("--model", required=True, metavar="PATH", help="a model written by --save (.npz)")
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="an IDX image file, a .npy array or a PNG")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="a CSV, .npz or .npy of feature rows (a model trained with --data), or images: an IDX "
+                             "file, a .npy array or a PNG")
     parser.add_argument("--invert", action="store_true",
                         help="invert the pixels first: for dark digits on a light background")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -106,16 +152,18 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> list[np.ndarray]:
-    """Print 'INPUT[row]  class C  probability P' per image; returns the predicted classes per input."""
+    """Print 'INPUT[row]  class C  probability P' per row or image (C: the model's label for the class, when it
+    has labels); returns the predicted class indices per input."""
     model = MLP.load(args.model)
     predictions = []
     for name in args.inputs:
-        X = load_images(name, model.n_features, invert=args.invert)
+        X = load_input(name, model, invert=args.invert)
         probs = model.predict_proba(X)
         classes = probs.argmax(axis=1)
-        for row, (c, p) in enumerate(zip(classes, probs[np.arange(len(probs)), classes])):
-            label = name if len(X) == 1 else f"{name}[{row}]"
-            print(f"{label}  class {c}  probability {p:.4f}")
+        labels = classes if model.classes is None else model.classes[classes]
+        for row, (c, p) in enumerate(zip(labels.tolist(), probs[np.arange(len(probs)), classes])):
+            where = name if len(X) == 1 else f"{name}[{row}]"
+            print(f"{where}  class {c}  probability {p:.4f}")
         predictions.append(classes)
     return predictions
 

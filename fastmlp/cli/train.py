@@ -5,6 +5,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,13 @@ from .common import (
     positive_int,
     run_reporting_errors,
 )
-from ..datasets import load_mnist, train_val_split
-from ..inputs import check_positive_float
+from ..datasets import ENV_VAR, find_dataset, load_mnist, train_val_split, unused_env_folder
+from ..inputs import Pixels, check_positive_float
 from ..model import INITS, MLP
 from ..optim import ADAM_OPTIMIZERS, OPTIMIZERS, SCHEDULES
 from .plot import PLOT_FORMATS, plot_learning_curves, require_plotting
+from ..runtime.compile_notice import announce_compiling
+from ..tabular import class_labels, encode_labels, hold_out, load_table, mean_and_std, standardize_in_place
 from ..trainer import Trainer, format_epoch
 
 PROG = "python -m fastmlp.train"
@@ -38,10 +41,12 @@ ADAM_DEFAULT_LR = 0.001  # --lr when --optimizer adam / adamw is given without i
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = new_parser(
-        prog, description="Train an MLP (ReLU hidden layers, softmax, minibatch SGD or Adam) on MNIST and report test accuracy.",
+        prog, description="Train an MLP (ReLU hidden layers, softmax, minibatch SGD or Adam) on MNIST, or on your own "
+                          "data with --data, and report test accuracy.",
     )
     add_training_arguments(parser)
     add_optimizer_arguments(parser)
+    add_own_data_arguments(parser)
     parser.add_argument("--save", type=Path, metavar="PATH", help="write the trained model (.npz)")
     parser.add_argument("--metrics-json", type=Path, metavar="PATH", help="write metrics and history as JSON")
     parser.add_argument("--plot", type=Path, metavar="PATH",
@@ -109,6 +114,24 @@ def add_optimizer_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Adam's term added to the root of the second moment, > 0")
 
 
+def add_own_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """--data, --target, --test-data, --test-size, --standardize: training on the user's own file."""
+    group = parser.add_argument_group(
+        "your own data", "train on a CSV file with a header row (features: numbers; labels: numbers or words) or an "
+                         ".npz file holding arrays X (samples, features) and y (labels), instead of --dataset")
+    group.add_argument("--data", type=Path, metavar="PATH", help="the training data: a .csv or an .npz file")
+    group.add_argument("--target", metavar="COLUMN", help="the CSV column holding the labels (default: the last "
+                                                          "column); every other column is a feature")
+    group.add_argument("--test-data", type=Path, metavar="PATH",
+                       help="the test data, with the same columns as --data (default: hold out --test-size of --data)")
+    group.add_argument("--test-size", type=_open_fraction, default=0.2, metavar="FRACTION",
+                       help="without --test-data: the fraction of --data's rows held out, at random (--seed), as the "
+                            "test set")
+    group.add_argument("--standardize", action="store_true",
+                       help="scale each feature to mean 0 and standard deviation 1 (of the training rows); the model "
+                            "keeps the mean and std and applies them in evaluate, predict and the ONNX export")
+
+
 def given_options(prog: str, argv: Sequence[str] | None) -> set[str]:
     """The dest names of the options given on the command line, not left at their defaults: the
     command line parsed again with every default suppressed (so `--momentum 0.9` counts, and
@@ -149,6 +172,7 @@ _non_negative_float = _float_type(lambda v: math.isfinite(v) and v >= 0, "a fini
 _momentum = _float_type(lambda v: 0 <= v < 1, "in [0, 1)")
 _decay_factor = _float_type(lambda v: 0 < v <= 1, "in (0, 1]")
 _fraction = _float_type(lambda v: 0 <= v < 1, "a fraction in [0, 1)")
+_open_fraction = _float_type(lambda v: 0 < v < 1, "a fraction in (0, 1)")
 _beta = _float_type(lambda v: 0 <= v < 1, "in [0, 1)")
 _eps = _float_type(lambda v: math.isfinite(v) and v > 0 and np.float32(v) > 0, "a finite number > 0 (in float32)")
 
@@ -157,9 +181,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Load data, train, evaluate, write outputs; returns the metrics dict."""
     say = (lambda *a: None) if args.quiet else print
     start = time.perf_counter()
-    X_train, y_train, X_test, y_test = load_mnist(
-        args.data_dir, download=not args.no_download, dataset=args.dataset, as_pixels=True
-    )
+    data = load_own_data(args, say) if args.data is not None else load_named_dataset(args)
+    X_train, y_train, X_test, y_test = data.X_train, data.y_train, data.X_test, data.y_test
     data_seconds = time.perf_counter() - start
     if args.val_size > 0:
         X_train, y_train, X_val, y_val = train_val_split(X_train, y_train, args.val_size, args.seed)
@@ -167,18 +190,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         validation, val_label = (X_test, y_test), "test"
 
-    model = MLP([X_train.shape[1], *args.hidden, 10], init=args.init, seed=args.seed)
+    model = MLP([X_train.shape[1], *args.hidden, data.n_classes], init=args.init, seed=args.seed)
     backend = get_backend(args.backend, args.threads)
-    if args.backend == "numba" and not args.quiet and sys.stderr.isatty():
-        print(compiling_message(), file=sys.stderr, flush=True)
-    compile_seconds = backend.warm_up(model, pixels=True, momentum=args.momentum > 0 or args.weight_decay > 0)
+    # One line on stderr while Numba really compiles (a new net depth, a cold cache); none on a cache hit.
+    tell = (lambda message: print(message, file=sys.stderr, flush=True)) if not args.quiet else (lambda message: None)
+    with announce_compiling(say=tell):
+        compile_seconds = backend.warm_up(model, pixels=isinstance(X_train, Pixels),
+                                          momentum=args.momentum > 0 or args.weight_decay > 0)
     trainer = Trainer(model, backend, lr=args.lr, batch_size=args.batch_size, seed=args.seed, momentum=args.momentum,
                       nesterov=args.nesterov, weight_decay=args.weight_decay, schedule=args.schedule,
                       step_size=args.step_size, gamma=args.gamma, optimizer=args.optimizer,
                       betas=(args.beta1, args.beta2), eps=args.eps)
     compiled = "" if type(backend).warm_up is BackendBase.warm_up else f", compiled in {compile_seconds:.1f} s"
     say(f"fastmlp {__version__}: backend {args.backend}, net {'-'.join(map(str, model.layer_sizes))}, "
-        f"{args.dataset} {len(X_train):,} train / {len(validation[0]):,} {val_label}, "
+        f"{data.name} {len(X_train):,} train / {len(validation[0]):,} {val_label}, "
         f"batch {args.batch_size}, {describe_sgd(args)}, seed {args.seed} "
         f"(data loaded in {data_seconds:.1f} s{compiled})")
     history = trainer.fit(
@@ -189,6 +214,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if history.best_epoch is not None and history.best_epoch != history[-1].epoch:
         say(f"early stopping: kept the parameters of epoch {history.best_epoch}, the lowest validation loss")
     test_loss, test_accuracy = trainer.evaluate(X_test, y_test)
+    data.describe_model(model)  # the labels, columns and standardisation the saved model keeps
     print(f"test accuracy {100 * test_accuracy:.2f}%  (loss {test_loss:.4f}, {plural(len(history), 'epoch')}, "
           f"{sum(history.column('seconds')):.1f} s training)")
 
@@ -212,19 +238,78 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         say(f"metrics written to {args.metrics_json}")
     if args.plot:
         plot_learning_curves(history, args.plot, val_label=val_label, best_epoch=history.best_epoch,
-                             title=f"{'-'.join(map(str, model.layer_sizes))} MLP on {args.dataset}, "
+                             title=f"{'-'.join(map(str, model.layer_sizes))} MLP on {data.name}, "
                                    f"{args.backend} backend: test accuracy {100 * test_accuracy:.2f}%")
         say(f"learning curves drawn in {args.plot}")
     return metrics
 
 
-def compiling_message() -> str:
-    """What the terminal shows while Numba compiles (or loads from its cache) the training epoch."""
-    from ..runtime.jit import CACHE
+@dataclass
+class TrainingData:
+    """What `run` trains and tests on: features (float32, or MNIST's Pixels) and class indices, the number of
+    classes, a name for the output, and what a model trained on it must keep (labels, columns, mean and std)."""
 
-    if CACHE:
-        return "compiling the numba kernels (first run only, ~10 s)..."
-    return "compiling the numba kernels (~10 s, in every run: Numba has no cache folder here, see NUMBA_CACHE_DIR)..."
+    X_train: Any
+    y_train: np.ndarray
+    X_test: Any
+    y_test: np.ndarray
+    n_classes: int
+    name: str
+    classes: np.ndarray | None = None
+    feature_names: tuple[str, ...] | None = None
+    target: str | None = None
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+
+    def describe_model(self, model: MLP) -> None:
+        """Give model this data's labels, column names and standardisation, as `save` then writes them."""
+        model.classes, model.feature_names, model.target = self.classes, self.feature_names, self.target
+        if self.mean is not None and self.std is not None:
+            model.set_standardization(self.mean, self.std)
+
+
+def load_named_dataset(args: argparse.Namespace) -> TrainingData:
+    """MNIST or Fashion-MNIST (--dataset) from where --data-dir, $FASTMLP_DATA or the defaults say; says on
+    stderr when $FASTMLP_DATA is set but another copy is used, so that the data used is never a surprise."""
+    where, folder = find_dataset(args.dataset, args.data_dir, download=not args.no_download)
+    unused = unused_env_folder(args.dataset) if args.data_dir is None else None
+    if unused is not None:
+        print(f"{args.prog}: note: ${ENV_VAR}={unused[0]} does not hold the {args.dataset} files ({unused[1]}); "
+              f"using the {where}: {folder}", file=sys.stderr)
+    X_train, y_train, X_test, y_test = load_mnist(folder, download=False, dataset=args.dataset, as_pixels=True)
+    return TrainingData(X_train, y_train, X_test, y_test, 10, args.dataset)
+
+
+def load_own_data(args: argparse.Namespace, say: Callable[..., object]) -> TrainingData:
+    """--data (and --test-data, or a held-out --test-size of --data), labels encoded as class indices,
+    standardised in place with --standardize (the training rows' mean and std)."""
+    table = load_table(args.data, args.target)
+    classes = class_labels(table.labels, args.data)
+    y = encode_labels(table.labels, classes, args.data)
+    X, names, target = table.X, table.feature_names, table.target
+    del table  # from here X is the only copy of the features, and moves in place
+    if args.test_data is not None:
+        test = load_table(args.test_data, target if args.test_data.suffix.lower() != ".npz" else None)
+        if test.X.shape[1] != X.shape[1] or (target is not None and test.target is not None
+                                             and test.feature_names != names):
+            raise ValueError(f"--test-data {args.test_data}: its feature columns ({', '.join(test.feature_names)}) "
+                             f"differ from --data {args.data}'s ({', '.join(names)})")
+        X_train, y_train, X_test, y_test = X, y, test.X, encode_labels(test.labels, classes, args.test_data)
+        say(f"test set: {args.test_data}")
+    else:
+        try:
+            X_train, y_train, X_test, y_test = hold_out(X, y, args.test_size, args.seed)
+        except ValueError as exc:
+            raise ValueError(f"--test-size {args.test_size:g} of --data {args.data}: {exc}") from None
+        say(f"test set: {len(X_test):,} rows ({100 * args.test_size:g}%) of {args.data} held out at random "
+            f"(--test-size {args.test_size:g}, --seed {args.seed}); give --test-data PATH to test on a file instead")
+    mean = std = None
+    if args.standardize:
+        mean, std = mean_and_std(X_train)
+        standardize_in_place(X_train, mean, std)
+        standardize_in_place(X_test, mean, std)
+    return TrainingData(X_train, y_train, X_test, y_test, len(classes), str(args.data), classes, names, target,
+                        mean, std)
 
 
 def describe_sgd(args: argparse.Namespace) -> str:
@@ -242,6 +327,22 @@ def describe_sgd(args: argparse.Namespace) -> str:
     if args.weight_decay:
         text += f", weight decay {args.weight_decay:g}"
     return text
+
+
+def check_data_options(parser: argparse.ArgumentParser, args: argparse.Namespace, given: set[str]) -> None:
+    """Usage errors for data options that contradict each other: --data (own file) against --dataset and
+    --data-dir (MNIST-style folders); the own-data options without --data."""
+    if args.data is not None:
+        for option in ("dataset", "data_dir", "no_download"):
+            if option in given:
+                parser.error(f"--{option.replace('_', '-')} chooses an MNIST-style dataset; --data trains on your "
+                             f"file instead: give one or the other")
+        if args.test_data is not None and "test_size" in given:
+            parser.error("--test-size holds out part of --data; with --test-data the test set is that file")
+    else:
+        for option in ("target", "test_data", "test_size", "standardize"):
+            if option in given:
+                parser.error(f"--{option.replace('_', '-')} goes with --data PATH (your own CSV or .npz file)")
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
@@ -264,6 +365,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
                 parser.error(f"--{option} is an Adam option: give --optimizer adam or adamw with it")
     if args.momentum == 0:
         args.nesterov = False  # plain SGD: there is no velocity to look ahead with
+    check_data_options(parser, args, given)
+    args.prog = prog
 
     def check_outputs_then_run() -> None:
         for option in ("save", "metrics_json", "plot"):

@@ -16,12 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from ..cli.train import add_training_arguments
+from ..cli.train import ADAM_DEFAULT_LR, add_training_arguments
+from ..optim import ADAM_OPTIMIZERS, OPTIMIZERS
 
 # Held fixed for a whole sweep: the validation split decides what the table sorts by.
 SINGLE_VALUED = {"val_size"}
 DATA_OPTIONS = ("dataset",)  # part of each configuration; data_dir and no_download only say where it is
 
+SGD_LR = 0.05  # fastmlp train's --lr, for an SGD trial without --lr
 Config = dict[str, Any]  # one trial: {dest: value}, as the JSON stores it
 Grid = dict[str, list[Any]]  # {dest: [values]}: one grid of trials, its product
 
@@ -37,6 +39,11 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> list[str]:
         if kwargs.get("default") is None:  # as --patience: no value by default, which grid_values makes [None]
             return dict(kwargs, nargs="+")
         kwargs = dict(kwargs, nargs="+", default=[kwargs["default"]])
+        if dest == "lr":  # resolved per trial: train's SGD default, or Adam's for an Adam trial
+            kwargs.update(default=[None], help=f"learning rate (of the first epoch); {ADAM_DEFAULT_LR:g} for the "
+                                               f"adam and adamw trials when not given (default: "
+                                               f"{kwargs['default'][0]:g})")
+            return kwargs
         if dest == "hidden":
             kwargs.update(type=hidden_widths, default=[tuple(kwargs["default"][0])], metavar="WxW",
                           help="hidden layer widths of a trial joined by x, e.g. 128x64 256x128 for two nets")
@@ -44,6 +51,11 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> list[str]:
         return kwargs
 
     add_training_arguments(parser, several_values)
+    parser.add_argument("--optimizer", nargs="+", choices=OPTIMIZERS, default=["sgd"],
+                        help="sgd: SGD with --momentum; adam, adamw: Adam (betas 0.9 0.999, eps 1e-8), with "
+                             f"--lr {ADAM_DEFAULT_LR:g} unless --lr is given; --momentum and --nesterov apply to "
+                             "the sgd trials only (default: sgd)")
+    dests.append("optimizer")
     dests.extend(DATA_OPTIONS)
     return dests
 
@@ -106,6 +118,11 @@ def _nth_configuration(grids: Sequence[Grid], sizes: Sequence[int], index: int) 
         config[dest] = values[digit]
     config = {dest: config[dest] for dest in grid}
     config["hidden"] = list(config["hidden"])
+    adam = config.get("optimizer", "sgd") in ADAM_OPTIMIZERS
+    if config.get("lr") is None:
+        config["lr"] = ADAM_DEFAULT_LR if adam else SGD_LR
+    if adam:  # as fastmlp.train: Adam takes no momentum
+        config["momentum"], config["nesterov"] = 0.0, False
     if config["momentum"] == 0:
         config["nesterov"] = False  # plain SGD has no velocity to look ahead with, as in fastmlp.train
     return config

@@ -52,6 +52,8 @@ def load_resumed_trials(path: str | os.PathLike[str]) -> list[Record]:
             isinstance(t, dict) and isinstance(t.get("config"), dict) and t.get("status") in STATUSES for t in trials):
         raise ValueError(f"--resume {path}: not a sweep's JSON (expected a \"trials\" list of records with "
                          f"\"config\" and \"status\", as --json writes)")
+    for trial in trials:  # written before the sweep had --optimizer: every trial was SGD's
+        trial["config"].setdefault("optimizer", "sgd")
     return trials
 
 

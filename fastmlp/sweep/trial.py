@@ -88,7 +88,8 @@ def _train(config: Config, data: Data, result: dict[str, Any], keep_model: bool,
     trainer = Trainer(model, backend, lr=config["lr"], batch_size=config["batch_size"], seed=config["seed"],
                       momentum=config["momentum"], nesterov=config["nesterov"],
                       weight_decay=config["weight_decay"], schedule=config["schedule"],
-                      step_size=config["step_size"], gamma=config["gamma"])
+                      step_size=config["step_size"], gamma=config["gamma"],
+                      optimizer=config.get("optimizer", "sgd"))  # older sweeps' JSON has no optimizer: SGD
     history = trainer.fit(X_train, y_train, epochs=config["epochs"],
                           validation_data=(X_val, y_val) if val_size > 0 else None, patience=config["patience"])
     test_loss, test_accuracy = trainer.evaluate(X_test, y_test)

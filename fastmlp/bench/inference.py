@@ -1,0 +1,147 @@
+"""`python -m fastmlp.bench --inference`: `MLP.predict_proba` against ONNX Runtime on the same net, side by side.
+
+The default net (784-128-64-10), exported with `fastmlp.export_onnx`'s graph (Gemm + Relu, Softmax) and run
+in a default ONNX Runtime session, on MNIST test images at batch 1, 64 and 10,000. Each round times one
+call of each, alternating which goes first, so that both meet the same machine state (turbo, other load);
+the figure per side is the median of its timed calls, and the ratio is ONNX Runtime's median time over
+fastmlp's: fastmlp's speed relative to ONNX Runtime's (above 1: fastmlp is faster). The weights are He
+initialised, not trained: the time of a dense forward pass does not depend on their values. Before timing,
+the two sides' probabilities are compared (they must agree within 1e-5).
+
+Without onnx or onnxruntime installed, the section is skipped with one line saying how to install them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .common import LAYER_SIZES
+
+BATCHES = (1, 64, 10_000)
+# Timed calls per side and batch: enough for a stable median at each size, a few seconds in all.
+CALLS = {1: 2000, 64: 500, 10_000: 20}
+QUICK_CALLS = {1: 200, 64: 50, 10_000: 3}
+WARMUP_CALLS = 3  # per side and batch: compiles, allocates and fills the caches before any call is timed
+AGREEMENT = 1e-5
+INSTALL_HINT = "pip install onnx onnxruntime"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The option of this mode, on `python -m fastmlp.bench`'s parser."""
+    parser.add_argument("--inference", action="store_true",
+                        help="instead: MLP.predict_proba against ONNX Runtime on the default net at batch "
+                             f"{', '.join(f'{b:,}' for b in BATCHES)} (median of timed calls, in one run; needs "
+                             f"onnx and onnxruntime; --quick: fewer calls)")
+
+
+def onnx_runtime_missing() -> str | None:
+    """None when onnx and onnxruntime can be imported, else the line saying what is missing and how to install it."""
+    missing = []
+    for name in ("onnx", "onnxruntime"):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if not missing:
+        return None
+    return f"inference benchmark skipped: {' and '.join(missing)} not installed ({INSTALL_HINT})"
+
+
+def median_times(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """{name: median seconds per call}: `repeats` rounds, each calling every function once, in an order that
+    rotates from round to round, after WARMUP_CALLS untimed rounds."""
+    names = list(calls)
+    for _ in range(WARMUP_CALLS):
+        for name in names:
+            calls[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def run(quick: bool = False, images: np.ndarray | None = None,
+        progress: Callable[[str], object] = lambda message: None) -> dict[str, Any]:
+    """Measure; returns {"rows": [{"batch", "fastmlp_s", "onnxruntime_s", "speed_ratio"}], "config": {...}}.
+
+    images: float32 (n, 784) inputs (default: the MNIST test images); rows are reused when n < 10,000.
+    """
+    import onnxruntime
+
+    from ..cli.export import build_onnx
+    from ..model import MLP
+
+    if images is None:
+        from ..datasets import load_mnist
+
+        _, _, images, _ = load_mnist(progress=False)
+    model = MLP(LAYER_SIZES, seed=0)
+    session = onnxruntime.InferenceSession(build_onnx(model).SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    X_all = np.ascontiguousarray(np.resize(images, (max(BATCHES), LAYER_SIZES[0])), dtype=np.float32)
+    check = X_all[:64]
+    difference = float(np.abs(session.run(["probabilities"], {"X": check})[0] - model.predict_proba(check)).max())
+    if not difference <= AGREEMENT:
+        raise AssertionError(f"fastmlp and ONNX Runtime disagree by {difference:.3g} (more than {AGREEMENT:g})")
+    counts = QUICK_CALLS if quick else CALLS
+    rows = []
+    for batch in BATCHES:
+        progress(f"batch {batch}")
+        X = np.ascontiguousarray(X_all[:batch])
+        feed = {"X": X}
+        medians = median_times({"fastmlp": lambda: model.predict_proba(X),
+                                "onnxruntime": lambda: session.run(["probabilities"], feed)}, counts[batch])
+        rows.append({"batch": batch, "fastmlp_s": medians["fastmlp"], "onnxruntime_s": medians["onnxruntime"],
+                     "speed_ratio": medians["onnxruntime"] / medians["fastmlp"], "calls": counts[batch]})
+    config = {"layer_sizes": list(LAYER_SIZES), "onnxruntime": onnxruntime.__version__,
+              "onnxruntime_threads": "default session", "max_abs_difference": difference, "quick": quick}
+    return {"rows": rows, "config": config}
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} µs"
+    return f"{seconds * 1e3:.2f} ms"
+
+
+def format_inference(result: dict[str, Any]) -> str:
+    """The table: batch, fastmlp's and ONNX Runtime's median time per call, and the speed ratio."""
+    lines = [f"MLP.predict_proba against ONNX Runtime {result['config']['onnxruntime']} (default session), net "
+             f"{'-'.join(map(str, result['config']['layer_sizes']))}, median of timed calls; probabilities agree "
+             f"within {result['config']['max_abs_difference']:.1g}",
+             "",
+             f"{'batch':>7}  {'fastmlp':>10}  {'ONNX Runtime':>12}  fastmlp's speed relative to ONNX Runtime"]
+    for row in result["rows"]:
+        lines.append(f"{row['batch']:>7,}  {_duration(row['fastmlp_s']):>10}  {_duration(row['onnxruntime_s']):>12}  "
+                     f"{row['speed_ratio']:.2f}x")
+    return "\n".join(lines)
+
+
+def report(args: argparse.Namespace) -> None:
+    """`python -m fastmlp.bench --inference`: measure, print the table, write the JSON report if asked; or one
+    line, and nothing measured, when onnx or onnxruntime is missing."""
+    from ..runtime.atomic import atomic_write
+
+    missing = onnx_runtime_missing()
+    if missing is not None:
+        print(missing, flush=True)
+        return
+    result = run(quick=args.quick, progress=lambda message: print(f"  {message}...", file=sys.stderr, flush=True)
+                 if sys.stderr.isatty() else None)
+    print(format_inference(result), flush=True)
+    if args.json:
+        with atomic_write(args.json, "w", encoding="utf-8") as f:
+            f.write(json.dumps(result, indent=2) + "\n")
+        print(f"report written to {args.json}")

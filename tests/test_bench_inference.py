@@ -1,0 +1,43 @@
+"""`python -m fastmlp.bench --inference`: one run measures predict_proba and ONNX Runtime at each batch size
+(never checking their speed), and the section is one line when onnxruntime is missing."""
+
+import builtins
+
+import numpy as np
+
+from fastmlp import bench
+from fastmlp.bench import inference
+
+
+def test_one_run_gives_both_sides_and_their_ratio_at_every_batch(monkeypatch):
+    monkeypatch.setattr(inference, "QUICK_CALLS", {1: 3, 64: 2, 10_000: 1})
+    images = np.random.default_rng(0).random((100, 784), dtype=np.float32)
+    result = inference.run(quick=True, images=images)
+    assert [row["batch"] for row in result["rows"]] == [1, 64, 10_000]
+    for row in result["rows"]:
+        assert row["fastmlp_s"] > 0 and row["onnxruntime_s"] > 0
+        assert row["speed_ratio"] == row["onnxruntime_s"] / row["fastmlp_s"]
+    assert result["config"]["max_abs_difference"] <= 1e-5
+    table = inference.format_inference(result)
+    assert "fastmlp's speed relative to ONNX Runtime" in table and "10,000" in table
+
+
+def test_median_times_calls_each_side_in_rotating_order():
+    order = []
+    medians = inference.median_times({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=4)
+    timed = order[2 * inference.WARMUP_CALLS:]
+    assert timed == ["a", "b", "b", "a", "a", "b", "b", "a"] and set(medians) == {"a", "b"}
+
+
+def test_the_section_is_one_line_without_onnxruntime(monkeypatch, capsys):
+    real_import = builtins.__import__
+
+    def without_onnxruntime(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_onnxruntime)
+    assert bench.main(["--inference", "--quick"]) == 0
+    assert capsys.readouterr().out == ("inference benchmark skipped: onnxruntime not installed "
+                                       "(pip install onnx onnxruntime)\n")
