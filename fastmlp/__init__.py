@@ -11,7 +11,7 @@ Public API:
     checked_kernels     the same kernels for Python callers, arguments checked
     testing             backend equivalence helpers (import fastmlp.testing)
     export_onnx         write a model as an ONNX graph (the onnx extra)
-    tabular             CSV / .npz data files: load_table, load_features
+    tabular             CSV / .npz data files: load_table, load_features (fastmlp.datasets.tabular)
 
 kernels, checked_kernels, testing and export_onnx load at their first use (`fastmlp.kernels.X`
 works after `import fastmlp`), so that `import fastmlp` compiles and imports no more than it needs.
@@ -37,12 +37,13 @@ __all__ = [
 
 # Loaded at first use: importing them pulls in Numba's compiled kernels (or onnx), which `import fastmlp`
 # alone does not need.
-_LAZY_MODULES = ("kernels", "checked_kernels", "testing", "tabular")
+_LAZY_MODULES = {"kernels": "kernels", "checked_kernels": "checked_kernels", "testing": "testing",
+                 "tabular": "datasets.tabular"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY_MODULES:
-        return importlib.import_module(f"{__name__}.{name}")  # the import also sets it as an attribute
+        return importlib.import_module(f"{__name__}.{_LAZY_MODULES[name]}")  # the import also sets it as an attribute
     if name == "export_onnx":
         from .cli.export import export_onnx
 

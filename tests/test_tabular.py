@@ -1,4 +1,4 @@
-"""fastmlp.tabular: CSV and .npz data files read into float32 features and the labels as the file spells them,
+"""fastmlp.datasets.tabular: CSV and .npz data files read into float32 features and the labels as the file spells them,
 every bad file refused with one line naming the file and the problem; the model file's labels and
 standardisation survive save and load; old model files still load."""
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fastmlp import MLP, ModelFileError
-from fastmlp.tabular import (
+from fastmlp.datasets.tabular import (
     TableError,
     class_labels,
     encode_labels,

@@ -15,7 +15,7 @@ from ..model import MLP
 from .common import new_parser
 from .plot import PLOT_FORMATS, require_plotting
 from .common import add_data_arguments, check_output_path, run_reporting_errors
-from ..tabular import encode_labels, load_table
+from ..datasets.tabular import encode_labels, load_table
 from ..trainer import Trainer
 
 PROG = "python -m fastmlp.evaluate"

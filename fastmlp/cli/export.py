@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..model import MLP
 from ..runtime.atomic import atomic_write
 from .common import check_output_path, new_parser, run_reporting_errors

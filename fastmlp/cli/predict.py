@@ -24,7 +24,7 @@ from .common import new_parser
 from ..datasets import DatasetError, read_idx
 from ..inputs import FloatArray, Pixels
 from ..model import MLP
-from ..tabular import TableError, load_features
+from ..datasets.tabular import TableError, load_features
 from .plot import INSTALL_HINT
 from .common import run_reporting_errors
 

@@ -32,7 +32,7 @@ from ..model import INITS, MLP
 from ..optim import ADAM_OPTIMIZERS, OPTIMIZERS, SCHEDULES
 from .plot import PLOT_FORMATS, plot_learning_curves, require_plotting
 from ..runtime.compile_notice import announce_compiling
-from ..tabular import class_labels, encode_labels, hold_out, load_table, mean_and_std, standardize_in_place
+from ..datasets.tabular import class_labels, encode_labels, hold_out, load_table, mean_and_std, standardize_in_place
 from ..trainer import Trainer, format_epoch
 
 PROG = "python -m fastmlp.train"

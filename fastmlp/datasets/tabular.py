@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .inputs import FloatArray
+from ..inputs import FloatArray
 
 PathLike = str | os.PathLike[str]
 
@@ -340,8 +340,8 @@ def hold_out(X: FloatArray, y: np.ndarray, fraction: float, seed: int | None) ->
     to its front in place, block by block, and X_train is a view of them: only the held-out rows are
     copied, never the whole table.
     """
-    from .datasets import _validation_count
-    from .inputs import make_rng
+    from . import _validation_count
+    from ..inputs import make_rng
 
     n_test = _validation_count(fraction, len(X))
     permutation = make_rng(seed).permutation(len(X))

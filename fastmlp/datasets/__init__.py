@@ -29,8 +29,8 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from .runtime.atomic import atomic_write
-from .inputs import FloatArray, Pixels, Seed, make_rng
+from ..runtime.atomic import atomic_write
+from ..inputs import FloatArray, Pixels, Seed, make_rng
 
 Labels = npt.NDArray[np.int64]
 PathLike = str | os.PathLike[str]
@@ -69,7 +69,7 @@ FILES = {
 # Folders that may already hold a dataset without any setup: shipped with this package or by
 # the operating system's packages. Looked at after $FASTMLP_DATA and before the user cache.
 BUNDLED_DIRS = {
-    "mnist": [Path(__file__).parent / "data" / "mnist"],
+    "mnist": [Path(__file__).parent.parent / "data" / "mnist"],
     "fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")],
 }
 
@@ -216,7 +216,7 @@ def _search_places(dataset: str) -> list[tuple[str, Path]]:
     env = os.environ.get(ENV_VAR)
     if env:
         places.append((f"${ENV_VAR}", Path(env).expanduser()))
-    package = Path(__file__).parent
+    package = Path(__file__).parent.parent  # fastmlp/, this file being fastmlp/datasets/__init__.py
     places += [("copy shipped with fastmlp" if folder.is_relative_to(package) else "system copy", folder)
                for folder in BUNDLED_DIRS.get(dataset, [])]
     places.append(("user cache", cache_dir(dataset)))
