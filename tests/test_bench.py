@@ -149,7 +149,11 @@ def test_bench_prints_the_table_and_writes_the_json_report(tmp_path, capsys, no_
     report = json.loads(path.read_text())
     assert report["config"]["samples"] == 300 and report["config"]["mode"] == "full"
     assert len(report["rows"]) == 2 * 2 * 2
-    assert all(r["vs_roofline"] > 0 for r in report["rows"])
+    assert all(r["vs_roofline"] > 0 and r["vs_fma_roofline"] > 0 for r in report["rows"])
+    fma = report["fma_roofline"]
+    assert fma["core_gflops"] > 0 and fma["all_gflops"] > 0 and fma["flops_per_sample"] == bench.flops_per_sample()
+    assert fma["tile"]["name"] == kernels.tiles.TILE.name
+    assert f"CPU: {fma['cpu']}" in out and f"SIMD tile {fma['tile']['name']}" in out and "FMA roofline" in out
     assert [(m["backend"], m["input"]) for m in report["peak_rss"]] == [
         (b, k) for b in ("numpy", "numba") for k in bench.INPUTS]
     assert all(m["training_peak_mb"] > 0 and m["loading_peak_mb"] > 0 for m in report["peak_rss"])
@@ -161,6 +165,17 @@ def test_bench_prints_the_table_and_writes_the_json_report(tmp_path, capsys, no_
     assert "cold cache" in out and "warm cache" in out
     assert [r["optimizer"] for r in report["optimizers"]] == list(bench_optimizers.OPTIMIZERS)
     assert "one step's cost per optimiser" in out and "adamw wd 0.01" in out
+
+
+def test_the_header_names_the_cpu_its_vector_width_the_tile_and_the_fma_roofline():
+    fma = {"cpu": "Example CPU 9000", "target": "znver3", "vector_width": 8, "chains": 12, "core_gflops": 100.0,
+           "cores": 2, "all_gflops": 200.0, "flops_per_sample": 454_400, "samples_per_s": 200e9 / 454_400,
+           "tile": {"name": "avx2", "vw": 8, "nv": 2, "mr": 6, "nr": 16}, "tile_source": "tuned on this machine"}
+    cpu, roof = bench.report.fma_header(fma)
+    assert cpu.startswith("CPU: Example CPU 9000 (Numba compiles for znver3): 8-float vectors; SIMD tile avx2, "
+                          "6 rows x 16 columns")
+    assert cpu.endswith("tuned on this machine")
+    assert "100.0 GFLOP/s on one core, 200.0 on 2 at once" in roof and "= 440,141 samples/s" in roof
 
 
 def test_optimizer_steps_are_timed_in_interleaved_rounds_against_sgd(monkeypatch):

@@ -17,6 +17,19 @@ def format_table(header, lines, left=1):
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines])
 
 
+def fma_header(fma):
+    """The header lines naming the CPU, its vector width, the tile in use and the FMA roofline."""
+    tile = fma["tile"]
+    return [
+        f"CPU: {fma['cpu']} (Numba compiles for {fma['target']}): {fma['vector_width']}-float vectors; "
+        f"SIMD tile {tile['name']}, {tile['mr']} rows x {tile['nr']} columns ({tile['nv']} vectors of {tile['vw']})"
+        + (f", {fma['tile_source']}" if fma.get("tile_source") else ""),
+        f"FMA roofline: FMA peak {fma['core_gflops']:.1f} GFLOP/s on one core, {fma['all_gflops']:.1f} on "
+        f"{fma['cores']} at once ({fma['chains']} independent FMA chains, no memory traffic) / "
+        f"{fma['flops_per_sample'] / 1e3:.0f} kFLOP per sample = {fma['samples_per_s']:,.0f} samples/s",
+    ]
+
+
 def format_report(report):
     """The whole report of `run` as text: a header, the throughput table, then memory and compile time."""
     c, roof = report["config"], report["roofline"]
@@ -28,8 +41,11 @@ def format_report(report):
     ]
     if "torch" in c["backends"]:
         out.append(f"torch {c['torch_version']}: {c['torch_threads']} threads (the BLAS thread count)")
+    fma = report.get("fma_roofline")
+    if fma:
+        out += fma_header(fma)
     out += [
-        f"roofline: {roof['sgemm_gflops']:.1f} GFLOP/s sgemm 2048^3 / {roof['flops_per_sample'] / 1e3:.0f} "
+        f"sgemm roofline: {roof['sgemm_gflops']:.1f} GFLOP/s sgemm 2048^3 / {roof['flops_per_sample'] / 1e3:.0f} "
         f"kFLOP per sample = {roof['samples_per_s']:,.0f} samples/s"
         + (f" (OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '')} is set: without it, as the hardware "
            f"allows, {roof['native']['sgemm_gflops']:.1f} GFLOP/s = {roof['native']['samples_per_s']:,.0f} "
@@ -39,10 +55,11 @@ def format_report(report):
         f"{LATE_EARLY_PAIRS} back-to-back pairs; floor = the step's gemms alone",
         "",
         format_table(
-            ["batch", "backend", "input", "samples/s", "floor/s", "vs floor", "vs roofline"]
-            + (["vs native"] if "native" in roof else []) + ["vs numpy", "late/early"],
+            ["batch", "backend", "input", "samples/s", "floor/s", "vs floor"] + (["vs FMA roof"] if fma else [])
+            + ["vs sgemm roof"] + (["vs native"] if "native" in roof else []) + ["vs numpy", "late/early"],
             [[str(r["batch_size"]), r["backend"], r["input"], f"{r['samples_per_s']:,.0f}",
-              f"{r['floor_samples_per_s']:,.0f}", f"{r['vs_floor']:.2f}", f"{r['vs_roofline']:.2f}"]
+              f"{r['floor_samples_per_s']:,.0f}", f"{r['vs_floor']:.2f}"]
+             + ([f"{100 * r['vs_fma_roofline']:.0f}%"] if fma else []) + [f"{r['vs_roofline']:.2f}"]
              + ([f"{r['vs_native_roofline']:.2f}"] if "native" in roof else [])
              + ["-" if r["vs_numpy"] is None else f"{r['vs_numpy']:.2f}", f"{r['late_over_early']:.2f}"]
              for r in report["rows"]], left=3),

@@ -14,8 +14,11 @@ and sees the same batches (the Trainer's seeded shuffle).
 - gemm floor: the step's sgemm calls alone (three forward; per layer the weight gradient and,
   except for the first layer, the input gradient: eight for 784-128-64-10) with NumPy
   `np.matmul(..., out=...)` at the epoch's batch shapes, on preallocated operands.
-- roofline: the GFLOP/s of one large square sgemm divided by the FLOPs of a sample's step, those
-  of the floor's gemms: 2 * (3 * sum(fan_in * fan_out) - 784 * 128) = 454 kFLOP for 784-128-64-10.
+- FMA roofline: the FMA peak of all usable cores at once (fastmlp.bench.fma_peak: a loop of
+  independent vector FMAs in fastmlp's own IR, no memory traffic) divided by the FLOPs of a
+  sample's step, those of the floor's gemms: 2 * (3 * sum(fan_in * fan_out) - 784 * 128) =
+  454 kFLOP for 784-128-64-10. It does not depend on the BLAS loaded: the main yardstick.
+- sgemm roofline: the GFLOP/s of one large square sgemm divided by the same FLOPs.
 - late/early: whether the trained state itself trains slower (subnormal floats are the usual
   cause). The model as the run leaves it (late) and as it was after the first two epochs (early)
   each train one more epoch, from copies, on the same batches, back to back, LATE_EARLY_PAIRS
@@ -74,7 +77,7 @@ from .optimizers import measure_optimizer_steps
 from .recipe import measure_recipe
 from .report import format_report
 from .torch_yardstick import torch_available
-from .yardsticks import GemmFloor, native_roofline, roofline
+from .yardsticks import GemmFloor, fma_yardstick, native_roofline, roofline
 
 
 def warm_up_backends(backends, data, y, batch_sizes, seed=0):
@@ -186,6 +189,7 @@ def run(args, progress_bar=None):
     warm_up_backends(backends, data, y, args.batch_sizes, args.seed)
     time.sleep(SETTLE_SECONDS)
     roof = roofline()
+    fma = fma_yardstick()
     native = native_roofline()
     if native is not None:
         roof["native"] = native
@@ -194,6 +198,7 @@ def run(args, progress_bar=None):
                             progress=step)
     for r in rows:
         r["vs_roofline"] = r["samples_per_s"] / roof["samples_per_s"]
+        r["vs_fma_roofline"] = r["samples_per_s"] / fma["samples_per_s"]
         if native is not None:
             r["vs_native_roofline"] = r["samples_per_s"] / native["samples_per_s"]
     bar.set_description("the CLI's default recipe, once per backend")
@@ -213,7 +218,7 @@ def run(args, progress_bar=None):
     if "torch" in backends:
         config["torch_version"] = backends["torch"].torch.__version__
         config["torch_threads"] = backends["torch"].torch.get_num_threads()
-    return {"config": config, "roofline": roof, "compile": compile_times, "peak_rss": peak_rss, "rows": rows,
+    return {"config": config, "roofline": roof, "fma_roofline": fma, "compile": compile_times, "peak_rss": peak_rss, "rows": rows,
             "recipe": recipe, "optimizers": optimizers}
 
 
@@ -252,7 +257,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = new_parser(
         prog,
         description="Measure training throughput (samples/s) of the numpy and numba backends, and PyTorch CPU "
-                    "when installed, against the gemm floor and the sgemm roofline, in one interleaved run; "
+                    "when installed, against the gemm floor, the FMA roofline (the FMA peak of the usable "
+                    "cores) and the sgemm roofline, in one interleaved run; "
                     "plus late/early epoch ratio, peak RSS and numba compile time. Prints a table.",
     )
     parser.add_argument("--quick", action="store_true",

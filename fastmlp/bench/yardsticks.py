@@ -1,5 +1,6 @@
-"""The yardsticks a training speed is read against: the roofline (large-square sgemm) and the gemm floor
-(the step's sgemm calls alone)."""
+"""The yardsticks a training speed is read against: the FMA roofline (the FMA peak of every usable core,
+fastmlp.bench.fma_peak), the sgemm roofline (large-square sgemm) and the gemm floor (the step's sgemm
+calls alone)."""
 
 import json
 import os
@@ -13,6 +14,20 @@ from .common import LAYER_SIZES, run_child, timed
 def flops_per_sample(layer_sizes=LAYER_SIZES):
     """FLOPs of one sample's gemms: forward, dW and dA per layer, but no dA for the input layer."""
     return 2 * (3 * sum(a * b for a, b in zip(layer_sizes[:-1], layer_sizes[1:])) - layer_sizes[0] * layer_sizes[1])
+
+
+def fma_yardstick(layer_sizes=LAYER_SIZES):
+    """The FMA roofline of the net: `fma_peak.fma_roofline` with its FLOPs per sample, plus the tile in use.
+
+    {'cpu', 'target', 'vector_width', 'chains', 'core_gflops', 'cores', 'all_gflops',
+    'flops_per_sample', 'samples_per_s', 'tile'}; tile is fastmlp.kernels.tiles.TILE as a dict.
+    """
+    from ..kernels.tiles import TILE
+    from .fma_peak import fma_roofline
+
+    peak = dict(fma_roofline(flops_per_sample(layer_sizes)))
+    peak["tile"] = {"name": TILE.name, "vw": TILE.vw, "nv": TILE.nv, "mr": TILE.mr, "nr": TILE.nr}
+    return peak
 
 
 def roofline(layer_sizes=LAYER_SIZES, n=2048, repeats=5):
