@@ -8,7 +8,8 @@ round (the machine drifts, so each column is a median over rounds of the same or
   gather (uint8 pixels to the float32 batch), layer-0 forward (the SIMD forward tile, bias +
   ReLU), the upper layers (forward, softmax + cross-entropy, backward to dZ_0), the layer-0
   update (the weight-gradient tile fused with SGD), the upper layers' updates (with W.T
-  repacked) and the biases; each as microseconds per step and, for the products, GFLOP/s;
+  repacked) and the biases; each as microseconds per step and, for the products, GFLOP/s and
+  the fraction of one core's FMA peak (fastmlp.bench.fma_peak, measured once at the start);
 - whole epochs through `Backend.train_epoch`, on one worker and on the default number, as
   samples/s: what the step's phases add up to, and what the workers' barriers and split cost.
 A tool to read, not an asv suite.
@@ -25,9 +26,11 @@ from fastmlp.backends.numba.backend import Backend
 from fastmlp.backends.numba.buffers import _Packed, _Workspace
 from fastmlp.backends.numba.step import backward_rows, bias_step, forward_rows
 from fastmlp.backends.numba.threads import epoch_workers, training_threads
+from fastmlp.bench.fma_peak import CHAINS, VECTOR_WIDTH, cpu_model_name, measure_fma_peak
 from fastmlp.datasets import load_mnist
 from fastmlp.kernels import gather_labels, gather_rows_scaled, softmax_xent_backward_rows_inplace
 from fastmlp.kernels.packed import BIAS_RELU, PLAIN_SGD, forward_part, transpose_packed_into, update_part
+from fastmlp.kernels.tiles import TILE
 
 LAYER_SIZES = (784, 128, 64, 10)
 LR = np.float32(1e-6)  # tiny updates: the weights stay what they were, whatever the repetitions
@@ -137,6 +140,9 @@ def main(argv=None):
     if args.rounds < 1 or min(args.batch_sizes) < 1:
         parser.error("--rounds and batch sizes must be >= 1")
     X, y, _, _ = load_mnist(as_pixels=True)
+    peak = measure_fma_peak(1)
+    print(f"{cpu_model_name()}: one core's FMA peak {peak:.1f} GFLOP/s ({CHAINS} chains of {VECTOR_WIDTH}-float "
+          f"FMAs); SIMD tile {TILE.name}, {TILE.mr} rows x {TILE.nr} columns")
     for batch_size in args.batch_sizes:
         median, flops = profile(X, y, batch_size, args.rounds)
         phases = {name: s for name, s in median.items() if name in flops}
@@ -144,7 +150,8 @@ def main(argv=None):
         print(f"batch {batch_size}: one thread, phases of a step add up to {step * 1e6:.1f} us "
               f"({batch_size / step:,.0f} samples/s)")
         for name, s in phases.items():
-            rate = f"  {flops[name] / s / 1e9:6.1f} GFLOP/s" if flops[name] else ""
+            gflops = flops[name] / s / 1e9
+            rate = f"  {gflops:6.1f} GFLOP/s  {100 * gflops / peak:5.1f} % of the core's FMA peak" if flops[name] else ""
             print(f"  {name:16s} {s * 1e6:8.1f} us  {100 * s / step:5.1f} %{rate}")
         for name, s in median.items():
             if name not in flops:
