@@ -12,6 +12,8 @@ from numba import njit
 
 from fastmlp import kernels
 
+pytestmark = pytest.mark.kernels  # run again per ISA and with bounds checks by .ci/run
+
 BOUNDSCHECKED = os.environ.get("NUMBA_BOUNDSCHECK") == "1"
 
 

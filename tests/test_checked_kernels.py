@@ -7,6 +7,8 @@ import pytest
 from fastmlp import checked_kernels as ck
 from fastmlp import kernels
 
+pytestmark = pytest.mark.kernels  # run again per ISA and with bounds checks by .ci/run
+
 
 def f32(*shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)

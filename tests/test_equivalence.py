@@ -13,6 +13,8 @@ from fastmlp.testing import (
     kink_allowance,
 )
 
+pytestmark = pytest.mark.kernels  # run again per ISA and with bounds checks by .ci/run
+
 
 @st.composite
 def nets_and_batches(draw):

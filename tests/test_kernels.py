@@ -10,6 +10,8 @@ from fastmlp import MLP, kernels
 from fastmlp.backends.numba.backend import Backend, epoch_workers
 from fastmlp.kernels.packed import PANEL_WIDTH
 
+pytestmark = pytest.mark.kernels  # run again per ISA and with bounds checks by .ci/run
+
 RTOL = 1e-5
 
 

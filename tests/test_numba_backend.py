@@ -6,6 +6,8 @@ import pytest
 from fastmlp import MLP, Pixels, get_backend
 from fastmlp.testing import scaled_error
 
+pytestmark = pytest.mark.kernels  # run again per ISA and with bounds checks by .ci/run
+
 numba_backend = get_backend("numba")
 numpy_backend = get_backend("numpy")
 RTOL = 1e-5

@@ -13,6 +13,8 @@ from fastmlp import kernels
 from fastmlp.kernels import PANEL_WIDTH, TILE_ROWS
 from fastmlp.kernels.tiles import TILES, select_tile
 
+pytestmark = pytest.mark.kernels  # run again per ISA and with bounds checks by .ci/run
+
 EDGE_SIZES = sorted({1, 2, TILE_ROWS - 1, TILE_ROWS, TILE_ROWS + 1, PANEL_WIDTH - 1, PANEL_WIDTH, PANEL_WIDTH + 1,
                      2 * PANEL_WIDTH + 3, 300})
 

@@ -13,6 +13,8 @@ from fastmlp.optim import Velocity
 from fastmlp.runtime.barrier import abort_barrier, barrier_state, barrier_wait
 from fastmlp.testing import scaled_error
 
+pytestmark = pytest.mark.kernels  # run again per ISA and with bounds checks by .ci/run
+
 numpy_backend = get_backend("numpy")
 SGD_RULES = {"plain": {}, "momentum": {"momentum": 0.9}, "nesterov": {"momentum": 0.9, "nesterov": True},
              "decay": {"weight_decay": 1e-3}}

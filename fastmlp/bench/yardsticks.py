@@ -20,13 +20,15 @@ def fma_yardstick(layer_sizes=LAYER_SIZES):
     """The FMA roofline of the net: `fma_peak.fma_roofline` with its FLOPs per sample, plus the tile in use.
 
     {'cpu', 'target', 'vector_width', 'chains', 'core_gflops', 'cores', 'all_gflops',
-    'flops_per_sample', 'samples_per_s', 'tile'}; tile is fastmlp.kernels.tiles.TILE as a dict.
+    'flops_per_sample', 'samples_per_s', 'tile', 'tile_source'}; tile is fastmlp.kernels.tiles.TILE as a
+    dict, tile_source where the choice came from (the built-in table, a tuning, FASTMLP_TILE).
     """
-    from ..kernels.tiles import TILE
+    from ..kernels.tiles import TILE, TILE_SOURCE
     from .fma_peak import fma_roofline
 
     peak = dict(fma_roofline(flops_per_sample(layer_sizes)))
     peak["tile"] = {"name": TILE.name, "vw": TILE.vw, "nv": TILE.nv, "mr": TILE.mr, "nr": TILE.nr}
+    peak["tile_source"] = TILE_SOURCE
     return peak
 
 

@@ -24,10 +24,11 @@ SUBCOMMANDS = {
     "export": "write a saved model as an ONNX graph (the onnx extra)",
     "bench": "training throughput of the backends against the gemm floor and the roofline",
     "sweep": "a grid of trainings on a Dask cluster (the sweep extra), ranked by accuracy",
+    "tune": "measure which SIMD tile is fastest on this machine and keep the choice",
 }
 MODULES = {"train": "fastmlp.cli.train", "evaluate": "fastmlp.cli.evaluate", "predict": "fastmlp.cli.predict",
            "export": "fastmlp.cli.export",
-           "bench": "fastmlp.bench", "sweep": "fastmlp.sweep"}
+           "bench": "fastmlp.bench", "sweep": "fastmlp.sweep", "tune": "fastmlp.cli.tune"}
 
 
 

@@ -8,12 +8,16 @@ independent FMA chains hide the FMA latency (4 cycles, two FMA ports) on every o
 
 The choice follows the target Numba compiles for, never a guess: NUMBA_CPU_NAME and
 NUMBA_CPU_FEATURES when they are set (as Numba itself reads them), the host CPU otherwise.
+Among the tiles that target runs, FASTMLP_TILE=<name> or a tuning measured on this machine may
+pick another one (`chosen_tile`, fastmlp.runtime.tuning); the table stays the fallback.
 """
 
 from typing import NamedTuple
 
 import llvmlite.binding as llvm
 from numba.core import config
+
+from ..runtime import jit
 
 
 class Tile(NamedTuple):
@@ -67,4 +71,17 @@ def select_tile(cpu_name: str, features: str) -> Tile:
     return TILES["sse"]
 
 
-TILE = select_tile(*target_cpu())
+def chosen_tile() -> tuple[Tile, str]:
+    """The tile in use and where the choice came from: FASTMLP_TILE, this machine's tuning, else the table above."""
+    from ..runtime import tuning
+
+    cpu, features = target_cpu()
+    builtin = select_tile(cpu, features)
+    runnable = [tile.name for tile in TILES.values() if tile.vw <= builtin.vw]
+    name, source = tuning.tile_choice(cpu, features, builtin.name, runnable)
+    return TILES[name], source
+
+
+TILE, TILE_SOURCE = chosen_tile()
+# The tile shapes the machine code but not the source that Numba keys its cache by: key it by the tile too.
+jit.CODE_CHOICES["tile"] = TILE.name

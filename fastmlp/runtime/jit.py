@@ -93,11 +93,16 @@ def compiled_sources_hash() -> str:
     return digest.hexdigest()
 
 
+# Choices that shape the compiled code without showing in its source (fastmlp.kernels.tiles puts the SIMD
+# tile it chose here): part of the cache key, so that code compiled for another choice is never loaded.
+CODE_CHOICES: dict[str, str] = {}
+
+
 class SourceKeyedCache(FunctionCache):
-    """Numba's on-disk cache of one function, keyed also by compiled_sources_hash() (see the module doc)."""
+    """Numba's on-disk cache of one function, keyed also by compiled_sources_hash() and CODE_CHOICES (see the module doc)."""
 
     def _index_key(self, sig: Any, codegen: Any) -> Any:
-        return (*super()._index_key(sig, codegen), compiled_sources_hash())
+        return (*super()._index_key(sig, codegen), compiled_sources_hash(), tuple(sorted(CODE_CHOICES.items())))
 
 
 def cached_njit(function: Callable[..., Any] | None = None, **options: Any) -> Any:

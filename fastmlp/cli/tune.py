@@ -1,0 +1,82 @@
+"""`fastmlp tune`: measure again which SIMD tile is fastest on this machine, keep it, and print it.
+
+The same tuning fastmlp runs by itself on first use (fastmlp.runtime.tuning): every tile this CPU
+runs, each timed in a child process over a few SGD steps of the default net; the choice is kept
+beside Numba's cache, per CPU, its features and fastmlp's version, and used from the next import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from ..runtime import tuning
+from .common import check_output_path, new_parser, run_reporting_errors
+
+PROG = "python -m fastmlp.tune"
+
+
+def _positive_seconds(text: str) -> float:
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    return value
+
+
+def _target() -> tuple[str, str, str, list[str]]:
+    """(CPU name, features, built-in tile, runnable tiles) of the CPU Numba compiles for, without a first-use tuning."""
+    saved = os.environ.get(tuning.ENV_TUNE)
+    os.environ[tuning.ENV_TUNE] = "0"  # this command measures itself: no tuning at the import of tiles
+    try:
+        from ..kernels.tiles import TILES, select_tile, target_cpu
+    finally:
+        if saved is None:
+            del os.environ[tuning.ENV_TUNE]
+        else:
+            os.environ[tuning.ENV_TUNE] = saved
+    cpu, features = target_cpu()
+    builtin = select_tile(cpu, features)
+    return cpu, features, builtin.name, [t.name for t in TILES.values() if t.vw <= builtin.vw]
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
+    parser = new_parser(prog, description="Measure which SIMD tile of fastmlp's kernels is fastest on this machine "
+                                          "(each in a child process, a few SGD steps of the default net), keep the "
+                                          "choice beside Numba's cache and print it. fastmlp does this by itself "
+                                          "once, on first use; FASTMLP_TILE=<name> overrides it.")
+    parser.add_argument("--budget", type=_positive_seconds, default=tuning.BUDGET_SECONDS, metavar="SECONDS",
+                        help="at most this long in all; a tile not measured by then is left out")
+    parser.add_argument("--json", metavar="PATH", help="also write the choice and the measurements as JSON")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    args = parser.parse_args(argv)
+
+    def measure() -> None:
+        check_output_path(args.json, "--json")
+        cpu, features, builtin, runnable = _target()
+        folder = tuning.writable_folder()
+        if folder is None:
+            raise PermissionError("no writable folder to keep a tuning in (looked in "
+                                  f"{', '.join(map(str, tuning.tuning_folders()))}): set NUMBA_CACHE_DIR to one")
+        print(f"tuning for {cpu}: tiles {', '.join(runnable)} (built-in: {builtin})", flush=True)
+        choice = tuning.tune(cpu, features, builtin, runnable, folder, budget_s=args.budget,
+                             progress=lambda name: print(f"  measured {name}", file=sys.stderr, flush=True))
+        print("\n".join(tuning.describe(choice)))
+        print(f"kept in {folder}; FASTMLP_TILE=<name> overrides it")
+        if args.json:
+            from ..runtime.atomic import atomic_write
+
+            with atomic_write(args.json, "w", encoding="utf-8") as f:
+                f.write(json.dumps(choice, indent=2) + "\n")
+
+    return run_reporting_errors(prog, measure, debug=args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

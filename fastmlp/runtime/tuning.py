@@ -1,0 +1,303 @@
+"""Per-machine tuning: which SIMD tile (fastmlp.kernels.tiles) the kernels use on this CPU, measured here, once.
+
+The built-in table picks a tile from the instruction set alone; on a given CPU a narrower tile can
+be faster (a core that splits wide vectors in two, a cache that suits a smaller panel). So on first
+use, when fastmlp.kernels.tiles is imported and no choice is stored for this CPU yet, fastmlp
+measures every tile this CPU can run and keeps the fastest:
+
+- each candidate in a child process of its own (FASTMLP_TILE=<name>, and a NUMBA_CACHE_DIR of its
+  own under the tuning folder, so that no candidate's machine code lands in the user's cache),
+  timing a few SGD steps of the default net (784-128-64-10, batch 64) through the public packed
+  kernels, after compiling them;
+- the candidates one after the other (side by side they would slow each other down), all of them
+  within BUDGET_SECONDS; one that does not finish in time is left out;
+- the choice is stored as JSON per CPU name + LLVM features + fastmlp version, in the tuning
+  folder next to Numba's cache (`tuning_folders`), and read back at every later import: one small
+  file read.
+
+One line on stderr says that it tunes, once. Where no folder can be written (a read-only install),
+the built-in table is used and one line says so. Environment variables:
+    FASTMLP_TILE=<name>   use this tile (avx512, avx2, sse), no tuning, no stored choice read
+    FASTMLP_TUNE=0        never tune on first use: the stored choice if there is one, else the table
+`fastmlp tune` (fastmlp/cli/tune.py) measures again and prints the choice.
+
+Results depend on the tile only through the order of float32 sums, and each tile's kernels sum in
+a fixed order: a given choice gives the same bits in every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypedDict
+
+from .atomic import atomic_write
+
+ENV_TILE = "FASTMLP_TILE"
+ENV_TUNE = "FASTMLP_TUNE"
+BUDGET_SECONDS = 30.0
+BATCH_SIZE = 64
+STEPS = 40  # SGD steps of one timed round
+ROUNDS = 5  # timed rounds per candidate; the best counts (other work only ever slows a round down)
+MARGIN = 0.03  # another tile must beat the built-in one by this fraction: closer is noise
+_FOLDER = "fastmlp-tuning"
+
+
+class Choice(TypedDict):
+    """A stored tuning: the key it answers, the tile chosen and what was measured."""
+
+    cpu: str
+    features: str
+    version: str
+    tile: str
+    builtin: str
+    step_us: dict[str, float]  # microseconds per SGD step of the default net, per candidate measured
+    seconds: float  # how long the tuning took
+    notes: list[str]  # candidates left out, and why
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def tuning_folders() -> list[Path]:
+    """Where a tuning may be kept, first choice first: beside Numba's cache of fastmlp's kernels.
+
+    NUMBA_CACHE_DIR when it is set (Numba caches everything there); else the __pycache__ folder of
+    fastmlp's package (where Numba caches fastmlp's kernels when it may write there); else the
+    user's cache folder (XDG_CACHE_HOME or ~/.cache), where Numba goes next.
+    """
+    from numba.core import config
+
+    folders = []
+    if config.CACHE_DIR:
+        folders.append(Path(config.CACHE_DIR) / _FOLDER)
+    folders.append(Path(__file__).resolve().parent.parent / "__pycache__" / _FOLDER)
+    base = os.environ.get("XDG_CACHE_HOME") or (os.path.join(os.path.expanduser("~"), ".cache")
+                                                if os.environ.get("HOME") else "")
+    if base:
+        folders.append(Path(base) / "fastmlp" / _FOLDER)
+    return folders
+
+
+def writable_folder(folders: Sequence[Path] | None = None) -> Path | None:
+    """The first of `folders` (default `tuning_folders()`) that exists or can be made, and can be written; else None."""
+    for folder in tuning_folders() if folders is None else folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(folder, os.W_OK | os.X_OK):
+            return folder
+    return None
+
+
+def _file_name(cpu: str, features: str, version: str) -> str:
+    key = json.dumps([cpu, features, version]).encode()
+    return f"tile-{hashlib.sha256(key).hexdigest()[:16]}.json"
+
+
+def stored_choice(cpu: str, features: str, folders: Sequence[Path] | None = None) -> Choice | None:
+    """The tuning stored for this CPU, its features and this fastmlp version, or None."""
+    version = _version()
+    name = _file_name(cpu, features, version)
+    for folder in tuning_folders() if folders is None else folders:
+        try:
+            choice = json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(choice, dict) and [choice.get(k) for k in ("cpu", "features", "version")] == [
+                cpu, features, version] and isinstance(choice.get("tile"), str):
+            return choice  # type: ignore[return-value]
+    return None
+
+
+def store_choice(choice: Choice, folder: Path) -> Path:
+    """Write the choice into folder (atomically: a reader never sees half a file); returns its path."""
+    path = folder / _file_name(choice["cpu"], choice["features"], choice["version"])
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(choice, indent=1) + "\n")
+    return path
+
+
+def _say(message: str) -> None:
+    print(f"fastmlp: {message}", file=sys.stderr, flush=True)
+
+
+def tile_choice(cpu: str, features: str, builtin: str, runnable: Sequence[str]) -> tuple[str, str]:
+    """(tile name, where the choice came from) for fastmlp.kernels.tiles, at its import.
+
+    builtin: the built-in table's tile for this CPU; runnable: the tiles it can run. In order:
+    FASTMLP_TILE; the stored tuning; the built-in tile when it is the only candidate, when
+    FASTMLP_TUNE=0, or where nothing can be written (one line says so); else a tuning, now.
+    """
+    forced = os.environ.get(ENV_TILE, "").strip()
+    if forced:
+        if forced not in runnable:
+            raise ValueError(f"{ENV_TILE}={forced}: this CPU ({cpu}) runs the tiles {', '.join(runnable)}")
+        return forced, f"set by {ENV_TILE}"
+    stored = stored_choice(cpu, features)
+    if stored is not None and stored["tile"] in runnable:
+        return stored["tile"], "tuned on this machine"
+    if len(runnable) <= 1:
+        return builtin, "the only tile this CPU runs"
+    if os.environ.get(ENV_TUNE, "").strip().lower() in ("0", "off", "no", "false"):
+        return builtin, f"built-in table ({ENV_TUNE}=0)"
+    folder = writable_folder()
+    if folder is None:
+        _say("no writable folder to keep a tuning in (read-only install, no writable home, no NUMBA_CACHE_DIR): "
+             "using the built-in tile table")
+        return builtin, "built-in table (read-only install)"
+    _say(f"tuning the SIMD kernels for this CPU ({cpu}), once: at most {BUDGET_SECONDS:.0f} s "
+         f"(FASTMLP_TUNE=0 skips it; `fastmlp tune` measures again)")
+    choice = tune(cpu, features, builtin, runnable, folder)
+    return choice["tile"], "tuned on this machine"
+
+
+def tune(cpu: str, features: str, builtin: str, runnable: Sequence[str], folder: Path,
+         budget_s: float = BUDGET_SECONDS, progress: Callable[[str], object] | None = None) -> Choice:
+    """Measure every runnable tile (children, one at a time, within budget_s), store the choice in folder, return it.
+
+    Another process tuning the same key at the same time (a lock file, younger than twice the
+    budget) leaves this one with the built-in tile, unstored.
+    """
+    version = _version()
+    lock = folder / (_file_name(cpu, features, version) + ".lock")
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            fresh = time.time() - lock.stat().st_mtime < 2 * budget_s
+        except OSError:
+            fresh = False
+        if fresh:
+            return {"cpu": cpu, "features": features, "version": version, "tile": builtin, "builtin": builtin,
+                    "step_us": {}, "seconds": 0.0, "notes": ["another process is tuning: built-in tile for now"]}
+        lock.unlink(missing_ok=True)
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    os.close(fd)
+    try:
+        choice = measure_choice(cpu, features, builtin, runnable, folder, budget_s, progress)
+        store_choice(choice, folder)
+        return choice
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def measure_choice(cpu: str, features: str, builtin: str, runnable: Sequence[str], folder: Path,
+                   budget_s: float = BUDGET_SECONDS, progress: Callable[[str], object] | None = None) -> Choice:
+    """Each runnable tile's microseconds per step (the built-in one first), and the choice they make (not stored)."""
+    start = time.perf_counter()
+    step_us: dict[str, float] = {}
+    notes: list[str] = []
+    for name in sorted(runnable, key=lambda n: n != builtin):
+        left = budget_s - (time.perf_counter() - start)
+        if left <= 1:
+            notes.append(f"{name}: not measured, the {budget_s:.0f} s budget was spent")
+            continue
+        try:
+            step_us[name] = measure_in_child(name, folder / f"numba-{name}", timeout_s=left)
+        except (subprocess.TimeoutExpired, ChildProcessError) as error:
+            notes.append(f"{name}: left out ({_reason(error)})")
+        if progress is not None:
+            progress(name)
+    best = builtin
+    for name, us in step_us.items():
+        if us < step_us.get(best, float("inf")) * (1 - MARGIN if best == builtin else 1):
+            best = name
+    return {"cpu": cpu, "features": features, "version": _version(), "tile": best, "builtin": builtin,
+            "step_us": step_us, "seconds": time.perf_counter() - start, "notes": notes}
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, subprocess.TimeoutExpired):
+        return f"did not finish within {error.timeout:.0f} s"
+    return str(error)
+
+
+def measure_in_child(tile: str, cache_dir: Path, timeout_s: float) -> float:
+    """Microseconds per SGD step of the default net with `tile`, measured in a child process (`child_main`)."""
+    env = dict(os.environ, **{ENV_TILE: tile, "NUMBA_CACHE_DIR": str(cache_dir)})
+    proc = subprocess.run([sys.executable, "-c", "from fastmlp.runtime.tuning import child_main; child_main()"],
+                          capture_output=True, text=True, env=env, timeout=timeout_s)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ChildProcessError(f"exit {proc.returncode}: {last}")
+    return float(json.loads(proc.stdout.strip().splitlines()[-1])["step_us"])
+
+
+def child_main() -> None:
+    """In a tuning child: print as JSON the microseconds per SGD step of the default net with the tile FASTMLP_TILE names."""
+    print(json.dumps({"step_us": step_microseconds()}))
+
+
+def step_microseconds(layer_sizes: Sequence[int] = (784, 128, 64, 10), batch_size: int = BATCH_SIZE,
+                      steps: int = STEPS, rounds: int = ROUNDS) -> float:
+    """Microseconds per SGD step (forward, backward, update of every layer) through the public packed kernels: the best round.
+
+    The kernels are those of the tile fastmlp.kernels.tiles chose in this process. The inputs are
+    random and the learning rate tiny, so that every round does the same work on the same values.
+    """
+    import numpy as np
+
+    from ..kernels import (
+        pack_weights_into,
+        packed_matmul_bias_into,
+        packed_matmul_bias_relu_into,
+        packed_matmul_relu_mask_into,
+        packed_sgd_update_inplace,
+        packed_shape,
+    )
+
+    rng = np.random.default_rng(0)
+    pairs = list(zip(layer_sizes[:-1], layer_sizes[1:]))
+    P, PT = [], []
+    for k, n in pairs:
+        W = (rng.standard_normal((k, n), dtype=np.float32) / np.sqrt(k)).astype(np.float32)
+        p, pt = np.zeros(packed_shape(k, n), np.float32), np.zeros(packed_shape(n, k), np.float32)
+        pack_weights_into(p, W)
+        pack_weights_into(pt, np.ascontiguousarray(W.T))
+        P.append(p)
+        PT.append(pt)
+    b = [np.zeros(n, np.float32) for _, n in pairs]
+    acts = [rng.random((batch_size, layer_sizes[0]), dtype=np.float32)] + [
+        np.zeros((batch_size, n), np.float32) for _, n in pairs]
+    deltas = [np.zeros((batch_size, n), np.float32) for n in layer_sizes]
+    deltas[-1][:] = rng.standard_normal(deltas[-1].shape, dtype=np.float32) / batch_size
+    lr = np.float32(1e-7)
+    last = len(pairs) - 1
+
+    def step() -> None:
+        for l in range(last):
+            packed_matmul_bias_relu_into(acts[l + 1], acts[l], P[l], b[l])
+        packed_matmul_bias_into(acts[last + 1], acts[last], P[last], b[last])
+        for l in reversed(range(len(pairs))):
+            if l > 0:
+                packed_matmul_relu_mask_into(deltas[l], deltas[l + 1], PT[l], acts[l])
+            packed_sgd_update_inplace(P[l], acts[l], deltas[l + 1], lr, np.float32(0.0))
+
+    step()  # compiles (or loads from this child's Numba cache)
+    best = float("inf")
+    for _ in range(rounds):
+        begin = time.perf_counter()
+        for _ in range(steps):
+            step()
+        best = min(best, (time.perf_counter() - begin) / steps)
+    return best * 1e6
+
+
+def describe(choice: Choice) -> list[str]:
+    """A tuning as lines of text: what was measured, and what was chosen."""
+    lines = [f"{name}: {us:,.1f} us per step" + (" (built-in)" if name == choice["builtin"] else "")
+             for name, us in choice["step_us"].items()]
+    lines += choice["notes"]
+    lines.append(f"chosen: {choice['tile']} (measured in {choice['seconds']:.1f} s)")
+    return lines
