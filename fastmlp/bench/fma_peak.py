@@ -108,7 +108,7 @@ def fma_loop(iterations, out, m, a):  # type: ignore[no-untyped-def]  # an @njit
 
     out: float32, C-contiguous, CHAINS * VECTOR_WIDTH elements (each lane of each chain).
     """
-    _fma_loop(iterations, out, m, a)
+    _fma_loop(iterations, out, m, a)  # type: ignore[call-arg]  # mypy misreads Numba's intrinsics
 
 
 def fma_lanes() -> int:

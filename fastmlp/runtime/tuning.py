@@ -78,8 +78,9 @@ def tuning_folders() -> list[Path]:
     from numba.core import config
 
     folders = []
-    if config.CACHE_DIR:
-        folders.append(Path(config.CACHE_DIR) / _FOLDER)
+    numba_cache = getattr(config, "CACHE_DIR", "")  # NUMBA_CACHE_DIR, as Numba read it
+    if numba_cache:
+        folders.append(Path(numba_cache) / _FOLDER)
     folders.append(Path(__file__).resolve().parent.parent / "__pycache__" / _FOLDER)
     base = os.environ.get("XDG_CACHE_HOME") or (os.path.join(os.path.expanduser("~"), ".cache")
                                                 if os.environ.get("HOME") else "")
@@ -146,7 +147,7 @@ def tile_choice(cpu: str, features: str, builtin: str, runnable: Sequence[str]) 
         return forced, f"set by {ENV_TILE}"
     stored = stored_choice(cpu, features)
     if stored is not None and stored["tile"] in runnable:
-        return stored["tile"], "tuned on this machine"
+        return stored["tile"], _source(stored)
     if len(runnable) <= 1:
         return builtin, "the only tile this CPU runs"
     if os.environ.get(ENV_TUNE, "").strip().lower() in ("0", "off", "no", "false"):
@@ -159,7 +160,14 @@ def tile_choice(cpu: str, features: str, builtin: str, runnable: Sequence[str]) 
     _say(f"tuning the SIMD kernels for this CPU ({cpu}), once: at most {BUDGET_SECONDS:.0f} s "
          f"(FASTMLP_TUNE=0 skips it; `fastmlp tune` measures again)")
     choice = tune(cpu, features, builtin, runnable, folder)
-    return choice["tile"], "tuned on this machine"
+    return choice["tile"], _source(choice)
+
+
+def _source(choice: Choice) -> str:
+    """Where a tuned tile came from, in words: a tuning that measured nothing in time chose nothing."""
+    if not choice["step_us"]:
+        return "built-in table (the tuning measured nothing in time: `fastmlp tune` measures again)"
+    return "tuned on this machine"
 
 
 def tune(cpu: str, features: str, builtin: str, runnable: Sequence[str], folder: Path,
@@ -209,10 +217,12 @@ def measure_choice(cpu: str, features: str, builtin: str, runnable: Sequence[str
             notes.append(f"{name}: left out ({_reason(error)})")
         if progress is not None:
             progress(name)
+    # Another tile only on evidence: the built-in one measured, and beaten by more than the noise.
     best = builtin
-    for name, us in step_us.items():
-        if us < step_us.get(best, float("inf")) * (1 - MARGIN if best == builtin else 1):
-            best = name
+    if builtin in step_us:
+        fastest = min(step_us, key=step_us.__getitem__)
+        if step_us[fastest] < step_us[builtin] * (1 - MARGIN):
+            best = fastest
     return {"cpu": cpu, "features": features, "version": _version(), "tile": best, "builtin": builtin,
             "step_us": step_us, "seconds": time.perf_counter() - start, "notes": notes}
 
