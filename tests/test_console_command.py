@@ -9,10 +9,11 @@ import pytest
 
 from fastmlp import bench, cli, sweep
 from fastmlp.bench import blas_report
-from fastmlp.cli import evaluate, export, predict, train
+from fastmlp.cli import evaluate, export, predict, train, tune
 
 PARSERS = {"train": train.build_parser, "evaluate": evaluate.build_parser, "predict": predict.build_parser,
-           "export": export.build_parser, "bench": bench.build_parser, "sweep": sweep.build_parser}
+           "export": export.build_parser, "bench": bench.build_parser, "sweep": sweep.build_parser,
+           "tune": tune.build_parser}
 
 
 def test_every_subcommand_is_listed_and_each_has_a_parser():

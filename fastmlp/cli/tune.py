@@ -7,6 +7,7 @@ beside Numba's cache, per CPU, its features and fastmlp's version, and used from
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -19,8 +20,6 @@ PROG = "python -m fastmlp.tune"
 
 
 def _positive_seconds(text: str) -> float:
-    import argparse
-
     try:
         value = float(text)
     except ValueError:
@@ -46,7 +45,7 @@ def _target() -> tuple[str, str, str, list[str]]:
     return cpu, features, builtin.name, [t.name for t in TILES.values() if t.vw <= builtin.vw]
 
 
-def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = new_parser(prog, description="Measure which SIMD tile of fastmlp's kernels is fastest on this machine "
                                           "(each in a child process, a few SGD steps of the default net), keep the "
                                           "choice beside Numba's cache and print it. fastmlp does this by itself "
@@ -55,6 +54,12 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
                         help="at most this long in all; a tile not measured by then is left out")
     parser.add_argument("--json", metavar="PATH", help="also write the choice and the measurements as JSON")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
+    """`fastmlp tune`: measure, keep and print the choice; returns the exit status."""
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
 
     def measure() -> None:
@@ -66,7 +71,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
                                   f"{', '.join(map(str, tuning.tuning_folders()))}): set NUMBA_CACHE_DIR to one")
         print(f"tuning for {cpu}: tiles {', '.join(runnable)} (built-in: {builtin})", flush=True)
         choice = tuning.tune(cpu, features, builtin, runnable, folder, budget_s=args.budget,
-                             progress=lambda name: print(f"  measured {name}", file=sys.stderr, flush=True))
+                             progress=lambda name: print(f"  measuring {name} ...", file=sys.stderr, flush=True))
         print("\n".join(tuning.describe(choice)))
         print(f"kept in {folder}; FASTMLP_TILE=<name> overrides it")
         if args.json:

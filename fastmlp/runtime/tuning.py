@@ -202,7 +202,10 @@ def tune(cpu: str, features: str, builtin: str, runnable: Sequence[str], folder:
 
 def measure_choice(cpu: str, features: str, builtin: str, runnable: Sequence[str], folder: Path,
                    budget_s: float = BUDGET_SECONDS, progress: Callable[[str], object] | None = None) -> Choice:
-    """Each runnable tile's microseconds per step (the built-in one first), and the choice they make (not stored)."""
+    """Each runnable tile's microseconds per step (the built-in one first), and the choice they make (not stored).
+
+    progress(name) is called before each candidate is measured.
+    """
     start = time.perf_counter()
     step_us: dict[str, float] = {}
     notes: list[str] = []
@@ -211,12 +214,12 @@ def measure_choice(cpu: str, features: str, builtin: str, runnable: Sequence[str
         if left <= 1:
             notes.append(f"{name}: not measured, the {budget_s:.0f} s budget was spent")
             continue
+        if progress is not None:
+            progress(name)
         try:
             step_us[name] = measure_in_child(name, folder / f"numba-{name}", timeout_s=left)
         except (subprocess.TimeoutExpired, ChildProcessError) as error:
             notes.append(f"{name}: left out ({_reason(error)})")
-        if progress is not None:
-            progress(name)
     # Another tile only on evidence: the built-in one measured, and beaten by more than the noise.
     best = builtin
     if builtin in step_us:
@@ -309,5 +312,8 @@ def describe(choice: Choice) -> list[str]:
     lines = [f"{name}: {us:,.1f} us per step" + (" (built-in)" if name == choice["builtin"] else "")
              for name, us in choice["step_us"].items()]
     lines += choice["notes"]
-    lines.append(f"chosen: {choice['tile']} (measured in {choice['seconds']:.1f} s)")
+    if choice["step_us"]:
+        lines.append(f"chosen: {choice['tile']} (tuning took {choice['seconds']:.1f} s)")
+    else:
+        lines.append(f"chosen: {choice['tile']}, the built-in tile: nothing was measured in time")
     return lines
