@@ -151,7 +151,8 @@ def main(argv=None):
               f"({batch_size / step:,.0f} samples/s)")
         for name, s in phases.items():
             gflops = flops[name] / s / 1e9
-            rate = f"  {gflops:6.1f} GFLOP/s  {100 * gflops / peak:5.1f} % of the core's FMA peak" if flops[name] else ""
+            rate = f"  {gflops:6.1f} GFLOP/s  {100 * gflops / peak:5.1f} % of the core's FMA peak"
+            rate = rate if flops[name] else ""
             print(f"  {name:16s} {s * 1e6:8.1f} us  {100 * s / step:5.1f} %{rate}")
         for name, s in median.items():
             if name not in flops:

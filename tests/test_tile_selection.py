@@ -24,7 +24,7 @@ BUILTIN = tiles.select_tile(*tiles.target_cpu())
 def test_the_tile_is_the_one_this_pass_claims():
     expected = os.environ.get("FASTMLP_EXPECT_TILE")
     if expected:
-        assert tiles.TILE.name == expected, f"this pass claims the {expected} tile, got {tiles.TILE} ({tiles.TILE_SOURCE})"
+        assert tiles.TILE.name == expected, f"the pass claims {expected}, got {tiles.TILE} ({tiles.TILE_SOURCE})"
     elif tiles.TILE_SOURCE.startswith(("built-in", "the only")):
         assert tiles.TILE == BUILTIN
     else:  # tuned, or FASTMLP_TILE: any tile the CPU runs

@@ -50,7 +50,8 @@ REPEATS = 3  # the best run counts: a run can only be slowed down by other work,
 
 
 def fma_loop_ir(module: ir.Module, vw: int, chains: int) -> ir.Function:
-    """The LLVM function `void (i64 iterations, float* out, float m, float a)` of the module doc; declared once per module."""
+    """The LLVM function `void (i64 iterations, float* out, float m, float a)` of the module doc, declared once
+    per module."""
     name = f"fastmlp_fma_peak_{vw}x{chains}"
     if name in module.globals:
         return module.globals[name]
@@ -103,7 +104,7 @@ def _fma_loop(typingctx: Any, iterations: Any, out: Any, m: Any, a: Any) -> Any:
 
 
 @cached_njit(nogil=True)
-def fma_loop(iterations, out, m, a):  # type: ignore[no-untyped-def]  # an @njit body, typed by Numba
+def fma_loop(iterations, out, m, a):  # an @njit body: Numba types it
     """out[j] = fma(out[j], m, a), `iterations` times for every j: the FLOPs of `fma_flops(iterations)`.
 
     out: float32, C-contiguous, CHAINS * VECTOR_WIDTH elements (each lane of each chain).

@@ -3,6 +3,7 @@
 The same tuning fastmlp runs by itself on first use (fastmlp.runtime.tuning): every tile this CPU
 runs, each timed in a child process over a few SGD steps of the default net; the choice is kept
 beside Numba's cache, per CPU, its features and fastmlp's version, and used from the next import.
+The children run `child_main` below, which times the public packed kernels.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
+
+import numpy as np
 
 from ..runtime import tuning
 from .common import check_output_path, new_parser, run_reporting_errors
 
-PROG = "python -m fastmlp.tune"
+PROG = "python -m fastmlp.cli.tune"
 
 
 def _positive_seconds(text: str) -> float:
@@ -27,6 +31,64 @@ def _positive_seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
     return value
+
+
+def child_main() -> None:
+    """In a tuning child: print as JSON the microseconds per SGD step of the default net, tile FASTMLP_TILE."""
+    print(json.dumps({"step_us": step_microseconds()}))
+
+
+def step_microseconds(layer_sizes: Sequence[int] = (784, 128, 64, 10), batch_size: int = tuning.BATCH_SIZE,
+                      steps: int = tuning.STEPS, rounds: int = tuning.ROUNDS) -> float:
+    """Microseconds per SGD step (forward, backward, update of every layer) through the public packed kernels.
+
+    The kernels are those of the tile fastmlp.kernels.tiles chose in this process. The inputs are
+    random and the learning rate tiny, so that every round does the same work on the same values.
+    """
+    from ..kernels import (
+        pack_weights_into,
+        packed_matmul_bias_into,
+        packed_matmul_bias_relu_into,
+        packed_matmul_relu_mask_into,
+        packed_sgd_update_inplace,
+        packed_shape,
+    )
+
+    rng = np.random.default_rng(0)
+    pairs = list(zip(layer_sizes[:-1], layer_sizes[1:]))
+    P, PT = [], []
+    for k, n in pairs:
+        W = (rng.standard_normal((k, n), dtype=np.float32) / np.sqrt(k)).astype(np.float32)
+        p, pt = np.zeros(packed_shape(k, n), np.float32), np.zeros(packed_shape(n, k), np.float32)
+        pack_weights_into(p, W)
+        pack_weights_into(pt, np.ascontiguousarray(W.T))
+        P.append(p)
+        PT.append(pt)
+    b = [np.zeros(n, np.float32) for _, n in pairs]
+    acts = [rng.random((batch_size, layer_sizes[0]), dtype=np.float32)] + [
+        np.zeros((batch_size, n), np.float32) for _, n in pairs]
+    deltas = [np.zeros((batch_size, n), np.float32) for n in layer_sizes]
+    deltas[-1][:] = rng.standard_normal(deltas[-1].shape, dtype=np.float32) / batch_size
+    lr = np.float32(1e-7)
+    last = len(pairs) - 1
+
+    def step() -> None:
+        for l in range(last):
+            packed_matmul_bias_relu_into(acts[l + 1], acts[l], P[l], b[l])
+        packed_matmul_bias_into(acts[last + 1], acts[last], P[last], b[last])
+        for l in reversed(range(len(pairs))):
+            if l > 0:
+                packed_matmul_relu_mask_into(deltas[l], deltas[l + 1], PT[l], acts[l])
+            packed_sgd_update_inplace(P[l], acts[l], deltas[l + 1], lr, np.float32(0.0))
+
+    step()  # compiles (or loads from this child's Numba cache)
+    best = float("inf")
+    for _ in range(rounds):
+        begin = time.perf_counter()
+        for _ in range(steps):
+            step()
+        best = min(best, (time.perf_counter() - begin) / steps)
+    return best * 1e6
 
 
 def _target() -> tuple[str, str, str, list[str]]:

@@ -99,7 +99,8 @@ CODE_CHOICES: dict[str, str] = {}
 
 
 class SourceKeyedCache(FunctionCache):
-    """Numba's on-disk cache of one function, keyed also by compiled_sources_hash() and CODE_CHOICES (see the module doc)."""
+    """Numba's on-disk cache of one function, keyed also by compiled_sources_hash() (see the module doc) and
+    CODE_CHOICES."""
 
     def _index_key(self, sig: Any, codegen: Any) -> Any:
         return (*super()._index_key(sig, codegen), compiled_sources_hash(), tuple(sorted(CODE_CHOICES.items())))

@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypedDict
 
+from .._version import __version__
 from .atomic import atomic_write
 
 ENV_TILE = "FASTMLP_TILE"
@@ -47,6 +48,8 @@ STEPS = 40  # SGD steps of one timed round
 ROUNDS = 5  # timed rounds per candidate; the best counts (other work only ever slows a round down)
 MARGIN = 0.03  # another tile must beat the built-in one by this fraction: closer is noise
 _FOLDER = "fastmlp-tuning"
+# What a tuning child runs: its `child_main` times the kernels, which sit in a layer above this one.
+CHILD_MODULE = "fastmlp.cli.tune"
 
 
 class Choice(TypedDict):
@@ -63,8 +66,6 @@ class Choice(TypedDict):
 
 
 def _version() -> str:
-    from .. import __version__
-
     return __version__
 
 
@@ -237,74 +238,14 @@ def _reason(error: BaseException) -> str:
 
 
 def measure_in_child(tile: str, cache_dir: Path, timeout_s: float) -> float:
-    """Microseconds per SGD step of the default net with `tile`, measured in a child process (`child_main`)."""
+    """Microseconds per SGD step of the default net with `tile`, in a child process (CHILD_MODULE's child_main)."""
     env = dict(os.environ, **{ENV_TILE: tile, "NUMBA_CACHE_DIR": str(cache_dir)})
-    proc = subprocess.run([sys.executable, "-c", "from fastmlp.runtime.tuning import child_main; child_main()"],
+    proc = subprocess.run([sys.executable, "-c", f"from {CHILD_MODULE} import child_main; child_main()"],
                           capture_output=True, text=True, env=env, timeout=timeout_s)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise ChildProcessError(f"exit {proc.returncode}: {last}")
     return float(json.loads(proc.stdout.strip().splitlines()[-1])["step_us"])
-
-
-def child_main() -> None:
-    """In a tuning child: print as JSON the microseconds per SGD step of the default net with the tile FASTMLP_TILE names."""
-    print(json.dumps({"step_us": step_microseconds()}))
-
-
-def step_microseconds(layer_sizes: Sequence[int] = (784, 128, 64, 10), batch_size: int = BATCH_SIZE,
-                      steps: int = STEPS, rounds: int = ROUNDS) -> float:
-    """Microseconds per SGD step (forward, backward, update of every layer) through the public packed kernels: the best round.
-
-    The kernels are those of the tile fastmlp.kernels.tiles chose in this process. The inputs are
-    random and the learning rate tiny, so that every round does the same work on the same values.
-    """
-    import numpy as np
-
-    from ..kernels import (
-        pack_weights_into,
-        packed_matmul_bias_into,
-        packed_matmul_bias_relu_into,
-        packed_matmul_relu_mask_into,
-        packed_sgd_update_inplace,
-        packed_shape,
-    )
-
-    rng = np.random.default_rng(0)
-    pairs = list(zip(layer_sizes[:-1], layer_sizes[1:]))
-    P, PT = [], []
-    for k, n in pairs:
-        W = (rng.standard_normal((k, n), dtype=np.float32) / np.sqrt(k)).astype(np.float32)
-        p, pt = np.zeros(packed_shape(k, n), np.float32), np.zeros(packed_shape(n, k), np.float32)
-        pack_weights_into(p, W)
-        pack_weights_into(pt, np.ascontiguousarray(W.T))
-        P.append(p)
-        PT.append(pt)
-    b = [np.zeros(n, np.float32) for _, n in pairs]
-    acts = [rng.random((batch_size, layer_sizes[0]), dtype=np.float32)] + [
-        np.zeros((batch_size, n), np.float32) for _, n in pairs]
-    deltas = [np.zeros((batch_size, n), np.float32) for n in layer_sizes]
-    deltas[-1][:] = rng.standard_normal(deltas[-1].shape, dtype=np.float32) / batch_size
-    lr = np.float32(1e-7)
-    last = len(pairs) - 1
-
-    def step() -> None:
-        for l in range(last):
-            packed_matmul_bias_relu_into(acts[l + 1], acts[l], P[l], b[l])
-        packed_matmul_bias_into(acts[last + 1], acts[last], P[last], b[last])
-        for l in reversed(range(len(pairs))):
-            if l > 0:
-                packed_matmul_relu_mask_into(deltas[l], deltas[l + 1], PT[l], acts[l])
-            packed_sgd_update_inplace(P[l], acts[l], deltas[l + 1], lr, np.float32(0.0))
-
-    step()  # compiles (or loads from this child's Numba cache)
-    best = float("inf")
-    for _ in range(rounds):
-        begin = time.perf_counter()
-        for _ in range(steps):
-            step()
-        best = min(best, (time.perf_counter() - begin) / steps)
-    return best * 1e6
 
 
 def describe(choice: Choice) -> list[str]:
