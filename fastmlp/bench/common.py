@@ -2,6 +2,7 @@
 data it measures; a timer; a child process."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -64,7 +65,15 @@ def timed(fn, *args, **kwargs):
 
 
 def run_child(call, env=None, module="children"):
-    """Run `fastmlp.bench.<module>.<call>` in a fresh Python process; returns the JSON object it printed last."""
+    """Run `fastmlp.bench.<module>.<call>` in a fresh Python process; returns the JSON object it printed last.
+
+    The child runs the SIMD tile this process runs (FASTMLP_TILE): with a Numba cache of its own
+    (the compile times) it would otherwise tune again, and time that too.
+    """
+    from ..kernels.tiles import TILE
+
+    env = dict(os.environ if env is None else env)
+    env.setdefault("FASTMLP_TILE", TILE.name)
     proc = subprocess.run([sys.executable, "-c", f"import fastmlp.bench.{module} as b; b.{call}"],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:

@@ -23,7 +23,8 @@ def fma_header(fma):
     return [
         f"CPU: {fma['cpu']} (Numba compiles for {fma['target']}): {fma['vector_width']}-float vectors; "
         f"SIMD tile {tile['name']}, {tile['mr']} rows x {tile['nr']} columns ({tile['nv']} vectors of {tile['vw']})"
-        + (f", {fma['tile_source']}" if fma.get("tile_source") else ""),
+        + (f", {fma['tile_source']}" if fma.get("tile_source") else "")
+        + (f" (the tuning took {fma['tuning_s']:.1f} s, once)" if fma.get("tuning_s") else ""),
         (f"FMA roofline: FMA peak {fma['core_gflops']:.1f} GFLOP/s on one core, {fma['all_gflops']:.1f} on "
          f"{fma['cores']} at once ({fma['chains']} independent FMA chains, no memory traffic) / "
          f"{fma['flops_per_sample'] / 1e3:.0f} kFLOP per sample = {fma['samples_per_s']:,.0f} samples/s"),

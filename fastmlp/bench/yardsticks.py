@@ -20,15 +20,19 @@ def fma_yardstick(layer_sizes=LAYER_SIZES):
     """The FMA roofline of the net: `fma_peak.fma_roofline` with its FLOPs per sample, plus the tile in use.
 
     {'cpu', 'target', 'vector_width', 'chains', 'core_gflops', 'cores', 'all_gflops',
-    'flops_per_sample', 'samples_per_s', 'tile', 'tile_source'}; tile is fastmlp.kernels.tiles.TILE as a
-    dict, tile_source where the choice came from (the built-in table, a tuning, FASTMLP_TILE).
+    'flops_per_sample', 'samples_per_s', 'tile', 'tile_source', 'tuning_s'}; tile is
+    fastmlp.kernels.tiles.TILE as a dict, tile_source where the choice came from (the built-in table,
+    a tuning, FASTMLP_TILE), tuning_s the seconds the stored tuning took (None without one).
     """
-    from ..kernels.tiles import TILE, TILE_SOURCE
+    from ..kernels.tiles import TILE, TILE_SOURCE, target_cpu
+    from ..runtime.tuning import stored_choice
     from .fma_peak import fma_roofline
 
     peak = dict(fma_roofline(flops_per_sample(layer_sizes)))
     peak["tile"] = {"name": TILE.name, "vw": TILE.vw, "nv": TILE.nv, "mr": TILE.mr, "nr": TILE.nr}
     peak["tile_source"] = TILE_SOURCE
+    tuning = stored_choice(*target_cpu())  # its time is not in the compile times: reported apart
+    peak["tuning_s"] = tuning["seconds"] if tuning is not None and tuning["tile"] == TILE.name else None
     return peak
 
 

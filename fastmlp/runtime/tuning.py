@@ -11,9 +11,9 @@ measures every tile this CPU can run and keeps the fastest:
   kernels, after compiling them;
 - the candidates one after the other (side by side they would slow each other down), all of them
   within BUDGET_SECONDS; one that does not finish in time is left out;
-- the choice is stored as JSON per CPU name + LLVM features + fastmlp version, in the tuning
-  folder next to Numba's cache (`tuning_folders`), and read back at every later import: one small
-  file read.
+- the choice is stored as JSON per CPU name + LLVM features + fastmlp version, in a tuning
+  folder beside Numba's cache (`tuning_folders`: NUMBA_CACHE_DIR, else the user's cache folder),
+  and read back at every later import: one small file read.
 
 One line on stderr says that it tunes, once. Where no folder can be written (a read-only install),
 the built-in table is used and one line says so. Environment variables:
@@ -70,11 +70,12 @@ def _version() -> str:
 
 
 def tuning_folders() -> list[Path]:
-    """Where a tuning may be kept, first choice first: beside Numba's cache of fastmlp's kernels.
+    """Where a tuning is kept, first choice first, each read in this order: beside Numba's caches.
 
-    NUMBA_CACHE_DIR when it is set (Numba caches everything there); else the __pycache__ folder of
-    fastmlp's package (where Numba caches fastmlp's kernels when it may write there); else the
-    user's cache folder (XDG_CACHE_HOME or ~/.cache), where Numba goes next.
+    NUMBA_CACHE_DIR when it is set (Numba caches everything there); else the user's cache folder
+    (XDG_CACHE_HOME or ~/.cache: fastmlp/ beside Numba's numba/), so that one tuning serves every
+    install and copy of this fastmlp version on the machine; else the __pycache__ folder of
+    fastmlp's package, where Numba caches fastmlp's kernels when it may write there.
     """
     from numba.core import config
 
@@ -82,11 +83,11 @@ def tuning_folders() -> list[Path]:
     numba_cache = getattr(config, "CACHE_DIR", "")  # NUMBA_CACHE_DIR, as Numba read it
     if numba_cache:
         folders.append(Path(numba_cache) / _FOLDER)
-    folders.append(Path(__file__).resolve().parent.parent / "__pycache__" / _FOLDER)
     base = os.environ.get("XDG_CACHE_HOME") or (os.path.join(os.path.expanduser("~"), ".cache")
                                                 if os.environ.get("HOME") else "")
     if base:
         folders.append(Path(base) / "fastmlp" / _FOLDER)
+    folders.append(Path(__file__).resolve().parent.parent / "__pycache__" / _FOLDER)
     return folders
 
 
