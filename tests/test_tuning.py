@@ -151,3 +151,16 @@ def test_a_tuning_child_times_the_steps_of_the_tile_it_is_given(tmp_path):
     us = tuning.measure_in_child("sse", tmp_path / "numba-sse", timeout_s=900)
     assert us > 0
     assert any(tmp_path.joinpath("numba-sse").rglob("*.nbi"))  # compiled into the child's own cache
+
+
+def test_a_tuning_that_cannot_be_kept_falls_back_to_the_built_in_tile_in_one_line(folder, monkeypatch, capsys):
+    timings(monkeypatch, {"avx2": 100.0, "sse": 80.0})
+
+    def full_disk(choice, where):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tuning, "store_choice", full_disk)
+    choice = tuning.tile_choice(CPU, FEATURES, "avx2", RUNNABLE)
+    assert choice == ("avx2", "built-in table (the tuning could not be kept)")
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "No space left on device" in err[1]  # the line saying it tunes, then this one

@@ -161,7 +161,11 @@ def tile_choice(cpu: str, features: str, builtin: str, runnable: Sequence[str]) 
         return builtin, "built-in table (read-only install)"
     _say(f"tuning the SIMD kernels for this CPU ({cpu}), once: at most {BUDGET_SECONDS:.0f} s "
          f"(FASTMLP_TUNE=0 skips it; `fastmlp tune` measures again)")
-    choice = tune(cpu, features, builtin, runnable, folder)
+    try:
+        choice = tune(cpu, features, builtin, runnable, folder)
+    except OSError as error:  # the folder went away, or filled up: tuning is an optimisation, never a failure
+        _say(f"could not keep the tuning in {folder} ({error}): using the built-in tile table")
+        return builtin, "built-in table (the tuning could not be kept)"
     return choice["tile"], _source(choice)
 
 
