@@ -213,7 +213,7 @@ class Trainer:
             return
         # A new net depth compiles for seconds: say so, once, when Numba really compiles (not on a cache hit).
         with announce_compiling(f"the training epoch for nets of depth {len(self.model.layer_sizes) - 1}"):
-            self.history.compile_seconds += self.backend.warm_up(self.model, pixels=pixels, momentum=bool(self._sgd))
+            self.history.compile_seconds += self.backend.warm_up(self.model, pixels=pixels)
         self._warmed_up.add(pixels)
 
     def _restore(self, best: _Best, verbose: bool) -> None:

@@ -115,7 +115,9 @@ class BackendBase:
         return nullcontext()
 
     def warm_up(self, model: MLP, *, pixels: bool = False, momentum: bool = False) -> float:
-        """Prepare whatever the first epoch would otherwise pay for (JIT compilation); returns seconds."""
+        """Prepare whatever the first epoch would otherwise pay for (JIT compilation); returns seconds.
+
+        `momentum` is accepted for callers of 0.2.0 and ignored: one compiled epoch serves every update rule."""
         return 0.0
 
     # What a backend implements, on arrays the public methods above have validated.

@@ -46,7 +46,7 @@ def measure_recipe(backends: dict[str, Any], X: Any, y: Any, X_test: Any, y_test
     rows = []
     for name, backend in backends.items():
         time.sleep(settle_seconds)
-        backend.warm_up(init, pixels=isinstance(X, Pixels), momentum=True)
+        backend.warm_up(init, pixels=isinstance(X, Pixels))
         trainer = Trainer(init.copy(), backend, seed=seed, **options)
         history = trainer.fit(X, y, epochs=epochs)
         rows.append({"backend": name, "train_s": sum(history.column("seconds")),

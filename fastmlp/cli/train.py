@@ -195,8 +195,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # One line on stderr while Numba really compiles (a new net depth, a cold cache); none on a cache hit.
     tell = (lambda message: print(message, file=sys.stderr, flush=True)) if not args.quiet else (lambda message: None)
     with announce_compiling(say=tell):
-        compile_seconds = backend.warm_up(model, pixels=isinstance(X_train, Pixels),
-                                          momentum=args.momentum > 0 or args.weight_decay > 0)
+        compile_seconds = backend.warm_up(model, pixels=isinstance(X_train, Pixels))
     trainer = Trainer(model, backend, lr=args.lr, batch_size=args.batch_size, seed=args.seed, momentum=args.momentum,
                       nesterov=args.nesterov, weight_decay=args.weight_decay, schedule=args.schedule,
                       step_size=args.step_size, gamma=args.gamma, optimizer=args.optimizer,

@@ -83,7 +83,7 @@ def _train(config: Config, data: Data, result: dict[str, Any], keep_model: bool,
     model = MLP([X_train.shape[1], *config["hidden"], N_CLASSES], init=config["init"], seed=config["seed"])
     backend = get_backend(config["backend"])
     if (config["backend"], len(model.layer_sizes)) not in _compiled:
-        result["compile_s"] = backend.warm_up(model, pixels=True, momentum=config["momentum"] > 0)
+        result["compile_s"] = backend.warm_up(model, pixels=True)
         _compiled.add((config["backend"], len(model.layer_sizes)))
     trainer = Trainer(model, backend, lr=config["lr"], batch_size=config["batch_size"], seed=config["seed"],
                       momentum=config["momentum"], nesterov=config["nesterov"],
