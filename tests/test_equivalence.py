@@ -1,4 +1,9 @@
-"""The fused backend against the reference through `fastmlp.testing`, on generated nets and real MNIST."""
+"""The fused backend against the reference through `fastmlp.testing`, on generated nets and real MNIST.
+
+Every optimizer step is compared from the same state in both backends (see `fastmlp.testing`), so
+these hold whatever sgemm kernels the reference's BLAS picks: .ci/run runs them (-m equivalence)
+under several OpenBLAS kernel sets.
+"""
 
 import numpy as np
 import pytest
@@ -8,10 +13,13 @@ from hypothesis import strategies as st
 from fastmlp import MLP, Trainer, get_backend
 from fastmlp.datasets import load_mnist
 from fastmlp.testing import (
+    DEFAULT_RTOL,
     assert_backends_equivalent,
     backend_differences,
     kink_allowance,
 )
+
+pytestmark = pytest.mark.equivalence
 
 
 @st.composite
@@ -62,13 +70,37 @@ def test_numba_agrees_with_reference_for_logits_of_1e4():
     assert_backends_equivalent(model, X, y, steps=0)
 
 
-def test_fifty_sgd_steps_stay_within_the_trajectory_tolerance():
+def test_fifty_sgd_steps_agree_step_by_step():
+    # Failed as a free-running comparison at 1e-4 on a Xeon with OpenBLAS's AVX-512 kernels: a
+    # kink at step 29 parted the runs. Each step from the same state holds at rtol.
     rng = np.random.default_rng(0)
     model = MLP([784, 128, 64, 10], seed=0)
     X = rng.random((512, 784), dtype=np.float32)
     y = rng.integers(0, 10, 512)
     errors = assert_backends_equivalent(model, X, y, steps=50, batch_size=32)
-    assert errors["trajectory"] <= 1e-4
+    assert errors["trajectory"] <= DEFAULT_RTOL
+
+
+def backend_reporting_losses_times(factor):
+    """A numpy backend whose steps are right but whose reported losses are `factor` times too large."""
+
+    class WrongLoss(type(get_backend("numpy"))):
+        name = "wrong loss"
+
+        def _sgd_step(self, model, X, y, lr, **options):
+            return super()._sgd_step(model, X, y, lr, **options) * factor
+
+    return WrongLoss()
+
+
+@pytest.mark.parametrize("factor, free_run_reports", [(1.005, False), (1.05, True)])
+def test_the_free_run_is_a_loose_check_and_each_step_a_tight_one(factor, free_run_reports):
+    rng = np.random.default_rng(0)
+    model = MLP([20, 16, 4], seed=0)
+    X, y = rng.random((64, 20), dtype=np.float32), rng.integers(0, 4, 64)
+    report, _ = backend_differences(model, X, y, backends=("numpy", backend_reporting_losses_times(factor)), steps=3)
+    assert any(line.startswith("step 1 loss: scaled difference") for line in report), report
+    assert any(line.startswith("free run step 1 mean loss") for line in report) == free_run_reports, report
 
 
 SGD_VARIANTS = [
@@ -87,7 +119,7 @@ def test_momentum_and_weight_decay_trajectories_stay_within_the_tolerance(sgd):
     X = rng.random((512, 784), dtype=np.float32)
     y = rng.integers(0, 10, 512)
     errors = assert_backends_equivalent(model, X, y, steps=50, batch_size=32, lr=0.05, **sgd)
-    assert errors["trajectory"] <= 1e-4
+    assert errors["trajectory"] <= DEFAULT_RTOL
 
 
 ADAM_VARIANTS = [
@@ -109,7 +141,7 @@ def test_adam_and_adamw_trajectories_stay_within_the_tolerance(adam):
     X = rng.random((512, 784), dtype=np.float32)
     y = rng.integers(0, 10, 512)
     errors = assert_backends_equivalent(model, X, y, steps=50, batch_size=32, lr=1e-3, **adam)
-    assert errors["trajectory"] <= 1e-4
+    assert errors["trajectory"] <= DEFAULT_RTOL
 
 
 @pytest.mark.parametrize("adam", ADAM_VARIANTS[1:3], ids=_variant_id)
