@@ -75,7 +75,13 @@ from .inputs import (
     make_rng,
 )
 from .model import MLP
-from .optim import ADAM_OPTIMIZERS, AdamMoments, Velocity, check_adam_options, check_optimizer
+from .optim import (
+    ADAM_OPTIMIZERS,
+    AdamMoments,
+    Velocity,
+    check_adam_options,
+    check_optimizer,
+)
 
 BackendPair = Sequence["str | BackendBase"]
 
