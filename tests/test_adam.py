@@ -7,6 +7,8 @@ from fastmlp import MLP, Trainer, get_backend
 from fastmlp.backends.numba.backend import Backend as NumbaBackend
 from fastmlp.optim import AdamMoments
 
+pytestmark = pytest.mark.equivalence  # .ci/run runs these under several OpenBLAS kernel sets
+
 
 def data(n=100, seed=0):
     rng = np.random.default_rng(seed)
