@@ -38,13 +38,14 @@ def nets_and_batches(draw):
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(nets_and_batches())
-def test_numba_forward_loss_and_grads_agree_with_reference_on_generated_nets(case):
-    # Single passes only: along a trajectory, a pre-activation that lands within rounding of the
-    # ReLU kink takes different branches in two correct backends (seen here on a generated 4-layer
-    # net: |Z| = 1e-6 at scale 6, then 5e-4 apart after the next step while float64 sided with
-    # one of them). Trajectories are compared on the fixed nets below.
+def test_numba_forward_loss_grads_and_steps_agree_with_reference_on_generated_nets(case):
+    # Two steps, each from the same state in both backends: a pre-activation that lands within
+    # rounding of the ReLU kink takes different branches in two correct backends (seen here on a
+    # generated 4-layer net: |Z| = 1e-6 at scale 6, then 5e-4 apart after the next step of a free
+    # run while float64 sided with one of them); compared step by step, that is allowed for the
+    # step whose batch has it, and nothing carries on.
     model, X, y = case
-    assert_backends_equivalent(model, X, y, steps=0)
+    assert_backends_equivalent(model, X, y, steps=2)
 
 
 @pytest.mark.parametrize("name, make", [
