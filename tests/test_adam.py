@@ -7,7 +7,9 @@ from fastmlp import MLP, Trainer, get_backend
 from fastmlp.backends.numba.backend import Backend as NumbaBackend
 from fastmlp.optim import AdamMoments
 
-pytestmark = pytest.mark.kernels  # run again per ISA and with bounds checks by .ci/run
+# .ci/run runs these again per instruction set and with bounds checks (kernels), and under other
+# OpenBLAS kernel sets (equivalence).
+pytestmark = [pytest.mark.kernels, pytest.mark.equivalence]
 
 
 def data(n=100, seed=0):
