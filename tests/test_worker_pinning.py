@@ -10,6 +10,7 @@ import pytest
 from fastmlp import MLP, get_backend
 from fastmlp.backends.numba import backend as numba_fused
 from fastmlp.backends.numba import threads as worker_threads
+from fastmlp.runtime.barrier import barrier_state
 from fastmlp.testing import scaled_error
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity on this OS")
@@ -67,25 +68,36 @@ def test_each_worker_runs_on_its_cpu_and_the_caller_gets_its_cpus_back(monkeypat
     cpus = sorted(os.sched_getaffinity(0))
     chosen = [cpus[-1], cpus[0], cpus[len(cpus) // 2]]
     monkeypatch.setattr(worker_threads, "worker_cpus", lambda workers: chosen[:workers])
-    monkeypatch.setattr(numba_fused, "epoch_workers", lambda threads, rows, sizes: threads)
     seen = {}
-    real_worker = numba_fused.train_batches_worker
 
-    def worker(t, *args):
+    def run(t, begin, end):  # a worker's part of the epoch: here only where it runs
         seen.setdefault(t, os.sched_getaffinity(0))
-        return real_worker(t, *args)
+        return 1.0
 
-    monkeypatch.setattr(numba_fused, "train_batches_worker", worker)
     before = os.sched_getaffinity(0)
     probe = []
     thread = threading.Thread(target=lambda: probe.append(worker_threads.pin_this_thread({cpus[-1]})))
     thread.start()
     thread.join()
-    epoch(numba_fused.Backend(threads=3))
+    assert worker_threads.run_workers(run, 3, 10, 5, None, barrier_state()) == 3.0
     assert os.sched_getaffinity(0) == before
     if probe[0] is None:
         pytest.skip("the OS refuses to pin threads here")
     assert seen == {t: {cpu} for t, cpu in enumerate(chosen)}
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_an_epoch_on_pinned_workers_matches_the_reference(monkeypatch, threads):
+    monkeypatch.setattr(numba_fused, "epoch_workers", lambda threads, rows, sizes: threads)
+    cpus = sorted(os.sched_getaffinity(0))
+    monkeypatch.setattr(worker_threads, "worker_cpus", lambda workers: [cpus[t % len(cpus)] for t in range(workers)])
+    before = os.sched_getaffinity(0)
+    loss_ref, ref = epoch(get_backend("numpy"))
+    loss, model = epoch(numba_fused.Backend(threads=threads))
+    assert os.sched_getaffinity(0) == before
+    assert loss == pytest.approx(loss_ref, rel=1e-5)
+    for p, q in zip(model.weights + model.biases, ref.weights + ref.biases):
+        assert scaled_error(p, q)[0] <= 1e-5
 
 
 def test_an_epoch_trains_the_same_where_the_os_refuses_to_pin(monkeypatch):
