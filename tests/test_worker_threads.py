@@ -297,3 +297,15 @@ def test_a_step_on_several_workers_meets_at_two_barriers(monkeypatch, threads, h
     monkeypatch.setattr(numba_fused, "barrier_state", recorded)
     epoch(Backend(threads=threads), (20, hidden, 4), 8, {}, n=80)  # 10 steps
     assert states[-1][barrier_module._GENERATION] == 1 + 2 * 10
+
+
+@pytest.mark.parametrize("rule", SGD_RULES)
+def test_any_worker_count_gives_the_weights_of_one_worker_bit_for_bit(rule):
+    """The split decides which worker computes each weight, never how (every product and sum runs over the
+    same rows in the same order): a step that read a part before another worker wrote it would show here."""
+    sizes = (30, 3 * PANELS, 7, 5)  # 3 panels: by panels for 2 and 3 workers, by rows for 5 and 16
+    _, one = epoch(Backend(threads=1), sizes, 16, SGD_RULES[rule], n=75)
+    for threads in (2, 3, 5, 16):
+        _, model = epoch(Backend(threads=threads), sizes, 16, SGD_RULES[rule], n=75)
+        for p1, p2 in zip(one.weights + one.biases, model.weights + model.biases):
+            np.testing.assert_array_equal(p1, p2, err_msg=f"threads={threads}")

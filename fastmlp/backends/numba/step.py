@@ -49,8 +49,10 @@ sequence whatever range of batches it is called for, so worker 0 may run the epo
 (for progress) while the others run it whole. A barrier spins briefly, then yields
 (fastmlp/runtime/barrier.py).
 
-Results may depend on the worker count (each worker sums its own rows' loss, and the split sets
-where the kernels' tiles start), never on timing: the same count gives bit-identical runs.
+The split decides which worker computes each part, never how: every product and sum runs over
+the same rows in the same order, so the weights come out bit-identical whatever the worker
+count; only the loss, summed per worker, may differ in its last bits. Never on timing: the same
+count gives bit-identical runs.
 """
 
 import numpy as np
