@@ -8,8 +8,8 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from fastmlp import MLP, get_backend
 from fastmlp.backends.numba import backend as numba_fused
-from fastmlp.backends.numba.threads import MIN_ROWS_PER_WORKER
 from fastmlp.backends.numba.backend import Backend, part_of, training_threads
+from fastmlp.backends.numba.threads import MIN_ROWS_PER_WORKER
 from fastmlp.optim import Velocity
 from fastmlp.runtime.barrier import abort_barrier, barrier_state, barrier_wait
 from fastmlp.testing import scaled_error

@@ -295,7 +295,7 @@ def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, bi
             gather_part(t, workers, inputs[(s + 1) % 2], labels, X, scale, y, order, following,
                         min(batch_size, n - following), True, False)
             after = following + batch_size
-            if after < n:  # and the rows of the batch after it, fetched while two steps compute
+            if after < n:  # and the rows it gathers of the batch after, fetched into L2 while the next step runs
                 a0, a1 = part_of(t, min(batch_size, n - after), workers)
                 prefetch_rows_to_l2(X, order[after + a0 : after + a1])
         if not barrier_wait(barrier, workers):
