@@ -9,7 +9,6 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from fastmlp import MLP, get_backend
 from fastmlp.backends.numba import backend as numba_fused
 from fastmlp.backends.numba.backend import Backend, part_of, training_threads
-from fastmlp.backends.numba.threads import MIN_ROWS_PER_WORKER
 from fastmlp.optim import Velocity
 from fastmlp.runtime.barrier import abort_barrier, barrier_state, barrier_wait
 from fastmlp.testing import scaled_error
@@ -104,7 +103,7 @@ def test_an_epoch_on_workers_leaves_the_blas_thread_counts_as_it_found_them():
 
 
 @pytest.mark.parametrize("threads, batch_rows, sizes, expected", [
-    (16, 32, (784, 128, 64, 10), 32 // MIN_ROWS_PER_WORKER),  # 16 cores at batch 32: rows enough for 4
+    (16, 32, (784, 128, 64, 10), 4),  # 16 cores at batch 32: MIN_ROWS_PER_WORKER (8) rows each
     (16, 1024, (784, 128, 64, 10), 16),  # more workers than panels of the first layer: split by rows
     (16, 1024, (784, 512, 256, 10), 16),
     (2, 1024, (784, 128, 64, 10), 2),
