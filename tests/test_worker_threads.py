@@ -140,14 +140,15 @@ def test_an_epoch_on_workers_leaves_the_blas_thread_counts_as_it_found_them():
 
 
 @pytest.mark.parametrize("threads, batch_rows, sizes, expected", [
-    (16, 32, (784, 128, 64, 10), 2),  # 16 cores at batch 32: MIN_ROWS_PER_WORKER rows each
-    (16, 1024, (784, 128, 64, 10), 128 // numba_fused.PANEL_WIDTH),  # whole panels of the first layer each
+    (16, 32, (784, 128, 64, 10), 4),  # 16 cores at batch 32: MIN_ROWS_PER_WORKER (8) rows each
+    (16, 1024, (784, 128, 64, 10), 16),  # more workers than panels of the first layer: split by rows
     (16, 1024, (784, 512, 256, 10), 16),
     (2, 1024, (784, 128, 64, 10), 2),
     (3, 15, (784, 128, 64, 10), 1),  # a batch too small to share
-    (4, 64, (6, 1), 1),  # a single panel
+    (4, 64, (6, 1), 1),  # a step too small to share
+    (16, 1024, (2, 10, 2), 2),  # 205 kFLOP a step: MIN_FLOPS_PER_WORKER each
 ])
-def test_epoch_workers_never_exceed_what_a_batch_and_the_first_layer_can_use(threads, batch_rows, sizes, expected):
+def test_epoch_workers_never_exceed_what_a_batch_and_a_step_can_use(threads, batch_rows, sizes, expected):
     assert numba_fused.epoch_workers(threads, batch_rows, sizes) == expected
 
 
@@ -264,3 +265,83 @@ def test_an_epoch_takes_only_the_cores_other_work_leaves_free_unless_threads_is_
         b.train_epoch(MLP([6, 3], seed=0), np.zeros((4, 6), np.float32), np.zeros(4, np.int64), batch_size=2,
                       lr=0.1, rng=np.random.default_rng(0))
     assert asked == [1, 2]
+
+
+DEFAULT_NET = (784, 128, 64, 10)
+PANELS = numba_fused.PANEL_WIDTH  # columns of one panel of packed weights
+
+
+@pytest.mark.parametrize("rule", SGD_RULES)
+@pytest.mark.parametrize("threads", [2, 3, 5, 8, 16])
+def test_more_workers_than_first_layer_panels_match_the_reference_on_the_default_net(rule, threads):
+    """128 / PANEL_WIDTH panels (4 with AVX-512, 8 with AVX2): the larger counts split layer 0 by rows."""
+    loss_ref, ref = epoch(numpy_backend, DEFAULT_NET, 32, SGD_RULES[rule], n=80)  # a last batch of 16
+    loss, model = epoch(Backend(threads=threads), DEFAULT_NET, 32, SGD_RULES[rule], n=80)
+    assert loss == pytest.approx(loss_ref, rel=1e-5)
+    assert_models_close(model, ref)
+
+
+@pytest.mark.parametrize("rule", SGD_RULES)
+@pytest.mark.parametrize("threads", [2, 3, 4, 7])  # 3 panels: by panels for 2 and 3, by rows for 4 and 7
+@pytest.mark.parametrize("hidden", [3 * PANELS, 2 * PANELS + 5])  # the last panel full, or partly padding
+def test_layer_0_split_by_panels_or_by_rows_matches_the_reference(rule, threads, hidden):
+    sizes = (30, hidden, 7, 5)
+    loss_ref, ref = epoch(numpy_backend, sizes, 16, SGD_RULES[rule], n=75)
+    loss, model = epoch(Backend(threads=threads), sizes, 16, SGD_RULES[rule], n=75)
+    assert loss == pytest.approx(loss_ref, rel=1e-5)
+    assert_models_close(model, ref)
+
+
+@pytest.mark.parametrize("threads", [3, 5, 16])
+def test_the_same_thread_count_gives_bit_identical_epochs_whichever_way_layer_0_is_split(threads):
+    sizes = (40, 3 * PANELS, 10)  # 3 panels: by panels for 3 workers, by rows for 5 and 16
+    runs = [epoch(Backend(threads=threads), sizes, 32, SGD_RULES["nesterov"], n=300) for _ in range(2)]
+    (loss1, m1), (loss2, m2) = runs
+    assert loss1 == loss2
+    for p1, p2 in zip(m1.weights + m1.biases, m2.weights + m2.biases):
+        np.testing.assert_array_equal(p1, p2)
+
+
+@pytest.mark.parametrize("threads", [2, 3])  # by panels: the next step's layer 0 starts with no barrier before it
+@pytest.mark.parametrize("sizes", [(6, 3 * PANELS, 3), (6, 3 * PANELS)])
+def test_progress_chunks_change_nothing_when_layer_0_is_split_by_panels(threads, sizes):
+    """Worker 0 leaves nopython code between chunks while the others go on: their barriers must still pair up."""
+    rng = np.random.default_rng(0)
+    X, y = rng.random((700, 6), dtype=np.float32), rng.integers(0, sizes[-1], 700)
+    m1, m2 = MLP(sizes, seed=0), MLP(sizes, seed=0)
+    updates = []
+    loss1 = Backend(threads=threads).train_epoch(m1, X, y, batch_size=7, lr=0.1, rng=np.random.default_rng(2),
+                                                 progress=updates.append)
+    loss2 = Backend(threads=threads).train_epoch(m2, X, y, batch_size=7, lr=0.1, rng=np.random.default_rng(2))
+    assert sum(updates) == 700 and len(updates) > 10
+    assert loss1 == loss2
+    for p1, p2 in zip(m1.weights + m1.biases, m2.weights + m2.biases):
+        np.testing.assert_array_equal(p1, p2)
+
+
+@pytest.mark.parametrize("threads, hidden", [(2, 2 * PANELS), (3, PANELS)])  # by panels, by rows
+def test_a_step_on_several_workers_meets_at_two_barriers(monkeypatch, threads, hidden):
+    """Two barriers a step whichever way layer 0 is split, and one more to gather the epoch's first batch."""
+    from fastmlp.runtime import barrier as barrier_module
+
+    states = []
+
+    def recorded():
+        states.append(barrier_state())
+        return states[-1]
+
+    monkeypatch.setattr(numba_fused, "barrier_state", recorded)
+    epoch(Backend(threads=threads), (20, hidden, 4), 8, {}, n=80)  # 10 steps
+    assert states[-1][barrier_module._GENERATION] == 1 + 2 * 10
+
+
+@pytest.mark.parametrize("rule", SGD_RULES)
+def test_any_worker_count_gives_the_weights_of_one_worker_bit_for_bit(rule):
+    """The split decides which worker computes each weight, never how (every product and sum runs over the
+    same rows in the same order): a step that read a part before another worker wrote it would show here."""
+    sizes = (30, 3 * PANELS, 7, 5)  # 3 panels: by panels for 2 and 3 workers, by rows for 5 and 16
+    _, one = epoch(Backend(threads=1), sizes, 16, SGD_RULES[rule], n=75)
+    for threads in (2, 3, 5, 16):
+        _, model = epoch(Backend(threads=threads), sizes, 16, SGD_RULES[rule], n=75)
+        for p1, p2 in zip(one.weights + one.biases, model.weights + model.biases):
+            np.testing.assert_array_equal(p1, p2, err_msg=f"threads={threads}")

@@ -31,7 +31,7 @@ class Backend(BackendBase):
     The workers are fastmlp's own threads: no BLAS runs in a step. Without `threads`, an epoch
     also uses no more workers than the cores that other processes left free during the last one
     (`_free_threads`). Their number is also capped by `epoch_workers` (MIN_ROWS_PER_WORKER rows
-    of a batch each, whole panels of the first layer each), so more cores than a batch can use
+    of a batch each, MIN_FLOPS_PER_WORKER of a step each), so more cores than a batch can use
     leave the extra ones idle rather than slowing every step. Results depend on the worker count
     (the order of float32 sums), never on timing: the same count gives bit-identical runs, and a
     fixed `threads` gives the same bits under any load.

@@ -14,17 +14,45 @@ Buffers, per (layer sizes, batch size, workers), made once and kept on the backe
     deltas[l]    (batch, sizes[l+1])  dZ_l; deltas[L-1] is acts[L-1] (the softmax kernel overwrites
                                       the logits with their gradient)
 
-A step on `workers` threads (`step_worker`), worker t of them, three phases between barriers:
-  1. layer 0 forward for every row of the batch, on worker t's panels of W_0 (its columns);
-  2. for worker t's rows of the batch: the other layers' forward, softmax + cross-entropy, and
-     the backward pass down to dZ_0, dZ_{l-1} = (dZ_l W_l^T) * (A_{l-1} > 0) reading W_l.T packed;
-  3. the updates, the weight-gradient product fused with the SGD / momentum / Adam rule: worker t's
-     panels of W_0 (the same panels as in phase 1, so they stay in that core's cache: 200 KB of
-     the 400 KB W_0 of 784-128-64-10 per core, 1 MB of L2), its share of the rows of each
-     other W_l (then of W_l.T), and its share of each bias.
-Before phase 1 each worker gathers its rows of the next batch; a barrier ends each phase, and
-the gather's barrier also ends phase 3 (two input buffers let a worker gather batch s + 1 while
-another still reads batch s in phase 3). A barrier spins briefly, then yields (spin_barrier.py).
+A step on `workers` threads, worker t of them. Layer 0 holds most of the work (784 x 128 of the
+default net's 110 thousand weights), so how it is split decides how many workers a step can use;
+the rest of the step is split by rows of the batch (forward, softmax, backward) or of the weights
+(updates). Two ways, `layer0_by_rows(workers, panels)` choosing, each with two barriers a step:
+
+By panels (no more workers than W_0 has panels: weight-stationary, each worker keeps its panels
+of W_0 in its own core's cache from step to step):
+  A. layer 0 forward for every row of the batch, on worker t's panels of W_0 (its columns c0:c1
+     of acts[0]);                                                                  -- barrier
+  B. for worker t's rows of the batch: the other layers' forward, softmax + cross-entropy, and
+     the backward pass down to dZ_0, dZ_{l-1} = (dZ_l W_l^T) * (A_{l-1} > 0), reading W_l.T
+     packed; then worker t gathers its rows of the next batch into the other input buffer;
+                                                                                   -- barrier
+  C. the updates, the weight-gradient product fused with the SGD / momentum / Adam rule: worker
+     t's panels of W_0 and bias entries c0:c1 of layer 0 (the parts phase A read), rows c0:c1 of
+     W_1 (and of W_1.T), its share of the rows of each other W_l (and W_l.T) and of each other
+     bias; then its rows of the next batch's labels.
+  No barrier between C and the next step's A: A reads only what the same worker wrote in C (its
+  panels of W_0, its entries of b_0) and the next input, complete since B's barrier, and it
+  overwrites only columns c0:c1 of acts[0], which C read alone, for W_1's rows c0:c1.
+By rows (more workers than panels: every core gets work, each reads all of W_0):
+  B. for worker t's rows of the batch: every layer's forward, softmax, the backward pass, and the
+     gather of its rows of the next batch, as above;                               -- barrier
+  C. the updates as above, but W_0 by weight rows: rows k0:k1 of every panel (the update reads
+     A[:, k0:k1] and all of dZ_0, and writes no weight another worker writes), b_0 and W_1 in
+     even shares like the other layers; then the labels;                           -- barrier
+  (the next step's forward reads all of W_0, which every worker updated).
+The first batch of an epoch is gathered before its first step, behind one barrier more. The
+input buffer that B fills held the batch before, last read by the updates of the step before,
+which a barrier ends first; the labels wait for C because B of this step reads them. Each W_l.T
+(read in B) is rewritten in C, after B's barrier. Every worker meets the barriers in the same
+sequence whatever range of batches it is called for, so worker 0 may run the epoch in chunks
+(for progress) while the others run it whole. A barrier spins briefly, then yields
+(fastmlp/runtime/barrier.py).
+
+The split decides which worker computes each part, never how: every product and sum runs over
+the same rows in the same order, so the weights come out bit-identical whatever the worker
+count; only the loss, summed per worker, may differ in its last bits. Never on timing: the same
+count gives bit-identical runs.
 """
 
 import numpy as np
@@ -122,10 +150,26 @@ def bias_step(b, vb, sb, dZ, db, nb, c0, c1, lr, momentum, rule, beta2, eps, bc1
 
 
 @cached_njit
-def update_worker_part(t, workers, packed, transposed, velocity_w, biases, velocity_b, x, acts, deltas, db, nb, lr,
-                       momentum, weight_decay, rule, second_w, second_b, beta2, eps, bc1, bc2):
-    """Phase 3 of a step, worker t's share: its panels of W_0, its rows of each other W_l (and W_l.T), its bias entries.
+def layer0_by_rows(workers, panels):
+    """True when a step splits layer 0 by rows of the batch (forward) and of W_0 (update), False when
+    by panels of W_0: by rows once there are more workers than panels, so that none is left idle."""
+    return workers > panels
 
+
+@cached_njit
+def layer0_columns(t, workers, panels, n):
+    """(c0, c1): the columns of layer 0's n outputs (of acts[0] and b_0; the rows of W_1) in worker t's panels of W_0."""
+    p0, p1 = part_of(t, panels, workers)
+    return min(p0 * PANEL_WIDTH, n), min(p1 * PANEL_WIDTH, n)
+
+
+@cached_njit
+def update_worker_part(t, workers, by_rows, packed, transposed, velocity_w, biases, velocity_b, x, acts, deltas, db,
+                       nb, lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, bc1, bc2):
+    """Phase C of a step, worker t's share (see the module doc): parts of each W_l (and W_l.T), of each bias.
+
+    Split by panels (by_rows False): its panels of W_0 and entries of b_0, the matching rows of
+    W_1, even shares of the rest. By rows: even shares of the rows of every W_l and of every bias.
     Overwrites those parts of packed, transposed, the velocities (Adam: first moments, and
     second_w / second_b the second moments), the biases and db.
     """
@@ -133,55 +177,97 @@ def update_worker_part(t, workers, packed, transposed, velocity_w, biases, veloc
     for l in range(L):
         P = packed[l]
         A = layer_input(x, acts, l)
-        if l == 0:  # weight-stationary: the panels this worker's phase 1 read
+        c0, c1 = part_of(t, biases[l].shape[0], workers)
+        if l == 0 and not by_rows:  # weight-stationary: the panels this worker's phase A read
             p0, p1 = part_of(t, P.shape[0], workers)
             update_part(P, velocity_w[l], A, deltas[l], nb, 0, P.shape[1], p0, p1, lr, momentum, weight_decay, rule,
                         second_w[l], beta2, eps, bc1, bc2)
-            c0, c1 = min(p0 * PANEL_WIDTH, biases[l].shape[0]), min(p1 * PANEL_WIDTH, biases[l].shape[0])
+            c0, c1 = layer0_columns(t, workers, P.shape[0], biases[0].shape[0])
         else:
-            k0, k1 = part_of(t, P.shape[1], workers)
+            # W_1's rows are layer 0's columns: split by panels, a worker updates the rows of W_1 that
+            # read the columns of acts[0] it alone overwrites in the next step's phase A.
+            if l == 1 and not by_rows:
+                k0, k1 = layer0_columns(t, workers, packed[0].shape[0], P.shape[1])
+            else:
+                k0, k1 = part_of(t, P.shape[1], workers)
             update_part(P, velocity_w[l], A, deltas[l], nb, k0, k1, 0, P.shape[0], lr, momentum, weight_decay, rule,
                         second_w[l], beta2, eps, bc1, bc2)
-            transpose_packed_into(transposed[l], P, k0, k1)
-            c0, c1 = part_of(t, biases[l].shape[0], workers)
+            if l > 0:
+                transpose_packed_into(transposed[l], P, k0, k1)
         bias_step(biases[l], velocity_b[l], second_b[l], deltas[l], db[l], nb, c0, c1, lr, momentum, rule, beta2, eps,
                   bc1, bc2)
+
+
+@cached_njit
+def updates(t, workers, by_rows, packed, transposed, velocity_w, biases, velocity_b, x, acts, deltas, db, nb, lr,
+            momentum, weight_decay, rule, second_w, second_b, beta2, eps, step):
+    """`update_worker_part` for Adam's step count `step` (its bias corrections; unused by SGD)."""
+    bc1 = bc2 = 0.0
+    if rule == ADAM or rule == ADAMW:
+        bc1, bc2 = adam_corrections(momentum, beta2, step)
+    update_worker_part(t, workers, by_rows, packed, transposed, velocity_w, biases, velocity_b, x, acts, deltas, db,
+                       nb, lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, np.float32(bc1),
+                       np.float32(bc2))
+
+
+@cached_njit(nogil=True)
+def forward_backward(t, workers, by_rows, barrier, packed, transposed, biases, x, labels, nb, acts, deltas):
+    """Phases A (split by panels only) and B of a step (see the module doc), B's barrier not included.
+
+    Returns (the summed loss of worker t's rows, False if the barrier was aborted).
+    Overwrites acts and deltas (worker t's parts).
+    """
+    L = len(packed)
+    if not by_rows:
+        p0, p1 = part_of(t, packed[0].shape[0], workers)
+        forward_part(acts[0], x, packed[0], biases[0], acts[0], BIAS_RELU if L > 1 else BIAS, 0, nb, p0, p1)
+        if not barrier_wait(barrier, workers):
+            return 0.0, False
+    r0, r1 = part_of(t, nb, workers)
+    forward_rows(packed, biases, x, acts, 1 if not by_rows else 0, r0, r1)
+    loss = softmax_xent_backward_rows_inplace(acts[L - 1][r0:r1], labels[r0:r1], nb)
+    backward_rows(transposed, acts, deltas, r0, r1)
+    return loss, True
 
 
 @cached_njit(nogil=True)
 def step_worker(t, workers, barrier, packed, transposed, velocity_w, biases, velocity_b, x, labels, nb, lr, momentum,
                 weight_decay, rule, acts, deltas, db, second_w, second_b, beta2, eps, step):
-    """Worker t's part of one step on the batch x[:nb], labels[:nb] (gathered, every worker past its barrier).
+    """Worker t's part of one step on the batch x[:nb], labels[:nb], gathered and the parameters settled
+    (no worker still updating them) before any worker calls it.
 
     step: Adam's step count t of this step (from 1), for its bias corrections; unused by SGD.
 
     Returns (the summed loss of the worker's rows, False if the barrier was aborted).
     Overwrites acts, deltas, db and worker t's parts of the parameters (see the module doc).
     """
-    L = len(packed)
-    p0, p1 = part_of(t, packed[0].shape[0], workers)
-    forward_part(acts[0], x, packed[0], biases[0], acts[0], BIAS_RELU if L > 1 else BIAS, 0, nb, p0, p1)
-    if not barrier_wait(barrier, workers):
+    by_rows = layer0_by_rows(workers, packed[0].shape[0])
+    loss, ok = forward_backward(t, workers, by_rows, barrier, packed, transposed, biases, x, labels, nb, acts, deltas)
+    if not ok or not barrier_wait(barrier, workers):
         return 0.0, False
-    r0, r1 = part_of(t, nb, workers)
-    forward_rows(packed, biases, x, acts, 1, r0, r1)
-    loss = softmax_xent_backward_rows_inplace(acts[L - 1][r0:r1], labels[r0:r1], nb)
-    backward_rows(transposed, acts, deltas, r0, r1)
-    if not barrier_wait(barrier, workers):
-        return 0.0, False
-    bc1 = bc2 = 0.0
-    if rule == ADAM or rule == ADAMW:
-        bc1, bc2 = adam_corrections(momentum, beta2, step)
-    update_worker_part(t, workers, packed, transposed, velocity_w, biases, velocity_b, x, acts, deltas, db, nb, lr,
-                       momentum, weight_decay, rule, second_w, second_b, beta2, eps, np.float32(bc1), np.float32(bc2))
+    updates(t, workers, by_rows, packed, transposed, velocity_w, biases, velocity_b, x, acts, deltas, db, nb, lr,
+            momentum, weight_decay, rule, second_w, second_b, beta2, eps, step)
     return loss, True
+
+
+@cached_njit
+def gather_part(t, workers, x, labels, X, scale, y, order, start, nb, with_rows, with_labels):
+    """Worker t's rows of the batch order[start:start + nb]: pixels into x (if with_rows), labels into labels
+    (if with_labels); overwrites those rows."""
+    r0, r1 = part_of(t, nb, workers)
+    rows = order[start + r0 : start + r1]
+    if with_rows:
+        gather_rows_scaled(x[r0:r1], X, rows, scale)
+    if with_labels:
+        gather_labels(labels[r0:r1], y, rows)
 
 
 @cached_njit(nogil=True)
 def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, biases, velocity_b, X, scale, y, order,
                          begin, end, batch_size, lr, momentum, weight_decay, rule, inputs, acts, deltas, db, labels,
                          second_w, second_b, beta2, eps, first_step):
-    """Worker t of `workers` training on the batches of order[begin:end] (begin a multiple of batch_size).
+    """Worker t of `workers` training on the batches of order[begin:end] (begin a multiple of batch_size) of
+    the epoch's order; called with begin = 0 first, and then for the batches that follow the last call's.
 
     Batch s of the epoch (order[s * batch_size:]) is Adam's step first_step + s.
 
@@ -189,26 +275,39 @@ def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, bi
     on its own thread. Returns the summed loss of worker t's rows; stops early if the barrier is
     aborted.
     """
+    n = order.shape[0]
+    by_rows = layer0_by_rows(workers, packed[0].shape[0])
     total = 0.0
     for start in range(begin, end, batch_size):
-        nb = min(batch_size, end - start)
-        x = inputs[(start // batch_size) % 2]
-        r0, r1 = part_of(t, nb, workers)
-        rows = order[start + r0 : start + r1]
-        gather_rows_scaled(x[r0:r1], X, rows, scale)
-        gather_labels(labels[r0:r1], y, rows)
-        following = start + batch_size
-        if following < end:  # the next batch's rows, fetched while this step computes
-            n0, n1 = part_of(t, min(batch_size, end - following), workers)
-            prefetch_rows_to_l2(X, order[following + n0 : following + n1])
-        if not barrier_wait(barrier, workers):
-            break
-        loss, ok = step_worker(t, workers, barrier, packed, transposed, velocity_w, biases, velocity_b, x, labels, nb,
-                               lr, momentum, weight_decay, rule, acts, deltas, db, second_w, second_b, beta2, eps,
-                               first_step + start // batch_size)
+        nb = min(batch_size, n - start)
+        s = start // batch_size
+        x = inputs[s % 2]
+        if start == 0:  # the epoch's first batch; each later one is gathered by the step before it
+            gather_part(t, workers, x, labels, X, scale, y, order, 0, nb, True, True)
+            if not barrier_wait(barrier, workers):
+                break
+        loss, ok = forward_backward(t, workers, by_rows, barrier, packed, transposed, biases, x, labels, nb, acts,
+                                    deltas)
         if not ok:
             break
+        following = start + batch_size
+        if following < n:  # the next batch's inputs, into the buffer this step leaves alone
+            gather_part(t, workers, inputs[(s + 1) % 2], labels, X, scale, y, order, following,
+                        min(batch_size, n - following), True, False)
+            after = following + batch_size
+            if after < n:  # and the rows it gathers of the batch after, fetched into L2 while the next step runs
+                a0, a1 = part_of(t, min(batch_size, n - after), workers)
+                prefetch_rows_to_l2(X, order[after + a0 : after + a1])
+        if not barrier_wait(barrier, workers):
+            break
+        updates(t, workers, by_rows, packed, transposed, velocity_w, biases, velocity_b, x, acts, deltas, db, nb, lr,
+                momentum, weight_decay, rule, second_w, second_b, beta2, eps, first_step + s)
+        if following < n:  # phase B of this step has read the labels: the next batch's can replace them
+            gather_part(t, workers, x, labels, X, scale, y, order, following, min(batch_size, n - following), False,
+                        True)
         total += loss
+        if by_rows and not barrier_wait(barrier, workers):  # the next forward reads all of W_0
+            break
     return total
 
 

@@ -1,25 +1,46 @@
 """How many worker threads the numba backend's epoch runs on, and how they run it.
 
 The count: the BLAS thread count (OPENBLAS_NUM_THREADS, threadpoolctl, --threads), at most the usable
-CPUs, no more than a batch gives MIN_ROWS_PER_WORKER rows each nor than the first layer has panels,
-and, unless the caller fixed it, no more than the cores other processes leave free (`FreeCores`).
+CPUs, no more than a batch gives MIN_ROWS_PER_WORKER rows each nor than a step has arithmetic for
+(MIN_FLOPS_PER_WORKER each), and, unless the caller fixed it, no more than the cores other
+processes leave free (`FreeCores`). Any count splits a step (more workers than the first layer
+has panels split it by rows: fastmlp/backends/numba/step.py).
+
+The workers are pinned to distinct cores (`worker_cpus`) when there is one for every core the
+process may use, so that none migrates away from the weights its core's cache holds; with fewer
+workers the OS places them, since it sees the cores that other work (another training, too)
+keeps busy.
 """
 
-import threading
+from __future__ import annotations
 
-from ...kernels.packed import packed_shape
+import os
+import threading
+from collections.abc import Callable, Sequence
+from itertools import pairwise
+
+import numpy as np
+import numpy.typing as npt
+
 from ...runtime.barrier import abort_barrier, barrier_aborted
 from ...runtime.blas_threads import blas_thread_count, usable_cpus
-from ..base import epoch_ranges
+from ..base import Progress, epoch_ranges
 
-# A worker takes at least this many rows of a batch: below it, the barriers of each step cost
-# more than the rows' share of the work saves (so batch 32 runs on at most 2 workers).
-MIN_ROWS_PER_WORKER = 16
+# run(t, begin, end): worker t's part of the batches of order[begin:end], its summed loss.
+Run = Callable[[int, int, int], float]
+
+# A worker takes at least this many rows of a batch: one tile of rows of the forward kernel on
+# AVX-512 (8; 6 on AVX2), below which its tile runs partly empty, and each step's two barriers
+# cost more than the rows' share of the work saves.
+MIN_ROWS_PER_WORKER = 8
+# ... and at least this much of a step's arithmetic (FLOPs, `step_flops`): a few microseconds of
+# one core, below which the barriers cost as much as the share saves (a tiny net on many cores).
+MIN_FLOPS_PER_WORKER = 100_000
 # How long the CPU load is watched before the worker count follows it (see FreeCores).
 LOAD_WINDOW_SECONDS = 1.0
 
 
-def training_threads():
+def training_threads() -> int:
     """Threads `train_epoch` uses by default: the BLAS thread count, at most the usable CPUs.
 
     So OPENBLAS_NUM_THREADS, threadpoolctl's limits and the CLI's --blas-threads set it.
@@ -27,14 +48,68 @@ def training_threads():
     return max(1, min(blas_thread_count(), usable_cpus()))
 
 
-def epoch_workers(threads, batch_rows, layer_sizes):
+def step_flops(batch_rows: int, layer_sizes: Sequence[int]) -> int:
+    """FLOPs of one training step: each weight takes part in a forward, a backward (but W_0, whose
+    input gradient is never needed) and a weight-gradient product, 2 FLOPs per row each."""
+    weights = [k * n for k, n in pairwise(layer_sizes)]
+    return 2 * batch_rows * (3 * sum(weights) - weights[0])
+
+
+def epoch_workers(threads: int, batch_rows: int, layer_sizes: Sequence[int]) -> int:
     """Workers an epoch runs on: `threads`, but no more than a batch gives MIN_ROWS_PER_WORKER rows
-    each, nor than the first layer has panels (each worker owns whole panels of W_0)."""
-    panels = packed_shape(layer_sizes[0], layer_sizes[1])[0]
-    return max(1, min(threads, batch_rows // MIN_ROWS_PER_WORKER, panels))
+    each, nor than a step gives MIN_FLOPS_PER_WORKER each."""
+    by_work = step_flops(batch_rows, layer_sizes) // MIN_FLOPS_PER_WORKER
+    return max(1, min(threads, batch_rows // MIN_ROWS_PER_WORKER, by_work))
 
 
-def run_chunks(run, n, batch_size, progress, barrier):
+def _core_of(cpu: int) -> object:
+    """(package, core) of a logical CPU, from Linux's sysfs; the CPU itself where that is unreadable."""
+    topology = f"/sys/devices/system/cpu/cpu{cpu}/topology/"
+    try:
+        with open(topology + "physical_package_id") as package, open(topology + "core_id") as core:
+            return package.read().strip(), core.read().strip()
+    except OSError:
+        return cpu
+
+
+def worker_cpus(workers: int) -> list[int] | None:
+    """The CPU to pin each worker to, or None to leave them to the OS.
+
+    Pins only when there is a worker for every physical core of the CPUs this thread may use:
+    the first workers get one logical CPU of each core (so SMT siblings share no core while a
+    core is free), the next ones their siblings, in turn. Never raises: None where the OS does
+    not say which CPUs are usable.
+    """
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return None
+    seen: set[object] = set()
+    first: list[int] = []
+    siblings: list[int] = []
+    for cpu in cpus:
+        core = _core_of(cpu)
+        (siblings if core in seen else first).append(cpu)
+        seen.add(core)
+    if workers < 2 or workers < len(first):
+        return None
+    order = first + siblings
+    return [order[t % len(order)] for t in range(workers)]
+
+
+def pin_this_thread(cpus: set[int]) -> set[int] | None:
+    """Run the calling thread only on `cpus` (a set of CPU numbers); returns its CPU set before,
+    for `pin_this_thread(previous)`, or None where the OS refused (then nothing changed)."""
+    try:
+        tid = threading.get_native_id()
+        previous = os.sched_getaffinity(tid)
+        os.sched_setaffinity(tid, cpus)
+        return previous
+    except (AttributeError, OSError, ValueError):  # not Linux, a container's seccomp, a CPU gone offline
+        return None
+
+
+def run_chunks(run: Run, n: int, batch_size: int, progress: Progress | None, barrier: npt.NDArray[np.int64]) -> float:
     """Worker 0's part of the epoch on this thread: one nopython call, or ~50 with progress."""
     total = 0.0
     for begin, end in epoch_ranges(n, batch_size, progress):
@@ -45,16 +120,22 @@ def run_chunks(run, n, batch_size, progress, barrier):
             progress(end - begin)
     return total
 
-def run_workers(run, workers, n, batch_size, progress, barrier):
+def run_workers(run: Run, workers: int, n: int, batch_size: int, progress: Progress | None,
+                barrier: npt.NDArray[np.int64]) -> float:
     """Workers 1.. on threads of their own over the whole epoch, worker 0 here; returns the summed loss.
 
-    If any of them fails (or progress raises, or Ctrl-C arrives between chunks), the barrier
-    is aborted so the others stop at their next meeting, and the first error is raised.
+    Each runs pinned to its CPU of `worker_cpus` where there are enough workers (this thread's
+    own CPU set is given back when the epoch ends). If any of them fails (or progress raises, or
+    Ctrl-C arrives between chunks), the barrier is aborted so the others stop at their next
+    meeting, and the first error is raised.
     """
-    totals, errors = [0.0] * workers, []
+    totals, errors = [0.0] * workers, list[BaseException]()
+    cpus = worker_cpus(workers)
 
-    def helper(t):
+    def helper(t: int) -> None:
         try:
+            if cpus is not None:
+                pin_this_thread({cpus[t]})  # a thread of its own, ended with the epoch: nothing to restore
             totals[t] = run(t, 0, n)
         except BaseException as exc:  # handed to the caller's thread below
             errors.append(exc)
@@ -62,7 +143,10 @@ def run_workers(run, workers, n, batch_size, progress, barrier):
 
     threads = [threading.Thread(target=helper, args=(t,), name=f"fastmlp-worker-{t}", daemon=True)
                for t in range(1, workers)]
+    previous: set[int] | None = None
     try:
+        if cpus is not None:
+            previous = pin_this_thread({cpus[0]})
         for thread in threads:
             thread.start()
         totals[0] = run_chunks(run, n, batch_size, progress, barrier)
@@ -73,6 +157,8 @@ def run_workers(run, workers, n, batch_size, progress, barrier):
         for thread in threads:
             if thread.ident is not None:  # started
                 thread.join()
+        if previous is not None:
+            pin_this_thread(previous)
     if errors:
         raise errors[0]
     return sum(totals)
