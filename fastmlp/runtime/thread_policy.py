@@ -7,7 +7,7 @@ spinning threads outnumber the free cores and every hand-off waits for a schedul
 two numpy trainings at once ran 48x slower (106 s instead of 2.2 s for 3 epochs). So the policy
 counts the cores others use, from the CPU time of this process's CPUs in /proc/stat minus this
 process's own CPU time, over the last RECHECK_SECONDS, and runs BLAS on the cores left free
-(at most the BLAS thread count and the usable CPUs: affinity mask). Elsewhere than Linux the
+(at most the BLAS thread count and the usable CPUs: affinity mask and CPU quota). Elsewhere than Linux the
 1-minute load average stands in for /proc/stat; it lags a minute behind.
 
 Counting our own CPU time out matters: our own spinning BLAS threads show up as busy CPUs, and
@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from time import monotonic, process_time, sleep
 from typing import cast
 
-from .blas_threads import blas_thread_count, set_blas_threads_here, usable_cpus
+from .blas_threads import blas_thread_count, set_blas_threads_here, usable_cpu_ids, usable_cpus
 
 RECHECK_SECONDS = 0.25  # ~50 clock ticks of /proc/stat on 2 CPUs: the busy count to ~2 %
 # A core counts as free once others leave 75 % of it: an other process runnable a third of the
@@ -52,19 +52,16 @@ def _busy_seconds(cpus: Container[int]) -> float | None:
     return ticks / _CLOCK_TICKS
 
 
-def _affinity() -> set[int]:
-    try:
-        return os.sched_getaffinity(0)
-    except AttributeError:  # not Linux
-        return set(range(os.cpu_count() or 1))
+_affinity = usable_cpu_ids  # a name of this module, so that the tests can fake the machine's CPUs
 
 
 class CpuLoad:
     """Cores that other processes kept busy on this process's CPUs, between two calls of `others_busy`."""
 
     def __init__(self) -> None:
-        self._cpus = _affinity()
-        self.cpus = len(self._cpus)
+        self._cpus = _affinity()  # the CPUs whose lines of /proc/stat count
+        # as many cores as a container's CPU quota gives, where it gives fewer than the mask shows
+        self.cpus = max(1, min(len(self._cpus), usable_cpus()))
         self._last = self._sample()
 
     def _sample(self) -> tuple[float, float | None, float]:
