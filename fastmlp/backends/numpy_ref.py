@@ -14,7 +14,10 @@ beside other work, OpenBLAS's spinning threads made two trainings at once 48x sl
 
 from __future__ import annotations
 
+import signal
+import threading
 from contextlib import AbstractContextManager, nullcontext
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -68,6 +71,37 @@ def adam_update(param: FloatArray, m: FloatArray, s: FloatArray, g: FloatArray, 
     param -= lr * m_hat / (np.sqrt(s_hat) + np.float32(eps))
 
 
+class WholeSteps:
+    """Within the block, a Ctrl-C waits for the end of the step in progress: `step_done()` raises it.
+
+    A step's updates run layer by layer in Python, and Adam's t counts the step first, so a
+    KeyboardInterrupt between two of its lines would leave a step half applied but counted. Only
+    the main thread receives SIGINT; elsewhere, or under a handler other than Python's own,
+    nothing changes.
+    """
+
+    def __enter__(self) -> WholeSteps:
+        self.pending, self._old = False, None
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._old = signal.signal(signal.SIGINT, self._defer)
+        return self
+
+    def _defer(self, signum: int, frame: FrameType | None) -> None:
+        self.pending = True
+
+    def step_done(self) -> None:
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        if self.pending and exc[0] is None:
+            raise KeyboardInterrupt
+
+
 class Backend(BackendBase):
     """The reference backend. BLAS runs on `threads` threads, or (None) on the cores left free by other work."""
 
@@ -80,6 +114,13 @@ class Backend(BackendBase):
     # The single-call methods run on a fixed `threads`, else on the caller's BLAS settings: the
     # load is watched over an epoch's loop, not per call.
     def forward(self, model: MLP, X: Any) -> FloatArray:
+        """Class probabilities of X through BLAS's sgemm, float32 (n, classes).
+
+        A row's last bits may depend on its position in X and on the batch: BLAS sums a product's
+        terms in an order that its edge kernels (the rows past a whole tile), its thread split and
+        its kernel set (OPENBLAS_CORETYPE) choose. `MLP.predict_proba` (fastmlp.inference) gives
+        every row the same bits wherever it stands.
+        """
         with self._fixed_threads():
             return super().forward(model, X)
 
@@ -155,13 +196,15 @@ class Backend(BackendBase):
         policy = self._policy
         policy.start()
         try:
-            for chunk in epoch_chunks(rng.permutation(len(X)), batch_size, progress):
-                for start in range(0, len(chunk), batch_size):
-                    policy.apply()  # other work may start or stop mid-epoch
-                    batch = chunk[start : start + batch_size]
-                    total += self._sgd_step(model, X[batch], y[batch], lr, **sgd) * len(batch)
-                if progress is not None:
-                    progress(len(chunk))
+            with WholeSteps() as whole:
+                for chunk in epoch_chunks(rng.permutation(len(X)), batch_size, progress):
+                    for start in range(0, len(chunk), batch_size):
+                        policy.apply()  # other work may start or stop mid-epoch
+                        batch = chunk[start : start + batch_size]
+                        total += self._sgd_step(model, X[batch], y[batch], lr, **sgd) * len(batch)
+                        whole.step_done()
+                    if progress is not None:
+                        progress(len(chunk))
         finally:
             policy.stop()
         return total / len(X)
