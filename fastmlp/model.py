@@ -16,7 +16,7 @@ import numpy.typing as npt
 from numpy.lib import format as npy_format
 
 from .runtime.atomic import atomic_write
-from .inputs import FloatArray, Features, Seed, check_features, check_model, check_positive_int, make_rng
+from .inputs import FloatArray, Features, Seed, check_model, make_rng
 
 INITS = ("he", "normal")
 
@@ -62,10 +62,7 @@ class MLP:
         batch_size is checked but no longer needed: memory grows with the output alone."""
         from .inference import predict_proba
 
-        check_model(self, writable=False)
-        X = check_features(X, self.n_features)
-        check_positive_int(batch_size, "batch_size")
-        return predict_proba(self.weights, self.biases, X)
+        return predict_proba(self, X, batch_size)
 
     def predict(self, X: Features) -> npt.NDArray[np.intp]:
         """Predicted class index per row, int64 (n,)."""

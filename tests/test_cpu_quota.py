@@ -17,9 +17,9 @@ import sys
 import uuid
 from pathlib import Path
 
+import loky.backend.context as loky_context
 import pytest
 
-import loky.backend.context as loky_context
 from fastmlp.backends.numba import backend as numba_backend
 from fastmlp.backends.numba.threads import training_threads
 from fastmlp.runtime import blas_threads, thread_policy

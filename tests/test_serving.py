@@ -99,7 +99,7 @@ def trained_alone_on(backend, model, X, y):
 
 
 def test_get_backend_from_many_threads_at_once_gives_one_instance():
-    import fastmlp.backends as backends
+    from fastmlp import backends
 
     backends._instances.pop(("numpy", 5), None)
     seen = []
@@ -228,3 +228,19 @@ def test_the_estimators_predictions_pass_sklearns_sample_order_invariance_check(
 
     check_methods_sample_order_invariance("MLPClassifier", MLPClassifier((8,), backend=backend, max_iter=3,
                                                                          random_state=0))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_or_inf_in_any_row_is_refused_on_the_float32_path_too(bad, monkeypatch):
+    model = MLP(SIZES, seed=0)
+    X, _ = data(3 * BLOCK_ROWS + 5)
+    for row in (0, BLOCK_ROWS + 2, len(X) - 1):
+        Y = X.copy()
+        Y[row, 700] = bad
+        for parts in (1, 3):
+            monkeypatch.setattr(inference, "_usable_cpus", lambda parts=parts: parts)
+            monkeypatch.setattr(inference, "MIN_MACS_PER_THREAD", 1 if parts > 1 else 10**12)
+            with pytest.raises(ValueError, match="X contains NaN or inf"):
+                model.predict_proba(Y)
+            with pytest.raises(ValueError, match="X contains NaN or inf"):
+                model.predict_proba(Y.astype(np.float64))

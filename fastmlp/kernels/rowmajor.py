@@ -1,7 +1,7 @@
 """Inference straight off the model's own row-major weights: no packing, nothing cached, so an
 edit of `model.weights` in place is seen by the next call, and nothing is shared between callers.
 
-    rowmajor_forward_probs_into(out, X, weights, biases, r0, r1)
+    rowmajor_forward_probs_into(out, X, weights, biases, r0, r1) -> whether X[r0:r1] was finite
         out[r0:r1] = softmax(the net's logits of X[r0:r1]), weights[l] (K_l, N_l) and biases[l]
         float32 C-contiguous, as `fastmlp.MLP` keeps them; ReLU between the layers.
 
@@ -153,10 +153,24 @@ def rowmajor_layer_rows(C, c_row, A, a_row, rows, W, b, relu):
                 _wide_tile_masked(A, a_off, lda, W, col, N, K, C, c_off + col, ldc, 1, ncols, b, col, flag)
 
 
+@cached_njit(fastmath={"reassoc"})
+def rows_finite(X, r0, r1):
+    """Whether the rows r0:r1 of X hold only finite numbers (one pass, vectorised)."""
+    zero = np.float32(0.0)
+    s = zero
+    for i in range(r0, r1):
+        for k in range(X.shape[1]):
+            # x * 0 is 0 for a finite x and NaN for NaN or +-inf. Reassociation lets LLVM sum in
+            # SIMD lanes; without "nnan" / "ninf" it may not fold x * 0 away.
+            s += X[i, k] * zero
+    return s == zero
+
+
 @cached_njit(nogil=True)
 def rowmajor_forward_probs_into(out, X, weights, biases, r0, r1):
     """out[r0:r1] = class probabilities of X[r0:r1] through the net (weights[l] (K_l, N_l), biases[l]); overwrites them.
 
+    Returns False, at once, if a row of X holds NaN or inf (out is then partly written).
     Runs the rows in blocks of BLOCK_ROWS, every layer on a block before the next, with two
     scratch buffers of its own (BLOCK_ROWS x the widest hidden layer): callers share nothing.
     Releases the GIL: threads may run disjoint row ranges of one call at once.
@@ -169,8 +183,11 @@ def rowmajor_forward_probs_into(out, X, weights, biases, r0, r1):
     scratch = (np.empty((BLOCK_ROWS, widest), dtype=np.float32), np.empty((BLOCK_ROWS, widest), dtype=np.float32))
     for start in range(r0, r1, BLOCK_ROWS):
         rows = min(BLOCK_ROWS, r1 - start)
+        if not rows_finite(X, start, start + rows):  # the block is in cache for layer 0 next
+            return False
         for l in range(L):
             src, src_row = (X, start) if l == 0 else (scratch[(l - 1) % 2], 0)
             dst, dst_row = (out, start) if l == L - 1 else (scratch[l % 2], 0)
             rowmajor_layer_rows(dst, dst_row, src, src_row, rows, weights[l], biases[l], l < L - 1)
         softmax_inplace(out[start : start + rows])
+    return True

@@ -16,7 +16,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ...inference import predict_proba
+from ...inference import probabilities
 from ...inputs import Pixels, check_positive_int
 from ...kernels.packed import ADAM, ADAMW, MOMENTUM, NESTEROV, PANEL_WIDTH, PLAIN_SGD, unpack_weights_into  # noqa: F401
 from ...runtime.barrier import _ABORTED, barrier_state
@@ -91,7 +91,7 @@ class Backend(BackendBase):
 
     def _forward(self, model, X):
         # Straight off model.weights (the same bits as the packed forward_probs_inplace): nothing shared.
-        return predict_proba(model.weights, model.biases, X)
+        return probabilities(model.weights, model.biases, X)  # X checked: finite
 
     def _loss_and_grads(self, model, X, y):
         packed = _Packed(model.layer_sizes)  # its own: the call allocates its gradients anyway
