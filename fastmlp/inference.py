@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import math
 import os
+import queue
 import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numba import typeof
 
 from .inputs import (
     Features,
@@ -37,18 +38,19 @@ from .runtime.blas_threads import usable_cpus
 if TYPE_CHECKING:
     from .model import MLP
 
-# A thread takes at least this many multiply-adds of a call (~50-100 us of work on one core):
-# below it, handing rows to another thread costs more than it saves. The default net (109 k a row)
-# goes on a second thread from 20 rows on.
+# A thread takes at least this many multiply-adds of a call (some tens of microseconds of work on
+# one core): below it, handing rows to another thread (a wake-up, and the GIL for the call) costs
+# more than it saves. The default net (109 k a row) goes on a second thread from 40 rows on.
 MIN_MACS_PER_THREAD = 2_000_000
 _CPUS_RECHECK_SECONDS = 1.0  # usable_cpus() reads the affinity mask and cgroup files (~0.1 ms)
 
 _lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
+_tasks: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()  # (row range, its done queue) for the pool
+_helpers = 0  # threads of the pool, all reading _tasks
 _pool_pid = 0
-_pool_size = 0
 _cpus = 1
 _cpus_read_at = -math.inf
+_entry_points: dict[tuple[Any, ...], Callable[..., bool]] = {}
 
 
 def predict_proba(model: MLP, X: Features, batch_size: int = 4096) -> FloatArray:
@@ -80,39 +82,90 @@ def probabilities(weights: Sequence[FloatArray], biases: Sequence[FloatArray], X
     """
     if isinstance(X, Pixels):
         X = X.to_float32()
-    weights, biases = _same_kind(weights), _same_kind(biases)
+    weights, biases = tuple(weights), tuple(biases)
+    kernel, weights, biases = _kernel(X, weights, biases)
     n = X.shape[0]
     out = np.empty((n, weights[-1].shape[1]), dtype=np.float32)
-    macs = n * sum(W.shape[0] * W.shape[1] for W in weights)
-    parts = 1 if macs < 2 * MIN_MACS_PER_THREAD else min(_usable_cpus(), macs // MIN_MACS_PER_THREAD,
-                                                        -(-n // ROW_TILE))
+    parts = 1
+    if n >= 2 * ROW_TILE:
+        macs = n * sum(W.size for W in weights)
+        if macs >= 2 * MIN_MACS_PER_THREAD:
+            parts = min(_usable_cpus(), macs // MIN_MACS_PER_THREAD, -(-n // ROW_TILE))
+    if kernel is rowmajor_forward_probs_into and X.flags.aligned:  # the first call of this kind: compile, learn
+        finite = kernel(out, X, weights, biases, 0, n)
+        _learn_entry_point(X, weights, biases)
+        return out if finite else None
     if parts <= 1:
-        return out if rowmajor_forward_probs_into(out, X, weights, biases, 0, n) else None
+        return out if kernel(out, X, weights, biases, 0, n) else None
     # Part boundaries on whole row tiles: every part but the last runs whole MR-row tiles.
     tiles = -(-n // ROW_TILE)
     bounds = [min(n, (tiles * p // parts) * ROW_TILE) for p in range(parts + 1)]
-    pool = _thread_pool(parts - 1)
-    futures = [pool.submit(rowmajor_forward_probs_into, out, X, weights, biases, bounds[p], bounds[p + 1])
-               for p in range(1, parts)]
-    finite = False
+    _start_helpers(parts - 1)
+    done: queue.SimpleQueue[BaseException | bool] = queue.SimpleQueue()
+    for p in range(1, parts):
+        _tasks.put((kernel, out, X, weights, biases, bounds[p], bounds[p + 1], done))
+    finite, error = False, None
     try:
-        finite = rowmajor_forward_probs_into(out, X, weights, biases, bounds[0], bounds[1])
+        finite = kernel(out, X, weights, biases, bounds[0], bounds[1])
     finally:
-        for future in futures:
-            finite = future.result() and finite  # waits (the others write into out); raises the first error
+        for _ in range(parts - 1):  # every part is waited for: they write into out
+            result = done.get()
+            if isinstance(result, BaseException):
+                error = error or result
+            else:
+                finite = finite and result
+    if error is not None:
+        raise error
     return out if finite else None
 
 
-def _same_kind(arrays: Sequence[FloatArray]) -> tuple[FloatArray, ...]:
-    """The arrays as a tuple Numba types as one (homogeneous) tuple: read-only views of all of them where
-    some are read-only (a model loaded by joblib with mmap_mode), so that one compiled kernel takes them."""
-    arrays = tuple(arrays)
-    if all(a.flags.writeable for a in arrays) or not any(a.flags.writeable for a in arrays):
-        return arrays
+def _kernel(X: FloatArray, weights: tuple[FloatArray, ...], biases: tuple[FloatArray, ...]
+            ) -> tuple[Callable[..., bool], tuple[FloatArray, ...], tuple[FloatArray, ...]]:
+    """(the compiled rowmajor_forward_probs_into for these arguments, weights, biases): its entry point once
+    known, where Numba's dispatcher would type each array in the tuples again at every call.
+
+    Numba types a tuple as one (indexable) tuple only if its arrays are all writable or all read-only:
+    where some are read-only (a model loaded by joblib with mmap_mode), read-only views of all of them.
+    A rare type (an array not aligned to its float32s) goes through the dispatcher.
+    """
+    weights_writeable, biases_writeable = _writeable(weights), _writeable(biases)
+    if weights_writeable is None:
+        weights, weights_writeable = _read_only(weights), False
+    if biases_writeable is None:
+        biases, biases_writeable = _read_only(biases), False
+    x_flags = X.flags
+    key = (len(weights), x_flags.writeable, weights_writeable, biases_writeable)
+    entry = _entry_points.get(key)
+    if entry is None or not x_flags.aligned:
+        return rowmajor_forward_probs_into, weights, biases
+    return entry, weights, biases
+
+
+def _writeable(arrays: tuple[FloatArray, ...]) -> bool | None:
+    """True if every array is writable, False if none is, None for a mix (or one not aligned: see _kernel)."""
+    seen = set()
+    for a in arrays:
+        flags = a.flags
+        if not flags.aligned:
+            return None
+        seen.add(flags.writeable)
+    return seen.pop() if len(seen) == 1 else None
+
+
+def _read_only(arrays: tuple[FloatArray, ...]) -> tuple[FloatArray, ...]:
     views = tuple(a.view() for a in arrays)
     for v in views:
         v.flags.writeable = False
     return views
+
+
+def _learn_entry_point(X: FloatArray, weights: tuple[FloatArray, ...], biases: tuple[FloatArray, ...]) -> None:
+    """Remember the entry point of the overload that these arguments select (compiled by a call before)."""
+    out = np.empty((1, weights[-1].shape[1]), dtype=np.float32)
+    signature = tuple(typeof(a) for a in (out, X, weights, biases, 0, 1))
+    compiled = rowmajor_forward_probs_into.overloads.get(signature)
+    if compiled is not None:
+        _entry_points[(len(weights), X.flags.writeable, _writeable(weights), _writeable(biases))] = compiled.entry_point
 
 
 def _usable_cpus() -> int:
@@ -124,15 +177,22 @@ def _usable_cpus() -> int:
     return _cpus
 
 
-def _thread_pool(helpers: int) -> ThreadPoolExecutor:
-    """The process's pool of at least `helpers` inference threads (made again in a forked child, whose
-    copy of the pool has no threads)."""
-    global _pool, _pool_pid, _pool_size
+def _start_helpers(helpers: int) -> None:
+    """Make the pool at least `helpers` threads (again in a forked child, whose copy has none)."""
+    global _helpers, _pool_pid, _tasks
     with _lock:
-        if _pool is None or _pool_pid != os.getpid() or _pool_size < helpers:
-            old = _pool if _pool_pid == os.getpid() else None
-            _pool = ThreadPoolExecutor(max_workers=helpers, thread_name_prefix="fastmlp-inference")
-            _pool_pid, _pool_size = os.getpid(), helpers
-            if old is not None:
-                old.shutdown(wait=False)  # its threads end once the work handed to them is done
-        return _pool
+        if _pool_pid != os.getpid():
+            _tasks, _helpers, _pool_pid = queue.SimpleQueue(), 0, os.getpid()
+        while _helpers < helpers:
+            threading.Thread(target=_helper, args=(_tasks,), name=f"fastmlp-inference-{_helpers}", daemon=True).start()
+            _helpers += 1
+
+
+def _helper(tasks: queue.SimpleQueue[tuple[Any, ...]]) -> None:
+    """A thread of the pool: runs the row ranges handed to it, and puts each result (or error) in its done queue."""
+    while True:
+        kernel, *args, done = tasks.get()
+        try:
+            done.put(bool(kernel(*args)))
+        except BaseException as exc:  # handed to the caller, which raises it
+            done.put(exc)
