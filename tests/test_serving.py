@@ -6,6 +6,7 @@
   bits whatever its position, batch and thread split, and agrees with both backends' forward.
 """
 
+import re
 import threading
 
 import numpy as np
@@ -244,3 +245,31 @@ def test_nan_or_inf_in_any_row_is_refused_on_the_float32_path_too(bad, monkeypat
                 model.predict_proba(Y)
             with pytest.raises(ValueError, match="X contains NaN or inf"):
                 model.predict_proba(Y.astype(np.float64))
+
+
+def broken_models():
+    """(what is broken, a model broken so) pairs: predict_proba must refuse each as check_model does."""
+    def broken(change):
+        model = MLP((6, 5, 3), seed=0)
+        change(model)
+        return model
+
+    return [
+        ("float64 weights", broken(lambda m: m.weights.__setitem__(0, m.weights[0].astype(np.float64)))),
+        ("big-endian weights", broken(lambda m: m.weights.__setitem__(0, m.weights[0].astype(">f4")))),
+        ("a column slice", broken(lambda m: m.weights.__setitem__(1, np.zeros((5, 6), np.float32)[:, :3]))),
+        ("a reshaped array", broken(lambda m: setattr(m.weights[0], "shape", (5, 6)))),
+        ("a bias too short", broken(lambda m: m.biases.__setitem__(1, np.zeros(2, np.float32)))),
+        ("a layer missing", broken(lambda m: m.weights.pop())),
+        ("a list of lists", broken(lambda m: m.weights.__setitem__(0, m.weights[0].tolist()))),
+    ]
+
+
+@pytest.mark.parametrize("what, model", broken_models(), ids=[w for w, _ in broken_models()])
+def test_predict_proba_refuses_a_broken_model_as_check_model_does(what, model):
+    from fastmlp.inputs import check_model
+
+    with pytest.raises((ValueError, TypeError)) as expected:
+        check_model(model, writable=False)
+    with pytest.raises(type(expected.value), match=re.escape(str(expected.value))):
+        model.predict_proba(np.zeros((2, 6), np.float32))

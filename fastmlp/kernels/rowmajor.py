@@ -180,9 +180,10 @@ def rowmajor_forward_probs_into(out, X, weights, biases, r0, r1):
     widest = 1
     for l in range(L - 1):
         widest = max(widest, weights[l].shape[1])
-    scratch = (np.empty((BLOCK_ROWS, widest), dtype=np.float32), np.empty((BLOCK_ROWS, widest), dtype=np.float32))
-    for start in range(r0, r1, BLOCK_ROWS):
-        rows = min(BLOCK_ROWS, r1 - start)
+    block = min(BLOCK_ROWS, max(r1 - r0, 1))  # one row needs one row of scratch
+    scratch = (np.empty((block, widest), dtype=np.float32), np.empty((block, widest), dtype=np.float32))
+    for start in range(r0, r1, block):
+        rows = min(block, r1 - start)
         if not rows_finite(X, start, start + rows):  # the block is in cache for layer 0 next
             return False
         for l in range(L):
