@@ -1,14 +1,16 @@
 """Class probabilities for serving: fast at one row and at ten thousand, safe to call from many threads.
 
-`probabilities(weights, biases, X)` runs `fastmlp.kernels.rowmajor` straight off the arrays it is
-given (an `MLP`'s own; `predict_proba(model, X)` checks them and X first): nothing is packed or cached, so an edit of `model.weights` in place is seen
-by the next call, and concurrent calls share no buffer (each one allocates its output and, per
-thread, two small scratch blocks). A large batch is cut into contiguous row ranges run on a pool of
-threads (the nopython kernel releases the GIL); a small one runs on the caller's thread alone.
+`predict_proba(model, X)` checks the model and X, then `probabilities(weights, biases, X)` runs
+`fastmlp.kernels.rowmajor` straight off the arrays it is given (the model's own): nothing is packed
+or cached, so an edit of `model.weights` in place is seen by the next call, and concurrent calls
+share no buffer (each allocates its output and, per thread, two small scratch blocks). A large
+batch is cut into contiguous row ranges run on a pool of threads (the nopython kernel releases the
+GIL); a small one runs on the caller's thread alone.
 
 A row's probabilities are the same bits whatever its position, the batch it comes in and the
 threads that split it (see fastmlp/kernels/rowmajor.py), and the same as the numba backend's
-forward. This layer sits below `fastmlp.model`: it imports only the kernels, the runtime and the input checks.
+forward. This module sits below `fastmlp.model`: it imports the kernels, the runtime and the input
+checks, never the backends.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ from ...inference import probabilities
 from ...inputs import Pixels, check_positive_int
 from ...kernels.packed import ADAM, ADAMW, MOMENTUM, NESTEROV, PANEL_WIDTH, PLAIN_SGD, unpack_weights_into  # noqa: F401
 from ...runtime.barrier import _ABORTED, barrier_state
-from ...runtime.jit import cached_njit
 from ...runtime.blas_threads import single_threaded_blas, usable_cpus  # noqa: F401  usable_cpus: read by tests
+from ...runtime.jit import cached_njit
 from ...runtime.thread_policy import CpuLoad, free_cores, others_running
 from ..base import BackendBase
 from .buffers import _Packed, _Workspace
