@@ -135,14 +135,12 @@ def test_progress_counts_every_sample_and_leaves_the_result_unchanged(backend):
 
 @pytest.mark.parametrize("pixels", [False, True])
 def test_warm_up_compiles_the_epoch_function_for_the_input_dtype_and_depth(pixels):
-    from fastmlp.backends.numba.backend import train_batches_counted
+    from fastmlp.backends.numba.backend import train_batches_worker
 
     model = MLP((6, 4, 3, 2))  # depth 3: the tuples of weights in the signature have 3 entries
     assert numba_backend.warm_up(model, pixels=pixels) >= 0.0
     dtype = "uint8" if pixels else "float32"
-    # The epoch runs train_batches_counted(done, end, t, barrier, *args), args those of train_batches_worker
-    # after t and barrier: (workers, weights, transposed, velocity_w, biases, velocity_b, X, ...).
-    compiled = [sig for sig in train_batches_counted.signatures
-                if len(sig[4][1]) == 3 and str(sig[4][6].dtype) == dtype]
+    compiled = [sig for sig in train_batches_worker.signatures
+                if len(sig[3]) == 3 and str(sig[8].dtype) == dtype]
     assert compiled, f"no epoch function compiled for depth 3 and {dtype} input"
     assert numpy_backend.warm_up(model, pixels=pixels) == 0.0

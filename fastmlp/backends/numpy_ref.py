@@ -14,10 +14,7 @@ beside other work, OpenBLAS's spinning threads made two trainings at once 48x sl
 
 from __future__ import annotations
 
-import signal
-import threading
 from contextlib import AbstractContextManager, nullcontext
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,7 +22,7 @@ import numpy as np
 from ..inputs import FloatArray, Pixels, check_positive_int
 from ..optim import SMALLEST_NORMAL, AdamMoments, Velocity
 from ..runtime.thread_policy import BlasThreadPolicy
-from .base import BackendBase, Labels, Progress, epoch_chunks
+from .base import BackendBase, Labels, Progress, WholeSteps, epoch_chunks
 
 if TYPE_CHECKING:
     from ..model import MLP
@@ -69,37 +66,6 @@ def adam_update(param: FloatArray, m: FloatArray, s: FloatArray, g: FloatArray, 
     m_hat = m / np.float32(1 - betas[0] ** t)  # bias-corrected first moment
     s_hat = s / np.float32(1 - betas[1] ** t)  # bias-corrected second moment
     param -= lr * m_hat / (np.sqrt(s_hat) + np.float32(eps))
-
-
-class WholeSteps:
-    """Within the block, a Ctrl-C waits for the end of the step in progress: `step_done()` raises it.
-
-    A step's updates run layer by layer in Python, and Adam's t counts the step first, so a
-    KeyboardInterrupt between two of its lines would leave a step half applied but counted. Only
-    the main thread receives SIGINT; elsewhere, or under a handler other than Python's own,
-    nothing changes.
-    """
-
-    def __enter__(self) -> WholeSteps:
-        self.pending, self._old = False, None
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self._old = signal.signal(signal.SIGINT, self._defer)
-        return self
-
-    def _defer(self, signum: int, frame: FrameType | None) -> None:
-        self.pending = True
-
-    def step_done(self) -> None:
-        if self.pending:
-            self.pending = False
-            raise KeyboardInterrupt
-
-    def __exit__(self, *exc: object) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-        if self.pending and exc[0] is None:
-            raise KeyboardInterrupt
 
 
 class Backend(BackendBase):

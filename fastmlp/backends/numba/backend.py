@@ -19,31 +19,15 @@ import numpy as np
 from ...inference import probabilities
 from ...inputs import Pixels, check_positive_int
 from ...kernels.packed import ADAM, ADAMW, MOMENTUM, NESTEROV, PANEL_WIDTH, PLAIN_SGD, unpack_weights_into  # noqa: F401
-from ...runtime.barrier import _ABORTED, barrier_state
+from ...runtime.barrier import barrier_aborted, barrier_state
 from ...runtime.blas_threads import single_threaded_blas, usable_cpus  # noqa: F401  usable_cpus: read by tests
-from ...runtime.jit import cached_njit
 from ...runtime.thread_policy import CpuLoad, free_cores, others_running
-from ..base import BackendBase
+from ..base import BackendBase, WholeSteps
 from .buffers import _Packed, _Workspace
 from .step import forward_probs_inplace, loss_and_grads_into, part_of, step_worker, train_batches_worker  # noqa: F401
 from .threads import LOAD_WINDOW_SECONDS, epoch_workers, run_chunks, run_workers, training_threads
 
 _MAX_WORKSPACES = 4
-
-
-@cached_njit(nogil=True)
-def train_batches_counted(done, end, t, barrier, *args):
-    """train_batches_worker(t, workers, barrier, *args) of worker t; worker 0 then sets done[0] = end, the
-    end of its range, unless the barrier was aborted (a step left undone).
-
-    Written in nopython code, right after the steps: a Ctrl-C that arrives meanwhile is raised only
-    once this returns, so `done` counts every step whose updates were applied, and only those
-    (Adam's step count after an interrupted epoch).
-    """
-    total = train_batches_worker(t, args[0], barrier, *args[1:])
-    if t == 0 and barrier[_ABORTED] == 0:
-        done[0] = end
-    return total
 
 
 class Backend(BackendBase):
@@ -157,24 +141,29 @@ class Backend(BackendBase):
              steps) = self._update_rule(model, packed, momentum, nesterov, velocity, optimizer, betas, eps, moments)
             biases = tuple(model.biases)
 
-            done = np.zeros(1, dtype=np.int64)  # the end of worker 0's last range run whole
+            done = [0]  # the end of worker 0's last range of steps, all of them taken
 
             def run(t, begin, end):
-                return train_batches_counted(
-                    done, end, t, barrier, workers, packed.weights, packed.transposed, velocity_w, biases, velocity_b,
-                    data, scale, y, order, begin, end, batch_size, np.float32(lr), mu, np.float32(weight_decay), rule,
+                total = train_batches_worker(
+                    t, workers, barrier, packed.weights, packed.transposed, velocity_w, biases, velocity_b, data,
+                    scale, y, order, begin, end, batch_size, np.float32(lr), mu, np.float32(weight_decay), rule,
                     ws.inputs, ws.acts, ws.deltas, ws.db, ws.labels, second_w, second_b, beta2, eps32, steps + 1)
+                if t == 0 and not barrier_aborted(barrier):  # a range cut short (a worker failed) is not counted
+                    done[0] = end
+                    whole.step_done()  # a Ctrl-C that came meanwhile: raised once its steps are counted
+                return total
 
             barrier = barrier_state()
             try:
-                if workers == 1:
-                    total = run_chunks(run, len(order), batch_size, progress, barrier)
-                else:
-                    total = run_workers(run, workers, len(order), batch_size, progress, barrier)
+                with WholeSteps() as whole:
+                    if workers == 1:
+                        total = run_chunks(run, len(order), batch_size, progress, barrier)
+                    else:
+                        total = run_workers(run, workers, len(order), batch_size, progress, barrier)
             finally:
                 packed.store(model, velocity if rule in (MOMENTUM, NESTEROV) else None, moments)
                 if moments is not None:  # the steps taken: an interrupted epoch stops between ranges
-                    moments.step += -(-int(done[0]) // batch_size)
+                    moments.step += -(-done[0] // batch_size)
             return total / len(data)
 
     def _free_threads(self):
