@@ -16,7 +16,7 @@ import numpy.typing as npt
 from numpy.lib import format as npy_format
 
 from .runtime.atomic import atomic_write
-from .inputs import FloatArray, Features, Seed, check_model, make_rng
+from .inputs import FloatArray, Features, Seed, check_features, check_model, check_positive_int, make_rng
 
 INITS = ("he", "normal")
 
