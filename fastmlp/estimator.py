@@ -277,7 +277,11 @@ class MLPClassifier:
     # --- prediction --------------------------------------------------------------------------
 
     def predict_proba(self, X: npt.ArrayLike) -> np.ndarray:
-        """Class probabilities, float32 (n, len(classes_)), columns in the order of classes_."""
+        """Class probabilities, float32 (n, len(classes_)), columns in the order of classes_.
+
+        Whichever backend trained the model, by fastmlp.inference: a row's probabilities are the same
+        bits whatever its position in X and whatever the other rows (scikit-learn's sample-order check).
+        """
         X = self._check_X_fitted(X)
         return self.model_.predict_proba(X)
 

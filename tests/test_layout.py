@@ -20,7 +20,7 @@ LAYERS = [
     ["fastmlp._version", "fastmlp.inputs"],
     ["fastmlp.runtime"],
     ["fastmlp.kernels"],
-    ["fastmlp.optim", "fastmlp.model", "fastmlp.datasets"],
+    ["fastmlp.optim", "fastmlp.inference", "fastmlp.model", "fastmlp.datasets"],
     ["fastmlp.backends"],
     ["fastmlp.trainer", "fastmlp.testing", "fastmlp.estimator"],
     ["fastmlp.cli"],

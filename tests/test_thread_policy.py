@@ -92,8 +92,11 @@ def test_a_fixed_thread_count_ignores_the_load_and_is_undone_by_stop(monkeypatch
 
 
 def test_numpy_epochs_run_blas_on_one_thread_beside_other_work_and_restore_it(monkeypatch):
+    cpus = 6  # the machine's cores, faked: whatever this one has
+    monkeypatch.setattr(thread_policy, "_affinity", lambda: set(range(cpus)))
+    monkeypatch.setattr(thread_policy, "usable_cpus", lambda: cpus)
     monkeypatch.setattr(thread_policy, "RECHECK_SECONDS", 0.0)  # decide before every step
-    monkeypatch.setattr(CpuLoad, "others_busy", lambda self: 2.0)  # every core busy elsewhere
+    monkeypatch.setattr(CpuLoad, "others_busy", lambda self: float(cpus))  # every core busy elsewhere
     backend = numpy_ref.Backend()
     seen = []
     real_step = backend._sgd_step

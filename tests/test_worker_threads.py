@@ -232,8 +232,13 @@ def test_the_barrier_releases_every_party_and_an_abort_releases_the_waiters():
 
 
 def test_an_epoch_takes_only_the_cores_other_work_leaves_free_unless_threads_is_fixed(monkeypatch):
-    class Load:  # a CpuLoad whose other processes keep `busy` of 2 cores busy
-        cpus, busy = 2, 1.0
+    cpus = 6  # the machine's cores and default thread count, faked: whatever this one has
+
+    class Load:  # a CpuLoad whose other processes keep `busy` of the cores busy
+        busy = 1.0
+
+        def __init__(self):
+            self.cpus = cpus
 
         def others_busy(self):
             return self.busy
@@ -245,23 +250,25 @@ def test_an_epoch_takes_only_the_cores_other_work_leaves_free_unless_threads_is_
         backend._load, backend._load_read_at = Load(), -np.inf
         return backend
 
-    monkeypatch.setattr(numba_fused, "training_threads", lambda: 2)
+    monkeypatch.setattr(numba_fused, "CpuLoad", Load)
+    monkeypatch.setattr(numba_fused, "training_threads", lambda: cpus)
     running = [0]  # threads of other processes runnable as an epoch starts
     monkeypatch.setattr(numba_fused, "others_running", lambda: running[0])
-    assert Backend()._free_threads() == 2  # before a first window: the threads runnable now
-    running[0] = 1
-    assert Backend()._free_threads() == 1  # a job started just now
-    assert watched(Backend(), 0.0)._free_threads() == 2  # after one: the window's reading
+    assert Backend()._free_threads() == cpus  # before a first window: the threads runnable now
+    running[0] = cpus - 1
+    assert Backend()._free_threads() == 1  # jobs started just now
+    assert watched(Backend(), 0.0)._free_threads() == cpus  # after one: the window's reading
     running[0] = 0
-    assert watched(Backend(), 1.0)._free_threads() == 1
-    assert watched(Backend(), 0.1)._free_threads() == 2
-    backend = watched(Backend(), 1.0)
+    assert watched(Backend(), cpus - 1.0)._free_threads() == 1
+    assert watched(Backend(), 1.0)._free_threads() == cpus - 1
+    assert watched(Backend(), 0.1)._free_threads() == cpus
+    backend = watched(Backend(), cpus - 1.0)
     assert backend._free_threads() == 1
     Load.busy = 0.0
     assert backend._free_threads() == 1  # within the window the last reading stands
     asked = []
     monkeypatch.setattr(numba_fused, "epoch_workers", lambda threads, rows, sizes: asked.append(threads) or 1)
-    for b in (watched(Backend(), 1.0), watched(Backend(threads=2), 1.0)):
+    for b in (watched(Backend(), cpus - 1.0), watched(Backend(threads=2), cpus - 1.0)):
         b.train_epoch(MLP([6, 3], seed=0), np.zeros((4, 6), np.float32), np.zeros(4, np.int64), batch_size=2,
                       lr=0.1, rng=np.random.default_rng(0))
     assert asked == [1, 2]

@@ -18,6 +18,7 @@ indices. Inputs are validated by these public methods, once per call.
 """
 
 import importlib
+import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ from ..inputs import check_positive_int
 
 _MODULES = {"numpy": "numpy_ref", "numba": "numba"}
 _instances: dict[str | tuple[str, int], "BackendBase"] = {}  # by name, or (name, threads)
+_instances_lock = threading.RLock()  # two threads asking at once get the same instance
 
 
 class BackendError(ValueError):
@@ -48,6 +50,9 @@ def available_backends() -> tuple[str, ...]:
 def get_backend(name: str, threads: int | None = None) -> "BackendBase":
     """The backend called `name` ("numpy" or "numba"); instances are shared, one per thread count.
 
+    A shared instance may be used from several threads at once: each call computes what it would
+    alone (training calls on one instance take turns; forward runs beside them).
+
     threads: None (default) lets the backend choose (see "On a busy machine" in README.md); N
     runs the numpy backend's BLAS, or the numba backend's worker threads, on N threads.
     """
@@ -56,10 +61,11 @@ def get_backend(name: str, threads: int | None = None) -> "BackendBase":
     if threads is not None:
         threads = check_positive_int(threads, "threads")
     key = name if threads is None else (name, threads)
-    if key not in _instances:
-        try:
-            module = importlib.import_module(f"{__name__}.{_MODULES[name]}")
-        except ImportError as exc:
-            raise BackendError(f"backend {name!r} cannot be used here: {exc}") from exc
-        _instances[key] = module.Backend() if threads is None else module.Backend(threads=threads)
-    return _instances[key]
+    with _instances_lock:
+        if key not in _instances:
+            try:
+                module = importlib.import_module(f"{__name__}.{_MODULES[name]}")
+            except ImportError as exc:
+                raise BackendError(f"backend {name!r} cannot be used here: {exc}") from exc
+            _instances[key] = module.Backend() if threads is None else module.Backend(threads=threads)
+        return _instances[key]

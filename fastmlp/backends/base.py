@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -147,6 +150,38 @@ class BackendBase:
 
 
 _NO_SETTING = object()
+
+
+class WholeSteps:
+    """Within the block, a Ctrl-C waits for the end of the steps in progress: `step_done()` raises it.
+
+    So an interrupted epoch stops between two steps, and Adam's t can count exactly the steps
+    taken: the numpy backend's updates run layer by layer in Python (a KeyboardInterrupt between
+    two of its lines would leave a step half applied), and the numba backend notes the end of
+    each range of steps just after the nopython call returns. Only the main thread receives
+    SIGINT; elsewhere, or under a handler other than Python's own, nothing changes.
+    """
+
+    def __enter__(self) -> WholeSteps:
+        self.pending, self._old = False, None
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._old = signal.signal(signal.SIGINT, self._defer)
+        return self
+
+    def _defer(self, signum: int, frame: FrameType | None) -> None:
+        self.pending = True
+
+    def step_done(self) -> None:
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        if self.pending and exc[0] is None:
+            raise KeyboardInterrupt
 
 
 def _rebuild_backend(cls: type[BackendBase], settings: dict[str, Any]) -> BackendBase:

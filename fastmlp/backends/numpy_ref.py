@@ -23,7 +23,7 @@ from ..inputs import FloatArray, Pixels, check_positive_int
 from ..kernels.reference import adam_update, hidden_and_logits, log_softmax, momentum_update
 from ..optim import AdamMoments, Velocity
 from ..runtime.thread_policy import BlasThreadPolicy
-from .base import BackendBase, Labels, Progress, epoch_chunks
+from .base import BackendBase, Labels, Progress, WholeSteps, epoch_chunks
 
 if TYPE_CHECKING:
     from ..model import MLP
@@ -46,6 +46,13 @@ class Backend(BackendBase):
     # The single-call methods run on a fixed `threads`, else on the caller's BLAS settings: the
     # load is watched over an epoch's loop, not per call.
     def forward(self, model: MLP, X: Any) -> FloatArray:
+        """Class probabilities of X through BLAS's sgemm, float32 (n, classes).
+
+        A row's last bits may depend on its position in X and on the batch: BLAS sums a product's
+        terms in an order that its edge kernels (the rows past a whole tile), its thread split and
+        its kernel set (OPENBLAS_CORETYPE) choose. `MLP.predict_proba` (fastmlp.inference) gives
+        every row the same bits wherever it stands.
+        """
         with self._fixed_threads():
             return super().forward(model, X)
 
@@ -121,13 +128,15 @@ class Backend(BackendBase):
         policy = self._policy
         policy.start()
         try:
-            for chunk in epoch_chunks(rng.permutation(len(X)), batch_size, progress):
-                for start in range(0, len(chunk), batch_size):
-                    policy.apply()  # other work may start or stop mid-epoch
-                    batch = chunk[start : start + batch_size]
-                    total += self._sgd_step(model, X[batch], y[batch], lr, **sgd) * len(batch)
-                if progress is not None:
-                    progress(len(chunk))
+            with WholeSteps() as whole:
+                for chunk in epoch_chunks(rng.permutation(len(X)), batch_size, progress):
+                    for start in range(0, len(chunk), batch_size):
+                        policy.apply()  # other work may start or stop mid-epoch
+                        batch = chunk[start : start + batch_size]
+                        total += self._sgd_step(model, X[batch], y[batch], lr, **sgd) * len(batch)
+                        whole.step_done()
+                    if progress is not None:
+                        progress(len(chunk))
         finally:
             policy.stop()
         return total / len(X)

@@ -42,12 +42,26 @@ def blas_thread_count() -> int:
     return max([lib["num_threads"] for lib in blas_controller().info()], default=1)
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on."""
+def usable_cpu_ids() -> set[int]:
+    """The numbers of the CPUs this process may run on (its affinity mask; every CPU where there is none)."""
     try:
-        return len(os.sched_getaffinity(0))
+        return os.sched_getaffinity(0)
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        return set(range(os.cpu_count() or 1))
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity mask, and a container's CPU quota.
+
+    `docker run --cpus 1` or a Kubernetes CPU limit sets a cgroup quota while the affinity mask
+    still shows every core of the host; threads beyond the quota only wait for each other's
+    time slices. loky (joblib's process pool) counts both: cgroup v2's /sys/fs/cgroup/cpu.max,
+    else v1's cpu.cfs_quota_us / cpu.cfs_period_us, a fractional quota rounded up (1.5 CPUs: 2),
+    and LOKY_MAX_CPU_COUNT where it is set. It reads these files at every call (~0.1 ms).
+    """
+    from loky import cpu_count  # ~0.1 s to import: only once a thread count is needed
+
+    return max(1, min(len(usable_cpu_ids()), cpu_count()))
 
 
 def thread_local_setters() -> tuple[Callable[[int], int], ...]:

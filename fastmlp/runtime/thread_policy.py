@@ -7,7 +7,7 @@ cores and every hand-off waits for a scheduler time slice: two numpy trainings a
 of times slower (the figures are in docs/results.md). So the policy
 counts the cores others use, from the CPU time of this process's CPUs in /proc/stat minus this
 process's own CPU time, over the last RECHECK_SECONDS, and runs BLAS on the cores left free
-(at most the BLAS thread count and the usable CPUs: affinity mask). Elsewhere than Linux the
+(at most the BLAS thread count and the usable CPUs: affinity mask and CPU quota). Elsewhere than Linux the
 1-minute load average stands in for /proc/stat; it lags a minute behind.
 
 Counting our own CPU time out matters: our own spinning BLAS threads show up as busy CPUs, and
@@ -21,12 +21,13 @@ the same bits in every run.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Container, Iterator
 from contextlib import contextmanager
 from time import monotonic, process_time, sleep
 from typing import cast
 
-from .blas_threads import blas_thread_count, set_blas_threads_here, usable_cpus
+from .blas_threads import blas_thread_count, set_blas_threads_here, usable_cpu_ids, usable_cpus
 
 RECHECK_SECONDS = 0.25  # ~50 clock ticks of /proc/stat on 2 CPUs: the busy count to ~2 %
 # A core counts as free once others leave 75 % of it: an other process runnable a third of the
@@ -52,19 +53,16 @@ def _busy_seconds(cpus: Container[int]) -> float | None:
     return ticks / _CLOCK_TICKS
 
 
-def _affinity() -> set[int]:
-    try:
-        return os.sched_getaffinity(0)
-    except AttributeError:  # not Linux
-        return set(range(os.cpu_count() or 1))
+_affinity = usable_cpu_ids  # a name of this module, so that the tests can fake the machine's CPUs
 
 
 class CpuLoad:
     """Cores that other processes kept busy on this process's CPUs, between two calls of `others_busy`."""
 
     def __init__(self) -> None:
-        self._cpus = _affinity()
-        self.cpus = len(self._cpus)
+        self._cpus = _affinity()  # the CPUs whose lines of /proc/stat count
+        # as many cores as a container's CPU quota gives, where it gives fewer than the mask shows
+        self.cpus = max(1, min(len(self._cpus), usable_cpus()))
         self._last = self._sample()
 
     def _sample(self) -> tuple[float, float | None, float]:
@@ -114,6 +112,19 @@ def free_cores(others_busy: float, cpus: int, free_share: float = FREE_CORE_SHAR
     return max(1, int(cpus - others_busy + (1 - free_share)))
 
 
+class _PerThread(threading.local):
+    """A policy's state in one thread: BLAS's count is set per thread (openblas_set_num_threads_local),
+    so a policy shared by threads (one backend instance) must track what it set in each of them."""
+
+    def __init__(self) -> None:
+        self.load: CpuLoad | None = None
+        self.ceiling: int | None = None
+        self.ceiling_at = -float("inf")
+        self.current: int | None = None  # the count apply() set, None: BLAS's own
+        self.decided_at = -float("inf")
+        self.decision: int | None = None  # None until start(): then the ceiling, until a first window is measured
+
+
 class BlasThreadPolicy:
     """The BLAS thread count of one backend: fixed (`threads`), or as many as cores are free (None).
 
@@ -121,56 +132,54 @@ class BlasThreadPolicy:
     OPENBLAS_NUM_THREADS or threadpoolctl's limits set, and the usable CPUs); `apply()`, as often
     as once per step, re-reads the load every RECHECK_SECONDS and sets BLAS's count for this
     thread only when the decision changes; `stop()` gives BLAS its own count back.
-    `limited()` wraps the three around one block.
+    `limited()` wraps the three around one block. Each thread that uses the policy has its own
+    state: one backend may train or predict in several threads at once.
     """
 
     def __init__(self, threads: int | None = None) -> None:
         self.threads = threads
-        self._load: CpuLoad | None = None
-        self._ceiling: int | None = None
-        self._ceiling_at = -float("inf")
-        self._current: int | None = None  # the count apply() set, None: BLAS's own
-        self._decided_at = -float("inf")
-        self._decision: int | None = None  # None until start(): then the ceiling, until a first window is measured
+        self._state = _PerThread()
 
     def start(self) -> None:
-        now = monotonic()
-        if self._current is None and now - self._ceiling_at >= RECHECK_SECONDS:
-            self._ceiling, self._ceiling_at = max(1, min(blas_thread_count(), usable_cpus())), now
-        if self._load is None and self.threads is None:
+        state, now = self._state, monotonic()
+        if state.current is None and now - state.ceiling_at >= RECHECK_SECONDS:
+            state.ceiling, state.ceiling_at = max(1, min(blas_thread_count(), usable_cpus())), now
+        if state.load is None and self.threads is None:
             # Until a first window is measured, BLAS's own count: on an idle machine the policy
             # then never changes it, and results stay those of that count, bit for bit.
-            self._load = CpuLoad()
-            self._decided_at, self._decision = now, self._ceiling
+            state.load = CpuLoad()
+            state.decided_at, state.decision = now, state.ceiling
 
     def decide(self) -> int:
         """The thread count for BLAS calls from now on."""
         if self.threads is not None:
             return self.threads
+        state = self._state
         # start() has set all three (before it, the automatic mode has no load to read).
-        assert self._load is not None and self._ceiling is not None and self._decision is not None, "start() first"
+        assert state.load is not None and state.ceiling is not None and state.decision is not None, "start() first"
         now = monotonic()
-        if now - self._decided_at >= RECHECK_SECONDS:
+        if now - state.decided_at >= RECHECK_SECONDS:
             # Free cores among all this process may use: on 8 CPUs with one busy, 2 BLAS threads still fit.
-            self._decision = min(self._ceiling, free_cores(self._load.others_busy(), self._load.cpus))
-            self._decided_at = now
-        return self._decision
+            state.decision = min(state.ceiling, free_cores(state.load.others_busy(), state.load.cpus))
+            state.decided_at = now
+        return state.decision
 
     def apply(self) -> int:
         """Make this thread's BLAS count `decide()`; returns it. Changes it only when the decision does."""
         threads = self.decide()
+        state = self._state
         # In the automatic mode, the ceiling is BLAS's own count: no limit to set for it
         # (start() has read it; decide() checked that start() came first).
-        target = None if self.threads is None and threads >= cast(int, self._ceiling) else threads
-        if target != self._current:
+        target = None if self.threads is None and threads >= cast(int, state.ceiling) else threads
+        if target != state.current:
             set_blas_threads_here(target)
-            self._current = target
+            state.current = target
         return threads
 
     def stop(self) -> None:
-        if self._current is not None:
+        if self._state.current is not None:
             set_blas_threads_here(None)
-            self._current = None
+            self._state.current = None
 
     @contextmanager
     def limited(self) -> Iterator[None]:

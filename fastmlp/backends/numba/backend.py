@@ -4,6 +4,10 @@
     buffers  the packed parameters and a batch's scratch arrays
     threads  how many workers an epoch runs on, and how they run it
     backend  the Backend: packs, runs, unpacks, and serialises its callers (this module)
+
+One instance may be used by many threads at once: `forward` (fastmlp.inference) and
+`loss_and_grads` share no buffer, and `sgd_step` / `train_epoch` take turns on the instance's
+packed buffers and workspaces (`_epoch_lock`), so each call computes what it would alone.
 """
 
 import threading
@@ -12,12 +16,13 @@ from collections import OrderedDict
 
 import numpy as np
 
+from ...inference import probabilities
 from ...inputs import Pixels, check_positive_int
 from ...kernels.packed import ADAM, ADAMW, MOMENTUM, NESTEROV, PANEL_WIDTH, PLAIN_SGD, unpack_weights_into  # noqa: F401
-from ...runtime.barrier import barrier_state
+from ...runtime.barrier import barrier_aborted, barrier_state
 from ...runtime.blas_threads import single_threaded_blas, usable_cpus  # noqa: F401  usable_cpus: read by tests
 from ...runtime.thread_policy import CpuLoad, free_cores, others_running
-from ..base import BackendBase
+from ..base import BackendBase, WholeSteps
 from .buffers import _Packed, _Workspace
 from .step import forward_probs_inplace, loss_and_grads_into, part_of, step_worker, train_batches_worker  # noqa: F401
 from .threads import LOAD_WINDOW_SECONDS, epoch_workers, run_chunks, run_workers, training_threads
@@ -63,19 +68,18 @@ class Backend(BackendBase):
         return self._cached(self._workspaces, (tuple(layer_sizes), rows), lambda: _Workspace(layer_sizes, rows))
 
     def _packed_params(self, model, velocity=None, moments=None):
-        """The model's parameters packed (see `_Packed`), loaded from the model now."""
+        """The model's parameters packed (see `_Packed`), loaded from the model now; under `_epoch_lock` only."""
         packed = self._cached(self._packed, tuple(model.layer_sizes), lambda: _Packed(model.layer_sizes))
         packed.load(model, velocity, moments)
         return packed
 
     def _forward(self, model, X):
-        packed = self._packed_params(model)
-        acts = tuple(np.empty((len(X), size), dtype=np.float32) for size in model.layer_sizes[1:])
-        forward_probs_inplace(packed.weights, tuple(model.biases), X, acts)
-        return acts[-1]
+        # Straight off model.weights (the same bits as the packed forward_probs_inplace): nothing shared.
+        return probabilities(model.weights, model.biases, X)  # X checked: finite
 
     def _loss_and_grads(self, model, X, y):
-        packed = self._packed_params(model)
+        packed = _Packed(model.layer_sizes)  # its own: the call allocates its gradients anyway
+        packed.load(model, None)
         ws = _Workspace(model.layer_sizes, len(X))
         grads = tuple(np.zeros_like(P) for P in packed.weights)
         db = [np.empty_like(b) for b in model.biases]
@@ -128,31 +132,38 @@ class Backend(BackendBase):
         else:
             data, scale = X, np.float32(1.0)  # x * 1.0f is exact: one gather kernel serves both
         rows = min(batch_size, len(data))
-        workers = epoch_workers(self.threads or self._free_threads(), rows, model.layer_sizes)
         order = rng.permutation(len(data))
-        with self._epoch_lock:
+        with self._epoch_lock:  # _free_threads' readings are the instance's too
+            workers = epoch_workers(self.threads or self._free_threads(), rows, model.layer_sizes)
             ws = self._workspace(model.layer_sizes, rows)
             packed = self._packed_params(model, velocity, moments)
             (rule, velocity_w, velocity_b, second_w, second_b, mu, beta2, eps32,
              steps) = self._update_rule(model, packed, momentum, nesterov, velocity, optimizer, betas, eps, moments)
             biases = tuple(model.biases)
 
+            done = [0]  # the end of worker 0's last range of steps, all of them taken
+
             def run(t, begin, end):
-                return train_batches_worker(
+                total = train_batches_worker(
                     t, workers, barrier, packed.weights, packed.transposed, velocity_w, biases, velocity_b, data,
                     scale, y, order, begin, end, batch_size, np.float32(lr), mu, np.float32(weight_decay), rule,
                     ws.inputs, ws.acts, ws.deltas, ws.db, ws.labels, second_w, second_b, beta2, eps32, steps + 1)
+                if t == 0 and not barrier_aborted(barrier):  # a range cut short (a worker failed) is not counted
+                    done[0] = end
+                    whole.step_done()  # a Ctrl-C that came meanwhile: raised once its steps are counted
+                return total
 
             barrier = barrier_state()
             try:
-                if workers == 1:
-                    total = run_chunks(run, len(order), batch_size, progress, barrier)
-                else:
-                    total = run_workers(run, workers, len(order), batch_size, progress, barrier)
+                with WholeSteps() as whole:
+                    if workers == 1:
+                        total = run_chunks(run, len(order), batch_size, progress, barrier)
+                    else:
+                        total = run_workers(run, workers, len(order), batch_size, progress, barrier)
             finally:
                 packed.store(model, velocity if rule in (MOMENTUM, NESTEROV) else None, moments)
-                if moments is not None:  # an interrupted epoch counts whole: its moments moved anyway
-                    moments.step += -(-len(order) // batch_size)
+                if moments is not None:  # the steps taken: an interrupted epoch stops between ranges
+                    moments.step += -(-done[0] // batch_size)
             return total / len(data)
 
     def _free_threads(self):

@@ -1,0 +1,194 @@
+"""Inference straight off the model's own row-major weights: no packing, nothing cached, so an
+edit of `model.weights` in place is seen by the next call, and nothing is shared between callers.
+
+    rowmajor_forward_probs_into(out, X, weights, biases, r0, r1) -> whether X[r0:r1] was finite
+        out[r0:r1] = softmax(the net's logits of X[r0:r1]), weights[l] (K_l, N_l) and biases[l]
+        float32 C-contiguous, as `fastmlp.MLP` keeps them; ReLU between the layers.
+
+One output element is always the same float32 operations in the same order, whatever the row's
+position, the batch, the tile or the thread that computes it:
+    acc = 0;  for k in 0..K-1:  acc = fma(a[k], W[k, j], acc);  z = acc + b[j];  z = max(z, 0) (hidden)
+which is also what the packed forward of training computes (`simd_ir.forward_tile`): a row's
+probabilities are bit-identical to the numba backend's forward, at any batch size and position.
+
+The tiles (LLVM IR, as in `simd_ir`): C[rows, cols] = epilogue(A[rows, :] @ W[:, cols]) with the B
+vectors of step k loaded from W's row k (row stride ldw floats) instead of a packed panel. Two
+shapes: MR x NR (the training tile of this CPU: `tiles.TILE`) for whole groups of MR rows, and
+1 x 4NR for single rows, whose 4 NV accumulators hide the FMA latency that 1 x NR's NV could not
+(at batch 1 an MR-row tile would do MR times the work, its missing rows reading a real one again).
+A tile's columns past the layer's width (the last block of columns) are loaded masked: W has no
+zero padding.
+"""
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from ..runtime.jit import cached_njit
+from . import simd_ir
+from .contiguity import require_c_contiguous
+from .elementwise import softmax_inplace
+from .tiles import TILE
+
+F32, I32, I64, PTR = simd_ir.F32, simd_ir.I32, simd_ir.I64, simd_ir.PTR
+
+ROW_TILE = TILE.mr  # rows of the many-row tile
+ROW_TILE_COLUMNS = TILE.nr  # and its columns
+WIDE_VECTORS = 4 * TILE.nv  # vectors of the single-row tile
+WIDE_COLUMNS = WIDE_VECTORS * TILE.vw
+# Rows per block: every layer runs on a block before the next block starts, so a block's
+# activations (BLOCK_ROWS x the widest hidden layer) stay in L1/L2 between layers.
+BLOCK_ROWS = 8 * ROW_TILE
+
+
+def rowmajor_tile(module, vw, mr, nv, masked):
+    """The LLVM function of one tile C[rows, :ncols] = epilogue(A[rows, :] @ W[:, :ncols]), W row-major.
+
+    void (float* a, i64 lda, float* w, i64 ldw, i64 K, float* c, i64 ldc, i64 rows, i64 ncols,
+          float* bias, i32 relu)
+    a: the tile's first row of A (row stride lda); w: W[0, first column] (row stride ldw); c: the
+    tile's top-left element of C (row stride ldc); rows 1..mr real rows (the others read the last
+    real row again and are not stored); ncols 1..nv*vw real columns (all of them unless masked:
+    a `masked` tile loads only the real columns of W); bias at the first column; relu != 0 for
+    max(z, 0). Declared once per module and shape.
+    """
+    name = f"fastmlp_rowmajor_tile_{vw}x{mr}x{nv}{'_masked' if masked else ''}"
+    if name in module.globals:
+        return module.globals[name]
+    fnty = ir.FunctionType(ir.VoidType(), [PTR, I64, PTR, I64, I64, PTR, I64, I64, I64, PTR, I32])
+    fn = ir.Function(module, fnty, name)
+    fn.linkage = "internal"
+    a, lda, w, ldw, K, c, ldc, rows, ncols, bias, relu = fn.args
+    vec = simd_ir._Vectors(module, vw)
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    a_rows = [builder.gep(a, [builder.mul(simd_ir._clamp_row(builder, m, rows), lda)]) for m in range(mr)]
+    masks = [simd_ir._lane_mask(builder, ir.Constant(I64, v * vw), ncols, vw) for v in range(nv)]
+
+    def load_b(builder, k):
+        row = builder.gep(w, [builder.mul(k, ldw)])
+        ptrs = [builder.gep(row, [ir.Constant(I64, v * vw)]) for v in range(nv)]
+        if masked:
+            return [vec.masked_load(builder, p, masks[v]) for v, p in enumerate(ptrs)]
+        return [vec.load(builder, p) for p in ptrs]
+
+    def load_a(builder, k, m):
+        return builder.load(builder.gep(a_rows[m], [k]))
+
+    accs = simd_ir._tile_loop(builder, fn, K, mr, nv, vec, load_b, load_a)
+    b = [vec.masked_load(builder, builder.gep(bias, [ir.Constant(I64, v * vw)]), masks[v]) for v in range(nv)]
+    with_relu = builder.icmp_unsigned("!=", relu, ir.Constant(I32, 0))
+
+    def store_row(builder, m):
+        c_row = builder.gep(c, [builder.mul(ir.Constant(I64, m), ldc)])
+        for v in range(nv):
+            z = builder.fadd(accs[m][v], b[v])  # the epilogue of simd_ir.forward_tile, in its order
+            z = builder.select(with_relu, builder.call(vec.maxnum, [z, vec.zero]), z)
+            vec.masked_store(builder, z, builder.gep(c_row, [ir.Constant(I64, v * vw)]), masks[v])
+
+    simd_ir._for_real_rows(builder, fn, rows, mr, store_row)
+    return fn
+
+
+def _data(context, builder, array_type, array, offset):
+    """Pointer to element `offset` (in floats) of the array's flat data."""
+    return builder.gep(context.make_array(array_type)(context, builder, array).data, [offset])
+
+
+def _tile_intrinsic(mr, nv, masked):
+    """A Numba intrinsic calling `rowmajor_tile` of this shape:
+    (A, a_off, lda, W, w_off, ldw, K, C, c_off, ldc, rows, ncols, bias, b_off, relu), offsets in floats."""
+
+    @intrinsic
+    def tile(typingctx, A, a_off, lda, W, w_off, ldw, K, C, c_off, ldc, rows, ncols, bias, b_off, relu):
+        sig = types.void(A, types.intp, types.intp, W, types.intp, types.intp, types.intp, C, types.intp, types.intp,
+                         types.intp, types.intp, bias, types.intp, types.int32)
+
+        def codegen(context, builder, signature, args):
+            A_, a_off_, lda_, W_, w_off_, ldw_, K_, C_, c_off_, ldc_, rows_, ncols_, bias_, b_off_, relu_ = args
+            ty = signature.args
+            fn = rowmajor_tile(builder.module, TILE.vw, mr, nv, masked)
+            builder.call(fn, [_data(context, builder, ty[0], A_, a_off_), lda_, _data(context, builder, ty[3], W_, w_off_),
+                              ldw_, K_, _data(context, builder, ty[7], C_, c_off_), ldc_, rows_, ncols_,
+                              _data(context, builder, ty[12], bias_, b_off_), relu_])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+_rows_tile = _tile_intrinsic(ROW_TILE, TILE.nv, False)
+_rows_tile_masked = _tile_intrinsic(ROW_TILE, TILE.nv, True)
+_wide_tile = _tile_intrinsic(1, WIDE_VECTORS, False)
+_wide_tile_masked = _tile_intrinsic(1, WIDE_VECTORS, True)
+
+
+@cached_njit
+def rowmajor_layer_rows(C, c_row, A, a_row, rows, W, b, relu):
+    """C[c_row:c_row+rows, :N] = epilogue(A[a_row:a_row+rows, :K] @ W + b), W (K, N) row-major; overwrites those entries of C.
+
+    A and C may be wider than K and N (scratch buffers): their row strides are their own.
+    """
+    K, N = W.shape
+    lda, ldc = A.strides[0] // 4, C.strides[0] // 4
+    flag = np.int32(1 if relu else 0)
+    i = 0
+    while rows - i >= ROW_TILE:  # whole MR-row tiles, columns in NR blocks
+        a_off, c_off = (a_row + i) * lda, (c_row + i) * ldc
+        for col in range(0, N, ROW_TILE_COLUMNS):
+            ncols = min(ROW_TILE_COLUMNS, N - col)
+            if ncols == ROW_TILE_COLUMNS:
+                _rows_tile(A, a_off, lda, W, col, N, K, C, c_off + col, ldc, ROW_TILE, ncols, b, col, flag)
+            else:
+                _rows_tile_masked(A, a_off, lda, W, col, N, K, C, c_off + col, ldc, ROW_TILE, ncols, b, col, flag)
+        i += ROW_TILE
+    for r in range(i, rows):  # the rest one by one, columns in 4NR blocks
+        a_off, c_off = (a_row + r) * lda, (c_row + r) * ldc
+        for col in range(0, N, WIDE_COLUMNS):
+            ncols = min(WIDE_COLUMNS, N - col)
+            if ncols == WIDE_COLUMNS:
+                _wide_tile(A, a_off, lda, W, col, N, K, C, c_off + col, ldc, 1, ncols, b, col, flag)
+            else:
+                _wide_tile_masked(A, a_off, lda, W, col, N, K, C, c_off + col, ldc, 1, ncols, b, col, flag)
+
+
+@cached_njit(fastmath={"reassoc"})
+def rows_finite(X, r0, r1):
+    """Whether the rows r0:r1 of X hold only finite numbers (one pass, vectorised)."""
+    zero = np.float32(0.0)
+    s = zero
+    for i in range(r0, r1):
+        for k in range(X.shape[1]):
+            # x * 0 is 0 for a finite x and NaN for NaN or +-inf. Reassociation lets LLVM sum in
+            # SIMD lanes; without "nnan" / "ninf" it may not fold x * 0 away.
+            s += X[i, k] * zero
+    return s == zero
+
+
+@cached_njit(nogil=True)
+def rowmajor_forward_probs_into(out, X, weights, biases, r0, r1):
+    """out[r0:r1] = class probabilities of X[r0:r1] through the net (weights[l] (K_l, N_l), biases[l]); overwrites them.
+
+    Returns False, at once, if a row of X holds NaN or inf (out is then partly written).
+    Runs the rows in blocks of BLOCK_ROWS, every layer on a block before the next, with two
+    scratch buffers of its own (BLOCK_ROWS x the widest hidden layer): callers share nothing.
+    Releases the GIL: threads may run disjoint row ranges of one call at once.
+    """
+    require_c_contiguous(out, X)
+    L = len(weights)
+    widest = 1
+    for l in range(L - 1):
+        widest = max(widest, weights[l].shape[1])
+    block = min(BLOCK_ROWS, max(r1 - r0, 1))  # one row needs one row of scratch
+    scratch = (np.empty((block, widest), dtype=np.float32), np.empty((block, widest), dtype=np.float32))
+    for start in range(r0, r1, block):
+        rows = min(block, r1 - start)
+        if not rows_finite(X, start, start + rows):  # the block is in cache for layer 0 next
+            return False
+        for l in range(L):
+            src, src_row = (X, start) if l == 0 else (scratch[(l - 1) % 2], 0)
+            dst, dst_row = (out, start) if l == L - 1 else (scratch[l % 2], 0)
+            rowmajor_layer_rows(dst, dst_row, src, src_row, rows, weights[l], biases[l], l < L - 1)
+        softmax_inplace(out[start : start + rows])
+    return True
