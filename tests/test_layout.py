@@ -59,13 +59,24 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+def runtime_nodes(tree: ast.AST):
+    """Every node of the tree except those under `if TYPE_CHECKING:`, imports for the type checker alone."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            yield from (n for child in node.orelse for n in [child, *runtime_nodes(child)])
+            continue
+        yield node
+        yield from runtime_nodes(node)
+
+
 def imported_modules(path: Path) -> set[str]:
-    """The fastmlp modules a file imports anywhere in it (inside functions too), resolved to module names.
+    """The fastmlp modules a file imports anywhere in it (inside functions too, not for the type checker alone),
+    resolved to module names.
     `from X import name` counts X.name when that is a module, else X."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in runtime_nodes(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name.startswith("fastmlp"))
         elif isinstance(node, ast.ImportFrom):
