@@ -89,7 +89,8 @@ class _Vectors:
         # where it has none (SSE), where llvm.fma would call the C library's fmaf once per lane.
         self.fma = _intrinsic(module, f"llvm.fmuladd.v{vw}f32", vt, [vt, vt, vt])
         # Fused everywhere (fmaf without FMA): Adam's moments, whose flush of subnormals relies on
-        # one rounding (an unfused (1 - beta1) (g - M) is flushed before it is added to M).
+        # one rounding (with the MXCSR's flush-to-zero on, an unfused (1 - beta1) (g - M) is
+        # flushed to 0 before it is added to M, which then never reaches 0).
         self.exact_fma = _intrinsic(module, f"llvm.fma.v{vw}f32", vt, [vt, vt, vt])
         self.maxnum = _intrinsic(module, f"llvm.maxnum.v{vw}f32", vt, [vt, vt])
         self.sqrt = _intrinsic(module, f"llvm.sqrt.v{vw}f32", vt, [vt])
@@ -373,7 +374,7 @@ def _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, fin
 # The smallest normal float32: Adam's moments below it are flushed to zero (fastmlp/optim.py).
 SMALLEST_NORMAL = 1.1754943508222875e-38
 # On x86 the caller runs adam_tile with the MXCSR's flush-to-zero and denormals-are-zero modes
-# on (`flush_to_zero_mode`), which flush for free; elsewhere (and with the SSE tile) the tile compares and selects.
+# on (`flush_to_zero_mode`), which flush for free; elsewhere the tile compares and selects.
 from ..runtime.jit import X86  # noqa: E402  re-exported: packed.py reads simd_ir.X86
 FTZ_DAZ = 0x8040  # MXCSR bits 15 (flush subnormal results to zero) and 6 (read subnormal inputs as zero)
 
@@ -432,8 +433,7 @@ def adam_tile(module, tile):
     is nearly always 0), and changes W by less than 1e-30. On x86 it is the MXCSR's
     flush-to-zero and denormals-are-zero modes, which the caller turns on around its tiles
     (packed._flush_subnormals_on): free, where a compare and a select per moment made the
-    kernel cost 1.13x plain SGD's instead of 1.03-1.06x. Elsewhere, and on SSE, the tile compares
-    and selects.
+    kernel cost 1.13x plain SGD's instead of 1.03-1.06x. Elsewhere the tile compares and selects.
     Padding columns have G = 0, so their W, M and S stay zero.
     """
     name = f"fastmlp_adam_tile_{tile.name}"
@@ -469,9 +469,7 @@ def adam_tile(module, tile):
         base = builder.call(vec.exact_fma, [decay, weight, weight])
         new_m = builder.call(vec.exact_fma, [b1c, builder.fsub(g, old_m), old_m])
         new_s = builder.call(vec.exact_fma, [b2c, builder.fsub(builder.fmul(g, g), old_s), old_s])
-        # Also on SSE: with its multiplies and adds apart, the MXCSR's modes alone left moments unflushed
-        # there (the subnormal test of tests/test_packed_kernels.py, compiled for x86-64).
-        if not X86 or not tile.fma:
+        if not X86:
             new_m = flushed(builder, new_m, builder.call(vec.fabs, [new_m]))
             new_s = flushed(builder, new_s, new_s)  # S >= 0
         vec.store(builder, new_m, m_ptr)

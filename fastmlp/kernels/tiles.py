@@ -24,7 +24,6 @@ class Tile(NamedTuple):
     nv: int  # vectors per row of a packed panel
     mr: int  # rows of A per tile
     registers: int = 16  # vector registers of the instruction set
-    fma: bool = True  # whether it has fused multiply-adds (SSE has not: a multiply, then an add)
 
     @property
     def nr(self) -> int:
@@ -35,7 +34,7 @@ class Tile(NamedTuple):
 TILES = {
     "avx512": Tile("avx512", vw=16, nv=2, mr=8, registers=32),
     "avx2": Tile("avx2", vw=8, nv=2, mr=6),
-    "sse": Tile("sse", vw=4, nv=2, mr=6, fma=False),
+    "sse": Tile("sse", vw=4, nv=2, mr=6),
 }
 
 # CPU models whose defaults include AVX-512 (F) or AVX2 + FMA, as LLVM names them.
