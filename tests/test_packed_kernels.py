@@ -204,6 +204,19 @@ def test_updating_weight_rows_in_parts_matches_updating_them_at_once_bit_for_bit
             np.testing.assert_array_equal(part, whole)
 
 
+def test_a_batch_too_long_for_l2_updates_panel_by_panel_to_the_same_result():
+    # Past 256 KB of dZ's panel columns, update_part takes W's panels in groups (one, here):
+    # another order of the tiles, the same arithmetic for each entry.
+    rng = np.random.default_rng(2)
+    n, K, N = 4500, TILE_ROWS + 1, 2 * PANEL_WIDTH + 3
+    A, dZ, W = f32(rng, n, K), f32(rng, n, N), f32(rng, K, N)
+    assert n * PANEL_WIDTH * 4 > kernels.packed._PANEL_GROUP_BYTES
+    P = packed(W)
+    kernels.packed_sgd_update_inplace(P, A, dZ, 0.05, 1e-3)
+    lr, wd = np.float32(0.05), np.float32(1e-3)
+    assert_close(P, packed(W - lr * (A.T @ dZ + wd * W)), terms=packed(np.abs(W) + lr * (np.abs(A.T) @ np.abs(dZ))))
+
+
 def test_tiles_follow_the_instruction_set_numba_compiles_for():
     assert select_tile("znver5", "+avx512f,+avx2,+fma") == TILES["avx512"]
     assert select_tile("skylake-avx512", "") == TILES["avx512"]

@@ -235,6 +235,11 @@ def adam_corrections(beta1, beta2, step):
     return 1.0 / (1.0 - beta1**step), 1.0 / np.sqrt(1.0 - beta2**step)
 
 
+# Bytes of D's panel columns that update_part keeps in L2 across W's row blocks: half of the
+# smallest L2 of the x86 cores this project meets (512 KB a core).
+_PANEL_GROUP_BYTES = 256 * 1024
+
+
 @cached_njit
 def _first_column(k, K):
     """The first of the TILE_ROWS columns of A (rows of W) that the update tile of W's rows k.. reads.
@@ -265,7 +270,10 @@ def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule
     beta2_32, eps32, c1_32, c2_32 = np.float32(beta2), np.float32(eps), np.float32(c1), np.float32(c2)
     # Weight rows outer, panels inner: the TILE_ROWS columns of A that a tile reads (n cache
     # lines, 64 KB at batch 1024) are read from L3 once and from L1/L2 for the other panels. The
-    # other order streamed all of A (3.2 MB at batch 1024) from L3 once per panel.
+    # other order streamed all of A (3.2 MB at batch 1024) from L3 once per panel. But every
+    # row block reads D's columns of all the panels again (n * NR floats each): in groups of
+    # panels whose D fits half an L2 (_PANEL_GROUP_BYTES), it stays there; A is read once a group.
+    group = max(1, _PANEL_GROUP_BYTES // (max(n, 1) * PANEL_WIDTH * 4))
     if rule == ADAM or rule == ADAMW:
         # Software-pipelined: each call accumulates one tile's gradient while it applies the
         # previous tile's (left in G) to that tile's W, M and S; the last call, with no rows of
@@ -273,26 +281,29 @@ def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule
         G = _tile_buffer()
         csr = _flush_subnormals_on()  # Adam's subnormal moments become 0 (fastmlp/optim.py), at no cost
         pending_off = pending = 0
-        for k in range(k0, k1, TILE_ROWS):
-            rows = min(TILE_ROWS, k1 - k)
-            kr = _first_column(k, K)
-            for p in range(p0, p1):
-                col = p * PANEL_WIDTH
-                _adam_tile(A, kr, lda, dZ, col, ldd, n, k - kr, k - kr + rows, min(PANEL_WIDTH, N - col), G, P,
-                           pending_off, V, S, pending, lr32, mu32, wd32, np.int32(rule), beta2_32, eps32, c1_32, c2_32)
-                pending_off, pending = p * panel_size + k * PANEL_WIDTH, rows * VECTORS_PER_ROW
+        for g0 in range(p0, p1, group):
+            for k in range(k0, k1, TILE_ROWS):
+                rows = min(TILE_ROWS, k1 - k)
+                kr = _first_column(k, K)
+                for p in range(g0, min(g0 + group, p1)):
+                    col = p * PANEL_WIDTH
+                    _adam_tile(A, kr, lda, dZ, col, ldd, n, k - kr, k - kr + rows, min(PANEL_WIDTH, N - col), G, P,
+                               pending_off, V, S, pending, lr32, mu32, wd32, np.int32(rule), beta2_32, eps32, c1_32,
+                               c2_32)
+                    pending_off, pending = p * panel_size + k * PANEL_WIDTH, rows * VECTORS_PER_ROW
         _adam_tile(A, 0, lda, dZ, 0, ldd, 0, 0, 1, 1, G, P, pending_off, V, S, pending, lr32, mu32, wd32,
                    np.int32(rule), beta2_32, eps32, c1_32, c2_32)
         _restore_mxcsr(csr)
         return
-    for k in range(k0, k1, TILE_ROWS):
-        rows = min(TILE_ROWS, k1 - k)
-        kr = _first_column(k, K)
-        for p in range(p0, p1):
-            col = p * PANEL_WIDTH
-            ncols = min(PANEL_WIDTH, N - col)
-            _wgrad_tile(A, kr, lda, dZ, col, ldd, n, k - kr, k - kr + rows, ncols, P, p * panel_size + kr * PANEL_WIDTH,
-                        V, lr32, mu32, wd32, np.int32(rule))
+    for g0 in range(p0, p1, group):
+        for k in range(k0, k1, TILE_ROWS):
+            rows = min(TILE_ROWS, k1 - k)
+            kr = _first_column(k, K)
+            for p in range(g0, min(g0 + group, p1)):
+                col = p * PANEL_WIDTH
+                ncols = min(PANEL_WIDTH, N - col)
+                _wgrad_tile(A, kr, lda, dZ, col, ldd, n, k - kr, k - kr + rows, ncols, P,
+                            p * panel_size + kr * PANEL_WIDTH, V, lr32, mu32, wd32, np.int32(rule))
 
 
 @cached_njit
