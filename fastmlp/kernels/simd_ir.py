@@ -275,28 +275,36 @@ def wgrad_tile(module, tile):
     lr_v, mu_v, wd_v = (_splat(builder, s, vw) for s in (lr, momentum, weight_decay))
     uses_velocity = builder.icmp_unsigned("!=", rule, ir.Constant(I32, PLAIN_SGD))
     nesterov = builder.icmp_unsigned("==", rule, ir.Constant(I32, NESTEROV))
-    no_lanes = ir.Constant(ir.VectorType(I1, vw), [0] * vw)
-    all_lanes = ir.Constant(ir.VectorType(I1, vw), [1] * vw)
-    vel_lanes = builder.select(uses_velocity, all_lanes, no_lanes)
 
     def update_rows(builder, accs, first, full):
-        """The SGD rule on packed rows first.. of W (and V), from their gradients in accs (one row of NV each)."""
+        """The SGD rule on packed rows first.. of W (and V), from their gradients in accs (one row of NV each).
 
-        def update_row(builder, m, row):
+        One copy for plain SGD and one for the rules with a velocity, chosen once a tile: plain
+        SGD never touches V, where masked loads and stores of V with no lanes on cost it about
+        as much as the rest of the epilogue (a masked store is slow on AMD cores, lanes or not).
+        """
+
+        def update_row(builder, m, row, with_velocity):
             for v in range(nv):
                 offset = builder.add(builder.mul(row, ir.Constant(I64, nr)), ir.Constant(I64, v * vw))
-                w_ptr, vel_ptr = builder.gep(w, [offset]), builder.gep(vel, [offset])
+                w_ptr = builder.gep(w, [offset])
                 weight = vec.load(builder, w_ptr)
                 step = builder.fmul(lr_v, builder.call(vec.fma, [wd_v, weight, accs[m][v]]))  # lr * g
-                # V is read and written only under MOMENTUM / NESTEROV (masked to no lanes otherwise).
-                velocity = builder.fsub(builder.fmul(mu_v, vec.masked_load(builder, vel_ptr, vel_lanes)), step)
-                vec.masked_store(builder, velocity, vel_ptr, vel_lanes)
-                nesterov_step = builder.fsub(builder.fmul(mu_v, velocity), step)
-                delta = builder.select(uses_velocity, builder.select(nesterov, nesterov_step, velocity),
-                                       builder.fsub(vec.zero, step))
+                if with_velocity:
+                    vel_ptr = builder.gep(vel, [offset])
+                    velocity = builder.fsub(builder.fmul(mu_v, vec.load(builder, vel_ptr)), step)
+                    vec.store(builder, velocity, vel_ptr)
+                    nesterov_step = builder.fsub(builder.fmul(mu_v, velocity), step)
+                    delta = builder.select(nesterov, nesterov_step, velocity)
+                else:
+                    delta = builder.fsub(vec.zero, step)
                 vec.store(builder, builder.fadd(weight, delta), w_ptr)
 
-        _for_rows(builder, fn, first, len(accs), lo, hi, update_row)
+        with builder.if_else(uses_velocity) as (momentum_rule, plain_rule):
+            with momentum_rule:
+                _for_rows(builder, fn, first, len(accs), lo, hi, lambda b, m, row: update_row(b, m, row, True))
+            with plain_rule:
+                _for_rows(builder, fn, first, len(accs), lo, hi, lambda b, m, row: update_row(b, m, row, False))
 
     _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, update_rows)
     builder.ret_void()
