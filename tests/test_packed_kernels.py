@@ -208,9 +208,8 @@ def test_a_batch_too_long_for_l2_updates_panel_by_panel_to_the_same_result():
     # Past 256 KB of dZ's panel columns, update_part takes W's panels in groups (one, here):
     # another order of the tiles, the same arithmetic for each entry.
     rng = np.random.default_rng(2)
-    n, K, N = 4500, TILE_ROWS + 1, 2 * PANEL_WIDTH + 3
+    n, K, N = kernels.packed._PANEL_GROUP_BYTES // (4 * PANEL_WIDTH) + 3, TILE_ROWS + 1, 2 * PANEL_WIDTH + 3
     A, dZ, W = f32(rng, n, K), f32(rng, n, N), f32(rng, K, N)
-    assert n * PANEL_WIDTH * 4 > kernels.packed._PANEL_GROUP_BYTES
     P = packed(W)
     kernels.packed_sgd_update_inplace(P, A, dZ, 0.05, 1e-3)
     lr, wd = np.float32(0.05), np.float32(1e-3)
