@@ -1,6 +1,8 @@
 """The SIMD kernels on packed weights against their NumPy one-liners, on shapes that hit every edge:
 rows, columns and depth that are not multiples of the tile, sizes of 1, widths up to 300."""
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -180,6 +182,42 @@ def test_adam_steps_by_lr_on_its_first_step_and_its_arguments_leave_plain_sgd_bi
     np.testing.assert_array_equal(P1, P2)
 
 
+@pytest.mark.parametrize("rule", ["sgd", "momentum", "adam"])
+def test_updating_weight_rows_in_parts_matches_updating_them_at_once_bit_for_bit(rule):
+    # The numba backend's workers each update a share of W's rows (k0:k1, not a multiple of the
+    # tile's rows); a tile at the end of a share reads columns of A from the share before it
+    # (packed._first_column) and must leave that share's rows alone. Each entry of the gradient is
+    # summed over the batch in the same order however the rows are split, so the bits agree.
+    rng = np.random.default_rng(1)
+    K, N, n = 3 * TILE_ROWS + 2, PANEL_WIDTH + 3, 9
+    A, dZ, W, M = f32(rng, n, K), f32(rng, n, N), f32(rng, K, N), f32(rng, K, N)
+    S = np.abs(f32(rng, K, N))
+    code = {"sgd": kernels.packed.PLAIN_SGD, "momentum": kernels.packed.NESTEROV, "adam": kernels.packed.ADAM}[rule]
+    c1, c2 = kernels.packed.adam_corrections(0.9, 0.999, 3)
+    results = []
+    for cuts in ((0, K), (0, TILE_ROWS + 1, 2 * TILE_ROWS - 1, K), (0, 1, K)):
+        P, PV, PS = packed(W), packed(M), packed(S)
+        for k0, k1 in itertools.pairwise(cuts):
+            kernels.packed.update_part(P, PV, A, dZ, n, k0, k1, 0, P.shape[0], 0.05, 0.9, 1e-3, code, PS, 0.999, 1e-8,
+                                       c1, c2)
+        results.append((P, PV, PS))
+    for parts in results[1:]:
+        for whole, part in zip(results[0], parts):
+            np.testing.assert_array_equal(part, whole)
+
+
+def test_a_batch_too_long_for_l2_updates_panel_by_panel_to_the_same_result():
+    # Past 256 KB of dZ's panel columns, update_part takes W's panels in groups (one, here):
+    # another order of the tiles, the same arithmetic for each entry.
+    rng = np.random.default_rng(2)
+    n, K, N = kernels.packed._PANEL_GROUP_BYTES // (4 * PANEL_WIDTH) + 3, TILE_ROWS + 1, 2 * PANEL_WIDTH + 3
+    A, dZ, W = f32(rng, n, K), f32(rng, n, N), f32(rng, K, N)
+    P = packed(W)
+    kernels.packed_sgd_update_inplace(P, A, dZ, 0.05, 1e-3)
+    lr, wd = np.float32(0.05), np.float32(1e-3)
+    assert_close(P, packed(W - lr * (A.T @ dZ + wd * W)), terms=packed(np.abs(W) + lr * (np.abs(A.T) @ np.abs(dZ))))
+
+
 def test_tiles_follow_the_instruction_set_numba_compiles_for():
     assert select_tile("znver5", "+avx512f,+avx2,+fma") == TILES["avx512"]
     assert select_tile("skylake-avx512", "") == TILES["avx512"]
@@ -187,8 +225,8 @@ def test_tiles_follow_the_instruction_set_numba_compiles_for():
     assert select_tile("haswell", "+avx2,+fma") == TILES["avx2"]
     assert select_tile("generic", "") == TILES["sse"]
     for tile in TILES.values():
-        registers = 32 if tile.vw == 16 else 16
-        assert tile.mr * tile.nv + tile.nv + 1 <= registers  # accumulators, B vectors, a broadcast
+        assert tile.registers == (32 if tile.vw == 16 else 16)
+        assert tile.mr * tile.nv + tile.nv + 1 <= tile.registers  # accumulators, B vectors, a broadcast
     assert PANEL_WIDTH == kernels.packed.TILE.nr and TILE_ROWS == kernels.packed.TILE.mr
 
 

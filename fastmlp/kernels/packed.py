@@ -73,42 +73,42 @@ def _forward_tile(typingctx, A, a_off, lda, P, p_off, K, C, c_off, ldc, rows, nc
 
 
 @intrinsic
-def _wgrad_tile(typingctx, A, a_off, lda, D, d_off, ldd, n, rows, ncols, P, p_off, V, lr, momentum, weight_decay,
+def _wgrad_tile(typingctx, A, a_off, lda, D, d_off, ldd, n, lo, hi, ncols, P, p_off, V, lr, momentum, weight_decay,
                 rule):
-    """Tile rows of W (packed) updated by an SGD rule from A[:, k0:k0+rows].T @ D[:, panel] (simd_ir.wgrad_tile); V at P's offset."""
-    sig = types.void(A, types.intp, types.intp, D, types.intp, types.intp, types.intp, types.intp, types.intp, P,
-                     types.intp, V, types.float32, types.float32, types.float32, types.int32)
+    """Tile rows lo:hi of W (packed) updated by an SGD rule from A[:, k0+lo:k0+hi].T @ D[:, panel] (simd_ir.wgrad_tile); V at P's offset."""
+    sig = types.void(A, types.intp, types.intp, D, types.intp, types.intp, types.intp, types.intp, types.intp,
+                     types.intp, P, types.intp, V, types.float32, types.float32, types.float32, types.int32)
 
     def codegen(context, builder, signature, args):
-        A_, a_off_, lda_, D_, d_off_, ldd_, n_, rows_, ncols_, P_, p_off_, V_, lr_, mu_, wd_, rule_ = args
+        A_, a_off_, lda_, D_, d_off_, ldd_, n_, lo_, hi_, ncols_, P_, p_off_, V_, lr_, mu_, wd_, rule_ = args
         ty = signature.args
         fn = simd_ir.wgrad_tile(builder.module, TILE)
         builder.call(fn, [_data(context, builder, ty[0], A_, a_off_), lda_, _data(context, builder, ty[3], D_, d_off_),
-                          ldd_, n_, rows_, ncols_, _data(context, builder, ty[9], P_, p_off_),
-                          _data(context, builder, ty[11], V_, p_off_), lr_, mu_, wd_, rule_])
+                          ldd_, n_, lo_, hi_, ncols_, _data(context, builder, ty[10], P_, p_off_),
+                          _data(context, builder, ty[12], V_, p_off_), lr_, mu_, wd_, rule_])
         return context.get_dummy_value()
 
     return sig, codegen
 
 
 @intrinsic
-def _adam_tile(typingctx, A, a_off, lda, D, d_off, ldd, n, rows, ncols, G, P, pending_off, M, S, pending, lr, beta1,
-               weight_decay, rule, beta2, eps, c1, c2):
+def _adam_tile(typingctx, A, a_off, lda, D, d_off, ldd, n, lo, hi, ncols, G, P, pending_off, M, S, pending, lr,
+               beta1, weight_decay, rule, beta2, eps, c1, c2):
     """One Adam tile (simd_ir.adam_tile): this tile's gradient accumulated into G while the pending tile's, left in G,
     updates P, M and S at offset pending_off (its first `pending` vectors)."""
-    sig = types.void(A, types.intp, types.intp, D, types.intp, types.intp, types.intp, types.intp, types.intp, G, P,
-                     types.intp, M, S, types.intp, types.float32, types.float32, types.float32, types.int32,
-                     types.float32, types.float32, types.float32, types.float32)
+    sig = types.void(A, types.intp, types.intp, D, types.intp, types.intp, types.intp, types.intp, types.intp,
+                     types.intp, G, P, types.intp, M, S, types.intp, types.float32, types.float32, types.float32,
+                     types.int32, types.float32, types.float32, types.float32, types.float32)
 
     def codegen(context, builder, signature, args):
-        (A_, a_off_, lda_, D_, d_off_, ldd_, n_, rows_, ncols_, G_, P_, pending_off_, M_, S_, pending_, lr_, b1_, wd_,
-         rule_, b2_, eps_, c1_, c2_) = args
+        (A_, a_off_, lda_, D_, d_off_, ldd_, n_, lo_, hi_, ncols_, G_, P_, pending_off_, M_, S_, pending_, lr_, b1_,
+         wd_, rule_, b2_, eps_, c1_, c2_) = args
         ty = signature.args
         fn = simd_ir.adam_tile(builder.module, TILE)
         builder.call(fn, [_data(context, builder, ty[0], A_, a_off_), lda_, _data(context, builder, ty[3], D_, d_off_),
-                          ldd_, n_, rows_, ncols_, G_, _data(context, builder, ty[10], P_, pending_off_),
-                          _data(context, builder, ty[12], M_, pending_off_),
-                          _data(context, builder, ty[13], S_, pending_off_), pending_, lr_, b1_, wd_, rule_, b2_, eps_,
+                          ldd_, n_, lo_, hi_, ncols_, G_, _data(context, builder, ty[11], P_, pending_off_),
+                          _data(context, builder, ty[13], M_, pending_off_),
+                          _data(context, builder, ty[14], S_, pending_off_), pending_, lr_, b1_, wd_, rule_, b2_, eps_,
                           c1_, c2_])
         return context.get_dummy_value()
 
@@ -235,6 +235,23 @@ def adam_corrections(beta1, beta2, step):
     return 1.0 / (1.0 - beta1**step), 1.0 / np.sqrt(1.0 - beta2**step)
 
 
+# Bytes of D's panel columns that update_part keeps in L2 across W's row blocks: half of the
+# smallest L2 of the x86 cores this project meets (512 KB a core).
+_PANEL_GROUP_BYTES = 256 * 1024
+
+
+@cached_njit
+def _first_column(k, K):
+    """The first of the TILE_ROWS columns of A (rows of W) that the update tile of W's rows k.. reads.
+
+    k itself where a whole tile's columns follow; else K - TILE_ROWS, the tile then updating only
+    its last rows (its lo > 0): the tile at the end of W (or of a worker's share of it) runs the
+    fast loop of a whole tile (simd_ir._wgrad_product) rather than the one for fewer rows. k where
+    W has fewer than TILE_ROWS rows.
+    """
+    return min(k, K - TILE_ROWS) if K >= TILE_ROWS else k
+
+
 @cached_njit
 def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule, S, beta2, eps, c1, c2):
     """Rows k0:k1 of panels p0:p1 of the packed W (and V, S) updated by rule from G = A[:n].T @ dZ[:n]; overwrites that part of P (and V, S).
@@ -253,7 +270,10 @@ def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule
     beta2_32, eps32, c1_32, c2_32 = np.float32(beta2), np.float32(eps), np.float32(c1), np.float32(c2)
     # Weight rows outer, panels inner: the TILE_ROWS columns of A that a tile reads (n cache
     # lines, 64 KB at batch 1024) are read from L3 once and from L1/L2 for the other panels. The
-    # other order streamed all of A (3.2 MB at batch 1024) from L3 once per panel.
+    # other order streamed all of A (3.2 MB at batch 1024) from L3 once per panel. But every
+    # row block reads D's columns of all the panels again (n * NR floats each): in groups of
+    # panels whose D fits half an L2 (_PANEL_GROUP_BYTES), it stays there; A is read once a group.
+    group = max(1, _PANEL_GROUP_BYTES // (max(n, 1) * PANEL_WIDTH * 4))
     if rule == ADAM or rule == ADAMW:
         # Software-pipelined: each call accumulates one tile's gradient while it applies the
         # previous tile's (left in G) to that tile's W, M and S; the last call, with no rows of
@@ -261,24 +281,29 @@ def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule
         G = _tile_buffer()
         csr = _flush_subnormals_on()  # Adam's subnormal moments become 0 (fastmlp/optim.py), at no cost
         pending_off = pending = 0
-        for k in range(k0, k1, TILE_ROWS):
-            rows = min(TILE_ROWS, k1 - k)
-            for p in range(p0, p1):
-                col = p * PANEL_WIDTH
-                _adam_tile(A, k, lda, dZ, col, ldd, n, rows, min(PANEL_WIDTH, N - col), G, P, pending_off, V, S,
-                           pending, lr32, mu32, wd32, np.int32(rule), beta2_32, eps32, c1_32, c2_32)
-                pending_off, pending = p * panel_size + k * PANEL_WIDTH, rows * VECTORS_PER_ROW
-        _adam_tile(A, 0, lda, dZ, 0, ldd, 0, 1, 1, G, P, pending_off, V, S, pending, lr32, mu32, wd32, np.int32(rule),
-                   beta2_32, eps32, c1_32, c2_32)
+        for g0 in range(p0, p1, group):
+            for k in range(k0, k1, TILE_ROWS):
+                rows = min(TILE_ROWS, k1 - k)
+                kr = _first_column(k, K)
+                for p in range(g0, min(g0 + group, p1)):
+                    col = p * PANEL_WIDTH
+                    _adam_tile(A, kr, lda, dZ, col, ldd, n, k - kr, k - kr + rows, min(PANEL_WIDTH, N - col), G, P,
+                               pending_off, V, S, pending, lr32, mu32, wd32, np.int32(rule), beta2_32, eps32, c1_32,
+                               c2_32)
+                    pending_off, pending = p * panel_size + k * PANEL_WIDTH, rows * VECTORS_PER_ROW
+        _adam_tile(A, 0, lda, dZ, 0, ldd, 0, 0, 1, 1, G, P, pending_off, V, S, pending, lr32, mu32, wd32,
+                   np.int32(rule), beta2_32, eps32, c1_32, c2_32)
         _restore_mxcsr(csr)
         return
-    for k in range(k0, k1, TILE_ROWS):
-        rows = min(TILE_ROWS, k1 - k)
-        for p in range(p0, p1):
-            col = p * PANEL_WIDTH
-            ncols = min(PANEL_WIDTH, N - col)
-            _wgrad_tile(A, k, lda, dZ, col, ldd, n, rows, ncols, P, p * panel_size + k * PANEL_WIDTH, V, lr32, mu32,
-                        wd32, np.int32(rule))
+    for g0 in range(p0, p1, group):
+        for k in range(k0, k1, TILE_ROWS):
+            rows = min(TILE_ROWS, k1 - k)
+            kr = _first_column(k, K)
+            for p in range(g0, min(g0 + group, p1)):
+                col = p * PANEL_WIDTH
+                ncols = min(PANEL_WIDTH, N - col)
+                _wgrad_tile(A, kr, lda, dZ, col, ldd, n, k - kr, k - kr + rows, ncols, P,
+                            p * panel_size + kr * PANEL_WIDTH, V, lr32, mu32, wd32, np.int32(rule))
 
 
 @cached_njit

@@ -27,7 +27,9 @@ Three kernels, in the packed layout of `fastmlp.kernels.packed` (P[panel, k, 0:N
 - `wgrad_tile`: the weight-gradient product of MR rows of a packed weight panel,
   G = A[:, k0:k0+MR].T @ D[:, panel], applied at once to P (and the velocity V) by an SGD rule
   in the epilogue, so the gradient never leaves registers. Here A's scalars come from MR
-  consecutive columns of one row of A, and D's rows are loaded masked to the panel's columns.
+  consecutive columns of one row of A (constant offsets from one pointer), and D's rows are
+  loaded whole: no mask in the loop, which holds nothing but the tile (a partial panel or a tile
+  of fewer rows takes a second, masked loop on half the rows: `_wgrad_product`).
 - `adam_tile`: the same product for Adam, software-pipelined: its loop also applies the
   previous tile's gradient to that tile's W and two moments, one vector per iteration, so that
   Adam's loads, stores, sqrt and divide run beside the FMAs rather than after them.
@@ -65,10 +67,14 @@ def _splat(builder, scalar, vw):
 
 
 def _lane_mask(builder, first_col, ncols, vw):
-    """<vw x i1>: lane j is on when first_col + j < ncols (the panel's real columns)."""
-    lanes = ir.Constant(ir.VectorType(I64, vw), list(range(vw)))
-    cols = builder.add(lanes, _splat(builder, first_col, vw))
-    return builder.icmp_signed("<", cols, _splat(builder, ncols, vw))
+    """<vw x i1>: lane j is on when first_col + j < ncols (the panel's real columns).
+
+    Compared as i32 lanes: one vpcmpgtd gives AVX2's vmaskmovps its mask, where i64 lanes took
+    two compares and four shuffles, which LLVM then repeated inside loops rather than keep.
+    """
+    lanes = ir.Constant(ir.VectorType(I32, vw), list(range(vw)))
+    cols = builder.add(lanes, _splat(builder, builder.trunc(first_col, I32), vw))
+    return builder.icmp_signed("<", cols, _splat(builder, builder.trunc(ncols, I32), vw))
 
 
 class _Vectors:
@@ -78,7 +84,13 @@ class _Vectors:
         vt, vp = _vec(vw), _vec(vw).as_pointer()
         mask = ir.VectorType(I1, vw)
         self.vw, self.vt = vw, vt
-        self.fma = _intrinsic(module, f"llvm.fma.v{vw}f32", vt, [vt, vt, vt])
+        # llvm.fmuladd: one fused FMA instruction where the target has one; a multiply and an add
+        # where it has none (SSE), where llvm.fma would call the C library's fmaf once per lane.
+        self.fma = _intrinsic(module, f"llvm.fmuladd.v{vw}f32", vt, [vt, vt, vt])
+        # Fused everywhere (fmaf without FMA): Adam's moments, whose flush of subnormals relies on
+        # one rounding (with the MXCSR's flush-to-zero on, an unfused (1 - beta1) (g - M) is
+        # flushed to 0 before it is added to M, which then never reaches 0).
+        self.exact_fma = _intrinsic(module, f"llvm.fma.v{vw}f32", vt, [vt, vt, vt])
         self.maxnum = _intrinsic(module, f"llvm.maxnum.v{vw}f32", vt, [vt, vt])
         self.sqrt = _intrinsic(module, f"llvm.sqrt.v{vw}f32", vt, [vt])
         self.fabs = _intrinsic(module, f"llvm.fabs.v{vw}f32", vt, [vt])
@@ -205,33 +217,46 @@ def forward_tile(module, tile):
 
 def _for_real_rows(builder, fn, rows, mr, emit_row):
     """emit_row(builder, m) for m = 0..mr-1 while m < rows (a tile's real rows), then return from fn."""
-    end = fn.append_basic_block("end")
-    for m in range(mr):
-        block, after = fn.append_basic_block(f"row{m}"), fn.append_basic_block(f"after{m}")
-        builder.cbranch(builder.icmp_signed("<", ir.Constant(I64, m), rows), block, end)
-        builder.position_at_end(block)
-        emit_row(builder, m)
+    zero = ir.Constant(I64, 0)
+    _for_rows(builder, fn, zero, mr, zero, rows, lambda builder, m, row: emit_row(builder, m))
+    builder.ret_void()
+
+
+def _for_rows(builder, fn, first, count, lo, hi, emit_row):
+    """emit_row(builder, m, row) for row = first + m, m = 0..count-1, where lo <= row < hi; the builder ends after them."""
+    end = fn.append_basic_block("rows_end")
+    for m in range(count):
+        row = builder.add(first, ir.Constant(I64, m))
+        below_hi, emit, after = (fn.append_basic_block(f"{part}{m}") for part in ("below_hi", "row", "after"))
+        builder.cbranch(builder.icmp_signed("<", row, hi), below_hi, end)  # rows ascend: none past hi follows
+        builder.position_at_end(below_hi)
+        builder.cbranch(builder.icmp_signed(">=", row, lo), emit, after)
+        builder.position_at_end(emit)
+        emit_row(builder, m, row)
         builder.branch(after)
         builder.position_at_end(after)
     builder.branch(end)
     builder.position_at_end(end)
-    builder.ret_void()
 
 
 def _clamp_row(builder, m, rows):
-    """min(m, rows - 1) as i64: the row a tile's m-th row reads."""
+    """min(m, rows - 1) as i64 (m an int or an i64 value): the row a tile's m-th row reads."""
+    m = ir.Constant(I64, m) if isinstance(m, int) else m
     last = builder.sub(rows, ir.Constant(I64, 1))
-    return builder.select(builder.icmp_signed("<", ir.Constant(I64, m), rows), ir.Constant(I64, m), last)
+    return builder.select(builder.icmp_signed("<", m, rows), m, last)
 
 
 def wgrad_tile(module, tile):
-    """The LLVM function updating `rows` packed weight rows from their gradient by an SGD rule; declared once per module.
+    """The LLVM function updating a tile's packed weight rows from their gradient by an SGD rule; declared once per module.
 
-    void (float* a, i64 lda, float* d, i64 ldd, i64 n, i64 rows, i64 ncols, float* w, float* vel,
-          float lr, float momentum, float weight_decay, i32 rule)
+    void (float* a, i64 lda, float* d, i64 ldd, i64 n, i64 lo, i64 hi, i64 ncols, float* w,
+          float* vel, float lr, float momentum, float weight_decay, i32 rule)
     a: A[0, k0] (row stride lda); d: D[0, panel's first column] (row stride ldd); n rows of A
     and D are summed over; w, vel: P[p, k0, 0] and V[p, k0, 0], the tile's first packed row
-    (rows of NR floats). With G = A[:, k0:k0+rows].T @ D[:, panel] and g = G + weight_decay * W:
+    (rows of NR floats). The tile updates its rows lo..hi-1 (0 <= lo < hi <= MR), packed rows
+    k0 + lo.. of W; it reads A's columns k0.. up to k0 + MR - 1 (k0 + hi - 1 if hi < MR), so a
+    caller near the end of W gives it a whole tile's columns with lo > 0 rather than fewer rows.
+    With G = A[:, k0+lo:k0+hi].T @ D[:, panel] and g = G + weight_decay * W:
     PLAIN_SGD W -= lr * g; MOMENTUM V = momentum * V - lr * g, W += V; NESTEROV the same V,
     W += momentum * V - lr * g. vel is read only by MOMENTUM and NESTEROV. Padding columns
     (past ncols) get G = 0, so zero padding stays zero. (Adam: adam_tile.)
@@ -239,59 +264,118 @@ def wgrad_tile(module, tile):
     name = f"fastmlp_wgrad_tile_{tile.name}"
     if name in module.globals:
         return module.globals[name]
-    fnty = ir.FunctionType(ir.VoidType(), [PTR, I64, PTR, I64, I64, I64, I64, PTR, PTR, F32, F32, F32, I32])
+    fnty = ir.FunctionType(ir.VoidType(), [PTR, I64, PTR, I64, I64, I64, I64, I64, PTR, PTR, F32, F32, F32, I32])
     fn = ir.Function(module, fnty, name)
     fn.linkage = "internal"
-    a, lda, d, ldd, n, rows, ncols, w, vel, lr, momentum, weight_decay, rule = fn.args
+    a, lda, d, ldd, n, lo, hi, ncols, w, vel, lr, momentum, weight_decay, rule = fn.args
     vec = _Vectors(module, tile.vw)
-    nv, nr, vw, mr = tile.nv, tile.nr, tile.vw, tile.mr
+    nv, nr, vw = tile.nv, tile.nr, tile.vw
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
-    load_b, load_a = _wgrad_operands(builder, vec, tile, a, lda, d, ldd, rows, ncols)
-    accs = _tile_loop(builder, fn, n, mr, nv, vec, load_b, load_a)
     lr_v, mu_v, wd_v = (_splat(builder, s, vw) for s in (lr, momentum, weight_decay))
     uses_velocity = builder.icmp_unsigned("!=", rule, ir.Constant(I32, PLAIN_SGD))
     nesterov = builder.icmp_unsigned("==", rule, ir.Constant(I32, NESTEROV))
-    no_lanes = ir.Constant(ir.VectorType(I1, vw), [0] * vw)
-    all_lanes = ir.Constant(ir.VectorType(I1, vw), [1] * vw)
-    vel_lanes = builder.select(uses_velocity, all_lanes, no_lanes)
 
-    def update_row(builder, m):
-        for v in range(nv):
-            offset = ir.Constant(I64, m * nr + v * vw)
-            w_ptr, vel_ptr = builder.gep(w, [offset]), builder.gep(vel, [offset])
-            weight = vec.load(builder, w_ptr)
-            step = builder.fmul(lr_v, builder.call(vec.fma, [wd_v, weight, accs[m][v]]))  # lr * g
-            # V is read and written only under MOMENTUM / NESTEROV (masked to no lanes otherwise).
-            velocity = builder.fsub(builder.fmul(mu_v, vec.masked_load(builder, vel_ptr, vel_lanes)), step)
-            vec.masked_store(builder, velocity, vel_ptr, vel_lanes)
-            nesterov_step = builder.fsub(builder.fmul(mu_v, velocity), step)
-            delta = builder.select(uses_velocity, builder.select(nesterov, nesterov_step, velocity),
-                                   builder.fsub(vec.zero, step))
-            vec.store(builder, builder.fadd(weight, delta), w_ptr)
+    def update_rows(builder, accs, first, full):
+        """The SGD rule on packed rows first.. of W (and V), from their gradients in accs (one row of NV each).
 
-    _for_real_rows(builder, fn, rows, mr, update_row)
+        One copy for plain SGD and one for the rules with a velocity, chosen once a tile: plain
+        SGD never touches V, where masked loads and stores of V with no lanes on cost it about
+        as much as the rest of the epilogue (a masked store is slow on AMD cores, lanes or not).
+        """
+
+        def update_row(builder, m, row, with_velocity):
+            for v in range(nv):
+                offset = builder.add(builder.mul(row, ir.Constant(I64, nr)), ir.Constant(I64, v * vw))
+                w_ptr = builder.gep(w, [offset])
+                weight = vec.load(builder, w_ptr)
+                step = builder.fmul(lr_v, builder.call(vec.fma, [wd_v, weight, accs[m][v]]))  # lr * g
+                if with_velocity:
+                    vel_ptr = builder.gep(vel, [offset])
+                    velocity = builder.fsub(builder.fmul(mu_v, vec.load(builder, vel_ptr)), step)
+                    vec.store(builder, velocity, vel_ptr)
+                    nesterov_step = builder.fsub(builder.fmul(mu_v, velocity), step)
+                    delta = builder.select(nesterov, nesterov_step, velocity)
+                else:
+                    delta = builder.fsub(vec.zero, step)
+                vec.store(builder, builder.fadd(weight, delta), w_ptr)
+
+        with builder.if_else(uses_velocity) as (momentum_rule, plain_rule):
+            with momentum_rule:
+                _for_rows(builder, fn, first, len(accs), lo, hi, lambda b, m, row: update_row(b, m, row, True))
+            with plain_rule:
+                _for_rows(builder, fn, first, len(accs), lo, hi, lambda b, m, row: update_row(b, m, row, False))
+
+    _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, update_rows)
+    builder.ret_void()
     return fn
 
 
-def _wgrad_operands(builder, vec, tile, a, lda, d, ldd, rows, ncols):
-    """(load_b, load_a) of a weight-gradient tile's loop: iteration i reads row i of D and of A.
+def _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, finish, also=None, before_partial=None):
+    """Emit a weight-gradient tile's product G = A[:, k0+lo:k0+hi].T @ D[:, panel]; the builder ends after it.
 
-    As in forward_tile, a tile of fewer rows reads its last real column of A again and is
-    never stored; D's rows are loaded masked to the panel's real columns (a no-cost k-mask
-    with AVX-512, vmaskmovps with AVX2), so that one copy of the loop serves every tile.
+    Iteration i of a loop reads row i of D (NV vectors) and one scalar of each of the tile's
+    columns of A (row i of A, MR consecutive floats). finish(builder, accs, first, full) consumes
+    the gradient of the tile's rows first, first + 1, ... (accs: one list of NV vectors a row), of
+    which it keeps those in lo..hi-1. Two loops:
+    - a full panel (ncols = NR: every panel of a layer as wide as a multiple of NR) of a tile that
+      may read MR columns of A (hi = MR) runs the
+      MR-row loop with D's rows loaded whole, so the loop holds no mask: MR * NV accumulators, NV
+      D vectors and one broadcast in registers (15 of AVX2's 16), and nothing else. also(builder, i),
+      if given, emits more work into its iteration i.
+    - a partial panel (the last one of a layer of, say, 10 columns) loads D's rows masked to its
+      columns: zeros past them, so that padding gets G = 0 and nothing past a row's end is read.
+      The masks take registers too (vmaskmovps reads its mask from a YMM register), so this loop
+      runs on half the tile's rows, from row lo, once or twice, and before_partial(builder), if
+      given, runs first. It also serves the tiles with hi < MR (a W of fewer than MR rows): as in
+      forward_tile, they read column hi - 1 of A again for the missing ones, never stored.
     """
-    nv, vw, mr = tile.nv, tile.vw, tile.mr
-    columns = [_clamp_row(builder, m, rows) for m in range(mr)]
+    nv, nr, vw, mr = tile.nv, tile.nr, tile.vw, tile.mr
+    half = (mr + 1) // 2
+    full_block, partial_block, done = (fn.append_basic_block(f"{part}_panel") for part in ("full", "partial", "done"))
+    full = builder.and_(builder.icmp_signed(">=", ncols, ir.Constant(I64, nr)),
+                        builder.icmp_signed(">=", hi, ir.Constant(I64, mr)))
+    builder.cbranch(full, full_block, partial_block)
+
+    def a_loader(columns):
+        def load_a(builder, i, m):
+            return builder.load(builder.gep(a, [builder.add(builder.mul(i, lda), columns[m])]))
+
+        return load_a
+
+    def d_loader(masks):
+        def load_b(builder, i):
+            row = builder.gep(d, [builder.mul(i, ldd)])
+            ptrs = [builder.gep(row, [ir.Constant(I64, v * vw)]) for v in range(nv)]
+            if masks is None:
+                return [vec.load(builder, ptr) for ptr in ptrs]
+            return [vec.masked_load(builder, ptr, mask) for ptr, mask in zip(ptrs, masks)]
+
+        return load_b
+
+    builder.position_at_end(full_block)
+    columns = [ir.Constant(I64, m) for m in range(mr)]  # constant offsets from one pointer: one GPR
+    accs = _tile_loop(builder, fn, n, mr, nv, vec, d_loader(None), a_loader(columns), also)
+    finish(builder, accs, ir.Constant(I64, 0), True)
+    builder.branch(done)
+
+    builder.position_at_end(partial_block)
+    if before_partial is not None:
+        before_partial(builder)
     masks = [_lane_mask(builder, ir.Constant(I64, v * vw), ncols, vw) for v in range(nv)]
-
-    def load_b(builder, i):
-        row = builder.gep(d, [builder.mul(i, ldd)])
-        return [vec.masked_load(builder, builder.gep(row, [ir.Constant(I64, v * vw)]), masks[v]) for v in range(nv)]
-
-    def load_a(builder, i, m):
-        return builder.load(builder.gep(a, [builder.add(builder.mul(i, lda), columns[m])]))
-
-    return load_b, load_a
+    before = builder.block
+    header, body = fn.append_basic_block("half_loop"), fn.append_basic_block("half_body")
+    builder.branch(header)
+    builder.position_at_end(header)
+    first = builder.phi(I64, "first")
+    first.add_incoming(lo, before)
+    builder.cbranch(builder.icmp_signed("<", first, hi), body, done)
+    builder.position_at_end(body)
+    columns = [_clamp_row(builder, builder.add(first, ir.Constant(I64, m)), hi) for m in range(half)]
+    accs = _tile_loop(builder, fn, n, half, nv, vec, d_loader(masks), a_loader(columns))
+    finish(builder, accs, first, False)
+    first.add_incoming(builder.add(first, ir.Constant(I64, half)), builder.block)
+    builder.branch(header)
+    builder.position_at_end(done)
 
 
 # The smallest normal float32: Adam's moments below it are flushed to zero (fastmlp/optim.py).
@@ -326,12 +410,12 @@ def write_mxcsr(builder, value):
 def adam_tile(module, tile):
     """The LLVM function of one software-pipelined Adam tile; declared once per module.
 
-    void (float* a, i64 lda, float* d, i64 ldd, i64 n, i64 rows, i64 ncols, float* g_buf,
+    void (float* a, i64 lda, float* d, i64 ldd, i64 n, i64 lo, i64 hi, i64 ncols, float* g_buf,
           float* w, float* m, float* s, i64 pending,
           float lr, float beta1, float weight_decay, i32 rule, float beta2, float eps, float c1, float c2)
     Two things in one loop over the n rows of A and D:
-    - this tile's G = A[:, k0:k0+rows].T @ D[:, panel] (a, lda, d, ldd, rows, ncols as in
-      wgrad_tile), stored into g_buf (MR x NR floats, rows past `rows` included) when the loop ends;
+    - this tile's G = A[:, k0+lo:k0+hi].T @ D[:, panel] (a, lda, d, ldd, lo, hi, ncols as in
+      wgrad_tile), stored into g_buf (its hi - lo rows, from g_buf's first) when the loop ends;
     - the previous tile's update: g_buf holds its G on entry, and w, m, s point at its first
       packed row of W and of Adam's moments M and S. Its first `pending` vectors (its real rows
       times NV) are updated, vector i in iteration i, or after the loop when i >= n.
@@ -362,16 +446,15 @@ def adam_tile(module, tile):
     name = f"fastmlp_adam_tile_{tile.name}"
     if name in module.globals:
         return module.globals[name]
-    fnty = ir.FunctionType(ir.VoidType(), [PTR, I64, PTR, I64, I64, I64, I64, PTR, PTR, PTR, PTR, I64,
+    fnty = ir.FunctionType(ir.VoidType(), [PTR, I64, PTR, I64, I64, I64, I64, I64, PTR, PTR, PTR, PTR, I64,
                                            F32, F32, F32, I32, F32, F32, F32, F32])
     fn = ir.Function(module, fnty, name)
     fn.linkage = "internal"
-    (a, lda, d, ldd, n, rows, ncols, g_buf, w, first_moment, second_moment, pending, lr, beta1, weight_decay, rule,
+    (a, lda, d, ldd, n, lo, hi, ncols, g_buf, w, first_moment, second_moment, pending, lr, beta1, weight_decay, rule,
      beta2, eps, c1, c2) = fn.args
     vec = _Vectors(module, tile.vw)
-    nv, vw, mr = tile.nv, tile.vw, tile.mr
+    nv, vw = tile.nv, tile.vw
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
-    load_b, load_a = _wgrad_operands(builder, vec, tile, a, lda, d, ldd, rows, ncols)
     one, zero = ir.Constant(F32, 1.0), ir.Constant(F32, 0.0)
     b1c, b2c = (_splat(builder, builder.fsub(one, s), vw) for s in (beta1, beta2))  # 1 - beta
     neg_step = _splat(builder, builder.fneg(builder.fdiv(builder.fmul(lr, c1), c2)), vw)  # -lr c1 / c2
@@ -389,17 +472,17 @@ def adam_tile(module, tile):
         offset = builder.mul(i, ir.Constant(I64, vw))
         g_ptr, w_ptr, m_ptr, s_ptr = (builder.gep(p, [offset]) for p in (g_buf, w, first_moment, second_moment))
         weight, old_m, old_s = vec.load(builder, w_ptr), vec.load(builder, m_ptr), vec.load(builder, s_ptr)
-        g = builder.call(vec.fma, [l2, weight, vec.load(builder, g_ptr)])
-        base = builder.call(vec.fma, [decay, weight, weight])
-        new_m = builder.call(vec.fma, [b1c, builder.fsub(g, old_m), old_m])
-        new_s = builder.call(vec.fma, [b2c, builder.fsub(builder.fmul(g, g), old_s), old_s])
+        g = builder.call(vec.exact_fma, [l2, weight, vec.load(builder, g_ptr)])
+        base = builder.call(vec.exact_fma, [decay, weight, weight])
+        new_m = builder.call(vec.exact_fma, [b1c, builder.fsub(g, old_m), old_m])
+        new_s = builder.call(vec.exact_fma, [b2c, builder.fsub(builder.fmul(g, g), old_s), old_s])
         if not X86:
             new_m = flushed(builder, new_m, builder.call(vec.fabs, [new_m]))
             new_s = flushed(builder, new_s, new_s)  # S >= 0
         vec.store(builder, new_m, m_ptr)
         vec.store(builder, new_s, s_ptr)
         denom = builder.fadd(builder.call(vec.sqrt, [new_s]), eps_v)
-        vec.store(builder, builder.call(vec.fma, [neg_step, builder.fdiv(new_m, denom), base]), w_ptr)
+        vec.store(builder, builder.call(vec.exact_fma, [neg_step, builder.fdiv(new_m, denom), base]), w_ptr)
 
     def update_pending_vector(builder, i):  # in iteration i of the loop: vector i, if pending
         now, then = fn.append_basic_block("update"), fn.append_basic_block("accumulate")
@@ -409,22 +492,39 @@ def adam_tile(module, tile):
         builder.branch(then)
         builder.position_at_end(then)
 
-    accs = _tile_loop(builder, fn, n, mr, nv, vec, load_b, load_a, update_pending_vector)
-    # The pending vectors the loop did not reach (all of them when n = 0).
-    before = builder.block
-    header, body, done = (fn.append_basic_block(f"rest_{part}") for part in ("loop", "body", "done"))
-    builder.branch(header)
-    builder.position_at_end(header)
-    i = builder.phi(I64, "i")
-    i.add_incoming(n, before)
-    builder.cbranch(builder.icmp_signed("<", i, pending), body, done)
-    builder.position_at_end(body)
-    update_vector(builder, i)
-    i.add_incoming(builder.add(i, ir.Constant(I64, 1)), builder.block)
-    builder.branch(header)
-    builder.position_at_end(done)
-    for m in range(mr):  # this tile's G, pending for the next call
-        for v in range(nv):
-            vec.store(builder, accs[m][v], builder.gep(g_buf, [ir.Constant(I64, (m * nv + v) * vw)]))
+    def apply_pending(builder, start):
+        """The pending vectors from vector `start` on (those the loop did not reach; all of them when n = 0)."""
+        before = builder.block
+        header, body, done = (fn.append_basic_block(f"rest_{part}") for part in ("loop", "body", "done"))
+        builder.branch(header)
+        builder.position_at_end(header)
+        i = builder.phi(I64, "i")
+        i.add_incoming(start, before)
+        builder.cbranch(builder.icmp_signed("<", i, pending), body, done)
+        builder.position_at_end(body)
+        update_vector(builder, i)
+        i.add_incoming(builder.add(i, ir.Constant(I64, 1)), builder.block)
+        builder.branch(header)
+        builder.position_at_end(done)
+
+    # The pending update runs inside the full panels' loop only where its dozen vectors fit in the
+    # registers beside the tile's; with AVX2's 16 they would push the accumulators onto the stack.
+    pipelined = tile.mr * tile.nv + tile.nv + 1 + 12 <= tile.registers
+
+    def store_gradient(builder, accs, first, full):  # this tile's G, pending for the next call
+        if full:  # partial panels applied the pending tile first (before_partial)
+            apply_pending(builder, n if pipelined else ir.Constant(I64, 0))
+
+        def store_row(builder, m, row):  # row lo first: the pending vectors start at the tile's first real row
+            for v in range(nv):
+                offset = builder.add(builder.mul(builder.sub(row, lo), ir.Constant(I64, nv * vw)),
+                                     ir.Constant(I64, v * vw))
+                vec.store(builder, accs[m][v], builder.gep(g_buf, [offset]))
+
+        _for_rows(builder, fn, first, len(accs), lo, hi, store_row)
+
+    _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, store_gradient,
+                   also=update_pending_vector if pipelined else None,
+                   before_partial=lambda builder: apply_pending(builder, ir.Constant(I64, 0)))
     builder.ret_void()
     return fn

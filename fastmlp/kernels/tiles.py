@@ -3,7 +3,9 @@
 A tile is MR rows by NR = VW * NV columns of a product, held in MR * NV vector registers while
 its loop runs (see fastmlp/kernels/simd_ir.py). The shapes fit the register files: AVX-512 has
 32 registers of 16 floats, so 8 x 2 accumulators leave room for the 2 B vectors and a
-broadcast; AVX2 and SSE have 16, so 6 x 2 (the classic 6 x 16 AVX2 sgemm tile). Eight
+broadcast; AVX2 and SSE have 16, so 6 x 2 (the classic 6 x 16 AVX2 sgemm tile): 15 of 16,
+which leaves no register for anything else in the loop (a mask, a constant: simd_ir keeps them
+out of it, and tests/test_tile_asm.py checks the machine code for spills). Eight or more
 independent FMA chains hide the FMA latency (4 cycles, two FMA ports) on every one of them.
 
 The choice follows the target Numba compiles for, never a guess: NUMBA_CPU_NAME and
@@ -25,6 +27,7 @@ class Tile(NamedTuple):
     vw: int  # floats per vector register
     nv: int  # vectors per row of a packed panel
     mr: int  # rows of A per tile
+    registers: int = 16  # vector registers of the instruction set
 
     @property
     def nr(self) -> int:
@@ -33,7 +36,7 @@ class Tile(NamedTuple):
 
 
 TILES = {
-    "avx512": Tile("avx512", vw=16, nv=2, mr=8),
+    "avx512": Tile("avx512", vw=16, nv=2, mr=8, registers=32),
     "avx2": Tile("avx2", vw=8, nv=2, mr=6),
     "sse": Tile("sse", vw=4, nv=2, mr=6),
 }

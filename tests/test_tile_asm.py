@@ -1,0 +1,113 @@
+"""The SIMD tiles' machine code: each tile's main loop keeps its accumulators in registers, on every instruction set.
+
+A tile's loop is fast only if LLVM keeps the MR x NV accumulators, the B vectors and the broadcast
+in vector registers: one spill (a store of an accumulator to the stack and its reload in every
+iteration) or a mask rebuilt in the loop cost the update tile half its speed on AVX2 once, and
+nothing but the machine code shows it (results stay right). So this test compiles each
+microkernel of fastmlp/kernels/simd_ir.py (forward_tile, wgrad_tile, adam_tile) for each
+instruction set's tile, with LLVM's -O3 pipeline as Numba runs it, for a CPU of that set
+(haswell: AVX2, skylake-avx512: AVX-512, x86-64: SSE; any machine can compile for all three),
+finds the loop of a whole tile's k iterations (the one that does MR x NV FMAs, MR broadcasts and
+no masked load per iteration, perhaps unrolled) and fails if it touches the stack.
+"""
+
+import re
+
+import llvmlite.binding as llvm
+import numba  # noqa: F401  initialises LLVM's targets
+import pytest
+from llvmlite import ir
+
+from fastmlp.kernels import simd_ir
+from fastmlp.kernels.tiles import TILES
+
+CPUS = {"avx2": "haswell", "avx512": "skylake-avx512", "sse": "x86-64"}
+KERNELS = ("forward", "wgrad", "adam")
+
+
+def tile_assembly(kernel, tile, cpu):
+    """x86 assembly of one microkernel (simd_ir.<kernel>_tile) for `tile`, compiled -O3 for `cpu` and its own features."""
+    module = ir.Module(f"{kernel}_{tile.name}")
+    getattr(simd_ir, f"{kernel}_tile")(module, tile).linkage = "external"  # kept, not inlined away
+    machine = llvm.Target.from_triple("x86_64-unknown-linux-gnu").create_target_machine(cpu=cpu, features="", opt=3)
+    compiled = llvm.parse_assembly(str(module))
+    compiled.verify()
+    passes = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(speed_level=3))
+    passes.getModulePassManager().run(compiled, passes)
+    return machine.emit_assembly(compiled)
+
+
+def instructions(asm):
+    """([instruction], {label: index of the instruction after it}) of the function's body."""
+    body, labels = [], {}
+    for line in asm.splitlines():
+        line = line.split("#")[0].strip()
+        label = re.match(r"^([\w$.]+):$", line)
+        if label:
+            labels[label.group(1)] = len(body)
+        elif line and not line.startswith("."):
+            body.append(line)
+    return body, labels
+
+
+def loops(asm):
+    """[instructions] of each loop: from a backward jump's target to the jump."""
+    body, labels = instructions(asm)
+    found = []
+    for i, line in enumerate(body):
+        jump = re.match(r"^j\w+\s+([\w$.]+)$", line)
+        if jump and labels.get(jump.group(1), i + 1) <= i:
+            found.append(body[labels[jump.group(1)] : i + 1])
+    return found
+
+
+def is_fma(line):
+    return line.startswith(("vfmadd", "mulps"))  # SSE has no FMA: a mulps and an addps
+
+
+def is_broadcast(line):
+    return line.startswith(("vbroadcastss", "shufps\t$0,"))
+
+
+def is_masked_load(line):
+    return bool(re.match(r"vmaskmovps\t[^%]", line)) or "{%k" in line  # AVX2: a memory first operand loads
+
+
+def touches_stack(line, frame_pointer):
+    """A memory operand addressed from the stack pointer (or the frame pointer, where the function keeps one)."""
+    return bool(re.search(r"\(%rsp" + (r"|\(%rbp" if frame_pointer else ""), line))
+
+
+def tile_loops(asm, tile):
+    """The loops that run whole k iterations of the tile: MR broadcasts and MR x NV FMAs each, D (or B) read whole."""
+    found = []
+    for loop in loops(asm):
+        broadcasts, fmas = sum(map(is_broadcast, loop)), sum(map(is_fma, loop))
+        if (broadcasts and broadcasts % tile.mr == 0 and fmas == tile.nv * broadcasts
+                and not any(map(is_masked_load, loop))):
+            found.append(loop)
+    return found
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("isa", sorted(CPUS))
+def test_the_tile_loop_keeps_everything_in_registers(kernel, isa):
+    tile = TILES[isa]
+    asm = tile_assembly(kernel, tile, CPUS[isa])
+    found = tile_loops(asm, tile)
+    assert found, f"no loop of {tile.mr} broadcasts, {tile.mr * tile.nv} FMAs and no masked load in {kernel}_tile ({isa})"
+    frame_pointer = "movq\t%rsp, %rbp" in asm
+    for loop in found:
+        spills = [line for line in loop if touches_stack(line, frame_pointer)]
+        assert not spills, f"{kernel}_tile ({isa}) reads or writes the stack in its loop: {spills}"
+    if isa != "sse":  # the FMAs read their operands from registers, none from memory
+        assert all(re.match(r"^vfmadd\w+\s+%[xyz]mm\d+, %[xyz]mm\d+, %[xyz]mm\d+$", line)
+                   for loop in found for line in loop if is_fma(line))
+
+
+def test_the_finder_sees_a_spill():
+    # The check itself: a loop with an accumulator spilled to the stack is caught.
+    tile = TILES["avx2"]
+    loop = ["vbroadcastss\t(%rax), %ymm0"] * tile.mr + ["vfmadd231ps\t%ymm1, %ymm0, %ymm2"] * (tile.mr * tile.nv)
+    asm = "\n".join([".LBB0_1:", *loop, "vmovups\t%ymm2, -64(%rsp)", "jne\t.LBB0_1"])
+    assert any(touches_stack(line, False) for found in tile_loops(asm, tile) for line in found)
