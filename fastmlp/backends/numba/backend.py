@@ -169,7 +169,7 @@ class Backend(BackendBase):
     def _free_threads(self):
         """`training_threads()`, but no more than the cores other work leaves free.
 
-        Two workers that meet at a barrier three times a step wait for each other's time slice
+        Two workers that meet at a barrier twice a step wait for each other's time slice
         when another process holds one of the two cores (several times as long as alone beside a
         CPU-bound process; docs/results.md); one worker per free core shares fairly. Two
         readings: until a first window has passed, the threads of other processes runnable as
