@@ -1,14 +1,15 @@
 """One case per public kernel, with its NumPy equivalent from `fastmlp.kernels.reference`: the operands
 at a batch size, the kernel call and the reference call (the asv and pytest-benchmark suites time both)."""
 
+from collections.abc import Callable
 from functools import cached_property
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
 from .. import kernels
-from ..kernels import reference
 from ..inputs import Pixels
+from ..kernels import reference
 from .common import MNIST_TRAIN_SAMPLES
 
 
@@ -29,7 +30,10 @@ class _Operands:
 
     def __init__(self, n, seed=0, n_images=MNIST_TRAIN_SAMPLES):
         rng = np.random.default_rng(seed)
-        normal = lambda *shape: rng.standard_normal(shape, dtype=np.float32)
+
+        def normal(*shape: int) -> np.ndarray:
+            return rng.standard_normal(shape, dtype=np.float32)
+
         self.A0, self.W0, self.dW0 = normal(n, 784), normal(784, 128), normal(784, 128)
         self.Z1, self.b1, self.dZ1, self.db1 = normal(n, 128), normal(128), normal(n, 128), np.empty(128, np.float32)
         self.A1 = np.maximum(normal(n, 128), 0)  # a ReLU output: about half zeros, as the mask sees it
@@ -82,7 +86,8 @@ def _kernel_cases(o):
         # the first half of the batch's rows, as one of two worker threads computes them
         "softmax_xent_backward_rows_inplace": (
             lambda: k.softmax_xent_backward_rows_inplace(o.Z3[: len(o.Z3) // 2], o.labels, len(o.Z3)), "Z3",
-            lambda: np.concatenate([reference.softmax_xent_grad(o.Z3, o.labels)[: len(o.Z3) // 2], o.Z3[len(o.Z3) // 2 :]])),
+            lambda: np.concatenate([reference.softmax_xent_grad(o.Z3, o.labels)[: len(o.Z3) // 2],
+                                    o.Z3[len(o.Z3) // 2 :]])),
         "bias_grad": (lambda: k.bias_grad(o.dZ1, o.db1), "db1", lambda: o.dZ1.sum(axis=0)),
         "sgd_update_inplace": (lambda: k.sgd_update_inplace(o.W0, o.dW0, o.lr), "W0",
                                lambda: np.subtract(o.W0, o.lr * o.dW0, out=o.W0)),
@@ -113,8 +118,8 @@ def _kernel_cases(o):
             lambda: reference.packed(o.W0 - o.lr * (o.A0.T @ o.dZ1 + o.weight_decay * o.W0))),
         "packed_momentum_update_inplace": (
             lambda: k.packed_momentum_update_inplace(o.P0, o.VP0, o.A0, o.dZ1, o.lr, o.momentum, o.weight_decay, True),
-            "P0", lambda: reference.packed(reference.momentum_update_decayed(o.W0, o.V0, o.A0.T @ o.dZ1, o.lr, o.momentum,
-                                                               o.weight_decay, True))),
+            "P0", lambda: reference.packed(reference.momentum_update_decayed(
+                o.W0, o.V0, o.A0.T @ o.dZ1, o.lr, o.momentum, o.weight_decay, True))),
         "packed_adam_update_inplace": (  # AdamW at step 10, V0 as the first moment, S0 the second
             lambda: k.packed_adam_update_inplace(o.P0, o.VP0, o.SP0, o.A0, o.dZ1, o.lr, o.momentum, o.beta2, o.eps,
                                                  o.weight_decay, 10, True),

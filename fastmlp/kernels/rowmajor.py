@@ -108,7 +108,8 @@ def _tile_intrinsic(mr, nv, masked):
             A_, a_off_, lda_, W_, w_off_, ldw_, K_, C_, c_off_, ldc_, rows_, ncols_, bias_, b_off_, relu_ = args
             ty = signature.args
             fn = rowmajor_tile(builder.module, TILE.vw, mr, nv, masked)
-            builder.call(fn, [_data(context, builder, ty[0], A_, a_off_), lda_, _data(context, builder, ty[3], W_, w_off_),
+            builder.call(fn, [_data(context, builder, ty[0], A_, a_off_), lda_,
+                              _data(context, builder, ty[3], W_, w_off_),
                               ldw_, K_, _data(context, builder, ty[7], C_, c_off_), ldc_, rows_, ncols_,
                               _data(context, builder, ty[12], bias_, b_off_), relu_])
             return context.get_dummy_value()
@@ -126,7 +127,8 @@ _wide_tile_masked = _tile_intrinsic(1, WIDE_VECTORS, True)
 
 @cached_njit
 def rowmajor_layer_rows(C, c_row, A, a_row, rows, W, b, relu):
-    """C[c_row:c_row+rows, :N] = epilogue(A[a_row:a_row+rows, :K] @ W + b), W (K, N) row-major; overwrites those entries of C.
+    """C[c_row:c_row+rows, :N] = epilogue(A[a_row:a_row+rows, :K] @ W + b), W (K, N) row-major; overwrites
+    those entries of C.
 
     A and C may be wider than K and N (scratch buffers): their row strides are their own.
     """

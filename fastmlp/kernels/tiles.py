@@ -52,9 +52,11 @@ _AVX2_CPUS = ("haswell", "broadwell", "skylake", "alderlake", "raptorlake", "met
 
 def target_cpu() -> tuple[str, str]:
     """(CPU name, feature string) that Numba's JIT compiles for."""
-    name = config.CPU_NAME or llvm.get_host_cpu_name()
-    if config.CPU_FEATURES is not None:
-        return name, config.CPU_FEATURES
+    # Numba sets these from NUMBA_CPU_NAME / NUMBA_CPU_FEATURES when it reads its environment.
+    name = getattr(config, "CPU_NAME", None) or llvm.get_host_cpu_name()
+    features = getattr(config, "CPU_FEATURES", None)
+    if features is not None:
+        return name, features
     from numba.core.codegen import get_host_cpu_features
 
     return name, get_host_cpu_features()
@@ -64,7 +66,7 @@ def select_tile(cpu_name: str, features: str) -> Tile:
     """The tile for a CPU model and LLVM feature string ("+avx2,-avx512f,...")."""
     flags = {f[1:]: f[0] == "+" for f in features.split(",") if f[:1] in "+-" and len(f) > 1}
 
-    def has(feature, cpus):
+    def has(feature: str, cpus: tuple[str, ...]) -> bool:
         return flags.get(feature, cpu_name in cpus)
 
     if has("avx512f", _AVX512_CPUS):

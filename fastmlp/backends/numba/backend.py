@@ -10,22 +10,33 @@ One instance may be used by many threads at once: `forward` (fastmlp.inference) 
 packed buffers and workspaces (`_epoch_lock`), so each call computes what it would alone.
 """
 
+from __future__ import annotations
+
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from ...inference import probabilities
-from ...inputs import Pixels, check_positive_int
+from ...inputs import FloatArray, Pixels, check_positive_int
 from ...kernels.packed import ADAM, ADAMW, MOMENTUM, NESTEROV, PANEL_WIDTH, PLAIN_SGD, unpack_weights_into  # noqa: F401
 from ...runtime.barrier import barrier_aborted, barrier_state
 from ...runtime.blas_threads import single_threaded_blas, usable_cpus  # noqa: F401  usable_cpus: read by tests
 from ...runtime.thread_policy import CpuLoad, free_cores, others_running
-from ..base import BackendBase, WholeSteps
+from ..base import BackendBase, Labels, Progress, WholeSteps
 from .buffers import _Packed, _Workspace
 from .step import forward_probs_inplace, loss_and_grads_into, part_of, step_worker, train_batches_worker  # noqa: F401
 from .threads import LOAD_WINDOW_SECONDS, epoch_workers, run_chunks, run_workers, training_threads
+
+if TYPE_CHECKING:
+    from ...model import MLP
+    from ...optim import AdamMoments, Velocity
+
+T = TypeVar("T")
 
 _MAX_WORKSPACES = 4
 
@@ -44,17 +55,19 @@ class Backend(BackendBase):
 
     name = "numba"
 
-    def __init__(self, threads=None):
+    def __init__(self, threads: int | None = None) -> None:
         if threads is not None:
             threads = check_positive_int(threads, "threads")
         self.threads = threads
-        self._workspaces = OrderedDict()
-        self._packed = OrderedDict()
+        self._workspaces: OrderedDict[tuple[tuple[int, ...], int], _Workspace] = OrderedDict()
+        self._packed: OrderedDict[tuple[int, ...], _Packed] = OrderedDict()
         self._epoch_lock = threading.Lock()  # one epoch at a time: the workers share the workspace
-        self._load = None  # the CPU load (CpuLoad) watched by `_free_threads` when threads is None
+        self._load: CpuLoad | None = None  # the CPU load watched by `_free_threads` when threads is None
+        self._load_read_at = 0.0
+        self._free_cores: int | None = None
 
     @staticmethod
-    def _cached(cache, key, make):
+    def _cached(cache: OrderedDict[Any, T], key: Any, make: Callable[[], T]) -> T:
         value = cache.get(key)
         if value is None:
             value = cache[key] = make()
@@ -64,20 +77,23 @@ class Backend(BackendBase):
             cache.move_to_end(key)
         return value
 
-    def _workspace(self, layer_sizes, rows):
+    def _workspace(self, layer_sizes: Sequence[int], rows: int) -> _Workspace:
         return self._cached(self._workspaces, (tuple(layer_sizes), rows), lambda: _Workspace(layer_sizes, rows))
 
-    def _packed_params(self, model, velocity=None, moments=None):
+    def _packed_params(self, model: MLP, velocity: Velocity | None = None,
+                       moments: AdamMoments | None = None) -> _Packed:
         """The model's parameters packed (see `_Packed`), loaded from the model now; under `_epoch_lock` only."""
         packed = self._cached(self._packed, tuple(model.layer_sizes), lambda: _Packed(model.layer_sizes))
         packed.load(model, velocity, moments)
         return packed
 
-    def _forward(self, model, X):
+    def _forward(self, model: MLP, X: FloatArray) -> FloatArray:
         # Straight off model.weights (the same bits as the packed forward_probs_inplace): nothing shared.
-        return probabilities(model.weights, model.biases, X)  # X checked: finite
+        probs = probabilities(model.weights, model.biases, X)
+        assert probs is not None  # None only for NaN or inf, which the public method has refused
+        return probs
 
-    def _loss_and_grads(self, model, X, y):
+    def _loss_and_grads(self, model: MLP, X: FloatArray, y: Labels) -> tuple[float, list[FloatArray], list[FloatArray]]:
         packed = _Packed(model.layer_sizes)  # its own: the call allocates its gradients anyway
         packed.load(model, None)
         ws = _Workspace(model.layer_sizes, len(X))
@@ -91,23 +107,28 @@ class Backend(BackendBase):
         return float(loss), dW, db
 
     @staticmethod
-    def _update_rule(model, packed, momentum, nesterov, velocity, optimizer="sgd", betas=None, eps=None,
-                     moments=None):
+    def _update_rule(model: MLP, packed: _Packed, momentum: float | None, nesterov: bool, velocity: Velocity | None,
+                     optimizer: str = "sgd", betas: tuple[float, float] | None = None, eps: float | None = None,
+                     moments: AdamMoments | None = None) -> tuple[Any, ...]:
         """The rule and its state for the step: (rule, velocity_w, velocity_b, second_w, second_b, momentum
         or beta1, beta2, eps, Adam's step count so far). Slots a rule never reads hold the parameters."""
         weights, biases = packed.weights, tuple(model.biases)
         if optimizer in ("adam", "adamw"):
+            assert moments is not None and betas is not None and eps is not None  # the public methods check them
             return (ADAMW if optimizer == "adamw" else ADAM, packed.velocity(), tuple(moments.first.biases),
                     packed.second_moments(), tuple(moments.second.biases), np.float32(betas[0]), np.float32(betas[1]),
                     np.float32(eps), moments.step)
         zero = np.float32(0.0)
         if not momentum:
             return PLAIN_SGD, weights, biases, weights, biases, zero, zero, zero, 0
+        assert velocity is not None  # the public methods make one for momentum
         return (NESTEROV if nesterov else MOMENTUM, packed.velocity(), tuple(velocity.biases), weights, biases,
                 np.float32(momentum), zero, zero, 0)
 
-    def _sgd_step(self, model, X, y, lr, momentum=None, nesterov=False, weight_decay=0.0, velocity=None,
-                  optimizer="sgd", betas=None, eps=None, moments=None):
+    def _sgd_step(self, model: MLP, X: FloatArray, y: Labels, lr: float, momentum: float | None = None,
+                  nesterov: bool = False, weight_decay: float = 0.0, velocity: Velocity | None = None,
+                  optimizer: str = "sgd", betas: tuple[float, float] | None = None, eps: float | None = None,
+                  moments: AdamMoments | None = None) -> float:
         with self._epoch_lock:
             ws = self._workspace(model.layer_sizes, len(X))
             packed = self._packed_params(model, velocity, moments)
@@ -125,8 +146,15 @@ class Backend(BackendBase):
                     moments.step += 1
         return float(loss) / len(X)
 
-    def _train_epoch(self, model, X, y, batch_size, lr, rng, progress=None, momentum=None, nesterov=False,
-                     weight_decay=0.0, velocity=None, optimizer="sgd", betas=None, eps=None, moments=None):
+    def _train_epoch(self, model: MLP, X: FloatArray | Pixels, y: Labels, batch_size: int, lr: float,
+                     rng: np.random.Generator, progress: Progress | None = None, **sgd: Any) -> float:
+        return self._epoch(model, X, y, batch_size, lr, rng, progress, **sgd)
+
+    def _epoch(self, model: MLP, X: FloatArray | Pixels, y: Labels, batch_size: int, lr: float,
+               rng: np.random.Generator, progress: Progress | None = None, momentum: float | None = None,
+               nesterov: bool = False, weight_decay: float = 0.0, velocity: Velocity | None = None,
+               optimizer: str = "sgd", betas: tuple[float, float] | None = None, eps: float | None = None,
+               moments: AdamMoments | None = None) -> float:
         if isinstance(X, Pixels):
             data, scale = X.data, np.float32(X.scale)
         else:
@@ -143,7 +171,7 @@ class Backend(BackendBase):
 
             done = [0]  # the end of worker 0's last range of steps, all of them taken
 
-            def run(t, begin, end):
+            def run(t: int, begin: int, end: int) -> float:
                 total = train_batches_worker(
                     t, workers, barrier, packed.weights, packed.transposed, velocity_w, biases, velocity_b, data,
                     scale, y, order, begin, end, batch_size, np.float32(lr), mu, np.float32(weight_decay), rule,
@@ -166,7 +194,7 @@ class Backend(BackendBase):
                     moments.step += -(-done[0] // batch_size)
             return total / len(data)
 
-    def _free_threads(self):
+    def _free_threads(self) -> int:
         """`training_threads()`, but no more than the cores other work leaves free.
 
         Two workers that meet at a barrier twice a step wait for each other's time slice
@@ -174,18 +202,20 @@ class Backend(BackendBase):
         CPU-bound process; docs/results.md); one worker per free core shares fairly. Two
         readings: until a first window has passed, the threads of other processes runnable as
         the epoch starts (a short training sees the job beside it at once); then the cores they
-        kept busy over the last LOAD_WINDOW_SECONDS (which also sees one that runs now and then). The window's reading is renewed at most
+        kept busy over the last LOAD_WINDOW_SECONDS (which also sees one that runs now and then).
+        The window's reading is renewed at most
         once a window: /proc/stat counts in 10 ms ticks, and over one 0.1 s epoch it misjudged an
         idle machine as a third busy.
         """
         now = time.monotonic()
         if self._load is None:
             self._load, self._load_read_at, self._free_cores = CpuLoad(), now, None
+        load = self._load
         if now - self._load_read_at >= LOAD_WINDOW_SECONDS:
             # A core counts as taken once others keep it busy half the time: on an idle VM,
             # interrupts and steal time read as a fraction of a core, and numpy's stricter
             # threshold (a quarter) took a worker away from a whole training now and then.
-            self._free_cores = free_cores(self._load.others_busy(), self._load.cpus, free_share=0.5)
+            self._free_cores = free_cores(load.others_busy(), load.cpus, free_share=0.5)
             self._load_read_at = now
         threads = training_threads()
         if self._free_cores is not None:
@@ -193,9 +223,9 @@ class Backend(BackendBase):
         # Until the first window is read: these readings, just before the workers start, cost an
         # idle machine's short epochs measurably when they were taken before every epoch.
         running = others_running()
-        return threads if running is None else min(threads, max(1, self._load.cpus - running))
+        return threads if running is None else min(threads, max(1, load.cpus - running))
 
-    def between_epochs(self):
+    def between_epochs(self) -> AbstractContextManager[object]:
         """Run BLAS single-threaded for the caller's work between epochs (a Trainer's evaluation).
 
         After a multi-threaded call an OpenBLAS thread spins for ~0.1 s, and would take a core
@@ -203,7 +233,7 @@ class Backend(BackendBase):
         """
         return single_threaded_blas()
 
-    def warm_up(self, model, *, pixels=False, momentum=False):
+    def warm_up(self, model: MLP, *, pixels: bool = False, momentum: bool = False) -> float:
         """Compile (or load from Numba's cache) the epoch function for nets of model's depth; returns seconds.
 
         Compiled code depends only on the depth and the input dtype, so a tiny net of the same depth does.

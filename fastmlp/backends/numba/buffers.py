@@ -7,41 +7,55 @@ and the scratch arrays of a batch. Made once per (layer sizes[, batch rows]) and
                                       the logits with their gradient)
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+from ...inputs import FloatArray
 from ...kernels.packed import PANEL_WIDTH, pack_weights_into, packed_shape, transpose_packed_into, unpack_weights_into
+
+if TYPE_CHECKING:
+    from ...model import MLP
+    from ...optim import AdamMoments, Velocity
+
+Arrays = tuple[FloatArray, ...]  # one array per layer
 
 
 class _Packed:
     """One net's parameters in the packed layout: W_l, W_l.T (for l >= 1), the velocities and Adam's moments."""
 
-    def __init__(self, layer_sizes):
+    def __init__(self, layer_sizes: Sequence[int]) -> None:
         shapes = list(zip(layer_sizes[:-1], layer_sizes[1:]))
         self.weights = tuple(np.zeros(packed_shape(k, n), dtype=np.float32) for k, n in shapes)
         # W_0.T is never read (no input gradient for the data): a one-panel stand-in keeps the tuple uniform.
         self.transposed = (np.zeros((1, 1, PANEL_WIDTH), dtype=np.float32),) + tuple(
             np.zeros(packed_shape(n, k), dtype=np.float32) for k, n in shapes[1:])
-        self._velocity = self._second = None
+        self._velocity: Arrays | None = None
+        self._second: Arrays | None = None
 
-    def velocity(self):
+    def velocity(self) -> Arrays:
         """The packed velocities (Adam: the first moments)."""
         if self._velocity is None:
             self._velocity = tuple(np.zeros_like(P) for P in self.weights)
         return self._velocity
 
-    def second_moments(self):
+    def second_moments(self) -> Arrays:
         """The packed second moments of Adam."""
         if self._second is None:
             self._second = tuple(np.zeros_like(P) for P in self.weights)
         return self._second
 
-    def _states(self, velocity, moments):
+    def _states(self, velocity: Velocity | None,
+                moments: AdamMoments | None) -> list[tuple[Arrays, Sequence[FloatArray]]]:
         """(packed buffers, the caller's arrays) pairs of the optimiser state in use."""
         if moments is not None:
             return [(self.velocity(), moments.first.weights), (self.second_moments(), moments.second.weights)]
         return [] if velocity is None else [(self.velocity(), velocity.weights)]
 
-    def load(self, model, velocity, moments=None):
+    def load(self, model: MLP, velocity: Velocity | None, moments: AdamMoments | None = None) -> None:
         """Pack the model's weights (and the velocity's, or Adam's moments) into these buffers."""
         for l, W in enumerate(model.weights):
             pack_weights_into(self.weights[l], W)
@@ -51,7 +65,7 @@ class _Packed:
             for P, W in zip(packed, arrays):
                 pack_weights_into(P, W)
 
-    def store(self, model, velocity, moments=None):
+    def store(self, model: MLP, velocity: Velocity | None, moments: AdamMoments | None = None) -> None:
         """Unpack into the model's own weight arrays (and the velocity's, or Adam's moments)."""
         for W, P in zip(model.weights, self.weights):
             unpack_weights_into(W, P)
@@ -63,7 +77,7 @@ class _Packed:
 class _Workspace:
     """Scratch buffers for batches of up to `rows` samples through a net of `layer_sizes`."""
 
-    def __init__(self, layer_sizes, rows):
+    def __init__(self, layer_sizes: Sequence[int], rows: int) -> None:
         self.layer_sizes = tuple(layer_sizes)
         self.inputs = tuple(np.zeros((rows, layer_sizes[0]), dtype=np.float32) for _ in range(2))
         self.acts = tuple(np.zeros((rows, size), dtype=np.float32) for size in layer_sizes[1:])
