@@ -1,6 +1,7 @@
 """The `fastmlp` command (`fastmlp train|evaluate|predict|bench|sweep ...`): one module per subcommand.
 
-Each subcommand is also `python -m fastmlp.<subcommand>`; both run the same `main`.
+Each subcommand but export and tune is also `python -m fastmlp.<subcommand>` (those two: `python -m
+fastmlp.cli.<subcommand>`); both run the same `main`.
     common    what every command shares in how it parses and reports errors
     train, evaluate, predict, export   the commands on models and data
     plot      the figures they draw (matplotlib, optional)
@@ -35,7 +36,8 @@ MODULES = {"train": "fastmlp.cli.train", "evaluate": "fastmlp.cli.evaluate", "pr
 def build_parser() -> Parser:
     parser = new_parser("fastmlp", description="NumPy and Numba kernels for training MLPs on the CPU.",
                         epilog="Each subcommand has its own --help, e.g. fastmlp train --help. "
-                               "python -m fastmlp.<subcommand> runs the same command.")
+                               "python -m fastmlp.<subcommand> runs the same command (export and tune: "
+                               "python -m fastmlp.cli.<subcommand>).")
     parser.add_argument("--version", action="version", version=f"fastmlp {__version__}")
     parser.add_argument("subcommand", choices=list(SUBCOMMANDS), metavar="SUBCOMMAND",
                         help="; ".join(f"{name}: {text}" for name, text in SUBCOMMANDS.items()))
