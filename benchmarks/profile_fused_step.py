@@ -62,7 +62,8 @@ def upper_layers_phase(reps, packed, transposed, biases, x, acts, deltas, labels
 def layer0_update_phase(reps, packed, x, deltas, nb):
     P = packed[0]
     for _ in range(reps):
-        update_part(P, P, x, deltas[0], nb, 0, P.shape[1], 0, P.shape[0], LR, 0.0, 0.0, PLAIN_SGD, P, 0.0, 0.0, 0.0, 0.0)
+        update_part(P, P, x, deltas[0], nb, 0, P.shape[1], 0, P.shape[0], LR, 0.0, 0.0, PLAIN_SGD, P,
+                    0.0, 0.0, 0.0, 0.0)
 
 
 @njit(cache=True)

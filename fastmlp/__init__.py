@@ -17,12 +17,11 @@ kernels, checked_kernels, testing and export_onnx load at their first use (`fast
 works after `import fastmlp`), so that `import fastmlp` compiles and imports no more than it needs.
 """
 
-from ._version import __version__
-
 import importlib
 from typing import Any
 
 from . import datasets
+from ._version import __version__
 from .backends import BackendError, available_backends, get_backend
 from .estimator import MLPClassifier
 from .inputs import Pixels

@@ -141,7 +141,8 @@ class MLPClassifier:
 
     def __repr__(self) -> str:
         defaults = {name: p.default for name, p in inspect.signature(type(self).__init__).parameters.items()}
-        changed = [f"{name}={value!r}" for name, value in self.get_params().items() if repr(value) != repr(defaults[name])]
+        changed = [f"{name}={value!r}" for name, value in self.get_params().items()
+                   if repr(value) != repr(defaults[name])]
         return f"MLPClassifier({', '.join(changed)})"
 
     def __sklearn_tags__(self) -> Any:
@@ -453,7 +454,8 @@ class _TrainerState:
                 v[...] = saved
         if trainer.moments is not None and self.moments is not None:
             state = trainer.moments
-            for a, saved in zip([a for s in (state.first, state.second) for a in s.weights + s.biases], self.moments[0]):
+            current = [a for s in (state.first, state.second) for a in s.weights + s.biases]
+            for a, saved in zip(current, self.moments[0]):
                 a[...] = saved
             state.step = self.moments[1]
         trainer.rng.bit_generator.state = self.rng_state

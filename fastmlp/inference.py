@@ -97,7 +97,9 @@ def _model_ok(model: MLP) -> bool:
 _NOT_FINITE = "X contains NaN or inf (or values too large for float32)"  # check_features' words
 
 
-def probabilities(weights: Sequence[FloatArray], biases: Sequence[FloatArray], X: FloatArray | Pixels) -> FloatArray | None:
+def probabilities(
+    weights: Sequence[FloatArray], biases: Sequence[FloatArray], X: FloatArray | Pixels
+) -> FloatArray | None:
     """Softmax of the net's logits of X, float32 (n, classes), ReLU hidden layers; None if X holds NaN or inf.
 
     weights[l] (K_l, N_l) and biases[l] (N_l,) float32 C-contiguous (as `check_model` makes sure),

@@ -15,8 +15,8 @@ import numpy as np
 import numpy.typing as npt
 from numpy.lib import format as npy_format
 
+from .inputs import Features, FloatArray, Pixels, Seed, check_features, check_model, make_rng
 from .runtime.atomic import atomic_write
-from .inputs import FloatArray, Features, Pixels, Seed, check_features, check_model, make_rng
 
 INITS = ("he", "normal")
 

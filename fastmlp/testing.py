@@ -119,10 +119,13 @@ def scaled_error(a: npt.ArrayLike, b: npt.ArrayLike, floor: float = 1e-12) -> tu
     return diff / max(scale, floor), where
 
 
-def kink_allowance(model: MLP, X: npt.ArrayLike, y: npt.NDArray[np.integer[Any]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def kink_allowance(
+    model: MLP, X: npt.ArrayLike, y: npt.NDArray[np.integer[Any]]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per-entry bounds (dW list, db list) on how much the gradient of (X, y) can change if every
     ReLU unit within rounding of its kink (see the module doc) took the other branch; zeros if none."""
-    params = [np.asarray(p, dtype=np.float64) for p in model.weights], [np.asarray(b, dtype=np.float64) for b in model.biases]
+    params = ([np.asarray(p, dtype=np.float64) for p in model.weights],
+              [np.asarray(b, dtype=np.float64) for b in model.biases])
     weights, biases = params
     acts, pre = [np.asarray(X, dtype=np.float64)], []
     for l, (W, b) in enumerate(zip(weights, biases)):
@@ -265,7 +268,8 @@ def _step_allowances(before: MLP, state: OptimizerState, after: MLP, after_state
     beyond rtol times the step's largest change (see the module doc); `after`, `after_state`: one result."""
     grads = dict(zip(("weights", "biases"), _float64_gradients(before, X, y)))
     if l2 and weight_decay:  # SGD's and Adam's L2 term is part of the gradient; AdamW's decay is not
-        grads["weights"] = [g + weight_decay * np.asarray(W, np.float64) for g, W in zip(grads["weights"], before.weights)]
+        grads["weights"] = [g + weight_decay * np.asarray(W, np.float64)
+                            for g, W in zip(grads["weights"], before.weights)]
     rounding = dict(zip(("weights", "biases"), gradient_rounding(before, X, y)))
     kinks = dict(zip(("weights", "biases"), kink_allowance(before, X, y)))
     ulp = ROUNDING_ULPS * FLOAT32_EPS
@@ -288,7 +292,8 @@ def _step_allowances(before: MLP, state: OptimizerState, after: MLP, after_state
                 params.append(o + np.minimum(4 * lr * m_hat_error / (np.sqrt(s_hat) + eps), cap))
             allowed[kind] = params
             allowed[f"first.{kind}"] = [(1 - beta1) * e + ulp * (np.abs(a) + np.abs(b))
-                                        for e, a, b in zip(error, old_state[f"first.{kind}"], new_state[f"first.{kind}"])]
+                                        for e, a, b in zip(error, old_state[f"first.{kind}"],
+                                                           new_state[f"first.{kind}"])]
             allowed[f"second.{kind}"] = [(1 - beta2) * (2 * np.abs(g) * e + e * e) + ulp * (np.abs(a) + np.abs(b))
                                          for e, g, a, b in zip(error, grads[kind], old_state[f"second.{kind}"],
                                                                new_state[f"second.{kind}"])]
@@ -344,7 +349,8 @@ def backend_differences(model: MLP, X: Features, y: npt.ArrayLike, *, backends: 
     report: list[str] = []
     errors: dict[str, float] = {}
 
-    errors["forward"] = _compare(report, "forward", names, first.forward(model, X), second.forward(model, X), rtol, atol)
+    errors["forward"] = _compare(report, "forward", names, first.forward(model, X), second.forward(model, X),
+                                 rtol, atol)
     loss_a, dW_a, db_a = first.loss_and_grads(model, X, y)
     loss_b, dW_b, db_b = second.loss_and_grads(model, X, y)
     errors["loss"] = _compare(report, "loss", names, loss_a, loss_b, rtol, atol, LOSS_SCALE_FLOOR)

@@ -28,7 +28,6 @@ from .inputs import (
     make_rng,
 )
 from .model import MLP
-from .runtime.compile_notice import announce_compiling
 from .optim import (
     ADAM_OPTIMIZERS,
     AdamMoments,
@@ -38,6 +37,7 @@ from .optim import (
     check_optimizer,
     check_sgd_options,
 )
+from .runtime.compile_notice import announce_compiling
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -115,9 +115,9 @@ class Trainer:
     the backend's choice, which leaves out the cores other work keeps busy.
     """
 
-    def __init__(self, model: MLP, backend: str | BackendBase = "numba", *, lr: float | None = None, batch_size: int = 32,
-                 seed: Seed = 0, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
-                 schedule: str | None = None, step_size: int = 10, gamma: float = 0.1,
+    def __init__(self, model: MLP, backend: str | BackendBase = "numba", *, lr: float | None = None,
+                 batch_size: int = 32, seed: Seed = 0, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0, schedule: str | None = None, step_size: int = 10, gamma: float = 0.1,
                  threads: int | None = None, optimizer: str = "sgd", betas: tuple[float, float] = DEFAULT_BETAS,
                  eps: float = DEFAULT_EPS) -> None:
         check_model(model)

@@ -49,7 +49,8 @@ def test_errors_name_the_target_not_the_temp_file(tmp_path):
             pass
 
 
-@pytest.mark.parametrize("interruption", [ValueError("serializer failed"), KeyboardInterrupt()], ids=["error", "ctrl-c"])
+@pytest.mark.parametrize("interruption", [ValueError("serializer failed"), KeyboardInterrupt()],
+                         ids=["error", "ctrl-c"])
 def test_model_save_interrupted_midway_keeps_the_old_model(tmp_path, monkeypatch, interruption):
     path = tmp_path / "m.npz"
     MLP([3, 2], seed=0).save(path)

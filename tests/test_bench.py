@@ -7,9 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from fastmlp import MLP, Pixels, get_backend, kernels
+from fastmlp import MLP, Pixels, bench, get_backend, kernels
 from fastmlp.bench import optimizers as bench_optimizers
-from fastmlp import bench
 from fastmlp.testing import assert_backends_equivalent
 
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from fastmlp.bench import contention as bench_contention
 from fastmlp import bench
+from fastmlp.bench import contention as bench_contention
 from fastmlp.bench.contention import SCENARIOS, format_contention, measure_contention, train_command
 
 

@@ -25,7 +25,8 @@ def test_cli_trains_prints_a_line_per_epoch_and_writes_its_outputs(tiny_mnist_di
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["test_accuracy"] > 0.9
     assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
-    assert set(metrics["history"][0]) == {"epoch", "train_loss", "val_loss", "val_accuracy", "seconds", "samples_per_s", "lr"}
+    assert set(metrics["history"][0]) == {"epoch", "train_loss", "val_loss", "val_accuracy", "seconds",
+                                          "samples_per_s", "lr"}
     assert metrics["config"]["backend"] == backend and metrics["config"]["hidden"] == [32]
     assert any(line.startswith(f"test accuracy {100 * metrics['test_accuracy']:.2f}%") for line in out)
 
@@ -34,7 +35,8 @@ def test_cli_trains_prints_a_line_per_epoch_and_writes_its_outputs(tiny_mnist_di
 
 
 def test_cli_holds_out_a_validation_split_and_quiet_prints_only_the_result(tiny_mnist_dir, capsys):
-    code = main(["--backend", "numpy", "--data-dir", str(tiny_mnist_dir), "--epochs", "1", "--val-size", "0.2", "--quiet"])
+    code = main(["--backend", "numpy", "--data-dir", str(tiny_mnist_dir), "--epochs", "1", "--val-size", "0.2",
+                 "--quiet"])
     out = capsys.readouterr().out.splitlines()
     assert code == 0
     assert len(out) == 1 and out[0].startswith("test accuracy")

@@ -106,5 +106,7 @@ def test_bench_labels_numpys_and_scipys_blas():
     owners = {line.split(":")[0] for line in lines}
     assert owners <= {"NumPy's BLAS (numpy backend)", "SciPy's BLAS (numba kernels)", "PyTorch's BLAS", "BLAS"}
     assert any(line.startswith("NumPy's BLAS") for line in lines)
-    assert blas_report._blas_owner("/x/site-packages/scipy.libs/libscipy_openblas-1.so") == "SciPy's BLAS (numba kernels)"
-    assert blas_report._blas_owner("/x/site-packages/numpy.libs/libscipy_openblas64_.so") == "NumPy's BLAS (numpy backend)"
+    assert (blas_report._blas_owner("/x/site-packages/scipy.libs/libscipy_openblas-1.so")
+            == "SciPy's BLAS (numba kernels)")
+    assert (blas_report._blas_owner("/x/site-packages/numpy.libs/libscipy_openblas64_.so")
+            == "NumPy's BLAS (numpy backend)")

@@ -62,7 +62,8 @@ def cgroup_v1(root, quota, period=100000):
 
 
 def chosen_threads():
-    """usable CPUs, numba's default workers and its free cores beside no other work, numpy's BLAS count, CpuLoad's cores."""
+    """usable CPUs, numba's default workers and its free cores beside no other work, numpy's BLAS count,
+    CpuLoad's cores."""
     policy = BlasThreadPolicy()
     policy.start()
     backend = numba_backend.Backend()

@@ -7,15 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_idx
 
 from fastmlp import MLP, Pixels, Trainer
-from fastmlp.datasets import load_mnist
 from fastmlp.cli.evaluate import confusion_matrix, format_report, precision_recall
 from fastmlp.cli.evaluate import main as evaluate_main
 from fastmlp.cli.predict import load_images
 from fastmlp.cli.predict import main as predict_main
-
-from conftest import write_idx
+from fastmlp.datasets import load_mnist
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import idx_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import idx_bytes
 from fastmlp import MLP, ModelFileError
 from fastmlp.datasets import DatasetError, read_idx
 

@@ -31,7 +31,8 @@ def test_an_mnist_net_in_onnx_runtime_gives_fastmlps_probabilities_and_classes(t
     labels, probabilities, metadata = run_onnx(tmp_path / "mnist.onnx", X_test)
     np.testing.assert_allclose(probabilities, model.predict_proba(X_test), atol=1e-5, rtol=0)
     np.testing.assert_array_equal(labels, model.predict(X_test))
-    assert json.loads(metadata["classes"]) == list(range(10)) and json.loads(metadata["layer_sizes"]) == [784, 128, 64, 10]
+    assert json.loads(metadata["classes"]) == list(range(10))
+    assert json.loads(metadata["layer_sizes"]) == [784, 128, 64, 10]
     graph = onnx.load(tmp_path / "mnist.onnx").graph
     assert [node.op_type for node in graph.node] == ["Gemm", "Relu", "Gemm", "Relu", "Gemm", "Softmax", "ArgMax"]
 

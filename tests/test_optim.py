@@ -36,7 +36,8 @@ def expected_steps(model, X, y, lr, steps, momentum, nesterov, weight_decay):
 
 
 @pytest.mark.parametrize("momentum, nesterov, weight_decay",
-                         [(0.0, False, 0.0), (0.0, False, 0.01), (0.9, False, 0.0), (0.9, True, 0.0), (0.5, True, 0.05)])
+                         [(0.0, False, 0.0), (0.0, False, 0.01), (0.9, False, 0.0), (0.9, True, 0.0),
+                          (0.5, True, 0.05)])
 def test_reference_step_follows_the_documented_formulas(momentum, nesterov, weight_decay):
     X, y = batch()
     model = MLP([6, 5, 3], seed=0)

@@ -99,7 +99,8 @@ def test_a_bad_file_is_one_line_and_status_1(tmp_path, capsys, text, message):
 def test_a_missing_target_column_lists_the_columns(tmp_path, capsys):
     data = write_csv(tmp_path / "d.csv")
     assert train.main(["--data", str(data), "--target", "label", *COMMON]) == 1
-    assert capsys.readouterr().err.endswith(f"{data}: no column 'label' for --target; the columns are: x1, x2, colour\n")
+    assert capsys.readouterr().err.endswith(f"{data}: no column 'label' for --target; "
+                                            "the columns are: x1, x2, colour\n")
 
 
 def test_help_names_the_held_out_fraction_and_data_options_clash_with_mnists(tmp_path, capsys):

@@ -57,7 +57,7 @@ def _read_only_copy():
     """The package copied into a fresh world-readable folder, then made read-only; returns the folder."""
     root = Path(tempfile.mkdtemp(prefix="fastmlp-readonly-"))
     shutil.copytree(PACKAGE, root / "fastmlp", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.nbi", "*.nbc"))
-    for folder, dirs, files in os.walk(root):
+    for folder, _dirs, files in os.walk(root):
         for name in files:
             os.chmod(Path(folder, name), 0o444)
         os.chmod(folder, 0o555)
@@ -65,7 +65,7 @@ def _read_only_copy():
 
 
 def _writable_again(root):
-    for folder, dirs, files in os.walk(root):
+    for folder, _dirs, _files in os.walk(root):
         os.chmod(folder, 0o755)
 
 
@@ -73,7 +73,8 @@ def _writable_again(root):
 def run_read_only():
     """run(script) -> CompletedProcess: the script run by a user who cannot write the package nor a cache."""
     root = _read_only_copy()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CACHE") and k not in ("HOME", "XDG_CACHE_HOME")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("NUMBA_CACHE") and k not in ("HOME", "XDG_CACHE_HOME")}
     env["PYTHONPATH"] = str(root)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     if os.geteuid() == 0:

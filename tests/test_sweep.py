@@ -78,8 +78,8 @@ def test_the_json_holds_one_record_per_trial_in_the_documented_schema(sweep):
     assert set(document) == {"sweep", "trials", "best", "groups_over_seeds"}
     for trial in document["trials"]:
         assert set(trial) == TRIAL_KEYS
-        assert set(trial["config"]) == {"backend", "hidden", "epochs", "batch_size", "lr", "momentum", "nesterov", "optimizer",
-                                        "weight_decay", "schedule", "step_size", "gamma", "seed", "init",
+        assert set(trial["config"]) == {"backend", "hidden", "epochs", "batch_size", "lr", "momentum", "nesterov",
+                                        "optimizer", "weight_decay", "schedule", "step_size", "gamma", "seed", "init",
                                         "val_size", "patience", "dataset"}
         assert trial["status"] in ("ok", "failed") and trial["worker"].startswith("tcp://127.0.0.1:")
         assert trial["retries"] == 0 and trial["lost_workers"] == []
@@ -276,7 +276,8 @@ def test_bad_arguments_exit_2_naming_the_flag(args, message, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
-    assert err.startswith("python -m fastmlp.sweep: error: ") and err.endswith(" (see python -m fastmlp.sweep --help)\n")
+    assert err.startswith("python -m fastmlp.sweep: error: ")
+    assert err.endswith(" (see python -m fastmlp.sweep --help)\n")
 
 
 def test_fastmlp_sweep_is_the_sweep_under_its_own_name(capsys, monkeypatch, tiny_mnist_dir):

@@ -61,13 +61,15 @@ def test_an_npz_of_X_and_y(tmp_path):
     [
         ("text.csv", "a,b,y\n1,2,0\n3,x,1\n", None, r"text.csv: column 'b', line 3 \(row 2\): 'x', not a number"),
         ("missing.csv", "a,b,y\n1,,0\n", None, r"column 'b', line 2 \(row 1\): an empty field"),
-        ("target.csv", "a,b,y\n1,2,0\n", "label", r"target.csv: no column 'label' for --target; the columns are: a, b, y"),
+        ("target.csv", "a,b,y\n1,2,0\n", "label",
+         r"target.csv: no column 'label' for --target; the columns are: a, b, y"),
         ("ragged.csv", "a,b,y\n1,2,0\n3,4\n5,6,1\n", None, r"ragged.csv: line 3 has 2 fields but the header has 3"),
         ("long.csv", "a,b,y\n1,2,0\n3,4,1,9\n", None, r"line 3 has 4 fields but the header has 3"),
         ("nan.csv", "a,b,y\n1,2,0\n3,nan,1\n", None, r"nan.csv: column 'b', row 2: nan \(NaN and inf"),
         ("inf.csv", "a,b,y\n1,2,0\ninf,4,1\n", None, r"column 'a', row 2: inf"),
         ("huge.csv", "a,b,y\n1,2,0\n1e300,4,1\n", None, r"column 'a', row 2: inf"),
-        ("one.csv", "a,b,y\n1,2,cat\n3,4,cat\n", None, r"one.csv: every row has the label 'cat': a classifier needs at least 2"),
+        ("one.csv", "a,b,y\n1,2,cat\n3,4,cat\n", None,
+         r"one.csv: every row has the label 'cat': a classifier needs at least 2"),
         ("empty.csv", "", None, r"empty.csv: the file is empty"),
         ("blank.csv", "\n\n", None, r"blank.csv: the file is empty"),
         ("header.csv", "a,b,y\n", None, r"header.csv: a header row \(a, b, y\) but no data rows"),
@@ -190,7 +192,8 @@ def test_model_files_with_inconsistent_labels_or_standardisation_are_refused(tmp
     for extra, message in [({"classes": np.array(["b", "a"])}, "sorted and distinct"),
                            ({"classes": np.array([1, 2, 3])}, "classes must be 2"),
                            ({"mean": np.zeros(3, np.float32)}, "mean and std go together"),
-                           ({"mean": np.zeros(3, np.float32), "std": np.zeros(3, np.float32)}, "std must be finite and > 0")]:
+                           ({"mean": np.zeros(3, np.float32), "std": np.zeros(3, np.float32)},
+                            "std must be finite and > 0")]:
         np.savez(tmp_path / "bad.npz", **base, **extra)
         with pytest.raises(ModelFileError, match=message):
             MLP.load(tmp_path / "bad.npz")

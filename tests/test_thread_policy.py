@@ -10,8 +10,8 @@ from threadpoolctl import threadpool_info
 
 import fastmlp.cli.train
 from fastmlp import MLP, Trainer, get_backend
-from fastmlp.runtime import thread_policy
 from fastmlp.backends import numpy_ref
+from fastmlp.runtime import thread_policy
 from fastmlp.runtime.blas_threads import blas_threads_limited
 from fastmlp.runtime.thread_policy import BlasThreadPolicy, CpuLoad, free_cores
 
@@ -100,7 +100,8 @@ def test_numpy_epochs_run_blas_on_one_thread_beside_other_work_and_restore_it(mo
     backend = numpy_ref.Backend()
     seen = []
     real_step = backend._sgd_step
-    monkeypatch.setattr(backend, "_sgd_step", lambda *a, **k: (seen.append(blas_thread_counts()), real_step(*a, **k))[1])
+    monkeypatch.setattr(backend, "_sgd_step",
+                        lambda *a, **k: (seen.append(blas_thread_counts()), real_step(*a, **k))[1])
     before = blas_thread_counts()
     rng = np.random.default_rng(0)
     X, y = rng.random((64, 20), dtype=np.float32), rng.integers(0, 3, 64)

@@ -26,7 +26,8 @@ KERNELS = ("forward", "wgrad", "adam")
 
 
 def tile_assembly(kernel, tile, cpu):
-    """x86 assembly of one microkernel (simd_ir.<kernel>_tile) for `tile`, compiled -O3 for `cpu` and its own features."""
+    """x86 assembly of one microkernel (simd_ir.<kernel>_tile) for `tile`, compiled -O3 for `cpu`
+    and its own features."""
     module = ir.Module(f"{kernel}_{tile.name}")
     getattr(simd_ir, f"{kernel}_tile")(module, tile).linkage = "external"  # kept, not inlined away
     machine = llvm.Target.from_triple("x86_64-unknown-linux-gnu").create_target_machine(cpu=cpu, features="", opt=3)
@@ -95,7 +96,8 @@ def test_the_tile_loop_keeps_everything_in_registers(kernel, isa):
     tile = TILES[isa]
     asm = tile_assembly(kernel, tile, CPUS[isa])
     found = tile_loops(asm, tile)
-    assert found, f"no loop of {tile.mr} broadcasts, {tile.mr * tile.nv} FMAs and no masked load in {kernel}_tile ({isa})"
+    assert found, (f"no loop of {tile.mr} broadcasts, {tile.mr * tile.nv} FMAs and no masked load "
+                   f"in {kernel}_tile ({isa})")
     frame_pointer = "movq\t%rsp, %rbp" in asm
     for loop in found:
         spills = [line for line in loop if touches_stack(line, frame_pointer)]

@@ -71,7 +71,9 @@ class BackendBase:
         check_model(model, writable=False)
         return self._forward(model, _as_array(check_features(X, model.n_features)))
 
-    def loss_and_grads(self, model: MLP, X: Features, y: npt.ArrayLike) -> tuple[float, list[FloatArray], list[FloatArray]]:
+    def loss_and_grads(
+        self, model: MLP, X: Features, y: npt.ArrayLike
+    ) -> tuple[float, list[FloatArray], list[FloatArray]]:
         """(mean cross-entropy, dW list, db list) of the batch (X, y)."""
         X, y = self._check_batch(model, X, y)
         return self._loss_and_grads(model, _as_array(X), y)
@@ -201,7 +203,9 @@ def epoch_ranges(n: int, batch_size: int, progress: Progress | None) -> list[tup
     return [(start, min(start + step, n)) for start in range(0, n, step)]
 
 
-def epoch_chunks(order: npt.NDArray[np.int64], batch_size: int, progress: Progress | None) -> list[npt.NDArray[np.int64]]:
+def epoch_chunks(
+    order: npt.NDArray[np.int64], batch_size: int, progress: Progress | None
+) -> list[npt.NDArray[np.int64]]:
     """`order` cut into whole batches: one piece without progress, about PROGRESS_UPDATES with it."""
     return [order[begin:end] for begin, end in epoch_ranges(len(order), batch_size, progress)]
 

@@ -101,7 +101,9 @@ def measure_peak_rss(backend_names, inputs, batch_sizes, samples, threads):
     results = []
     for backend in backend_names:
         for kind in inputs:
-            report = run_child(f"report_peak_rss({backend!r}, {kind!r}, {tuple(batch_sizes)!r}, {samples!r}, {threads!r})")
-            results.append({"backend": backend, "input": kind, "training_peak_mb": report["training_peak_bytes"] / 2**20,
+            report = run_child(
+                f"report_peak_rss({backend!r}, {kind!r}, {tuple(batch_sizes)!r}, {samples!r}, {threads!r})")
+            results.append({"backend": backend, "input": kind,
+                            "training_peak_mb": report["training_peak_bytes"] / 2**20,
                             "loading_peak_mb": report["loading_peak_bytes"] / 2**20, "reset": report["reset"]})
     return results

@@ -142,8 +142,9 @@ def format_contention(rows: Sequence[ContentionRow], config: Mapping[str, Any]) 
     from .report import format_table
 
     load = config["machine"]
-    header = (f"fastmlp bench --contention ({config['mode']}): {plural(config['epochs'], 'epoch')} of the default recipe per "
-              f"run, train_s of python -m fastmlp.train --metrics-json, median of {config['repeats']}; "
+    header = (f"fastmlp bench --contention ({config['mode']}): {plural(config['epochs'], 'epoch')} "
+              "of the default recipe per run, train_s of python -m fastmlp.train --metrics-json, "
+              f"median of {config['repeats']}; "
               f"{load['usable_cpus']} usable CPUs, load average {load['loadavg_1min']:.2f} before the run"
               + ("" if config["threads"] is None else f"; --threads {config['threads']}"))
     lines = []
@@ -164,7 +165,8 @@ def run(args: argparse.Namespace, progress: Callable[[str], object] | None = Non
     epochs = mode["epochs"]
     backends = [b for b in args.backends if b != "torch"] if args.backends else ["numpy", "numba"]
     if not backends:
-        raise ValueError("--contention times fastmlp's own training CLI: --backends numpy and/or numba, not torch alone")
+        raise ValueError("--contention times fastmlp's own training CLI: "
+                         "--backends numpy and/or numba, not torch alone")
     config = {"mode": "quick" if args.quick else "full", "epochs": epochs, "repeats": args.repeats,
               "backends": backends, "threads": args.threads, "machine": machine_load()}
     rows = measure_contention(backends, epochs=epochs, repeats=args.repeats, threads=args.threads, progress=progress)

@@ -19,6 +19,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -101,8 +102,8 @@ def run(quick: bool = False, images: np.ndarray | None = None,
         progress(f"batch {batch}")
         X = np.ascontiguousarray(X_all[:batch])
         feed = {"X": X}
-        medians = median_times({"fastmlp": lambda: model.predict_proba(X),
-                                "onnxruntime": lambda: session.run(["probabilities"], feed)}, counts[batch])
+        medians = median_times({"fastmlp": partial(model.predict_proba, X),
+                                "onnxruntime": partial(session.run, ["probabilities"], feed)}, counts[batch])
         rows.append({"batch": batch, "fastmlp_s": medians["fastmlp"], "onnxruntime_s": medians["onnxruntime"],
                      "speed_ratio": medians["onnxruntime"] / medians["fastmlp"], "calls": counts[batch]})
     config = {"layer_sizes": list(LAYER_SIZES), "onnxruntime": onnxruntime.__version__,

@@ -67,7 +67,8 @@ def format_report(report):
         "",
         f"peak RSS, one process per row: loading the data, then training one epoch at each batch size "
         f"{', '.join(map(str, c['batch_sizes']))}"
-        + ("" if all(m["reset"] for m in report["peak_rss"]) else " (peak not resettable here: training includes loading)"),
+        + ("" if all(m["reset"] for m in report["peak_rss"])
+           else " (peak not resettable here: training includes loading)"),
         format_table(["backend", "input", "training peak MiB", "loading peak MiB"],
                      [[m["backend"], m["input"], f"{m['training_peak_mb']:,.0f}", f"{m['loading_peak_mb']:,.0f}"]
                       for m in report["peak_rss"]], left=2),

@@ -211,15 +211,15 @@ def run(args, progress_bar=None):
         optimizers = measure_optimizer_steps(backends["numba"], pixels, y, rounds=args.epochs,
                                              settle_seconds=SETTLE_SECONDS)
         step("optimizers")
-    config = {"mode": "quick" if args.quick else "full", "samples": len(y), "subset": len(y) < MNIST_TRAIN_SAMPLES, "epochs": args.epochs,
-              "batch_sizes": list(args.batch_sizes), "backends": names, "inputs": list(args.inputs),
-              "layer_sizes": list(LAYER_SIZES), "lr": LR, "seed": args.seed, "blas": blas_info(),
-              "warmup_epochs": WARMUP_EPOCHS}
+    config = {"mode": "quick" if args.quick else "full", "samples": len(y), "subset": len(y) < MNIST_TRAIN_SAMPLES,
+              "epochs": args.epochs, "batch_sizes": list(args.batch_sizes), "backends": names,
+              "inputs": list(args.inputs), "layer_sizes": list(LAYER_SIZES), "lr": LR, "seed": args.seed,
+              "blas": blas_info(), "warmup_epochs": WARMUP_EPOCHS}
     if "torch" in backends:
         config["torch_version"] = backends["torch"].torch.__version__
         config["torch_threads"] = backends["torch"].torch.get_num_threads()
-    return {"config": config, "roofline": roof, "fma_roofline": fma, "compile": compile_times, "peak_rss": peak_rss, "rows": rows,
-            "recipe": recipe, "optimizers": optimizers}
+    return {"config": config, "roofline": roof, "fma_roofline": fma, "compile": compile_times, "peak_rss": peak_rss,
+            "rows": rows, "recipe": recipe, "optimizers": optimizers}
 
 
 
@@ -267,7 +267,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=_epochs, help="epochs per backend, input and batch size (default: "
                         f"{FULL['epochs']}, {QUICK['epochs']} with --quick)")
     parser.add_argument("--samples", type=_positive_int, metavar="N",
-                        help=f"train on the first N MNIST samples (default: all 60,000, {QUICK['samples']:,} with --quick)")
+                        help="train on the first N MNIST samples "
+                             f"(default: all 60,000, {QUICK['samples']:,} with --quick)")
     parser.add_argument("--batch-sizes", type=_positive_int, nargs="+", default=list(BATCH_SIZES), metavar="N",
                         help=f"batch sizes to measure (default: {' '.join(map(str, BATCH_SIZES))})")
     parser.add_argument("--backends", nargs="+", choices=["numpy", "numba", "torch"],
@@ -275,7 +276,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument("--inputs", nargs="+", choices=INPUTS, default=list(INPUTS),
                         help="float32: images scaled up front; pixels: uint8 scaled at the gather (fastmlp.Pixels) "
                              f"(default: {' '.join(INPUTS)})")
-    parser.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the initial weights and the shuffling")
+    parser.add_argument("--seed", type=_non_negative_int, default=0,
+                        help="seed of the initial weights and the shuffling")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the full report as JSON")
     parser.add_argument("--plot", type=Path, metavar="PATH",
                         help="also draw samples/s against batch size, with the gemm floor and the roofline, as a "

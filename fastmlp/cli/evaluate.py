@@ -10,13 +10,12 @@ import numpy as np
 import numpy.typing as npt
 
 from ..datasets import CLASS_NAMES, load_mnist
+from ..datasets.tabular import encode_labels, load_table
 from ..inputs import FloatArray, check_labels
 from ..model import MLP
-from .common import new_parser
-from .plot import PLOT_FORMATS, require_plotting
-from .common import add_data_arguments, check_output_path, run_reporting_errors
-from ..datasets.tabular import encode_labels, load_table
 from ..trainer import Trainer
+from .common import add_data_arguments, check_output_path, new_parser, run_reporting_errors
+from .plot import PLOT_FORMATS, require_plotting
 
 PROG = "python -m fastmlp.evaluate"
 
@@ -49,7 +48,8 @@ def format_report(matrix: npt.ArrayLike, class_names: Sequence[str] | None = Non
     width = max(len("class"), *map(len, labels))
     lines = [f"{'class':<{width}}  precision   recall  support"]  # room for a recall of 100.00%
     for c, label in enumerate(labels):
-        lines.append(f"{label:<{width}}  {100 * precision[c]:8.2f}%  {100 * recall[c]:6.2f}%  {int(matrix[c].sum()):7,}")
+        lines.append(f"{label:<{width}}  {100 * precision[c]:8.2f}%  {100 * recall[c]:6.2f}%  "
+                     f"{int(matrix[c].sum()):7,}")
     width = max(5, len(f"{int(matrix.max()):,}") + 1)
     lines += ["", "confusion matrix (rows: true class, columns: predicted class)",
               "true\\pred" + "".join(f"{c:>{width}}" for c in range(k))]

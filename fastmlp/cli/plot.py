@@ -6,8 +6,8 @@ matplotlib backend and open figures alone.
 """
 
 import os
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -90,7 +90,8 @@ def plot_learning_curves(history: "History", path: str | os.PathLike[str], *, ti
 
 def plot_confusion_matrix(matrix: Any, path: str | os.PathLike[str], *, class_names: Sequence[str] | None = None,
                           title: str | None = None) -> None:
-    """Draw a confusion matrix (rows: true class, columns: predicted), counts in each cell (PNG, or as path's suffix says)."""
+    """Draw a confusion matrix (rows: true class, columns: predicted), counts in each cell
+    (PNG, or as path's suffix says)."""
     from matplotlib.colors import LogNorm
 
     matrix = np.asarray(matrix)
@@ -127,7 +128,8 @@ def plot_format(path: str | os.PathLike[str]) -> str:
     """The image format that path's suffix asks for (PNG without one); ValueError for a suffix not in PLOT_FORMATS."""
     suffix = Path(path).suffix.lower()
     if suffix and suffix not in PLOT_FORMATS:
-        raise ValueError(f"{path}: cannot draw a {suffix} file; use one of {', '.join(PLOT_FORMATS)} (PNG without a suffix)")
+        raise ValueError(f"{path}: cannot draw a {suffix} file; "
+                         f"use one of {', '.join(PLOT_FORMATS)} (PNG without a suffix)")
     return PLOT_FORMATS.get(suffix, "png")
 
 
@@ -148,7 +150,8 @@ def plot_throughput(report: dict[str, Any], path: str | os.PathLike[str]) -> Non
     runs = list(dict.fromkeys((r["backend"], r["input"]) for r in rows))
     backends = list(dict.fromkeys(backend for backend, _ in runs))
     for backend, kind in runs:  # a colour per backend, a line style per input
-        points = sorted((r["batch_size"], r["samples_per_s"]) for r in rows if (r["backend"], r["input"]) == (backend, kind))
+        points = sorted((r["batch_size"], r["samples_per_s"]) for r in rows
+                        if (r["backend"], r["input"]) == (backend, kind))
         axes.plot(*zip(*points), "o-" if kind == "float32" else "s--", color=f"C{backends.index(backend)}",
                   label=f"{backend}, {kind}")
     floor = sorted({(r["batch_size"], r["floor_samples_per_s"]) for r in rows})

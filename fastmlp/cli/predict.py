@@ -3,7 +3,8 @@ probability.
 
 INPUT is a CSV (header row), .npz (array X) or .npy of feature rows, for a model trained on your own data
 (`fastmlp train --data`): the class printed is the label the training file used, and a CSV's columns are
-picked by the names the model was trained on. For an image model INPUT is an IDX image file (as in the datasets, gzipped or not), a `.npy` array or an image file
+picked by the names the model was trained on. For an image model INPUT is an IDX image file
+(as in the datasets, gzipped or not), a `.npy` array or an image file
 (PNG, read with Pillow from the `plot` extra). Pixels get the training scaling: uint8 values
 times 1/255, so 0 is black background and 255 the white ink of an MNIST digit. An image file is
 turned to grayscale and resized to the model's input square (28x28 for MNIST); `--invert` turns
@@ -20,13 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import new_parser
 from ..datasets import DatasetError, read_idx
+from ..datasets.tabular import TableError, load_features
 from ..inputs import FloatArray, Pixels
 from ..model import MLP
-from ..datasets.tabular import TableError, load_features
+from .common import new_parser, run_reporting_errors
 from .plot import INSTALL_HINT
-from .common import run_reporting_errors
 
 PROG = "python -m fastmlp.predict"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -85,7 +85,8 @@ def load_images(path: str | os.PathLike[str], n_features: int, *, invert: bool =
         array = _read_image(path, n_features)
     else:
         array = read_idx(path)
-    if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+    if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer)
+                                       or np.issubdtype(array.dtype, np.floating)):
         raise TypeError(f"{path}: expected pixel values, got an array of dtype {array.dtype}")
     rows = _as_rows(array, n_features, path)
     if rows.dtype == np.uint8:
@@ -126,7 +127,8 @@ def _read_image(path: Path, n_features: int) -> np.ndarray:
     try:
         from PIL import Image
     except ImportError:
-        raise ImportError(f"reading {path.suffix} images needs Pillow, which is not installed: {INSTALL_HINT}") from None
+        raise ImportError(f"reading {path.suffix} images needs Pillow, "
+                          f"which is not installed: {INSTALL_HINT}") from None
     with Image.open(path) as image:
         gray = image.convert("L")
         if gray.size != (side, side):

@@ -5,8 +5,8 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +14,16 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .._version import __version__
-from ..runtime.atomic import atomic_write
 from ..backends import get_backend
 from ..backends.base import BackendBase
+from ..datasets import ENV_VAR, find_dataset, load_mnist, train_val_split, unused_env_folder
+from ..datasets.tabular import class_labels, encode_labels, hold_out, load_table, mean_and_std, standardize_in_place
+from ..inputs import Pixels, check_positive_float
+from ..model import INITS, MLP
+from ..optim import ADAM_OPTIMIZERS, OPTIMIZERS, SCHEDULES
+from ..runtime.atomic import atomic_write
+from ..runtime.compile_notice import announce_compiling
+from ..trainer import Trainer, format_epoch
 from .common import (
     add_data_arguments,
     check_output_path,
@@ -26,14 +33,7 @@ from .common import (
     positive_int,
     run_reporting_errors,
 )
-from ..datasets import ENV_VAR, find_dataset, load_mnist, train_val_split, unused_env_folder
-from ..inputs import Pixels, check_positive_float
-from ..model import INITS, MLP
-from ..optim import ADAM_OPTIMIZERS, OPTIMIZERS, SCHEDULES
 from .plot import PLOT_FORMATS, plot_learning_curves, require_plotting
-from ..runtime.compile_notice import announce_compiling
-from ..datasets.tabular import class_labels, encode_labels, hold_out, load_table, mean_and_std, standardize_in_place
-from ..trainer import Trainer, format_epoch
 
 PROG = "python -m fastmlp.train"
 ADAM_DEFAULT_LR = 0.001  # --lr when --optimizer adam / adamw is given without it
@@ -62,7 +62,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     return parser
 
 
-def add_training_arguments(parser: argparse.ArgumentParser, adapt: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None) -> None:
+def add_training_arguments(
+    parser: argparse.ArgumentParser, adapt: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None
+) -> None:
     """The options that define one training (net, optimiser, schedule, seed, data), shared by
     `fastmlp.train` and `fastmlp.sweep`. adapt(dest, kwargs) -> kwargs, if given, rewrites an
     option's `add_argument` keywords (the sweep lets each take several values); the data options

@@ -29,8 +29,8 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from ..runtime.atomic import atomic_write
 from ..inputs import FloatArray, Pixels, Seed, make_rng
+from ..runtime.atomic import atomic_write
 
 Labels = npt.NDArray[np.int64]
 PathLike = str | os.PathLike[str]

@@ -119,7 +119,8 @@ def class_labels(labels: np.ndarray, path: PathLike) -> np.ndarray:
     """The sorted distinct labels; raises TableError when there is only one (nothing to classify)."""
     classes = np.unique(labels)
     if len(classes) < 2:
-        raise TableError(f"{path}: every row has the label {classes[0].item()!r}: a classifier needs at least 2 classes")
+        raise TableError(f"{path}: every row has the label {classes[0].item()!r}: "
+                         "a classifier needs at least 2 classes")
     return classes
 
 
@@ -340,8 +341,8 @@ def hold_out(X: FloatArray, y: np.ndarray, fraction: float, seed: int | None) ->
     to its front in place, block by block, and X_train is a view of them: only the held-out rows are
     copied, never the whole table.
     """
-    from . import _validation_count
     from ..inputs import make_rng
+    from . import _validation_count
 
     n_test = _validation_count(fraction, len(X))
     permutation = make_rng(seed).permutation(len(X))

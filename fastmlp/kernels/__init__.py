@@ -30,6 +30,7 @@ The modules of this package, one concept each:
 one thread within a `with` block: wrap your own loop in it on a machine busy with other work.
 """
 
+from ..runtime.blas_threads import blas_threads_limited  # noqa: E402,F401  a context manager, kept out of __all__
 from .blas_gemm import (
     gemm_inplace,
     matmul_at_into,
@@ -68,7 +69,6 @@ from .packed import (  # noqa: F401  PANEL_WIDTH, TILE_ROWS, packed_shape, panel
     panel_count,
     unpack_weights_into,
 )
-from ..runtime.blas_threads import blas_threads_limited  # noqa: E402,F401  a context manager, kept out of __all__
 
 __all__ = [
     "gemm_inplace", "matmul_into", "matmul_bt_into", "matmul_at_into", "sgd_gemm_update_inplace",

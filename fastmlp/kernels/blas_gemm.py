@@ -85,13 +85,15 @@ def matmul_at_into(C, A, B):
 
 @cached_njit
 def sgd_gemm_update_inplace(W, A, dZ, lr):
-    """W -= lr * A.T @ dZ in one sgemm (alpha=-lr, beta=1, no dW buffer); W (k, n), A (b, k), dZ (b, n); overwrites W."""
+    """W -= lr * A.T @ dZ in one sgemm (alpha=-lr, beta=1, no dW buffer); W (k, n), A (b, k), dZ (b, n);
+    overwrites W."""
     gemm_inplace(W, A, dZ, np.float32(-lr), np.float32(1.0), True, False)
 
 
 @cached_njit
 def momentum_gemm_update_inplace(V, A, dZ, lr, momentum):
-    """V = momentum * V - lr * A.T @ dZ in one sgemm (alpha=-lr, beta=momentum); V (k, n), A (b, k), dZ (b, n) float32; overwrites V."""
+    """V = momentum * V - lr * A.T @ dZ in one sgemm (alpha=-lr, beta=momentum); V (k, n), A (b, k), dZ (b, n)
+    float32; overwrites V."""
     gemm_inplace(V, A, dZ, np.float32(-lr), np.float32(momentum), True, False)
 
 

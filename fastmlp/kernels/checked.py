@@ -199,7 +199,8 @@ def softmax_xent_backward_inplace(Z: F32, y: Ints) -> float:
 
 
 def softmax_xent_backward_rows_inplace(Z: F32, y: Ints, batch_n: int) -> float:
-    """Checked `kernels.softmax_xent_backward_rows_inplace`: summed cross-entropy of Z's rows, part of a batch of batch_n; overwrites Z with its gradient."""
+    """Checked `kernels.softmax_xent_backward_rows_inplace`: summed cross-entropy of Z's rows,
+    part of a batch of batch_n; overwrites Z with its gradient."""
     _check_logits(Z)
     batch_n = check_positive_int(batch_n, "batch_n")
     if batch_n < Z.shape[0]:
@@ -301,7 +302,8 @@ def momentum_apply_inplace(W: F32, V: F32, decay_step: float) -> None:
 
 def momentum_update_inplace(W: F32, V: F32, G: F32, lr: float, momentum: float, weight_decay: float,
                             nesterov: bool) -> None:
-    """Checked `kernels.momentum_update_inplace`: V = momentum * V - lr * g, W += V (or Nesterov's step); overwrites V and W."""
+    """Checked `kernels.momentum_update_inplace`: V = momentum * V - lr * g, W += V (or Nesterov's step);
+    overwrites V and W."""
     _check_same_shape_params(("W", "V", "G"), W, V, G)
     decay = _finite("weight_decay", weight_decay)
     if decay < 0:
@@ -398,14 +400,16 @@ def _check_packed_update(P: F32, A: F32, dZ: F32, weight_decay: float) -> np.flo
 
 
 def packed_sgd_update_inplace(P: F32, A: F32, dZ: F32, lr: float, weight_decay: float) -> None:
-    """Checked `kernels.packed_sgd_update_inplace`: W -= lr * (A.T @ dZ + weight_decay * W), W packed in P; overwrites P."""
+    """Checked `kernels.packed_sgd_update_inplace`: W -= lr * (A.T @ dZ + weight_decay * W), W packed in P;
+    overwrites P."""
     decay = _check_packed_update(P, A, dZ, weight_decay)
     kernels.packed_sgd_update_inplace(P, A, dZ, np.float32(check_positive_float(lr, "lr")), decay)
 
 
 def packed_momentum_update_inplace(P: F32, V: F32, A: F32, dZ: F32, lr: float, momentum: float, weight_decay: float,
                                    nesterov: bool) -> None:
-    """Checked `kernels.packed_momentum_update_inplace`: the momentum step on W and V, both packed; overwrites P and V."""
+    """Checked `kernels.packed_momentum_update_inplace`: the momentum step on W and V, both packed;
+    overwrites P and V."""
     decay = _check_packed_update(P, A, dZ, weight_decay)
     _check_packed("V", V, A.shape[1], dZ.shape[1], written=True)
     for name, a in (("P", P), ("A", A), ("dZ", dZ)):
@@ -430,7 +434,8 @@ def argmax_rows_into(out: Ints, Z: F32) -> None:
 
 def packed_adam_update_inplace(P: F32, M: F32, S: F32, A: F32, dZ: F32, lr: float, beta1: float, beta2: float,
                                eps: float, weight_decay: float, step: int, decoupled: bool) -> None:
-    """Checked `kernels.packed_adam_update_inplace`: Adam's (AdamW's) step t = step on W and its moments M, S, all packed; overwrites P, M and S."""
+    """Checked `kernels.packed_adam_update_inplace`: Adam's (AdamW's) step t = step on W and its moments M, S,
+    all packed; overwrites P, M and S."""
     decay = _check_packed_update(P, A, dZ, weight_decay)
     for name, state in (("M", M), ("S", S)):
         _check_packed(name, state, A.shape[1], dZ.shape[1], written=True)

@@ -87,7 +87,8 @@ def softmax_xent_backward_inplace(Z, y):
 
 @cached_njit
 def softmax_xent_backward_rows_inplace(Z, y, batch_n):
-    """Summed cross-entropy of the rows of Z (n, k) float32 vs labels y (n,), part of a batch of batch_n rows; overwrites Z with (softmax(Z) - onehot(y)) / batch_n.
+    """Summed cross-entropy of the rows of Z (n, k) float32 vs labels y (n,), part of a batch of batch_n rows;
+    overwrites Z with (softmax(Z) - onehot(y)) / batch_n.
 
     The kernel of `softmax_xent_backward_inplace` for a batch split across threads.
     """
@@ -142,7 +143,8 @@ def sgd_update_inplace(W, dW, lr):
 
 @cached_njit
 def momentum_apply_inplace(W, V, decay_step):
-    """V -= decay_step * W, then W += V, in one pass (decay_step = lr * weight_decay); W, V the same shape float32; overwrites V and W."""
+    """V -= decay_step * W, then W += V, in one pass (decay_step = lr * weight_decay); W, V the same shape float32;
+    overwrites V and W."""
     require_c_contiguous(W, V)
     w = W.reshape(W.size)
     v = V.reshape(V.size)
@@ -155,7 +157,8 @@ def momentum_apply_inplace(W, V, decay_step):
 
 @cached_njit
 def momentum_update_inplace(W, V, G, lr, momentum, weight_decay, nesterov):
-    """g = G + weight_decay * W; V = momentum * V - lr * g; W += momentum * V - lr * g if nesterov else V; one pass, W, V, G the same shape float32; overwrites V and W."""
+    """g = G + weight_decay * W; V = momentum * V - lr * g; W += momentum * V - lr * g if nesterov else V;
+    one pass, W, V, G the same shape float32; overwrites V and W."""
     require_c_contiguous(W, V, G)
     w = W.reshape(W.size)
     v = V.reshape(V.size)
@@ -175,7 +178,8 @@ def momentum_update_inplace(W, V, G, lr, momentum, weight_decay, nesterov):
 
 @cached_njit
 def argmax_rows_into(out, Z):
-    """out[i] = index of the largest entry of row i of Z (n, k) float32 (the first on ties, as np.argmax), out (n,) integer; overwrites out."""
+    """out[i] = index of the largest entry of row i of Z (n, k) float32 (the first on ties, as np.argmax),
+    out (n,) integer; overwrites out."""
     n, k = Z.shape
     for i in range(n):
         best, best_j = Z[i, 0], 0

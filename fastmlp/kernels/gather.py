@@ -78,7 +78,8 @@ def gather_rows(out, X, rows):
 
 @cached_njit
 def gather_rows_scaled(out, pixels_u8, rows, scale):
-    """out[i] = float32(pixels_u8[rows[i]]) * scale, C-contiguous uint8 (or float32) pixels (N, f), rows (n,), out (n, f) float32; overwrites out."""
+    """out[i] = float32(pixels_u8[rows[i]]) * scale, C-contiguous uint8 (or float32) pixels (N, f), rows (n,),
+    out (n, f) float32; overwrites out."""
     require_c_contiguous(out, pixels_u8, rows)
     n, f = out.shape
     s = np.float32(scale)

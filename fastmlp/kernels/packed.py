@@ -65,8 +65,8 @@ def _forward_tile(typingctx, A, a_off, lda, P, p_off, K, C, c_off, ldc, rows, nc
         fn = simd_ir.forward_tile(builder.module, TILE)
         builder.call(fn, [_data(context, builder, ty[0], A_, a_off_), lda_, _data(context, builder, ty[3], P_, p_off_),
                           K_, _data(context, builder, ty[6], C_, c_off_), ldc_, rows_, ncols_,
-                          _data(context, builder, ty[11], bias_, b_off_), _data(context, builder, ty[13], mask_, m_off_),
-                          ldm_, kind_])
+                          _data(context, builder, ty[11], bias_, b_off_),
+                          _data(context, builder, ty[13], mask_, m_off_), ldm_, kind_])
         return context.get_dummy_value()
 
     return sig, codegen
@@ -75,7 +75,8 @@ def _forward_tile(typingctx, A, a_off, lda, P, p_off, K, C, c_off, ldc, rows, nc
 @intrinsic
 def _wgrad_tile(typingctx, A, a_off, lda, D, d_off, ldd, n, lo, hi, ncols, P, p_off, V, lr, momentum, weight_decay,
                 rule):
-    """Tile rows lo:hi of W (packed) updated by an SGD rule from A[:, k0+lo:k0+hi].T @ D[:, panel] (simd_ir.wgrad_tile); V at P's offset."""
+    """Tile rows lo:hi of W (packed) updated by an SGD rule from A[:, k0+lo:k0+hi].T @ D[:, panel]
+    (simd_ir.wgrad_tile); V at P's offset."""
     sig = types.void(A, types.intp, types.intp, D, types.intp, types.intp, types.intp, types.intp, types.intp,
                      types.intp, P, types.intp, V, types.float32, types.float32, types.float32, types.int32)
 
@@ -182,7 +183,8 @@ def pack_weights_into(P, W):
 
 @cached_njit
 def transpose_packed_into(PT, P, k0, k1):
-    """Rows k0:k1 of the packed W in P (panels, K, NR) written into PT, W.T packed; overwrites those entries of PT (and PT's zero padding when k1 = K)."""
+    """Rows k0:k1 of the packed W in P (panels, K, NR) written into PT, W.T packed; overwrites those entries of PT
+    (and PT's zero padding when k1 = K)."""
     require_c_contiguous(PT, P)
     K = P.shape[1]
     N = PT.shape[1]
@@ -254,7 +256,8 @@ def _first_column(k, K):
 
 @cached_njit
 def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule, S, beta2, eps, c1, c2):
-    """Rows k0:k1 of panels p0:p1 of the packed W (and V, S) updated by rule from G = A[:n].T @ dZ[:n]; overwrites that part of P (and V, S).
+    """Rows k0:k1 of panels p0:p1 of the packed W (and V, S) updated by rule from G = A[:n].T @ dZ[:n];
+    overwrites that part of P (and V, S).
 
     A (n, K) holds the layer's inputs, dZ (n, N) its output gradient. rule PLAIN_SGD,
     MOMENTUM or NESTEROV as in fastmlp/optim.py, weight decay included; V is read only by
@@ -339,7 +342,8 @@ def packed_matmul_relu_mask_into(dA, dZ, PT, A):
 
 @cached_njit
 def packed_sgd_update_inplace(P, A, dZ, lr, weight_decay):
-    """W -= lr * (A.T @ dZ + weight_decay * W), W packed in P (panels, K, NR), A (n, K), dZ (n, N) float32; overwrites P."""
+    """W -= lr * (A.T @ dZ + weight_decay * W), W packed in P (panels, K, NR), A (n, K), dZ (n, N) float32;
+    overwrites P."""
     require_c_contiguous(P, A, dZ)
     update_part(P, P, A, dZ, A.shape[0], 0, P.shape[1], 0, P.shape[0], lr, 0.0, weight_decay, PLAIN_SGD, P, 0.0, 0.0,
                 0.0, 0.0)
@@ -347,7 +351,8 @@ def packed_sgd_update_inplace(P, A, dZ, lr, weight_decay):
 
 @cached_njit
 def packed_momentum_update_inplace(P, V, A, dZ, lr, momentum, weight_decay, nesterov):
-    """g = A.T @ dZ + wd W; V = mu V - lr g; W += V (Nesterov: mu V - lr g); W, V packed alike in P, V, A (n, K), dZ (n, N) float32; overwrites P and V."""
+    """g = A.T @ dZ + wd W; V = mu V - lr g; W += V (Nesterov: mu V - lr g); W, V packed alike in P, V,
+    A (n, K), dZ (n, N) float32; overwrites P and V."""
     require_c_contiguous(P, V, A, dZ)
     update_part(P, V, A, dZ, A.shape[0], 0, P.shape[1], 0, P.shape[0], lr, momentum, weight_decay,
                 NESTEROV if nesterov else MOMENTUM, P, 0.0, 0.0, 0.0, 0.0)
@@ -355,7 +360,9 @@ def packed_momentum_update_inplace(P, V, A, dZ, lr, momentum, weight_decay, nest
 
 @cached_njit
 def packed_adam_update_inplace(P, M, S, A, dZ, lr, beta1, beta2, eps, weight_decay, step, decoupled):
-    """Adam step t = step on W with g = A.T @ dZ (+ wd W, or AdamW's decoupled W -= lr wd W): M = b1 M + (1 - b1) g, S = b2 S + (1 - b2) g^2, W -= lr M^ / (sqrt(S^) + eps); W, M, S packed alike, A (n, K), dZ (n, N) float32; overwrites P, M and S.
+    """Adam step t = step on W with g = A.T @ dZ (+ wd W, or AdamW's decoupled W -= lr wd W):
+    M = b1 M + (1 - b1) g, S = b2 S + (1 - b2) g^2, W -= lr M^ / (sqrt(S^) + eps);
+    W, M, S packed alike, A (n, K), dZ (n, N) float32; overwrites P, M and S.
 
     M^ = M / (1 - b1^t), S^ = S / (1 - b2^t) (Kingma & Ba's bias correction): step counts from 1.
     """

@@ -105,7 +105,8 @@ class _Vectors:
         builder.store(value, builder.bitcast(ptr, self.vt.as_pointer()), align=4)
 
     def masked_load(self, builder, ptr, mask):
-        return builder.call(self._load, [builder.bitcast(ptr, self.vt.as_pointer()), ir.Constant(I32, 4), mask, self.zero])
+        return builder.call(self._load,
+                            [builder.bitcast(ptr, self.vt.as_pointer()), ir.Constant(I32, 4), mask, self.zero])
 
     def masked_store(self, builder, value, ptr, mask):
         builder.call(self._store, [value, builder.bitcast(ptr, self.vt.as_pointer()), ir.Constant(I32, 4), mask])
@@ -223,7 +224,8 @@ def _for_real_rows(builder, fn, rows, mr, emit_row):
 
 
 def _for_rows(builder, fn, first, count, lo, hi, emit_row):
-    """emit_row(builder, m, row) for row = first + m, m = 0..count-1, where lo <= row < hi; the builder ends after them."""
+    """emit_row(builder, m, row) for row = first + m, m = 0..count-1, where lo <= row < hi;
+    the builder ends after them."""
     end = fn.append_basic_block("rows_end")
     for m in range(count):
         row = builder.add(first, ir.Constant(I64, m))
@@ -247,7 +249,8 @@ def _clamp_row(builder, m, rows):
 
 
 def wgrad_tile(module, tile):
-    """The LLVM function updating a tile's packed weight rows from their gradient by an SGD rule; declared once per module.
+    """The LLVM function updating a tile's packed weight rows from their gradient by an SGD rule;
+    declared once per module.
 
     void (float* a, i64 lda, float* d, i64 ldd, i64 n, i64 lo, i64 hi, i64 ncols, float* w,
           float* vel, float lr, float momentum, float weight_decay, i32 rule)
@@ -383,6 +386,7 @@ SMALLEST_NORMAL = 1.1754943508222875e-38
 # On x86 the caller runs adam_tile with the MXCSR's flush-to-zero and denormals-are-zero modes
 # on (`flush_to_zero_mode`), which flush for free; elsewhere the tile compares and selects.
 from ..runtime.jit import X86  # noqa: E402  re-exported: packed.py reads simd_ir.X86
+
 FTZ_DAZ = 0x8040  # MXCSR bits 15 (flush subnormal results to zero) and 6 (read subnormal inputs as zero)
 
 

@@ -83,7 +83,8 @@ _COMPILED_CODE_MARKERS = (b"cached_njit", b"@intrinsic", b"llvmlite")
 
 @functools.cache
 def compiled_sources_hash() -> str:
-    """sha256 over the fastmlp source files that hold compiled code (paths and contents); computed once, at the first cache lookup."""
+    """sha256 over the fastmlp source files that hold compiled code (paths and contents);
+    computed once, at the first cache lookup."""
     package = Path(__file__).parent.parent  # fastmlp/, this file being fastmlp/runtime/jit.py
     digest = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):

@@ -21,14 +21,13 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from .._version import __version__
-from ..runtime.blas_threads import usable_cpus
-from ..cli.common import new_parser
+from ..cli.common import check_output_path, new_parser, positive_int, run_reporting_errors
 from ..cli.plot import PLOT_FORMATS, require_plotting
+from ..runtime.blas_threads import usable_cpus
 from .grid import Config, add_grid_arguments, config_key, configurations, describe, grid_values, swept_options
 from .plot import plot_sweep
 from .report import Record, Report, load_resumed_trials, trial_record
 from .trial import TRIAL_STARTED, Source, ensemble_accuracy, one_line_error, run_trial
-from ..cli.common import check_output_path, positive_int, run_reporting_errors
 
 if TYPE_CHECKING:
     from distributed import Client, Future

@@ -108,7 +108,8 @@ def configurations(grids: Sequence[Grid], sample: int | None = None, seed: int =
 def _nth_configuration(grids: Sequence[Grid], sizes: Sequence[int], index: int) -> Config:
     """The index-th configuration of the grids' concatenated products (mixed radix, last option fastest),
     decoded so that --random never builds a product that may be large."""
-    for grid, size in zip(grids, sizes):
+    for position, size in enumerate(sizes):
+        grid = grids[position]
         if index < size:
             break
         index -= size

@@ -37,7 +37,7 @@ def plot_sweep(trials: Sequence[dict[str, Any]], options: Iterable[str], path: s
         xs = [position[format_value(dest, t["config"][dest])] for t in trials]
         ys = [100 * t[metric] for t in trials]
         axes.plot(xs, ys, "o", alpha=0.6)
-        for text, i in position.items():
+        for i in position.values():
             column = [y for x, y in zip(xs, ys) if x == i]
             axes.plot([i - 0.25, i + 0.25], [np.mean(column)] * 2, "-", color="C1", linewidth=2)
         axes.set_xticks(range(len(values)), [text for text, _ in values])

@@ -67,7 +67,8 @@ class Report:
         self.metric = "val_accuracy" if by_validation else "test_accuracy"
         self.header = {"fastmlp": __version__, "argv": argv, "trials_in_grid": len(configs), "swept": swept,
                        "sorted_by": self.metric, "data": source}
-        self.ensembles: dict[str, dict[str, Any]] = {}  # config_key of a group -> {"seeds": [...], "test_accuracy": ...}
+        # config_key of a group -> {"seeds": [...], "test_accuracy": ...}
+        self.ensembles: dict[str, dict[str, Any]] = {}
 
     def add(self, record: Record) -> None:
         self.trials.append(record)

@@ -34,7 +34,8 @@ N_CLASSES = 10  # as fastmlp.train: every dataset it loads has ten classes
 Source = dict[str, Any]  # {"dataset", "data_dir", "download"}: where every worker finds the data
 Data = tuple[Pixels, Labels, Pixels, Labels]  # X_train, y_train, X_test, y_test
 
-_datasets: dict[tuple[str, str | None, bool], Data] = {}  # (dataset, data_dir, download) -> (X_train, y_train, X_test, y_test) of this process
+# (dataset, data_dir, download) -> (X_train, y_train, X_test, y_test) of this process
+_datasets: dict[tuple[str, str | None, bool], Data] = {}
 _compiled: set[tuple[str, int]] = set()  # (backend, depth) warmed up in this process
 
 
@@ -51,7 +52,8 @@ def run_trial(key: str, config: Config, source: Source, *, keep_model: bool = Fa
     worker = _current_worker()
     if worker is not None:
         worker.log_event(TRIAL_STARTED, {"key": key, "worker": worker.address, "pid": os.getpid()})
-    result: dict[str, Any] = {"worker": worker.address if worker is not None else None, "loaded_data": False, "compile_s": None}
+    result: dict[str, Any] = {"worker": worker.address if worker is not None else None, "loaded_data": False,
+                              "compile_s": None}
     try:
         data, result["loaded_data"] = _dataset(source)
         with threadpool_limits(1, user_api="blas"):
@@ -93,7 +95,8 @@ def _train(config: Config, data: Data, result: dict[str, Any], keep_model: bool,
     history = trainer.fit(X_train, y_train, epochs=config["epochs"],
                           validation_data=(X_val, y_val) if val_size > 0 else None, patience=config["patience"])
     test_loss, test_accuracy = trainer.evaluate(X_test, y_test)
-    metrics: dict[str, Any] = {"test_accuracy": test_accuracy, "test_loss": test_loss, "val_accuracy": None, "val_loss": None,
+    metrics: dict[str, Any] = {"test_accuracy": test_accuracy, "test_loss": test_loss,
+               "val_accuracy": None, "val_loss": None,
                "train_s": sum(history.column("seconds")), "epochs_trained": len(history),
                "best_epoch": history.best_epoch, "error": None}
     if val_size > 0:

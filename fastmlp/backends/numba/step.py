@@ -1,4 +1,5 @@
-"""The numba backend's step in nopython code: fastmlp's own SIMD kernels (fastmlp.kernels.packed) run whole epochs in nopython code.
+"""The numba backend's step in nopython code: fastmlp's own SIMD kernels (fastmlp.kernels.packed)
+run whole epochs in nopython code.
 
 Weight-stationary training. For an epoch (or one `sgd_step`) each W_l is packed once into
 column panels (fastmlp/kernels/packed.py), and so are W_l.T for l >= 1 (read by the input
@@ -97,7 +98,8 @@ def layer_input(x, acts, l):
 
 @cached_njit
 def forward_rows(packed, biases, x, acts, first, r0, r1):
-    """Layers first.. forward of rows r0:r1 (bias + ReLU, bias alone for the logits); overwrites those rows of acts[first:]."""
+    """Layers first.. forward of rows r0:r1 (bias + ReLU, bias alone for the logits);
+    overwrites those rows of acts[first:]."""
     L = len(packed)
     for l in range(first, L):
         out = acts[l]
@@ -107,7 +109,8 @@ def forward_rows(packed, biases, x, acts, first, r0, r1):
 
 @cached_njit
 def backward_rows(transposed, acts, deltas, r0, r1):
-    """dZ_{l-1} = (dZ_l @ W_l.T) * (A_{l-1} > 0) for rows r0:r1, from the top layer down; overwrites those rows of deltas[:-1]."""
+    """dZ_{l-1} = (dZ_l @ W_l.T) * (A_{l-1} > 0) for rows r0:r1, from the top layer down;
+    overwrites those rows of deltas[:-1]."""
     for l in range(len(transposed) - 1, 0, -1):
         forward_part(deltas[l - 1], deltas[l], transposed[l], acts[l - 1][0], acts[l - 1], RELU_MASK, r0, r1, 0,
                      transposed[l].shape[0])
@@ -135,7 +138,8 @@ def adam_bias_update(b, mb, sb, g, lr, beta1, beta2, eps, bc1, bc2):
 
 @cached_njit
 def bias_step(b, vb, sb, dZ, db, nb, c0, c1, lr, momentum, rule, beta2, eps, bc1, bc2):
-    """db[c0:c1] = column sums of dZ[:nb, c0:c1]; then entries c0:c1 of b (and vb, sb) updated by rule; overwrites them and db."""
+    """db[c0:c1] = column sums of dZ[:nb, c0:c1]; then entries c0:c1 of b (and vb, sb) updated by rule;
+    overwrites them and db."""
     for j in range(c0, c1):
         db[j] = 0.0
     for i in range(nb):
@@ -158,7 +162,8 @@ def layer0_by_rows(workers, panels):
 
 @cached_njit
 def layer0_columns(t, workers, panels, n):
-    """(c0, c1): the columns of layer 0's n outputs (of acts[0] and b_0; the rows of W_1) in worker t's panels of W_0."""
+    """(c0, c1): the columns of layer 0's n outputs (of acts[0] and b_0; the rows of W_1)
+    in worker t's panels of W_0."""
     p0, p1 = part_of(t, panels, workers)
     return min(p0 * PANEL_WIDTH, n), min(p1 * PANEL_WIDTH, n)
 
@@ -320,7 +325,8 @@ def forward_probs_inplace(packed, biases, x, acts):
 
 @cached_njit
 def loss_and_grads_into(packed, transposed, biases, x, labels, acts, deltas, grads_packed, dbs):
-    """Mean loss of the batch x with labels; overwrites acts, deltas, grads_packed (dW_l packed) and dbs with the gradients.
+    """Mean loss of the batch x with labels; overwrites acts, deltas, grads_packed (dW_l packed)
+    and dbs with the gradients.
 
     grads_packed must hold zeros: the update kernel with lr = -1 turns a zero W into
     0 + 1 * (A^T dZ), the gradient itself (both steps exact in float32).
