@@ -4,7 +4,7 @@ A tile's loop is fast only if LLVM keeps the MR x NV accumulators, the B vectors
 in vector registers: one spill (a store of an accumulator to the stack and its reload in every
 iteration) or a mask rebuilt in the loop cost the update tile half its speed on AVX2 once, and
 nothing but the machine code shows it (results stay right). So this test compiles each
-microkernel of fastmlp/kernels/simd_ir.py (forward_tile, wgrad_tile, adam_tile) for each
+microkernel of fastmlp/kernels/simd_ir.py and update_ir.py (forward_tile, wgrad_tile, adam_tile) for each
 instruction set's tile, with LLVM's -O3 pipeline as Numba runs it, for a CPU of that set
 (haswell: AVX2, skylake-avx512: AVX-512, x86-64: SSE; any machine can compile for all three),
 finds the loop of a whole tile's k iterations (the one that does MR x NV FMAs, MR broadcasts and
@@ -18,7 +18,7 @@ import numba  # noqa: F401  initialises LLVM's targets
 import pytest
 from llvmlite import ir
 
-from fastmlp.kernels import simd_ir
+from fastmlp.kernels import simd_ir, update_ir
 from fastmlp.kernels.tiles import TILES
 
 CPUS = {"avx2": "haswell", "avx512": "skylake-avx512", "sse": "x86-64"}
@@ -29,7 +29,8 @@ def tile_assembly(kernel, tile, cpu):
     """x86 assembly of one microkernel (simd_ir.<kernel>_tile) for `tile`, compiled -O3 for `cpu`
     and its own features."""
     module = ir.Module(f"{kernel}_{tile.name}")
-    getattr(simd_ir, f"{kernel}_tile")(module, tile).linkage = "external"  # kept, not inlined away
+    source = simd_ir if kernel == "forward" else update_ir
+    getattr(source, f"{kernel}_tile")(module, tile).linkage = "external"  # kept, not inlined away
     machine = llvm.Target.from_triple("x86_64-unknown-linux-gnu").create_target_machine(cpu=cpu, features="", opt=3)
     compiled = llvm.parse_assembly(str(module))
     compiled.verify()

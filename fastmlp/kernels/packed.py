@@ -33,7 +33,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..runtime.jit import cached_njit
-from . import simd_ir
+from . import simd_ir, update_ir
 from .contiguity import require_c_contiguous
 from .tiles import TILE
 
@@ -76,14 +76,14 @@ def _forward_tile(typingctx, A, a_off, lda, P, p_off, K, C, c_off, ldc, rows, nc
 def _wgrad_tile(typingctx, A, a_off, lda, D, d_off, ldd, n, lo, hi, ncols, P, p_off, V, lr, momentum, weight_decay,
                 rule):
     """Tile rows lo:hi of W (packed) updated by an SGD rule from A[:, k0+lo:k0+hi].T @ D[:, panel]
-    (simd_ir.wgrad_tile); V at P's offset."""
+    (update_ir.wgrad_tile); V at P's offset."""
     sig = types.void(A, types.intp, types.intp, D, types.intp, types.intp, types.intp, types.intp, types.intp,
                      types.intp, P, types.intp, V, types.float32, types.float32, types.float32, types.int32)
 
     def codegen(context, builder, signature, args):
         A_, a_off_, lda_, D_, d_off_, ldd_, n_, lo_, hi_, ncols_, P_, p_off_, V_, lr_, mu_, wd_, rule_ = args
         ty = signature.args
-        fn = simd_ir.wgrad_tile(builder.module, TILE)
+        fn = update_ir.wgrad_tile(builder.module, TILE)
         builder.call(fn, [_data(context, builder, ty[0], A_, a_off_), lda_, _data(context, builder, ty[3], D_, d_off_),
                           ldd_, n_, lo_, hi_, ncols_, _data(context, builder, ty[10], P_, p_off_),
                           _data(context, builder, ty[12], V_, p_off_), lr_, mu_, wd_, rule_])
@@ -95,7 +95,7 @@ def _wgrad_tile(typingctx, A, a_off, lda, D, d_off, ldd, n, lo, hi, ncols, P, p_
 @intrinsic
 def _adam_tile(typingctx, A, a_off, lda, D, d_off, ldd, n, lo, hi, ncols, G, P, pending_off, M, S, pending, lr,
                beta1, weight_decay, rule, beta2, eps, c1, c2):
-    """One Adam tile (simd_ir.adam_tile): this tile's gradient accumulated into G while the pending tile's, left in G,
+    """One Adam tile (update_ir.adam_tile): this tile's gradient accumulated into G while the pending tile's, left in G,
     updates P, M and S at offset pending_off (its first `pending` vectors)."""
     sig = types.void(A, types.intp, types.intp, D, types.intp, types.intp, types.intp, types.intp, types.intp,
                      types.intp, G, P, types.intp, M, S, types.intp, types.float32, types.float32, types.float32,
@@ -105,7 +105,7 @@ def _adam_tile(typingctx, A, a_off, lda, D, d_off, ldd, n, lo, hi, ncols, G, P, 
         (A_, a_off_, lda_, D_, d_off_, ldd_, n_, lo_, hi_, ncols_, G_, P_, pending_off_, M_, S_, pending_, lr_, b1_,
          wd_, rule_, b2_, eps_, c1_, c2_) = args
         ty = signature.args
-        fn = simd_ir.adam_tile(builder.module, TILE)
+        fn = update_ir.adam_tile(builder.module, TILE)
         builder.call(fn, [_data(context, builder, ty[0], A_, a_off_), lda_, _data(context, builder, ty[3], D_, d_off_),
                           ldd_, n_, lo_, hi_, ncols_, G_, _data(context, builder, ty[11], P_, pending_off_),
                           _data(context, builder, ty[13], M_, pending_off_),
@@ -132,14 +132,14 @@ def _tile_buffer(typingctx):
 @intrinsic
 def _flush_subnormals_on(typingctx):
     """x86: turn on the MXCSR's flush-to-zero and denormals-are-zero modes for this thread; returns the
-    MXCSR to restore (`_restore_mxcsr`). A no-op returning 0 elsewhere (simd_ir.adam_tile flushes itself)."""
+    MXCSR to restore (`_restore_mxcsr`). A no-op returning 0 elsewhere (update_ir.adam_tile flushes itself)."""
     sig = types.int32()
 
     def codegen(context, builder, signature, args):
-        if not simd_ir.X86:
+        if not update_ir.X86:
             return ir.Constant(ir.IntType(32), 0)
-        old = simd_ir.read_mxcsr(builder)
-        simd_ir.write_mxcsr(builder, builder.or_(old, ir.Constant(ir.IntType(32), simd_ir.FTZ_DAZ)))
+        old = update_ir.read_mxcsr(builder)
+        update_ir.write_mxcsr(builder, builder.or_(old, ir.Constant(ir.IntType(32), update_ir.FTZ_DAZ)))
         return old
 
     return sig, codegen
@@ -151,8 +151,8 @@ def _restore_mxcsr(typingctx, csr):
     sig = types.void(types.int32)
 
     def codegen(context, builder, signature, args):
-        if simd_ir.X86:
-            simd_ir.write_mxcsr(builder, args[0])
+        if update_ir.X86:
+            update_ir.write_mxcsr(builder, args[0])
         return context.get_dummy_value()
 
     return sig, codegen
@@ -248,7 +248,7 @@ def _first_column(k, K):
 
     k itself where a whole tile's columns follow; else K - TILE_ROWS, the tile then updating only
     its last rows (its lo > 0): the tile at the end of W (or of a worker's share of it) runs the
-    fast loop of a whole tile (simd_ir._wgrad_product) rather than the one for fewer rows. k where
+    fast loop of a whole tile (update_ir._wgrad_product) rather than the one for fewer rows. k where
     W has fewer than TILE_ROWS rows.
     """
     return min(k, K - TILE_ROWS) if K >= TILE_ROWS else k
@@ -261,7 +261,7 @@ def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule
 
     A (n, K) holds the layer's inputs, dZ (n, N) its output gradient. rule PLAIN_SGD,
     MOMENTUM or NESTEROV as in fastmlp/optim.py, weight decay included; V is read only by
-    MOMENTUM and NESTEROV (pass P otherwise). ADAM and ADAMW (simd_ir.adam_tile): V is the
+    MOMENTUM and NESTEROV (pass P otherwise). ADAM and ADAMW (update_ir.adam_tile): V is the
     first moment, S the second, momentum is beta1, (c1, c2) = adam_corrections(beta1, beta2, t);
     S, beta2, eps, c1 and c2 are read only by these (pass P and zeros otherwise).
     """
