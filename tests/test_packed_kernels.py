@@ -12,7 +12,8 @@ from numba.core.errors import TypingError
 
 from fastmlp import checked_kernels as ck
 from fastmlp import kernels
-from fastmlp.kernels import PANEL_WIDTH, TILE_ROWS
+from fastmlp.kernels import PANEL_WIDTH, TILE_ROWS, reference
+from fastmlp.kernels.reference import assert_close
 from fastmlp.kernels.tiles import TILES, select_tile
 
 pytestmark = pytest.mark.kernels  # run again per ISA and with bounds checks by .ci/run
@@ -26,16 +27,8 @@ def f32(rng, *shape):
 
 
 def packed(W):
-    P = np.zeros(kernels.packed_shape(*W.shape), np.float32)
-    kernels.pack_weights_into(P, W)
-    return P
-
-
-def assert_close(actual, expected, rtol=1e-5, terms=None):
-    """|actual - expected| within rtol of the result's scale, or of `terms`' (the magnitudes summed
-    into it, |A| @ |W|: float32 rounds a sum at that scale, and a sum that cancels is far smaller)."""
-    scale = max(np.abs(expected).max(initial=0.0), 0.0 if terms is None else np.abs(terms).max(initial=0.0), 1e-30)
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
+    """W in the packed layout, as kernels.reference writes it in NumPy."""
+    return reference.packed(np.asarray(W, np.float32))
 
 
 def test_the_packed_layout_is_panels_of_panel_width_columns_padded_with_zeros():
@@ -102,14 +95,13 @@ def test_update_kernels_match_the_formulas_of_optim(m, k, n, wd, seed):
 
 
 def adam_reference(W, M, S, G, lr, beta1, beta2, eps, wd, t, decoupled):
-    """Kingma & Ba's step t in float64 (AdamW: W decayed apart from g); returns (W, M, S)."""
-    W, M, S, G = (np.asarray(a, np.float64) for a in (W, M, S, G))
-    g = G if decoupled else G + wd * W
-    M = beta1 * M + (1 - beta1) * g
-    S = beta2 * S + (1 - beta2) * g * g
+    """kernels.reference's Adam step t in float64 (AdamW: W decayed apart from g); returns (W, M, S)."""
+    W, M, S, G = (np.array(a, np.float64) for a in (W, M, S, G))
     if decoupled:
-        W = W - lr * wd * W
-    return W - lr * (M / (1 - beta1**t)) / (np.sqrt(S / (1 - beta2**t)) + eps), M, S
+        reference.adamw_update(W, M, S, G, lr, beta1, beta2, eps, wd, t)
+    else:
+        reference.adam_update(W, M, S, G + wd * W, lr, (beta1, beta2), eps, t)
+    return W, M, S
 
 
 @settings(max_examples=40, deadline=None)
@@ -139,7 +131,7 @@ def test_adam_kernel_matches_the_formulas_of_optim(m, k, n, wd, t, decoupled, se
 
 def test_adam_flushes_subnormal_moments_to_zero_in_the_kernel_and_the_reference_alike():
     # Weight rows whose inputs are all 0 get g = 0: their moments only decay, by beta1 and beta2.
-    from fastmlp.backends.numpy_ref import adam_update
+    from fastmlp.kernels.reference import adam_update
 
     tiny = np.finfo(np.float32).tiny
     rng = np.random.default_rng(0)

@@ -123,3 +123,14 @@ def adamw_update(W: FloatArray, M: FloatArray, S: FloatArray, G: FloatArray, lr:
     W -= lr * weight_decay * W
     adam_update(W, M, S, G, lr, (beta1, beta2), eps, t)
     return W
+
+
+def assert_close(actual: npt.ArrayLike, expected: npt.ArrayLike, rtol: float = 1e-5,
+                 terms: npt.ArrayLike | None = None) -> None:
+    """Raise AssertionError unless a kernel's result is within rtol of its reference, at the scale of the
+    reference's largest entry, or of `terms`' when given: the magnitudes summed into it (|A| @ |W| for a
+    product), since float32 rounds a sum at that scale and a sum that cancels is far smaller than its terms."""
+    expected = np.asarray(expected)
+    scale = max(float(np.abs(expected).max(initial=0.0)),
+                0.0 if terms is None else float(np.abs(np.asarray(terms)).max(initial=0.0)), 1e-30)
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)

@@ -15,7 +15,7 @@ by a user with no writable home, Numba finds no folder for its cache and `@njit(
 raises `RuntimeError: cannot cache function ...: no locator available` at import. Whether it can
 is decided once, at the import of this module, by decorating a function of this file (all of
 fastmlp's source lives in the same package folder, so one probe answers for every module): if it
-cannot, every `cached_njit` function compiles in memory only (each run compiles again, ~10 s), and
+cannot, every `cached_njit` function compiles in memory only (each run compiles again, which takes tens of seconds), and
 one warning line says so and names `NUMBA_CACHE_DIR`, the fix.
 
 Numba keys a cached function by its own bytecode and invalidates it when its own file changes,
@@ -68,7 +68,7 @@ X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 
 NO_CACHE_MESSAGE = (
     f"Numba finds no writable folder to cache fastmlp's compiled kernels (next to {os.path.dirname(__file__)} "
-    "or in the home folder), so they are compiled again in every run (~10 s); "
+    "or in the home folder), so they are compiled again in every run (tens of seconds); "
     "set NUMBA_CACHE_DIR to a writable folder to keep them"
 )
 
