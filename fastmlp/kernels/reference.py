@@ -133,4 +133,4 @@ def assert_close(actual: npt.ArrayLike, expected: npt.ArrayLike, rtol: float = 1
     expected = np.asarray(expected)
     scale = max(float(np.abs(expected).max(initial=0.0)),
                 0.0 if terms is None else float(np.abs(np.asarray(terms)).max(initial=0.0)), 1e-30)
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
+    np.testing.assert_allclose(np.asarray(actual), expected, rtol=rtol, atol=rtol * scale)

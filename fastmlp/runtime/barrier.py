@@ -2,8 +2,8 @@
 
 The numba backend runs an epoch on one thread per core, each meeting the others at two barriers
 a step (fastmlp/backends/numba/step.py). A sleeping barrier (a futex, or Numba's own parallel
-launches, whose idle workers sleep) costs tens of microseconds to wake, as much as a whole step at batch 32; this one spins
-on an atomic counter, then yields the core if the others are late, and sleeps in short naps
+launches, whose idle workers sleep) costs tens of microseconds to wake, as much as a whole step
+at batch 32; this one spins on an atomic counter, then yields the core if the others are late, and sleeps in short naps
 once they are very late (a machine busy with other work, or more workers than cores): a waiter
 that only yields still takes its full share of the cores from the threads it waits for.
 
