@@ -9,7 +9,6 @@ from numba.core.runtime import _nrt_python, rtsys
 from fastmlp import MLP, kernels
 from fastmlp.backends.numba.backend import Backend, epoch_workers
 from fastmlp.kernels import reference
-from fastmlp.kernels.packed import PANEL_WIDTH
 from fastmlp.kernels.reference import assert_close
 
 pytestmark = pytest.mark.kernels  # run again per ISA and with bounds checks by .ci/run
@@ -185,7 +184,7 @@ def test_kernels_are_callable_from_user_njit_code(rng):
 def test_fused_epoch_allocates_nothing_per_step(rng, threads, sgd):
     from fastmlp.optim import Velocity
 
-    model = MLP([20, 4 * PANEL_WIDTH, 8, 4], seed=0)  # panels and batch rows enough for 2 workers
+    model = MLP([20, 64, 8, 4], seed=0)  # rows and work enough for 2 workers (MIN_FLOPS_PER_WORKER) on any tile
     backend = Backend(threads=threads)
     assert epoch_workers(threads, 32, model.layer_sizes) == threads
     if sgd:
