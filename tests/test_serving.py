@@ -16,6 +16,8 @@ from fastmlp import MLP, Pixels, get_backend, inference
 from fastmlp.backends.numba.backend import Backend
 from fastmlp.kernels.rowmajor import BLOCK_ROWS, WIDE_COLUMNS
 
+pytestmark = pytest.mark.kernels  # run again per ISA and with bounds checks by .ci/run
+
 SIZES = (784, 128, 64, 10)
 
 
