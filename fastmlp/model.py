@@ -76,7 +76,7 @@ class MLP:
         return f"MLP({list(self.layer_sizes)})"
 
     def predict_proba(self, X: Features, *, batch_size: int = 4096) -> FloatArray:
-        """Class probabilities, float32 (n, classes), by fastmlp.inference: straight off `weights` (edits
+        """Class probabilities, float32 (n, classes), by fastmlp.inference: off `weights` as they are (edits
         in place count), safe from many threads, a row's bits independent of its batch and position.
         batch_size is checked but no longer needed: memory grows with the output alone."""
         if self.mean is not None:  # the model's standardisation first: the net was trained on (X - mean) / std

@@ -22,11 +22,14 @@ def test_one_run_gives_both_sides_and_their_ratio_at_every_batch(monkeypatch):
     assert "fastmlp's speed relative to ONNX Runtime" in table and "10,000" in table
 
 
-def test_median_times_calls_each_side_in_rotating_order():
+def test_median_times_times_each_side_in_blocks_that_alternate_in_rotating_order():
     order = []
-    medians = inference.median_times({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=4)
-    timed = order[2 * inference.WARMUP_CALLS:]
-    assert timed == ["a", "b", "b", "a", "a", "b", "b", "a"] and set(medians) == {"a", "b"}
+    medians = inference.median_times({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=8,
+                                     rounds=4, pause=0)
+    block = inference.WARMUP_CALLS + 2  # untimed warm-up calls, then 8 // 4 timed ones
+    assert order == ["a"] * block + ["b"] * block + ["b"] * block + ["a"] * block + ["a"] * block + ["b"] * block \
+        + ["b"] * block + ["a"] * block
+    assert set(medians) == {"a", "b"}
 
 
 def test_the_section_is_one_line_without_onnxruntime(monkeypatch, capsys):

@@ -1,9 +1,10 @@
 """`python -m fastmlp.bench --inference`: `MLP.predict_proba` against ONNX Runtime on the same net, side by side.
 
 The default net (784-128-64-10), exported with `fastmlp.export_onnx`'s graph (Gemm + Relu, Softmax) and run
-in a default ONNX Runtime session, on MNIST test images at batch 1, 64 and 10,000. Each round times one
-call of each, alternating which goes first, so that both meet the same machine state (turbo, other load);
-the figure per side is the median of its timed calls, and the ratio is ONNX Runtime's median time over
+in a default ONNX Runtime session, on MNIST test images at batch 1, 64 and 10,000. Each side runs in blocks of
+back-to-back calls (after a pause and untimed warm-up calls), the sides alternating block by block, so that
+both meet the same machine state (turbo, other load) but not each other's idle threads; the figure per side
+is the median of its timed calls, and the ratio is ONNX Runtime's median time over
 fastmlp's: fastmlp's speed relative to ONNX Runtime's (above 1: fastmlp is faster). The weights are He
 initialised, not trained: the time of a dense forward pass does not depend on their values. Before timing,
 the two sides' probabilities are compared (they must agree within 1e-5).
@@ -30,7 +31,9 @@ BATCHES = (1, 64, 10_000)
 # Timed calls per side and batch: enough for a stable median at each size, a few seconds in all.
 CALLS = {1: 2000, 64: 500, 10_000: 20}
 QUICK_CALLS = {1: 200, 64: 50, 10_000: 3}
-WARMUP_CALLS = 3  # per side and batch: compiles, allocates and fills the caches before any call is timed
+WARMUP_CALLS = 3  # per side and block: compiles, allocates and fills the caches before any call is timed
+ROUNDS = 4  # blocks per side and batch, alternating sides
+PAUSE_SECONDS = 0.05  # before each block: the other side's threads stop spinning
 AGREEMENT = 1e-5
 INSTALL_HINT = "pip install onnx onnxruntime"
 
@@ -56,20 +59,30 @@ def onnx_runtime_missing() -> str | None:
     return f"inference benchmark skipped: {' and '.join(missing)} not installed ({INSTALL_HINT})"
 
 
-def median_times(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """{name: median seconds per call}: `repeats` rounds, each calling every function once, in an order that
-    rotates from round to round, after WARMUP_CALLS untimed rounds."""
+def median_times(calls: dict[str, Callable[[], object]], repeats: int, rounds: int = ROUNDS,
+                 pause: float = PAUSE_SECONDS) -> dict[str, float]:
+    """{name: median seconds per call}: `rounds` rounds; in each, every function in turn (the order rotating
+    from round to round) is left alone for `pause` seconds, called WARMUP_CALLS times untimed, then
+    `repeats // rounds` times (at least once) timed, back to back.
+
+    Blocks rather than alternate single calls: a side's idle threads may still be spinning when the other's
+    call starts (ONNX Runtime's default session spins its pool after each call), and each side is measured
+    as a server calling it again and again would see it. The pause lets the other side's threads go to sleep.
+    """
     names = list(calls)
-    for _ in range(WARMUP_CALLS):
-        for name in names:
-            calls[name]()
+    per_block = max(1, repeats // rounds)
     times: dict[str, list[float]] = {name: [] for name in names}
-    for round_ in range(repeats):
+    for round_ in range(rounds):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            calls[name]()
-            times[name].append(time.perf_counter() - start)
+            time.sleep(pause)
+            call = calls[name]
+            for _ in range(WARMUP_CALLS):
+                call()
+            for _ in range(per_block):
+                start = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
 

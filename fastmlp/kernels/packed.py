@@ -173,12 +173,19 @@ def packed_shape(n_rows, n_columns):
 def pack_weights_into(P, W):
     """P = W (K, N) float32 in the packed layout (panels, K, PANEL_WIDTH), zero padding; overwrites P."""
     require_c_contiguous(P, W)
-    K, N = W.shape
     for p in range(P.shape[0]):
-        for k in range(K):
-            for j in range(PANEL_WIDTH):
-                col = p * PANEL_WIDTH + j
-                P[p, k, j] = W[k, col] if col < N else np.float32(0.0)
+        pack_panel_into(P[p], W, p)
+
+
+@cached_njit
+def pack_panel_into(panel, W, p):
+    """panel (K, PANEL_WIDTH) = panel p of W (K, N) packed: W[:, p * PANEL_WIDTH:][:, :PANEL_WIDTH], zero padding;
+    overwrites panel."""
+    K, N = W.shape
+    col = p * PANEL_WIDTH
+    for k in range(K):
+        for j in range(PANEL_WIDTH):
+            panel[k, j] = W[k, col + j] if col + j < N else np.float32(0.0)
 
 
 @cached_njit
@@ -229,6 +236,37 @@ def forward_part(C, A, P, bias, mask, kind, r0, r1, p0, p1):
             col = p * PANEL_WIDTH
             _forward_tile(A, i0 * lda, lda, P, p * panel_size, K, C, i0 * ldc + col, ldc, rows,
                           min(PANEL_WIDTH, N - col), bias, col, mask, i0 * ldm + col, ldm, np.int32(kind))
+
+
+@cached_njit
+def refresh_packed_panels(P, S, W, p0, p1):
+    """Keep panels p0:p1 of P the packed W (K, N), P having been packed from S, a row-major copy of W (or both
+    all zeros): where W's columns of those panels differ from S's, bit for bit, copy them into S and repack
+    those panels of P. Overwrites those parts of P and S; returns whether it did.
+
+    A packed copy kept between calls (fastmlp.inference) is then right whatever was done to W in place.
+    The check reads W and S front to back, row by row, a few microseconds per 100 KB; packing reads W
+    column panel by column panel, 64 bytes a row, several times slower.
+    """
+    K, N = W.shape
+    c0, c1 = p0 * PANEL_WIDTH, min(N, p1 * PANEL_WIDTH)
+    if c1 <= c0:
+        return False
+    Wbits, Sbits = W.reshape(W.size).view(np.uint32), S.reshape(S.size).view(np.uint32)
+    differ = np.uint32(0)
+    for k in range(K):
+        # Unsigned indices: Numba then leaves out its negative-index fix-up, and LLVM vectorises the loop.
+        first = np.uint64(k * N + c0)
+        for j in range(np.uint64(c1 - c0)):
+            differ |= Wbits[first + j] ^ Sbits[first + j]  # no early exit: one OR of XORs, in SIMD lanes
+    if differ == 0:
+        return False
+    for k in range(K):
+        for j in range(c0, c1):
+            S[k, j] = W[k, j]
+    for p in range(p0, p1):
+        pack_panel_into(P[p], W, p)
+    return True
 
 
 @cached_njit

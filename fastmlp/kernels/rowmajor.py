@@ -29,6 +29,16 @@ from ..runtime.jit import cached_njit
 from . import simd_ir
 from .contiguity import require_c_contiguous
 from .elementwise import softmax_inplace
+from .packed import (
+    BIAS,
+    BIAS_RELU,
+    PANEL_WIDTH,
+    TILE_ROWS,
+    forward_part,
+    pack_weights_into,
+    panel_count,
+    refresh_packed_panels,
+)
 from .tiles import TILE
 
 F32, I32, I64, PTR = simd_ir.F32, simd_ir.I32, simd_ir.I64, simd_ir.PTR
@@ -192,5 +202,74 @@ def rowmajor_forward_probs_into(out, X, weights, biases, r0, r1):
             src, src_row = (X, start) if l == 0 else (scratch[(l - 1) % 2], 0)
             dst, dst_row = (out, start) if l == L - 1 else (scratch[l % 2], 0)
             rowmajor_layer_rows(dst, dst_row, src, src_row, rows, weights[l], biases[l], l < L - 1)
+        softmax_inplace(out[start : start + rows])
+    return True
+
+
+@cached_njit(nogil=True)
+def packed_layer_part_into(C, A, W, P, S, b, relu, r0, r1, p0, p1, check_finite):
+    """C[r0:r1, panels p0:p1] = epilogue(A[r0:r1] @ W + b), epilogue ReLU if relu; overwrites those entries of C.
+
+    One part of one layer of a larger inference call. W (K, N) row-major, as the model keeps it; P
+    (panels, K, PANEL_WIDTH) a packed copy of it kept by the caller between calls, packed from S, a row-major
+    copy: W's columns of panels p0:p1 are first checked against S bit for bit, and where they differ copied
+    and repacked (packed.refresh_packed_panels); then the training forward tiles read P (rows outer, panels
+    inner). The same operations per output element as `rowmajor_forward_probs_into`: the same bits.
+    Returns False, at once, if check_finite and a row of A[r0:r1] holds NaN or inf (each tile's rows are
+    checked just before its tiles read them).
+    """
+    require_c_contiguous(C, A, W, P, S, b)
+    refresh_packed_panels(P, S, W, p0, p1)
+    kind = BIAS_RELU if relu else BIAS
+    for i0 in range(r0, r1, TILE_ROWS):
+        i1 = min(i0 + TILE_ROWS, r1)
+        if check_finite and not rows_finite(A, i0, i1):
+            return False
+        forward_part(C, A, P, b, C, kind, i0, i1, p0, p1)
+    return True
+
+
+@cached_njit(nogil=True)
+def packing_forward_probs_into(out, X, weights, biases, r0, r1):
+    """rowmajor_forward_probs_into for many rows: all of the net's weights packed first (buffers of this call's
+    own), then the rows in blocks through every layer with the training forward tiles (rows outer, panels
+    inner: a tile's rows of A stay in L1 while the panels stream from L2). The same bits.
+    Returns False, at once, if a row of X[r0:r1] holds NaN or inf. Releases the GIL.
+    """
+    require_c_contiguous(out, X)
+    L = len(weights)
+    packed = []
+    widest = 1
+    for l in range(L):
+        K, N = weights[l].shape
+        P = np.empty((panel_count(N), K, PANEL_WIDTH), dtype=np.float32)
+        pack_weights_into(P, weights[l])
+        packed.append(P)
+        if l < L - 1:
+            widest = max(widest, N)
+    block = min(BLOCK_ROWS, max(r1 - r0, 1))
+    scratch = (np.empty(block * widest, dtype=np.float32), np.empty(block * widest, dtype=np.float32))
+    for start in range(r0, r1, block):
+        rows = min(block, r1 - start)
+        src = X[start : start + rows]
+        for l in range(L):
+            N = weights[l].shape[1]
+            if l == 0 and L > 1:  # each tile's rows checked just before its tiles read them: X's block is not
+                dst = scratch[0][: rows * N].reshape((rows, N))  # pulled into L2 ahead of them (W's panels are)
+                for i0 in range(0, rows, TILE_ROWS):
+                    i1 = min(i0 + TILE_ROWS, rows)
+                    if not rows_finite(src, i0, i1):
+                        return False
+                    forward_part(dst, src, packed[0], biases[0], dst, BIAS_RELU, i0, i1, 0, panel_count(N))
+                src = dst
+            elif l < L - 1:
+                dst = scratch[l % 2][: rows * N].reshape((rows, N))
+                forward_part(dst, src, packed[l], biases[l], dst, BIAS_RELU, 0, rows, 0, panel_count(N))
+                src = dst
+            else:
+                dst = out[start : start + rows]
+                if L == 1 and not rows_finite(src, 0, rows):
+                    return False
+                forward_part(dst, src, packed[l], biases[l], dst, BIAS, 0, rows, 0, panel_count(N))
         softmax_inplace(out[start : start + rows])
     return True

@@ -110,6 +110,10 @@ def _usleep(typingctx: Any, microseconds: Any) -> Any:
     return types.void(microseconds), codegen
 
 
+# The atomics and waits above, for other nopython code that threads share (fastmlp/kernels/serving.py).
+atomic_add, atomic_load, atomic_store, cpu_relax = _atomic_add, _atomic_load, _atomic_store, _cpu_relax
+
+
 def barrier_state() -> npt.NDArray[np.int64]:
     """A fresh barrier: int64 state, no thread waiting, not aborted."""
     return np.zeros(_ABORTED + 8, dtype=np.int64)
@@ -148,3 +152,4 @@ def barrier_wait(state, parties):
             continue  # spins stays put: every later wait of this call naps
         spins += 1
     return _atomic_load(state, _ABORTED) == 0
+

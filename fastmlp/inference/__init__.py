@@ -1,24 +1,29 @@
 """Class probabilities for serving: fast at one row and at ten thousand, safe to call from many threads.
 
-`predict_proba(model, X)` checks the model and X, then `probabilities(weights, biases, X)` runs
-`fastmlp.kernels.rowmajor` straight off the arrays it is given (the model's own): nothing is packed
-or cached, so an edit of `model.weights` in place is seen by the next call, and concurrent calls
-share no buffer (each allocates its output and, per thread, two small scratch blocks). A large
-batch is cut into contiguous row ranges run on a pool of threads (the nopython kernel releases the
-GIL); a small one runs on the caller's thread alone.
+`predict_proba(model, X)` checks the model and X, then `probabilities(weights, biases, X)` computes
+with the arrays it is given (the model's own), three ways by batch size:
+
+- up to PACKED_MIN_ROWS rows: `fastmlp.kernels.rowmajor` reads the row-major weights in place, on the
+  calling thread (a row's work is reading W once; packing would cost more);
+- more rows: the training forward tiles read packed copies of W kept between calls, one set per thread
+  (`threads.kept_copies`, `threads.ServingThreads`). At every call each thread checks W's columns it
+  reads against its row-major copy, bit for bit, and repacks what changed: an edit of `model.weights`
+  in place is seen by the next call, whatever it changed. Up to ROW_SPLIT_MIN_ROWS rows per thread,
+  the threads share each layer (the model's serving threads, which wait for the next call spinning
+  without the GIL, then sleep); beyond, they split the rows, each packing all of W for the call.
+
+Threads: at most the usable CPUs, each given MIN_MACS_PER_THREAD multiply-adds at least. Concurrent
+calls share no memory they write (a call that finds the model's serving threads busy runs alone).
 
 A row's probabilities are the same bits whatever its position, the batch it comes in and the
 threads that split it (see fastmlp/kernels/rowmajor.py), and the same as the numba backend's
-forward. This module sits below `fastmlp.model`: it imports the kernels, the runtime and the input
+forward. This package sits below `fastmlp.model`: it imports the kernels, the runtime and the input
 checks, never the backends.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import queue
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -26,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numba import typeof
 
-from .inputs import (
+from ..inputs import (
     Features,
     FloatArray,
     Pixels,
@@ -34,22 +39,27 @@ from .inputs import (
     check_model,
     check_positive_int,
 )
-from .kernels.rowmajor import ROW_TILE, rowmajor_forward_probs_into
-from .runtime.blas_threads import usable_cpus
+from ..kernels.rowmajor import ROW_TILE, packing_forward_probs_into, rowmajor_forward_probs_into
+from ..kernels.serving import forward_probs_part_into
+from ..runtime.barrier import barrier_state
+from ..runtime.blas_threads import usable_cpus
+from .threads import kept_copies, run_parts, serving_threads, uniform
 
 if TYPE_CHECKING:
-    from .model import MLP
+    from ..model import MLP
 
 # A thread takes at least this many multiply-adds of a call (some tens of microseconds of work on
 # one core): below it, handing rows to another thread (a wake-up, and the GIL for the call) costs
 # more than it saves. The default net (109 k a row) goes on a second thread from 40 rows on.
 MIN_MACS_PER_THREAD = 2_000_000
+# From this many rows on, a call runs the training forward tiles on packed copies of W; below, it reads
+# the row-major weights in place (fastmlp/kernels/rowmajor.py), where a row's work is W read once.
+PACKED_MIN_ROWS = 24
+# A call splits its rows between threads (each packing all of W, then running its rows through every layer)
+# where every thread gets this many rows; a smaller batch's threads share each layer, on kept copies.
+ROW_SPLIT_MIN_ROWS = 256
 _CPUS_RECHECK_SECONDS = 1.0  # usable_cpus() reads the affinity mask and cgroup files (~0.1 ms)
 
-_lock = threading.Lock()
-_tasks: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()  # (row range, its done queue) for the pool
-_helpers = 0  # threads of the pool, all reading _tasks
-_pool_pid = 0
 _cpus = 1
 _cpus_read_at = -math.inf
 _entry_points: dict[tuple[Any, ...], Callable[..., bool]] = {}
@@ -108,40 +118,50 @@ def probabilities(
     if isinstance(X, Pixels):
         X = X.to_float32()
     weights, biases = tuple(weights), tuple(biases)
-    kernel, weights, biases = _kernel(X, weights, biases)
     n = X.shape[0]
     out = np.empty((n, weights[-1].shape[1]), dtype=np.float32)
-    parts = 1
-    if n >= 2 * ROW_TILE:
-        macs = n * sum(W.size for W in weights)
-        if macs >= 2 * MIN_MACS_PER_THREAD:
-            parts = min(_usable_cpus(), macs // MIN_MACS_PER_THREAD, -(-n // ROW_TILE))
+    if n >= PACKED_MIN_ROWS:
+        return out if _packed_probabilities_into(out, X, weights, biases) else None
+    kernel, weights, biases = _kernel(X, weights, biases)
     if kernel is rowmajor_forward_probs_into and X.flags.aligned:  # the first call of this kind: compile, learn
         finite = kernel(out, X, weights, biases, 0, n)
         _learn_entry_point(X, weights, biases)
         return out if finite else None
-    if parts <= 1:
-        return out if kernel(out, X, weights, biases, 0, n) else None
-    # Part boundaries on whole row tiles: every part but the last runs whole MR-row tiles.
-    tiles = -(-n // ROW_TILE)
-    bounds = [min(n, (tiles * p // parts) * ROW_TILE) for p in range(parts + 1)]
-    _start_helpers(parts - 1)
-    done: queue.SimpleQueue[BaseException | bool] = queue.SimpleQueue()
-    for p in range(1, parts):
-        _tasks.put((kernel, out, X, weights, biases, bounds[p], bounds[p + 1], done))
-    finite, error = False, None
-    try:
-        finite = kernel(out, X, weights, biases, bounds[0], bounds[1])
-    finally:
-        for _ in range(parts - 1):  # every part is waited for: they write into out
-            result = done.get()
-            if isinstance(result, BaseException):
-                error = error or result
-            else:
-                finite = finite and result
-    if error is not None:
-        raise error
-    return out if finite else None
+    return out if kernel(out, X, weights, biases, 0, n) else None
+
+
+def _packed_probabilities_into(out: FloatArray, X: FloatArray, weights: tuple[FloatArray, ...],
+                               biases: tuple[FloatArray, ...]) -> bool:
+    """out = the probabilities of X through the training forward tiles (False if X holds NaN or inf).
+
+    As many threads as the usable CPUs, each with MIN_MACS_PER_THREAD multiply-adds at least. Where each gets
+    ROW_SPLIT_MIN_ROWS rows, they split the rows and each packs all of W for its own (threads.run_parts);
+    else they run the call layer by layer together, each reading its share of W from copies kept between
+    calls: this thread's own when it is alone, else the model's serving threads' (threads.ServingThreads).
+    """
+    n = X.shape[0]
+    parts = min(_usable_cpus(), max(1, n * sum(W.size for W in weights) // MIN_MACS_PER_THREAD))
+    if n >= parts * ROW_SPLIT_MIN_ROWS:
+        tiles = -(-n // ROW_TILE)
+        parts = min(parts, tiles)
+        bounds = [min(n, (tiles * p // parts) * ROW_TILE) for p in range(parts + 1)]  # on whole row tiles
+        weights, biases = uniform(weights), uniform(biases)
+        calls = [(out, X, weights, biases, bounds[p], bounds[p + 1]) for p in range(parts)]
+        return all(run_parts(packing_forward_probs_into, calls))
+    if parts > 1 and X.flags.aligned and X.flags.c_contiguous:
+        served = serving_threads(weights, biases, parts, parts * ROW_SPLIT_MIN_ROWS).call(out, X, parts)
+        if served is not None:
+            return served
+    kept = [kept_copies(W) for W in weights]  # alone: this thread's own copies (found by the model's arrays)
+    weights, biases = uniform(weights), uniform(biases)
+    hidden = tuple(np.empty((n, W.shape[1]), dtype=np.float32) for W in weights[:-1]) or (out,)
+    finite = np.zeros(1, dtype=np.int64)
+    forward_probs_part_into(hidden, out, X, weights, biases, tuple(P for P, _ in kept), tuple(S for _, S in kept),
+                            0, 1, _ALONE, finite)
+    return bool(finite[0])
+
+
+_ALONE = barrier_state()  # a barrier of one party never waits: shared by every call that runs alone
 
 
 def _kernel(X: FloatArray, weights: tuple[FloatArray, ...], biases: tuple[FloatArray, ...]
@@ -200,24 +220,3 @@ def _usable_cpus() -> int:
     if now - _cpus_read_at >= _CPUS_RECHECK_SECONDS:
         _cpus, _cpus_read_at = usable_cpus(), now
     return _cpus
-
-
-def _start_helpers(helpers: int) -> None:
-    """Make the pool at least `helpers` threads (again in a forked child, whose copy has none)."""
-    global _helpers, _pool_pid, _tasks
-    with _lock:
-        if _pool_pid != os.getpid():
-            _tasks, _helpers, _pool_pid = queue.SimpleQueue(), 0, os.getpid()
-        while _helpers < helpers:
-            threading.Thread(target=_helper, args=(_tasks,), name=f"fastmlp-inference-{_helpers}", daemon=True).start()
-            _helpers += 1
-
-
-def _helper(tasks: queue.SimpleQueue[tuple[Any, ...]]) -> None:
-    """A thread of the pool: runs the row ranges handed to it, and puts each result (or error) in its done queue."""
-    while True:
-        kernel, *args, done = tasks.get()
-        try:
-            done.put(bool(kernel(*args)))
-        except BaseException as exc:  # handed to the caller, which raises it
-            done.put(exc)

@@ -1,0 +1,183 @@
+"""Serving a batch on several threads (fastmlp.inference.threads, fastmlp.kernels.serving): the copies of the
+weights kept between calls follow every in-place edit, serving threads that went to sleep wake for the next
+call, models beyond the last few used give their threads back, and a forked child serves with threads of its
+own. Every answer is compared bit for bit with the row-major path, which keeps nothing between calls."""
+
+import multiprocessing
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from fastmlp import MLP, inference
+from fastmlp.inference import threads
+from fastmlp.kernels import packed
+from fastmlp.kernels.reference import packed as pack_weights
+from fastmlp.kernels.rowmajor import rowmajor_forward_probs_into
+
+pytestmark = pytest.mark.kernels  # run again per ISA and with bounds checks by .ci/run
+
+SIZES = (784, 128, 64, 10)
+
+
+def rowmajor_probabilities(model, X):
+    """The probabilities by the row-major kernels alone: nothing packed, nothing kept."""
+    out = np.empty((len(X), model.n_classes), dtype=np.float32)
+    weights, biases = threads.uniform(tuple(model.weights)), threads.uniform(tuple(model.biases))
+    assert rowmajor_forward_probs_into(out, X, weights, biases, 0, len(X))
+    return out
+
+
+def model_with_biases(sizes=SIZES, seed=0):
+    model = MLP(sizes, seed=seed)
+    rng = np.random.default_rng(seed)
+    for b in model.biases:
+        b[:] = rng.standard_normal(b.shape).astype(np.float32) * 0.1
+    return model
+
+
+@pytest.fixture
+def parts(monkeypatch):
+    """Set how many threads a call may take, whatever this machine's cores."""
+    def set_parts(count):
+        monkeypatch.setattr(inference, "_usable_cpus", lambda: count)
+        monkeypatch.setattr(inference, "MIN_MACS_PER_THREAD", 1)
+    return set_parts
+
+
+def test_refresh_packed_panels_repacks_exactly_the_panels_whose_columns_changed():
+    rng = np.random.default_rng(0)
+    K, N = 37, 3 * packed.PANEL_WIDTH + 5  # a partial last panel
+    W = rng.standard_normal((K, N)).astype(np.float32)
+    P = np.zeros(packed.packed_shape(K, N), dtype=np.float32)
+    S = np.zeros_like(W)
+    panels = P.shape[0]
+    assert packed.refresh_packed_panels(P, S, W, 0, panels)
+    np.testing.assert_array_equal(P, pack_weights(W))
+    assert not packed.refresh_packed_panels(P, S, W, 0, panels)  # nothing changed: nothing repacked
+    for col in (0, packed.PANEL_WIDTH + 3, N - 1):
+        p = col // packed.PANEL_WIDTH
+        W[11, col] = -W[11, col] + 1.0
+        others = [q for q in range(panels) if q != p]
+        assert not any(packed.refresh_packed_panels(P, S, W, q, q + 1) for q in others)  # other panels: as before
+        assert packed.refresh_packed_panels(P, S, W, p, p + 1)
+        np.testing.assert_array_equal(P, pack_weights(W))
+    W[3, 4] = 0.0
+    packed.refresh_packed_panels(P, S, W, 0, panels)
+    W[3, 4] = -0.0  # equal as numbers, other bits: a change all the same
+    assert packed.refresh_packed_panels(P, S, W, 0, panels)
+    np.testing.assert_array_equal(P.view(np.uint32), pack_weights(W).view(np.uint32))
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_every_in_place_edit_is_seen_by_the_next_call_on_any_number_of_threads(count, parts):
+    parts(count)
+    model = model_with_biases(seed=1)
+    X = np.random.default_rng(2).random((70, SIZES[0]), dtype=np.float32)
+    rng = np.random.default_rng(3)
+    for step in range(8):
+        np.testing.assert_array_equal(model.predict_proba(X), rowmajor_probabilities(model, X))
+        layer = step % 3
+        W = model.weights[layer]
+        k, j = rng.integers(W.shape[0]), rng.integers(W.shape[1])
+        W[k, j] += 0.5  # one element of one column: the one panel holding it must be repacked
+        if step == 5:
+            model.weights[0] = model.weights[0].copy()  # an array put in the old one's place
+        if step == 6:
+            model.biases[1][:] = 0.25
+
+
+def test_a_model_with_some_read_only_weights_is_served_and_its_edits_seen(parts):
+    parts(2)
+    model = model_with_biases(seed=4)
+    model.weights[1].flags.writeable = False  # Numba types a mixed tuple apart
+    X = np.random.default_rng(5).random((64, SIZES[0]), dtype=np.float32)
+    np.testing.assert_array_equal(model.predict_proba(X), rowmajor_probabilities(model, X))
+    model.weights[0][7, 9] = 3.0
+    np.testing.assert_array_equal(model.predict_proba(X), rowmajor_probabilities(model, X))
+
+
+def test_serving_threads_that_went_to_sleep_wake_for_the_next_call(parts):
+    parts(2)
+    model = model_with_biases(seed=6)
+    X = np.random.default_rng(7).random((64, SIZES[0]), dtype=np.float32)
+    expected = rowmajor_probabilities(model, X)
+    np.testing.assert_array_equal(model.predict_proba(X), expected)
+    serving = threads.serving_threads(tuple(model.weights), tuple(model.biases), 2, 1)
+    deadline = time.monotonic() + 10
+    while serving.control[threads_awake_slot(1)] != 0 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the serving thread stops spinning and sleeps once idle
+    assert serving.control[threads_awake_slot(1)] == 0
+    for _ in range(3):
+        np.testing.assert_array_equal(model.predict_proba(X), expected)
+
+
+def threads_awake_slot(part):
+    from fastmlp.kernels.serving import AWAKE
+
+    return AWAKE + 8 * part
+
+
+def test_models_beyond_the_last_few_used_give_their_threads_back(parts):
+    parts(2)
+    X = np.random.default_rng(8).random((40, SIZES[0]), dtype=np.float32)
+    models = [model_with_biases(seed=s) for s in range(threads.MAX_MODELS + 2)]
+    before = threading.active_count()
+    for model in models:
+        np.testing.assert_array_equal(model.predict_proba(X), rowmajor_probabilities(model, X))
+    deadline = time.monotonic() + 10
+    while threading.active_count() > before + threads.MAX_MODELS and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() <= before + threads.MAX_MODELS  # one serving thread per kept model
+    np.testing.assert_array_equal(models[0].predict_proba(X), rowmajor_probabilities(models[0], X))
+
+
+def test_calls_from_many_threads_on_one_model_at_once_each_get_their_own_answer(parts):
+    parts(2)
+    model = model_with_biases(seed=9)
+    inputs = [np.random.default_rng(s).random((n, SIZES[0]), dtype=np.float32) for s, n in enumerate((30, 64, 100))]
+    expected = [rowmajor_probabilities(model, X) for X in inputs]
+    wrong, errors = [], []
+
+    def serve(i):
+        try:
+            for _ in range(30):
+                j = (i + _) % len(inputs)
+                if not np.array_equal(model.predict_proba(inputs[j]), expected[j]):
+                    wrong.append(j)
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=serve, args=(i,)) for i in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors and not wrong
+
+
+def _child_probabilities(queue, weights, biases, X):
+    inference._usable_cpus = lambda: 2
+    inference.MIN_MACS_PER_THREAD = 1
+    model = MLP(SIZES, seed=0)
+    model.weights, model.biases = weights, biases
+    queue.put(model.predict_proba(X))
+
+
+def test_a_forked_child_serves_with_threads_of_its_own(parts):
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    parts(2)
+    model = model_with_biases(seed=10)
+    X = np.random.default_rng(11).random((64, SIZES[0]), dtype=np.float32)
+    expected = rowmajor_probabilities(model, X)
+    np.testing.assert_array_equal(model.predict_proba(X), expected)  # the parent's serving threads exist
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_child_probabilities, args=(queue, model.weights, model.biases, X))
+    child.start()
+    got = queue.get(timeout=60)
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    np.testing.assert_array_equal(got, expected)
