@@ -198,6 +198,29 @@ def test_updating_weight_rows_in_parts_matches_updating_them_at_once_bit_for_bit
             np.testing.assert_array_equal(part, whole)
 
 
+@pytest.mark.parametrize("rule", ["sgd", "momentum", "adam"])
+def test_dz_in_column_panels_updates_to_the_same_bits_as_dz_row_major(rule):
+    # The numba backend's layer-0 update reads dZ_0 in column panels (panels_from_rows_into), its
+    # padding zero; each entry of the gradient is the same sum in the same order.
+    rng = np.random.default_rng(3)
+    K, N, n = 2 * TILE_ROWS + 3, 2 * PANEL_WIDTH + 5, 11  # a partial last panel
+    A, dZ, W, M = f32(rng, n, K), f32(rng, n, N), f32(rng, K, N), f32(rng, K, N)
+    S = np.abs(f32(rng, K, N))
+    code = {"sgd": kernels.packed.PLAIN_SGD, "momentum": kernels.packed.NESTEROV, "adam": kernels.packed.ADAM}[rule]
+    c1, c2 = kernels.packed.adam_corrections(0.9, 0.999, 3)
+    DP = np.zeros((kernels.panel_count(N), n + 4, PANEL_WIDTH), dtype=np.float32)  # room for more rows
+    kernels.packed.panels_from_rows_into(DP, dZ, 0, 5)
+    kernels.packed.panels_from_rows_into(DP, dZ, 5, n)
+    np.testing.assert_array_equal(DP[:, :n].transpose(1, 0, 2).reshape(n, -1)[:, :N], dZ)
+    results = []
+    for D in (dZ, DP):
+        P, PV, PS = packed(W), packed(M), packed(S)
+        kernels.packed.update_part(P, PV, A, D, n, 0, K, 0, P.shape[0], 0.05, 0.9, 1e-3, code, PS, 0.999, 1e-8, c1, c2)
+        results.append((P, PV, PS))
+    for row_major, panels in zip(*results):
+        np.testing.assert_array_equal(panels, row_major)
+
+
 def test_a_batch_too_long_for_l2_updates_panel_by_panel_to_the_same_result():
     # Past 256 KB of dZ's panel columns, update_part takes W's panels in groups (one, here):
     # another order of the tiles, the same arithmetic for each entry.

@@ -217,6 +217,27 @@ def unpack_weights_into(W, P):
 
 
 @cached_njit
+def panels_from_rows_into(DP, D, r0, r1):
+    """Rows r0:r1 of D (n, N) copied into DP (panel_count(N), >= n, PANEL_WIDTH), D in column panels:
+        DP[p, r, j] = D[r, p * PANEL_WIDTH + j]
+    the packed layout, with the batch's rows in place of W's. Overwrites those rows of DP; the columns past
+    N (the last panel's padding) are left as they are: keep them zero, update_part reads them.
+    """
+    N = D.shape[1]
+    for r in range(r0, r1):
+        for p in range(DP.shape[0]):
+            col = p * PANEL_WIDTH
+            for j in range(min(PANEL_WIDTH, N - col)):
+                DP[p, r, j] = D[r, col + j]
+
+
+@cached_njit
+def _panel_offset(dZ, p):
+    """Offset in floats of panel p's first column of dZ: (n, N) row-major, or in column panels (3-d)."""
+    return p * dZ.shape[1] * PANEL_WIDTH if dZ.ndim == 3 else p * PANEL_WIDTH
+
+
+@cached_njit
 def forward_part(C, A, P, bias, mask, kind, r0, r1, p0, p1):
     """Rows r0:r1 and panels p0:p1 of C = epilogue(A @ W), W packed in P; overwrites that part of C.
 
@@ -297,15 +318,18 @@ def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule
     """Rows k0:k1 of panels p0:p1 of the packed W (and V, S) updated by rule from G = A[:n].T @ dZ[:n];
     overwrites that part of P (and V, S).
 
-    A (n, K) holds the layer's inputs, dZ (n, N) its output gradient. rule PLAIN_SGD,
+    A (n, K) holds the layer's inputs, dZ (n, N) its output gradient, or dZ in column panels
+    (panels_from_rows_into), whose panel the tiles then read front to back (the layer-0 update of
+    training: with dZ row-major, each of the n rows of a panel is another cache line). rule PLAIN_SGD,
     MOMENTUM or NESTEROV as in fastmlp/optim.py, weight decay included; V is read only by
     MOMENTUM and NESTEROV (pass P otherwise). ADAM and ADAMW (update_ir.adam_tile): V is the
     first moment, S the second, momentum is beta1, (c1, c2) = adam_corrections(beta1, beta2, t);
     S, beta2, eps, c1 and c2 are read only by these (pass P and zeros otherwise).
     """
     K = P.shape[1]
-    N = dZ.shape[1]
-    lda, ldd = A.strides[0] // 4, dZ.strides[0] // 4
+    lda = A.strides[0] // 4
+    # dZ row-major, or in column panels (3-d, panels_from_rows_into: zero padding for the columns past N).
+    N, ldd = (dZ.shape[0] * PANEL_WIDTH, PANEL_WIDTH) if dZ.ndim == 3 else (dZ.shape[1], dZ.strides[0] // 4)
     panel_size = K * PANEL_WIDTH
     lr32, mu32, wd32 = np.float32(lr), np.float32(momentum), np.float32(weight_decay)
     beta2_32, eps32, c1_32, c2_32 = np.float32(beta2), np.float32(eps), np.float32(c1), np.float32(c2)
@@ -328,9 +352,9 @@ def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule
                 kr = _first_column(k, K)
                 for p in range(g0, min(g0 + group, p1)):
                     col = p * PANEL_WIDTH
-                    _adam_tile(A, kr, lda, dZ, col, ldd, n, k - kr, k - kr + rows, min(PANEL_WIDTH, N - col), G, P,
-                               pending_off, V, S, pending, lr32, mu32, wd32, np.int32(rule), beta2_32, eps32, c1_32,
-                               c2_32)
+                    _adam_tile(A, kr, lda, dZ, _panel_offset(dZ, p), ldd, n, k - kr, k - kr + rows,
+                               min(PANEL_WIDTH, N - col), G, P, pending_off, V, S, pending, lr32, mu32, wd32,
+                               np.int32(rule), beta2_32, eps32, c1_32, c2_32)
                     pending_off, pending = p * panel_size + k * PANEL_WIDTH, rows * VECTORS_PER_ROW
         _adam_tile(A, 0, lda, dZ, 0, ldd, 0, 0, 1, 1, G, P, pending_off, V, S, pending, lr32, mu32, wd32,
                    np.int32(rule), beta2_32, eps32, c1_32, c2_32)
@@ -343,7 +367,7 @@ def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule
             for p in range(g0, min(g0 + group, p1)):
                 col = p * PANEL_WIDTH
                 ncols = min(PANEL_WIDTH, N - col)
-                _wgrad_tile(A, kr, lda, dZ, col, ldd, n, k - kr, k - kr + rows, ncols, P,
+                _wgrad_tile(A, kr, lda, dZ, _panel_offset(dZ, p), ldd, n, k - kr, k - kr + rows, ncols, P,
                             p * panel_size + kr * PANEL_WIDTH, V, lr32, mu32, wd32, np.int32(rule))
 
 

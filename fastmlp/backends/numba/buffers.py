@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...inputs import FloatArray
-from ...kernels.packed import PANEL_WIDTH, pack_weights_into, packed_shape, transpose_packed_into, unpack_weights_into
+from ...kernels.packed import (
+    PANEL_WIDTH,
+    pack_weights_into,
+    packed_shape,
+    transpose_packed_into,
+    unpack_weights_into,
+)
 
 if TYPE_CHECKING:
     from ...model import MLP
@@ -80,6 +86,9 @@ class _Workspace:
     def __init__(self, layer_sizes: Sequence[int], rows: int) -> None:
         self.layer_sizes = tuple(layer_sizes)
         self.inputs = tuple(np.zeros((rows, layer_sizes[0]), dtype=np.float32) for _ in range(2))
+        # dZ_0 in column panels, as the layer-0 update's tiles read it front to back (zero padding: the
+        # columns past the layer's width).
+        self.delta0_panels = np.zeros((-(-layer_sizes[1] // PANEL_WIDTH), rows, PANEL_WIDTH), dtype=np.float32)
         self.acts = tuple(np.zeros((rows, size), dtype=np.float32) for size in layer_sizes[1:])
         # The hidden deltas need their own buffers because the ReLU mask still reads acts.
         self.deltas = tuple(np.zeros((rows, size), dtype=np.float32) for size in layer_sizes[1:-1]) + (self.acts[-1],)
