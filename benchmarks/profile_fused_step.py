@@ -6,7 +6,8 @@ For each batch size, on the 784-128-64-10 net and MNIST pixels, it times, interl
 round (the machine drifts, so each column is a median over rounds of the same order):
 - each phase of one step, alone, on one thread, over many repetitions on the same batch:
   gather (uint8 pixels to the float32 batch), layer-0 forward (the SIMD forward tile, bias +
-  ReLU), the upper layers (forward, softmax + cross-entropy, backward to dZ_0), the layer-0
+  ReLU), the upper layers (forward, softmax + cross-entropy, backward to dZ_0 and its copy in
+  column panels), the layer-0
   update (the weight-gradient tile fused with SGD), the upper layers' updates (with W.T
   repacked) and the biases; each as microseconds per step and, for the products, GFLOP/s and
   the fraction of one core's FMA peak (fastmlp.bench.fma_peak, measured once at the start);
@@ -29,7 +30,14 @@ from fastmlp.backends.numba.threads import epoch_workers, training_threads
 from fastmlp.bench.fma_peak import CHAINS, VECTOR_WIDTH, cpu_model_name, measure_fma_peak
 from fastmlp.datasets import load_mnist
 from fastmlp.kernels import gather_labels, gather_rows_scaled, softmax_xent_backward_rows_inplace
-from fastmlp.kernels.packed import BIAS_RELU, PLAIN_SGD, forward_part, transpose_packed_into, update_part
+from fastmlp.kernels.packed import (
+    BIAS_RELU,
+    PLAIN_SGD,
+    forward_part,
+    panels_from_rows_into,
+    transpose_packed_into,
+    update_part,
+)
 from fastmlp.kernels.tiles import TILE
 
 LAYER_SIZES = (784, 128, 64, 10)
@@ -50,19 +58,20 @@ def layer0_forward_phase(reps, packed, biases, x, acts, nb):
 
 
 @njit(cache=True)
-def upper_layers_phase(reps, packed, transposed, biases, x, acts, deltas, labels, nb):
+def upper_layers_phase(reps, packed, transposed, biases, x, acts, deltas, labels, nb, delta0_panels):
     L = len(packed)
     for _ in range(reps):
         forward_rows(packed, biases, x, acts, 1, 0, nb)
         softmax_xent_backward_rows_inplace(acts[L - 1][:nb], labels[:nb], nb)
         backward_rows(transposed, acts, deltas, 0, nb)
+        panels_from_rows_into(delta0_panels, deltas[0], 0, nb)  # dZ_0 as the layer-0 update reads it
 
 
 @njit(cache=True)
-def layer0_update_phase(reps, packed, x, deltas, nb):
+def layer0_update_phase(reps, packed, x, delta0_panels, nb):
     P = packed[0]
     for _ in range(reps):
-        update_part(P, P, x, deltas[0], nb, 0, P.shape[1], 0, P.shape[0], LR, 0.0, 0.0, PLAIN_SGD, P,
+        update_part(P, P, x, delta0_panels, nb, 0, P.shape[1], 0, P.shape[0], LR, 0.0, 0.0, PLAIN_SGD, P,
                     0.0, 0.0, 0.0, 0.0)
 
 
@@ -93,7 +102,8 @@ def phase_calls(model, pixels, y, nb):
     x, scale = ws.inputs[0], np.float32(pixels.scale)
     gather_phase(1, x, ws.labels, pixels.data, scale, y, rows)
     layer0_forward_phase(1, packed.weights, biases, x, ws.acts, nb)
-    upper_layers_phase(1, packed.weights, packed.transposed, biases, x, ws.acts, ws.deltas, ws.labels, nb)
+    upper_layers_phase(1, packed.weights, packed.transposed, biases, x, ws.acts, ws.deltas, ws.labels, nb,
+                       ws.delta0_panels)
     k0, n0 = model.layer_sizes[:2]
     upper = sum(a * b for a, b in zip(model.layer_sizes[1:-1], model.layer_sizes[2:]))
     return {
@@ -101,8 +111,9 @@ def phase_calls(model, pixels, y, nb):
         "layer-0 forward": (lambda r: layer0_forward_phase(r, packed.weights, biases, x, ws.acts, nb),
                             2 * nb * k0 * n0),
         "upper fwd+bwd": (lambda r: upper_layers_phase(r, packed.weights, packed.transposed, biases, x, ws.acts,
-                                                       ws.deltas, ws.labels, nb), 2 * nb * (2 * upper)),
-        "layer-0 update": (lambda r: layer0_update_phase(r, packed.weights, x, ws.deltas, nb), 2 * nb * k0 * n0),
+                                                       ws.deltas, ws.labels, nb, ws.delta0_panels),
+                          2 * nb * (2 * upper)),
+        "layer-0 update": (lambda r: layer0_update_phase(r, packed.weights, x, ws.delta0_panels, nb), 2 * nb * k0 * n0),
         "upper updates": (lambda r: upper_updates_phase(r, packed.weights, packed.transposed, ws.acts, ws.deltas, nb),
                           2 * nb * upper),
         "biases": (lambda r: bias_phase(r, biases, ws.deltas, ws.db, nb), 0),
