@@ -27,6 +27,16 @@ FORMAT_VERSION = 2
 _OPTIONAL_ENTRIES = ("classes", "mean", "std", "feature_names", "target")
 
 
+def _inference() -> Any:
+    """fastmlp.inference, imported at the first prediction (it loads Numba, which `import fastmlp` does not)."""
+    import sys
+
+    module = sys.modules.get("fastmlp.inference")
+    if module is None:
+        from . import inference as module
+    return module
+
+
 class ModelFileError(ValueError):
     """A model file that is missing pieces, corrupt, pickled or inconsistent."""
 
@@ -81,9 +91,7 @@ class MLP:
         batch_size is checked but no longer needed: memory grows with the output alone."""
         if self.mean is not None:  # the model's standardisation first: the net was trained on (X - mean) / std
             X = self.standardize(check_features(X, self.n_features))
-        from .inference import predict_proba
-
-        return predict_proba(self, X, batch_size)
+        return _inference().predict_proba(self, X, batch_size)
 
     def predict(self, X: Features) -> np.ndarray:
         """Predicted class per row (n,): its label from `classes` when the model has them, else its index (int64)."""

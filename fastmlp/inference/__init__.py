@@ -74,7 +74,8 @@ def predict_proba(model: MLP, X: Features, batch_size: int = 4096) -> FloatArray
     """
     if not _model_ok(model):
         check_model(model, writable=False)  # raises, naming what is wrong
-    check_positive_int(batch_size, "batch_size")
+    if type(batch_size) is not int or batch_size < 1:
+        check_positive_int(batch_size, "batch_size")
     if not (type(X) is np.ndarray and X.dtype == np.float32 and X.ndim == 2 and X.flags.c_contiguous
             and X.shape[1] == model.n_features and X.shape[0] > 0):
         X = check_features(X, model.n_features)
