@@ -22,8 +22,12 @@ The modules of this package, one concept each:
     elementwise  bias, ReLU, softmax + cross-entropy, SGD and momentum updates, argmax (prediction)
     gather       a batch's rows gathered (and uint8 pixels scaled) into a float32 buffer
     packed       weights packed into column panels, and the SIMD kernels that read and update them
-    simd_ir      the LLVM IR of those kernels' microkernels
+    simd_ir      the LLVM IR of those kernels' microkernels (update_ir: the update tiles')
     tiles        the tile shape per instruction set, and the one chosen for this CPU
+    rowmajor     inference off the model's row-major weights, and off packed copies kept between calls
+    serving      inference on several threads at once: one call's parts, and the serving threads' loop
+    reference    what each public kernel computes, in NumPy
+    checked      the public kernels for Python callers, arguments checked
     contiguity   the compile-time check that refuses non-C-contiguous arrays
 
 `blas_threads_limited()` (from fastmlp.blas_threads, not a kernel) runs the gemm kernels' BLAS on
