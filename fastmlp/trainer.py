@@ -14,7 +14,7 @@ import numpy.typing as npt
 from tqdm import tqdm
 
 from .backends import get_backend
-from .backends.base import DEFAULT_BETAS, DEFAULT_EPS, BackendBase, sgd_options
+from .backends.base import DEFAULT_BETAS, DEFAULT_EPS, BackendBase, WholeSteps, sgd_options
 from .inputs import (
     Features,
     FloatArray,
@@ -177,31 +177,35 @@ class Trainer:
         self._warm_up(X)
         first = len(self.history) + 1
         last = first + epochs - 1
-        for epoch in range(first, last + 1):
-            lr = self.schedule.lr(self.lr, epoch, first, last)
-            with tqdm(total=len(X), desc=f"epoch {epoch}/{last}", unit="samples", unit_scale=True,
-                      leave=False, disable=not progress_bar) as bar:
-                start = time.perf_counter()
-                # Validated once above: the public train_epoch would scan X for NaN again every epoch.
-                loss = self.backend._train_epoch(self.model, X, y, self.batch_size, lr, self.rng,
-                                                 bar.update if progress_bar else None, **self._sgd)
-                seconds = time.perf_counter() - start
-            if not math.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"training diverged in epoch {epoch}: the loss became {loss} "
-                    f"(try a smaller learning rate than {self.lr})"
-                )
-            val_loss = val_accuracy = None
-            if validation_data is not None:
-                val_loss, val_accuracy = self._evaluate(X_val, y_val)
-            record = EpochRecord(epoch, loss, val_loss, val_accuracy, seconds, len(X) / seconds, lr)
-            self.history.epochs.append(record)
-            if verbose:
-                print(format_epoch(record, last, val_label), flush=True)
-            if on_epoch_end is not None:
-                on_epoch_end(record)
-            if patience is not None and best.stop_after(record, self.model, patience):
-                break
+        # One block for all the epochs: a Ctrl-C is raised between two steps of an epoch or at an epoch's end,
+        # never by the signal handler inside a finalizer (a progress bar's __del__), where Python drops it.
+        with WholeSteps() as whole:
+            for epoch in range(first, last + 1):
+                lr = self.schedule.lr(self.lr, epoch, first, last)
+                with tqdm(total=len(X), desc=f"epoch {epoch}/{last}", unit="samples", unit_scale=True,
+                          leave=False, disable=not progress_bar) as bar:
+                    start = time.perf_counter()
+                    # Validated once above: the public train_epoch would scan X for NaN again every epoch.
+                    loss = self.backend._train_epoch(self.model, X, y, self.batch_size, lr, self.rng,
+                                                     bar.update if progress_bar else None, **self._sgd)
+                    seconds = time.perf_counter() - start
+                if not math.isfinite(loss):
+                    raise TrainingDivergedError(
+                        f"training diverged in epoch {epoch}: the loss became {loss} "
+                        f"(try a smaller learning rate than {self.lr})"
+                    )
+                val_loss = val_accuracy = None
+                if validation_data is not None:
+                    val_loss, val_accuracy = self._evaluate(X_val, y_val)
+                record = EpochRecord(epoch, loss, val_loss, val_accuracy, seconds, len(X) / seconds, lr)
+                self.history.epochs.append(record)
+                if verbose:
+                    print(format_epoch(record, last, val_label), flush=True)
+                if on_epoch_end is not None:
+                    on_epoch_end(record)
+                if patience is not None and best.stop_after(record, self.model, patience):
+                    break
+                whole.step_done()
         if patience is not None:
             self._restore(best, verbose)
         return self.history

@@ -162,13 +162,19 @@ class WholeSteps:
     two of its lines would leave a step half applied), and the numba backend notes the end of
     each range of steps just after the nopython call returns. Only the main thread receives
     SIGINT; elsewhere, or under a handler other than Python's own, nothing changes.
+
+    Blocks nest (`Trainer.fit` holds one over all its epochs, the backend one per epoch): then a
+    Ctrl-C is never raised by the signal handler wherever the program happens to be, such as a
+    finalizer (`__del__`), where Python would print it and drop it, but only at `step_done()` or
+    at the end of a block.
     """
 
     def __enter__(self) -> WholeSteps:
         self.pending, self._old = False, None
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self._old = signal.signal(signal.SIGINT, self._defer)
+        if threading.current_thread() is threading.main_thread():
+            handler = signal.getsignal(signal.SIGINT)
+            if handler is signal.default_int_handler or isinstance(getattr(handler, "__self__", None), WholeSteps):
+                self._old = signal.signal(signal.SIGINT, self._defer)
         return self
 
     def _defer(self, signum: int, frame: FrameType | None) -> None:

@@ -149,7 +149,8 @@ def _packed_probabilities_into(out: FloatArray, X: FloatArray, weights: tuple[Fl
         weights, biases = uniform(weights), uniform(biases)
         calls = [(out, X, weights, biases, bounds[p], bounds[p + 1]) for p in range(parts)]
         return all(run_parts(packing_forward_probs_into, calls))
-    if parts > 1 and X.flags.aligned and X.flags.c_contiguous:
+    if parts > 1 and X.dtype == np.float32 and X.flags.aligned and X.flags.c_contiguous:  # the serving threads'
+        # kernel is called through its entry point, compiled for such an X (its types are not checked again)
         served = serving_threads(weights, biases, parts, parts * ROW_SPLIT_MIN_ROWS).call(out, X, parts)
         if served is not None:
             return served

@@ -172,12 +172,17 @@ class ServingThreads:
             args = (self.control, self.hidden, out, X, self.weights, self.biases, self.packed[0], self.copies[0],
                     parts, self.barrier, self.finite)
             run = self._call_parts(X, out, args)
-            asleep, finite, ok = run(*args, False)
-            if asleep:
-                for part in range(1, parts):
-                    if part >= 63 or asleep >> part & 1:
-                        self.wakeups[part].set()
-                asleep, finite, ok = run(*args, True)
+            try:
+                asleep, finite, ok = run(*args, False)
+                if asleep:
+                    for part in range(1, parts):
+                        if part >= 63 or asleep >> part & 1:
+                            self.wakeups[part].set()
+                    asleep, finite, ok = run(*args, True)
+            except BaseException:  # a Ctrl-C between posting the call and running part 0: the other parts would
+                abort_barrier(self.barrier)  # wait for it at the barrier forever; they return, and these threads end
+                self.stop()
+                raise
             if not ok:
                 self.stop()
                 raise RuntimeError("a fastmlp serving thread failed; predict_proba's threads for this model "
