@@ -25,7 +25,7 @@ def test_one_run_gives_both_sides_and_their_ratio_at_every_batch(monkeypatch):
 def test_median_times_times_each_side_in_blocks_that_alternate_in_rotating_order():
     order = []
     medians = inference.median_times({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=8,
-                                     rounds=4, pause=0)
+                                     rounds=4, pause=0, warmup_seconds=0)
     block = inference.WARMUP_CALLS + 2  # untimed warm-up calls, then 8 // 4 timed ones
     assert order == ["a"] * block + ["b"] * block + ["b"] * block + ["a"] * block + ["a"] * block + ["b"] * block \
         + ["b"] * block + ["a"] * block

@@ -32,6 +32,7 @@ BATCHES = (1, 64, 10_000)
 CALLS = {1: 2000, 64: 500, 10_000: 20}
 QUICK_CALLS = {1: 200, 64: 50, 10_000: 3}
 WARMUP_CALLS = 3  # per side and block: compiles, allocates and fills the caches before any call is timed
+WARMUP_SECONDS = 0.05  # and untimed calls for this long, per side and block: the cores back from idle
 ROUNDS = 4  # blocks per side and batch, alternating sides
 PAUSE_SECONDS = 0.05  # before each block: the other side's threads stop spinning
 AGREEMENT = 1e-5
@@ -60,14 +61,16 @@ def onnx_runtime_missing() -> str | None:
 
 
 def median_times(calls: dict[str, Callable[[], object]], repeats: int, rounds: int = ROUNDS,
-                 pause: float = PAUSE_SECONDS) -> dict[str, float]:
+                 pause: float = PAUSE_SECONDS, warmup_seconds: float = WARMUP_SECONDS) -> dict[str, float]:
     """{name: median seconds per call}: `rounds` rounds; in each, every function in turn (the order rotating
-    from round to round) is left alone for `pause` seconds, called WARMUP_CALLS times untimed, then
-    `repeats // rounds` times (at least once) timed, back to back.
+    from round to round) is left alone for `pause` seconds, called untimed WARMUP_CALLS times and for
+    `warmup_seconds` at least, then `repeats // rounds` times (at least once) timed, back to back.
 
     Blocks rather than alternate single calls: a side's idle threads may still be spinning when the other's
     call starts (ONNX Runtime's default session spins its pool after each call), and each side is measured
-    as a server calling it again and again would see it. The pause lets the other side's threads go to sleep.
+    as a server calling it again and again would see it. The pause lets the other side's threads go to
+    sleep; the warm-up, the cores come back from idle (after the pause, the first calls of either side run
+    slower for some milliseconds: a quick run's few timed calls were mostly those).
     """
     names = list(calls)
     per_block = max(1, repeats // rounds)
@@ -77,7 +80,10 @@ def median_times(calls: dict[str, Callable[[], object]], repeats: int, rounds: i
         for name in names[shift:] + names[:shift]:
             time.sleep(pause)
             call = calls[name]
+            warm_until = time.perf_counter() + warmup_seconds
             for _ in range(WARMUP_CALLS):
+                call()
+            while time.perf_counter() < warm_until:
                 call()
             for _ in range(per_block):
                 start = time.perf_counter()
