@@ -339,36 +339,32 @@ def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule
     # row block reads D's columns of all the panels again (n * NR floats each): in groups of
     # panels whose D fits half an L2 (_PANEL_GROUP_BYTES), it stays there; A is read once a group.
     group = max(1, _PANEL_GROUP_BYTES // (max(n, 1) * PANEL_WIDTH * 4))
-    if rule == ADAM or rule == ADAMW:
-        # Software-pipelined: each call accumulates one tile's gradient while it applies the
-        # previous tile's (left in G) to that tile's W, M and S; the last call, with no rows of
-        # A (n = 0), applies the last tile's. Pending tiles follow the same order as below.
-        G = _tile_buffer()
-        csr = _flush_subnormals_on()  # Adam's subnormal moments become 0 (fastmlp/optim.py), at no cost
-        pending_off = pending = 0
-        for g0 in range(p0, p1, group):
-            for k in range(k0, k1, TILE_ROWS):
-                rows = min(TILE_ROWS, k1 - k)
-                kr = _first_column(k, K)
-                for p in range(g0, min(g0 + group, p1)):
-                    col = p * PANEL_WIDTH
-                    _adam_tile(A, kr, lda, dZ, _panel_offset(dZ, p), ldd, n, k - kr, k - kr + rows,
-                               min(PANEL_WIDTH, N - col), G, P, pending_off, V, S, pending, lr32, mu32, wd32,
-                               np.int32(rule), beta2_32, eps32, c1_32, c2_32)
-                    pending_off, pending = p * panel_size + k * PANEL_WIDTH, rows * VECTORS_PER_ROW
-        _adam_tile(A, 0, lda, dZ, 0, ldd, 0, 0, 1, 1, G, P, pending_off, V, S, pending, lr32, mu32, wd32,
-                   np.int32(rule), beta2_32, eps32, c1_32, c2_32)
-        _restore_mxcsr(csr)
-        return
+    # Adam's tile is software-pipelined: each call accumulates one tile's gradient while it applies the
+    # previous tile's (left in G) to that tile's W, M and S; a last call, with no rows of A (n = 0),
+    # applies the last tile's. With the MXCSR's flush-to-zero on, Adam's subnormal moments become 0
+    # (fastmlp/optim.py), at no cost.
+    adam = rule == ADAM or rule == ADAMW
+    G = _tile_buffer()
+    csr = _flush_subnormals_on() if adam else np.int32(0)
+    pending_off = pending = 0
     for g0 in range(p0, p1, group):
         for k in range(k0, k1, TILE_ROWS):
             rows = min(TILE_ROWS, k1 - k)
             kr = _first_column(k, K)
             for p in range(g0, min(g0 + group, p1)):
-                col = p * PANEL_WIDTH
-                ncols = min(PANEL_WIDTH, N - col)
-                _wgrad_tile(A, kr, lda, dZ, _panel_offset(dZ, p), ldd, n, k - kr, k - kr + rows, ncols, P,
-                            p * panel_size + kr * PANEL_WIDTH, V, lr32, mu32, wd32, np.int32(rule))
+                ncols = min(PANEL_WIDTH, N - p * PANEL_WIDTH)
+                d_off = _panel_offset(dZ, p)
+                if adam:
+                    _adam_tile(A, kr, lda, dZ, d_off, ldd, n, k - kr, k - kr + rows, ncols, G, P, pending_off, V, S,
+                               pending, lr32, mu32, wd32, np.int32(rule), beta2_32, eps32, c1_32, c2_32)
+                    pending_off, pending = p * panel_size + k * PANEL_WIDTH, rows * VECTORS_PER_ROW
+                else:
+                    _wgrad_tile(A, kr, lda, dZ, d_off, ldd, n, k - kr, k - kr + rows, ncols, P,
+                                p * panel_size + kr * PANEL_WIDTH, V, lr32, mu32, wd32, np.int32(rule))
+    if adam:
+        _adam_tile(A, 0, lda, dZ, 0, ldd, 0, 0, 1, 1, G, P, pending_off, V, S, pending, lr32, mu32, wd32,
+                   np.int32(rule), beta2_32, eps32, c1_32, c2_32)
+        _restore_mxcsr(csr)
 
 
 @cached_njit
