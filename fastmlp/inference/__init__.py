@@ -175,35 +175,19 @@ def _kernel(X: FloatArray, weights: tuple[FloatArray, ...], biases: tuple[FloatA
     where some are read-only (a model loaded by joblib with mmap_mode), read-only views of all of them.
     A rare type (an array not aligned to its float32s) goes through the dispatcher.
     """
-    weights_writeable, biases_writeable = _writeable(weights), _writeable(biases)
-    if weights_writeable is None:
-        weights, weights_writeable = _read_only(weights), False
-    if biases_writeable is None:
-        biases, biases_writeable = _read_only(biases), False
-    x_flags = X.flags
-    key = (len(weights), x_flags.writeable, weights_writeable, biases_writeable)
-    entry = _entry_points.get(key)
-    if entry is None or not x_flags.aligned:
-        return rowmajor_forward_probs_into, weights, biases
-    return entry, weights, biases
+    weights, biases = uniform(weights), uniform(biases)
+    key = _entry_key(X, weights, biases)
+    entry = None if key is None else _entry_points.get(key)
+    return entry or rowmajor_forward_probs_into, weights, biases
 
 
-def _writeable(arrays: tuple[FloatArray, ...]) -> bool | None:
-    """True if every array is writable, False if none is, None for a mix (or one not aligned: see _kernel)."""
-    seen = set()
-    for a in arrays:
-        flags = a.flags
-        if not flags.aligned:
-            return None
-        seen.add(flags.writeable)
-    return seen.pop() if len(seen) == 1 else None
-
-
-def _read_only(arrays: tuple[FloatArray, ...]) -> tuple[FloatArray, ...]:
-    views = tuple(a.view() for a in arrays)
-    for v in views:
-        v.flags.writeable = False
-    return views
+def _entry_key(X: FloatArray, weights: tuple[FloatArray, ...], biases: tuple[FloatArray, ...]
+               ) -> tuple[int, bool, bool, bool] | None:
+    """What selects the overload of a call (its depth and the writeable flags of X, the weights and the biases,
+    each tuple made uniform), or None where an array is not aligned: such a call goes through the dispatcher."""
+    if not (X.flags.aligned and all(a.flags.aligned for a in weights + biases)):
+        return None
+    return len(weights), X.flags.writeable, weights[0].flags.writeable, biases[0].flags.writeable
 
 
 def _learn_entry_point(X: FloatArray, weights: tuple[FloatArray, ...], biases: tuple[FloatArray, ...]) -> None:
@@ -211,8 +195,9 @@ def _learn_entry_point(X: FloatArray, weights: tuple[FloatArray, ...], biases: t
     out = np.empty((1, weights[-1].shape[1]), dtype=np.float32)
     signature = tuple(typeof(a) for a in (out, X, weights, biases, 0, 1))
     compiled = rowmajor_forward_probs_into.overloads.get(signature)
-    if compiled is not None:
-        _entry_points[(len(weights), X.flags.writeable, _writeable(weights), _writeable(biases))] = compiled.entry_point
+    key = _entry_key(X, weights, biases)
+    if compiled is not None and key is not None:
+        _entry_points[key] = compiled.entry_point
 
 
 def _usable_cpus() -> int:
