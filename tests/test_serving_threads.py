@@ -14,7 +14,7 @@ from fastmlp import MLP, inference
 from fastmlp.inference import threads
 from fastmlp.kernels import packed
 from fastmlp.kernels.reference import packed as pack_weights
-from fastmlp.kernels.rowmajor import rowmajor_forward_probs_into
+from fastmlp.kernels.rowmajor import packed_layer_part_into, rowmajor_forward_probs_into, rowmajor_layer_rows
 
 pytestmark = pytest.mark.kernels  # run again per ISA and with bounds checks by .ci/run
 
@@ -46,27 +46,40 @@ def parts(monkeypatch):
     return set_parts
 
 
-def test_refresh_packed_panels_repacks_exactly_the_panels_whose_columns_changed():
+def test_a_kept_packed_copy_is_checked_as_it_is_read_and_exactly_its_stale_panels_repacked():
     rng = np.random.default_rng(0)
     K, N = 37, 3 * packed.PANEL_WIDTH + 5  # a partial last panel
+    n = 2 * packed.TILE_ROWS + 3  # a partial last tile of rows
     W = rng.standard_normal((K, N)).astype(np.float32)
-    P = np.zeros(packed.packed_shape(K, N), dtype=np.float32)
-    S = np.zeros_like(W)
+    b = rng.standard_normal(N).astype(np.float32)
+    A = rng.standard_normal((n, K)).astype(np.float32)
+    P = np.zeros(packed.packed_shape(K, N), dtype=np.float32)  # as kept at first: all stale
     panels = P.shape[0]
-    assert packed.refresh_packed_panels(P, S, W, 0, panels)
+
+    def layer(p0, p1):
+        """The layer's columns of panels p0:p1 through the kept copy, and by the row-major kernel from W."""
+        C, expected = np.full((n, N), np.nan, np.float32), np.empty((n, N), np.float32)
+        assert packed_layer_part_into(C, A, W, P, b, True, 0, n, p0, p1, True)
+        rowmajor_layer_rows(expected, 0, A, 0, n, W, b, True)
+        cols = slice(p0 * packed.PANEL_WIDTH, p1 * packed.PANEL_WIDTH)
+        np.testing.assert_array_equal(C[:, cols].view(np.uint32), expected[:, cols].view(np.uint32))
+
+    layer(0, panels)
     np.testing.assert_array_equal(P, pack_weights(W))
-    assert not packed.refresh_packed_panels(P, S, W, 0, panels)  # nothing changed: nothing repacked
     for col in (0, packed.PANEL_WIDTH + 3, N - 1):
         p = col // packed.PANEL_WIDTH
         W[11, col] = -W[11, col] + 1.0
-        others = [q for q in range(panels) if q != p]
-        assert not any(packed.refresh_packed_panels(P, S, W, q, q + 1) for q in others)  # other panels: as before
-        assert packed.refresh_packed_panels(P, S, W, p, p + 1)
+        before = P.copy()
+        for q in range(panels):
+            if q != p:
+                layer(q, q + 1)  # other panels: right, and the stale one left as it was
+        np.testing.assert_array_equal(P, before)
+        layer(p, p + 1)
         np.testing.assert_array_equal(P, pack_weights(W))
     W[3, 4] = 0.0
-    packed.refresh_packed_panels(P, S, W, 0, panels)
+    layer(0, panels)
     W[3, 4] = -0.0  # equal as numbers, other bits: a change all the same
-    assert packed.refresh_packed_panels(P, S, W, 0, panels)
+    layer(0, 1)
     np.testing.assert_array_equal(P.view(np.uint32), pack_weights(W).view(np.uint32))
 
 

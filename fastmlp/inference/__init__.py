@@ -6,9 +6,9 @@ with the arrays it is given (the model's own), three ways by batch size:
 - up to PACKED_MIN_ROWS rows: `fastmlp.kernels.rowmajor` reads the row-major weights in place, on the
   calling thread (a row's work is reading W once; packing would cost more);
 - more rows: the training forward tiles read packed copies of W kept between calls, one set per thread
-  (`threads.kept_copies`, `threads.ServingThreads`). At every call each thread checks W's columns it
-  reads against its row-major copy, bit for bit, and repacks what changed: an edit of `model.weights`
-  in place is seen by the next call, whatever it changed. Up to ROW_SPLIT_MIN_ROWS rows per thread,
+  (`threads.kept_packed`, `threads.ServingThreads`). At every call each thread checks the packed panels
+  it reads against W's columns, bit for bit, as its first tile of rows reads them, and repacks those that
+  changed: an edit of `model.weights` in place is seen by the next call, whatever it changed. Up to ROW_SPLIT_MIN_ROWS rows per thread,
   the threads share each layer (the model's serving threads, which wait for the next call spinning
   without the GIL, then sleep); beyond, they split the rows, each packing all of W for the call.
 
@@ -43,7 +43,7 @@ from ..kernels.rowmajor import ROW_TILE, packing_forward_probs_into, rowmajor_fo
 from ..kernels.serving import forward_probs_part_into
 from ..runtime.barrier import barrier_state
 from ..runtime.blas_threads import usable_cpus
-from .threads import kept_copies, run_parts, serving_threads, uniform
+from .threads import kept_packed, run_parts, serving_threads, uniform
 
 if TYPE_CHECKING:
     from ..model import MLP
@@ -154,12 +154,11 @@ def _packed_probabilities_into(out: FloatArray, X: FloatArray, weights: tuple[Fl
         served = serving_threads(weights, biases, parts, parts * ROW_SPLIT_MIN_ROWS).call(out, X, parts)
         if served is not None:
             return served
-    kept = [kept_copies(W) for W in weights]  # alone: this thread's own copies (found by the model's arrays)
+    packed = tuple(kept_packed(W) for W in weights)  # alone: this thread's own copies (found by the model's arrays)
     weights, biases = uniform(weights), uniform(biases)
     hidden = tuple(np.empty((n, W.shape[1]), dtype=np.float32) for W in weights[:-1]) or (out,)
     finite = np.zeros(1, dtype=np.int64)
-    forward_probs_part_into(hidden, out, X, weights, biases, tuple(P for P, _ in kept), tuple(S for _, S in kept),
-                            0, 1, _ALONE, finite)
+    forward_probs_part_into(hidden, out, X, weights, biases, packed, 0, 1, _ALONE, finite)
     return bool(finite[0])
 
 

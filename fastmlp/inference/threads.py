@@ -6,10 +6,10 @@
 - `ServingThreads`: a mid-sized batch (a few dozen to a few hundred rows) is a few hundred microseconds of
   work, as long as such a wake-up; its parts run on serving threads kept per model, which wait for the next
   call spinning in nopython code, without the GIL (fastmlp/kernels/serving.py), and sleep once idle.
-- `kept_copies(W)`: the packed and row-major copies of a weight matrix that one thread keeps between
-  calls (kernels.rowmajor.packed_layer_part_into checks them against W at every call).
+- `kept_packed(W)`: the packed copy of a weight matrix that one thread keeps between calls
+  (kernels.rowmajor.packed_layer_part_into checks it against W as it reads it, at every call).
 
-Every thread has copies of its own, and a call's threads share only the call's own arrays: concurrent
+Every thread has packed copies of its own, and a call's threads share only the call's own arrays: concurrent
 calls never write the same memory. Threads are made again in a forked child (whose copy has none).
 """
 
@@ -27,7 +27,7 @@ import numpy as np
 from numba import typeof
 
 from ..inputs import FloatArray
-from ..kernels.packed import PANEL_WIDTH
+from ..kernels.packed import packed_shape
 from ..kernels.serving import STOP, call_parts, control_state, serve_parts
 from ..runtime.barrier import abort_barrier, barrier_aborted, barrier_state
 
@@ -98,26 +98,25 @@ def _pool_thread(tasks: queue.SimpleQueue[tuple[Any, ...]]) -> None:
 _local = threading.local()
 
 
-def _new_copies(W: FloatArray) -> tuple[FloatArray, FloatArray]:
-    """(packed copy, row-major copy) of W, both zeros: a packed zero matrix is zeros, so the two agree."""
-    return (np.zeros((-(-W.shape[1] // PANEL_WIDTH), W.shape[0], PANEL_WIDTH), dtype=np.float32),
-            np.zeros(W.shape, dtype=np.float32))
+def _new_packed(W: FloatArray) -> FloatArray:
+    """A packed copy of W to be, all zeros: the first call finds it stale and packs it."""
+    return np.zeros(packed_shape(*W.shape), dtype=np.float32)
 
 
-def kept_copies(W: FloatArray) -> tuple[FloatArray, FloatArray]:
-    """This thread's (packed copy, row-major copy) of W, kept while W lives. Found by W's identity, so that an
-    array put in W's place gets copies of its own."""
+def kept_packed(W: FloatArray) -> FloatArray:
+    """This thread's packed copy of W, kept while W lives. Found by W's identity, so that an array put in W's
+    place gets a copy of its own."""
     kept = getattr(_local, "kept", None)
     if kept is None:
         kept = _local.kept = {}
     key = id(W)
     entry = kept.get(key)
-    if entry is None or entry[0]() is not W or entry[2].shape != W.shape:
+    if entry is None or entry[0]() is not W or entry[1].shape != packed_shape(*W.shape):
         def forget(_: object, key: int = key, kept: dict[int, Any] = kept) -> None:
             kept.pop(key, None)
 
-        entry = kept[key] = (weakref.ref(W, forget), *_new_copies(W))
-    return entry[1], entry[2]
+        entry = kept[key] = (weakref.ref(W, forget), _new_packed(W))
+    return entry[1]
 
 
 # --- serving threads for mid-sized batches -----------------------------------------------------------
@@ -126,8 +125,8 @@ MAX_MODELS = 4  # models with serving threads at once; the least recently used o
 
 
 class ServingThreads:
-    """Threads 1..threads-1 kept for one model's calls (the caller is thread 0), each with its own copies of the
-    weights, waiting for the next call in kernels.serving.serve_parts; one call at a time."""
+    """Threads 1..threads-1 kept for one model's calls (the caller is thread 0), each with its own packed copies
+    of the weights, waiting for the next call in kernels.serving.serve_parts; one call at a time."""
 
     def __init__(self, weights: tuple[FloatArray, ...], biases: tuple[FloatArray, ...], threads: int,
                  max_rows: int) -> None:
@@ -139,9 +138,7 @@ class ServingThreads:
         self.max_rows = max_rows
         self.control, self.barrier = control_state(threads), barrier_state()
         self.finite = np.zeros(threads, dtype=np.int64)
-        copies = [[_new_copies(W) for W in weights] for _ in range(threads)]
-        self.packed = [tuple(P for P, _ in thread) for thread in copies]
-        self.copies = [tuple(S for _, S in thread) for thread in copies]
+        self.packed = [tuple(_new_packed(W) for W in weights) for _ in range(threads)]
         self.busy = threading.Lock()
         self.stopped = False
         self.pid = os.getpid()
@@ -154,8 +151,7 @@ class ServingThreads:
         seen = 0
         try:
             while not self.stopped:
-                seen = serve_parts(self.control, self.hidden, self.weights, self.biases, self.packed[part],
-                                   self.copies[part], part, self.barrier, self.finite, seen)
+                seen = serve_parts(self.control, self.hidden, self.weights, self.biases, self.packed[part], part, self.barrier, self.finite, seen)
                 self.wakeups[part].wait()
                 self.wakeups[part].clear()
         except BaseException:  # not expected from nopython code; the caller then raises
@@ -169,8 +165,8 @@ class ServingThreads:
             return None
         try:
             # X and out stay referenced here until every part has passed the last barrier.
-            args = (self.control, self.hidden, out, X, self.weights, self.biases, self.packed[0], self.copies[0],
-                    parts, self.barrier, self.finite)
+            args = (self.control, self.hidden, out, X, self.weights, self.biases, self.packed[0], parts,
+                    self.barrier, self.finite)
             run = self._call_parts(X, out, args)
             try:
                 asleep, finite, ok = run(*args, False)
@@ -199,7 +195,7 @@ class ServingThreads:
         entry = self._entry_points.get(writeable)
         if entry is not None:
             return entry
-        call_parts(*args[:8], 1, *args[9:], True)  # parts = 1, posted: compiles without touching the threads
+        call_parts(*args[:7], 1, *args[8:], True)  # parts = 1, posted: compiles without touching the threads
         signature = tuple(typeof(a) for a in (*args, True))
         compiled = call_parts.overloads.get(signature)
         if compiled is None:

@@ -260,37 +260,6 @@ def forward_part(C, A, P, bias, mask, kind, r0, r1, p0, p1):
 
 
 @cached_njit
-def refresh_packed_panels(P, S, W, p0, p1):
-    """Keep panels p0:p1 of P the packed W (K, N), P having been packed from S, a row-major copy of W (or both
-    all zeros): where W's columns of those panels differ from S's, bit for bit, copy them into S and repack
-    those panels of P. Overwrites those parts of P and S; returns whether it did.
-
-    A packed copy kept between calls (fastmlp.inference) is then right whatever was done to W in place.
-    The check reads W and S front to back, row by row, a few microseconds per 100 KB; packing reads W
-    column panel by column panel, 64 bytes a row, several times slower.
-    """
-    K, N = W.shape
-    c0, c1 = p0 * PANEL_WIDTH, min(N, p1 * PANEL_WIDTH)
-    if c1 <= c0:
-        return False
-    Wbits, Sbits = W.reshape(W.size).view(np.uint32), S.reshape(S.size).view(np.uint32)
-    differ = np.uint32(0)
-    for k in range(K):
-        # Unsigned indices: Numba then leaves out its negative-index fix-up, and LLVM vectorises the loop.
-        first = np.uint64(k * N + c0)
-        for j in range(np.uint64(c1 - c0)):
-            differ |= Wbits[first + j] ^ Sbits[first + j]  # no early exit: one OR of XORs, in SIMD lanes
-    if differ == 0:
-        return False
-    for k in range(K):
-        for j in range(c0, c1):
-            S[k, j] = W[k, j]
-    for p in range(p0, p1):
-        pack_panel_into(P[p], W, p)
-    return True
-
-
-@cached_njit
 def adam_corrections(beta1, beta2, step):
     """(1 / (1 - beta1^t), 1 / sqrt(1 - beta2^t)) for step t = step >= 1, in float64: Adam's bias corrections."""
     return 1.0 / (1.0 - beta1**step), 1.0 / np.sqrt(1.0 - beta2**step)

@@ -35,9 +35,9 @@ from .packed import (
     PANEL_WIDTH,
     TILE_ROWS,
     forward_part,
+    pack_panel_into,
     pack_weights_into,
     panel_count,
-    refresh_packed_panels,
 )
 from .tiles import TILE
 
@@ -86,17 +86,87 @@ def rowmajor_tile(module, vw, mr, nv, masked):
         return builder.load(builder.gep(a_rows[m], [k]))
 
     accs = simd_ir._tile_loop(builder, fn, K, mr, nv, vec, load_b, load_a)
+    _store_bias_relu(builder, fn, vec, accs, c, ldc, rows, bias, relu, masks)
+    builder.ret_void()
+    return fn
+
+
+def _store_bias_relu(builder, fn, vec, accs, c, ldc, rows, bias, relu, masks):
+    """The epilogue of a tile: C[m, :] = accs[m] + bias, max(., 0) if relu != 0, for its real rows and the
+    lanes on in masks; the builder ends after the stores."""
+    vw, nv = vec.vw, len(masks)
     b = [vec.masked_load(builder, builder.gep(bias, [ir.Constant(I64, v * vw)]), masks[v]) for v in range(nv)]
     with_relu = builder.icmp_unsigned("!=", relu, ir.Constant(I32, 0))
 
-    def store_row(builder, m):
+    def store_row(builder, m, row):
         c_row = builder.gep(c, [builder.mul(ir.Constant(I64, m), ldc)])
         for v in range(nv):
             z = builder.fadd(accs[m][v], b[v])  # the epilogue of simd_ir.forward_tile, in its order
             z = builder.select(with_relu, builder.call(vec.maxnum, [z, vec.zero]), z)
             vec.masked_store(builder, z, builder.gep(c_row, [ir.Constant(I64, v * vw)]), masks[v])
 
-    simd_ir._for_real_rows(builder, fn, rows, mr, store_row)
+    zero = ir.Constant(I64, 0)
+    simd_ir._for_rows(builder, fn, zero, len(accs), zero, rows, store_row)
+
+
+def checked_panel_tile(module, vw, mr, nv, masked):
+    """The LLVM function of one tile C[rows, :ncols] = epilogue(A[rows, :] @ panel), the panel a packed copy of
+    W's columns (kept between calls) that the tile checks against W, bit for bit, as it reads it.
+
+    i32 (float* a, i64 lda, float* panel, i64 K, float* w, i64 ldw, float* c, i64 ldc, i64 rows, i64 ncols,
+         float* bias, i32 relu)
+    The arguments of `rowmajor_tile`, and panel: P[p, 0, 0] (K rows of NR floats, packed.py's layout).
+    Returns 1 if every packed row equals W's row, in every bit of its ncols real columns (the padding
+    lanes are zeros; a `masked` tile loads only the real columns of W, as zeros elsewhere); else 0, and
+    C then holds the product with a stale copy: the caller repacks the panel and runs the tile again.
+
+    At step k the NV vectors of packed row k feed the FMAs as in simd_ir.forward_tile, and are XORed, as
+    integers, with W's row k; the XORs are ORed into one vector that the loop carries (in memory here:
+    LLVM's mem2reg makes it a register). So the check costs two loads and 2 NV integer operations beside
+    MR x NV FMAs, where a separate pass read W and a row-major copy of it from L2 or beyond.
+    """
+    name = f"fastmlp_checked_panel_tile_{vw}x{mr}x{nv}{'_masked' if masked else ''}"
+    if name in module.globals:
+        return module.globals[name]
+    fnty = ir.FunctionType(I32, [PTR, I64, PTR, I64, PTR, I64, PTR, I64, I64, I64, PTR, I32])
+    fn = ir.Function(module, fnty, name)
+    fn.linkage = "internal"
+    a, lda, panel, K, w, ldw, c, ldc, rows, ncols, bias, relu = fn.args
+    vec = simd_ir._Vectors(module, vw)
+    bits = ir.VectorType(I32, vw)
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    a_rows = [builder.gep(a, [builder.mul(simd_ir._clamp_row(builder, m, rows), lda)]) for m in range(mr)]
+    masks = [simd_ir._lane_mask(builder, ir.Constant(I64, v * vw), ncols, vw) for v in range(nv)]
+    differ = builder.alloca(bits)
+    builder.store(ir.Constant(bits, [0] * vw), differ)
+    nr = vw * nv
+
+    def load_b(builder, k):
+        row = builder.gep(panel, [builder.mul(k, ir.Constant(I64, nr))])
+        packed = [vec.load(builder, builder.gep(row, [ir.Constant(I64, v * vw)])) for v in range(nv)]
+        w_row = builder.gep(w, [builder.mul(k, ldw)])
+        w_ptrs = [builder.gep(w_row, [ir.Constant(I64, v * vw)]) for v in range(nv)]
+        if masked:
+            original = [vec.masked_load(builder, ptr, masks[v]) for v, ptr in enumerate(w_ptrs)]
+        else:
+            original = [vec.load(builder, ptr) for ptr in w_ptrs]
+        seen = builder.load(differ)
+        for p, o in zip(packed, original):
+            seen = builder.or_(seen, builder.xor(builder.bitcast(p, bits), builder.bitcast(o, bits)))
+        builder.store(seen, differ)
+        return packed
+
+    def load_a(builder, k, m):
+        return builder.load(builder.gep(a_rows[m], [k]))
+
+    accs = simd_ir._tile_loop(builder, fn, K, mr, nv, vec, load_b, load_a)
+    seen = builder.load(differ)
+    any_bit = builder.extract_element(seen, ir.Constant(I32, 0))
+    for lane in range(1, vw):
+        any_bit = builder.or_(any_bit, builder.extract_element(seen, ir.Constant(I32, lane)))
+    same = builder.zext(builder.icmp_unsigned("==", any_bit, ir.Constant(I32, 0)), I32)
+    _store_bias_relu(builder, fn, vec, accs, c, ldc, rows, bias, relu, masks)
+    builder.ret(same)
     return fn
 
 
@@ -129,6 +199,32 @@ def _tile_intrinsic(mr, nv, masked):
     return tile
 
 
+def _checked_tile_intrinsic(masked):
+    """A Numba intrinsic calling `checked_panel_tile` (the training tile's shape), returning its int32:
+    (A, a_off, lda, P, p_off, W, w_off, ldw, K, C, c_off, ldc, rows, ncols, bias, b_off, relu), offsets in floats."""
+
+    @intrinsic
+    def tile(typingctx, A, a_off, lda, P, p_off, W, w_off, ldw, K, C, c_off, ldc, rows, ncols, bias, b_off, relu):
+        sig = types.int32(A, types.intp, types.intp, P, types.intp, W, types.intp, types.intp, types.intp, C,
+                          types.intp, types.intp, types.intp, types.intp, bias, types.intp, types.int32)
+
+        def codegen(context, builder, signature, args):
+            A_, a_off_, lda_, P_, p_off_, W_, w_off_, ldw_, K_, C_, c_off_, ldc_, rows_, ncols_, bias_, b_off_, relu_ = args
+            ty = signature.args
+            fn = checked_panel_tile(builder.module, TILE.vw, TILE.mr, TILE.nv, masked)
+            return builder.call(fn, [_data(context, builder, ty[0], A_, a_off_), lda_,
+                                     _data(context, builder, ty[3], P_, p_off_), K_,
+                                     _data(context, builder, ty[5], W_, w_off_), ldw_,
+                                     _data(context, builder, ty[9], C_, c_off_), ldc_, rows_, ncols_,
+                                     _data(context, builder, ty[14], bias_, b_off_), relu_])
+
+        return sig, codegen
+
+    return tile
+
+
+_checked_tile = _checked_tile_intrinsic(False)
+_checked_tile_masked = _checked_tile_intrinsic(True)
 _rows_tile = _tile_intrinsic(ROW_TILE, TILE.nv, False)
 _rows_tile_masked = _tile_intrinsic(ROW_TILE, TILE.nv, True)
 _wide_tile = _tile_intrinsic(1, WIDE_VECTORS, False)
@@ -206,26 +302,52 @@ def rowmajor_forward_probs_into(out, X, weights, biases, r0, r1):
     return True
 
 
+@cached_njit
+def checked_panel_rows(C, A, W, P, b, relu, r0, r1, p):
+    """C[r0:r1, panel p] = epilogue(A[r0:r1] @ P[p] + b) (one tile: at most TILE_ROWS rows), checking as it reads
+    P[p] that it holds W's columns of panel p bit for bit (checked_panel_tile). Returns whether it did; if not,
+    C's entries came from the stale panel. Overwrites those entries of C."""
+    K, N = W.shape
+    lda, ldc = A.strides[0] // 4, C.strides[0] // 4
+    flag = np.int32(1 if relu else 0)
+    col = p * PANEL_WIDTH
+    ncols = min(PANEL_WIDTH, N - col)
+    if ncols == PANEL_WIDTH:
+        same = _checked_tile(A, r0 * lda, lda, P, p * K * PANEL_WIDTH, W, col, N, K, C, r0 * ldc + col, ldc,
+                             r1 - r0, ncols, b, col, flag)
+    else:
+        same = _checked_tile_masked(A, r0 * lda, lda, P, p * K * PANEL_WIDTH, W, col, N, K, C, r0 * ldc + col, ldc,
+                                    r1 - r0, ncols, b, col, flag)
+    return same != 0
+
+
 @cached_njit(nogil=True)
-def packed_layer_part_into(C, A, W, P, S, b, relu, r0, r1, p0, p1, check_finite):
+def packed_layer_part_into(C, A, W, P, b, relu, r0, r1, p0, p1, check_finite):
     """C[r0:r1, panels p0:p1] = epilogue(A[r0:r1] @ W + b), epilogue ReLU if relu; overwrites those entries of C.
 
     One part of one layer of a larger inference call. W (K, N) row-major, as the model keeps it; P
-    (panels, K, PANEL_WIDTH) a packed copy of it kept by the caller between calls, packed from S, a row-major
-    copy: W's columns of panels p0:p1 are first checked against S bit for bit, and where they differ copied
-    and repacked (packed.refresh_packed_panels); then the training forward tiles read P (rows outer, panels
-    inner). The same operations per output element as `rowmajor_forward_probs_into`: the same bits.
-    Returns False, at once, if check_finite and a row of A[r0:r1] holds NaN or inf (each tile's rows are
-    checked just before its tiles read them).
+    (panels, K, PANEL_WIDTH) a packed copy of it that the caller keeps between calls (zeros at first). The
+    training forward tiles read P, rows outer and panels inner; the first tile of rows also reads W's
+    columns beside P and checks them bit for bit (checked_panel_rows), so that an edit of W in place,
+    whatever it changed, is seen: a panel that differs is repacked from W (overwriting it in P) and its
+    first rows computed again. (Checking each panel in another row tile, to spread W's reads among more
+    FMAs, measured slower: each checked tile then waits for 50 KB of W alone.) The same operations per
+    output element as `rowmajor_forward_probs_into`: the same bits. Returns False, at once, if check_finite
+    and a row of A[r0:r1] holds NaN or inf (each tile's rows are checked just before its tiles read them).
     """
-    require_c_contiguous(C, A, W, P, S, b)
-    refresh_packed_panels(P, S, W, p0, p1)
+    require_c_contiguous(C, A, W, P, b)
     kind = BIAS_RELU if relu else BIAS
     for i0 in range(r0, r1, TILE_ROWS):
         i1 = min(i0 + TILE_ROWS, r1)
         if check_finite and not rows_finite(A, i0, i1):
             return False
-        forward_part(C, A, P, b, C, kind, i0, i1, p0, p1)
+        if i0 > r0:
+            forward_part(C, A, P, b, C, kind, i0, i1, p0, p1)
+            continue
+        for p in range(p0, p1):
+            if not checked_panel_rows(C, A, W, P, b, relu, i0, i1, p):
+                pack_panel_into(P[p], W, p)
+                forward_part(C, A, P, b, C, kind, i0, i1, p, p + 1)
     return True
 
 

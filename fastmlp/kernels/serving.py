@@ -1,12 +1,12 @@
 """Inference on several threads at once, in nopython code: one call's parts, and the loop in which a
 serving thread waits for the next call without the GIL.
 
-    forward_probs_part_into(hidden, out, X, weights, biases, packed, copies, part, parts, barrier, finite)
+    forward_probs_part_into(hidden, out, X, weights, biases, packed, part, parts, barrier, finite)
         part `part` of `parts` of out = the probabilities of X; the parts run at once on threads of
         their own and meet at `barrier` after each layer.
-    serve_parts(control, hidden, weights, biases, packed, copies, part, barrier, finite, seen)
+    serve_parts(control, hidden, weights, biases, packed, part, barrier, finite, seen)
         a serving thread's loop: runs its part of every call posted on `control`, until idle.
-    call_parts(control, hidden, out, X, weights, biases, packed, copies, parts, barrier, finite, posted)
+    call_parts(control, hidden, out, X, weights, biases, packed, parts, barrier, finite, posted)
         the calling thread's side: post a call, then run its part 0.
 
 Why a loop in nopython code: a Python thread that sleeps (on a queue, or waiting for the GIL) takes tens
@@ -65,18 +65,17 @@ def _share(count, part, parts):
 
 
 @cached_njit(nogil=True)
-def forward_probs_part_into(hidden, out, X, weights, biases, packed, copies, part, parts, barrier, finite):
+def forward_probs_part_into(hidden, out, X, weights, biases, packed, part, parts, barrier, finite):
     """Part `part` of `parts` of one inference call, out = the probabilities of X (n rows): every part runs at
     once on a thread of its own, meeting at `barrier` (fastmlp.runtime.barrier) between layers.
 
     hidden[l] (>= n, N_l) holds hidden layer l's activations in its first n rows, shared by the parts (for a
-    net without hidden layers, any one float32 2-d array); packed[l] and copies[l] are the running thread's
-    own packed and row-major copies of weights[l] (rowmajor.packed_layer_part_into: checked against W,
-    refreshed where stale). Each layer is cut by W's panels where it has one for every part, so that a part
+    net without hidden layers, any one float32 2-d array); packed[l] is the running thread's own packed copy
+    of weights[l] (rowmajor.packed_layer_part_into: checked against W as it is read, repacked where stale). Each layer is cut by W's panels where it has one for every part, so that a part
     reads (and keeps in its core's cache) only its share of W, if W is large (PANEL_SPLIT_MIN_BYTES); else by
     whole row tiles. Then each part turns its share of the rows into probabilities. The parts meet at the
     barrier before a layer that reads rows other parts wrote, and at the end. Overwrites hidden, out,
-    finite[part] (1 if X was finite in the rows this part read, else 0) and the thread's copies. Returns
+    finite[part] (1 if X was finite in the rows this part read, else 0) and the thread's packed copies. Returns
     False once the barrier is aborted. Every part passes every barrier, even after finding NaN or inf, so
     that none waits forever.
     """
@@ -99,16 +98,16 @@ def forward_probs_part_into(hidden, out, X, weights, biases, packed, copies, par
             if not barrier_wait(barrier, parts):
                 return False
         if finite[part] == 1 and r0 < r1 and p0 < p1:
-            W, P, S, b, relu = weights[l], packed[l], copies[l], biases[l], l < L - 1
+            W, P, b, relu = weights[l], packed[l], biases[l], l < L - 1
             # One call per pairing of source and destination: Numba types X, out and hidden[l][:n] apart.
             if l == 0 and L == 1:
-                ok = packed_layer_part_into(out, X, W, P, S, b, relu, r0, r1, p0, p1, True)
+                ok = packed_layer_part_into(out, X, W, P, b, relu, r0, r1, p0, p1, True)
             elif l == 0:
-                ok = packed_layer_part_into(hidden[0][:n], X, W, P, S, b, relu, r0, r1, p0, p1, True)
+                ok = packed_layer_part_into(hidden[0][:n], X, W, P, b, relu, r0, r1, p0, p1, True)
             elif l == L - 1:
-                ok = packed_layer_part_into(out, hidden[l - 1][:n], W, P, S, b, relu, r0, r1, p0, p1, False)
+                ok = packed_layer_part_into(out, hidden[l - 1][:n], W, P, b, relu, r0, r1, p0, p1, False)
             else:
-                ok = packed_layer_part_into(hidden[l][:n], hidden[l - 1][:n], W, P, S, b, relu, r0, r1, p0, p1,
+                ok = packed_layer_part_into(hidden[l][:n], hidden[l - 1][:n], W, P, b, relu, r0, r1, p0, p1,
                                             False)
             if not ok:
                 finite[part] = 0
@@ -122,9 +121,9 @@ def forward_probs_part_into(hidden, out, X, weights, biases, packed, copies, par
 
 
 @cached_njit(nogil=True)
-def call_parts(control, hidden, out, X, weights, biases, packed, copies, parts, barrier, finite, posted):
+def call_parts(control, hidden, out, X, weights, biases, packed, parts, barrier, finite, posted):
     """The calling thread's side of a call on serving threads: post it (unless `posted`), then run part 0 of
-    forward_probs_part_into with its own copies (packed[0]... of the caller's thread). Returns
+    forward_probs_part_into with its own packed copies (those of the caller's thread). Returns
     (serving threads found asleep, 1 if X was finite in every part else 0, 0 if the barrier was aborted else 1).
 
     Posting moves control[TICKET] by an atomic add, a full fence: a serving thread either sees the ticket
@@ -144,7 +143,7 @@ def call_parts(control, hidden, out, X, weights, biases, packed, copies, parts, 
                 asleep |= 1 << min(part, 63)
         if asleep != 0:
             return asleep, 0, 1
-    if not forward_probs_part_into(hidden, out, X, weights, biases, packed, copies, 0, parts, barrier, finite):
+    if not forward_probs_part_into(hidden, out, X, weights, biases, packed, 0, parts, barrier, finite):
         return 0, 0, 0
     for part in range(parts):
         if finite[part] == 0:
@@ -153,9 +152,9 @@ def call_parts(control, hidden, out, X, weights, biases, packed, copies, parts, 
 
 
 @cached_njit(nogil=True)
-def serve_parts(control, hidden, weights, biases, packed, copies, part, barrier, finite, seen):
+def serve_parts(control, hidden, weights, biases, packed, part, barrier, finite, seen):
     """Serving thread `part`'s loop: for each call posted after ticket `seen`, run its part (if the call has
-    that many parts) with this thread's copies; return the last ticket served once no call came for
+    that many parts) with this thread's packed copies; return the last ticket served once no call came for
     SPINS_BEFORE_SLEEP spins (the thread then sleeps in Python until woken) or control[STOP] is set.
     """
     awake = AWAKE + 8 * part
@@ -180,4 +179,4 @@ def serve_parts(control, hidden, weights, biases, packed, copies, part, barrier,
             rows = atomic_load(control, ROWS)
             X = carray(_float32_pointer(atomic_load(control, X_ADDRESS)), (rows, weights[0].shape[0]))
             out = carray(_float32_pointer(atomic_load(control, OUT_ADDRESS)), (rows, weights[-1].shape[1]))
-            forward_probs_part_into(hidden, out, X, weights, biases, packed, copies, part, parts, barrier, finite)
+            forward_probs_part_into(hidden, out, X, weights, biases, packed, part, parts, barrier, finite)
