@@ -30,7 +30,7 @@ from ..runtime.barrier import atomic_add, atomic_load, atomic_store, barrier_wai
 from ..runtime.jit import cached_njit
 from .elementwise import softmax_inplace
 from .packed import TILE_ROWS, panel_count
-from .rowmajor import packed_layer_part_into
+from .rowmajor import packed_layer_part_into, rows_finite
 
 TICKET, STOP, ROWS, X_ADDRESS, OUT_ADDRESS, PARTS, AWAKE = 0, 8, 16, 17, 18, 19, 24
 # A layer is cut between the parts by its panels (each part reading only its share of W) where W has
@@ -71,11 +71,11 @@ def forward_probs_part_into(hidden, out, X, weights, biases, packed, part, parts
 
     hidden[l] (>= n, N_l) holds hidden layer l's activations in its first n rows, shared by the parts (for a
     net without hidden layers, any one float32 2-d array); packed[l] is the running thread's own packed copy
-    of weights[l] (rowmajor.packed_layer_part_into: checked against W as it is read, repacked where stale). Each layer is cut by W's panels where it has one for every part, so that a part
-    reads (and keeps in its core's cache) only its share of W, if W is large (PANEL_SPLIT_MIN_BYTES); else by
-    whole row tiles. Then each part turns its share of the rows into probabilities. The parts meet at the
+    of weights[l] (rowmajor.packed_layer_part_into: checked against W as it is read, repacked where stale).
+    Each layer is cut by W's panels where it has one for every part, so that a part reads (and keeps in its
+    core's cache) only its share of W, if W is large (PANEL_SPLIT_MIN_BYTES); else by whole row tiles. Then each part turns its share of the rows into probabilities. The parts meet at the
     barrier before a layer that reads rows other parts wrote, and at the end. Overwrites hidden, out,
-    finite[part] (1 if X was finite in the rows this part read, else 0) and the thread's packed copies. Returns
+    finite[part] (1 if X was finite in this part's share of the rows, else 0) and the thread's packed copies. Returns
     False once the barrier is aborted. Every part passes every barrier, even after finding NaN or inf, so
     that none waits forever.
     """
@@ -99,11 +99,17 @@ def forward_probs_part_into(hidden, out, X, weights, biases, packed, part, parts
                 return False
         if finite[part] == 1 and r0 < r1 and p0 < p1:
             W, P, b, relu = weights[l], packed[l], biases[l], l < L - 1
+            # X's rows are checked for NaN and inf once, each by the part they belong to: cut by panels, every
+            # part reads every row, and checks only its own share, in one pass before the layer (at most
+            # a few hundred rows a part at most: in L2 for the tiles next); cut by rows, as its tiles read them.
+            check = l == 0 and not by_panels
+            if l == 0 and by_panels and not rows_finite(X, my_r0, my_r1):
+                ok = False
             # One call per pairing of source and destination: Numba types X, out and hidden[l][:n] apart.
-            if l == 0 and L == 1:
-                ok = packed_layer_part_into(out, X, W, P, b, relu, r0, r1, p0, p1, True)
+            elif l == 0 and L == 1:
+                ok = packed_layer_part_into(out, X, W, P, b, relu, r0, r1, p0, p1, check)
             elif l == 0:
-                ok = packed_layer_part_into(hidden[0][:n], X, W, P, b, relu, r0, r1, p0, p1, True)
+                ok = packed_layer_part_into(hidden[0][:n], X, W, P, b, relu, r0, r1, p0, p1, check)
             elif l == L - 1:
                 ok = packed_layer_part_into(out, hidden[l - 1][:n], W, P, b, relu, r0, r1, p0, p1, False)
             else:
