@@ -141,7 +141,7 @@ def _packed_probabilities_into(out: FloatArray, X: FloatArray, weights: tuple[Fl
     calls: this thread's own when it is alone, else the model's serving threads' (threads.ServingThreads).
     """
     n = X.shape[0]
-    parts = min(_usable_cpus(), max(1, n * sum(W.size for W in weights) // MIN_MACS_PER_THREAD))
+    parts = min(_usable_cpus(), max(1, n * sum([W.size for W in weights]) // MIN_MACS_PER_THREAD))
     if n >= parts * ROW_SPLIT_MIN_ROWS:
         tiles = -(-n // ROW_TILE)
         parts = min(parts, tiles)

@@ -15,6 +15,7 @@ calls never write the same memory. Threads are made again in a forked child (who
 
 from __future__ import annotations
 
+import operator
 import os
 import queue
 import threading
@@ -141,7 +142,6 @@ class ServingThreads:
         self.packed = [tuple(_new_packed(W) for W in weights) for _ in range(threads)]
         self.busy = threading.Lock()
         self.stopped = False
-        self.pid = os.getpid()
         self._entry_points: dict[bool, Callable[..., tuple[int, int, int]]] = {}  # by X's flags.writeable
         self.wakeups = [threading.Event() for _ in range(threads)]
         for part in range(1, threads):
@@ -225,9 +225,9 @@ def serving_threads(weights: tuple[FloatArray, ...], biases: tuple[FloatArray, .
     tuple as one only if its arrays agree), so a model keeps them alive while among the MAX_MODELS last used.
     """
     global _serving_pid, _last
-    last = _last
+    last = _last  # None in a forked child (_forget_parent_threads)
     if (last is not None and last.threads >= threads and last.max_rows >= max_rows and not last.stopped
-            and last.pid == os.getpid() and all(a is b for a, b in zip(last.sources, weights + biases))):
+            and all(map(operator.is_, last.sources, weights + biases))):
         return last
     key = tuple(id(a) for a in weights + biases)
     with _lock:
@@ -247,6 +247,15 @@ def serving_threads(weights: tuple[FloatArray, ...], biases: tuple[FloatArray, .
         _serving.move_to_end(key)
         _last = found
         return found
+
+
+def _forget_parent_threads() -> None:
+    """In a forked child: the parent's serving threads do not exist here (the next call starts new ones)."""
+    global _last
+    _last = None
+
+
+os.register_at_fork(after_in_child=_forget_parent_threads)
 
 
 def uniform(arrays: tuple[FloatArray, ...]) -> tuple[FloatArray, ...]:
