@@ -1,15 +1,15 @@
 """Where the numba backend's training step spends its time, phase by phase.
 
     python benchmarks/profile_fused_step.py [--batch-sizes 32 64 128 1024] [--rounds 5]
+                                           [--layer-sizes 784 128 64 10]
 
-For each batch size, on the 784-128-64-10 net and MNIST pixels, it times, interleaved round by
+For each batch size, on the 784-128-64-10 net (or --layer-sizes) and MNIST pixels, it times, interleaved round by
 round (the machine drifts, so each column is a median over rounds of the same order):
 - each phase of one step, alone, on one thread, over many repetitions on the same batch:
   gather (uint8 pixels to the float32 batch), layer-0 forward (the SIMD forward tile, bias +
-  ReLU), the upper layers (forward, softmax + cross-entropy, backward to dZ_0 and its copy in
-  column panels), the layer-0
-  update (the weight-gradient tile fused with SGD), the upper layers' updates (with W.T
-  repacked) and the biases; each as microseconds per step and, for the products, GFLOP/s and
+  ReLU), the upper layers (forward, softmax + cross-entropy, backward to dZ_0, and each dZ_l
+  copied in column panels), the layer-0 update (the weight-gradient tile fused with SGD), the
+  upper layers' updates (with W.T repacked) and the biases; each as microseconds per step and, for the products, GFLOP/s and
   the fraction of one core's FMA peak (fastmlp.bench.fma_peak, measured once at the start);
 - whole epochs through `Backend.train_epoch`, on one worker and on the default number, as
   samples/s: what the step's phases add up to, and what the workers' barriers and split cost.
@@ -58,29 +58,30 @@ def layer0_forward_phase(reps, packed, biases, x, acts, nb):
 
 
 @njit(cache=True)
-def upper_layers_phase(reps, packed, transposed, biases, x, acts, deltas, labels, nb, delta0_panels):
+def upper_layers_phase(reps, packed, transposed, biases, x, acts, deltas, labels, nb, delta_panels):
     L = len(packed)
     for _ in range(reps):
         forward_rows(packed, biases, x, acts, 1, 0, nb)
         softmax_xent_backward_rows_inplace(acts[L - 1][:nb], labels[:nb], nb)
         backward_rows(transposed, acts, deltas, 0, nb)
-        panels_from_rows_into(delta0_panels, deltas[0], 0, nb)  # dZ_0 as the layer-0 update reads it
+        for l in range(L):  # each dZ_l as its update reads it
+            panels_from_rows_into(delta_panels[l], deltas[l], 0, nb)
 
 
 @njit(cache=True)
-def layer0_update_phase(reps, packed, x, delta0_panels, nb):
+def layer0_update_phase(reps, packed, x, delta_panels, nb):
     P = packed[0]
     for _ in range(reps):
-        update_part(P, P, x, delta0_panels, nb, 0, P.shape[1], 0, P.shape[0], LR, 0.0, 0.0, PLAIN_SGD, P,
+        update_part(P, P, x, delta_panels[0], nb, 0, P.shape[1], 0, P.shape[0], LR, 0.0, 0.0, PLAIN_SGD, P,
                     0.0, 0.0, 0.0, 0.0)
 
 
 @njit(cache=True)
-def upper_updates_phase(reps, packed, transposed, acts, deltas, nb):
+def upper_updates_phase(reps, packed, transposed, acts, delta_panels, nb):
     for _ in range(reps):
         for l in range(1, len(packed)):
             P = packed[l]
-            update_part(P, P, acts[l - 1], deltas[l], nb, 0, P.shape[1], 0, P.shape[0], LR, 0.0, 0.0, PLAIN_SGD, P, 0.0,
+            update_part(P, P, acts[l - 1], delta_panels[l], nb, 0, P.shape[1], 0, P.shape[0], LR, 0.0, 0.0, PLAIN_SGD, P, 0.0,
                         0.0, 0.0, 0.0)
             transpose_packed_into(transposed[l], P, 0, P.shape[1])
 
@@ -103,7 +104,7 @@ def phase_calls(model, pixels, y, nb):
     gather_phase(1, x, ws.labels, pixels.data, scale, y, rows)
     layer0_forward_phase(1, packed.weights, biases, x, ws.acts, nb)
     upper_layers_phase(1, packed.weights, packed.transposed, biases, x, ws.acts, ws.deltas, ws.labels, nb,
-                       ws.delta0_panels)
+                       ws.delta_panels)
     k0, n0 = model.layer_sizes[:2]
     upper = sum(a * b for a, b in zip(model.layer_sizes[1:-1], model.layer_sizes[2:]))
     return {
@@ -111,24 +112,25 @@ def phase_calls(model, pixels, y, nb):
         "layer-0 forward": (lambda r: layer0_forward_phase(r, packed.weights, biases, x, ws.acts, nb),
                             2 * nb * k0 * n0),
         "upper fwd+bwd": (lambda r: upper_layers_phase(r, packed.weights, packed.transposed, biases, x, ws.acts,
-                                                       ws.deltas, ws.labels, nb, ws.delta0_panels),
+                                                       ws.deltas, ws.labels, nb, ws.delta_panels),
                           2 * nb * (2 * upper)),
-        "layer-0 update": (lambda r: layer0_update_phase(r, packed.weights, x, ws.delta0_panels, nb), 2 * nb * k0 * n0),
-        "upper updates": (lambda r: upper_updates_phase(r, packed.weights, packed.transposed, ws.acts, ws.deltas, nb),
+        "layer-0 update": (lambda r: layer0_update_phase(r, packed.weights, x, ws.delta_panels, nb), 2 * nb * k0 * n0),
+        "upper updates": (lambda r: upper_updates_phase(r, packed.weights, packed.transposed, ws.acts,
+                                                        ws.delta_panels, nb),
                           2 * nb * upper),
         "biases": (lambda r: bias_phase(r, biases, ws.deltas, ws.db, nb), 0),
     }
 
 
-def profile(pixels, y, batch_size, rounds):
+def profile(pixels, y, batch_size, rounds, layer_sizes=LAYER_SIZES):
     """{name: median seconds per step (phases) or per epoch (epochs)} and the phases' FLOPs."""
-    model = MLP(LAYER_SIZES, seed=0)
+    model = MLP(layer_sizes, seed=0)
     calls = phase_calls(model, pixels, y, batch_size)
     reps = max(20, 200_000 // batch_size)
-    workers = epoch_workers(training_threads(), batch_size, LAYER_SIZES)
+    workers = epoch_workers(training_threads(), batch_size, layer_sizes)
     backends = {"epoch, 1 worker": Backend(threads=1), f"epoch, {workers} workers": Backend()}
     for backend in backends.values():
-        backend.train_epoch(MLP(LAYER_SIZES, seed=0), pixels, y, batch_size=batch_size, lr=0.01,
+        backend.train_epoch(MLP(layer_sizes, seed=0), pixels, y, batch_size=batch_size, lr=0.01,
                             rng=np.random.default_rng(0))
     seconds = {name: [] for name in (*calls, *backends)}
     for round_ in range(rounds):
@@ -138,7 +140,7 @@ def profile(pixels, y, batch_size, rounds):
             seconds[name].append((time.perf_counter() - start) / reps)
         for name, backend in backends.items():
             start = time.perf_counter()
-            backend.train_epoch(MLP(LAYER_SIZES, seed=0), pixels, y, batch_size=batch_size, lr=0.01,
+            backend.train_epoch(MLP(layer_sizes, seed=0), pixels, y, batch_size=batch_size, lr=0.01,
                                 rng=np.random.default_rng(round_))
             seconds[name].append(time.perf_counter() - start)
     return {name: float(np.median(s)) for name, s in seconds.items()}, {name: f for name, (_, f) in calls.items()}
@@ -148,18 +150,22 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64, 128, 1024])
     parser.add_argument("--rounds", type=int, default=5, help="rounds of every measurement (default 5)")
+    parser.add_argument("--layer-sizes", type=int, nargs="+", default=list(LAYER_SIZES),
+                        help="the net, inputs first (784: MNIST) and classes last (10) (default 784 128 64 10)")
     args = parser.parse_args(argv)
     if args.rounds < 1 or min(args.batch_sizes) < 1:
         parser.error("--rounds and batch sizes must be >= 1")
+    if len(args.layer_sizes) < 3 or args.layer_sizes[0] != 784 or args.layer_sizes[-1] != 10 or min(args.layer_sizes) < 1:
+        parser.error("--layer-sizes: 784, at least one hidden width >= 1, then 10 (MNIST's inputs and classes)")
     X, y, _, _ = load_mnist(as_pixels=True)
     peak = measure_fma_peak(1)
     print(f"{cpu_model_name()}: one core's FMA peak {peak:.1f} GFLOP/s ({CHAINS} chains of {VECTOR_WIDTH}-float "
           f"FMAs); SIMD tile {TILE.name}, {TILE.mr} rows x {TILE.nr} columns")
     for batch_size in args.batch_sizes:
-        median, flops = profile(X, y, batch_size, args.rounds)
+        median, flops = profile(X, y, batch_size, args.rounds, tuple(args.layer_sizes))
         phases = {name: s for name, s in median.items() if name in flops}
         step = sum(phases.values())
-        print(f"batch {batch_size}: one thread, phases of a step add up to {step * 1e6:.1f} us "
+        print(f"{'-'.join(map(str, args.layer_sizes))}, batch {batch_size}: one thread, phases of a step add up to {step * 1e6:.1f} us "
               f"({batch_size / step:,.0f} samples/s)")
         for name, s in phases.items():
             gflops = flops[name] / s / 1e9

@@ -139,7 +139,7 @@ class Backend(BackendBase):
                 loss, _ = step_worker(0, 1, barrier_state(), packed.weights, packed.transposed, velocity_w,
                                       tuple(model.biases), velocity_b, X, ws.labels, len(X), np.float32(lr), mu,
                                       np.float32(weight_decay), rule, ws.acts, ws.deltas, ws.db, second_w, second_b,
-                                      beta2, eps32, steps + 1, ws.delta0_panels)
+                                      beta2, eps32, steps + 1, ws.delta_panels)
             finally:
                 packed.store(model, velocity if rule in (MOMENTUM, NESTEROV) else None, moments)
                 if moments is not None:
@@ -176,7 +176,7 @@ class Backend(BackendBase):
                     t, workers, barrier, packed.weights, packed.transposed, velocity_w, biases, velocity_b, data,
                     scale, y, order, begin, end, batch_size, np.float32(lr), mu, np.float32(weight_decay), rule,
                     ws.inputs, ws.acts, ws.deltas, ws.db, ws.labels, second_w, second_b, beta2, eps32, steps + 1,
-                    ws.delta0_panels)
+                    ws.delta_panels)
                 if t == 0 and not barrier_aborted(barrier):  # a range cut short (a worker failed) is not counted
                     done[0] = end
                     whole.step_done()  # a Ctrl-C that came meanwhile: raised once its steps are counted

@@ -88,7 +88,8 @@ class _Workspace:
         self.inputs = tuple(np.zeros((rows, layer_sizes[0]), dtype=np.float32) for _ in range(2))
         # dZ_0 in column panels, as the layer-0 update's tiles read it front to back (zero padding: the
         # columns past the layer's width).
-        self.delta0_panels = np.zeros((-(-layer_sizes[1] // PANEL_WIDTH), rows, PANEL_WIDTH), dtype=np.float32)
+        self.delta_panels = tuple(np.zeros((-(-size // PANEL_WIDTH), rows, PANEL_WIDTH), dtype=np.float32)
+                                  for size in layer_sizes[1:])
         self.acts = tuple(np.zeros((rows, size), dtype=np.float32) for size in layer_sizes[1:])
         # The hidden deltas need their own buffers because the ReLU mask still reads acts.
         self.deltas = tuple(np.zeros((rows, size), dtype=np.float32) for size in layer_sizes[1:-1]) + (self.acts[-1],)

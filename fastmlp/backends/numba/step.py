@@ -14,9 +14,9 @@ Buffers, per (layer sizes, batch size, workers), made once and kept on the backe
     acts[l]      (batch, sizes[l+1])  the output of layer l; acts[L-1] the logits
     deltas[l]    (batch, sizes[l+1])  dZ_l; deltas[L-1] is acts[L-1] (the softmax kernel overwrites
                                       the logits with their gradient)
-    delta0_panels (panels of W_0, batch, NR)  dZ_0 again, in column panels (packed.panels_from_rows_into,
-                                      by phase B): the layer-0 update's tiles read a panel of it front
-                                      to back, where in dZ_0 each row of the batch is another cache line
+    delta_panels[l] (panels of W_l, batch, NR)  dZ_l again, in column panels (packed.panels_from_rows_into,
+                                      by phase B): the update's tiles read a panel of it front to back,
+                                      where in dZ_l each row of the batch is another cache line
 
 A step on `workers` threads, worker t of them. Layer 0 holds most of the work (784 x 128 of the
 default net's 110 thousand weights), so how it is split decides how many workers a step can use;
@@ -174,7 +174,7 @@ def layer0_columns(t, workers, panels, n):
 
 @cached_njit
 def update_worker_part(t, workers, by_rows, packed, transposed, velocity_w, biases, velocity_b, x, acts, deltas, db,
-                       nb, lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, bc1, bc2, delta0_panels):
+                       nb, lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, bc1, bc2, delta_panels):
     """Phase C of a step, worker t's share (see the module doc): parts of each W_l (and W_l.T), of each bias.
 
     Split by panels (by_rows False): its panels of W_0 and entries of b_0, the matching rows of
@@ -187,16 +187,16 @@ def update_worker_part(t, workers, by_rows, packed, transposed, velocity_w, bias
         P = packed[l]
         A = layer_input(x, acts, l)
         c0, c1 = part_of(t, biases[l].shape[0], workers)
+        # dZ_l read in column panels (filled by the backward pass), front to back: row-major, each of the
+        # batch's rows of a panel would be another cache line (4 KB apart in a 1024-wide layer).
         if l == 0:
-            # dZ_0 read in column panels (filled by the backward pass), front to back: row-major, each of
-            # the batch's rows of a panel would be another cache line.
             k0, k1, p0, p1 = 0, P.shape[1], 0, P.shape[0]
             if by_rows:
                 k0, k1 = part_of(t, P.shape[1], workers)
             else:  # weight-stationary: the panels this worker's phase A read
                 p0, p1 = part_of(t, P.shape[0], workers)
                 c0, c1 = layer0_columns(t, workers, P.shape[0], biases[0].shape[0])
-            update_part(P, velocity_w[0], x, delta0_panels, nb, k0, k1, p0, p1, lr, momentum, weight_decay, rule,
+            update_part(P, velocity_w[0], x, delta_panels[0], nb, k0, k1, p0, p1, lr, momentum, weight_decay, rule,
                         second_w[0], beta2, eps, bc1, bc2)
         else:
             # W_1's rows are layer 0's columns: split by panels, a worker updates the rows of W_1 that
@@ -205,8 +205,8 @@ def update_worker_part(t, workers, by_rows, packed, transposed, velocity_w, bias
                 k0, k1 = layer0_columns(t, workers, packed[0].shape[0], P.shape[1])
             else:
                 k0, k1 = part_of(t, P.shape[1], workers)
-            update_part(P, velocity_w[l], A, deltas[l], nb, k0, k1, 0, P.shape[0], lr, momentum, weight_decay, rule,
-                        second_w[l], beta2, eps, bc1, bc2)
+            update_part(P, velocity_w[l], A, delta_panels[l], nb, k0, k1, 0, P.shape[0], lr, momentum, weight_decay,
+                        rule, second_w[l], beta2, eps, bc1, bc2)
             transpose_packed_into(transposed[l], P, k0, k1)
         bias_step(biases[l], velocity_b[l], second_b[l], deltas[l], db[l], nb, c0, c1, lr, momentum, rule, beta2, eps,
                   bc1, bc2)
@@ -214,23 +214,23 @@ def update_worker_part(t, workers, by_rows, packed, transposed, velocity_w, bias
 
 @cached_njit
 def updates(t, workers, by_rows, packed, transposed, velocity_w, biases, velocity_b, x, acts, deltas, db, nb, lr,
-            momentum, weight_decay, rule, second_w, second_b, beta2, eps, step, delta0_panels):
+            momentum, weight_decay, rule, second_w, second_b, beta2, eps, step, delta_panels):
     """`update_worker_part` for Adam's step count `step` (its bias corrections; unused by SGD)."""
     bc1 = bc2 = 0.0
     if rule == ADAM or rule == ADAMW:
         bc1, bc2 = adam_corrections(momentum, beta2, step)
     update_worker_part(t, workers, by_rows, packed, transposed, velocity_w, biases, velocity_b, x, acts, deltas, db,
                        nb, lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, np.float32(bc1),
-                       np.float32(bc2), delta0_panels)
+                       np.float32(bc2), delta_panels)
 
 
 @cached_njit(nogil=True)
 def forward_backward(t, workers, by_rows, barrier, packed, transposed, biases, x, labels, nb, acts, deltas,
-                     delta0_panels):
+                     delta_panels):
     """Phases A (split by panels only) and B of a step (see the module doc), B's barrier not included.
 
     Returns (the summed loss of worker t's rows, False if the barrier was aborted).
-    Overwrites acts, deltas and delta0_panels (dZ_0 in column panels, for the layer-0 update; worker t's
+    Overwrites acts, deltas and delta_panels (each dZ_l in column panels, for the updates; worker t's
     rows).
     """
     L = len(packed)
@@ -243,29 +243,30 @@ def forward_backward(t, workers, by_rows, barrier, packed, transposed, biases, x
     forward_rows(packed, biases, x, acts, 1 if not by_rows else 0, r0, r1)
     loss = softmax_xent_backward_rows_inplace(acts[L - 1][r0:r1], labels[r0:r1], nb)
     backward_rows(transposed, acts, deltas, r0, r1)
-    panels_from_rows_into(delta0_panels, deltas[0], r0, r1)
+    for l in range(L):
+        panels_from_rows_into(delta_panels[l], deltas[l], r0, r1)
     return loss, True
 
 
 @cached_njit(nogil=True)
 def step_worker(t, workers, barrier, packed, transposed, velocity_w, biases, velocity_b, x, labels, nb, lr, momentum,
-                weight_decay, rule, acts, deltas, db, second_w, second_b, beta2, eps, step, delta0_panels):
+                weight_decay, rule, acts, deltas, db, second_w, second_b, beta2, eps, step, delta_panels):
     """Worker t's part of one step on the batch x[:nb], labels[:nb], gathered and the parameters settled
     (no worker still updating them) before any worker calls it.
 
     step: Adam's step count t of this step (from 1), for its bias corrections; unused by SGD.
 
     Returns (the summed loss of the worker's rows, False if the barrier was aborted).
-    Overwrites acts, deltas, db, delta0_panels (dZ_0 in column panels, for the layer-0 update) and worker
+    Overwrites acts, deltas, db, delta_panels (each dZ_l in column panels, for the updates) and worker
     t's parts of the parameters (see the module doc).
     """
     by_rows = layer0_by_rows(workers, packed[0].shape[0])
     loss, ok = forward_backward(t, workers, by_rows, barrier, packed, transposed, biases, x, labels, nb, acts, deltas,
-                                delta0_panels)
+                                delta_panels)
     if not ok or not barrier_wait(barrier, workers):
         return 0.0, False
     updates(t, workers, by_rows, packed, transposed, velocity_w, biases, velocity_b, x, acts, deltas, db, nb, lr,
-            momentum, weight_decay, rule, second_w, second_b, beta2, eps, step, delta0_panels)
+            momentum, weight_decay, rule, second_w, second_b, beta2, eps, step, delta_panels)
     return loss, True
 
 
@@ -284,7 +285,7 @@ def gather_part(t, workers, x, labels, X, scale, y, order, start, nb, with_rows,
 @cached_njit(nogil=True)
 def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, biases, velocity_b, X, scale, y, order,
                          begin, end, batch_size, lr, momentum, weight_decay, rule, inputs, acts, deltas, db, labels,
-                         second_w, second_b, beta2, eps, first_step, delta0_panels):
+                         second_w, second_b, beta2, eps, first_step, delta_panels):
     """Worker t of `workers` training on the batches of order[begin:end] (begin a multiple of batch_size) of
     the epoch's order; called with begin = 0 first, and then for the batches that follow the last call's.
 
@@ -306,7 +307,7 @@ def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, bi
             if not barrier_wait(barrier, workers):
                 break
         loss, ok = forward_backward(t, workers, by_rows, barrier, packed, transposed, biases, x, labels, nb, acts,
-                                    deltas, delta0_panels)
+                                    deltas, delta_panels)
         if not ok:
             break
         following = start + batch_size
@@ -320,7 +321,7 @@ def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, bi
         if not barrier_wait(barrier, workers):
             break
         updates(t, workers, by_rows, packed, transposed, velocity_w, biases, velocity_b, x, acts, deltas, db, nb, lr,
-                momentum, weight_decay, rule, second_w, second_b, beta2, eps, first_step + s, delta0_panels)
+                momentum, weight_decay, rule, second_w, second_b, beta2, eps, first_step + s, delta_panels)
         if following < n:  # phase B of this step has read the labels: the next batch's can replace them
             gather_part(t, workers, x, labels, X, scale, y, order, following, min(batch_size, n - following), False,
                         True)
