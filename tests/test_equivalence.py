@@ -57,6 +57,9 @@ def test_numba_forward_loss_grads_and_steps_agree_with_reference_on_generated_ne
     ("all-zero input", lambda rng: (MLP([30, 20, 5], seed=1), np.zeros((40, 30), np.float32), rng.integers(0, 5, 40))),
     ("width of one", lambda rng: (MLP([30, 1, 1, 5], seed=1), rng.random((40, 30), dtype=np.float32),
                                   rng.integers(0, 5, 40))),
+    # Hidden rows of 512 and 4096 bytes: the numba backend pads their activation buffers (buffers.padded_width).
+    ("padded activations", lambda rng: (MLP([30, 128, 1024, 5], seed=1), rng.random((40, 30), dtype=np.float32),
+                                        rng.integers(0, 5, 40))),
 ])
 def test_numba_agrees_with_reference_on_edge_cases(name, make):
     model, X, y = make(np.random.default_rng(0))

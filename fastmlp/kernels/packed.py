@@ -243,9 +243,10 @@ def forward_part(C, A, P, bias, mask, kind, r0, r1, p0, p1):
 
     kind: STORE (C = A @ W), BIAS (+ bias), BIAS_RELU (max(A @ W + bias, 0)), RELU_MASK
     (C = A @ W where mask > 0, else 0; mask shaped like C). bias and mask are read only by the
-    kinds that use them (pass any float32 array otherwise).
+    kinds that use them (pass any float32 array otherwise). A's first K columns are read, K the
+    rows of W (A may be wider: the numba backend pads some activations' rows, see its buffers).
     """
-    K = A.shape[1]
+    K = P.shape[1]
     N = C.shape[1]
     lda, ldc, ldm = A.strides[0] // 4, C.strides[0] // 4, mask.strides[0] // 4
     panel_size = K * PANEL_WIDTH
