@@ -9,8 +9,9 @@ round (the machine drifts, so each column is a median over rounds of the same or
   gather (uint8 pixels to the float32 batch), layer-0 forward (the SIMD forward tile, bias +
   ReLU), the upper layers (forward, softmax + cross-entropy, backward to dZ_0, and each dZ_l
   copied in column panels), the layer-0 update (the weight-gradient tile fused with SGD), the
-  upper layers' updates (with W.T repacked) and the biases; each as microseconds per step and, for the products, GFLOP/s and
-  the fraction of one core's FMA peak (fastmlp.bench.fma_peak, measured once at the start);
+  upper layers' updates (with W.T repacked) and the biases; each as microseconds per step and,
+  for the products, GFLOP/s and the fraction of one core's FMA peak (fastmlp.bench.fma_peak,
+  measured once at the start);
 - whole epochs through `Backend.train_epoch`, on one worker and on the default number, as
   samples/s: what the step's phases add up to, and what the workers' barriers and split cost.
 A tool to read, not an asv suite.
@@ -81,8 +82,8 @@ def upper_updates_phase(reps, packed, transposed, acts, delta_panels, nb):
     for _ in range(reps):
         for l in range(1, len(packed)):
             P = packed[l]
-            update_part(P, P, acts[l - 1], delta_panels[l], nb, 0, P.shape[1], 0, P.shape[0], LR, 0.0, 0.0, PLAIN_SGD, P, 0.0,
-                        0.0, 0.0, 0.0)
+            update_part(P, P, acts[l - 1], delta_panels[l], nb, 0, P.shape[1], 0, P.shape[0], LR, 0.0, 0.0, PLAIN_SGD,
+                        P, 0.0, 0.0, 0.0, 0.0)
             transpose_packed_into(transposed[l], P, 0, P.shape[1])
 
 
@@ -155,18 +156,19 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.rounds < 1 or min(args.batch_sizes) < 1:
         parser.error("--rounds and batch sizes must be >= 1")
-    if len(args.layer_sizes) < 3 or args.layer_sizes[0] != 784 or args.layer_sizes[-1] != 10 or min(args.layer_sizes) < 1:
+    sizes = args.layer_sizes
+    if len(sizes) < 3 or sizes[0] != 784 or sizes[-1] != 10 or min(sizes) < 1:
         parser.error("--layer-sizes: 784, at least one hidden width >= 1, then 10 (MNIST's inputs and classes)")
     X, y, _, _ = load_mnist(as_pixels=True)
     peak = measure_fma_peak(1)
     print(f"{cpu_model_name()}: one core's FMA peak {peak:.1f} GFLOP/s ({CHAINS} chains of {VECTOR_WIDTH}-float "
           f"FMAs); SIMD tile {TILE.name}, {TILE.mr} rows x {TILE.nr} columns")
     for batch_size in args.batch_sizes:
-        median, flops = profile(X, y, batch_size, args.rounds, tuple(args.layer_sizes))
+        median, flops = profile(X, y, batch_size, args.rounds, tuple(sizes))
         phases = {name: s for name, s in median.items() if name in flops}
         step = sum(phases.values())
-        print(f"{'-'.join(map(str, args.layer_sizes))}, batch {batch_size}: one thread, phases of a step add up to {step * 1e6:.1f} us "
-              f"({batch_size / step:,.0f} samples/s)")
+        print(f"{'-'.join(map(str, sizes))}, batch {batch_size}: one thread, phases of a step add up to "
+              f"{step * 1e6:.1f} us ({batch_size / step:,.0f} samples/s)")
         for name, s in phases.items():
             gflops = flops[name] / s / 1e9
             rate = f"  {gflops:6.1f} GFLOP/s  {100 * gflops / peak:5.1f} % of the core's FMA peak"

@@ -4,6 +4,7 @@ call, models beyond the last few used give their threads back, and a forked chil
 own. Every answer is compared bit for bit with the row-major path, which keeps nothing between calls."""
 
 import multiprocessing
+import re
 import threading
 import time
 
@@ -194,3 +195,39 @@ def test_a_forked_child_serves_with_threads_of_its_own(parts):
     child.join(timeout=60)
     assert child.exitcode == 0
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("what, change", [
+    ("a weight reshaped in place", lambda m: setattr(m.weights[0], "shape", (SIZES[1], SIZES[0]))),
+    ("a weight's dtype changed in place", lambda m: setattr(m.biases[0], "dtype", np.int32)),
+    ("a float64 weight put in place", lambda m: m.weights.__setitem__(1, m.weights[1].astype(np.float64))),
+    ("a layer missing", lambda m: (m.weights.pop(), m.biases.pop())),
+    ("other layer sizes", lambda m: setattr(m, "layer_sizes", (SIZES[0], SIZES[1], SIZES[2] + 1, SIZES[3]))),
+])
+def test_a_served_model_broken_afterwards_is_refused_as_check_model_does(what, change, parts):
+    from fastmlp.inputs import check_model
+
+    parts(2)
+    model = model_with_biases(seed=8)
+    X = np.random.default_rng(9).random((64, SIZES[0]), dtype=np.float32)
+    expected = rowmajor_probabilities(model, X)
+    for _ in range(2):  # the second call takes the short path of a model served before
+        np.testing.assert_array_equal(model.predict_proba(X), expected)
+    change(model)
+    with pytest.raises((ValueError, TypeError)) as refused:
+        check_model(model, writable=False)
+    with pytest.raises(type(refused.value), match=re.escape(str(refused.value))):
+        model.predict_proba(X)
+
+
+def test_nan_in_x_is_refused_on_the_short_path_of_a_served_model(parts):
+    parts(2)
+    model = model_with_biases(seed=10)
+    X = np.random.default_rng(11).random((64, SIZES[0]), dtype=np.float32)
+    model.predict_proba(X)
+    for row in (0, 40, 63):
+        Y = X.copy()
+        Y[row, 5] = np.nan
+        with pytest.raises(ValueError, match="X contains NaN or inf"):
+            model.predict_proba(Y)
+    np.testing.assert_array_equal(model.predict_proba(X), rowmajor_probabilities(model, X))

@@ -151,7 +151,8 @@ class ServingThreads:
         seen = 0
         try:
             while not self.stopped:
-                seen = serve_parts(self.control, self.hidden, self.weights, self.biases, self.packed[part], part, self.barrier, self.finite, seen)
+                seen = serve_parts(self.control, self.hidden, self.weights, self.biases, self.packed[part], part,
+                                   self.barrier, self.finite, seen)
                 self.wakeups[part].wait()
                 self.wakeups[part].clear()
         except BaseException:  # not expected from nopython code; the caller then raises
@@ -247,6 +248,11 @@ def serving_threads(weights: tuple[FloatArray, ...], biases: tuple[FloatArray, .
         _serving.move_to_end(key)
         _last = found
         return found
+
+
+def last_serving_threads() -> ServingThreads | None:
+    """The serving threads found last by serving_threads (None in a forked child, or before any)."""
+    return _last
 
 
 def _forget_parent_threads() -> None:

@@ -220,7 +220,8 @@ def _checked_tile_intrinsic(masked):
                           types.intp, types.intp, types.intp, types.intp, bias, types.intp, types.int32)
 
         def codegen(context, builder, signature, args):
-            A_, a_off_, lda_, P_, p_off_, W_, w_off_, ldw_, K_, C_, c_off_, ldc_, rows_, ncols_, bias_, b_off_, relu_ = args
+            (A_, a_off_, lda_, P_, p_off_, W_, w_off_, ldw_, K_, C_, c_off_, ldc_, rows_, ncols_, bias_, b_off_,
+             relu_) = args
             ty = signature.args
             fn = checked_panel_tile(builder.module, TILE.vw, TILE.mr, TILE.nv, masked)
             return builder.call(fn, [_data(context, builder, ty[0], A_, a_off_), lda_,

@@ -73,10 +73,11 @@ def forward_probs_part_into(hidden, out, X, weights, biases, packed, part, parts
     net without hidden layers, any one float32 2-d array); packed[l] is the running thread's own packed copy
     of weights[l] (rowmajor.packed_layer_part_into: checked against W as it is read, repacked where stale).
     Each layer is cut by W's panels where it has one for every part, so that a part reads (and keeps in its
-    core's cache) only its share of W, if W is large (PANEL_SPLIT_MIN_BYTES); else by whole row tiles. Then each part turns its share of the rows into probabilities. The parts meet at the
-    barrier before a layer that reads rows other parts wrote, and at the end. Overwrites hidden, out,
-    finite[part] (1 if X was finite in this part's share of the rows, else 0) and the thread's packed copies. Returns
-    False once the barrier is aborted. Every part passes every barrier, even after finding NaN or inf, so
+    core's cache) only its share of W, if W is large (PANEL_SPLIT_MIN_BYTES); else by whole row tiles. Then
+    each part turns its share of the rows into probabilities. The parts meet at the barrier before a layer
+    that reads rows other parts wrote, and at the end. Overwrites hidden, out, finite[part] (1 if X was
+    finite in this part's share of the rows, else 0) and the thread's packed copies. Returns False once the
+    barrier is aborted. Every part passes every barrier, even after finding NaN or inf, so
     that none waits forever.
     """
     n = X.shape[0]
