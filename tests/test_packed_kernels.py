@@ -233,6 +233,29 @@ def test_a_batch_too_long_for_l2_updates_panel_by_panel_to_the_same_result():
     assert_close(P, packed(W - lr * (A.T @ dZ + wd * W)), terms=packed(np.abs(W) + lr * (np.abs(A.T) @ np.abs(dZ))))
 
 
+@pytest.mark.parametrize("rule", ["sgd", "momentum", "nesterov"])
+def test_a_sum_over_many_rows_cut_in_ranges_gives_the_bits_of_one_pass(rule):
+    # Past SUM_CHUNK_ROWS rows, a whole panel's tile sums the batch in ranges of rows, carrying its
+    # accumulators between them; a partial panel's tile sums it in one pass. The same columns in both
+    # panels must come out with the same bits.
+    rng = np.random.default_rng(4)
+    n, K, N = 2 * kernels.packed.SUM_CHUNK_ROWS + 5, 2 * TILE_ROWS + 1, PANEL_WIDTH + 3
+    A, dZ, W, V = f32(rng, n, K), f32(rng, n, N), f32(rng, K, N), f32(rng, K, N)
+    for M in (dZ, W, V):
+        M[:, PANEL_WIDTH:] = M[:, :3]  # the partial panel repeats the whole one's first columns
+    code = {"sgd": kernels.packed.PLAIN_SGD, "momentum": kernels.packed.MOMENTUM,
+            "nesterov": kernels.packed.NESTEROV}[rule]
+    P, PV = packed(W), packed(V)
+    kernels.packed.update_part(P, PV, A, dZ, n, 1, K, 0, P.shape[0], 0.05, 0.9, 1e-3, code, P, 0.0, 0.0, 0.0, 0.0)
+    np.testing.assert_array_equal(P[1, 1:, :3], P[0, 1:, :3])
+    np.testing.assert_array_equal(PV[1, 1:, :3], PV[0, 1:, :3])
+    np.testing.assert_array_equal(P[:, 0], packed(W)[:, 0])  # row 0 is not in 1:K
+    lr, wd = np.float32(0.05), np.float32(1e-3)
+    if rule == "sgd":
+        assert_close(P[:, 1:], packed(W - lr * (A.T @ dZ + wd * W))[:, 1:],
+                     terms=packed(np.abs(W) + lr * (np.abs(A.T) @ np.abs(dZ)))[:, 1:])
+
+
 def test_tiles_follow_the_instruction_set_numba_compiles_for():
     assert select_tile("znver5", "+avx512f,+avx2,+fma") == TILES["avx512"]
     assert select_tile("skylake-avx512", "") == TILES["avx512"]

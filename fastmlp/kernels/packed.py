@@ -42,6 +42,7 @@ TILE_ROWS = TILE.mr
 VECTORS_PER_ROW = TILE.nv  # SIMD vectors in one packed row
 
 STORE, BIAS, BIAS_RELU, RELU_MASK = simd_ir.STORE, simd_ir.BIAS, simd_ir.BIAS_RELU, simd_ir.RELU_MASK
+RESUME_SUM, KEEP_SUM = update_ir.RESUME_SUM, update_ir.KEEP_SUM
 PLAIN_SGD, MOMENTUM, NESTEROV = simd_ir.PLAIN_SGD, simd_ir.MOMENTUM, simd_ir.NESTEROV
 ADAM, ADAMW = simd_ir.ADAM, simd_ir.ADAMW
 
@@ -74,19 +75,23 @@ def _forward_tile(typingctx, A, a_off, lda, P, p_off, K, C, c_off, ldc, rows, nc
 
 @intrinsic
 def _wgrad_tile(typingctx, A, a_off, lda, D, d_off, ldd, n, lo, hi, ncols, P, p_off, V, lr, momentum, weight_decay,
-                rule):
+                rule, carry, carry_off, chunk):
     """Tile rows lo:hi of W (packed) updated by an SGD rule from A[:, k0+lo:k0+hi].T @ D[:, panel]
-    (update_ir.wgrad_tile); V at P's offset."""
+    (update_ir.wgrad_tile); V at P's offset; carry (a _carry_buffer, at carry_off floats) and chunk: the
+    sum over a range of rows continued from, or left in, carry."""
     sig = types.void(A, types.intp, types.intp, D, types.intp, types.intp, types.intp, types.intp, types.intp,
-                     types.intp, P, types.intp, V, types.float32, types.float32, types.float32, types.int32)
+                     types.intp, P, types.intp, V, types.float32, types.float32, types.float32, types.int32, carry,
+                     types.intp, types.int32)
 
     def codegen(context, builder, signature, args):
-        A_, a_off_, lda_, D_, d_off_, ldd_, n_, lo_, hi_, ncols_, P_, p_off_, V_, lr_, mu_, wd_, rule_ = args
+        (A_, a_off_, lda_, D_, d_off_, ldd_, n_, lo_, hi_, ncols_, P_, p_off_, V_, lr_, mu_, wd_, rule_, carry_,
+         carry_off_, chunk_) = args
         ty = signature.args
         fn = update_ir.wgrad_tile(builder.module, TILE)
         builder.call(fn, [_data(context, builder, ty[0], A_, a_off_), lda_, _data(context, builder, ty[3], D_, d_off_),
                           ldd_, n_, lo_, hi_, ncols_, _data(context, builder, ty[10], P_, p_off_),
-                          _data(context, builder, ty[12], V_, p_off_), lr_, mu_, wd_, rule_])
+                          _data(context, builder, ty[12], V_, p_off_), lr_, mu_, wd_, rule_,
+                          builder.gep(carry_, [carry_off_]), chunk_])
         return context.get_dummy_value()
 
     return sig, codegen
@@ -124,6 +129,19 @@ def _tile_buffer(typingctx):
 
     def codegen(context, builder, signature, args):
         buffer = cgutils.alloca_once(builder, ir.ArrayType(ir.FloatType(), TILE.mr * TILE.nr))
+        return builder.bitcast(buffer, ir.FloatType().as_pointer())
+
+    return sig, codegen
+
+
+@intrinsic
+def _carry_buffer(typingctx):
+    """A pointer to CARRY_PANELS x MR x NR floats of scratch on the stack of the function that uses it (allocated
+    once per call of that function): the accumulators of a group's tiles between two ranges of rows."""
+    sig = types.CPointer(types.float32)()
+
+    def codegen(context, builder, signature, args):
+        buffer = cgutils.alloca_once(builder, ir.ArrayType(ir.FloatType(), CARRY_PANELS * TILE.mr * TILE.nr))
         return builder.bitcast(buffer, ir.FloatType().as_pointer())
 
     return sig, codegen
@@ -317,10 +335,21 @@ def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule
     G = _tile_buffer()
     csr = _flush_subnormals_on() if adam else np.int32(0)
     pending_off = pending = 0
+    # The SGD rules over more than SUM_CHUNK_ROWS rows: a tile's sum is cut into ranges of that many rows
+    # (update_ir.wgrad_tile's carry), ranges outer and the group's panels inner, so that a range's columns of
+    # A (one cache line a row) stay in L1 while every panel's tile reads them; whole, n lines of A do not fit,
+    # and each panel's tile read them from L2 again. A group's accumulators wait in `carry` between ranges.
+    chunked = not adam and n > SUM_CHUNK_ROWS
+    if chunked:
+        group = min(group, CARRY_PANELS)
+    carry = _carry_buffer()
     for g0 in range(p0, p1, group):
         for k in range(k0, k1, TILE_ROWS):
             rows = min(TILE_ROWS, k1 - k)
             kr = _first_column(k, K)
+            if chunked and k - kr + rows == TILE_ROWS:
+                _chunked_wgrad_tiles(P, V, A, dZ, n, kr, k - kr, g0, min(g0 + group, p1), lr32, mu32, wd32, rule, carry)
+                continue
             for p in range(g0, min(g0 + group, p1)):
                 ncols = min(PANEL_WIDTH, N - p * PANEL_WIDTH)
                 d_off = _panel_offset(dZ, p)
@@ -330,11 +359,42 @@ def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule
                     pending_off, pending = p * panel_size + k * PANEL_WIDTH, rows * VECTORS_PER_ROW
                 else:
                     _wgrad_tile(A, kr, lda, dZ, d_off, ldd, n, k - kr, k - kr + rows, ncols, P,
-                                p * panel_size + kr * PANEL_WIDTH, V, lr32, mu32, wd32, np.int32(rule))
+                                p * panel_size + kr * PANEL_WIDTH, V, lr32, mu32, wd32, np.int32(rule), carry, 0,
+                                np.int32(0))
     if adam:
         _adam_tile(A, 0, lda, dZ, 0, ldd, 0, 0, 1, 1, G, P, pending_off, V, S, pending, lr32, mu32, wd32,
                    np.int32(rule), beta2_32, eps32, c1_32, c2_32)
         _restore_mxcsr(csr)
+
+
+# update_part's ranges of rows (see there): 128 rows of A's tile columns are 8 KB of L1 (128 cache lines).
+SUM_CHUNK_ROWS = 128
+CARRY_PANELS = 16  # at most this many panels a group when the sum is cut in ranges (carry: 6 KB with AVX2)
+
+
+@cached_njit
+def _chunked_wgrad_tiles(P, V, A, dZ, n, kr, lo, g0, g1, lr32, mu32, wd32, rule, carry):
+    """Packed rows kr+lo:kr+TILE_ROWS (a whole tile's columns of A, kr:kr+TILE_ROWS) of panels g0:g1 (at most
+    CARRY_PANELS) updated by an SGD rule from A[:n].T @ dZ[:n], the sums in ranges of SUM_CHUNK_ROWS rows
+    (update_part). A partial panel's tile (the last panel of a layer narrower than its panels) sums all n rows
+    in one call."""
+    K = P.shape[1]
+    lda = A.strides[0] // 4
+    N, ldd = (dZ.shape[0] * PANEL_WIDTH, PANEL_WIDTH) if dZ.ndim == 3 else (dZ.shape[1], dZ.strides[0] // 4)
+    for r0 in range(0, n, SUM_CHUNK_ROWS):
+        r1 = min(n, r0 + SUM_CHUNK_ROWS)
+        chunk = (RESUME_SUM if r0 > 0 else 0) | (KEEP_SUM if r1 < n else 0)
+        for p in range(g0, g1):
+            ncols = min(PANEL_WIDTH, N - p * PANEL_WIDTH)
+            w_off = p * K * PANEL_WIDTH + kr * PANEL_WIDTH
+            d_off = _panel_offset(dZ, p)
+            if ncols == PANEL_WIDTH:
+                _wgrad_tile(A, kr + r0 * lda, lda, dZ, d_off + r0 * ldd, ldd, r1 - r0, lo, TILE_ROWS, ncols, P, w_off,
+                            V, lr32, mu32, wd32, np.int32(rule), carry, (p - g0) * TILE_ROWS * PANEL_WIDTH,
+                            np.int32(chunk))
+            elif r0 == 0:
+                _wgrad_tile(A, kr, lda, dZ, d_off, ldd, n, lo, TILE_ROWS, ncols, P, w_off, V, lr32, mu32, wd32,
+                            np.int32(rule), carry, 0, np.int32(0))
 
 
 @cached_njit

@@ -113,13 +113,14 @@ class _Vectors:
         builder.call(self._store, [value, builder.bitcast(ptr, self.vt.as_pointer()), ir.Constant(I32, 4), mask])
 
 
-def _tile_loop(builder, fn, trip_count, rows, nv, vec, load_b, load_a, also=None):
+def _tile_loop(builder, fn, trip_count, rows, nv, vec, load_b, load_a, also=None, initial=None):
     """The k loop of a tile: returns the rows x nv accumulators after `trip_count` iterations.
 
     load_b(builder, k) gives the nv B vectors of iteration k; load_a(builder, k, m) the scalar of
     row m. The accumulators are phi values of the loop header: registers, never memory.
     also(builder, k), if given, emits more work into iteration k (it may add blocks, and leaves
-    the builder in the block where the iteration goes on).
+    the builder in the block where the iteration goes on). initial[m][v], if given, are the
+    accumulators' values before the first iteration (zeros otherwise).
     """
     entry = builder.block
     header = fn.append_basic_block("k_loop")
@@ -131,9 +132,9 @@ def _tile_loop(builder, fn, trip_count, rows, nv, vec, load_b, load_a, also=None
     k = builder.phi(I64, "k")
     k.add_incoming(ir.Constant(I64, 0), entry)
     accs = [[builder.phi(vec.vt, f"acc{m}_{v}") for v in range(nv)] for m in range(rows)]
-    for row in accs:
-        for acc in row:
-            acc.add_incoming(vec.zero, entry)
+    for m, row in enumerate(accs):
+        for v, acc in enumerate(row):
+            acc.add_incoming(vec.zero if initial is None else initial[m][v], entry)
     builder.cbranch(builder.icmp_signed("<", k, trip_count), body, done)
 
     builder.position_at_end(body)

@@ -32,7 +32,7 @@ def wgrad_tile(module, tile):
     declared once per module.
 
     void (float* a, i64 lda, float* d, i64 ldd, i64 n, i64 lo, i64 hi, i64 ncols, float* w,
-          float* vel, float lr, float momentum, float weight_decay, i32 rule)
+          float* vel, float lr, float momentum, float weight_decay, i32 rule, float* carry, i32 chunk)
     a: A[0, k0] (row stride lda); d: D[0, panel's first column] (row stride ldd); n rows of A
     and D are summed over; w, vel: P[p, k0, 0] and V[p, k0, 0], the tile's first packed row
     (rows of NR floats). The tile updates its rows lo..hi-1 (0 <= lo < hi <= MR), packed rows
@@ -42,14 +42,22 @@ def wgrad_tile(module, tile):
     PLAIN_SGD W -= lr * g; MOMENTUM V = momentum * V - lr * g, W += V; NESTEROV the same V,
     W += momentum * V - lr * g. vel is read only by MOMENTUM and NESTEROV. Padding columns
     (past ncols) get G = 0, so zero padding stays zero. (Adam: adam_tile.)
+
+    The sum over the n rows may be cut into consecutive ranges of rows, a call each (a whole tile
+    only: ncols = NR, hi = MR), so that a range's MR columns of A stay in L1 while the tiles of
+    other panels read them: chunk RESUME_SUM starts from the MR x NV accumulators left in carry
+    (MR rows of NR floats) instead of zeros, KEEP_SUM leaves them there instead of applying the
+    rule. The sums are the same FMAs in the same order: the same bits as one call over all rows.
+    carry is read or written only with these bits (chunk 0: one call over all n rows).
     """
     name = f"fastmlp_wgrad_tile_{tile.name}"
     if name in module.globals:
         return module.globals[name]
-    fnty = ir.FunctionType(ir.VoidType(), [PTR, I64, PTR, I64, I64, I64, I64, I64, PTR, PTR, F32, F32, F32, I32])
+    fnty = ir.FunctionType(ir.VoidType(), [PTR, I64, PTR, I64, I64, I64, I64, I64, PTR, PTR, F32, F32, F32, I32, PTR,
+                                           I32])
     fn = ir.Function(module, fnty, name)
     fn.linkage = "internal"
-    a, lda, d, ldd, n, lo, hi, ncols, w, vel, lr, momentum, weight_decay, rule = fn.args
+    a, lda, d, ldd, n, lo, hi, ncols, w, vel, lr, momentum, weight_decay, rule, carry, chunk = fn.args
     vec = _Vectors(module, tile.vw)
     nv, nr, vw = tile.nv, tile.nr, tile.vw
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -87,12 +95,17 @@ def wgrad_tile(module, tile):
             with plain_rule:
                 _for_rows(builder, fn, first, len(accs), lo, hi, lambda b, m, row: update_row(b, m, row, False))
 
-    _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, update_rows)
+    _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, update_rows, carry=(carry, chunk))
     builder.ret_void()
     return fn
 
 
-def _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, finish, also=None, before_partial=None):
+# wgrad_tile's `chunk` bits: start from the accumulators in `carry`; leave them there (the rule not applied).
+RESUME_SUM, KEEP_SUM = 1, 2
+
+
+def _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, finish, also=None, before_partial=None,
+                   carry=None):
     """Emit a weight-gradient tile's product G = A[:, k0+lo:k0+hi].T @ D[:, panel]; the builder ends after it.
 
     Iteration i of a loop reads row i of D (NV vectors) and one scalar of each of the tile's
@@ -110,6 +123,7 @@ def _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, fin
       runs on half the tile's rows, from row lo, once or twice, and before_partial(builder), if
       given, runs first. It also serves the tiles with hi < MR (a W of fewer than MR rows): as in
       forward_tile, they read column hi - 1 of A again for the missing ones, never stored.
+    carry, if given, is (pointer, chunk bits): the full loop's RESUME_SUM and KEEP_SUM (wgrad_tile).
     """
     nv, nr, vw, mr = tile.nv, tile.nr, tile.vw, tile.mr
     half = (mr + 1) // 2
@@ -136,8 +150,30 @@ def _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, fin
 
     builder.position_at_end(full_block)
     columns = [ir.Constant(I64, m) for m in range(mr)]  # constant offsets from one pointer: one GPR
-    accs = _tile_loop(builder, fn, n, mr, nv, vec, d_loader(None), a_loader(columns), also)
-    finish(builder, accs, ir.Constant(I64, 0), True)
+    if carry is None:
+        accs = _tile_loop(builder, fn, n, mr, nv, vec, d_loader(None), a_loader(columns), also)
+        finish(builder, accs, ir.Constant(I64, 0), True)
+    else:
+        pointer, chunk = carry
+        resume, keep = (builder.icmp_unsigned("!=", builder.and_(chunk, ir.Constant(I32, bit)), ir.Constant(I32, 0))
+                        for bit in (RESUME_SUM, KEEP_SUM))
+        slots = [[builder.gep(pointer, [ir.Constant(I64, m * nr + v * vw)]) for v in range(nv)] for m in range(mr)]
+        with builder.if_then(resume):  # the loads only where asked: carry may point anywhere otherwise
+            resumed_block = builder.block
+            resumed = [[vec.load(builder, slot) for slot in row] for row in slots]
+        start = [[builder.phi(vec.vt) for _ in range(nv)] for _ in range(mr)]
+        for m in range(mr):
+            for v in range(nv):
+                start[m][v].add_incoming(resumed[m][v], resumed_block)
+                start[m][v].add_incoming(vec.zero, full_block)
+        accs = _tile_loop(builder, fn, n, mr, nv, vec, d_loader(None), a_loader(columns), also, start)
+        with builder.if_else(keep) as (kept, finished):
+            with kept:
+                for m in range(mr):
+                    for v in range(nv):
+                        vec.store(builder, accs[m][v], slots[m][v])
+            with finished:
+                finish(builder, accs, ir.Constant(I64, 0), True)
     builder.branch(done)
 
     builder.position_at_end(partial_block)
