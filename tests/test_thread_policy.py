@@ -185,4 +185,48 @@ def test_others_running_is_the_least_runnable_count_of_a_few_readings_less_the_r
 
     readings = iter(["0.50 0.40 0.30 3/120 4242\n", "0.50 0.40 0.30 2/120 4242\n", "0.50 0.40 0.30 4/120 4242\n"])
     monkeypatch.setattr(thread_policy, "open", lambda path: io.StringIO(next(readings)), raising=False)
+    monkeypatch.setattr(thread_policy, "own_running", lambda: 1)  # the reader alone
     assert thread_policy.others_running(samples=3, gap_seconds=0.0) == 1
+
+
+def test_others_running_leaves_out_this_processs_own_runnable_threads(monkeypatch):
+    import io
+
+    from fastmlp.runtime import thread_policy
+
+    monkeypatch.setattr(thread_policy, "open", lambda path: io.StringIO("0.5 0.4 0.3 5/120 4242\n"), raising=False)
+    monkeypatch.setattr(thread_policy, "own_running", lambda: 3)  # the reader and two spinning threads of ours
+    assert thread_policy.others_running(samples=2, gap_seconds=0.0) == 2
+
+
+def test_a_spinning_thread_of_this_process_is_not_counted_as_other_work():
+    # OpenBLAS's threads spin after NumPy's products; counted as another process's, they cost the
+    # next epoch of the numba backend a worker. A nopython thread spinning without the GIL stands in.
+    import threading
+    import time
+
+    from numba import njit
+
+    from fastmlp.runtime import thread_policy
+    from fastmlp.runtime.barrier import atomic_load, cpu_relax
+
+    @njit(nogil=True)
+    def spin(flag):
+        while atomic_load(flag, 0) == 0:  # read again at every turn (a plain load would be hoisted)
+            cpu_relax()
+
+    def least(readings=20):
+        return min(thread_policy.others_running() for _ in range(readings))
+
+    before = least()
+    flag = np.zeros(1, dtype=np.int64)
+    spin(np.ones(1, dtype=np.int64))  # compiled before the thread starts
+    spinner = threading.Thread(target=spin, args=(flag,))
+    spinner.start()
+    try:
+        time.sleep(0.05)
+        assert thread_policy.own_running() >= 2  # the reader and the spinner
+        assert least() <= before
+    finally:
+        flag[0] = 1
+        spinner.join()

@@ -90,18 +90,40 @@ def others_running(samples: int = 5, gap_seconds: float = 0.0002) -> int | None:
     /proc/loadavg's fourth field counts the runnable threads of the whole machine, the reader
     included; the least of a few readings `gap_seconds` apart skips a thread that ran only for
     a moment (read back to back, an idle machine here showed a runnable thread in 14 % of them).
-    Called from a process whose other threads are idle, so that only the reader is ours.
+    This process's own runnable threads are taken out (`own_running`): OpenBLAS's threads spin for
+    a while after NumPy's last product, and counted as others they cost the next epoch a worker.
     """
     counts = []
     for i in range(samples):
         try:
             with open("/proc/loadavg") as f:
-                counts.append(int(f.read().split()[3].split("/")[0]))
+                machine = int(f.read().split()[3].split("/")[0])
         except (OSError, IndexError, ValueError):
             return None
+        ours = own_running() if machine > 1 else None  # one runnable thread: the reader
+        counts.append(machine - (ours or 1))
         if i + 1 < samples:
             sleep(gap_seconds)
-    return max(0, min(counts) - 1)
+    return max(0, min(counts))
+
+
+def own_running() -> int | None:
+    """Threads of this process that are runnable right now, the caller among them (from the state field of
+    /proc/self/task/*/stat), or None where that cannot be read."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    running = 0
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/stat") as f:
+                stat = f.read()
+        except OSError:  # the thread ended meanwhile
+            continue
+        end = stat.rfind(")")  # the state follows the command name, in parentheses (which may hold any character)
+        running += stat[end + 2 : end + 3] == "R"
+    return running or None
 
 
 def free_cores(others_busy: float, cpus: int, free_share: float = FREE_CORE_SHARE) -> int:
