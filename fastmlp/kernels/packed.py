@@ -348,7 +348,8 @@ def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule
             rows = min(TILE_ROWS, k1 - k)
             kr = _first_column(k, K)
             if chunked and k - kr + rows == TILE_ROWS:
-                _chunked_wgrad_tiles(P, V, A, dZ, n, kr, k - kr, g0, min(g0 + group, p1), lr32, mu32, wd32, rule, carry)
+                _chunked_wgrad_tiles(P, V, A, lda, dZ, N, ldd, n, kr, k - kr, g0, min(g0 + group, p1), lr32, mu32, wd32,
+                                     rule, carry)
                 continue
             for p in range(g0, min(g0 + group, p1)):
                 ncols = min(PANEL_WIDTH, N - p * PANEL_WIDTH)
@@ -373,14 +374,12 @@ CARRY_PANELS = 16  # at most this many panels a group when the sum is cut in ran
 
 
 @cached_njit
-def _chunked_wgrad_tiles(P, V, A, dZ, n, kr, lo, g0, g1, lr32, mu32, wd32, rule, carry):
+def _chunked_wgrad_tiles(P, V, A, lda, dZ, N, ldd, n, kr, lo, g0, g1, lr32, mu32, wd32, rule, carry):
     """Packed rows kr+lo:kr+TILE_ROWS (a whole tile's columns of A, kr:kr+TILE_ROWS) of panels g0:g1 (at most
     CARRY_PANELS) updated by an SGD rule from A[:n].T @ dZ[:n], the sums in ranges of SUM_CHUNK_ROWS rows
     (update_part). A partial panel's tile (the last panel of a layer narrower than its panels) sums all n rows
-    in one call."""
+    in one call. lda, N and ldd as update_part derives them."""
     K = P.shape[1]
-    lda = A.strides[0] // 4
-    N, ldd = (dZ.shape[0] * PANEL_WIDTH, PANEL_WIDTH) if dZ.ndim == 3 else (dZ.shape[1], dZ.strides[0] // 4)
     for r0 in range(0, n, SUM_CHUNK_ROWS):
         r1 = min(n, r0 + SUM_CHUNK_ROWS)
         chunk = (RESUME_SUM if r0 > 0 else 0) | (KEEP_SUM if r1 < n else 0)
