@@ -27,14 +27,17 @@ FORMAT_VERSION = 2
 _OPTIONAL_ENTRIES = ("classes", "mean", "std", "feature_names", "target")
 
 
+_inference_module: Any = None
+
+
 def _inference() -> Any:
     """fastmlp.inference, imported at the first prediction (it loads Numba, which `import fastmlp` does not)."""
-    import sys
+    global _inference_module
+    if _inference_module is None:
+        from . import inference
 
-    module = sys.modules.get("fastmlp.inference")
-    if module is None:
-        from . import inference as module
-    return module
+        _inference_module = inference
+    return _inference_module
 
 
 class ModelFileError(ValueError):

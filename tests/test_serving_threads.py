@@ -204,12 +204,13 @@ def test_a_forked_child_serves_with_threads_of_its_own(parts):
     ("a layer missing", lambda m: (m.weights.pop(), m.biases.pop())),
     ("other layer sizes", lambda m: setattr(m, "layer_sizes", (SIZES[0], SIZES[1], SIZES[2] + 1, SIZES[3]))),
 ])
-def test_a_served_model_broken_afterwards_is_refused_as_check_model_does(what, change, parts):
+@pytest.mark.parametrize("rows", [1, 64])  # the row-major kernel's short path, and the serving threads'
+def test_a_served_model_broken_afterwards_is_refused_as_check_model_does(what, change, rows, parts):
     from fastmlp.inputs import check_model
 
     parts(2)
     model = model_with_biases(seed=8)
-    X = np.random.default_rng(9).random((64, SIZES[0]), dtype=np.float32)
+    X = np.random.default_rng(9).random((rows, SIZES[0]), dtype=np.float32)
     expected = rowmajor_probabilities(model, X)
     for _ in range(2):  # the second call takes the short path of a model served before
         np.testing.assert_array_equal(model.predict_proba(X), expected)
@@ -220,14 +221,32 @@ def test_a_served_model_broken_afterwards_is_refused_as_check_model_does(what, c
         model.predict_proba(X)
 
 
-def test_nan_in_x_is_refused_on_the_short_path_of_a_served_model(parts):
+@pytest.mark.parametrize("rows", [1, 64])
+def test_nan_in_x_is_refused_on_the_short_path_of_a_served_model(rows, parts):
     parts(2)
     model = model_with_biases(seed=10)
-    X = np.random.default_rng(11).random((64, SIZES[0]), dtype=np.float32)
+    X = np.random.default_rng(11).random((rows, SIZES[0]), dtype=np.float32)
     model.predict_proba(X)
-    for row in (0, 40, 63):
+    for row in {0, rows // 2, rows - 1}:
         Y = X.copy()
         Y[row, 5] = np.nan
         with pytest.raises(ValueError, match="X contains NaN or inf"):
             model.predict_proba(Y)
+    np.testing.assert_array_equal(model.predict_proba(X), rowmajor_probabilities(model, X))
+
+
+@pytest.mark.parametrize("rows", [1, 64])
+def test_a_model_called_again_skips_the_full_checks_and_gives_the_same_bits(rows, parts, monkeypatch):
+    parts(2)
+    model = model_with_biases(seed=12)
+    X = np.random.default_rng(13).random((rows, SIZES[0]), dtype=np.float32)
+    expected = rowmajor_probabilities(model, X)
+    np.testing.assert_array_equal(model.predict_proba(X), expected)  # the full path, which remembers the model
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("the full path's checks ran again")
+
+    monkeypatch.setattr(inference, "check_model", not_again)
+    monkeypatch.setattr(inference, "_model_ok", not_again)
+    model.weights[0][7] *= 0.5  # values may change: every path reads them afresh
     np.testing.assert_array_equal(model.predict_proba(X), rowmajor_probabilities(model, X))

@@ -11,9 +11,12 @@ with the arrays it is given (the model's own), three ways by batch size:
   changed: an edit of `model.weights` in place is seen by the next call, whatever it changed. Up to
   ROW_SPLIT_MIN_ROWS rows per thread, the threads share each layer (the model's serving threads, which
   wait for the next call spinning without the GIL, then sleep); beyond, they split the rows, each
-  packing all of W for the call. A server calling again with the model its serving threads ran last
-  takes a short path: its checks are not made again while its arrays are the same objects, with the
-  same shapes, strides and dtypes (`_served_again`).
+  packing all of W for the call.
+
+A server calling again with the model checked last takes a short path at any of these sizes but the
+largest: the model's checks are not made again while its arrays are the same objects, with the same
+shapes, strides and dtypes, and the kernel (or the serving threads) found for it last runs at once
+(`_short_path`).
 
 Threads: at most the usable CPUs, each given MIN_MACS_PER_THREAD multiply-adds at least. Concurrent
 calls share no memory they write (a call that finds the model's serving threads busy runs alone).
@@ -47,7 +50,7 @@ from ..kernels.rowmajor import ROW_TILE, packing_forward_probs_into, rowmajor_fo
 from ..kernels.serving import forward_probs_part_into
 from ..runtime.barrier import barrier_state
 from ..runtime.blas_threads import usable_cpus
-from .threads import kept_packed, last_serving_threads, run_parts, serving_threads, uniform
+from .threads import ServingThreads, kept_packed, last_serving_threads, run_parts, serving_threads, uniform
 
 if TYPE_CHECKING:
     from ..model import MLP
@@ -74,12 +77,13 @@ def predict_proba(model: MLP, X: Features, batch_size: int = 4096) -> FloatArray
 
     A float32 C-contiguous X (what a server usually holds) skips `check_features`' copies and
     reductions: its shape is checked here and its values for NaN and inf by the kernel, in the
-    same pass that reads them (the same errors either way).
+    same pass that reads them (the same errors either way). A call with the model checked last, its
+    arrays as they were, takes a short path (`_short_path`).
     """
     if type(batch_size) is not int or batch_size < 1:
         check_positive_int(batch_size, "batch_size")
-    if type(X) is np.ndarray and X.ndim == 2 and X.shape[0] >= PACKED_MIN_ROWS:  # a batch for the serving threads
-        probs = _served_again(model, X)
+    if type(X) is np.ndarray:
+        probs = _short_path(model, X)
         if probs is not None:
             return probs
     if not _model_ok(model):
@@ -90,48 +94,87 @@ def predict_proba(model: MLP, X: Features, batch_size: int = 4096) -> FloatArray
     probs = probabilities(model.weights, model.biases, X)
     if probs is None:
         raise ValueError(_NOT_FINITE)
-    if X.shape[0] >= PACKED_MIN_ROWS:
-        _remember_served(model)
+    _remember_checked(model)
     return probs
 
 
-# The model whose call its serving threads ran last, as predict_proba checked it: (layer_sizes, its arrays, their
-# (shape, strides, dtype), the threads, multiply-adds a row). A server calls again and again with one model.
-_last_served: tuple[Any, ...] | None = None
+_LAYOUT = operator.attrgetter("shape", "strides", "dtype")
 
 
-def _remember_served(model: MLP) -> None:
-    """After a call that passed predict_proba's checks: remember the model if its serving threads ran the call."""
-    global _last_served
+class _Checked:
+    """A model as predict_proba checked it (its arrays, their shapes, strides and dtypes), with what a call needs
+    to run again without the checks and lookups of the full path: a server calls with one model, again and
+    again, and at one row or a few dozen those Python steps cost as much as the kernels."""
+
+    __slots__ = ("sizes", "arrays", "depth", "layouts", "uniform_weights", "uniform_biases", "entry_key", "macs",
+                 "serving")
+
+    def __init__(self, model: MLP, serving: ServingThreads | None) -> None:
+        self.sizes = model.layer_sizes
+        self.arrays = (*model.weights, *model.biases)
+        self.depth = len(model.weights)
+        self.layouts = list(map(_LAYOUT, self.arrays))
+        self.uniform_weights, self.uniform_biases = uniform(tuple(model.weights)), uniform(tuple(model.biases))
+        # _entry_points' key but its last item, X's writeable flag (added at each call)
+        self.entry_key = (self.depth, self.uniform_weights[0].flags.writeable, self.uniform_biases[0].flags.writeable)
+        self.macs = sum([W.size for W in model.weights])
+        self.serving = serving  # the model's serving threads, if they ran a call
+
+    def same(self, model: MLP) -> bool:
+        """Whether model still has these arrays, with the same shapes, strides and dtypes (so its checks would pass
+        again: only its arrays' values may have changed, which every path reads afresh)."""
+        weights, biases = getattr(model, "weights", None), getattr(model, "biases", None)
+        if not (getattr(model, "layer_sizes", None) is self.sizes and type(weights) is list and type(biases) is list
+                and len(weights) == self.depth):
+            return False
+        arrays = weights + biases
+        return (len(arrays) == len(self.arrays) and all(map(operator.is_, arrays, self.arrays))
+                and list(map(_LAYOUT, arrays)) == self.layouts)
+
+
+_checked: _Checked | None = None  # the model checked last
+
+
+def _remember_checked(model: MLP) -> None:
+    """After a call that passed predict_proba's checks: remember the model, and its serving threads if they ran it."""
+    global _checked
     serving = last_serving_threads()
-    arrays = tuple(model.weights) + tuple(model.biases)
-    if serving is not None and serving.sources is not None and all(map(operator.is_, serving.sources, arrays)):
-        _last_served = (model.layer_sizes, arrays, [(a.shape, a.strides, a.dtype) for a in arrays], serving,
-                        sum([W.size for W in model.weights]))
+    if serving is not None and not (serving.sources is not None
+                                    and all(map(operator.is_, serving.sources, (*model.weights, *model.biases)))):
+        serving = None
+    last = _checked
+    if last is None or last.serving is not serving or not last.same(model):
+        _checked = _Checked(model, serving)
 
 
-def _served_again(model: MLP, X: FloatArray) -> FloatArray | None:
-    """predict_proba of X in fewer Python steps (at batch 64 they cost a tenth of the call), or None to take the
-    full path: where the model is the one remembered, its arrays the same objects with the same shapes, strides
-    and dtypes (so its checks would pass again), and X a float32 C-contiguous aligned batch that the same serving
-    threads take whole (the path `probabilities` would choose); None also if another call holds them."""
-    last = _last_served
-    if last is None:
+def _short_path(model: MLP, X: FloatArray) -> FloatArray | None:
+    """predict_proba of X in fewer Python steps, or None to take the full path: where the model is the one checked
+    last, its arrays as they were (`_Checked.same`), and X a float32 C-contiguous aligned batch whose kernel is known:
+    up to PACKED_MIN_ROWS rows, the compiled row-major kernel's entry point; more, the same serving threads taking
+    it whole (the path `probabilities` would choose). None also where another call holds those threads."""
+    checked = _checked
+    if checked is None or X.dtype is not _F32 or X.ndim != 2:
         return None
-    sizes, arrays, layouts, serving, macs = last
-    features, classes = sizes[0], sizes[-1]
-    weights, biases = getattr(model, "weights", None), getattr(model, "biases", None)
-    if not (getattr(model, "layer_sizes", None) is sizes and type(weights) is list and type(biases) is list
-            and len(weights) + len(biases) == len(arrays) and all(map(operator.is_, arrays, weights + biases))
-            and [(a.shape, a.strides, a.dtype) for a in arrays] == layouts):
+    flags = X.flags
+    n, features = X.shape
+    if not (flags.c_contiguous and flags.aligned and features == checked.sizes[0] and n > 0 and checked.same(model)):
         return None
-    n = X.shape[0]
-    parts = min(_usable_cpus(), max(1, n * macs // MIN_MACS_PER_THREAD))
-    if not (X.dtype == _F32 and X.flags.c_contiguous and X.flags.aligned and X.shape[1] == features
-            and PACKED_MIN_ROWS <= n < parts * ROW_SPLIT_MIN_ROWS and 1 < parts <= serving.threads
-            and n <= serving.max_rows and not serving.stopped):
+    if n < PACKED_MIN_ROWS:
+        kernel = _entry_points.get((*checked.entry_key, flags.writeable))
+        if kernel is None:
+            return None
+        out = np.empty((n, checked.sizes[-1]), _F32)
+        if not kernel(out, X, checked.uniform_weights, checked.uniform_biases, 0, n):
+            raise ValueError(_NOT_FINITE)
+        return out
+    serving = checked.serving
+    if serving is None:
         return None
-    out = np.empty((n, classes), dtype=np.float32)
+    parts = min(_usable_cpus(), max(1, n * checked.macs // MIN_MACS_PER_THREAD))
+    if not (n < parts * ROW_SPLIT_MIN_ROWS and 1 < parts <= serving.threads and n <= serving.max_rows
+            and not serving.stopped):
+        return None
+    out = np.empty((n, checked.sizes[-1]), _F32)
     finite = serving.call(out, X, parts)
     if finite is None:
         return None
@@ -237,11 +280,11 @@ def _kernel(X: FloatArray, weights: tuple[FloatArray, ...], biases: tuple[FloatA
 
 def _entry_key(X: FloatArray, weights: tuple[FloatArray, ...], biases: tuple[FloatArray, ...]
                ) -> tuple[int, bool, bool, bool] | None:
-    """What selects the overload of a call (its depth and the writeable flags of X, the weights and the biases,
+    """What selects the overload of a call (its depth and the writeable flags of the weights, the biases and X,
     each tuple made uniform), or None where an array is not aligned: such a call goes through the dispatcher."""
     if not (X.flags.aligned and all(a.flags.aligned for a in weights + biases)):
         return None
-    return len(weights), X.flags.writeable, weights[0].flags.writeable, biases[0].flags.writeable
+    return len(weights), weights[0].flags.writeable, biases[0].flags.writeable, X.flags.writeable
 
 
 def _learn_entry_point(X: FloatArray, weights: tuple[FloatArray, ...], biases: tuple[FloatArray, ...]) -> None:
