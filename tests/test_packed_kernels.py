@@ -325,3 +325,25 @@ def test_checked_packed_kernels_refuse_a_wrongly_packed_matrix_by_name():
         ck.packed_adam_update_inplace(P, M, S, A, Z, 1e-3, 0.9, 0.999, 0.0, 0.0, 1, False)
     with pytest.raises(ValueError, match="step must be an integer >= 1"):
         ck.packed_adam_update_inplace(P, M, S, A, Z, 1e-3, 0.9, 0.999, 1e-8, 0.0, 0, False)
+
+
+@pytest.mark.parametrize("N", [1, PANEL_WIDTH, 2 * PANEL_WIDTH + 3])
+def test_panel_differs_sees_every_bit_of_every_column_and_nothing_else(N):
+    from fastmlp.kernels.packed import panel_differs
+
+    rng = np.random.default_rng(N)
+    K = 9
+    W = f32(rng, K, N)
+    P = packed(W)
+    for p in range(P.shape[0]):
+        assert not panel_differs(P[p], W, p)
+        for k, j in ((0, 0), (K - 1, min(PANEL_WIDTH, N - p * PANEL_WIDTH) - 1)):
+            col = p * PANEL_WIDTH + j
+            edited = W.copy()
+            edited[k, col] = np.nextafter(edited[k, col], np.inf)  # the last bit
+            assert panel_differs(P[p], edited, p)
+            assert not any(panel_differs(P[q], edited, q) for q in range(P.shape[0]) if q != p)
+        Q = P[p].copy()
+        if N - p * PANEL_WIDTH < PANEL_WIDTH:  # a padding lane that is not +0.0
+            Q[3, PANEL_WIDTH - 1] = -0.0
+            assert panel_differs(Q, W, p)

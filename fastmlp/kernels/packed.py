@@ -207,6 +207,20 @@ def pack_panel_into(panel, W, p):
 
 
 @cached_njit
+def panel_differs(panel, W, p):
+    """Whether panel (K, PANEL_WIDTH) differs in any bit from panel p of W (K, N) as pack_panel_into packs it
+    (-0.0 and 0.0 differ; so do two NaNs of other bits)."""
+    K, N = W.shape
+    col = p * PANEL_WIDTH
+    P_bits, W_bits = panel.view(np.uint32), W.view(np.uint32)
+    for k in range(K):
+        for j in range(PANEL_WIDTH):
+            if P_bits[k, j] != (W_bits[k, col + j] if col + j < N else np.uint32(0)):
+                return True
+    return False
+
+
+@cached_njit
 def transpose_packed_into(PT, P, k0, k1):
     """Rows k0:k1 of the packed W in P (panels, K, NR) written into PT, W.T packed; overwrites those entries of PT
     (and PT's zero padding when k1 = K)."""

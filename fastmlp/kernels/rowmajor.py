@@ -38,6 +38,7 @@ from .packed import (
     pack_panel_into,
     pack_weights_into,
     panel_count,
+    panel_differs,
 )
 from .tiles import TILE
 
@@ -115,28 +116,30 @@ def _store_bias_relu(builder, fn, vec, accs, c, ldc, rows, bias, relu, masks):
 
 def checked_panel_tile(module, vw, mr, nv, masked):
     """The LLVM function of one tile C[rows, :ncols] = epilogue(A[rows, :] @ panel), the panel a packed copy of
-    W's columns (kept between calls) that the tile checks against W, bit for bit, as it reads it.
+    W's columns (kept between calls) whose rows k_lo:k_hi the tile checks against W, bit for bit, as it reads them.
 
     i32 (float* a, i64 lda, float* panel, i64 K, float* w, i64 ldw, float* c, i64 ldc, i64 rows, i64 ncols,
-         float* bias, i32 relu)
-    The arguments of `rowmajor_tile`, and panel: P[p, 0, 0] (K rows of NR floats, packed.py's layout).
-    Returns 1 if every packed row equals W's row, in every bit of its ncols real columns (the padding
-    lanes are zeros; a `masked` tile loads only the real columns of W, as zeros elsewhere); else 0, and
-    C then holds the product with a stale copy: the caller repacks the panel and runs the tile again.
+         float* bias, i32 relu, i64 k_lo, i64 k_hi)
+    The arguments of `rowmajor_tile`, panel: P[p, 0, 0] (K rows of NR floats, packed.py's layout), and the
+    rows of W to check, 0 <= k_lo <= k_hi <= K. Returns 1 if each of those packed rows equals W's row in every
+    bit of its ncols real columns (the padding lanes are zeros; a `masked` tile loads only the real columns of
+    W, as zeros elsewhere); else 0, and C then holds the product with a stale copy: the caller repacks the
+    panel and computes its rows again.
 
-    At step k the NV vectors of packed row k feed the FMAs as in simd_ir.forward_tile, and are XORed, as
-    integers, with W's row k; the XORs are ORed into one vector that the loop carries (in memory here:
-    LLVM's mem2reg makes it a register). So the check costs two loads, a prefetch of W's row
+    The k loop runs in three pieces (the same FMAs in the same order: the same bits): 0:k_lo and k_hi:K as
+    simd_ir.forward_tile's, and k_lo:k_hi where the NV vectors of packed row k feed the FMAs and are also
+    XORed, as integers, with W's row k; the XORs are ORed into one vector that the loop carries (in memory
+    here: LLVM's mem2reg makes it a register). So checking a row costs two loads, a prefetch of W's row
     CHECK_PREFETCH_ROWS ahead and 2 NV integer operations beside MR x NV FMAs, where a separate pass read W
     and a row-major copy of it from L2 or beyond.
     """
     name = f"fastmlp_checked_panel_tile_{vw}x{mr}x{nv}{'_masked' if masked else ''}"
     if name in module.globals:
         return module.globals[name]
-    fnty = ir.FunctionType(I32, [PTR, I64, PTR, I64, PTR, I64, PTR, I64, I64, I64, PTR, I32])
+    fnty = ir.FunctionType(I32, [PTR, I64, PTR, I64, PTR, I64, PTR, I64, I64, I64, PTR, I32, I64, I64])
     fn = ir.Function(module, fnty, name)
     fn.linkage = "internal"
-    a, lda, panel, K, w, ldw, c, ldc, rows, ncols, bias, relu = fn.args
+    a, lda, panel, K, w, ldw, c, ldc, rows, ncols, bias, relu, k_lo, k_hi = fn.args
     vec = simd_ir._Vectors(module, vw)
     bits = ir.VectorType(I32, vw)
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -147,9 +150,12 @@ def checked_panel_tile(module, vw, mr, nv, masked):
     builder.store(ir.Constant(bits, [0] * vw), differ)
     nr = vw * nv
 
-    def load_b(builder, k):
+    def packed_row(builder, k):
         row = builder.gep(panel, [builder.mul(k, ir.Constant(I64, nr))])
-        packed = [vec.load(builder, builder.gep(row, [ir.Constant(I64, v * vw)])) for v in range(nv)]
+        return [vec.load(builder, builder.gep(row, [ir.Constant(I64, v * vw)])) for v in range(nv)]
+
+    def checked_row(builder, k):
+        packed = packed_row(builder, k)
         w_row = builder.gep(w, [builder.mul(k, ldw)])
         w_ptrs = [builder.gep(w_row, [ir.Constant(I64, v * vw)]) for v in range(nv)]
         if masked:
@@ -167,10 +173,22 @@ def checked_panel_tile(module, vw, mr, nv, masked):
         builder.store(seen, differ)
         return packed
 
-    def load_a(builder, k, m):
-        return builder.load(builder.gep(a_rows[m], [k]))
+    def from_row(first, load_b):
+        """load_b and load_a of a loop whose iteration k is the tile's row first + k."""
+        def load_b_at(builder, k):
+            return load_b(builder, builder.add(k, first))
 
-    accs = simd_ir._tile_loop(builder, fn, K, mr, nv, vec, load_b, load_a)
+        def load_a_at(builder, k, m):
+            return builder.load(builder.gep(a_rows[m], [builder.add(k, first)]))
+
+        return load_b_at, load_a_at
+
+    zero = ir.Constant(I64, 0)
+    accs = simd_ir._tile_loop(builder, fn, k_lo, mr, nv, vec, *from_row(zero, packed_row))
+    accs = simd_ir._tile_loop(builder, fn, builder.sub(k_hi, k_lo), mr, nv, vec, *from_row(k_lo, checked_row),
+                              initial=accs)
+    accs = simd_ir._tile_loop(builder, fn, builder.sub(K, k_hi), mr, nv, vec, *from_row(k_hi, packed_row),
+                              initial=accs)
     seen = builder.load(differ)
     any_bit = builder.extract_element(seen, ir.Constant(I32, 0))
     for lane in range(1, vw):
@@ -212,23 +230,26 @@ def _tile_intrinsic(mr, nv, masked):
 
 def _checked_tile_intrinsic(masked):
     """A Numba intrinsic calling `checked_panel_tile` (the training tile's shape), returning its int32:
-    (A, a_off, lda, P, p_off, W, w_off, ldw, K, C, c_off, ldc, rows, ncols, bias, b_off, relu), offsets in floats."""
+    (A, a_off, lda, P, p_off, W, w_off, ldw, K, C, c_off, ldc, rows, ncols, bias, b_off, relu, k_lo, k_hi),
+    offsets in floats."""
 
     @intrinsic
-    def tile(typingctx, A, a_off, lda, P, p_off, W, w_off, ldw, K, C, c_off, ldc, rows, ncols, bias, b_off, relu):
+    def tile(typingctx, A, a_off, lda, P, p_off, W, w_off, ldw, K, C, c_off, ldc, rows, ncols, bias, b_off, relu,
+             k_lo, k_hi):
         sig = types.int32(A, types.intp, types.intp, P, types.intp, W, types.intp, types.intp, types.intp, C,
-                          types.intp, types.intp, types.intp, types.intp, bias, types.intp, types.int32)
+                          types.intp, types.intp, types.intp, types.intp, bias, types.intp, types.int32, types.intp,
+                          types.intp)
 
         def codegen(context, builder, signature, args):
             (A_, a_off_, lda_, P_, p_off_, W_, w_off_, ldw_, K_, C_, c_off_, ldc_, rows_, ncols_, bias_, b_off_,
-             relu_) = args
+             relu_, k_lo_, k_hi_) = args
             ty = signature.args
             fn = checked_panel_tile(builder.module, TILE.vw, TILE.mr, TILE.nv, masked)
             return builder.call(fn, [_data(context, builder, ty[0], A_, a_off_), lda_,
                                      _data(context, builder, ty[3], P_, p_off_), K_,
                                      _data(context, builder, ty[5], W_, w_off_), ldw_,
                                      _data(context, builder, ty[9], C_, c_off_), ldc_, rows_, ncols_,
-                                     _data(context, builder, ty[14], bias_, b_off_), relu_])
+                                     _data(context, builder, ty[14], bias_, b_off_), relu_, k_lo_, k_hi_])
 
         return sig, codegen
 
@@ -315,10 +336,10 @@ def rowmajor_forward_probs_into(out, X, weights, biases, r0, r1):
 
 
 @cached_njit
-def checked_panel_rows(C, A, W, P, b, relu, r0, r1, p):
+def checked_panel_rows(C, A, W, P, b, relu, r0, r1, p, k_lo, k_hi):
     """C[r0:r1, panel p] = epilogue(A[r0:r1] @ P[p] + b) (one tile: at most TILE_ROWS rows), checking as it reads
-    P[p] that it holds W's columns of panel p bit for bit (checked_panel_tile). Returns whether it did; if not,
-    C's entries came from the stale panel. Overwrites those entries of C."""
+    P[p] that its rows k_lo:k_hi hold W's, bit for bit, in panel p's columns (checked_panel_tile). Returns whether
+    they do; if not, C's entries came from the stale panel. Overwrites those entries of C."""
     K, N = W.shape
     lda, ldc = A.strides[0] // 4, C.strides[0] // 4
     flag = np.int32(1 if relu else 0)
@@ -326,10 +347,10 @@ def checked_panel_rows(C, A, W, P, b, relu, r0, r1, p):
     ncols = min(PANEL_WIDTH, N - col)
     if ncols == PANEL_WIDTH:
         same = _checked_tile(A, r0 * lda, lda, P, p * K * PANEL_WIDTH, W, col, N, K, C, r0 * ldc + col, ldc,
-                             r1 - r0, ncols, b, col, flag)
+                             r1 - r0, ncols, b, col, flag, k_lo, k_hi)
     else:
         same = _checked_tile_masked(A, r0 * lda, lda, P, p * K * PANEL_WIDTH, W, col, N, K, C, r0 * ldc + col, ldc,
-                                    r1 - r0, ncols, b, col, flag)
+                                    r1 - r0, ncols, b, col, flag, k_lo, k_hi)
     return same != 0
 
 
@@ -339,27 +360,36 @@ def packed_layer_part_into(C, A, W, P, b, relu, r0, r1, p0, p1, check_finite):
 
     One part of one layer of a larger inference call. W (K, N) row-major, as the model keeps it; P
     (panels, K, PANEL_WIDTH) a packed copy of it that the caller keeps between calls (zeros at first). The
-    training forward tiles read P, rows outer and panels inner; the first tile of rows also reads W's
-    columns beside P and checks them bit for bit (checked_panel_rows), so that an edit of W in place,
-    whatever it changed, is seen: a panel that differs is repacked from W (overwriting it in P) and its
-    first rows computed again. (Checking each panel in another row tile, to spread W's reads among more
-    FMAs, measured slower: each checked tile then waits for 50 KB of W alone.) The same operations per
-    output element as `rowmajor_forward_probs_into`: the same bits. Returns False, at once, if check_finite
-    and a row of A[r0:r1] holds NaN or inf (each tile's rows are checked just before its tiles read them).
+    training forward tiles read P, rows outer and panels inner, and check it against W as they read it
+    (checked_panel_rows), so that an edit of W in place, whatever it changed, is seen: the t-th of the T
+    tiles of rows checks W's rows K t / T to K (t + 1) / T of every panel, so that W's reads (from L3: W, P
+    and A do not all fit a core's L2) are spread over all the tiles' FMAs. A panel found stale is repacked
+    from W (overwriting it in P) and all its rows computed again. (Checking all of W in the first tile of rows
+    measured 4-8 % slower on half of layer 0 at batch 64, a panel a tile slower still: each checked tile then
+    waited for W.) The same
+    operations per output element as `rowmajor_forward_probs_into`: the same bits. Returns False, at once,
+    if check_finite and a row of A[r0:r1] holds NaN or inf (each tile's rows are checked just before its
+    tiles read them).
     """
     require_c_contiguous(C, A, W, P, b)
-    kind = BIAS_RELU if relu else BIAS
-    for i0 in range(r0, r1, TILE_ROWS):
+    K = W.shape[0]
+    tiles = (r1 - r0 + TILE_ROWS - 1) // TILE_ROWS
+    stale = False
+    for t in range(tiles):
+        i0 = r0 + t * TILE_ROWS
         i1 = min(i0 + TILE_ROWS, r1)
         if check_finite and not rows_finite(A, i0, i1):
             return False
-        if i0 > r0:
-            forward_part(C, A, P, b, C, kind, i0, i1, p0, p1)
-            continue
+        k_lo, k_hi = K * t // tiles, K * (t + 1) // tiles
         for p in range(p0, p1):
-            if not checked_panel_rows(C, A, W, P, b, relu, i0, i1, p):
+            if not checked_panel_rows(C, A, W, P, b, relu, i0, i1, p, k_lo, k_hi):
+                stale = True
+    if stale:  # after an edit of W: find the panels that differ, repack them and compute their rows again
+        kind = BIAS_RELU if relu else BIAS
+        for p in range(p0, p1):
+            if panel_differs(P[p], W, p):
                 pack_panel_into(P[p], W, p)
-                forward_part(C, A, P, b, C, kind, i0, i1, p, p + 1)
+                forward_part(C, A, P, b, C, kind, r0, r1, p, p + 1)
     return True
 
 
