@@ -3,9 +3,12 @@
 The default net (784-128-64-10), exported with `fastmlp.export_onnx`'s graph (Gemm + Relu, Softmax) and run
 in a default ONNX Runtime session, on MNIST test images at batch 1, 64 and 10,000. Each side runs in blocks of
 back-to-back calls (after a pause and untimed warm-up calls), the sides alternating block by block, so that
-both meet the same machine state (turbo, other load) but not each other's idle threads; the figure per side
-is the median of its timed calls, and the ratio is ONNX Runtime's median time over
-fastmlp's: fastmlp's speed relative to ONNX Runtime's (above 1: fastmlp is faster). The weights are He
+both meet the same machine state (turbo, other load) but not each other's idle threads; the time per side
+is the median of its timed calls. The ratio, fastmlp's speed relative to ONNX Runtime's (above 1: fastmlp is
+faster), is taken per round, from the two sides' blocks next to each other (ONNX Runtime's median time over
+fastmlp's): the table gives the median of the rounds' ratios and their range. On a machine whose speed
+drifts between blocks (a shared virtual machine), a round's two blocks meet nearly the same state where the
+medians of all calls would not. The weights are He
 initialised, not trained: the time of a dense forward pass does not depend on their values. Before timing,
 the two sides' probabilities are compared (they must agree within 1e-5).
 
@@ -29,11 +32,11 @@ from .common import LAYER_SIZES
 
 BATCHES = (1, 64, 10_000)
 # Timed calls per side and batch: enough for a stable median at each size, a few seconds in all.
-CALLS = {1: 2000, 64: 500, 10_000: 20}
+CALLS = {1: 2000, 64: 480, 10_000: 24}
 QUICK_CALLS = {1: 200, 64: 50, 10_000: 3}
 WARMUP_CALLS = 3  # per side and block: compiles, allocates and fills the caches before any call is timed
 WARMUP_SECONDS = 0.05  # and untimed calls for this long, per side and block: the cores back from idle
-ROUNDS = 4  # blocks per side and batch, alternating sides
+ROUNDS = 8  # blocks per side and batch, alternating sides
 PAUSE_SECONDS = 0.05  # before each block: the other side's threads stop spinning
 AGREEMENT = 1e-5
 INSTALL_HINT = "pip install onnx onnxruntime"
@@ -60,11 +63,12 @@ def onnx_runtime_missing() -> str | None:
     return f"inference benchmark skipped: {' and '.join(missing)} not installed ({INSTALL_HINT})"
 
 
-def median_times(calls: dict[str, Callable[[], object]], repeats: int, rounds: int = ROUNDS,
-                 pause: float = PAUSE_SECONDS, warmup_seconds: float = WARMUP_SECONDS) -> dict[str, float]:
-    """{name: median seconds per call}: `rounds` rounds; in each, every function in turn (the order rotating
-    from round to round) is left alone for `pause` seconds, called untimed WARMUP_CALLS times and for
-    `warmup_seconds` at least, then `repeats // rounds` times (at least once) timed, back to back.
+def block_times(calls: dict[str, Callable[[], object]], repeats: int, rounds: int = ROUNDS,
+                pause: float = PAUSE_SECONDS, warmup_seconds: float = WARMUP_SECONDS) -> dict[str, list[list[float]]]:
+    """{name: the seconds of its timed calls, one list per round}: `rounds` rounds; in each, every function in
+    turn (the order rotating from round to round) is left alone for `pause` seconds, called untimed
+    WARMUP_CALLS times and for `warmup_seconds` at least, then `repeats // rounds` times (at least once) timed,
+    back to back.
 
     Blocks rather than alternate single calls: a side's idle threads may still be spinning when the other's
     call starts (ONNX Runtime's default session spins its pool after each call), and each side is measured
@@ -74,7 +78,7 @@ def median_times(calls: dict[str, Callable[[], object]], repeats: int, rounds: i
     """
     names = list(calls)
     per_block = max(1, repeats // rounds)
-    times: dict[str, list[float]] = {name: [] for name in names}
+    times: dict[str, list[list[float]]] = {name: [] for name in names}
     for round_ in range(rounds):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
@@ -85,11 +89,26 @@ def median_times(calls: dict[str, Callable[[], object]], repeats: int, rounds: i
                 call()
             while time.perf_counter() < warm_until:
                 call()
+            block = []
             for _ in range(per_block):
                 start = time.perf_counter()
                 call()
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+                block.append(time.perf_counter() - start)
+            times[name].append(block)
+    return times
+
+
+def median_times(calls: dict[str, Callable[[], object]], repeats: int, rounds: int = ROUNDS,
+                 pause: float = PAUSE_SECONDS, warmup_seconds: float = WARMUP_SECONDS) -> dict[str, float]:
+    """{name: median seconds per call} of `block_times`' timed calls, all rounds together."""
+    times = block_times(calls, repeats, rounds, pause, warmup_seconds)
+    return {name: statistics.median([t for block in blocks for t in block]) for name, blocks in times.items()}
+
+
+def round_ratios(times: dict[str, list[list[float]]], numerator: str, denominator: str) -> list[float]:
+    """Per round of `block_times`, the median time of numerator's block over denominator's: two blocks run next
+    to each other, which met (nearly) the same machine state."""
+    return [statistics.median(a) / statistics.median(b) for a, b in zip(times[numerator], times[denominator])]
 
 
 def run(quick: bool = False, images: np.ndarray | None = None,
@@ -121,10 +140,12 @@ def run(quick: bool = False, images: np.ndarray | None = None,
         progress(f"batch {batch}")
         X = np.ascontiguousarray(X_all[:batch])
         feed = {"X": X}
-        medians = median_times({"fastmlp": partial(model.predict_proba, X),
-                                "onnxruntime": partial(session.run, ["probabilities"], feed)}, counts[batch])
+        times = block_times({"fastmlp": partial(model.predict_proba, X),
+                             "onnxruntime": partial(session.run, ["probabilities"], feed)}, counts[batch])
+        ratios = round_ratios(times, "onnxruntime", "fastmlp")
+        medians = {name: statistics.median([t for block in blocks for t in block]) for name, blocks in times.items()}
         rows.append({"batch": batch, "fastmlp_s": medians["fastmlp"], "onnxruntime_s": medians["onnxruntime"],
-                     "speed_ratio": medians["onnxruntime"] / medians["fastmlp"], "calls": counts[batch]})
+                     "speed_ratio": statistics.median(ratios), "round_ratios": ratios, "calls": counts[batch]})
     config = {"layer_sizes": list(LAYER_SIZES), "onnxruntime": onnxruntime.__version__,
               "onnxruntime_threads": "default session", "max_abs_difference": difference, "quick": quick}
     return {"rows": rows, "config": config}
@@ -142,10 +163,12 @@ def format_inference(result: dict[str, Any]) -> str:
              f"{'-'.join(map(str, result['config']['layer_sizes']))}, median of timed calls; probabilities agree "
              f"within {result['config']['max_abs_difference']:.1g}",
              "",
-             f"{'batch':>7}  {'fastmlp':>10}  {'ONNX Runtime':>12}  fastmlp's speed relative to ONNX Runtime"]
+             f"{'batch':>7}  {'fastmlp':>10}  {'ONNX Runtime':>12}  fastmlp's speed relative to ONNX Runtime "
+             "(median of the rounds, lowest-highest)"]
     for row in result["rows"]:
+        ratios = row["round_ratios"]
         lines.append(f"{row['batch']:>7,}  {_duration(row['fastmlp_s']):>10}  {_duration(row['onnxruntime_s']):>12}  "
-                     f"{row['speed_ratio']:.2f}x")
+                     f"{row['speed_ratio']:.2f}x ({min(ratios):.2f}-{max(ratios):.2f}, {len(ratios)} rounds)")
     return "\n".join(lines)
 
 
