@@ -197,6 +197,48 @@ def test_a_forked_child_serves_with_threads_of_its_own(parts):
     np.testing.assert_array_equal(got, expected)
 
 
+def _child_probabilities_of(queue, model, X):
+    inference._usable_cpus = lambda: 2
+    inference.MIN_MACS_PER_THREAD = 1
+    queue.put([model.predict_proba(X[:64]), model.predict_proba(X)])  # the serving threads', and the pool's
+
+
+def test_a_forked_child_of_a_server_serves_the_same_model_though_a_parent_thread_held_a_lock(parts):
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    parts(2)
+    model = model_with_biases(seed=14)
+    X = np.random.default_rng(15).random((2 * inference.ROW_SPLIT_MIN_ROWS, SIZES[0]), dtype=np.float32)
+    expected = [rowmajor_probabilities(model, X[:64]), rowmajor_probabilities(model, X)]
+    for _ in range(2):  # the model is remembered with its serving threads, which exist in this process only
+        np.testing.assert_array_equal(model.predict_proba(X[:64]), expected[0])
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_lock():
+        with threads._lock:
+            held.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    held.wait()
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_child_probabilities_of, args=(queue, model, X), daemon=True)
+    try:
+        child.start()
+        got = queue.get(timeout=60)  # a child waiting forever (a parent's thread or lock) fails here
+    finally:
+        release.set()
+        holder.join()
+        child.join(timeout=60)
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(g, e)
+
+
 @pytest.mark.parametrize("what, change", [
     ("a weight reshaped in place", lambda m: setattr(m.weights[0], "shape", (SIZES[1], SIZES[0]))),
     ("a weight's dtype changed in place", lambda m: setattr(m.biases[0], "dtype", np.int32)),

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import operator
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -133,6 +134,15 @@ class _Checked:
 
 
 _checked: _Checked | None = None  # the model checked last
+
+
+def _forget_checked() -> None:
+    """In a forked child: the serving threads remembered with the model checked last do not exist here."""
+    global _checked
+    _checked = None
+
+
+os.register_at_fork(after_in_child=_forget_checked)
 
 
 def _remember_checked(model: MLP) -> None:

@@ -256,9 +256,11 @@ def last_serving_threads() -> ServingThreads | None:
 
 
 def _forget_parent_threads() -> None:
-    """In a forked child: the parent's serving threads do not exist here (the next call starts new ones)."""
-    global _last
+    """In a forked child: the parent's serving threads do not exist here (the next call starts new ones), and a
+    lock that one of the parent's other threads held at the fork would never be released here."""
+    global _last, _lock
     _last = None
+    _lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_parent_threads)
