@@ -8,7 +8,10 @@ microkernel of fastmlp/kernels/simd_ir.py and update_ir.py (forward_tile, wgrad_
 instruction set's tile, with LLVM's -O3 pipeline as Numba runs it, for a CPU of that set
 (haswell: AVX2, skylake-avx512: AVX-512, x86-64: SSE; any machine can compile for all three),
 finds the loop of a whole tile's k iterations (the one that does MR x NV FMAs, MR broadcasts and
-no masked load per iteration, perhaps unrolled) and fails if it touches the stack.
+no masked load per iteration, perhaps unrolled) and fails if it touches the stack. The same for the
+inference tiles of fastmlp/kernels/rowmajor.py: the MR x NV and 1 x 4NV tiles on row-major W, and the
+tile that checks a kept packed copy against W as it reads it (its three loops: before, in and after
+the checked rows).
 """
 
 import re
@@ -18,8 +21,8 @@ import numba  # noqa: F401  initialises LLVM's targets
 import pytest
 from llvmlite import ir
 
-from fastmlp.kernels import simd_ir, update_ir
-from fastmlp.kernels.tiles import TILES
+from fastmlp.kernels import rowmajor, simd_ir, update_ir
+from fastmlp.kernels.tiles import TILES, Tile
 
 CPUS = {"avx2": "haswell", "avx512": "skylake-avx512", "sse": "x86-64"}
 KERNELS = ("forward", "wgrad", "adam")
@@ -28,9 +31,14 @@ KERNELS = ("forward", "wgrad", "adam")
 def tile_assembly(kernel, tile, cpu):
     """x86 assembly of one microkernel (simd_ir.<kernel>_tile) for `tile`, compiled -O3 for `cpu`
     and its own features."""
-    module = ir.Module(f"{kernel}_{tile.name}")
     source = simd_ir if kernel == "forward" else update_ir
-    getattr(source, f"{kernel}_tile")(module, tile).linkage = "external"  # kept, not inlined away
+    return assembly(lambda module: getattr(source, f"{kernel}_tile")(module, tile), f"{kernel}_{tile.name}", cpu)
+
+
+def assembly(declare, name, cpu):
+    """x86 assembly of the LLVM function that declare(module) adds, compiled -O3 for `cpu` and its own features."""
+    module = ir.Module(name)
+    declare(module).linkage = "external"  # kept, not inlined away
     machine = llvm.Target.from_triple("x86_64-unknown-linux-gnu").create_target_machine(cpu=cpu, features="", opt=3)
     compiled = llvm.parse_assembly(str(module))
     compiled.verify()
@@ -106,6 +114,34 @@ def test_the_tile_loop_keeps_everything_in_registers(kernel, isa):
     if isa != "sse":  # the FMAs read their operands from registers, none from memory
         assert all(re.match(r"^vfmadd\w+\s+%[xyz]mm\d+, %[xyz]mm\d+, %[xyz]mm\d+$", line)
                    for loop in found for line in loop if is_fma(line))
+
+
+ROWMAJOR_KERNELS = ("rows", "wide", "checked")
+
+
+def rowmajor_shape(kernel, tile):
+    """(MR, NV) of the inference tile `kernel` for the training tile `tile`'s instruction set."""
+    return (1, 4 * tile.nv) if kernel == "wide" else (tile.mr, tile.nv)
+
+
+@pytest.mark.parametrize("kernel", ROWMAJOR_KERNELS)
+@pytest.mark.parametrize("isa", sorted(CPUS))
+def test_the_inference_tile_loops_keep_everything_in_registers(kernel, isa):
+    tile = TILES[isa]
+    mr, nv = rowmajor_shape(kernel, tile)
+    build = rowmajor.checked_panel_tile if kernel == "checked" else rowmajor.rowmajor_tile
+    asm = assembly(lambda module: build(module, tile.vw, mr, nv, False), f"{kernel}_{isa}", CPUS[isa])
+    shape = Tile(name=f"{kernel}_{isa}", vw=tile.vw, mr=mr, nv=nv, registers=tile.registers)
+    found = tile_loops(asm, shape)
+    assert len(found) >= (3 if kernel == "checked" else 1), f"the k loops of the {kernel} tile ({isa}): {found}"
+    frame_pointer = "movq\t%rsp, %rbp" in asm
+    for loop in found:
+        spills = [line for line in loop if touches_stack(line, frame_pointer)]
+        # SSE has no three-operand instructions: the check (W's row XORed with the packed one, ORed into a
+        # carried vector) needs a 17th register beside the 12 accumulators, and one vector goes to the stack
+        # and back per iteration of the checked rows only.
+        allowed = 2 if isa == "sse" and any(line.startswith(("xorps", "pxor")) for line in loop) else 0
+        assert len(spills) <= allowed, f"the {kernel} tile ({isa}) reads or writes the stack in a k loop: {spills}"
 
 
 def test_the_finder_sees_a_spill():
