@@ -65,7 +65,8 @@ def rowmajor_tile(module, vw, mr, nv, masked):
     a: the tile's first row of A (row stride lda); w: W[0, first column] (row stride ldw); c: the
     tile's top-left element of C (row stride ldc); rows 1..mr real rows (the others read the last
     real row again and are not stored); ncols 1..nv*vw real columns (all of them unless masked:
-    a `masked` tile loads only the real columns of W); bias at the first column; relu != 0 for
+    a `masked` tile loads only the real columns of W, bias and C, and stores only those of C; the other
+    loads and stores whole vectors); bias at the first column; relu != 0 for
     max(z, 0). Declared once per module and shape.
     """
     name = f"fastmlp_rowmajor_tile_{vw}x{mr}x{nv}{'_masked' if masked else ''}"
@@ -91,16 +92,21 @@ def rowmajor_tile(module, vw, mr, nv, masked):
         return builder.load(builder.gep(a_rows[m], [k]))
 
     accs = simd_ir._tile_loop(builder, fn, K, mr, nv, vec, load_b, load_a)
-    _store_bias_relu(builder, fn, vec, accs, c, ldc, rows, bias, relu, masks)
+    _store_bias_relu(builder, fn, vec, accs, c, ldc, rows, bias, relu, masks, not masked)
     builder.ret_void()
     return fn
 
 
-def _store_bias_relu(builder, fn, vec, accs, c, ldc, rows, bias, relu, masks):
+def _store_bias_relu(builder, fn, vec, accs, c, ldc, rows, bias, relu, masks, whole):
     """The epilogue of a tile: C[m, :] = accs[m] + bias, max(., 0) if relu != 0, for its real rows and the
-    lanes on in masks; the builder ends after the stores."""
+    lanes on in masks (all of them where `whole`: plain loads and stores, a masked store being slow on some
+    cores, AVX2's vmaskmovps among them); the builder ends after the stores."""
     vw, nv = vec.vw, len(masks)
-    b = [vec.masked_load(builder, builder.gep(bias, [ir.Constant(I64, v * vw)]), masks[v]) for v in range(nv)]
+
+    def load(ptr, v):
+        return vec.load(builder, ptr) if whole else vec.masked_load(builder, ptr, masks[v])
+
+    b = [load(builder.gep(bias, [ir.Constant(I64, v * vw)]), v) for v in range(nv)]
     with_relu = builder.icmp_unsigned("!=", relu, ir.Constant(I32, 0))
 
     def store_row(builder, m, row):
@@ -108,7 +114,11 @@ def _store_bias_relu(builder, fn, vec, accs, c, ldc, rows, bias, relu, masks):
         for v in range(nv):
             z = builder.fadd(accs[m][v], b[v])  # the epilogue of simd_ir.forward_tile, in its order
             z = builder.select(with_relu, builder.call(vec.maxnum, [z, vec.zero]), z)
-            vec.masked_store(builder, z, builder.gep(c_row, [ir.Constant(I64, v * vw)]), masks[v])
+            ptr = builder.gep(c_row, [ir.Constant(I64, v * vw)])
+            if whole:
+                vec.store(builder, z, ptr)
+            else:
+                vec.masked_store(builder, z, ptr, masks[v])
 
     zero = ir.Constant(I64, 0)
     simd_ir._for_rows(builder, fn, zero, len(accs), zero, rows, store_row)
@@ -194,7 +204,7 @@ def checked_panel_tile(module, vw, mr, nv, masked):
     for lane in range(1, vw):
         any_bit = builder.or_(any_bit, builder.extract_element(seen, ir.Constant(I32, lane)))
     same = builder.zext(builder.icmp_unsigned("==", any_bit, ir.Constant(I32, 0)), I32)
-    _store_bias_relu(builder, fn, vec, accs, c, ldc, rows, bias, relu, masks)
+    _store_bias_relu(builder, fn, vec, accs, c, ldc, rows, bias, relu, masks, not masked)
     builder.ret(same)
     return fn
 

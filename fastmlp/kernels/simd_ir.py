@@ -194,27 +194,43 @@ def forward_tile(module, tile):
                             builder.icmp_unsigned("==", kind, ir.Constant(I32, BIAS_RELU)))
     relu = builder.icmp_unsigned("==", kind, ir.Constant(I32, BIAS_RELU))
     masked = builder.icmp_unsigned("==", kind, ir.Constant(I32, RELU_MASK))
-    # The bias is read only by BIAS and BIAS_RELU (lanes off otherwise: zeros, and `bias` may point anywhere).
     bias_lanes = _splat(builder, with_bias, vw)
-    b = [vec.masked_load(builder, builder.gep(bias, [ir.Constant(I64, v * vw)]), builder.and_(masks[v], bias_lanes))
-         for v in range(nv)]
     masked_lanes = _splat(builder, masked, vw)
 
-    def store_row(builder, m):
-        c_row = builder.gep(c, [builder.mul(ir.Constant(I64, m), ldc)])
-        mask_row = builder.gep(mask, [builder.mul(ir.Constant(I64, m), ldmask)])
-        for v in range(nv):
-            z = builder.fadd(accs[m][v], b[v])
-            z = builder.select(relu, builder.call(vec.maxnum, [z, vec.zero]), z)
-            # RELU_MASK reads the mask (lanes off for other kinds, so `mask` may point anywhere)
-            # and drops the lanes whose mask is not > 0.
-            gate = builder.and_(masks[v], masked_lanes)
-            keep = vec.masked_load(builder, builder.gep(mask_row, [ir.Constant(I64, v * vw)]), gate)
-            drop = builder.and_(masked_lanes, builder.not_(builder.fcmp_ordered(">", keep, vec.zero)))
-            z = builder.select(drop, vec.zero, z)
-            vec.masked_store(builder, z, builder.gep(c_row, [ir.Constant(I64, v * vw)]), masks[v])
+    def epilogue(builder, whole):
+        """The stores of the tile's real rows: `whole` where all NR columns are real (plain loads and stores: a
+        masked store is slow on some cores, AVX2's vmaskmovps among them), else masked to the real columns."""
+        def load(ptr, v, lanes):
+            on = masks[v] if not whole else ir.Constant(ir.VectorType(I1, vw), [1] * vw)
+            return vec.masked_load(builder, ptr, builder.and_(on, lanes))
 
-    _for_real_rows(builder, fn, rows, mr, store_row)
+        # The bias is read only by BIAS and BIAS_RELU (lanes off otherwise: zeros, and `bias` may point anywhere).
+        b = [load(builder.gep(bias, [ir.Constant(I64, v * vw)]), v, bias_lanes) for v in range(nv)]
+
+        def store_row(builder, m):
+            c_row = builder.gep(c, [builder.mul(ir.Constant(I64, m), ldc)])
+            mask_row = builder.gep(mask, [builder.mul(ir.Constant(I64, m), ldmask)])
+            for v in range(nv):
+                z = builder.fadd(accs[m][v], b[v])
+                z = builder.select(relu, builder.call(vec.maxnum, [z, vec.zero]), z)
+                # RELU_MASK reads the mask (lanes off for other kinds, so `mask` may point anywhere)
+                # and drops the lanes whose mask is not > 0.
+                keep = load(builder.gep(mask_row, [ir.Constant(I64, v * vw)]), v, masked_lanes)
+                drop = builder.and_(masked_lanes, builder.not_(builder.fcmp_ordered(">", keep, vec.zero)))
+                z = builder.select(drop, vec.zero, z)
+                ptr = builder.gep(c_row, [ir.Constant(I64, v * vw)])
+                if whole:
+                    vec.store(builder, z, ptr)
+                else:
+                    vec.masked_store(builder, z, ptr, masks[v])
+
+        _for_real_rows(builder, fn, rows, mr, store_row)
+
+    whole_block, part_block = fn.append_basic_block("whole_panel"), fn.append_basic_block("part_panel")
+    builder.cbranch(builder.icmp_signed("==", ncols, ir.Constant(I64, nr)), whole_block, part_block)
+    for block, whole in ((whole_block, True), (part_block, False)):
+        builder.position_at_end(block)
+        epilogue(builder, whole)
     return fn
 
 
