@@ -65,8 +65,8 @@ def rowmajor_tile(module, vw, mr, nv, masked):
     a: the tile's first row of A (row stride lda); w: W[0, first column] (row stride ldw); c: the
     tile's top-left element of C (row stride ldc); rows 1..mr real rows (the others read the last
     real row again and are not stored); ncols 1..nv*vw real columns (all of them unless masked:
-    a `masked` tile loads only the real columns of W, bias and C, and stores only those of C; the other
-    loads and stores whole vectors); bias at the first column; relu != 0 for
+    a `masked` tile loads only the real columns of W and the bias and stores only C's real columns; the
+    other loads and stores whole vectors); bias at the first column; relu != 0 for
     max(z, 0). Declared once per module and shape.
     """
     name = f"fastmlp_rowmajor_tile_{vw}x{mr}x{nv}{'_masked' if masked else ''}"

@@ -22,8 +22,9 @@ doubled the cold compile time of the training epoch.
 
 Three kernels, in the packed layout of `fastmlp.kernels.packed` (P[panel, k, 0:NR]):
 - `forward_tile`: C[rows, panel] = epilogue(A[rows, :] @ P[panel]). The B vectors are one
-  packed row, always NR wide (padding columns hold zeros); only the epilogue's loads and stores
-  are masked to the panel's real columns.
+  packed row, always NR wide (padding columns hold zeros); only a partial panel's epilogue masks
+  its loads and stores to the panel's real columns (a whole panel's stores are plain: a masked
+  store is slow on some cores).
 The two update kernels live in `fastmlp.kernels.update_ir`:
 - `wgrad_tile`: the weight-gradient product of MR rows of a packed weight panel,
   G = A[:, k0:k0+MR].T @ D[:, panel], applied at once to P (and the velocity V) by an SGD rule
