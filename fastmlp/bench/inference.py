@@ -102,7 +102,12 @@ def median_times(calls: dict[str, Callable[[], object]], repeats: int, rounds: i
                  pause: float = PAUSE_SECONDS, warmup_seconds: float = WARMUP_SECONDS) -> dict[str, float]:
     """{name: median seconds per call} of `block_times`' timed calls, all rounds together."""
     times = block_times(calls, repeats, rounds, pause, warmup_seconds)
-    return {name: statistics.median([t for block in blocks for t in block]) for name, blocks in times.items()}
+    return {name: _pooled_median(blocks) for name, blocks in times.items()}
+
+
+def _pooled_median(blocks: list[list[float]]) -> float:
+    """The median of the times of all blocks together."""
+    return statistics.median([t for block in blocks for t in block])
 
 
 def round_ratios(times: dict[str, list[list[float]]], numerator: str, denominator: str) -> list[float]:
@@ -143,8 +148,8 @@ def run(quick: bool = False, images: np.ndarray | None = None,
         times = block_times({"fastmlp": partial(model.predict_proba, X),
                              "onnxruntime": partial(session.run, ["probabilities"], feed)}, counts[batch])
         ratios = round_ratios(times, "onnxruntime", "fastmlp")
-        medians = {name: statistics.median([t for block in blocks for t in block]) for name, blocks in times.items()}
-        rows.append({"batch": batch, "fastmlp_s": medians["fastmlp"], "onnxruntime_s": medians["onnxruntime"],
+        rows.append({"batch": batch, "fastmlp_s": _pooled_median(times["fastmlp"]),
+                     "onnxruntime_s": _pooled_median(times["onnxruntime"]),
                      "speed_ratio": statistics.median(ratios), "round_ratios": ratios, "calls": counts[batch]})
     config = {"layer_sizes": list(LAYER_SIZES), "onnxruntime": onnxruntime.__version__,
               "onnxruntime_threads": "default session", "max_abs_difference": difference, "quick": quick}

@@ -100,6 +100,7 @@ def predict_proba(model: MLP, X: Features, batch_size: int = 4096) -> FloatArray
 
 
 _LAYOUT = operator.attrgetter("shape", "strides", "dtype")
+_F32 = np.dtype(np.float32)
 
 
 class _Checked:
@@ -149,8 +150,7 @@ def _remember_checked(model: MLP) -> None:
     """After a call that passed predict_proba's checks: remember the model, and its serving threads if they ran it."""
     global _checked
     serving = last_serving_threads()
-    if serving is not None and not (serving.sources is not None
-                                    and all(map(operator.is_, serving.sources, (*model.weights, *model.biases)))):
+    if serving is not None and not serving.serves((*model.weights, *model.biases)):
         serving = None
     last = _checked
     if last is None or last.serving is not serving or not last.same(model):
@@ -191,9 +191,6 @@ def _short_path(model: MLP, X: FloatArray) -> FloatArray | None:
     if not finite:
         raise ValueError(_NOT_FINITE)
     return out
-
-
-_F32 = np.dtype(np.float32)
 
 
 def _model_ok(model: MLP) -> bool:

@@ -147,6 +147,10 @@ class ServingThreads:
         for part in range(1, threads):
             threading.Thread(target=self._serve, args=(part,), name=f"fastmlp-serving-{part}", daemon=True).start()
 
+    def serves(self, arrays: tuple[FloatArray, ...]) -> bool:
+        """Whether these are the arrays these threads serve (the model's weights, then its biases): the same objects."""
+        return len(arrays) == len(self.sources) and all(map(operator.is_, arrays, self.sources))
+
     def _serve(self, part: int) -> None:
         seen = 0
         try:
@@ -228,7 +232,7 @@ def serving_threads(weights: tuple[FloatArray, ...], biases: tuple[FloatArray, .
     global _serving_pid, _last
     last = _last  # None in a forked child (_forget_parent_threads)
     if (last is not None and last.threads >= threads and last.max_rows >= max_rows and not last.stopped
-            and all(map(operator.is_, last.sources, weights + biases))):
+            and last.serves(weights + biases)):
         return last
     key = tuple(id(a) for a in weights + biases)
     with _lock:
@@ -238,7 +242,7 @@ def serving_threads(weights: tuple[FloatArray, ...], biases: tuple[FloatArray, .
         found = _serving.get(key)
         if found is not None and (found.stopped or barrier_aborted(found.barrier) or found.threads < threads
                                   or found.max_rows < max_rows
-                                  or not all(a is b for a, b in zip(found.sources, weights + biases))):
+                                  or not found.serves(weights + biases)):
             found.stop()
             found = None
         if found is None:

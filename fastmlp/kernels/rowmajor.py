@@ -376,10 +376,9 @@ def packed_layer_part_into(C, A, W, P, b, relu, r0, r1, p0, p1, check_finite):
     and A do not all fit a core's L2) are spread over all the tiles' FMAs. A panel found stale is repacked
     from W (overwriting it in P) and all its rows computed again. (Checking all of W in the first tile of rows
     measured 4-8 % slower on half of layer 0 at batch 64, a panel a tile slower still: each checked tile then
-    waited for W.) The same
-    operations per output element as `rowmajor_forward_probs_into`: the same bits. Returns False, at once,
-    if check_finite and a row of A[r0:r1] holds NaN or inf (each tile's rows are checked just before its
-    tiles read them).
+    waited for W.) The same operations per output element as `rowmajor_forward_probs_into`: the same bits.
+    Returns False, at once, if check_finite and a row of A[r0:r1] holds NaN or inf (each tile's rows are
+    checked just before its tiles read them).
     """
     require_c_contiguous(C, A, W, P, b)
     K = W.shape[0]
