@@ -16,6 +16,7 @@ import numpy.typing as npt
 from numpy.lib import format as npy_format
 
 from .inputs import Features, FloatArray, Pixels, Seed, check_features, check_model, make_rng
+from .runtime.aligned import aligned_copy, aligned_zeros
 from .runtime.atomic import atomic_write
 
 INITS = ("he", "normal")
@@ -74,8 +75,8 @@ class MLP:
         for fan_in, fan_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:]):
             std = np.sqrt(2.0 / fan_in) if init == "he" else 0.01
             W = rng.standard_normal((fan_in, fan_out), dtype=np.float32) * np.float32(std)
-            self.weights.append(np.ascontiguousarray(W, dtype=np.float32))
-            self.biases.append(np.zeros(fan_out, dtype=np.float32))
+            self.weights.append(aligned_copy(W))  # on a cache line: see fastmlp/runtime/aligned.py
+            self.biases.append(aligned_zeros(fan_out))
 
     @property
     def n_features(self) -> int:
@@ -124,8 +125,8 @@ class MLP:
         """An independent copy of this model."""
         other = MLP.__new__(MLP)
         other.layer_sizes = self.layer_sizes
-        other.weights = [W.copy() for W in self.weights]
-        other.biases = [b.copy() for b in self.biases]
+        other.weights = [aligned_copy(W) for W in self.weights]
+        other.biases = [aligned_copy(b) for b in self.biases]
         for name in _OPTIONAL_ENTRIES:
             value = getattr(self, name)
             setattr(other, name, value.copy() if isinstance(value, np.ndarray) else value)
@@ -207,7 +208,7 @@ class MLP:
                     raise ModelFileError(f"{path}: {name} must be float32 {shape}, got {a.dtype} {a.shape}")
                 if not np.isfinite(a).all():
                     raise ModelFileError(f"{path}: {name} contains NaN or inf")
-                dest.append(np.array(a, dtype=np.float32, order="C"))
+                dest.append(aligned_copy(a, np.float32))
         if "classes" in extras:
             model.classes = extras["classes"]
         if "mean" in extras:

@@ -15,7 +15,15 @@ from fastmlp import MLP, inference
 from fastmlp.inference import threads
 from fastmlp.kernels import packed
 from fastmlp.kernels.reference import packed as pack_weights
-from fastmlp.kernels.rowmajor import packed_layer_part_into, rowmajor_forward_probs_into, rowmajor_layer_rows
+from fastmlp.kernels.rowmajor import (
+    layer_part_into,
+    on_cache_lines,
+    packed_layer_part_into,
+    rowmajor_forward_probs_into,
+    rowmajor_layer_part_into,
+    rowmajor_layer_rows,
+)
+from fastmlp.runtime.aligned import CACHE_LINE, aligned_zeros
 
 pytestmark = pytest.mark.kernels  # run again per ISA and with bounds checks by .ci/run
 
@@ -28,6 +36,14 @@ def rowmajor_probabilities(model, X):
     weights, biases = threads.uniform(tuple(model.weights)), threads.uniform(tuple(model.biases))
     assert rowmajor_forward_probs_into(out, X, weights, biases, 0, len(X))
     return out
+
+
+def off_cache_lines(a, offset=16):
+    """A copy of a whose data starts `offset` bytes past a cache line (as NumPy places large arrays)."""
+    buffer = aligned_zeros(a.size + CACHE_LINE // 4, a.dtype)
+    copy = buffer[offset // a.itemsize : offset // a.itemsize + a.size].reshape(a.shape)
+    copy[...] = a
+    return copy
 
 
 def model_with_biases(sizes=SIZES, seed=0):
@@ -84,10 +100,43 @@ def test_a_kept_packed_copy_is_checked_as_it_is_read_and_exactly_its_stale_panel
     np.testing.assert_array_equal(P.view(np.uint32), pack_weights(W).view(np.uint32))
 
 
+def test_a_layer_part_read_straight_off_w_equals_the_packed_copys_bits_and_leaves_the_copy_alone():
+    rng = np.random.default_rng(6)
+    K, N = 45, 4 * packed.PANEL_WIDTH  # rows of whole cache lines
+    n = 2 * packed.TILE_ROWS + 5
+    A = rng.standard_normal((n, K)).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    on_lines = aligned_zeros((K, N))
+    on_lines[...] = rng.standard_normal((K, N))
+    off_lines = off_cache_lines(on_lines)
+    assert on_cache_lines(on_lines) and not on_cache_lines(off_lines)
+    assert not on_cache_lines(aligned_zeros((K, N - 3)))  # rows of 244 bytes: most start inside a line
+    expected = np.empty((n, N), np.float32)
+    rowmajor_layer_rows(expected, 0, A, 0, n, on_lines, b, True)
+    for r0, r1, p0, p1 in [(0, n, 0, 4), (3, n - 2, 1, 3), (packed.TILE_ROWS, n, 3, 4)]:
+        cols = slice(p0 * packed.PANEL_WIDTH, p1 * packed.PANEL_WIDTH)
+        for W in (on_lines, off_lines):
+            C, P = np.full((n, N), np.nan, np.float32), np.zeros(packed.packed_shape(K, N), np.float32)
+            assert rowmajor_layer_part_into(C, A, W, b, True, r0, r1, p0, p1, True)
+            np.testing.assert_array_equal(C[r0:r1, cols].view(np.uint32), expected[r0:r1, cols].view(np.uint32))
+            assert np.isnan(np.delete(C, np.s_[r0:r1], axis=0)).all()  # nothing written outside its part
+            C[...] = np.nan
+            assert layer_part_into(C, A, W, P, b, True, r0, r1, p0, p1, True)
+            np.testing.assert_array_equal(C[r0:r1, cols].view(np.uint32), expected[r0:r1, cols].view(np.uint32))
+            # on cache lines, W is read straight and its packed copy never touched; else the copy is packed
+            assert (P == 0).all() if W is on_lines else (P[p0:p1] == pack_weights(W)[p0:p1]).all()
+    A[n - 1, 7] = np.nan
+    assert not rowmajor_layer_part_into(np.empty((n, N), np.float32), A, on_lines, b, True, 0, n, 0, 4, True)
+    assert rowmajor_layer_part_into(np.empty((n, N), np.float32), A, on_lines, b, True, 0, n - 1, 0, 4, True)
+
+
+@pytest.mark.parametrize("lines", ["on cache lines", "16 bytes off"])
 @pytest.mark.parametrize("count", [1, 2, 3])
-def test_every_in_place_edit_is_seen_by_the_next_call_on_any_number_of_threads(count, parts):
+def test_every_in_place_edit_is_seen_by_the_next_call_on_any_number_of_threads(count, lines, parts):
     parts(count)
     model = model_with_biases(seed=1)
+    if lines == "16 bytes off":  # read through the packed copies kept between calls, checked against W
+        model.weights = [off_cache_lines(W) for W in model.weights]
     X = np.random.default_rng(2).random((70, SIZES[0]), dtype=np.float32)
     rng = np.random.default_rng(3)
     for step in range(8):

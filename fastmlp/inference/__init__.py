@@ -5,10 +5,12 @@ with the arrays it is given (the model's own), three ways by batch size:
 
 - up to PACKED_MIN_ROWS rows: `fastmlp.kernels.rowmajor` reads the row-major weights in place, on the
   calling thread (a row's work is reading W once; packing would cost more);
-- more rows: the training forward tiles read packed copies of W kept between calls, one set per thread
-  (`threads.kept_packed`, `threads.ServingThreads`). At every call each thread checks the packed panels
-  it reads against W's columns, bit for bit, as its first tile of rows reads them, and repacks those that
-  changed: an edit of `model.weights` in place is seen by the next call, whatever it changed. Up to
+- more rows: the row-major tiles in MR-row tiles straight off W, where W's rows start on cache lines (as
+  `fastmlp.MLP` allocates them); else the training forward tiles, off packed copies of W kept between
+  calls, one set per thread (`threads.kept_packed`, `threads.ServingThreads`). At every call each thread
+  checks the packed panels it reads against W's columns, bit for bit, as its tiles of rows read them, and
+  repacks those that changed. Either way an edit of `model.weights` in place is seen by the next call,
+  whatever it changed (kernels.rowmajor.layer_part_into). Up to
   ROW_SPLIT_MIN_ROWS rows per thread, the threads share each layer (the model's serving threads, which
   wait for the next call spinning without the GIL, then sleep); beyond, they split the rows, each
   packing all of W for the call.

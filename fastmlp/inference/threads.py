@@ -6,8 +6,9 @@
 - `ServingThreads`: a mid-sized batch (a few dozen to a few hundred rows) is a few hundred microseconds of
   work, as long as such a wake-up; its parts run on serving threads kept per model, which wait for the next
   call spinning in nopython code, without the GIL (fastmlp/kernels/serving.py), and sleep once idle.
-- `kept_packed(W)`: the packed copy of a weight matrix that one thread keeps between calls
-  (kernels.rowmajor.packed_layer_part_into checks it against W as it reads it, at every call).
+- `kept_packed(W)`: the packed copy of a weight matrix that one thread keeps between calls, read where W's rows
+  do not start on cache lines (kernels.rowmajor.packed_layer_part_into checks it against W as it reads it, at
+  every call); zeros until then, in pages the OS gives only once written.
 
 Every thread has packed copies of its own, and a call's threads share only the call's own arrays: concurrent
 calls never write the same memory. Threads are made again in a forked child (whose copy has none).
@@ -30,6 +31,7 @@ from numba import typeof
 from ..inputs import FloatArray
 from ..kernels.packed import packed_shape
 from ..kernels.serving import STOP, call_parts, control_state, serve_parts
+from ..runtime.aligned import aligned_zeros
 from ..runtime.barrier import abort_barrier, barrier_aborted, barrier_state
 
 # --- the pool for large batches -----------------------------------------------------------------
@@ -101,7 +103,7 @@ _local = threading.local()
 
 def _new_packed(W: FloatArray) -> FloatArray:
     """A packed copy of W to be, all zeros: the first call finds it stale and packs it."""
-    return np.zeros(packed_shape(*W.shape), dtype=np.float32)
+    return aligned_zeros(packed_shape(*W.shape))  # on a cache line, as the training buffers (runtime/aligned.py)
 
 
 def kept_packed(W: FloatArray) -> FloatArray:
@@ -134,7 +136,7 @@ class ServingThreads:
         self.sources = weights + biases  # the model's own arrays, by which it is found
         weights, biases = uniform(weights), uniform(biases)
         self.weights, self.biases, self.threads = weights, biases, threads
-        hidden = tuple(np.empty((max_rows, W.shape[1]), dtype=np.float32) for W in weights[:-1])
+        hidden = tuple(aligned_zeros((max_rows, W.shape[1])) for W in weights[:-1])
         self.hidden = hidden or (np.empty((0, 0), dtype=np.float32),)  # never read without hidden layers
         self.max_rows = max_rows
         self.control, self.barrier = control_state(threads), barrier_state()

@@ -30,7 +30,7 @@ from ..runtime.barrier import atomic_add, atomic_load, atomic_store, barrier_wai
 from ..runtime.jit import cached_njit
 from .elementwise import softmax_inplace
 from .packed import TILE_ROWS, panel_count
-from .rowmajor import packed_layer_part_into, rows_finite
+from .rowmajor import layer_part_into, rows_finite
 
 TICKET, STOP, ROWS, X_ADDRESS, OUT_ADDRESS, PARTS, AWAKE = 0, 8, 16, 17, 18, 19, 24
 # A layer is cut between the parts by its panels (each part reading only its share of W) where W has
@@ -71,7 +71,8 @@ def forward_probs_part_into(hidden, out, X, weights, biases, packed, part, parts
 
     hidden[l] (>= n, N_l) holds hidden layer l's activations in its first n rows, shared by the parts (for a
     net without hidden layers, any one float32 2-d array); packed[l] is the running thread's own packed copy
-    of weights[l] (rowmajor.packed_layer_part_into: checked against W as it is read, repacked where stale).
+    of weights[l], read where W's rows do not start on cache lines (rowmajor.layer_part_into: W read straight
+    where they do, else the copy, checked against W as it is read and repacked where stale).
     Each layer is cut by W's panels where it has one for every part, so that a part reads (and keeps in its
     core's cache) only its share of W, if W is large (PANEL_SPLIT_MIN_BYTES); else by whole row tiles. Then
     each part turns its share of the rows into probabilities. The parts meet at the barrier before a layer
@@ -108,13 +109,13 @@ def forward_probs_part_into(hidden, out, X, weights, biases, packed, part, parts
                 ok = False
             # One call per pairing of source and destination: Numba types X, out and hidden[l][:n] apart.
             elif l == 0 and L == 1:
-                ok = packed_layer_part_into(out, X, W, P, b, relu, r0, r1, p0, p1, check)
+                ok = layer_part_into(out, X, W, P, b, relu, r0, r1, p0, p1, check)
             elif l == 0:
-                ok = packed_layer_part_into(hidden[0][:n], X, W, P, b, relu, r0, r1, p0, p1, check)
+                ok = layer_part_into(hidden[0][:n], X, W, P, b, relu, r0, r1, p0, p1, check)
             elif l == L - 1:
-                ok = packed_layer_part_into(out, hidden[l - 1][:n], W, P, b, relu, r0, r1, p0, p1, False)
+                ok = layer_part_into(out, hidden[l - 1][:n], W, P, b, relu, r0, r1, p0, p1, False)
             else:
-                ok = packed_layer_part_into(hidden[l][:n], hidden[l - 1][:n], W, P, b, relu, r0, r1, p0, p1,
+                ok = layer_part_into(hidden[l][:n], hidden[l - 1][:n], W, P, b, relu, r0, r1, p0, p1,
                                             False)
             if not ok:
                 finite[part] = 0

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...inputs import FloatArray
+from ...runtime.aligned import aligned_zeros
 from ...kernels.packed import (
     PANEL_WIDTH,
     pack_weights_into,
@@ -36,23 +37,24 @@ class _Packed:
 
     def __init__(self, layer_sizes: Sequence[int]) -> None:
         shapes = list(zip(layer_sizes[:-1], layer_sizes[1:]))
-        self.weights = tuple(np.zeros(packed_shape(k, n), dtype=np.float32) for k, n in shapes)
+        # Every packed buffer starts on a cache line, so that no packed row straddles two (runtime/aligned.py).
+        self.weights = tuple(aligned_zeros(packed_shape(k, n)) for k, n in shapes)
         # W_0.T is never read (no input gradient for the data): a one-panel stand-in keeps the tuple uniform.
         self.transposed = (np.zeros((1, 1, PANEL_WIDTH), dtype=np.float32),) + tuple(
-            np.zeros(packed_shape(n, k), dtype=np.float32) for k, n in shapes[1:])
+            aligned_zeros(packed_shape(n, k)) for k, n in shapes[1:])
         self._velocity: Arrays | None = None
         self._second: Arrays | None = None
 
     def velocity(self) -> Arrays:
         """The packed velocities (Adam: the first moments)."""
         if self._velocity is None:
-            self._velocity = tuple(np.zeros_like(P) for P in self.weights)
+            self._velocity = tuple(aligned_zeros(P.shape) for P in self.weights)
         return self._velocity
 
     def second_moments(self) -> Arrays:
         """The packed second moments of Adam."""
         if self._second is None:
-            self._second = tuple(np.zeros_like(P) for P in self.weights)
+            self._second = tuple(aligned_zeros(P.shape) for P in self.weights)
         return self._second
 
     def _states(self, velocity: Velocity | None,
@@ -101,18 +103,18 @@ class _Workspace:
 
     def __init__(self, layer_sizes: Sequence[int], rows: int) -> None:
         self.layer_sizes = tuple(layer_sizes)
-        self.inputs = tuple(np.zeros((rows, layer_sizes[0]), dtype=np.float32) for _ in range(2))
+        self.inputs = tuple(aligned_zeros((rows, layer_sizes[0])) for _ in range(2))  # all on cache lines
         # Each dZ_l in column panels, as the update's tiles read it front to back (zero padding: the
         # columns past the layer's width).
-        self.delta_panels = tuple(np.zeros((-(-size // PANEL_WIDTH), rows, PANEL_WIDTH), dtype=np.float32)
+        self.delta_panels = tuple(aligned_zeros((-(-size // PANEL_WIDTH), rows, PANEL_WIDTH))
                                   for size in layer_sizes[1:])
         # A hidden layer's activations are the next layer's update's A, whose tiles read TILE_ROWS columns of
         # every row: rows a multiple of 512 bytes apart put those n cache lines in few cache sets, which then
         # evict each other before the next panel's tile reads them again. Such rows get one cache line more
         # (never read or written; see padded_width).
-        self.acts = tuple(np.zeros((rows, padded_width(size) if l < len(layer_sizes) - 2 else size), dtype=np.float32)
+        self.acts = tuple(aligned_zeros((rows, padded_width(size) if l < len(layer_sizes) - 2 else size))
                           for l, size in enumerate(layer_sizes[1:]))
         # The hidden deltas need their own buffers because the ReLU mask still reads acts.
-        self.deltas = tuple(np.zeros((rows, size), dtype=np.float32) for size in layer_sizes[1:-1]) + (self.acts[-1],)
+        self.deltas = tuple(aligned_zeros((rows, size)) for size in layer_sizes[1:-1]) + (self.acts[-1],)
         self.db = tuple(np.zeros(size, dtype=np.float32) for size in layer_sizes[1:])
         self.labels = np.zeros(rows, dtype=np.int64)

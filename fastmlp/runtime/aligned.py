@@ -1,0 +1,54 @@
+"""Arrays whose data starts on a cache line: the buffers the SIMD kernels read a vector at a time.
+
+NumPy's allocator starts large arrays 16 bytes into a page, so a packed row of 64 bytes (one AVX-512
+vector, two AVX2 ones) would straddle two cache lines and every such load touch both. An array made
+here starts on a CACHE_LINE boundary instead; its rows then start on one wherever the row length in
+bytes is a multiple of it (the packed layout's rows always are).
+
+    aligned_empty(shape, dtype)   uninitialised, like np.empty
+    aligned_zeros(shape, dtype)   zeros, like np.zeros
+    aligned_copy(a)               a C-contiguous copy of a
+
+Each is a view of a slightly larger uint8 buffer, which it keeps alive; it is C-contiguous, writable
+and owns nothing else, so it pickles, saves and copies like any array.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+CACHE_LINE = 64  # bytes; also the width of an AVX-512 vector
+
+
+def aligned_empty(shape: int | tuple[int, ...], dtype: npt.DTypeLike = np.float32) -> np.ndarray[Any, Any]:
+    """An uninitialised C-contiguous array whose data starts on a CACHE_LINE boundary."""
+    return _aligned(shape, dtype, np.empty)
+
+
+def aligned_zeros(shape: int | tuple[int, ...], dtype: npt.DTypeLike = np.float32) -> np.ndarray[Any, Any]:
+    """A C-contiguous array of zeros whose data starts on a CACHE_LINE boundary (pages never written cost no
+    memory, as with np.zeros)."""
+    return _aligned(shape, dtype, np.zeros)
+
+
+def _aligned(shape: int | tuple[int, ...], dtype: npt.DTypeLike,
+             allocate: Callable[..., np.ndarray[Any, Any]]) -> np.ndarray[Any, Any]:
+    """The array of that shape and dtype in a uint8 buffer from allocate (np.empty or np.zeros), one line longer."""
+    dtype = np.dtype(dtype)
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buffer = allocate(nbytes + CACHE_LINE, dtype=np.uint8)
+    start = -buffer.ctypes.data % CACHE_LINE
+    return buffer[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def aligned_copy(a: npt.ArrayLike, dtype: npt.DTypeLike = None) -> np.ndarray[Any, Any]:
+    """A C-contiguous copy of a (converted to dtype, if given) whose data starts on a CACHE_LINE boundary."""
+    a = np.asarray(a, dtype=dtype)
+    copy = aligned_empty(a.shape, a.dtype)
+    copy[...] = a
+    return copy
