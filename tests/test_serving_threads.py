@@ -18,6 +18,7 @@ from fastmlp.kernels.reference import packed as pack_weights
 from fastmlp.kernels.rowmajor import (
     layer_part_into,
     on_cache_lines,
+    reads_straight,
     packed_layer_part_into,
     rowmajor_forward_probs_into,
     rowmajor_layer_part_into,
@@ -102,7 +103,7 @@ def test_a_kept_packed_copy_is_checked_as_it_is_read_and_exactly_its_stale_panel
 
 def test_a_layer_part_read_straight_off_w_equals_the_packed_copys_bits_and_leaves_the_copy_alone():
     rng = np.random.default_rng(6)
-    K, N = 45, 4 * packed.PANEL_WIDTH  # rows of whole cache lines
+    K, N = 150, 4 * packed.PANEL_WIDTH  # rows of whole cache lines; W larger than L1 (STRAIGHT_MAX_BYTES)
     n = 2 * packed.TILE_ROWS + 5
     A = rng.standard_normal((n, K)).astype(np.float32)
     b = rng.standard_normal(N).astype(np.float32)
@@ -111,6 +112,8 @@ def test_a_layer_part_read_straight_off_w_equals_the_packed_copys_bits_and_leave
     off_lines = off_cache_lines(on_lines)
     assert on_cache_lines(on_lines) and not on_cache_lines(off_lines)
     assert not on_cache_lines(aligned_zeros((K, N - 3)))  # rows of 244 bytes: most start inside a line
+    assert reads_straight(on_lines) and not reads_straight(off_lines)
+    assert reads_straight(off_cache_lines(aligned_zeros((30, 64))))  # 7.5 KB: in L1, read straight all the same
     expected = np.empty((n, N), np.float32)
     rowmajor_layer_rows(expected, 0, A, 0, n, on_lines, b, True)
     for r0, r1, p0, p1 in [(0, n, 0, 4), (3, n - 2, 1, 3), (packed.TILE_ROWS, n, 3, 4)]:

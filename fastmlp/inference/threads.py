@@ -140,7 +140,7 @@ class ServingThreads:
         self.hidden = hidden or (np.empty((0, 0), dtype=np.float32),)  # never read without hidden layers
         self.max_rows = max_rows
         self.control, self.barrier = control_state(threads), barrier_state()
-        self.finite = np.zeros(threads, dtype=np.int64)
+        self.finite = aligned_zeros(threads, np.int64)  # on a line of its own, as the barrier's and control's
         self.packed = [tuple(_new_packed(W) for W in weights) for _ in range(threads)]
         self.busy = threading.Lock()
         self.stopped = False

@@ -403,13 +403,25 @@ def rowmajor_layer_part_into(C, A, W, b, relu, r0, r1, p0, p1, check_finite):
     return True
 
 
+# A W this small is read straight even off cache lines: it stays in L1 across a call's tiles, where a split load
+# costs little (L1 is 32 KB and more on the x86-64 cores of the last decade).
+STRAIGHT_MAX_BYTES = 32 * 1024
+
+
+@cached_njit
+def reads_straight(W):
+    """Whether layer_part_into reads W straight (rowmajor_layer_part_into) rather than a packed copy of it: W's
+    rows start on cache lines, or W fits in L1."""
+    return on_cache_lines(W) or W.size * 4 <= STRAIGHT_MAX_BYTES
+
+
 @cached_njit(nogil=True)
 def layer_part_into(C, A, W, P, b, relu, r0, r1, p0, p1, check_finite):
-    """C[r0:r1, panels p0:p1] = epilogue(A[r0:r1] @ W + b): rowmajor_layer_part_into where W's rows start on
-    cache lines (on_cache_lines: fastmlp.MLP allocates its weights so), which reads only W; else
+    """C[r0:r1, panels p0:p1] = epilogue(A[r0:r1] @ W + b): rowmajor_layer_part_into where reads_straight(W)
+    (W's rows on cache lines, as fastmlp.MLP allocates its weights, or W small), which reads only W; else
     packed_layer_part_into, off the packed copy P checked against W. The same bits either way; the same
     return value (False if check_finite found NaN or inf in A's rows)."""
-    if on_cache_lines(W):
+    if reads_straight(W):
         return rowmajor_layer_part_into(C, A, W, b, relu, r0, r1, p0, p1, check_finite)
     return packed_layer_part_into(C, A, W, P, b, relu, r0, r1, p0, p1, check_finite)
 

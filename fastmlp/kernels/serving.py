@@ -26,6 +26,7 @@ import numpy as np
 from numba import carray, types
 from numba.extending import intrinsic
 
+from ..runtime.aligned import aligned_zeros
 from ..runtime.barrier import atomic_add, atomic_load, atomic_store, barrier_wait, cpu_relax
 from ..runtime.jit import cached_njit
 from .elementwise import softmax_inplace
@@ -44,7 +45,8 @@ SPINS_BEFORE_SLEEP = 4000
 
 def control_state(threads: int) -> np.ndarray:
     """A fresh `control` array for `threads` threads (the caller's and the serving ones): nothing posted."""
-    return np.zeros(AWAKE + 8 * threads, dtype=np.int64)
+    # On cache lines of its own: no other array's data shares the lines its threads spin on and write.
+    return aligned_zeros(AWAKE + 8 * threads, np.int64)
 
 
 @intrinsic

@@ -21,6 +21,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .aligned import aligned_zeros
 from .jit import X86, cached_njit
 
 _COUNT, _GENERATION, _ABORTED = 0, 8, 16  # int64 slots, 64 bytes apart
@@ -116,7 +117,8 @@ atomic_add, atomic_load, atomic_store, cpu_relax = _atomic_add, _atomic_load, _a
 
 def barrier_state() -> npt.NDArray[np.int64]:
     """A fresh barrier: int64 state, no thread waiting, not aborted."""
-    return np.zeros(_ABORTED + 8, dtype=np.int64)
+    # on cache lines of its own: a neighbouring array written by another thread would bounce the spun-on line
+    return aligned_zeros(_ABORTED + 8, np.int64)
 
 
 def abort_barrier(state: npt.NDArray[np.int64]) -> None:

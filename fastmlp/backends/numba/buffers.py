@@ -40,7 +40,7 @@ class _Packed:
         # Every packed buffer starts on a cache line, so that no packed row straddles two (runtime/aligned.py).
         self.weights = tuple(aligned_zeros(packed_shape(k, n)) for k, n in shapes)
         # W_0.T is never read (no input gradient for the data): a one-panel stand-in keeps the tuple uniform.
-        self.transposed = (np.zeros((1, 1, PANEL_WIDTH), dtype=np.float32),) + tuple(
+        self.transposed = (aligned_zeros((1, 1, PANEL_WIDTH)),) + tuple(
             aligned_zeros(packed_shape(n, k)) for k, n in shapes[1:])
         self._velocity: Arrays | None = None
         self._second: Arrays | None = None
