@@ -31,12 +31,16 @@ import numpy as np
 from .common import LAYER_SIZES
 
 BATCHES = (1, 64, 10_000)
-# Timed calls per side and batch: enough for a stable median at each size, a few seconds in all.
-CALLS = {1: 2000, 64: 480, 10_000: 24}
-QUICK_CALLS = {1: 200, 64: 50, 10_000: 3}
+# Timed calls per side and batch, over all rounds: enough for a stable median at each size.
+CALLS = {1: 2400, 64: 480, 10_000: 48}
+QUICK_CALLS = {1: 200, 64: 48, 10_000: 4}
 WARMUP_CALLS = 3  # per side and block: compiles, allocates and fills the caches before any call is timed
 WARMUP_SECONDS = 0.05  # and untimed calls for this long, per side and block: the cores back from idle
-ROUNDS = 8  # blocks per side and batch, alternating sides
+# Blocks per side and batch, alternating sides. Each round gives one ratio, and each block costs a pause and a
+# warm-up (~0.1 s); on a machine whose speed drifts from one tenth of a second to the next, the median of 8 rounds'
+# ratios moved 0.96-1.43x between runs of the same code at batch 64, of 24 rounds less (docs/guide/benchmarks.md).
+ROUNDS = 24
+QUICK_ROUNDS = 4
 PAUSE_SECONDS = 0.05  # before each block: the other side's threads stop spinning
 AGREEMENT = 1e-5
 INSTALL_HINT = "pip install onnx onnxruntime"
@@ -139,14 +143,14 @@ def run(quick: bool = False, images: np.ndarray | None = None,
     difference = float(np.abs(session.run(["probabilities"], {"X": check})[0] - model.predict_proba(check)).max())
     if not difference <= AGREEMENT:
         raise AssertionError(f"fastmlp and ONNX Runtime disagree by {difference:.3g} (more than {AGREEMENT:g})")
-    counts = QUICK_CALLS if quick else CALLS
+    counts, rounds = (QUICK_CALLS, QUICK_ROUNDS) if quick else (CALLS, ROUNDS)
     rows = []
     for batch in BATCHES:
         progress(f"batch {batch}")
         X = np.ascontiguousarray(X_all[:batch])
         feed = {"X": X}
         times = block_times({"fastmlp": partial(model.predict_proba, X),
-                             "onnxruntime": partial(session.run, ["probabilities"], feed)}, counts[batch])
+                             "onnxruntime": partial(session.run, ["probabilities"], feed)}, counts[batch], rounds)
         ratios = round_ratios(times, "onnxruntime", "fastmlp")
         rows.append({"batch": batch, "fastmlp_s": _pooled_median(times["fastmlp"]),
                      "onnxruntime_s": _pooled_median(times["onnxruntime"]),
