@@ -52,6 +52,9 @@ WIDE_COLUMNS = WIDE_VECTORS * TILE.vw
 # checked_panel_tile prefetches W's row this many rows ahead of the one it checks (8-32 measured alike, 2-3 %
 # off a layer-0 part at batch 64 on a Zen 3).
 CHECK_PREFETCH_ROWS = 16
+# A W this small is read straight even off cache lines: it stays in L1 across a call's tiles, where a split load
+# costs little (L1 is 32 KB and more on the x86-64 cores of the last decade).
+STRAIGHT_MAX_BYTES = 32 * 1024
 # Rows per block: every layer runs on a block before the next block starts, so a block's
 # activations (BLOCK_ROWS x the widest hidden layer) stay in L1/L2 between layers.
 BLOCK_ROWS = 8 * ROW_TILE
@@ -382,15 +385,23 @@ def rowmajor_layer_part_into(C, A, W, b, relu, r0, r1, p0, p1, check_finite):
     """C[r0:r1, panels p0:p1] = epilogue(A[r0:r1] @ W + b), epilogue ReLU if relu, read straight off W (K, N)
     row-major; overwrites those entries of C. `panels` as in the packed layout: columns p * PANEL_WIDTH up to
     (p + 1) * PANEL_WIDTH. The MR x NR row-major tile, rows outer and columns inner (a tile's rows of A stay
-    in L1 while W's columns stream from L2). The same bits as packed_layer_part_into. Returns False, at
-    once, if check_finite and a row of A[r0:r1] holds NaN or inf (each tile's rows checked just before)."""
+    in L1 while W's columns stream from L2). Rows short of a whole tile at the end: one by one through the
+    single-row tile where W fits in L1 (STRAIGHT_MAX_BYTES) and that takes fewer vector FMAs (a short MR x NR
+    tile does MR rows' work), else in one short MR x NR tile (which reads W's columns once for all of them,
+    and wastes fewer lanes on a narrow layer). The same bits as
+    packed_layer_part_into. Returns False, at once, if check_finite and a row of A[r0:r1] holds NaN or inf
+    (each tile's rows checked just before)."""
     require_c_contiguous(C, A, W, b)
     K, N = W.shape
     lda, ldc = A.strides[0] // 4, C.strides[0] // 4
     flag = np.int32(1 if relu else 0)
     c0, c1 = p0 * ROW_TILE_COLUMNS, min(N, p1 * ROW_TILE_COLUMNS)
-    for i0 in range(r0, r1, ROW_TILE):
-        rows = min(ROW_TILE, r1 - i0)
+    short = (r1 - r0) % ROW_TILE
+    single_row_fmas = short * ((c1 - c0 + WIDE_COLUMNS - 1) // WIDE_COLUMNS) * WIDE_VECTORS
+    short_tile_fmas = ((c1 - c0 + ROW_TILE_COLUMNS - 1) // ROW_TILE_COLUMNS) * ROW_TILE * TILE.nv
+    whole = r1 - short if W.size * 4 <= STRAIGHT_MAX_BYTES and single_row_fmas < short_tile_fmas else r1
+    for i0 in range(r0, whole, ROW_TILE):
+        rows = min(ROW_TILE, whole - i0)
         if check_finite and not rows_finite(A, i0, i0 + rows):
             return False
         a_off, c_off = i0 * lda, i0 * ldc
@@ -400,12 +411,17 @@ def rowmajor_layer_part_into(C, A, W, b, relu, r0, r1, p0, p1, check_finite):
                 _rows_tile(A, a_off, lda, W, col, N, K, C, c_off + col, ldc, rows, ncols, b, col, flag)
             else:
                 _rows_tile_masked(A, a_off, lda, W, col, N, K, C, c_off + col, ldc, rows, ncols, b, col, flag)
+    for r in range(whole, r1):
+        if check_finite and not rows_finite(A, r, r + 1):
+            return False
+        a_off, c_off = r * lda, r * ldc
+        for col in range(c0, c1, WIDE_COLUMNS):
+            ncols = min(WIDE_COLUMNS, c1 - col)
+            if ncols == WIDE_COLUMNS:
+                _wide_tile(A, a_off, lda, W, col, N, K, C, c_off + col, ldc, 1, ncols, b, col, flag)
+            else:
+                _wide_tile_masked(A, a_off, lda, W, col, N, K, C, c_off + col, ldc, 1, ncols, b, col, flag)
     return True
-
-
-# A W this small is read straight even off cache lines: it stays in L1 across a call's tiles, where a split load
-# costs little (L1 is 32 KB and more on the x86-64 cores of the last decade).
-STRAIGHT_MAX_BYTES = 32 * 1024
 
 
 @cached_njit

@@ -30,7 +30,7 @@ from ..runtime.aligned import aligned_zeros
 from ..runtime.barrier import atomic_add, atomic_load, atomic_store, barrier_wait, cpu_relax
 from ..runtime.jit import cached_njit
 from .elementwise import softmax_inplace
-from .packed import TILE_ROWS, panel_count
+from .packed import panel_count
 from .rowmajor import layer_part_into, rows_finite
 
 TICKET, STOP, ROWS, X_ADDRESS, OUT_ADDRESS, PARTS, AWAKE = 0, 8, 16, 17, 18, 19, 24
@@ -76,7 +76,7 @@ def forward_probs_part_into(hidden, out, X, weights, biases, packed, part, parts
     of weights[l], read where W's rows do not start on cache lines (rowmajor.layer_part_into: W read straight
     where they do, else the copy, checked against W as it is read and repacked where stale).
     Each layer is cut by W's panels where it has one for every part, so that a part reads (and keeps in its
-    core's cache) only its share of W, if W is large (PANEL_SPLIT_MIN_BYTES); else by whole row tiles. Then
+    core's cache) only its share of W, if W is large (PANEL_SPLIT_MIN_BYTES); else by rows, an even share. Then
     each part turns its share of the rows into probabilities. The parts meet at the barrier before a layer
     that reads rows other parts wrote, and at the end. Overwrites hidden, out, finite[part] (1 if X was
     finite in this part's share of the rows, else 0) and the thread's packed copies. Returns False once the
@@ -86,9 +86,9 @@ def forward_probs_part_into(hidden, out, X, weights, biases, packed, part, parts
     n = X.shape[0]
     L = len(weights)
     finite[part] = 1
-    tiles = (n + TILE_ROWS - 1) // TILE_ROWS
-    t0, t1 = _share(tiles, part, parts)
-    my_r0, my_r1 = min(n, t0 * TILE_ROWS), min(n, t1 * TILE_ROWS)  # this part's rows, where split by rows
+    # This part's rows, where split by rows: an even share (a short last tile of rows goes through the
+    # single-row tile, where W is small: rowmajor_layer_part_into).
+    my_r0, my_r1 = _share(n, part, parts)
     rows_ready = True  # every row of the previous layer's output this part reads is written
     for l in range(L):
         panels = panel_count(weights[l].shape[1])
