@@ -16,7 +16,7 @@ import numpy.typing as npt
 from numpy.lib import format as npy_format
 
 from .inputs import Features, FloatArray, Pixels, Seed, check_features, check_model, make_rng
-from .runtime.aligned import aligned_copy, aligned_zeros
+from .runtime.aligned import CACHE_LINE, aligned_copy, aligned_zeros
 from .runtime.atomic import atomic_write
 
 INITS = ("he", "normal")
@@ -77,6 +77,15 @@ class MLP:
             W = rng.standard_normal((fan_in, fan_out), dtype=np.float32) * np.float32(std)
             self.weights.append(aligned_copy(W))  # on a cache line: see fastmlp/runtime/aligned.py
             self.biases.append(aligned_zeros(fan_out))
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickling (pickle, joblib, a process pool): the arrays back on cache lines, as `__init__` makes them
+        (see fastmlp/runtime/aligned.py). Memory-mapped or read-only arrays (joblib's mmap_mode) are kept as
+        they come: a copy would undo what the caller asked for."""
+        self.__dict__.update(state)
+        for arrays in (getattr(self, "weights", None), getattr(self, "biases", None)):
+            if type(arrays) is list:
+                arrays[:] = [aligned_copy(a) if _plain_off_line(a) else a for a in arrays]
 
     @property
     def n_features(self) -> int:
@@ -301,6 +310,12 @@ def _check_path(path: object) -> Path:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     return Path(path)
+
+
+def _plain_off_line(a: object) -> bool:
+    """Whether a is a plain writable float32 C-contiguous in-memory array whose data does not start on a cache line."""
+    return (type(a) is np.ndarray and a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable
+            and a.ctypes.data % CACHE_LINE != 0)
 
 
 def _check_layer_sizes(layer_sizes: Any) -> tuple[int, ...]:

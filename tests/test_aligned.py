@@ -1,6 +1,8 @@
 """Arrays on cache lines (fastmlp.runtime.aligned): where the model, the packed buffers of training and the
 copies kept for inference put their data, so that a tile's vector loads never straddle two cache lines."""
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -46,3 +48,21 @@ def test_training_buffers_and_kept_copies_start_on_lines():
               *work.delta_panels, *work.acts, *work.deltas]
     assert all(starts_on_a_line(a) for a in arrays)
     assert starts_on_a_line(kept_packed(np.ones((30, 20), np.float32)))
+
+
+def test_an_unpickled_model_is_back_on_lines_but_a_memory_mapped_one_is_left_as_mapped(tmp_path):
+    joblib = pytest.importorskip("joblib")  # a dev dependency
+    model = MLP((784, 128, 64, 10), seed=1)
+    model.weights[0] = np.array(model.weights[0])  # NumPy's own placement: 16 bytes into a line, as large arrays go
+    for copy in (pickle.loads(pickle.dumps(model)), joblib.load(_dumped(joblib, model, tmp_path))):
+        assert all(starts_on_a_line(a) for a in copy.weights + copy.biases)
+        np.testing.assert_array_equal(copy.predict_proba(np.ones((3, 784), np.float32)),
+                                      model.predict_proba(np.ones((3, 784), np.float32)))
+    mapped = joblib.load(_dumped(joblib, model, tmp_path), mmap_mode="r")
+    assert all(isinstance(W, np.memmap) and not W.flags.writeable for W in mapped.weights)
+
+
+def _dumped(joblib, model, tmp_path):
+    path = tmp_path / "model.joblib"
+    joblib.dump(model, path)
+    return path

@@ -18,8 +18,8 @@ from fastmlp.kernels.reference import packed as pack_weights
 from fastmlp.kernels.rowmajor import (
     layer_part_into,
     on_cache_lines,
-    reads_straight,
     packed_layer_part_into,
+    reads_straight,
     rowmajor_forward_probs_into,
     rowmajor_layer_part_into,
     rowmajor_layer_rows,

@@ -46,7 +46,7 @@ def _aligned(shape: int | tuple[int, ...], dtype: npt.DTypeLike,
     return buffer[start : start + nbytes].view(dtype).reshape(shape)
 
 
-def aligned_copy(a: npt.ArrayLike, dtype: npt.DTypeLike = None) -> np.ndarray[Any, Any]:
+def aligned_copy(a: npt.ArrayLike, dtype: npt.DTypeLike | None = None) -> np.ndarray[Any, Any]:
     """A C-contiguous copy of a (converted to dtype, if given) whose data starts on a CACHE_LINE boundary."""
     a = np.asarray(a, dtype=dtype)
     copy = aligned_empty(a.shape, a.dtype)

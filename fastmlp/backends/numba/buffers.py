@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...inputs import FloatArray
-from ...runtime.aligned import aligned_zeros
 from ...kernels.packed import (
     PANEL_WIDTH,
     pack_weights_into,
@@ -24,6 +23,7 @@ from ...kernels.packed import (
     transpose_packed_into,
     unpack_weights_into,
 )
+from ...runtime.aligned import aligned_zeros
 
 if TYPE_CHECKING:
     from ...model import MLP
