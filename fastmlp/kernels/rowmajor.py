@@ -25,6 +25,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from ..runtime.aligned import CACHE_LINE
 from ..runtime.jit import cached_njit
 from . import simd_ir
 from .contiguity import require_c_contiguous
@@ -367,17 +368,14 @@ def checked_panel_rows(C, A, W, P, b, relu, r0, r1, p, k_lo, k_hi):
     return same != 0
 
 
-CACHE_LINE_BYTES = 64
-
-
 @cached_njit
 def on_cache_lines(W):
     """Whether every row of W (K, N) float32 C-contiguous starts on a cache line: W's data does, and a row is a
     whole number of them (N a multiple of 16). The NR columns a tile loads from a row (64 bytes with AVX2, 128
     with AVX-512) are then whole cache lines; W 16 bytes off (NumPy's own alignment of large arrays) spreads
-    each over one line more, and a tile reading W straight measured 1.3x slower so (64 rows, 784 x 64 on a
-    Zen 3): there the packed copy is faster."""
-    return W.ctypes.data % CACHE_LINE_BYTES == 0 and (W.shape[1] * 4) % CACHE_LINE_BYTES == 0
+    each over one line more, and a tile reading W straight measured 1.2x slower so (64 rows, 784 x 64 on a
+    Zen 3, on one thread and on two at once) than off the packed copy checked against W."""
+    return W.ctypes.data % CACHE_LINE == 0 and (W.shape[1] * 4) % CACHE_LINE == 0
 
 
 @cached_njit(nogil=True)

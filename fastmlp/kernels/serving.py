@@ -117,8 +117,7 @@ def forward_probs_part_into(hidden, out, X, weights, biases, packed, part, parts
             elif l == L - 1:
                 ok = layer_part_into(out, hidden[l - 1][:n], W, P, b, relu, r0, r1, p0, p1, False)
             else:
-                ok = layer_part_into(hidden[l][:n], hidden[l - 1][:n], W, P, b, relu, r0, r1, p0, p1,
-                                            False)
+                ok = layer_part_into(hidden[l][:n], hidden[l - 1][:n], W, P, b, relu, r0, r1, p0, p1, False)
             if not ok:
                 finite[part] = 0
         rows_ready = not by_panels
