@@ -103,7 +103,7 @@ def test_a_kept_packed_copy_is_checked_as_it_is_read_and_exactly_its_stale_panel
 
 def test_a_layer_part_read_straight_off_w_equals_the_packed_copys_bits_and_leaves_the_copy_alone():
     rng = np.random.default_rng(6)
-    K, N = 150, 4 * packed.PANEL_WIDTH  # rows of whole cache lines; W larger than L1 (STRAIGHT_MAX_BYTES)
+    K, N = 600, 4 * packed.PANEL_WIDTH  # rows of whole cache lines; W larger than L1 (STRAIGHT_MAX_BYTES) on any tile
     n = 2 * packed.TILE_ROWS + 5
     A = rng.standard_normal((n, K)).astype(np.float32)
     b = rng.standard_normal(N).astype(np.float32)
