@@ -25,6 +25,7 @@ The modules of this package, one concept each:
     simd_ir      the LLVM IR of those kernels' microkernels (update_ir: the update tiles')
     tiles        the tile shape per instruction set, and the one chosen for this CPU
     rowmajor     inference off the model's row-major weights, and off packed copies kept between calls
+    rowmajor_ir  the LLVM IR of rowmajor's tiles
     serving      inference on several threads at once: one call's parts, and the serving threads' loop
     reference    what each public kernel computes, in NumPy
     checked      the public kernels for Python callers, arguments checked
