@@ -38,7 +38,7 @@ WARMUP_CALLS = 3  # per side and block: compiles, allocates and fills the caches
 WARMUP_SECONDS = 0.05  # and untimed calls for this long, per side and block: the cores back from idle
 # Blocks per side and batch, alternating sides. Each round gives one ratio, and each block costs a pause and a
 # warm-up (~0.1 s); on a machine whose speed drifts from one tenth of a second to the next, the median of 8 rounds'
-# ratios moved 0.96-1.43x between runs of the same code at batch 64, of 24 rounds less (docs/guide/benchmarks.md).
+# ratios moved 1.02-1.43x in seven runs of the same code at batch 64, of 24 rounds less (docs/guide/benchmarks.md).
 ROUNDS = 24
 QUICK_ROUNDS = 4
 PAUSE_SECONDS = 0.05  # before each block: the other side's threads stop spinning
