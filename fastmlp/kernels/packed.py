@@ -304,6 +304,22 @@ _PANEL_GROUP_BYTES = 256 * 1024
 
 
 @cached_njit
+def _zigzag(g0, g1, i):
+    """The i-th panel of g0:g1 in the order update_part's tiles visit them: g0, g1 - 1, g0 + 1, g1 - 2, ...
+
+    In order g0, g0 + 1, ..., the tiles' loads step through memory by one panel (K x PANEL_WIDTH
+    floats) again and again, and a stride prefetcher (Zen 3's, at least) goes on to the panels
+    after g1 - 1: with W_0's panels cut between workers, the next worker's, which it is updating at
+    the same time, so that its stores must take those lines back. Zigzag, no two steps are the same
+    length. Two threads each updating half of W_0 at batch 64 (one Zen 3 core each, blocks of 20
+    calls alternating in one process): the slower thread 1.10-1.12x faster in three runs (the upper
+    half had run 10-50 % slower than the lower); at batch 1024 alike. Each panel's arithmetic is
+    the same in any order.
+    """
+    return g0 + i // 2 if i % 2 == 0 else g1 - 1 - i // 2
+
+
+@cached_njit
 def _first_column(k, K):
     """The first of the TILE_ROWS columns of A (rows of W) that the update tile of W's rows k.. reads.
 
@@ -365,7 +381,9 @@ def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule
                 _chunked_wgrad_tiles(P, V, A, lda, dZ, N, ldd, n, kr, k - kr, g0, min(g0 + group, p1), lr32, mu32, wd32,
                                      rule, carry)
                 continue
-            for p in range(g0, min(g0 + group, p1)):
+            g1 = min(g0 + group, p1)
+            for i in range(g1 - g0):
+                p = _zigzag(g0, g1, i)
                 ncols = min(PANEL_WIDTH, N - p * PANEL_WIDTH)
                 d_off = _panel_offset(dZ, p)
                 if adam:
@@ -397,7 +415,8 @@ def _chunked_wgrad_tiles(P, V, A, lda, dZ, N, ldd, n, kr, lo, g0, g1, lr32, mu32
     for r0 in range(0, n, SUM_CHUNK_ROWS):
         r1 = min(n, r0 + SUM_CHUNK_ROWS)
         chunk = (RESUME_SUM if r0 > 0 else 0) | (KEEP_SUM if r1 < n else 0)
-        for p in range(g0, g1):
+        for i in range(g1 - g0):
+            p = _zigzag(g0, g1, i)
             ncols = min(PANEL_WIDTH, N - p * PANEL_WIDTH)
             w_off = p * K * PANEL_WIDTH + kr * PANEL_WIDTH
             d_off = _panel_offset(dZ, p)
