@@ -88,11 +88,11 @@ def upper_updates_phase(reps, packed, transposed, acts, delta_panels, nb):
 
 
 @njit(cache=True)
-def bias_phase(reps, biases, deltas, db, nb):
+def bias_phase(reps, biases, delta_panels, db, nb):
     for _ in range(reps):
         for l in range(len(biases)):
-            bias_step(biases[l], biases[l], biases[l], deltas[l], db[l], nb, 0, biases[l].shape[0], LR, 0.0, PLAIN_SGD,
-                      0.0, 0.0, 0.0, 0.0)
+            bias_step(biases[l], biases[l], biases[l], delta_panels[l], db[l], nb, 0, biases[l].shape[0], LR, 0.0,
+                      PLAIN_SGD, 0.0, 0.0, 0.0, 0.0)
 
 
 def phase_calls(model, pixels, y, nb):
@@ -119,7 +119,7 @@ def phase_calls(model, pixels, y, nb):
         "upper updates": (lambda r: upper_updates_phase(r, packed.weights, packed.transposed, ws.acts,
                                                         ws.delta_panels, nb),
                           2 * nb * upper),
-        "biases": (lambda r: bias_phase(r, biases, ws.deltas, ws.db, nb), 0),
+        "biases": (lambda r: bias_phase(r, biases, ws.delta_panels, ws.db, nb), 0),
     }
 
 

@@ -221,6 +221,29 @@ def test_dz_in_column_panels_updates_to_the_same_bits_as_dz_row_major(rule):
         np.testing.assert_array_equal(panels, row_major)
 
 
+@pytest.mark.parametrize("n", [0, 1, 7, 64, 300])
+@pytest.mark.parametrize("c0, c1", [(0, 2 * PANEL_WIDTH + 5), (3, PANEL_WIDTH - 1), (PANEL_WIDTH, 2 * PANEL_WIDTH + 5),
+                                    (PANEL_WIDTH - 2, PANEL_WIDTH + 2), (4, 4)])
+def test_column_sums_of_panels_are_a_row_by_row_float32_sum_and_touch_only_their_columns(n, c0, c1):
+    # The bias gradient of the numba backend's step: each column summed from row 0 down in float32, as the
+    # scalar loop before it (the same bits whatever the vector width), into out[c0:c1] alone.
+    from fastmlp.kernels.panel_sums import panel_column_sums_into
+
+    rng = np.random.default_rng(n + 7 * c0)
+    N = 2 * PANEL_WIDTH + 5  # a partial last panel
+    dZ = f32(rng, n, N) * np.float32(1e3) ** rng.integers(-2, 3, (n, N)).astype(np.float32)  # sums that round
+    DP = np.zeros((kernels.panel_count(N), n + 4, PANEL_WIDTH), dtype=np.float32)
+    DP[:, n:] = 9.0  # rows past n: never summed
+    kernels.packed.panels_from_rows_into(DP, dZ, 0, n)
+    expected = np.zeros(N, dtype=np.float32)
+    for row in dZ:
+        expected += row
+    out = np.full(N, -1.0, dtype=np.float32)
+    panel_column_sums_into(out, DP, n, c0, c1)
+    np.testing.assert_array_equal(out[c0:c1], expected[c0:c1])
+    assert (out[:c0] == -1.0).all() and (out[c1:] == -1.0).all()
+
+
 def test_a_batch_too_long_for_l2_updates_panel_by_panel_to_the_same_result():
     # Past 256 KB of dZ's panel columns, update_part takes W's panels in groups (one, here):
     # another order of the tiles, the same arithmetic for each entry.

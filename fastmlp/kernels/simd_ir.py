@@ -265,3 +265,61 @@ def _clamp_row(builder, m, rows):
     m = ir.Constant(I64, m) if isinstance(m, int) else m
     last = builder.sub(rows, ir.Constant(I64, 1))
     return builder.select(builder.icmp_signed("<", m, rows), m, last)
+
+
+def column_sums(module, vw, nv):
+    """The LLVM function summing the columns of a panel of nv * vw floats a row (a panel of dZ in the layout of
+    packed.panels_from_rows_into), and copying some of the sums out.
+
+    void (float* d, i64 rows, float* out, i64 first, i64 count)
+    d: the panel's first row; the sums of its `rows` rows are nv vector registers, each lane summing its
+    column from row 0 down in float32 adds (the order of a scalar loop: the same bits), written to the
+    stack; out[0:count] = sums[first:first + count]. Declared once per module and shape.
+    """
+    name = f"fastmlp_column_sums_{vw}x{nv}"
+    if name in module.globals:
+        return module.globals[name]
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, I64, PTR, I64, I64]), name)
+    fn.linkage = "internal"
+    d, rows, out, first, count = fn.args
+    vec = _Vectors(module, vw)
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    sums_on_stack = builder.alloca(ir.ArrayType(F32, nv * vw))
+
+    # Rows loop: the accumulators are phi values (registers), one add per vector per row.
+    entry = builder.block
+    header, body, done = (fn.append_basic_block(name) for name in ("rows", "row", "summed"))
+    builder.branch(header)
+    builder.position_at_end(header)
+    i = builder.phi(I64, "i")
+    i.add_incoming(ir.Constant(I64, 0), entry)
+    accs = [builder.phi(vec.vt, f"sum{v}") for v in range(nv)]
+    for acc in accs:
+        acc.add_incoming(vec.zero, entry)
+    builder.cbranch(builder.icmp_signed("<", i, rows), body, done)
+    builder.position_at_end(body)
+    row = builder.gep(d, [builder.mul(i, ir.Constant(I64, nv * vw))])
+    for v, acc in enumerate(accs):
+        acc.add_incoming(builder.fadd(acc, vec.load(builder, builder.gep(row, [ir.Constant(I64, v * vw)]))), body)
+    i.add_incoming(builder.add(i, ir.Constant(I64, 1)), body)
+    builder.branch(header)
+
+    builder.position_at_end(done)
+    sums = builder.bitcast(sums_on_stack, PTR)
+    for v, acc in enumerate(accs):
+        vec.store(builder, acc, builder.gep(sums, [ir.Constant(I64, v * vw)]))
+    # out[0:count] = sums[first:first + count]
+    copy_entry = builder.block
+    copy_header, copy_body, copy_done = (fn.append_basic_block(name) for name in ("copy", "copy_one", "copied"))
+    builder.branch(copy_header)
+    builder.position_at_end(copy_header)
+    j = builder.phi(I64, "j")
+    j.add_incoming(ir.Constant(I64, 0), copy_entry)
+    builder.cbranch(builder.icmp_signed("<", j, count), copy_body, copy_done)
+    builder.position_at_end(copy_body)
+    builder.store(builder.load(builder.gep(sums, [builder.add(first, j)])), builder.gep(out, [j]))
+    j.add_incoming(builder.add(j, ir.Constant(I64, 1)), copy_body)
+    builder.branch(copy_header)
+    builder.position_at_end(copy_done)
+    builder.ret_void()
+    return fn

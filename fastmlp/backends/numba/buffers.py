@@ -116,5 +116,5 @@ class _Workspace:
                           for l, size in enumerate(layer_sizes[1:]))
         # The hidden deltas need their own buffers because the ReLU mask still reads acts.
         self.deltas = tuple(aligned_zeros((rows, size)) for size in layer_sizes[1:-1]) + (self.acts[-1],)
-        self.db = tuple(np.zeros(size, dtype=np.float32) for size in layer_sizes[1:])
+        self.db = tuple(aligned_zeros(size) for size in layer_sizes[1:])  # a worker's share: few lines shared
         self.labels = np.zeros(rows, dtype=np.int64)

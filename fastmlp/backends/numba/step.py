@@ -83,6 +83,7 @@ from ...kernels.packed import (
     transpose_packed_into,
     update_part,
 )
+from ...kernels.panel_sums import panel_column_sums_into
 from ...optim import SMALLEST_NORMAL
 from ...runtime.barrier import barrier_wait
 from ...runtime.jit import cached_njit
@@ -141,14 +142,10 @@ def adam_bias_update(b, mb, sb, g, lr, beta1, beta2, eps, bc1, bc2):
 
 
 @cached_njit
-def bias_step(b, vb, sb, dZ, db, nb, c0, c1, lr, momentum, rule, beta2, eps, bc1, bc2):
-    """db[c0:c1] = column sums of dZ[:nb, c0:c1]; then entries c0:c1 of b (and vb, sb) updated by rule;
-    overwrites them and db."""
-    for j in range(c0, c1):
-        db[j] = 0.0
-    for i in range(nb):
-        for j in range(c0, c1):
-            db[j] += dZ[i, j]
+def bias_step(b, vb, sb, dZ_panels, db, nb, c0, c1, lr, momentum, rule, beta2, eps, bc1, bc2):
+    """db[c0:c1] = column sums of dZ[:nb, c0:c1], read from dZ in column panels (dZ_panels); then entries
+    c0:c1 of b (and vb, sb) updated by rule; overwrites them and db."""
+    panel_column_sums_into(db, dZ_panels, nb, c0, c1)
     if rule == PLAIN_SGD:
         sgd_update_inplace(b[c0:c1], db[c0:c1], lr)
     elif rule == ADAM or rule == ADAMW:
@@ -173,7 +170,7 @@ def layer0_columns(t, workers, panels, n):
 
 
 @cached_njit
-def update_worker_part(t, workers, by_rows, packed, transposed, velocity_w, biases, velocity_b, x, acts, deltas, db,
+def update_worker_part(t, workers, by_rows, packed, transposed, velocity_w, biases, velocity_b, x, acts, db,
                        nb, lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, bc1, bc2, delta_panels):
     """Phase C of a step, worker t's share (see the module doc): parts of each W_l (and W_l.T), of each bias.
 
@@ -208,18 +205,18 @@ def update_worker_part(t, workers, by_rows, packed, transposed, velocity_w, bias
             update_part(P, velocity_w[l], A, delta_panels[l], nb, k0, k1, 0, P.shape[0], lr, momentum, weight_decay,
                         rule, second_w[l], beta2, eps, bc1, bc2)
             transpose_packed_into(transposed[l], P, k0, k1)
-        bias_step(biases[l], velocity_b[l], second_b[l], deltas[l], db[l], nb, c0, c1, lr, momentum, rule, beta2, eps,
-                  bc1, bc2)
+        bias_step(biases[l], velocity_b[l], second_b[l], delta_panels[l], db[l], nb, c0, c1, lr, momentum, rule, beta2,
+                  eps, bc1, bc2)
 
 
 @cached_njit
-def updates(t, workers, by_rows, packed, transposed, velocity_w, biases, velocity_b, x, acts, deltas, db, nb, lr,
+def updates(t, workers, by_rows, packed, transposed, velocity_w, biases, velocity_b, x, acts, db, nb, lr,
             momentum, weight_decay, rule, second_w, second_b, beta2, eps, step, delta_panels):
     """`update_worker_part` for Adam's step count `step` (its bias corrections; unused by SGD)."""
     bc1 = bc2 = 0.0
     if rule == ADAM or rule == ADAMW:
         bc1, bc2 = adam_corrections(momentum, beta2, step)
-    update_worker_part(t, workers, by_rows, packed, transposed, velocity_w, biases, velocity_b, x, acts, deltas, db,
+    update_worker_part(t, workers, by_rows, packed, transposed, velocity_w, biases, velocity_b, x, acts, db,
                        nb, lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, np.float32(bc1),
                        np.float32(bc2), delta_panels)
 
@@ -265,7 +262,7 @@ def step_worker(t, workers, barrier, packed, transposed, velocity_w, biases, vel
                                 delta_panels)
     if not ok or not barrier_wait(barrier, workers):
         return 0.0, False
-    updates(t, workers, by_rows, packed, transposed, velocity_w, biases, velocity_b, x, acts, deltas, db, nb, lr,
+    updates(t, workers, by_rows, packed, transposed, velocity_w, biases, velocity_b, x, acts, db, nb, lr,
             momentum, weight_decay, rule, second_w, second_b, beta2, eps, step, delta_panels)
     return loss, True
 
@@ -320,7 +317,7 @@ def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, bi
                 prefetch_rows_to_l2(X, order[after + a0 : after + a1])
         if not barrier_wait(barrier, workers):
             break
-        updates(t, workers, by_rows, packed, transposed, velocity_w, biases, velocity_b, x, acts, deltas, db, nb, lr,
+        updates(t, workers, by_rows, packed, transposed, velocity_w, biases, velocity_b, x, acts, db, nb, lr,
                 momentum, weight_decay, rule, second_w, second_b, beta2, eps, first_step + s, delta_panels)
         if following < n:  # phase B of this step has read the labels: the next batch's can replace them
             gather_part(t, workers, x, labels, X, scale, y, order, following, min(batch_size, n - following), False,
