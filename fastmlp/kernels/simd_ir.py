@@ -267,6 +267,29 @@ def _clamp_row(builder, m, rows):
     return builder.select(builder.icmp_signed("<", m, rows), m, last)
 
 
+def _counted_loop(builder, fn, count, initial, body, name):
+    """for i in range(count): values = body(builder, i, values), from values = initial (a list of LLVM
+    values, carried as phi values: registers); returns them after the loop, the builder after it."""
+    entry = builder.block
+    header, block, done = (fn.append_basic_block(f"{name}_{part}") for part in ("loop", "body", "done"))
+    builder.branch(header)
+    builder.position_at_end(header)
+    i = builder.phi(I64, name)
+    i.add_incoming(ir.Constant(I64, 0), entry)
+    carried = [builder.phi(value.type) for value in initial]
+    for phi, value in zip(carried, initial):
+        phi.add_incoming(value, entry)
+    builder.cbranch(builder.icmp_signed("<", i, count), block, done)
+    builder.position_at_end(block)
+    new = body(builder, i, carried)
+    for phi, value in zip(carried, new):
+        phi.add_incoming(value, builder.block)
+    i.add_incoming(builder.add(i, ir.Constant(I64, 1)), builder.block)
+    builder.branch(header)
+    builder.position_at_end(done)
+    return carried
+
+
 def column_sums(module, vw, nv):
     """The LLVM function summing the columns of a panel of nv * vw floats a row (a panel of dZ in the layout of
     packed.panels_from_rows_into), and copying some of the sums out.
@@ -284,42 +307,21 @@ def column_sums(module, vw, nv):
     d, rows, out, first, count = fn.args
     vec = _Vectors(module, vw)
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
-    sums_on_stack = builder.alloca(ir.ArrayType(F32, nv * vw))
+    sums = builder.bitcast(builder.alloca(ir.ArrayType(F32, nv * vw)), PTR)
 
-    # Rows loop: the accumulators are phi values (registers), one add per vector per row.
-    entry = builder.block
-    header, body, done = (fn.append_basic_block(name) for name in ("rows", "row", "summed"))
-    builder.branch(header)
-    builder.position_at_end(header)
-    i = builder.phi(I64, "i")
-    i.add_incoming(ir.Constant(I64, 0), entry)
-    accs = [builder.phi(vec.vt, f"sum{v}") for v in range(nv)]
-    for acc in accs:
-        acc.add_incoming(vec.zero, entry)
-    builder.cbranch(builder.icmp_signed("<", i, rows), body, done)
-    builder.position_at_end(body)
-    row = builder.gep(d, [builder.mul(i, ir.Constant(I64, nv * vw))])
-    for v, acc in enumerate(accs):
-        acc.add_incoming(builder.fadd(acc, vec.load(builder, builder.gep(row, [ir.Constant(I64, v * vw)]))), body)
-    i.add_incoming(builder.add(i, ir.Constant(I64, 1)), body)
-    builder.branch(header)
+    def add_row(builder, i, accs):  # one add per vector per row
+        row = builder.gep(d, [builder.mul(i, ir.Constant(I64, nv * vw))])
+        return [builder.fadd(acc, vec.load(builder, builder.gep(row, [ir.Constant(I64, v * vw)])))
+                for v, acc in enumerate(accs)]
 
-    builder.position_at_end(done)
-    sums = builder.bitcast(sums_on_stack, PTR)
+    accs = _counted_loop(builder, fn, rows, [vec.zero] * nv, add_row, "row")
     for v, acc in enumerate(accs):
         vec.store(builder, acc, builder.gep(sums, [ir.Constant(I64, v * vw)]))
-    # out[0:count] = sums[first:first + count]
-    copy_entry = builder.block
-    copy_header, copy_body, copy_done = (fn.append_basic_block(name) for name in ("copy", "copy_one", "copied"))
-    builder.branch(copy_header)
-    builder.position_at_end(copy_header)
-    j = builder.phi(I64, "j")
-    j.add_incoming(ir.Constant(I64, 0), copy_entry)
-    builder.cbranch(builder.icmp_signed("<", j, count), copy_body, copy_done)
-    builder.position_at_end(copy_body)
-    builder.store(builder.load(builder.gep(sums, [builder.add(first, j)])), builder.gep(out, [j]))
-    j.add_incoming(builder.add(j, ir.Constant(I64, 1)), copy_body)
-    builder.branch(copy_header)
-    builder.position_at_end(copy_done)
+
+    def copy_one(builder, j, _):  # out[j] = sums[first + j]
+        builder.store(builder.load(builder.gep(sums, [builder.add(first, j)])), builder.gep(out, [j]))
+        return []
+
+    _counted_loop(builder, fn, count, [], copy_one, "copy")
     builder.ret_void()
     return fn
