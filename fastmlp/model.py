@@ -16,7 +16,7 @@ import numpy.typing as npt
 from numpy.lib import format as npy_format
 
 from .inputs import Features, FloatArray, Pixels, Seed, check_features, check_model, make_rng
-from .runtime.aligned import CACHE_LINE, aligned_copy, aligned_zeros
+from .runtime.aligned import aligned_copy, aligned_zeros, on_cache_line
 from .runtime.atomic import atomic_write
 
 INITS = ("he", "normal")
@@ -315,7 +315,7 @@ def _check_path(path: object) -> Path:
 def _plain_off_line(a: object) -> bool:
     """Whether a is a plain writable float32 C-contiguous in-memory array whose data does not start on a cache line."""
     return (type(a) is np.ndarray and a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable
-            and a.ctypes.data % CACHE_LINE != 0)
+            and not on_cache_line(a))
 
 
 def _check_layer_sizes(layer_sizes: Any) -> tuple[int, ...]:

@@ -33,6 +33,7 @@ from .packed import (
     BIAS_RELU,
     PANEL_WIDTH,
     TILE_ROWS,
+    _data,  # an intrinsic's pointer to an array's element, as packed's tiles take it
     forward_part,
     pack_panel_into,
     pack_weights_into,
@@ -52,11 +53,6 @@ STRAIGHT_MAX_BYTES = 32 * 1024
 # Rows per block: every layer runs on a block before the next block starts, so a block's
 # activations (BLOCK_ROWS x the widest hidden layer) stay in L1/L2 between layers.
 BLOCK_ROWS = 8 * ROW_TILE
-
-
-def _data(context, builder, array_type, array, offset):
-    """Pointer to element `offset` (in floats) of the array's flat data."""
-    return builder.gep(context.make_array(array_type)(context, builder, array).data, [offset])
 
 
 def _tile_intrinsic(mr, nv, masked):

@@ -114,6 +114,29 @@ class _Vectors:
         builder.call(self._store, [value, builder.bitcast(ptr, self.vt.as_pointer()), ir.Constant(I32, 4), mask])
 
 
+def _counted_loop(builder, fn, count, initial, body, name):
+    """for i in range(count): values = body(builder, i, values), from values = initial (a list of LLVM
+    values, carried as phi values: registers); returns them after the loop, the builder after it."""
+    entry = builder.block
+    header, block, done = (fn.append_basic_block(f"{name}_{part}") for part in ("loop", "body", "done"))
+    builder.branch(header)
+    builder.position_at_end(header)
+    i = builder.phi(I64, name)
+    i.add_incoming(ir.Constant(I64, 0), entry)
+    carried = [builder.phi(value.type) for value in initial]
+    for phi, value in zip(carried, initial):
+        phi.add_incoming(value, entry)
+    builder.cbranch(builder.icmp_signed("<", i, count), block, done)
+    builder.position_at_end(block)
+    new = body(builder, i, carried)
+    for phi, value in zip(carried, new):
+        phi.add_incoming(value, builder.block)
+    i.add_incoming(builder.add(i, ir.Constant(I64, 1)), builder.block)
+    builder.branch(header)
+    builder.position_at_end(done)
+    return carried
+
+
 def _tile_loop(builder, fn, trip_count, rows, nv, vec, load_b, load_a, also=None, initial=None):
     """The k loop of a tile: returns the rows x nv accumulators after `trip_count` iterations.
 
@@ -123,38 +146,20 @@ def _tile_loop(builder, fn, trip_count, rows, nv, vec, load_b, load_a, also=None
     the builder in the block where the iteration goes on). initial[m][v], if given, are the
     accumulators' values before the first iteration (zeros otherwise).
     """
-    entry = builder.block
-    header = fn.append_basic_block("k_loop")
-    body = fn.append_basic_block("k_body")
-    done = fn.append_basic_block("k_done")
-    builder.branch(header)
+    start = [vec.zero if initial is None else initial[m][v] for m in range(rows) for v in range(nv)]
 
-    builder.position_at_end(header)
-    k = builder.phi(I64, "k")
-    k.add_incoming(ir.Constant(I64, 0), entry)
-    accs = [[builder.phi(vec.vt, f"acc{m}_{v}") for v in range(nv)] for m in range(rows)]
-    for m, row in enumerate(accs):
-        for v, acc in enumerate(row):
-            acc.add_incoming(vec.zero if initial is None else initial[m][v], entry)
-    builder.cbranch(builder.icmp_signed("<", k, trip_count), body, done)
+    def fmas(builder, k, accs):  # accs: row m's vector v at m * nv + v
+        if also is not None:
+            also(builder, k)
+        b = load_b(builder, k)
+        new = []
+        for m in range(rows):
+            a = _splat(builder, load_a(builder, k, m), vec.vw)
+            new += [builder.call(vec.fma, [a, b[v], accs[m * nv + v]]) for v in range(nv)]
+        return new
 
-    builder.position_at_end(body)
-    if also is not None:
-        also(builder, k)
-    b = load_b(builder, k)
-    new = []
-    for m in range(rows):
-        a = _splat(builder, load_a(builder, k, m), vec.vw)
-        new.append([builder.call(vec.fma, [a, b[v], accs[m][v]]) for v in range(nv)])
-    k_next = builder.add(k, ir.Constant(I64, 1))
-    k.add_incoming(k_next, builder.block)
-    for m in range(rows):
-        for v in range(nv):
-            accs[m][v].add_incoming(new[m][v], builder.block)
-    builder.branch(header)
-
-    builder.position_at_end(done)
-    return accs
+    accs = _counted_loop(builder, fn, trip_count, start, fmas, "k")
+    return [accs[m * nv:(m + 1) * nv] for m in range(rows)]
 
 
 def forward_tile(module, tile):
@@ -265,29 +270,6 @@ def _clamp_row(builder, m, rows):
     m = ir.Constant(I64, m) if isinstance(m, int) else m
     last = builder.sub(rows, ir.Constant(I64, 1))
     return builder.select(builder.icmp_signed("<", m, rows), m, last)
-
-
-def _counted_loop(builder, fn, count, initial, body, name):
-    """for i in range(count): values = body(builder, i, values), from values = initial (a list of LLVM
-    values, carried as phi values: registers); returns them after the loop, the builder after it."""
-    entry = builder.block
-    header, block, done = (fn.append_basic_block(f"{name}_{part}") for part in ("loop", "body", "done"))
-    builder.branch(header)
-    builder.position_at_end(header)
-    i = builder.phi(I64, name)
-    i.add_incoming(ir.Constant(I64, 0), entry)
-    carried = [builder.phi(value.type) for value in initial]
-    for phi, value in zip(carried, initial):
-        phi.add_incoming(value, entry)
-    builder.cbranch(builder.icmp_signed("<", i, count), block, done)
-    builder.position_at_end(block)
-    new = body(builder, i, carried)
-    for phi, value in zip(carried, new):
-        phi.add_incoming(value, builder.block)
-    i.add_incoming(builder.add(i, ir.Constant(I64, 1)), builder.block)
-    builder.branch(header)
-    builder.position_at_end(done)
-    return carried
 
 
 def column_sums(module, vw, nv):

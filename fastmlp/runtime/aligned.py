@@ -8,6 +8,7 @@ bytes is a multiple of it (the packed layout's rows always are).
     aligned_empty(shape, dtype)   uninitialised, like np.empty
     aligned_zeros(shape, dtype)   zeros, like np.zeros
     aligned_copy(a)               a C-contiguous copy of a
+    on_cache_line(a)              whether a's data starts on a line
 
 Each is a view of a slightly larger uint8 buffer, which it keeps alive; it is C-contiguous, writable
 and owns nothing else, so it pickles, saves and copies like any array.
@@ -44,6 +45,12 @@ def _aligned(shape: int | tuple[int, ...], dtype: npt.DTypeLike,
     buffer = allocate(nbytes + CACHE_LINE, dtype=np.uint8)
     start = -buffer.ctypes.data % CACHE_LINE
     return buffer[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def on_cache_line(a: np.ndarray[Any, Any]) -> bool:
+    """Whether a's data starts on a CACHE_LINE boundary (kernels.rowmajor.on_cache_lines: the same test in
+    nopython code, for every row of W)."""
+    return a.ctypes.data % CACHE_LINE == 0
 
 
 def aligned_copy(a: npt.ArrayLike, dtype: npt.DTypeLike | None = None) -> np.ndarray[Any, Any]:
