@@ -95,9 +95,27 @@ def wgrad_tile(module, tile):
             with plain_rule:
                 _for_rows(builder, fn, first, len(accs), lo, hi, lambda b, m, row: update_row(b, m, row, False))
 
+    # The rule's packed rows of W (and V) fetched into L1 now, so that the epilogue after the n-row loop
+    # does not wait for them; only in a call that applies the rule (no KEEP_SUM).
+    applies_rule = builder.icmp_unsigned("==", builder.and_(chunk, ir.Constant(I32, KEEP_SUM)), ir.Constant(I32, 0))
+    with builder.if_then(applies_rule):
+        _prefetch_rows(builder, w, tile)
+        with builder.if_then(uses_velocity):
+            _prefetch_rows(builder, vel, tile)
     _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, update_rows, carry=(carry, chunk))
     builder.ret_void()
     return fn
+
+
+def _prefetch_rows(builder, first_row, tile):
+    """Emit prefetches (for writing, into L1) of the cache lines of the MR packed rows from first_row (NR floats each).
+    A prefetch never faults, so rows past an array's end (a W of fewer than MR rows) are harmless."""
+    i8p = ir.IntType(8).as_pointer()
+    prefetch = _intrinsic(builder.module, "llvm.prefetch.p0", ir.VoidType(), [i8p, I32, I32, I32])
+    floats_per_line = 16
+    for offset in range(0, tile.mr * tile.nr, floats_per_line):
+        line = builder.bitcast(builder.gep(first_row, [ir.Constant(I64, offset)]), i8p)
+        builder.call(prefetch, [line, ir.Constant(I32, 1), ir.Constant(I32, 3), ir.Constant(I32, 1)])
 
 
 # wgrad_tile's `chunk` bits: start from the accumulators in `carry`; leave them there (the rule not applied).
