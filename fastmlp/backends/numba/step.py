@@ -16,7 +16,9 @@ Buffers, per (layer sizes, batch size, workers), made once and kept on the backe
                                       the logits with their gradient)
     delta_panels[l] (panels of W_l, batch, NR)  dZ_l again, in column panels (packed.panels_from_rows_into,
                                       by phase B): the update's tiles read a panel of it front to back,
-                                      where in dZ_l each row of the batch is another cache line
+                                      where in dZ_l each row of the batch is another cache line. A
+                                      training step writes dZ_0 only here (straight from the backward
+                                      tile: nothing else reads it) and leaves deltas[0] alone
 
 A step on `workers` threads, worker t of them. Layer 0 holds most of the work (784 x 128 of the
 default net's 110 thousand weights), so how it is split decides how many workers a step can use;
@@ -79,6 +81,7 @@ from ...kernels.packed import (
     RELU_MASK,
     adam_corrections,
     forward_part,
+    forward_part_into_panels,
     panels_from_rows_into,
     transpose_packed_into,
     update_part,
@@ -113,12 +116,26 @@ def forward_rows(packed, biases, x, acts, first, r0, r1):
 
 
 @cached_njit
-def backward_rows(transposed, acts, deltas, r0, r1):
-    """dZ_{l-1} = (dZ_l @ W_l.T) * (A_{l-1} > 0) for rows r0:r1, from the top layer down;
-    overwrites those rows of deltas[:-1]."""
-    for l in range(len(transposed) - 1, 0, -1):
+def backward_rows(transposed, acts, deltas, r0, r1, lowest=1):
+    """dZ_{l-1} = (dZ_l @ W_l.T) * (A_{l-1} > 0) for rows r0:r1, for l from the top layer down to lowest;
+    overwrites those rows of deltas[lowest - 1:-1]."""
+    for l in range(len(transposed) - 1, lowest - 1, -1):
         forward_part(deltas[l - 1], deltas[l], transposed[l], acts[l - 1][0], acts[l - 1], RELU_MASK, r0, r1, 0,
                      transposed[l].shape[0])
+
+
+@cached_njit
+def backward_rows_into_panels(transposed, acts, deltas, delta_panels, r0, r1):
+    """backward_rows for rows r0:r1, each dZ_l also in column panels for the updates: dZ_0 written straight
+    into delta_panels[0] (the training step reads it nowhere else), the others copied from deltas.
+    Overwrites those rows of deltas[1:] and of delta_panels."""
+    L = len(transposed)
+    backward_rows(transposed, acts, deltas, r0, r1, 2)
+    if L > 1:
+        forward_part_into_panels(delta_panels[0], deltas[0].shape[1], deltas[1], transposed[1], acts[0][0], acts[0],
+                                 RELU_MASK, r0, r1, 0, transposed[1].shape[0])
+    for l in range(1 if L > 1 else 0, L):
+        panels_from_rows_into(delta_panels[l], deltas[l], r0, r1)
 
 
 @cached_njit
@@ -239,9 +256,7 @@ def forward_backward(t, workers, by_rows, barrier, packed, transposed, biases, x
     r0, r1 = part_of(t, nb, workers)
     forward_rows(packed, biases, x, acts, 1 if not by_rows else 0, r0, r1)
     loss = softmax_xent_backward_rows_inplace(acts[L - 1][r0:r1], labels[r0:r1], nb)
-    backward_rows(transposed, acts, deltas, r0, r1)
-    for l in range(L):
-        panels_from_rows_into(delta_panels[l], deltas[l], r0, r1)
+    backward_rows_into_panels(transposed, acts, deltas, delta_panels, r0, r1)
     return loss, True
 
 
