@@ -10,8 +10,9 @@ round (the machine drifts, so each column is a median over rounds of the same or
   ReLU), the upper layers (forward, softmax + cross-entropy, backward to dZ_0, and each dZ_l
   copied in column panels), the layer-0 update (the weight-gradient tile fused with SGD), the
   upper layers' updates (with W.T repacked) and the biases; each as microseconds per step and,
-  for the products, GFLOP/s and the fraction of one core's FMA peak (fastmlp.bench.fma_peak,
-  measured once at the start);
+  for the products, GFLOP/s and the fraction of one core's FMA peak (fastmlp.bench.fma_peak),
+  the peak measured again in every round and each fraction the median over rounds of the phase's
+  rate over that round's peak (measured once at the start, a slow moment put phases above 100 %);
 - whole epochs through `Backend.train_epoch`, on one worker and on the default number, as
   samples/s: what the step's phases add up to, and what the workers' barriers and split cost.
 A tool to read, not an asv suite.
@@ -26,7 +27,7 @@ from numba import njit
 from fastmlp import MLP
 from fastmlp.backends.numba.backend import Backend
 from fastmlp.backends.numba.buffers import _Packed, _Workspace
-from fastmlp.backends.numba.step import backward_rows, bias_step, forward_rows
+from fastmlp.backends.numba.step import backward_rows_into_panels, bias_step, forward_rows
 from fastmlp.backends.numba.threads import epoch_workers, training_threads
 from fastmlp.bench.fma_peak import CHAINS, VECTOR_WIDTH, cpu_model_name, measure_fma_peak
 from fastmlp.datasets import load_mnist
@@ -35,7 +36,6 @@ from fastmlp.kernels.packed import (
     BIAS_RELU,
     PLAIN_SGD,
     forward_part,
-    panels_from_rows_into,
     transpose_packed_into,
     update_part,
 )
@@ -64,9 +64,7 @@ def upper_layers_phase(reps, packed, transposed, biases, x, acts, deltas, labels
     for _ in range(reps):
         forward_rows(packed, biases, x, acts, 1, 0, nb)
         softmax_xent_backward_rows_inplace(acts[L - 1][:nb], labels[:nb], nb)
-        backward_rows(transposed, acts, deltas, 0, nb)
-        for l in range(L):  # each dZ_l as its update reads it
-            panels_from_rows_into(delta_panels[l], deltas[l], 0, nb)
+        backward_rows_into_panels(transposed, acts, deltas, delta_panels, 0, nb)  # each dZ_l as its update reads it
 
 
 @njit(cache=True)
@@ -123,8 +121,13 @@ def phase_calls(model, pixels, y, nb):
     }
 
 
+# Each round's FMA peak: a shorter measurement than the bench's (0.05 s, best of 3), taken beside the phases.
+PEAK_SECONDS, PEAK_REPEATS = 0.05, 3
+
+
 def profile(pixels, y, batch_size, rounds, layer_sizes=LAYER_SIZES):
-    """{name: median seconds per step (phases) or per epoch (epochs)} and the phases' FLOPs."""
+    """({name: median seconds per step (phases) or per epoch (epochs)}, the phases' FLOPs,
+    {phase: median over rounds of its GFLOP/s over the round's one-core FMA peak}, the rounds' peaks)."""
     model = MLP(layer_sizes, seed=0)
     calls = phase_calls(model, pixels, y, batch_size)
     reps = max(20, 200_000 // batch_size)
@@ -134,7 +137,9 @@ def profile(pixels, y, batch_size, rounds, layer_sizes=LAYER_SIZES):
         backend.train_epoch(MLP(layer_sizes, seed=0), pixels, y, batch_size=batch_size, lr=0.01,
                             rng=np.random.default_rng(0))
     seconds = {name: [] for name in (*calls, *backends)}
+    peaks = []
     for round_ in range(rounds):
+        peaks.append(measure_fma_peak(1, PEAK_SECONDS, PEAK_REPEATS))
         for name, (call, _) in calls.items():
             start = time.perf_counter()
             call(reps)
@@ -144,7 +149,10 @@ def profile(pixels, y, batch_size, rounds, layer_sizes=LAYER_SIZES):
             backend.train_epoch(MLP(layer_sizes, seed=0), pixels, y, batch_size=batch_size, lr=0.01,
                                 rng=np.random.default_rng(round_))
             seconds[name].append(time.perf_counter() - start)
-    return {name: float(np.median(s)) for name, s in seconds.items()}, {name: f for name, (_, f) in calls.items()}
+    flops = {name: f for name, (_, f) in calls.items()}
+    of_peak = {name: float(np.median([f / s / 1e9 / peak for s, peak in zip(seconds[name], peaks)]))
+               for name, f in flops.items()}
+    return {name: float(np.median(s)) for name, s in seconds.items()}, flops, of_peak, peaks
 
 
 def main(argv=None):
@@ -160,18 +168,18 @@ def main(argv=None):
     if len(sizes) < 3 or sizes[0] != 784 or sizes[-1] != 10 or min(sizes) < 1:
         parser.error("--layer-sizes: 784, at least one hidden width >= 1, then 10 (MNIST's inputs and classes)")
     X, y, _, _ = load_mnist(as_pixels=True)
-    peak = measure_fma_peak(1)
-    print(f"{cpu_model_name()}: one core's FMA peak {peak:.1f} GFLOP/s ({CHAINS} chains of {VECTOR_WIDTH}-float "
-          f"FMAs); SIMD tile {TILE.name}, {TILE.mr} rows x {TILE.nr} columns")
+    print(f"{cpu_model_name()}: SIMD tile {TILE.name}, {TILE.mr} rows x {TILE.nr} columns; one core's FMA peak "
+          f"({CHAINS} chains of {VECTOR_WIDTH}-float FMAs) measured in every round")
     for batch_size in args.batch_sizes:
-        median, flops = profile(X, y, batch_size, args.rounds, tuple(sizes))
+        median, flops, of_peak, peaks = profile(X, y, batch_size, args.rounds, tuple(sizes))
         phases = {name: s for name, s in median.items() if name in flops}
         step = sum(phases.values())
         print(f"{'-'.join(map(str, sizes))}, batch {batch_size}: one thread, phases of a step add up to "
-              f"{step * 1e6:.1f} us ({batch_size / step:,.0f} samples/s)")
+              f"{step * 1e6:.1f} us ({batch_size / step:,.0f} samples/s); the FMA peak "
+              f"{np.median(peaks):.1f} GFLOP/s (rounds {min(peaks):.1f}-{max(peaks):.1f})")
         for name, s in phases.items():
             gflops = flops[name] / s / 1e9
-            rate = f"  {gflops:6.1f} GFLOP/s  {100 * gflops / peak:5.1f} % of the core's FMA peak"
+            rate = f"  {gflops:6.1f} GFLOP/s  {100 * of_peak[name]:5.1f} % of the core's FMA peak"
             rate = rate if flops[name] else ""
             print(f"  {name:16s} {s * 1e6:8.1f} us  {100 * s / step:5.1f} %{rate}")
         for name, s in median.items():
