@@ -221,6 +221,26 @@ def test_dz_in_column_panels_updates_to_the_same_bits_as_dz_row_major(rule):
         np.testing.assert_array_equal(panels, row_major)
 
 
+@pytest.mark.parametrize("kind", ["bias_relu", "relu_mask"])
+def test_the_forward_tile_writes_the_same_bits_into_column_panels_and_nothing_else(kind):
+    # The numba step's backward pass writes dZ_0 straight into its column panels (forward_part_into_panels),
+    # which the layer-0 update reads: each row's values those of forward_part, the padding columns past n and
+    # the rows outside r0:r1 untouched.
+    rng = np.random.default_rng(5)
+    m, k, n = 3 * TILE_ROWS + 1, PANEL_WIDTH + 3, 2 * PANEL_WIDTH + 5  # a partial last panel
+    A, P, b, mask = f32(rng, m, k), packed(f32(rng, k, n)), f32(rng, n), f32(rng, m, n)
+    code = {"bias_relu": kernels.packed.BIAS_RELU, "relu_mask": kernels.packed.RELU_MASK}[kind]
+    r0, r1 = 2, m - 1
+    C = np.zeros((m, n), dtype=np.float32)
+    kernels.packed.forward_part(C, A, P, b, mask, code, r0, r1, 0, P.shape[0])
+    CP = np.full((P.shape[0], m + 2, PANEL_WIDTH), 7.0, dtype=np.float32)
+    kernels.packed.forward_part_into_panels(CP, n, A, P, b, mask, code, r0, r1, 0, P.shape[0])
+    np.testing.assert_array_equal(CP[:, r0:r1].transpose(1, 0, 2).reshape(r1 - r0, -1)[:, :n], C[r0:r1])
+    written = np.zeros(CP.shape, dtype=bool)
+    written[:, r0:r1] = np.arange(P.shape[0] * PANEL_WIDTH).reshape(P.shape[0], 1, PANEL_WIDTH) < n
+    assert (CP[~written] == 7.0).all()
+
+
 @pytest.mark.parametrize("n", [0, 1, 7, 64, 300])
 @pytest.mark.parametrize("c0, c1", [(0, 2 * PANEL_WIDTH + 5), (3, PANEL_WIDTH - 1), (PANEL_WIDTH, 2 * PANEL_WIDTH + 5),
                                     (PANEL_WIDTH - 2, PANEL_WIDTH + 2), (4, 4)])

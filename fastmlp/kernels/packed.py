@@ -122,6 +122,23 @@ def _adam_tile(typingctx, A, a_off, lda, D, d_off, ldd, n, lo, hi, ncols, G, P, 
 
 
 @intrinsic
+def _copy_panel_row(typingctx, dst, d_off, src, s_off):
+    """PANEL_WIDTH floats of src from offset s_off copied to dst from d_off (offsets in floats; the two must
+    not overlap). An llvm.memcpy of constant length: a few vector loads and stores, where a loop of
+    element copies stayed scalar (the compiler cannot tell two arrays apart)."""
+    sig = types.void(dst, types.intp, src, types.intp)
+
+    def codegen(context, builder, signature, args):
+        dst_, d_off_, src_, s_off_ = args
+        ty = signature.args
+        cgutils.raw_memcpy(builder, _data(context, builder, ty[0], dst_, d_off_),
+                           _data(context, builder, ty[2], src_, s_off_), ir.Constant(ir.IntType(64), PANEL_WIDTH), 4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
 def _tile_buffer(typingctx):
     """A pointer to MR x NR floats of scratch on the stack of the function that uses it (allocated once per call of
     that function, in its entry block): where adam_tile leaves a tile's gradient for the next call."""
@@ -255,13 +272,13 @@ def panels_from_rows_into(DP, D, r0, r1):
     the packed layout, with the batch's rows in place of W's. Overwrites those rows of DP; the columns past
     N (the last panel's padding) are left as they are: keep them zero, update_part reads them.
     """
+    require_c_contiguous(DP, D)
     N = D.shape[1]
-    whole = N // PANEL_WIDTH  # panels of PANEL_WIDTH columns of D: a loop of constant length, vectorised
+    ldd, panel_size = D.strides[0] // 4, DP.shape[1] * PANEL_WIDTH
+    whole = N // PANEL_WIDTH  # panels of PANEL_WIDTH columns of D: one vector copy a row
     for r in range(r0, r1):
         for p in range(whole):
-            col = p * PANEL_WIDTH
-            for j in range(PANEL_WIDTH):
-                DP[p, r, j] = D[r, col + j]
+            _copy_panel_row(DP, p * panel_size + r * PANEL_WIDTH, D, r * ldd + p * PANEL_WIDTH)
         for j in range(N - whole * PANEL_WIDTH):
             DP[whole, r, j] = D[r, whole * PANEL_WIDTH + j]
 
