@@ -221,6 +221,30 @@ def test_dz_in_column_panels_updates_to_the_same_bits_as_dz_row_major(rule):
         np.testing.assert_array_equal(panels, row_major)
 
 
+@pytest.mark.parametrize("K, N", [(1, 1), (TILE_ROWS, PANEL_WIDTH - 1), (2 * PANEL_WIDTH, 3 * PANEL_WIDTH),
+                                  (2 * PANEL_WIDTH + 5, PANEL_WIDTH + 3), (64, 10), (130, 64)])
+@pytest.mark.parametrize("part", ["all", "aligned", "unaligned", "short"])
+def test_transposing_packed_rows_writes_those_rows_of_w_t_packed_and_nothing_else(K, N, part):
+    # The numba step rewrites W_l.T (read by the backward pass) from the rows of W_l a worker updated:
+    # blocks of the vector width in registers, the edges element by element. Every bit is a copy.
+    from fastmlp.kernels.packed import VECTOR_WIDTH as V
+
+    rng = np.random.default_rng(K * 1000 + N)
+    W = f32(rng, K, N)
+    k0, k1 = {"all": (0, K), "aligned": (min(V, K), min(3 * V, K)), "unaligned": (min(3, K), min(K, 2 * V + 5)),
+              "short": (K // 2, K // 2 + 1)}[part]
+    k0, k1 = min(k0, k1), max(k0, k1)
+    PT = np.full(kernels.packed_shape(N, K), 7.0, dtype=np.float32)
+    kernels.packed.transpose_packed_into(PT, packed(W), k0, k1)
+    expected = packed(np.ascontiguousarray(W.T))
+    # Entry (p, n, j) of PT holds W.T[n, p * PANEL_WIDTH + j]: written for k0 <= k < k1, and for the padding
+    # past K when k1 = K.
+    k = np.arange(PT.shape[0] * PANEL_WIDTH).reshape(PT.shape[0], 1, PANEL_WIDTH) + np.zeros(PT.shape, dtype=int)
+    written = (k >= k0) & ((k < k1) | ((k1 == K) & (k >= K)))
+    np.testing.assert_array_equal(PT[written], expected[written])
+    assert (PT[~written] == 7.0).all()
+
+
 @pytest.mark.parametrize("kind", ["bias_relu", "relu_mask"])
 def test_the_forward_tile_writes_the_same_bits_into_column_panels_and_nothing_else(kind):
     # The numba step's backward pass writes dZ_0 straight into its column panels (forward_part_into_panels),

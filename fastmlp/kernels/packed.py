@@ -40,6 +40,7 @@ from .tiles import TILE
 PANEL_WIDTH = TILE.nr
 TILE_ROWS = TILE.mr
 VECTORS_PER_ROW = TILE.nv  # SIMD vectors in one packed row
+VECTOR_WIDTH = TILE.vw  # floats in one SIMD vector
 
 STORE, BIAS, BIAS_RELU, RELU_MASK = simd_ir.STORE, simd_ir.BIAS, simd_ir.BIAS_RELU, simd_ir.RELU_MASK
 RESUME_SUM, KEEP_SUM = update_ir.RESUME_SUM, update_ir.KEEP_SUM
@@ -133,6 +134,22 @@ def _copy_panel_row(typingctx, dst, d_off, src, s_off):
         ty = signature.args
         cgutils.raw_memcpy(builder, _data(context, builder, ty[0], dst_, d_off_),
                            _data(context, builder, ty[2], src_, s_off_), ir.Constant(ir.IntType(64), PANEL_WIDTH), 4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _transpose_block(typingctx, src, s_off, dst, d_off):
+    """The VECTOR_WIDTH x VECTOR_WIDTH block of packed rows at src's offset s_off written transposed at dst's
+    offset d_off (simd_ir.transpose_block; rows PANEL_WIDTH floats apart in both; offsets in floats)."""
+    sig = types.void(src, types.intp, dst, types.intp)
+
+    def codegen(context, builder, signature, args):
+        src_, s_off_, dst_, d_off_ = args
+        ty = signature.args
+        fn = simd_ir.transpose_block(builder.module, TILE.vw, TILE.nr)
+        builder.call(fn, [_data(context, builder, ty[0], src_, s_off_), _data(context, builder, ty[2], dst_, d_off_)])
         return context.get_dummy_value()
 
     return sig, codegen
@@ -245,13 +262,32 @@ def transpose_packed_into(PT, P, k0, k1):
     K = P.shape[1]
     N = PT.shape[1]
     end = k1 if k1 < K else PT.shape[0] * PANEL_WIDTH
-    for k in range(k0, end):
+    # Blocks of VECTOR_WIDTH rows and columns are transposed in vector registers (_transpose_block): the
+    # rows b0:b1 of W (aligned to the vector width) and its first n_blocks columns; the rest element by element.
+    V = VECTOR_WIDTH
+    b0 = min(-(-k0 // V) * V, k1)
+    b1 = max(b0, k1 // V * V)
+    n_blocks = N // V * V
+    for kb in range(b0, b1, V):
+        for nb in range(0, n_blocks, V):
+            _transpose_block(P, (nb // PANEL_WIDTH * K + kb) * PANEL_WIDTH + nb % PANEL_WIDTH,
+                             PT, (kb // PANEL_WIDTH * N + nb) * PANEL_WIDTH + kb % PANEL_WIDTH)
+    _transpose_rows(PT, P, k0, b0, 0)
+    _transpose_rows(PT, P, b0, b1, n_blocks)
+    _transpose_rows(PT, P, b1, end, 0)
+
+
+@cached_njit
+def _transpose_rows(PT, P, k0, k1, n0):
+    """transpose_packed_into element by element, for rows k0:k1 of W (zeros for those past its K) and columns n0:."""
+    K = P.shape[1]
+    for k in range(k0, k1):
         p, j = k // PANEL_WIDTH, k % PANEL_WIDTH
         if k < K:
-            for n in range(N):
+            for n in range(n0, PT.shape[1]):
                 PT[p, n, j] = P[n // PANEL_WIDTH, k, n % PANEL_WIDTH]
         else:
-            for n in range(N):
+            for n in range(n0, PT.shape[1]):
                 PT[p, n, j] = np.float32(0.0)
 
 

@@ -307,3 +307,36 @@ def column_sums(module, vw, nv):
     _counted_loop(builder, fn, count, [], copy_one, "copy")
     builder.ret_void()
     return fn
+
+
+def transpose_block(module, vw, stride):
+    """The LLVM function transposing a vw x vw block of floats between two arrays of rows `stride` floats apart
+    (two packed panels: transpose_packed_into).
+
+    void (float* src, float* dst)
+    dst[j * stride + i] = src[i * stride + j] for i, j < vw: the vw rows of src loaded as vectors,
+    transposed in registers by log2(vw) rounds of interleaving (round after round, rows i and i + vw/2
+    are zipped into rows 2i and 2i + 1: after log2(vw) rounds row j holds column j), stored as vectors.
+    The two blocks must not overlap. Declared once per module and shape.
+    """
+    name = f"fastmlp_transpose_block_{vw}x{stride}"
+    if name in module.globals:
+        return module.globals[name]
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR]), name)
+    fn.linkage = "internal"
+    src, dst = fn.args
+    vec = _Vectors(module, vw)
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    rows = [vec.load(builder, builder.gep(src, [ir.Constant(I64, i * stride)])) for i in range(vw)]
+    low = ir.Constant(ir.VectorType(I32, vw), [lane // 2 + (vw if lane % 2 else 0) for lane in range(vw)])
+    high = ir.Constant(ir.VectorType(I32, vw), [vw // 2 + lane // 2 + (vw if lane % 2 else 0) for lane in range(vw)])
+    for _ in range(vw.bit_length() - 1):  # log2(vw) rounds
+        zipped = []
+        for i in range(vw // 2):
+            a, b = rows[i], rows[i + vw // 2]
+            zipped += [builder.shuffle_vector(a, b, low), builder.shuffle_vector(a, b, high)]
+        rows = zipped
+    for j, row in enumerate(rows):
+        vec.store(builder, row, builder.gep(dst, [ir.Constant(I64, j * stride)]))
+    builder.ret_void()
+    return fn
