@@ -72,6 +72,34 @@ def test_measure_training_reports_every_backend_input_and_batch_size(no_settle):
             assert r["vs_numpy"] == 1.0
 
 
+def test_measure_training_trains_and_floors_the_net_it_is_given(no_settle, monkeypatch):
+    # `fastmlp bench --hidden 512 256` measures a bigger net: the backends train it and the floor runs its gemms.
+    floors, models = [], []
+    monkeypatch.setattr(bench.throughput, "GemmFloor",
+                        lambda sizes, *args: floors.append(sizes) or bench.GemmFloor(sizes, *args))
+    fit = bench.throughput.Trainer.fit
+    monkeypatch.setattr(bench.throughput.Trainer, "fit",
+                        lambda self, *args, **kw: models.append(self.model.layer_sizes) or fit(self, *args, **kw))
+    pixels, y = tiny_pixels(64)
+    rows = bench.measure_training({"numba": get_backend("numba")}, {"pixels": pixels}, y, batch_sizes=[16], epochs=4,
+                                  layer_sizes=(784, 24, 12, 10))
+    assert len(rows) == 1 and rows[0]["samples_per_s"] > 0
+    assert floors == [(784, 24, 12, 10)] and set(models) == {(784, 24, 12, 10)}
+
+
+def test_hidden_sets_the_net_of_the_throughput_run(monkeypatch, capsys):
+    seen = []
+
+    def run(args, bar=None):
+        seen.append(args.layer_sizes)
+        raise RuntimeError("stop after parsing")
+
+    monkeypatch.setattr(bench.throughput, "run", run)
+    assert bench.main(["--hidden", "512", "256"]) == 1
+    assert bench.main([]) == 1
+    assert seen == [(784, 512, 256, 10), (784, 128, 64, 10)]
+
+
 def test_ratios_compare_epochs_of_the_same_round_so_drift_cancels():
     # The machine slows down 4x in round 3 for both: the per-round ratio stays 2, a ratio of medians would not.
     fast = [1.0, 1.0, 10.0, 40.0, 20.0]
@@ -118,6 +146,8 @@ def test_torch_epoch_trains_the_model_in_place_like_the_reference(kind):
     (["--samples", "x"], "--samples: must be an integer, got 'x'"),
     (["--backends", "cuda"], "invalid choice: 'cuda'"),
     (["--inputs", "int8"], "invalid choice: 'int8'"),
+    (["--hidden", "0"], "--hidden: must be an integer >= 1"),
+    (["--contention", "--hidden", "512"], "--hidden: --contention and --inference measure the CLI's default net"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, message, capsys):
     with pytest.raises(SystemExit) as exc:

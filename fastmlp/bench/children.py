@@ -48,8 +48,9 @@ def _reset_peak_rss():
         return False
 
 
-def report_peak_rss(backend, kind, batch_sizes, samples, threads):
-    """In a fresh process: print as JSON the peak RSS of loading the data, then of training one epoch per batch size.
+def report_peak_rss(backend, kind, batch_sizes, samples, threads, layer_sizes=LAYER_SIZES):
+    """In a fresh process: print as JSON the peak RSS of loading the data, then of training one epoch per batch size
+    (the net of layer_sizes).
 
     Loading MNIST peaks above what training needs; the peak is reset after it, so that the
     training peak (data held, JIT compilation and scratch buffers included) is training's own.
@@ -60,7 +61,7 @@ def report_peak_rss(backend, kind, batch_sizes, samples, threads):
     loading = _peak_rss_bytes()
     reset = _reset_peak_rss()
     for batch_size in batch_sizes:
-        Trainer(MLP(LAYER_SIZES, seed=0), trainer_backend, lr=LR, batch_size=batch_size).fit(data, y, epochs=1)
+        Trainer(MLP(layer_sizes, seed=0), trainer_backend, lr=LR, batch_size=batch_size).fit(data, y, epochs=1)
     print(json.dumps({"training_peak_bytes": _peak_rss_bytes(), "loading_peak_bytes": loading, "reset": reset}))
 
 
@@ -92,7 +93,7 @@ def measure_compile():
     return {"numba_cold_s": cold, "numba_warm_s": warm}
 
 
-def measure_peak_rss(backend_names, inputs, batch_sizes, samples, threads):
+def measure_peak_rss(backend_names, inputs, batch_sizes, samples, threads, layer_sizes=LAYER_SIZES):
     """One {'backend', 'input', 'training_peak_mb', 'loading_peak_mb', 'reset'} per pair, each from its own process.
 
     One process at a time: side by side, their BLAS threads would fight over the cores and the
@@ -102,7 +103,8 @@ def measure_peak_rss(backend_names, inputs, batch_sizes, samples, threads):
     for backend in backend_names:
         for kind in inputs:
             report = run_child(
-                f"report_peak_rss({backend!r}, {kind!r}, {tuple(batch_sizes)!r}, {samples!r}, {threads!r})")
+                f"report_peak_rss({backend!r}, {kind!r}, {tuple(batch_sizes)!r}, {samples!r}, {threads!r}, "
+                f"{tuple(layer_sizes)!r})")
             results.append({"backend": backend, "input": kind,
                             "training_peak_mb": report["training_peak_bytes"] / 2**20,
                             "loading_peak_mb": report["loading_peak_bytes"] / 2**20, "reset": report["reset"]})

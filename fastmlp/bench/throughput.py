@@ -80,14 +80,17 @@ from .torch_yardstick import torch_available
 from .yardsticks import GemmFloor, fma_yardstick, native_roofline, roofline
 
 
-def warm_up_backends(backends, data, y, batch_sizes, seed=0):
+DEFAULT_HIDDEN = tuple(LAYER_SIZES[1:-1])  # the default net's hidden widths: 128 64
+
+
+def warm_up_backends(backends, data, y, batch_sizes, seed=0, layer_sizes=LAYER_SIZES):
     """Train one short epoch per backend, input and batch size: JIT compilation and first allocations."""
     n = min(len(y), 2 * max(batch_sizes))
     for backend in backends.values():
         for X in data.values():
             subset = Pixels(X.data[:n], X.scale) if isinstance(X, Pixels) else X[:n]
             for batch_size in batch_sizes:
-                Trainer(MLP(LAYER_SIZES, seed=seed), backend, lr=LR, batch_size=batch_size,
+                Trainer(MLP(layer_sizes, seed=seed), backend, lr=LR, batch_size=batch_size,
                         seed=seed).fit(subset, y[:n], epochs=1)
 
 
@@ -114,8 +117,10 @@ def epochwise_ratio(rates, baseline_rates):
     return float(np.median(ratios))
 
 
-def measure_training(backends, data, y, *, batch_sizes=BATCH_SIZES, epochs=FULL["epochs"], seed=0, progress=None):
-    """One row per (batch size, backend, input) with its steady-state samples/s and the ratios.
+def measure_training(backends, data, y, *, batch_sizes=BATCH_SIZES, epochs=FULL["epochs"], seed=0, progress=None,
+                     layer_sizes=LAYER_SIZES):
+    """One row per (batch size, backend, input) with its steady-state samples/s and the ratios, training the net of
+    layer_sizes.
 
     backends maps names to backends, data maps input kinds to training inputs. Each row holds
     samples_per_s, floor_samples_per_s, vs_floor, vs_numpy (the same input on the numpy backend,
@@ -124,13 +129,13 @@ def measure_training(backends, data, y, *, batch_sizes=BATCH_SIZES, epochs=FULL[
     if epochs < WARMUP_EPOCHS + 2:
         raise ValueError(f"epochs must be >= {WARMUP_EPOCHS + 2} to compare early and late epochs, got {epochs}")
     n = len(y)
-    init = MLP(LAYER_SIZES, seed=seed)
+    init = MLP(layer_sizes, seed=seed)
     rows = []
     for batch_size in batch_sizes:
         runs = [(name, kind) for name in backends for kind in data]
         trainers = {run: Trainer(init.copy(), backends[run[0]], lr=LR, batch_size=batch_size, seed=seed)
                     for run in runs}
-        floor = GemmFloor(LAYER_SIZES, min(batch_size, n), seed)
+        floor = GemmFloor(layer_sizes, min(batch_size, n), seed)
         floor_rates, early = [], {}
         for epoch in range(epochs):
             if epoch == WARMUP_EPOCHS:
@@ -184,18 +189,19 @@ def run(args, progress_bar=None):
         compile_times = measure_compile()
         step("numba compile")
     bar.set_description("peak RSS, one process per backend and input")
-    peak_rss = measure_peak_rss(names, args.inputs, args.batch_sizes, args.samples, threads)
+    layer_sizes = args.layer_sizes
+    peak_rss = measure_peak_rss(names, args.inputs, args.batch_sizes, args.samples, threads, layer_sizes)
     step("peak RSS")
-    warm_up_backends(backends, data, y, args.batch_sizes, args.seed)
+    warm_up_backends(backends, data, y, args.batch_sizes, args.seed, layer_sizes)
     time.sleep(SETTLE_SECONDS)
-    roof = roofline()
-    fma = fma_yardstick()
-    native = native_roofline()
+    roof = roofline(layer_sizes)
+    fma = fma_yardstick(layer_sizes)
+    native = native_roofline(layer_sizes)
     if native is not None:
         roof["native"] = native
     step("warm-up and roofline")
     rows = measure_training(backends, data, y, batch_sizes=args.batch_sizes, epochs=args.epochs, seed=args.seed,
-                            progress=step)
+                            progress=step, layer_sizes=layer_sizes)
     for r in rows:
         r["vs_roofline"] = r["samples_per_s"] / roof["samples_per_s"]
         r["vs_fma_roofline"] = r["samples_per_s"] / fma["samples_per_s"]
@@ -213,7 +219,7 @@ def run(args, progress_bar=None):
         step("optimizers")
     config = {"mode": "quick" if args.quick else "full", "samples": len(y), "subset": len(y) < MNIST_TRAIN_SAMPLES,
               "epochs": args.epochs, "batch_sizes": list(args.batch_sizes), "backends": names,
-              "inputs": list(args.inputs), "layer_sizes": list(LAYER_SIZES), "lr": LR, "seed": args.seed,
+              "inputs": list(args.inputs), "layer_sizes": list(layer_sizes), "lr": LR, "seed": args.seed,
               "blas": blas_info(), "warmup_epochs": WARMUP_EPOCHS}
     if "torch" in backends:
         config["torch_version"] = backends["torch"].torch.__version__
@@ -276,6 +282,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument("--inputs", nargs="+", choices=INPUTS, default=list(INPUTS),
                         help="float32: images scaled up front; pixels: uint8 scaled at the gather (fastmlp.Pixels) "
                              f"(default: {' '.join(INPUTS)})")
+    parser.add_argument("--hidden", type=_positive_int, nargs="+", default=list(DEFAULT_HIDDEN), metavar="N",
+                        help="the hidden layers' widths of the net the throughput table, gemm floor, rooflines and "
+                             "peak RSS measure, e.g. --hidden 512 256; the recipe and optimiser tables keep the "
+                             f"CLI's default net (default: {' '.join(map(str, DEFAULT_HIDDEN))})")
     parser.add_argument("--seed", type=_non_negative_int, default=0,
                         help="seed of the initial weights and the shuffling")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the full report as JSON")
@@ -293,7 +303,11 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
     from ..cli.plot import plot_throughput, require_matplotlib
     from ..runtime.atomic import atomic_write
 
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if (args.contention or args.inference) and tuple(args.hidden) != DEFAULT_HIDDEN:
+        parser.error("--hidden: --contention and --inference measure the CLI's default net; leave --hidden out")
+    args.layer_sizes = (LAYER_SIZES[0], *args.hidden, LAYER_SIZES[-1])
     mode = QUICK if args.quick else FULL
     args.epochs = args.epochs or mode["epochs"]
     args.samples = args.samples or mode["samples"]

@@ -48,13 +48,13 @@ def roofline(layer_sizes=LAYER_SIZES, n=2048, repeats=5):
     return {"sgemm_gflops": gflops, "flops_per_sample": fps, "samples_per_s": gflops * 1e9 / fps}
 
 
-def report_roofline():
-    """In a fresh process: print `roofline()` as JSON (see `native_roofline`)."""
-    print(json.dumps(roofline()))
+def report_roofline(layer_sizes=LAYER_SIZES):
+    """In a fresh process: print `roofline(layer_sizes)` as JSON (see `native_roofline`)."""
+    print(json.dumps(roofline(layer_sizes)))
 
 
-def native_roofline():
-    """`roofline()` in a process without OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE, or None if neither is set.
+def native_roofline(layer_sizes=LAYER_SIZES):
+    """`roofline(layer_sizes)` in a process without OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE, or None if neither is set.
 
     Some machines here set them (older OpenBLAS builds crash or compute wrong on their CPUs), and
     a current OpenBLAS then runs that core type's kernels: Haswell's AVX2 where the CPU has
@@ -65,7 +65,7 @@ def native_roofline():
     if not any(name in os.environ for name in names):
         return None
     env = {key: value for key, value in os.environ.items() if key not in names}
-    return run_child("report_roofline()", env, module="yardsticks")
+    return run_child(f"report_roofline({tuple(layer_sizes)!r})", env, module="yardsticks")
 
 
 class GemmFloor:
