@@ -83,8 +83,8 @@ def format_report(report):
                                "-" if r["vs_numba"] is None else f"{r['vs_numba']:.2f}"]
                               for r in report["recipe"]])]
     if report.get("optimizers"):
-        out += ["", f"one step's cost per optimiser, numba backend, 784-128-64-10, batch {OPTIMIZER_BATCH_SIZE}, Pixels input: "
-                    f"epochs interleaved round by round; vs = median of same-round ratios",
+        out += ["", f"one step's cost per optimiser, numba backend, 784-128-64-10, batch {OPTIMIZER_BATCH_SIZE}, "
+                    f"Pixels input: epochs interleaved round by round; vs = median of same-round ratios",
                 format_table(["optimizer", "us per step", "vs sgd", "vs sgd nesterov"],
                              [[r["optimizer"], f"{r['step_us']:,.0f}", f"{r['vs_sgd']:.3f}",
                                f"{r['vs_sgd_nesterov']:.3f}"] for r in report["optimizers"]])]

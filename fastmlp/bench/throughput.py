@@ -79,7 +79,6 @@ from .report import format_report
 from .torch_yardstick import torch_available
 from .yardsticks import GemmFloor, fma_yardstick, native_roofline, roofline
 
-
 DEFAULT_HIDDEN = tuple(LAYER_SIZES[1:-1])  # the default net's hidden widths: 128 64
 
 
