@@ -344,6 +344,7 @@ def forward_part_into_panels(CP, n_cols, A, P, bias, mask, kind, r0, r1, p0, p1)
     Overwrites rows r0:r1 of panels p0:p1 of CP, not the columns past n_cols (the last panel's padding).
 
     The training step's backward pass writes dZ_0 so: the layer-0 update reads it in panels only."""
+    require_c_contiguous(CP)
     _forward_tiles(CP, PANEL_WIDTH, CP.shape[1] * PANEL_WIDTH, n_cols, A, P, bias, mask, kind, r0, r1, p0, p1)
 
 

@@ -8,6 +8,7 @@ whose module docstring describes the tiles and the packed layout they read.
 
 from llvmlite import ir
 
+from ..runtime.aligned import CACHE_LINE
 from ..runtime.jit import X86
 from .simd_ir import (
     ADAMW,
@@ -112,8 +113,7 @@ def _prefetch_rows(builder, first_row, tile):
     A prefetch never faults, so rows past an array's end (a W of fewer than MR rows) are harmless."""
     i8p = ir.IntType(8).as_pointer()
     prefetch = _intrinsic(builder.module, "llvm.prefetch.p0", ir.VoidType(), [i8p, I32, I32, I32])
-    floats_per_line = 16
-    for offset in range(0, tile.mr * tile.nr, floats_per_line):
+    for offset in range(0, tile.mr * tile.nr, CACHE_LINE // 4):  # one prefetch a cache line of floats
         line = builder.bitcast(builder.gep(first_row, [ir.Constant(I64, offset)]), i8p)
         builder.call(prefetch, [line, ir.Constant(I32, 1), ir.Constant(I32, 3), ir.Constant(I32, 1)])
 
