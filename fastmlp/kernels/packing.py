@@ -125,22 +125,14 @@ def transpose_packed_into(PT, P, k0, k1):
         for nb in range(0, n_blocks, V):
             _transpose_block(P, (nb // PANEL_WIDTH * K + kb) * PANEL_WIDTH + nb % PANEL_WIDTH,
                              PT, (kb // PANEL_WIDTH * N + nb) * PANEL_WIDTH + kb % PANEL_WIDTH)
-    _transpose_rows(PT, P, k0, b0, 0)
-    _transpose_rows(PT, P, b0, b1, n_blocks)
-    _transpose_rows(PT, P, b1, end, 0)
-
-
-@cached_njit
-def _transpose_rows(PT, P, k0, k1, n0):
-    """transpose_packed_into element by element, for rows k0:k1 of W (zeros for those past its K) and columns n0:."""
-    K = P.shape[1]
-    for k in range(k0, k1):
+    for k in range(k0, end):
         p, j = k // PANEL_WIDTH, k % PANEL_WIDTH
+        n0 = n_blocks if b0 <= k < b1 else 0  # the blocks' columns are done
         if k < K:
-            for n in range(n0, PT.shape[1]):
+            for n in range(n0, N):
                 PT[p, n, j] = P[n // PANEL_WIDTH, k, n % PANEL_WIDTH]
         else:
-            for n in range(n0, PT.shape[1]):
+            for n in range(n0, N):
                 PT[p, n, j] = np.float32(0.0)
 
 

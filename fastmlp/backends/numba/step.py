@@ -116,9 +116,9 @@ def forward_rows(packed, biases, x, acts, first, r0, r1):
 
 
 @cached_njit
-def backward_rows(transposed, acts, deltas, r0, r1, lowest=1):
-    """dZ_{l-1} = (dZ_l @ W_l.T) * (A_{l-1} > 0) for rows r0:r1, for l from the top layer down to lowest;
-    overwrites those rows of deltas[lowest - 1:-1]."""
+def backward_rows(transposed, acts, deltas, r0, r1, lowest):
+    """dZ_{l-1} = (dZ_l @ W_l.T) * (A_{l-1} > 0) for rows r0:r1, for l from the top layer down to lowest (>= 1);
+    overwrites those rows of deltas[lowest - 1:-1]. (lowest has no default: one signature, compiled once.)"""
     for l in range(len(transposed) - 1, lowest - 1, -1):
         forward_part(deltas[l - 1], deltas[l], transposed[l], acts[l - 1][0], acts[l - 1], RELU_MASK, r0, r1, 0,
                      transposed[l].shape[0])
@@ -362,7 +362,7 @@ def loss_and_grads_into(packed, transposed, biases, x, labels, acts, deltas, gra
     L = len(packed)
     forward_rows(packed, biases, x, acts, 0, 0, n)
     loss = softmax_xent_backward_rows_inplace(acts[L - 1], labels, n) / n
-    backward_rows(transposed, acts, deltas, 0, n)
+    backward_rows(transposed, acts, deltas, 0, n, 1)
     for l in range(L):
         G = grads_packed[l]
         update_part(G, G, layer_input(x, acts, l), deltas[l], n, 0, G.shape[1], 0, G.shape[0], -1.0, 0.0, 0.0,
