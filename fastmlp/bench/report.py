@@ -2,7 +2,7 @@
 
 import os
 
-from .common import LATE_EARLY_PAIRS, WARMUP_EPOCHS
+from .common import LATE_EARLY_PAIRS, LAYER_SIZES, WARMUP_EPOCHS
 from .optimizers import BATCH_SIZE as OPTIMIZER_BATCH_SIZE
 from .recipe import describe_recipe, recipe_options
 
@@ -83,7 +83,8 @@ def format_report(report):
                                "-" if r["vs_numba"] is None else f"{r['vs_numba']:.2f}"]
                               for r in report["recipe"]])]
     if report.get("optimizers"):
-        out += ["", f"one step's cost per optimiser, numba backend, 784-128-64-10, batch {OPTIMIZER_BATCH_SIZE}, "
+        net = "-".join(map(str, LAYER_SIZES))  # the optimiser steps train the default net
+        out += ["", f"one step's cost per optimiser, numba backend, {net}, batch {OPTIMIZER_BATCH_SIZE}, "
                     f"Pixels input: epochs interleaved round by round; vs = median of same-round ratios",
                 format_table(["optimizer", "us per step", "vs sgd", "vs sgd nesterov"],
                              [[r["optimizer"], f"{r['step_us']:,.0f}", f"{r['vs_sgd']:.3f}",
