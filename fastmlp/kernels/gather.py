@@ -52,7 +52,7 @@ def _prefetch_row(flat, row, n_cols):
     _prefetch(flat, base + head - 1)
 
 
-@cached_njit
+@cached_njit(inline="always")
 def prefetch_rows_to_l2(X, rows):
     """Hint the CPU to bring the first 832 bytes of each row X[rows[i]] into L2; no effect on results.
 

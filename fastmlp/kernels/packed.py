@@ -239,7 +239,7 @@ def forward_part_into_panels(CP, n_cols, A, P, bias, mask, kind, r0, r1, p0, p1)
                           np.int32(kind))
 
 
-@cached_njit
+@cached_njit(inline="always")
 def adam_corrections(beta1, beta2, step):
     """(1 / (1 - beta1^t), 1 / sqrt(1 - beta2^t)) for step t = step >= 1, in float64: Adam's bias corrections."""
     return 1.0 / (1.0 - beta1**step), 1.0 / np.sqrt(1.0 - beta2**step)

@@ -1,0 +1,64 @@
+"""A cold start compiles each tile-holding kernel once (forward_part once a call site), and none of the
+step's glue on its own.
+
+Numba links the LLVM of every function a compiled function calls into its module and optimises
+it all again (fastmlp/backends/numba/step.py, "Compiling"): another signature of a kernel that
+holds tiles (a call passing the literal 0 where another passes an int64), or one more compiled
+layer of glue between the epoch function and the kernels, costs seconds of every cold start. The
+seconds themselves are never asserted (the machine is noisy): what is counted is which functions
+Numba compiled, and how often, in a fresh process with an empty cache.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+# Compiles the training epoch (as `fastmlp train` does before its first epoch) with Numba's cache
+# in an empty folder, and prints how many times each function was compiled, by name.
+PROBE = textwrap.dedent("""
+    import collections, json, sys
+    from numba.core import event
+    from fastmlp import MLP
+    from fastmlp.backends import get_backend
+
+    compiled = collections.Counter()
+
+    class Count(event.Listener):
+        def on_start(self, ev):
+            compiled[ev.data["dispatcher"].py_func.__name__] += 1
+
+        def on_end(self, ev):
+            pass
+
+    event.register("numba:compile", Count())
+    get_backend("numba").warm_up(MLP((6, 5, 4, 3), seed=0), pixels=sys.argv[1] == "pixels")
+    print(json.dumps(compiled))
+""")
+
+# Kernels with SIMD tiles (or their IR) that the epoch function calls, and how many times each is compiled:
+# once, but forward_part once for each of its three call sites (forward of layer 0, of the upper layers, the
+# backward pass), whose literal arguments specialise it (step.py's module doc).
+TILE_KERNELS = {"forward_part": 3, "forward_part_into_panels": 1, "update_part": 1, "transpose_packed_into": 1,
+                "panels_from_rows_into": 1}
+# The step's glue, inlined into train_batches_worker: never compiled as a function of its own.
+INLINED_GLUE = ("forward_backward", "updates", "update_worker_part", "gather_part", "forward_rows", "backward_rows",
+                "backward_rows_into_panels", "bias_step", "part_of", "layer_input", "layer0_columns")
+
+
+def _compiled_in_a_fresh_process(kind):
+    with tempfile.TemporaryDirectory(prefix="fastmlp-cold-") as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        out = subprocess.run([sys.executable, "-c", PROBE, kind], capture_output=True, text=True, env=env,
+                             timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_cold_start_compiles_each_tile_kernel_once_a_call_site_and_no_glue_on_its_own():
+    compiled = _compiled_in_a_fresh_process("pixels")
+    assert compiled["train_batches_worker"] == 1
+    assert {name: compiled.get(name, 0) for name in TILE_KERNELS} == TILE_KERNELS
+    assert {name: compiled.get(name, 0) for name in INLINED_GLUE} == dict.fromkeys(INLINED_GLUE, 0)
