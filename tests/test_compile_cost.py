@@ -50,7 +50,9 @@ INLINED_GLUE = ("forward_backward", "updates", "update_worker_part", "gather_par
 
 def _compiled_in_a_fresh_process(kind):
     with tempfile.TemporaryDirectory(prefix="fastmlp-cold-") as cache:
-        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        # FASTMLP_TUNE=0: with the tuning folder in the empty cache, a first use would tune (its own processes,
+        # counted nowhere here, but up to 30 s); the stored choice or the built-in table serves as well.
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache, "FASTMLP_TUNE": "0"}
         out = subprocess.run([sys.executable, "-c", PROBE, kind], capture_output=True, text=True, env=env,
                              timeout=300)
     assert out.returncode == 0, out.stderr
