@@ -202,18 +202,7 @@ def forward_part(C, A, P, bias, mask, kind, r0, r1, p0, p1):
     kinds that use them (pass any float32 array otherwise). A's first K columns are read, K the
     rows of W (A may be wider: the numba backend pads some activations' rows, see its buffers).
     """
-    K = P.shape[1]
-    N = C.shape[1]
-    lda, ldc, ldm = A.strides[0] // 4, C.strides[0] // 4, mask.strides[0] // 4
-    panel_size = K * PANEL_WIDTH
-    # Rows outer, panels inner: the tile's TILE_ROWS rows of A (25 KB at K = 784) stay in L1
-    # while every panel streams past them; the panels (100 KB each at K = 784) stay in L2.
-    for i0 in range(r0, r1, TILE_ROWS):
-        rows = min(TILE_ROWS, r1 - i0)
-        for p in range(p0, p1):
-            col = p * PANEL_WIDTH
-            _forward_tile(A, i0 * lda, lda, P, p * panel_size, K, C, i0 * ldc + col, ldc, rows,
-                          min(PANEL_WIDTH, N - col), bias, col, mask, i0 * ldm + col, ldm, np.int32(kind))
+    _forward_tiles(C, C.strides[0] // 4, PANEL_WIDTH, C.shape[1], A, P, bias, mask, kind, r0, r1, p0, p1)
 
 
 @cached_njit
@@ -222,21 +211,29 @@ def forward_part_into_panels(CP, n_cols, A, P, bias, mask, kind, r0, r1, p0, p1)
     CP[p, r, j] = C[r, p * PANEL_WIDTH + j], CP of shape (panel_count(n_cols), >= n, PANEL_WIDTH).
     Overwrites rows r0:r1 of panels p0:p1 of CP, not the columns past n_cols (the last panel's padding).
 
-    The training step's backward pass writes dZ_0 so: the layer-0 update reads it in panels only. The
-    loop of forward_part, with C's element (r, p * PANEL_WIDTH + j) at panel p's offset, r * PANEL_WIDTH + j
-    (a shared loop with the offsets as arguments cost a cold start 1-2 s more: each caller compiles the
-    tiles it inlines again)."""
+    The training step's backward pass writes dZ_0 so: the layer-0 update reads it in panels only."""
     require_c_contiguous(CP)
+    _forward_tiles(CP, PANEL_WIDTH, CP.shape[1] * PANEL_WIDTH, n_cols, A, P, bias, mask, kind, r0, r1, p0, p1)
+
+
+# Inlined into each caller before typing (not a compiled function of its own, which each caller would
+# re-optimise, tiles and all, at a cold start's cost).
+@cached_njit(inline="always")
+def _forward_tiles(C, ldc, panel_stride, N, A, P, bias, mask, kind, r0, r1, p0, p1):
+    """forward_part's tiles, C's element (r, p * PANEL_WIDTH + j) at r * ldc + p * panel_stride + j floats
+    from its start (row-major: ldc its row stride, panel_stride PANEL_WIDTH; in column panels: PANEL_WIDTH
+    and a panel's floats); N the columns of C."""
     K = P.shape[1]
     lda, ldm = A.strides[0] // 4, mask.strides[0] // 4
-    panel_size, cp_panel_size = K * PANEL_WIDTH, CP.shape[1] * PANEL_WIDTH
+    panel_size = K * PANEL_WIDTH
+    # Rows outer, panels inner: the tile's TILE_ROWS rows of A (25 KB at K = 784) stay in L1
+    # while every panel streams past them; the panels (100 KB each at K = 784) stay in L2.
     for i0 in range(r0, r1, TILE_ROWS):
         rows = min(TILE_ROWS, r1 - i0)
         for p in range(p0, p1):
             col = p * PANEL_WIDTH
-            _forward_tile(A, i0 * lda, lda, P, p * panel_size, K, CP, p * cp_panel_size + i0 * PANEL_WIDTH,
-                          PANEL_WIDTH, rows, min(PANEL_WIDTH, n_cols - col), bias, col, mask, i0 * ldm + col, ldm,
-                          np.int32(kind))
+            _forward_tile(A, i0 * lda, lda, P, p * panel_size, K, C, i0 * ldc + p * panel_stride, ldc, rows,
+                          min(PANEL_WIDTH, N - col), bias, col, mask, i0 * ldm + col, ldm, np.int32(kind))
 
 
 @cached_njit(inline="always")

@@ -130,7 +130,7 @@ def forward_rows(packed, biases, x, acts, first, r0, r1):
 @cached_njit(inline="always")
 def backward_rows(transposed, acts, deltas, r0, r1, lowest):
     """dZ_{l-1} = (dZ_l @ W_l.T) * (A_{l-1} > 0) for rows r0:r1, for l from the top layer down to lowest (>= 1);
-    overwrites those rows of deltas[lowest - 1:-1]. (lowest has no default: one signature, compiled once.)"""
+    overwrites those rows of deltas[lowest - 1:-1]."""
     for l in range(len(transposed) - 1, lowest - 1, -1):
         forward_part(deltas[l - 1], deltas[l], transposed[l], acts[l - 1][0], acts[l - 1], RELU_MASK, r0, r1,
                      0, transposed[l].shape[0])
