@@ -94,6 +94,40 @@ def test_update_kernels_match_the_formulas_of_optim(m, k, n, wd, seed):
         assert not P[-1, :, (n - 1) % PANEL_WIDTH + 1:].any()  # the padding stays zero
 
 
+
+@pytest.mark.parametrize("n", [PANEL_WIDTH, 10])  # whole panels (the hot loop), and a partial one
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_momentum_tiles_flush_subnormal_velocities_as_the_reference_does(n, nesterov):
+    """A velocity that decays below the smallest normal float becomes 0, before W uses it (fastmlp/optim.py):
+    exactly where reference.momentum_update makes it 0, and W as the reference's."""
+    tiny = np.finfo(np.float32).tiny
+    rng = np.random.default_rng(3)
+    k, m = 2 * TILE_ROWS + 1, 5
+    A, dZ, W = f32(rng, m, k), f32(rng, m, n), f32(rng, k, n)
+    A[:, : TILE_ROWS + 1] = 0  # those weights get no gradient: their velocities only decay
+    V = f32(rng, k, n)
+    V[: TILE_ROWS + 1] = rng.choice(np.array([1.2e-38, -1.25e-38, 2e-38, 1.1e-38, 0, 1e-30], np.float32),
+                                    (TILE_ROWS + 1, n))  # x 0.9: subnormal, subnormal, normal, already subnormal
+    lr, mu = np.float32(0.05), np.float32(0.9)
+    W_ref, V_ref = W.copy(), V.copy()
+    reference.momentum_update_decayed(W_ref, V_ref, A.T @ dZ, lr, mu, 0.0, nesterov)
+    P, PV = packed(W), packed(V)
+    kernels.packed_momentum_update_inplace(P, PV, A, dZ, lr, mu, 0.0, nesterov)
+    V_new = np.empty_like(V)
+    kernels.unpack_weights_into(V_new, PV)
+    assert (V_ref == 0).sum() > (V == 0).sum()  # the case is there: some velocities were flushed
+    np.testing.assert_array_equal(V_new == 0, V_ref == 0)
+    assert np.all((V_new == 0) | (np.abs(V_new) >= tiny))
+    assert_close(V_new, V_ref)
+    assert_close(P, packed(W_ref))
+    # the elementwise kernel (biases) too
+    W2, V2 = W.copy(), V.copy()
+    kernels.momentum_update_inplace(W2, V2, A.T @ dZ, lr, mu, 0.0, nesterov)
+    np.testing.assert_array_equal(V2 == 0, V_ref == 0)
+    assert_close(V2, V_ref)
+    assert_close(W2, W_ref)
+
+
 def adam_reference(W, M, S, G, lr, beta1, beta2, eps, wd, t, decoupled):
     """kernels.reference's Adam step t in float64 (AdamW: W decayed apart from g); returns (W, M, S)."""
     W, M, S, G = (np.array(a, np.float64) for a in (W, M, S, G))

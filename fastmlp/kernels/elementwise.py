@@ -5,6 +5,9 @@ import numpy as np
 from ..runtime.jit import cached_njit
 from .contiguity import require_c_contiguous
 
+# The smallest normal float32: velocities below it are flushed to zero (fastmlp/optim.py).
+SMALLEST_NORMAL = np.float32(np.finfo(np.float32).tiny)
+
 # Smallest normal float32. Probabilities below it only produce subnormal gradients, which
 # make every later gemm and elementwise pass up to 100x slower on x86 (see softmax kernels).
 _TINY = np.float32(np.finfo(np.float32).tiny)
@@ -157,8 +160,8 @@ def momentum_apply_inplace(W, V, decay_step):
 
 @cached_njit
 def momentum_update_inplace(W, V, G, lr, momentum, weight_decay, nesterov):
-    """g = G + weight_decay * W; V = momentum * V - lr * g; W += momentum * V - lr * g if nesterov else V;
-    one pass, W, V, G the same shape float32; overwrites V and W."""
+    """g = G + weight_decay * W; V = momentum * V - lr * g (0 where below the smallest normal float);
+    W += momentum * V - lr * g if nesterov else V; one pass, W, V, G the same shape float32; overwrites V and W."""
     require_c_contiguous(W, V, G)
     w = W.reshape(W.size)
     v = V.reshape(V.size)
@@ -167,6 +170,8 @@ def momentum_update_inplace(W, V, G, lr, momentum, weight_decay, nesterov):
     for i in range(w.size):
         step = lr32 * (grad[i] + wd * w[i])
         vi = mu * v[i] - step
+        if abs(vi) < SMALLEST_NORMAL:  # subnormal velocities flushed to zero (fastmlp/optim.py)
+            vi = np.float32(0.0)
         v[i] = vi
         if nesterov:
             w[i] += mu * vi - step

@@ -84,6 +84,7 @@ def momentum_update(param: FloatArray, v: FloatArray, g: FloatArray, lr: float, 
     step = lr * g
     v *= mu
     v -= step
+    v[np.abs(v) < SMALLEST_NORMAL] = 0  # subnormal velocities flushed to zero (fastmlp/optim.py)
     param += mu * v - step if nesterov else v
 
 

@@ -41,7 +41,7 @@ def wgrad_tile(module, tile):
     caller near the end of W gives it a whole tile's columns with lo > 0 rather than fewer rows.
     With G = A[:, k0+lo:k0+hi].T @ D[:, panel] and g = G + weight_decay * W:
     PLAIN_SGD W -= lr * g; MOMENTUM V = momentum * V - lr * g, W += V; NESTEROV the same V,
-    W += momentum * V - lr * g. vel is read only by MOMENTUM and NESTEROV. Padding columns
+    W += momentum * V - lr * g; an entry of V below the smallest normal float becomes 0 before W uses it. vel is read only by MOMENTUM and NESTEROV. Padding columns
     (past ncols) get G = 0, so zero padding stays zero. (Adam: adam_tile.)
 
     The sum over the n rows may be cut into consecutive ranges of rows, a call each (a whole tile
@@ -63,6 +63,7 @@ def wgrad_tile(module, tile):
     nv, nr, vw = tile.nv, tile.nr, tile.vw
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     lr_v, mu_v, wd_v = (_splat(builder, s, vw) for s in (lr, momentum, weight_decay))
+    smallest = ir.Constant(vec.vt, [SMALLEST_NORMAL] * vw)
     uses_velocity = builder.icmp_unsigned("!=", rule, ir.Constant(I32, PLAIN_SGD))
     nesterov = builder.icmp_unsigned("==", rule, ir.Constant(I32, NESTEROV))
 
@@ -83,6 +84,11 @@ def wgrad_tile(module, tile):
                 if with_velocity:
                     vel_ptr = builder.gep(vel, [offset])
                     velocity = builder.fsub(builder.fmul(mu_v, vec.load(builder, vel_ptr)), step)
+                    # A velocity below the smallest normal float is flushed to zero (fastmlp/optim.py): that
+                    # of a weight whose input is nearly always 0 decays by `momentum` every step, and would
+                    # spend ~150 steps as a subnormal, each operation on which costs ~100 cycles on Intel.
+                    too_small = builder.fcmp_ordered("<", builder.call(vec.fabs, [velocity]), smallest)
+                    velocity = builder.select(too_small, vec.zero, velocity)
                     vec.store(builder, velocity, vel_ptr)
                     nesterov_step = builder.fsub(builder.fmul(mu_v, velocity), step)
                     delta = builder.select(nesterov, nesterov_step, velocity)
@@ -214,7 +220,7 @@ def _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, fin
     builder.position_at_end(done)
 
 
-# The smallest normal float32: Adam's moments below it are flushed to zero (fastmlp/optim.py).
+# The smallest normal float32: velocities and Adam's moments below it are flushed to zero (fastmlp/optim.py).
 SMALLEST_NORMAL = 1.1754943508222875e-38
 # On x86 the caller runs adam_tile with the MXCSR's flush-to-zero and denormals-are-zero modes
 # on (`flush_to_zero_mode`), which flush for free; elsewhere the tile compares and selects.
