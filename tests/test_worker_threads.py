@@ -352,3 +352,31 @@ def test_any_worker_count_gives_the_weights_of_one_worker_bit_for_bit(rule):
         _, model = epoch(Backend(threads=threads), sizes, 16, SGD_RULES[rule], n=75)
         for p1, p2 in zip(one.weights + one.biases, model.weights + model.biases):
             np.testing.assert_array_equal(p1, p2, err_msg=f"threads={threads}")
+
+
+@pytest.mark.parametrize("threads, hidden, private", [(2, 3 * PANELS, True), (3, 3 * PANELS, True),
+                                                       (4, 3 * PANELS, False), (1, 3 * PANELS, False)])
+def test_workers_that_split_layer_0_by_panels_gather_the_whole_batch_into_buffers_of_their_own(threads, hidden,
+                                                                                              private):
+    """Two input buffers a worker where each reads every row (layer 0 by panels), shared by rows or alone; and the
+    same weights bit for bit whichever buffers an epoch gathers into."""
+    from fastmlp.backends.numba import threads as worker_threads
+
+    sizes = (30, hidden, 7, 5)
+    assert worker_threads.private_inputs(threads, 16, sizes) is private
+    backend = Backend(threads=threads)
+    _, model = epoch(backend, sizes, 16, SGD_RULES["nesterov"], n=75)
+    (ws,) = backend._workspaces.values()
+    assert len(ws.inputs) == (2 * threads if private else 2)
+    _, one = epoch(Backend(threads=1), sizes, 16, SGD_RULES["nesterov"], n=75)
+    for p1, p2 in zip(one.weights + one.biases, model.weights + model.biases):
+        np.testing.assert_array_equal(p1, p2)
+
+
+def test_private_input_buffers_stay_within_their_byte_budget():
+    from fastmlp.backends.numba.threads import PRIVATE_INPUT_BYTES, private_inputs
+
+    sizes = (784, 128, 64, 10)
+    rows = PRIVATE_INPUT_BYTES // (2 * 784 * 4)  # the most rows two workers may copy
+    assert private_inputs(2, rows, sizes) and not private_inputs(2, rows + 1, sizes)
+    assert not private_inputs(2, 64, (784, PANELS, 10))  # one panel: layer 0 split by rows

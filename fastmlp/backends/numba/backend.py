@@ -164,6 +164,7 @@ class Backend(BackendBase):
         with self._epoch_lock:  # _free_threads' readings are the instance's too
             workers = epoch_workers(self.threads or self._free_threads(), rows, model.layer_sizes)
             ws = self._workspace(model.layer_sizes, rows)
+            inputs = ws.inputs_for(workers)
             packed = self._packed_params(model, velocity, moments)
             (rule, velocity_w, velocity_b, second_w, second_b, mu, beta2, eps32,
              steps) = self._update_rule(model, packed, momentum, nesterov, velocity, optimizer, betas, eps, moments)
@@ -175,7 +176,7 @@ class Backend(BackendBase):
                 total = train_batches_worker(
                     t, workers, barrier, packed.weights, packed.transposed, velocity_w, biases, velocity_b, data,
                     scale, y, order, begin, end, batch_size, np.float32(lr), mu, np.float32(weight_decay), rule,
-                    ws.inputs, ws.acts, ws.deltas, ws.db, ws.labels, second_w, second_b, beta2, eps32, steps + 1,
+                    inputs, ws.acts, ws.deltas, ws.db, ws.labels, second_w, second_b, beta2, eps32, steps + 1,
                     ws.delta_panels)
                 if t == 0 and not barrier_aborted(barrier):  # a range cut short (a worker failed) is not counted
                     done[0] = end

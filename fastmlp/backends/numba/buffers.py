@@ -1,7 +1,8 @@
 """The numba backend's buffers: a net's parameters in the packed layout (fastmlp/kernels/packed.py),
 and the scratch arrays of a batch. Made once per (layer sizes[, batch rows]) and kept by the backend.
 
-    inputs[0|1]  (batch, sizes[0])    the gathered batch, two of them: batch s uses inputs[s % 2]
+    inputs       (batch, sizes[0])    the gathered batch, two of them: batch s uses inputs[s % 2]; or two
+                                      per worker, worker t's batch s inputs[2 t + s % 2] (`inputs_for`)
     acts[l]      (batch, padded_width(sizes[l+1]))  the output of layer l, in its first sizes[l+1]
                                       columns; acts[L-1] (batch, sizes[L]) the logits
     deltas[l]    (batch, sizes[l+1])  dZ_l; deltas[L-1] is acts[L-1] (the softmax kernel overwrites
@@ -24,6 +25,7 @@ from ...kernels.packed import (
     unpack_weights_into,
 )
 from ...runtime.aligned import aligned_zeros
+from .threads import private_inputs
 
 if TYPE_CHECKING:
     from ...model import MLP
@@ -103,6 +105,7 @@ class _Workspace:
 
     def __init__(self, layer_sizes: Sequence[int], rows: int) -> None:
         self.layer_sizes = tuple(layer_sizes)
+        self.rows = rows
         self.inputs = tuple(aligned_zeros((rows, layer_sizes[0])) for _ in range(2))  # all on cache lines
         # Each dZ_l in column panels, as the update's tiles read it front to back (zero padding: the
         # columns past the layer's width).
@@ -118,3 +121,11 @@ class _Workspace:
         self.deltas = tuple(aligned_zeros((rows, size)) for size in layer_sizes[1:-1]) + (self.acts[-1],)
         self.db = tuple(aligned_zeros(size) for size in layer_sizes[1:])  # a worker's share: few lines shared
         self.labels = np.zeros(rows, dtype=np.int64)
+
+    def inputs_for(self, workers: int) -> Arrays:
+        """The input buffers of an epoch on `workers` workers: two that all of them share, or two per worker
+        where each gathers the whole batch (threads.private_inputs); made once, kept for later epochs."""
+        count = 2 * workers if private_inputs(workers, self.rows, self.layer_sizes) else 2
+        if len(self.inputs) < count:
+            self.inputs += tuple(aligned_zeros(self.inputs[0].shape) for _ in range(count - len(self.inputs)))
+        return self.inputs[:count]

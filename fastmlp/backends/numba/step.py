@@ -10,7 +10,9 @@ advances per batch inside the epoch: the epoch starts from the moments' t, batch
 t + s + 1, and its bias corrections are computed in nopython code.
 
 Buffers, per (layer sizes, batch size, workers), made once and kept on the backend:
-    inputs[0|1]  (batch, sizes[0])    the gathered batch, two of them: batch s uses inputs[s % 2]
+    inputs[0|1]  (batch, sizes[0])    the gathered batch, two of them: batch s uses inputs[s % 2];
+                                      or two a worker (threads.private_inputs), worker t's batch s in
+                                      inputs[2 t + s % 2], each gathering every row of the batch
     acts[l]      (batch, sizes[l+1])  the output of layer l; acts[L-1] the logits
     deltas[l]    (batch, sizes[l+1])  dZ_l; deltas[L-1] is acts[L-1] (the softmax kernel overwrites
                                       the logits with their gradient)
@@ -31,7 +33,9 @@ of W_0 in its own core's cache from step to step):
      of acts[0]);                                                                  -- barrier
   B. for worker t's rows of the batch: the other layers' forward, softmax + cross-entropy, and
      the backward pass down to dZ_0, dZ_{l-1} = (dZ_l W_l^T) * (A_{l-1} > 0), reading W_l.T
-     packed; then worker t gathers its rows of the next batch into the other input buffer;
+     packed; then worker t gathers its rows of the next batch into the other input buffer (or,
+     with input buffers of its own, every row: A and C read every row of the batch, and half of
+     a shared one would come from the other core's cache, 10-20 % of a step on an Intel Xeon);
                                                                                    -- barrier
   C. the updates, the weight-gradient product fused with the SGD / momentum / Adam rule: worker
      t's panels of W_0 and bias entries c0:c1 of layer 0 (the parts phase A read), rows c0:c1 of
@@ -319,13 +323,17 @@ def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, bi
     """
     n = order.shape[0]
     by_rows = layer0_by_rows(workers, packed[0].shape[0])
+    # The rows of a batch this worker gathers (part `part` of `parts`) and its first input buffer: with two
+    # input buffers a worker (threads.private_inputs), every row into its own; else its share into shared ones.
+    part, parts, slot = (0, 1, 2 * t) if len(inputs) > 2 else (t, workers, 0)
     total = 0.0
     for start in range(begin, end, batch_size):
         nb = min(batch_size, n - start)
         s = start // batch_size
-        x = inputs[s % 2]
+        x = inputs[slot + s % 2]
         if start == 0:  # the epoch's first batch; each later one is gathered by the step before it
-            gather_part(t, workers, x, labels, X, scale, y, order, 0, nb, True, True)
+            gather_part(part, parts, x, labels, X, scale, y, order, 0, nb, True, False)
+            gather_part(t, workers, x, labels, X, scale, y, order, 0, nb, False, True)
             if not barrier_wait(barrier, workers):
                 break
         loss, ok = forward_backward(t, workers, by_rows, barrier, packed, transposed, biases, x, labels, nb, acts,
@@ -334,7 +342,7 @@ def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, bi
             break
         following = start + batch_size
         if following < n:  # the next batch's inputs, into the buffer this step leaves alone
-            gather_part(t, workers, inputs[(s + 1) % 2], labels, X, scale, y, order, following,
+            gather_part(part, parts, inputs[slot + (s + 1) % 2], labels, X, scale, y, order, following,
                         min(batch_size, n - following), True, False)
             after = following + batch_size
             if after < n:  # and the rows it gathers of the batch after, fetched into L2 while the next step runs

@@ -22,6 +22,7 @@ from itertools import pairwise
 import numpy as np
 import numpy.typing as npt
 
+from ...kernels.packed import PANEL_WIDTH
 from ...runtime.barrier import abort_barrier, barrier_aborted
 from ...runtime.blas_threads import blas_thread_count, usable_cpus
 from ..base import Progress, epoch_ranges
@@ -53,6 +54,25 @@ def step_flops(batch_rows: int, layer_sizes: Sequence[int]) -> int:
     input gradient is never needed) and a weight-gradient product, 2 FLOPs per row each."""
     weights = [k * n for k, n in pairwise(layer_sizes)]
     return 2 * batch_rows * (3 * sum(weights) - weights[0])
+
+
+# Each worker gathers the whole batch into input buffers of its own (`private_inputs`) while all of them
+# together hold at most this many bytes of it: a few MB, what two to four cores' L2 caches hold.
+PRIVATE_INPUT_BYTES = 8 << 20
+
+
+def private_inputs(workers: int, batch_rows: int, layer_sizes: Sequence[int]) -> bool:
+    """True when each of an epoch's workers gathers every row of a batch into buffers of its own, rather
+    than its share of the rows into buffers they all read (fastmlp/backends/numba/step.py).
+
+    With layer 0 split by panels, each worker reads every row of the batch twice a step (the forward,
+    the update), and with a shared batch half of it was just written by the other worker: lines read
+    from another core's cache. On a 2-core Intel Xeon (AVX-512) that cost 10-20 % of a step; gathering
+    every row on every worker costs a share of a gather more. Only where the batch's copies stay small
+    (PRIVATE_INPUT_BYTES): at a large batch on many cores, each core gathering all of it would fill L3.
+    """
+    panels = -(-layer_sizes[1] // PANEL_WIDTH)
+    return 1 < workers <= panels and workers * batch_rows * layer_sizes[0] * 4 <= PRIVATE_INPUT_BYTES
 
 
 def epoch_workers(threads: int, batch_rows: int, layer_sizes: Sequence[int]) -> int:
