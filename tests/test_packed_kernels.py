@@ -62,6 +62,26 @@ def test_forward_kernels_match_numpy(m, k, n, seed):
     assert np.all(Z[A @ W + b < -1e-5 * terms] == 0)  # clearly negative: ReLU'd to exactly 0
 
 
+
+def test_a_wide_layer_runs_in_groups_of_panels_with_the_same_bits_as_a_panel_at_a_time():
+    """W_0 of 784-1024-...: its panels (3.2 MB) do not fit L2, so the forward runs them in groups
+    (packed._FORWARD_GROUP_BYTES); each panel's product is the same, bit for bit, as on its own."""
+    from fastmlp.kernels.packed import _FORWARD_GROUP_BYTES
+
+    rng = np.random.default_rng(5)
+    k, n, m = 784, 1000, 2 * TILE_ROWS + 3
+    assert k * PANEL_WIDTH * 4 * kernels.panel_count(n) > 2 * _FORWARD_GROUP_BYTES  # three groups or more
+    A, W, b = f32(rng, m, k), f32(rng, k, n), f32(rng, n)
+    P = packed(W)
+    Z = np.full((m, n), np.nan, np.float32)
+    kernels.packed_matmul_bias_relu_into(Z, A, P, b)
+    assert_close(Z, np.maximum(A @ W + b, 0), terms=np.abs(A) @ np.abs(W) + np.abs(b))
+    for p in (0, P.shape[0] // 2, P.shape[0] - 1):  # one panel alone: one group
+        cols = slice(p * PANEL_WIDTH, min(n, (p + 1) * PANEL_WIDTH))
+        alone = np.empty((m, cols.stop - cols.start), np.float32)
+        kernels.packed_matmul_bias_relu_into(alone, A, np.ascontiguousarray(P[p : p + 1]), b[cols])
+        np.testing.assert_array_equal(Z[:, cols], alone)
+
 @settings(max_examples=40, deadline=None)
 @given(m=st.sampled_from(EDGE_SIZES), k=st.sampled_from(EDGE_SIZES), n=st.sampled_from(EDGE_SIZES),
        seed=st.integers(0, 2**16))
