@@ -34,7 +34,20 @@ PROBE = textwrap.dedent("""
             pass
 
     event.register("numba:compile", Count())
-    get_backend("numba").warm_up(MLP((6, 5, 4, 3), seed=0), pixels=sys.argv[1] == "pixels")
+    pixels = sys.argv[1] == "pixels"
+    get_backend("numba").warm_up(MLP((6, 5, 4, 3), seed=0), pixels=pixels)
+    # Then an epoch on two workers, each gathering into input buffers of its own (layer 0 split by panels):
+    # the warm-up's compilation must serve it too, whatever the worker count.
+    import numpy as np
+    from fastmlp import Pixels
+    from fastmlp.backends.numba.backend import Backend
+    from fastmlp.kernels import PANEL_WIDTH
+    from fastmlp.backends.numba.threads import epoch_workers, private_inputs
+    sizes = (64, 2 * PANEL_WIDTH, 4, 3)
+    assert epoch_workers(2, 64, sizes) == 2 and private_inputs(2, 64, sizes)
+    X = np.zeros((256, 64), np.uint8)
+    Backend(threads=2).train_epoch(MLP(sizes, seed=0), Pixels(X) if pixels else X.astype(np.float32),
+                                   np.zeros(256, np.int64), batch_size=64, lr=0.01, rng=np.random.default_rng(0))
     print(json.dumps(compiled))
 """)
 

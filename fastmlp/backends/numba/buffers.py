@@ -1,8 +1,8 @@
 """The numba backend's buffers: a net's parameters in the packed layout (fastmlp/kernels/packed.py),
 and the scratch arrays of a batch. Made once per (layer sizes[, batch rows]) and kept by the backend.
 
-    inputs       (batch, sizes[0])    the gathered batch, two of them: batch s uses inputs[s % 2]; or two
-                                      per worker, worker t's batch s inputs[2 t + s % 2] (`inputs_for`)
+    inputs       (2, batch, sizes[0]) the gathered batch, two of them: batch s uses inputs[s % 2]; or
+                                      (2 workers, ...), worker t's batch s in inputs[2 t + s % 2] (`inputs_for`)
     acts[l]      (batch, padded_width(sizes[l+1]))  the output of layer l, in its first sizes[l+1]
                                       columns; acts[L-1] (batch, sizes[L]) the logits
     deltas[l]    (batch, sizes[l+1])  dZ_l; deltas[L-1] is acts[L-1] (the softmax kernel overwrites
@@ -106,7 +106,7 @@ class _Workspace:
     def __init__(self, layer_sizes: Sequence[int], rows: int) -> None:
         self.layer_sizes = tuple(layer_sizes)
         self.rows = rows
-        self.inputs = tuple(aligned_zeros((rows, layer_sizes[0])) for _ in range(2))  # all on cache lines
+        self.inputs = _input_buffers(2, rows, layer_sizes[0])
         # Each dZ_l in column panels, as the update's tiles read it front to back (zero padding: the
         # columns past the layer's width).
         self.delta_panels = tuple(aligned_zeros((-(-size // PANEL_WIDTH), rows, PANEL_WIDTH))
@@ -122,10 +122,21 @@ class _Workspace:
         self.db = tuple(aligned_zeros(size) for size in layer_sizes[1:])  # a worker's share: few lines shared
         self.labels = np.zeros(rows, dtype=np.int64)
 
-    def inputs_for(self, workers: int) -> Arrays:
+    def inputs_for(self, workers: int) -> FloatArray:
         """The input buffers of an epoch on `workers` workers: two that all of them share, or two per worker
         where each gathers the whole batch (threads.private_inputs); made once, kept for later epochs."""
         count = 2 * workers if private_inputs(workers, self.rows, self.layer_sizes) else 2
         if len(self.inputs) < count:
-            self.inputs += tuple(aligned_zeros(self.inputs[0].shape) for _ in range(count - len(self.inputs)))
+            self.inputs = _input_buffers(count, self.rows, self.layer_sizes[0])
         return self.inputs[:count]
+
+
+def _input_buffers(count: int, rows: int, width: int) -> FloatArray:
+    """`count` input buffers of at least `rows` rows of `width` floats, in one array: one type, whatever the
+    count, so that Numba compiles the epoch once for every worker count. Each buffer starts on a cache line
+    (its rows rounded up, the rows past `rows` never read)."""
+    floats_a_line = 64 // 4
+    padded = rows
+    while (padded * width) % floats_a_line:
+        padded += 1
+    return aligned_zeros((count, padded, width))

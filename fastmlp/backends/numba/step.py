@@ -10,9 +10,9 @@ advances per batch inside the epoch: the epoch starts from the moments' t, batch
 t + s + 1, and its bias corrections are computed in nopython code.
 
 Buffers, per (layer sizes, batch size, workers), made once and kept on the backend:
-    inputs[0|1]  (batch, sizes[0])    the gathered batch, two of them: batch s uses inputs[s % 2];
-                                      or two a worker (threads.private_inputs), worker t's batch s in
-                                      inputs[2 t + s % 2], each gathering every row of the batch
+    inputs       (2, batch, sizes[0]) the gathered batch, two of them: batch s uses inputs[s % 2];
+                                      or two a worker (2 workers, ...: threads.private_inputs), worker
+                                      t's batch s in inputs[2 t + s % 2], each gathering every row
     acts[l]      (batch, sizes[l+1])  the output of layer l; acts[L-1] the logits
     deltas[l]    (batch, sizes[l+1])  dZ_l; deltas[L-1] is acts[L-1] (the softmax kernel overwrites
                                       the logits with their gradient)
@@ -325,7 +325,7 @@ def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, bi
     by_rows = layer0_by_rows(workers, packed[0].shape[0])
     # The rows of a batch this worker gathers (part `part` of `parts`) and its first input buffer: with two
     # input buffers a worker (threads.private_inputs), every row into its own; else its share into shared ones.
-    part, parts, slot = (0, 1, 2 * t) if len(inputs) > 2 else (t, workers, 0)
+    part, parts, slot = (0, 1, 2 * t) if inputs.shape[0] > 2 else (t, workers, 0)
     total = 0.0
     for start in range(begin, end, batch_size):
         nb = min(batch_size, n - start)
