@@ -41,8 +41,9 @@ def wgrad_tile(module, tile):
     caller near the end of W gives it a whole tile's columns with lo > 0 rather than fewer rows.
     With G = A[:, k0+lo:k0+hi].T @ D[:, panel] and g = G + weight_decay * W:
     PLAIN_SGD W -= lr * g; MOMENTUM V = momentum * V - lr * g, W += V; NESTEROV the same V,
-    W += momentum * V - lr * g; an entry of V below the smallest normal float becomes 0 before W uses it. vel is read only by MOMENTUM and NESTEROV. Padding columns
-    (past ncols) get G = 0, so zero padding stays zero. (Adam: adam_tile.)
+    W += momentum * V - lr * g; an entry of V below the smallest normal float becomes 0 before W
+    uses it. vel is read only by MOMENTUM and NESTEROV. Padding columns (past ncols) get G = 0, so
+    zero padding stays zero. (Adam: adam_tile.)
 
     The sum over the n rows may be cut into consecutive ranges of rows, a call each (a whole tile
     only: ncols = NR, hi = MR), so that a range's MR columns of A stay in L1 while the tiles of
