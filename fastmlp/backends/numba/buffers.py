@@ -24,7 +24,7 @@ from ...kernels.packed import (
     transpose_packed_into,
     unpack_weights_into,
 )
-from ...runtime.aligned import aligned_zeros
+from ...runtime.aligned import CACHE_LINE, aligned_zeros
 from .threads import private_inputs
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ def _input_buffers(count: int, rows: int, width: int) -> FloatArray:
     """`count` input buffers of at least `rows` rows of `width` floats, in one array: one type, whatever the
     count, so that Numba compiles the epoch once for every worker count. Each buffer starts on a cache line
     (its rows rounded up, the rows past `rows` never read)."""
-    floats_a_line = 64 // 4
+    floats_a_line = CACHE_LINE // 4
     padded = rows
     while (padded * width) % floats_a_line:
         padded += 1
