@@ -5,11 +5,9 @@ import numpy as np
 from ..runtime.jit import cached_njit
 from .contiguity import require_c_contiguous
 
-# The smallest normal float32: velocities below it are flushed to zero (fastmlp/optim.py).
-SMALLEST_NORMAL = np.float32(np.finfo(np.float32).tiny)
-
 # Smallest normal float32. Probabilities below it only produce subnormal gradients, which
-# make every later gemm and elementwise pass up to 100x slower on x86 (see softmax kernels).
+# make every later gemm and elementwise pass up to 100x slower on x86 (see softmax kernels);
+# velocities below it are flushed to zero (fastmlp/optim.py).
 _TINY = np.float32(np.finfo(np.float32).tiny)
 
 
@@ -170,7 +168,7 @@ def momentum_update_inplace(W, V, G, lr, momentum, weight_decay, nesterov):
     for i in range(w.size):
         step = lr32 * (grad[i] + wd * w[i])
         vi = mu * v[i] - step
-        if abs(vi) < SMALLEST_NORMAL:  # subnormal velocities flushed to zero (fastmlp/optim.py)
+        if abs(vi) < _TINY:  # subnormal velocities flushed to zero (fastmlp/optim.py)
             vi = np.float32(0.0)
         v[i] = vi
         if nesterov:

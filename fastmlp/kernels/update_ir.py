@@ -64,7 +64,6 @@ def wgrad_tile(module, tile):
     nv, nr, vw = tile.nv, tile.nr, tile.vw
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     lr_v, mu_v, wd_v = (_splat(builder, s, vw) for s in (lr, momentum, weight_decay))
-    smallest = ir.Constant(vec.vt, [SMALLEST_NORMAL] * vw)
     uses_velocity = builder.icmp_unsigned("!=", rule, ir.Constant(I32, PLAIN_SGD))
     nesterov = builder.icmp_unsigned("==", rule, ir.Constant(I32, NESTEROV))
 
@@ -88,8 +87,7 @@ def wgrad_tile(module, tile):
                     # A velocity below the smallest normal float is flushed to zero (fastmlp/optim.py): that
                     # of a weight whose input is nearly always 0 decays by `momentum` every step, and would
                     # spend ~150 steps as a subnormal, each operation on which costs ~100 cycles on Intel.
-                    too_small = builder.fcmp_ordered("<", builder.call(vec.fabs, [velocity]), smallest)
-                    velocity = builder.select(too_small, vec.zero, velocity)
+                    velocity = _flushed(builder, vec, velocity, builder.call(vec.fabs, [velocity]))
                     vec.store(builder, velocity, vel_ptr)
                     nesterov_step = builder.fsub(builder.fmul(mu_v, velocity), step)
                     delta = builder.select(nesterov, nesterov_step, velocity)
@@ -223,6 +221,14 @@ def _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, fin
 
 # The smallest normal float32: velocities and Adam's moments below it are flushed to zero (fastmlp/optim.py).
 SMALLEST_NORMAL = 1.1754943508222875e-38
+
+
+def _flushed(builder, vec, x, magnitude):
+    """Emit: x, with 0 in the lanes where magnitude (|x|, or x itself where x >= 0) < SMALLEST_NORMAL."""
+    smallest = ir.Constant(vec.vt, [SMALLEST_NORMAL] * vec.vw)
+    return builder.select(builder.fcmp_ordered("<", magnitude, smallest), vec.zero, x)
+
+
 # On x86 the caller runs adam_tile with the MXCSR's flush-to-zero and denormals-are-zero modes
 # on (`flush_to_zero_mode`), which flush for free; elsewhere the tile compares and selects.
 
@@ -305,11 +311,6 @@ def adam_tile(module, tile):
     decoupled = builder.icmp_unsigned("==", rule, ir.Constant(I32, ADAMW))
     l2 = _splat(builder, builder.select(decoupled, zero, weight_decay), vw)
     decay = _splat(builder, builder.select(decoupled, builder.fneg(builder.fmul(lr, weight_decay)), zero), vw)
-    smallest = ir.Constant(vec.vt, [SMALLEST_NORMAL] * vw)
-
-    def flushed(builder, x, magnitude):  # 0 where magnitude < SMALLEST_NORMAL (x86: the MXCSR's modes do it)
-        return builder.select(builder.fcmp_ordered("<", magnitude, smallest), vec.zero, x)
-
     def update_vector(builder, i):
         """The pending tile's vector i (i * VW floats into each of its arrays) updated from its G in g_buf."""
         offset = builder.mul(i, ir.Constant(I64, vw))
@@ -319,9 +320,9 @@ def adam_tile(module, tile):
         base = builder.call(vec.exact_fma, [decay, weight, weight])
         new_m = builder.call(vec.exact_fma, [b1c, builder.fsub(g, old_m), old_m])
         new_s = builder.call(vec.exact_fma, [b2c, builder.fsub(builder.fmul(g, g), old_s), old_s])
-        if not X86:
-            new_m = flushed(builder, new_m, builder.call(vec.fabs, [new_m]))
-            new_s = flushed(builder, new_s, new_s)  # S >= 0
+        if not X86:  # on x86 the MXCSR's modes flush them
+            new_m = _flushed(builder, vec, new_m, builder.call(vec.fabs, [new_m]))
+            new_s = _flushed(builder, vec, new_s, new_s)  # S >= 0
         vec.store(builder, new_m, m_ptr)
         vec.store(builder, new_s, s_ptr)
         denom = builder.fadd(builder.call(vec.sqrt, [new_s]), eps_v)

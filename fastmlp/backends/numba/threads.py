@@ -22,7 +22,7 @@ from itertools import pairwise
 import numpy as np
 import numpy.typing as npt
 
-from ...kernels.packed import PANEL_WIDTH
+from ...kernels.packed import panel_count
 from ...runtime.barrier import abort_barrier, barrier_aborted
 from ...runtime.blas_threads import blas_thread_count, usable_cpus
 from ..base import Progress, epoch_ranges
@@ -71,8 +71,8 @@ def private_inputs(workers: int, batch_rows: int, layer_sizes: Sequence[int]) ->
     every row on every worker costs a share of a gather more. Only where the batch's copies stay small
     (PRIVATE_INPUT_BYTES): at a large batch on many cores, each core gathering all of it would fill L3.
     """
-    panels = -(-layer_sizes[1] // PANEL_WIDTH)
-    return 1 < workers <= panels and workers * batch_rows * layer_sizes[0] * 4 <= PRIVATE_INPUT_BYTES
+    copies_bytes = workers * batch_rows * layer_sizes[0] * 4
+    return 1 < workers <= panel_count(layer_sizes[1]) and copies_bytes <= PRIVATE_INPUT_BYTES
 
 
 def epoch_workers(threads: int, batch_rows: int, layer_sizes: Sequence[int]) -> int:
