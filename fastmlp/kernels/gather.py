@@ -42,7 +42,7 @@ _prefetch = _prefetch_intrinsic(3, "Fetch flat[index]'s cache line into every le
 _prefetch_l2 = _prefetch_intrinsic(2, "Fetch flat[index]'s cache line into L2 and L3, not L1; no effect on results.")
 
 
-@cached_njit
+@cached_njit(inline="always")
 def _prefetch_row(flat, row, n_cols):
     step = max(64 // flat.itemsize, 1)
     base = row * n_cols

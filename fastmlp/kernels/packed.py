@@ -187,7 +187,10 @@ def _restore_mxcsr(typingctx, csr):
     return sig, codegen
 
 
-@cached_njit
+# This module's small helpers (_panel_offset, _zigzag, _first_column, _chunked_wgrad_tiles) are inlined into the
+# kernels that call them: each a compiled function of its own was one more module that its caller linked and
+# optimised again (with gather's _prefetch_row, 0.5 s of a cold start; tests/test_compile_cost.py).
+@cached_njit(inline="always")
 def _panel_offset(dZ, p):
     """Offset in floats of panel p's first column of dZ: (n, N) row-major, or in column panels (3-d)."""
     return p * dZ.shape[1] * PANEL_WIDTH if dZ.ndim == 3 else p * PANEL_WIDTH
@@ -257,7 +260,7 @@ def adam_corrections(beta1, beta2, step):
 _PANEL_GROUP_BYTES = 256 * 1024
 
 
-@cached_njit
+@cached_njit(inline="always")
 def _zigzag(g0, g1, i):
     """The i-th panel of g0:g1 in the order update_part's tiles visit them: g0, g1 - 1, g0 + 1, g1 - 2, ...
 
@@ -273,7 +276,7 @@ def _zigzag(g0, g1, i):
     return g0 + i // 2 if i % 2 == 0 else g1 - 1 - i // 2
 
 
-@cached_njit
+@cached_njit(inline="always")
 def _first_column(k, K):
     """The first of the TILE_ROWS columns of A (rows of W) that the update tile of W's rows k.. reads.
 
@@ -359,7 +362,7 @@ SUM_CHUNK_ROWS = 128
 CARRY_PANELS = 16  # at most this many panels a group when the sum is cut in ranges (carry: 6 KB with AVX2)
 
 
-@cached_njit
+@cached_njit(inline="always")
 def _chunked_wgrad_tiles(P, V, A, lda, dZ, N, ldd, n, kr, lo, g0, g1, lr32, mu32, wd32, rule, carry):
     """Packed rows kr+lo:kr+TILE_ROWS (a whole tile's columns of A, kr:kr+TILE_ROWS) of panels g0:g1 (at most
     CARRY_PANELS) updated by an SGD rule from A[:n].T @ dZ[:n], the sums in ranges of SUM_CHUNK_ROWS rows
