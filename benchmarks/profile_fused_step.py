@@ -64,7 +64,8 @@ def upper_layers_phase(reps, packed, transposed, biases, x, acts, deltas, labels
     for _ in range(reps):
         forward_rows(packed, biases, x, acts, 1, 0, nb)
         softmax_xent_backward_rows_inplace(acts[L - 1][:nb], labels[:nb], nb)
-        backward_rows_into_panels(transposed, acts, deltas, delta_panels, 0, nb)  # each dZ_l as its update reads it
+        # each dZ_l as its update reads it
+        backward_rows_into_panels(transposed, acts, deltas, delta_panels, 0, nb, 0, packed[0].shape[0])
 
 
 @njit(cache=True)

@@ -1,4 +1,4 @@
-"""A cold start compiles each tile-holding kernel once (forward_part once a call site), and none of the
+"""A cold start compiles each tile-holding kernel once (forward_part twice), and none of the
 step's glue on its own.
 
 Numba links the LLVM of every function a compiled function calls into its module and optimises
@@ -42,19 +42,23 @@ PROBE = textwrap.dedent("""
     from fastmlp import Pixels
     from fastmlp.backends.numba.backend import Backend
     from fastmlp.kernels import PANEL_WIDTH
-    from fastmlp.backends.numba.threads import epoch_workers, private_inputs
+    from fastmlp.backends.numba.threads import epoch_workers, may_replicate_upper, private_inputs
     sizes = (64, 2 * PANEL_WIDTH, 4, 3)
-    assert epoch_workers(2, 64, sizes) == 2 and private_inputs(2, 64, sizes)
+    assert epoch_workers(2, 64, sizes) == 2 and private_inputs(2, 64, sizes) and may_replicate_upper(2, 64, sizes)
     X = np.zeros((256, 64), np.uint8)
-    Backend(threads=2).train_epoch(MLP(sizes, seed=0), Pixels(X) if pixels else X.astype(np.float32),
-                                   np.zeros(256, np.int64), batch_size=64, lr=0.01, rng=np.random.default_rng(0))
+    # Then with the upper layers replicated on both workers (one barrier a step, acts[0] double-buffered).
+    from fastmlp.backends.numba import threads
+    for replicated in (False, True):
+        threads.SPLITS = threads.SplitChooser(forced=replicated)
+        Backend(threads=2).train_epoch(MLP(sizes, seed=0), Pixels(X) if pixels else X.astype(np.float32),
+                                       np.zeros(256, np.int64), batch_size=64, lr=0.01, rng=np.random.default_rng(0))
     print(json.dumps(compiled))
 """)
 
 # Kernels with SIMD tiles (or their IR) that the epoch function calls, and how many times each is compiled:
-# once, but forward_part once for each of its three call sites (forward of layer 0, of the upper layers, the
-# backward pass), whose literal arguments specialise it (step.py's module doc).
-TILE_KERNELS = {"forward_part": 3, "forward_part_into_panels": 1, "update_part": 1, "transpose_packed_into": 1,
+# once, but forward_part twice: the forward passes (of layer 0, of the upper layers) alike, the backward pass
+# with its literal kind (step.py's module doc).
+TILE_KERNELS = {"forward_part": 2, "forward_part_into_panels": 1, "update_part": 1, "transpose_packed_into": 1,
                 "panels_from_rows_into": 1}
 # The step's glue, inlined into train_batches_worker: never compiled as a function of its own.
 INLINED_GLUE = ("forward_backward", "updates", "update_worker_part", "gather_part", "forward_rows", "backward_rows",
@@ -75,7 +79,7 @@ def _compiled_in_a_fresh_process(kind):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_a_cold_start_compiles_each_tile_kernel_once_a_call_site_and_no_glue_on_its_own():
+def test_a_cold_start_compiles_each_tile_kernel_once_forward_part_twice_and_no_glue_on_its_own():
     compiled = _compiled_in_a_fresh_process("pixels")
     assert compiled["train_batches_worker"] == 1
     assert {name: compiled.get(name, 0) for name in TILE_KERNELS} == TILE_KERNELS

@@ -380,3 +380,80 @@ def test_private_input_buffers_stay_within_their_byte_budget():
     rows = PRIVATE_INPUT_BYTES // (2 * 784 * 4)  # the most rows two workers may copy
     assert private_inputs(2, rows, sizes) and not private_inputs(2, rows + 1, sizes)
     assert not private_inputs(2, 64, (784, PANELS, 10))  # one panel: layer 0 split by rows
+
+
+# Layer 0 holds nearly all of these nets' weights: the upper layers may be replicated on every worker.
+LAYER0_HEAVY = [(200, 3 * PANELS, 4, 3), (200, 2 * PANELS + 5, 6)]
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("sizes", LAYER0_HEAVY)
+def test_replicated_upper_layers_give_the_weights_of_one_worker_bit_for_bit(monkeypatch, rule, threads, sizes):
+    """Every worker runs the upper layers for every row on copies of its own, one barrier a step: the same products
+    in the same order as one worker's, so the same bits, loss and optimiser state included (worker 0's copies
+    are the model's); a read of a layer-0 output before its barrier, or of the next step's, would show here."""
+    from fastmlp.backends.numba import threads as worker_threads
+    from fastmlp.runtime import barrier as barrier_module
+
+    assert worker_threads.may_replicate_upper(threads, 16, sizes)
+    loss_one, one, state_one = epoch(Backend(threads=1), sizes, 16, RULES[rule], n=75, with_state=True)
+    states = []
+
+    def recorded():
+        states.append(barrier_state())
+        return states[-1]
+
+    monkeypatch.setattr(numba_fused, "barrier_state", recorded)
+    monkeypatch.setattr(worker_threads, "SPLITS", worker_threads.SplitChooser(forced=True))
+    loss, model, state = epoch(Backend(threads=threads), sizes, 16, RULES[rule], n=75, with_state=True)
+    assert states[-1][barrier_module._GENERATION] == 1 + 5  # the first gather's, then one for each of 5 steps
+    assert loss == loss_one
+    for p1, p2 in zip(one.weights + one.biases, model.weights + model.biases):
+        np.testing.assert_array_equal(p1, p2)
+    assert_states_close(state_one, state, rtol=0)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_progress_chunks_change_nothing_with_replicated_upper_layers(monkeypatch, threads):
+    """Worker 0 leaves nopython code between chunks while the others go on at one barrier a step."""
+    from fastmlp.backends.numba import threads as worker_threads
+
+    monkeypatch.setattr(worker_threads, "SPLITS", worker_threads.SplitChooser(forced=True))
+    sizes = LAYER0_HEAVY[0]
+    rng = np.random.default_rng(0)
+    X, y = rng.random((700, sizes[0]), dtype=np.float32), rng.integers(0, sizes[-1], 700)
+    m1, m2 = MLP(sizes, seed=0), MLP(sizes, seed=0)
+    updates = []
+    loss1 = Backend(threads=threads).train_epoch(m1, X, y, batch_size=9, lr=0.1, rng=np.random.default_rng(2),
+                                                 progress=updates.append)
+    loss2 = Backend(threads=1).train_epoch(m2, X, y, batch_size=9, lr=0.1, rng=np.random.default_rng(2))
+    assert sum(updates) == 700 and len(updates) > 10
+    assert loss1 == loss2
+    for p1, p2 in zip(m1.weights + m1.biases, m2.weights + m2.biases):
+        np.testing.assert_array_equal(p1, p2)
+
+
+def test_upper_layers_are_replicated_only_where_layer_0_holds_nearly_all_of_the_weights():
+    from fastmlp.backends.numba.threads import may_replicate_upper
+
+    assert may_replicate_upper(2, 64, DEFAULT_NET)  # 8,832 upper weights against 100,352
+    assert not may_replicate_upper(2, 64, (784, 1024, 1024, 10))  # the upper layers as big as layer 0
+    assert not may_replicate_upper(2, 64, (784, 128))  # no upper layer
+    assert not may_replicate_upper(1, 64, DEFAULT_NET)  # one worker
+    assert not may_replicate_upper(2, 4096, DEFAULT_NET)  # a batch too big to gather on every worker
+
+
+def test_the_split_chooser_times_both_splits_then_keeps_the_faster():
+    from fastmlp.backends.numba.threads import SPLIT_TRIALS, SplitChooser
+
+    for faster in (True, False):
+        chooser, key, ran = SplitChooser(), ("net", 32, 2), []
+        for _ in range(1 + 2 * SPLIT_TRIALS):
+            replicated = chooser.next_split(key)
+            ran.append(replicated)
+            chooser.record(key, replicated, 1.0 if replicated == faster else 1.2)
+        assert ran == [False] + [True, False] * SPLIT_TRIALS  # split first (it may compile), then in turn
+        assert [chooser.next_split(key) for _ in range(3)] == [faster] * 3
+        assert chooser.next_split(("another net", 32, 2)) is False  # each shape its own trials
+    assert SplitChooser(forced=True).next_split(key) is True

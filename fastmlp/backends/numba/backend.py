@@ -28,9 +28,10 @@ from ...runtime.barrier import barrier_aborted, barrier_state
 from ...runtime.blas_threads import single_threaded_blas, usable_cpus  # noqa: F401  usable_cpus: read by tests
 from ...runtime.thread_policy import CpuLoad, free_cores, others_running
 from ..base import BackendBase, Labels, Progress, WholeSteps
-from .buffers import _Packed, _Workspace
+from . import threads as threads_module
+from .buffers import _Packed, _Workspace, upper_copies
 from .step import forward_probs_inplace, loss_and_grads_into, part_of, step_worker, train_batches_worker  # noqa: F401
-from .threads import LOAD_WINDOW_SECONDS, epoch_workers, run_chunks, run_workers, training_threads
+from .threads import LOAD_WINDOW_SECONDS, epoch_workers, may_replicate_upper, run_chunks, run_workers, training_threads
 
 if TYPE_CHECKING:
     from ...model import MLP
@@ -169,15 +170,28 @@ class Backend(BackendBase):
             (rule, velocity_w, velocity_b, second_w, second_b, mu, beta2, eps32,
              steps) = self._update_rule(model, packed, momentum, nesterov, velocity, optimizer, betas, eps, moments)
             biases = tuple(model.biases)
+            # Each worker's parameters: the model's (packed), or with the upper layers replicated, for workers
+            # 1.. copies of them past layer 0 (worker 0's are the ones unpacked into the model).
+            split_key = (tuple(model.layer_sizes), rows, workers)
+            replicated = (may_replicate_upper(workers, rows, model.layer_sizes)
+                          and threads_module.SPLITS.next_split(split_key))
+            state = (packed.weights, packed.transposed, velocity_w, biases, velocity_b, second_w, second_b)
+            states: list[tuple[Any, ...]] = [state]
+            for _ in range(1, workers):
+                copies: dict[int, FloatArray] = {}
+                states.append(tuple(upper_copies(arrays, copies) if replicated else arrays for arrays in state))
+            spaces = ws.worker_workspaces(workers) if replicated else [ws] * workers
 
             done = [0]  # the end of worker 0's last range of steps, all of them taken
 
             def run(t: int, begin: int, end: int) -> float:
+                weights, transposed, vel_w, own_biases, vel_b, sec_w, sec_b = states[t]
+                space = spaces[t]
                 total = train_batches_worker(
-                    t, workers, barrier, packed.weights, packed.transposed, velocity_w, biases, velocity_b, data,
-                    scale, y, order, begin, end, batch_size, np.float32(lr), mu, np.float32(weight_decay), rule,
-                    inputs, ws.acts, ws.deltas, ws.db, ws.labels, second_w, second_b, beta2, eps32, steps + 1,
-                    ws.delta_panels)
+                    t, workers, barrier, weights, transposed, vel_w, own_biases, vel_b, data, scale, y, order, begin,
+                    end, batch_size, np.float32(lr), mu, np.float32(weight_decay), rule, inputs, space.acts,
+                    space.deltas, space.db, space.labels, sec_w, sec_b, beta2, eps32, steps + 1, space.delta_panels,
+                    space.acts_odd() if replicated else space.acts, replicated)
                 if t == 0 and not barrier_aborted(barrier):  # a range cut short (a worker failed) is not counted
                     done[0] = end
                     whole.step_done()  # a Ctrl-C that came meanwhile: raised once its steps are counted
@@ -189,7 +203,11 @@ class Backend(BackendBase):
                     if workers == 1:
                         total = run_chunks(run, len(order), batch_size, progress, barrier)
                     else:
+                        began = time.perf_counter()
                         total = run_workers(run, workers, len(order), batch_size, progress, barrier)
+                        seconds_per_sample = (time.perf_counter() - began) / len(order)
+                        if may_replicate_upper(workers, rows, model.layer_sizes):
+                            threads_module.SPLITS.record(split_key, replicated, seconds_per_sample)
             finally:
                 packed.store(model, velocity if rule in (MOMENTUM, NESTEROV) else None, moments)
                 if moments is not None:  # the steps taken: an interrupted epoch stops between ranges

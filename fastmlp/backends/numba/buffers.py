@@ -7,6 +7,8 @@ and the scratch arrays of a batch. Made once per (layer sizes[, batch rows]) and
                                       columns; acts[L-1] (batch, sizes[L]) the logits
     deltas[l]    (batch, sizes[l+1])  dZ_l; deltas[L-1] is acts[L-1] (the softmax kernel overwrites
                                       the logits with their gradient)
+With the upper layers replicated (fastmlp/backends/numba/step.py), each worker past the first has a
+workspace of its own but for acts[0], and acts[0] a second copy for odd steps (`acts_odd`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from ...kernels.packed import (
     transpose_packed_into,
     unpack_weights_into,
 )
-from ...runtime.aligned import CACHE_LINE, aligned_zeros
+from ...runtime.aligned import CACHE_LINE, aligned_copy, aligned_zeros
 from .threads import private_inputs
 
 if TYPE_CHECKING:
@@ -101,12 +103,13 @@ def padded_width(width: int) -> int:
 
 
 class _Workspace:
-    """Scratch buffers for batches of up to `rows` samples through a net of `layer_sizes`."""
+    """Scratch buffers for batches of up to `rows` samples through a net of `layer_sizes`; `layer0_output`:
+    acts[0] shared with another workspace (a worker's own, `worker_workspaces`), which holds the inputs."""
 
-    def __init__(self, layer_sizes: Sequence[int], rows: int) -> None:
+    def __init__(self, layer_sizes: Sequence[int], rows: int, layer0_output: FloatArray | None = None) -> None:
         self.layer_sizes = tuple(layer_sizes)
         self.rows = rows
-        self.inputs = _input_buffers(2, rows, layer_sizes[0])
+        self.inputs = _input_buffers(2 if layer0_output is None else 0, rows, layer_sizes[0])
         # Each dZ_l in column panels, as the update's tiles read it front to back (zero padding: the
         # columns past the layer's width).
         self.delta_panels = tuple(aligned_zeros((-(-size // PANEL_WIDTH), rows, PANEL_WIDTH))
@@ -115,13 +118,32 @@ class _Workspace:
         # every row: rows a multiple of 512 bytes apart put those n cache lines in few cache sets, which then
         # evict each other before the next panel's tile reads them again. Such rows get one cache line more
         # (never read or written; see padded_width).
-        self.acts = tuple(aligned_zeros((rows, padded_width(size) if l < len(layer_sizes) - 2 else size))
+        self.acts = tuple(layer0_output if l == 0 and layer0_output is not None else
+                          aligned_zeros((rows, padded_width(size) if l < len(layer_sizes) - 2 else size))
                           for l, size in enumerate(layer_sizes[1:]))
         # The hidden deltas need their own buffers because the ReLU mask still reads acts.
         self.deltas = tuple(aligned_zeros((rows, size)) for size in layer_sizes[1:-1]) + (self.acts[-1],)
         self.db = tuple(aligned_zeros(size) for size in layer_sizes[1:])  # a worker's share: few lines shared
         self.labels = np.zeros(rows, dtype=np.int64)
+        self._acts_odd: Arrays | None = None
+        self._workers: list[_Workspace] = []
 
+    def acts_odd(self) -> Arrays:
+        """acts with a second layer-0 output in place of acts[0]: with the upper layers replicated
+        (threads.replicated_upper), odd steps write it while another worker may still read the step before's."""
+        if self._acts_odd is None:
+            self._acts_odd = (aligned_zeros(self.acts[0].shape),) + self.acts[1:]
+        return self._acts_odd
+
+    def worker_workspaces(self, workers: int) -> list[_Workspace]:
+        """This workspace for worker 0, and for each other one a workspace of its own that shares acts[0] (and
+        acts_odd()[0]) with this one: with the upper layers replicated, each worker's scratch for every row of
+        the batch. Made once, kept."""
+        while len(self._workers) < workers - 1:
+            worker = _Workspace(self.layer_sizes, self.rows, self.acts[0])
+            worker._acts_odd = (self.acts_odd()[0],) + worker.acts[1:]
+            self._workers.append(worker)
+        return [self, *self._workers[:workers - 1]]
     def inputs_for(self, workers: int) -> FloatArray:
         """The input buffers of an epoch on `workers` workers: two that all of them share, or two per worker
         where each gathers the whole batch (threads.private_inputs); made once, kept for later epochs."""
@@ -129,6 +151,17 @@ class _Workspace:
         if len(self.inputs) < count:
             self.inputs = _input_buffers(count, self.rows, self.layer_sizes[0])
         return self.inputs[:count]
+
+
+def upper_copies(arrays: Arrays, copies: dict[int, FloatArray]) -> Arrays:
+    """arrays with each entry past the first replaced by a copy of it (a worker's own upper layers), the same copy
+    for the same array (`copies`, by id: a rule's unread slots hold the parameters themselves)."""
+    own = []
+    for a in arrays[1:]:
+        if id(a) not in copies:
+            copies[id(a)] = aligned_copy(a)
+        own.append(copies[id(a)])
+    return (arrays[0], *own)
 
 
 def _input_buffers(count: int, rows: int, width: int) -> FloatArray:

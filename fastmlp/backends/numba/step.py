@@ -25,7 +25,8 @@ Buffers, per (layer sizes, batch size, workers), made once and kept on the backe
 A step on `workers` threads, worker t of them. Layer 0 holds most of the work (784 x 128 of the
 default net's 110 thousand weights), so how it is split decides how many workers a step can use;
 the rest of the step is split by rows of the batch (forward, softmax, backward) or of the weights
-(updates). Two ways, `layer0_by_rows(workers, panels)` choosing, each with two barriers a step:
+(updates). Three ways: by panels or by rows (`layer0_by_rows(workers, panels)` choosing), two barriers
+a step each, and by panels with the upper layers replicated, one barrier a step:
 
 By panels (no more workers than W_0 has panels: weight-stationary, each worker keeps its panels
 of W_0 in its own core's cache from step to step):
@@ -44,6 +45,19 @@ of W_0 in its own core's cache from step to step):
   No barrier between C and the next step's A: A reads only what the same worker wrote in C (its
   panels of W_0, its entries of b_0) and the next input, complete since B's barrier, and it
   overwrites only columns c0:c1 of acts[0], which C read alone, for W_1's rows c0:c1.
+Replicated (by panels, where threads.may_replicate_upper allows and threads.SplitChooser has measured
+it faster on this machine: the upper layers a small share of the net, each worker gathering the whole
+batch): each worker keeps its own copy of the layers above the first (W_l, W_l.T, their velocities or
+moments, b_l for l >= 1; worker 0's are the model's) and runs them for every row:
+  A. as above, into acts[0] of the step's parity (two of them: `acts`, `acts_odd`);      -- barrier
+  B. for every row: the other layers' forward, softmax + cross-entropy, the backward pass, and dZ_0
+     for the worker's panels only; the gather of every row of the next batch;
+  C. its panels of W_0 and entries of b_0, all of its own W_l and b_l for l >= 1; then every label
+     of the next batch, into labels of its own.
+  One barrier a step, and no line of the upper weights goes between the cores: each worker repeats
+  the others' share of the upper layers' arithmetic instead. The next step's A writes the other
+  acts[0], and the one after it this one, which only a worker past this step's barrier (so done
+  with the step before's C) may do. Each worker's loss covers every row: worker 0's counts.
 By rows (more workers than panels: every core gets work, each reads all of W_0):
   B. for worker t's rows of the batch: every layer's forward, softmax, the backward pass, and the
      gather of its rows of the next batch, as above;                               -- barrier
@@ -70,9 +84,11 @@ again: each layer of calls between `train_batches_worker` and the tiles cost sec
 start (it re-optimised every tile below it). So this module's glue (the phases, the splits of the
 work, the bias step) is `inline="always"`: Numba inlines it into its caller before typing, and
 only the kernels that hold tiles (forward_part, update_part, ...) are modules of their own.
-update_part has one call site. forward_part has three, compiled for three signatures, because
-their literal constants (the kind RELU_MASK, a first row or panel 0) let each copy be specialised:
-passing them as int64 instead (one signature, 0.7 s less to compile) made batch 64 2 % slower.
+update_part has one call site. forward_part has three, compiled for two signatures: the backward
+pass's literal RELU_MASK lets its copy be specialised (passing it as int64 too, one signature, 0.7 s
+less to compile, made batch 64 2 % slower on a Zen 3), while layer 0's forward and the upper layers'
+pass the same types (np.int64 where a literal 0 or kind would make a third signature: 0.35 s of a
+cold start, no measurable speed on an Intel Xeon).
 Cold compile of the training CLI, on a Zen 3: 20 s before, 12-13 s after. The kernels themselves
 are not inlined: one LLVM function of the whole step took longer to optimise (15 s).
 """
@@ -128,7 +144,7 @@ def forward_rows(packed, biases, x, acts, first, r0, r1):
     for l in range(first, L):
         out = acts[l]
         forward_part(out, layer_input(x, acts, l), packed[l], biases[l], out, BIAS_RELU if l < L - 1 else BIAS, r0, r1,
-                     0, packed[l].shape[0])
+                     np.int64(0), packed[l].shape[0])
 
 
 @cached_njit(inline="always")
@@ -141,17 +157,17 @@ def backward_rows(transposed, acts, deltas, r0, r1, lowest):
 
 
 @cached_njit(inline="always")
-def backward_rows_into_panels(transposed, acts, deltas, delta_panels, r0, r1):
-    """backward_rows for rows r0:r1, each dZ_l also in column panels for the updates: dZ_0 written straight
-    into delta_panels[0] (the training step reads it nowhere else), the others copied from deltas.
-    Overwrites those rows of deltas[1:] and of delta_panels."""
+def backward_rows_into_panels(transposed, acts, deltas, delta_panels, r0, r1, q0, q1):
+    """backward_rows for rows r0:r1, each dZ_l also in column panels for the updates: dZ_0 (its panels q0:q1)
+    written straight into delta_panels[0] (the training step reads it nowhere else), the others copied from
+    deltas. Overwrites those rows of deltas[1:] and of delta_panels (of delta_panels[0]'s panels q0:q1)."""
     L = len(transposed)
     backward_rows(transposed, acts, deltas, r0, r1, 2)
     # dZ_0 from dZ_1 (no dZ_0 without a hidden layer): a loop of at most one pass, l = 1, rather than `if L > 1`,
     # because inlined into its caller, the branch is typed even where the tuples have no entry 1.
     for l in range(1, min(L, 2)):
         forward_part_into_panels(delta_panels[0], deltas[0].shape[1], deltas[l], transposed[l], acts[0][0], acts[0],
-                                 RELU_MASK, r0, r1, 0, transposed[l].shape[0])
+                                 RELU_MASK, r0, r1, q0, q1)
     for l in range(1 if L > 1 else 0, L):
         panels_from_rows_into(delta_panels[l], deltas[l], r0, r1)
 
@@ -205,12 +221,15 @@ def layer0_columns(t, workers, panels, n):
 
 
 @cached_njit(inline="always")
-def update_worker_part(t, workers, by_rows, packed, transposed, velocity_w, biases, velocity_b, x, acts, db,
-                       nb, lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, bc1, bc2, delta_panels):
+def update_worker_part(t, workers, by_rows, upper_part, packed, transposed, velocity_w, biases, velocity_b, x, acts,
+                       db, nb, lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, bc1, bc2,
+                       delta_panels):
     """Phase C of a step, worker t's share (see the module doc): parts of each W_l (and W_l.T), of each bias.
 
-    Split by panels (by_rows False): its panels of W_0 and entries of b_0, the matching rows of
-    W_1, even shares of the rest. By rows: even shares of the rows of every W_l and of every bias.
+    Split by panels (by_rows False): its panels of W_0 and entries of b_0, then for l >= 1 part
+    upper_part = (part, parts): (t, workers) the rows of W_1 that match its panels of W_0 and even
+    shares of the rest; (0, 1) all of them (replicated: the worker's own copies).
+    By rows: even shares of the rows of every W_l and of every bias (upper_part (t, workers)).
     Overwrites those parts of packed, transposed, the velocities (Adam: first moments, and
     second_w / second_b the second moments), the biases and db.
     """
@@ -218,11 +237,12 @@ def update_worker_part(t, workers, by_rows, packed, transposed, velocity_w, bias
     for l in range(L):
         P = packed[l]
         A = layer_input(x, acts, l)
-        c0, c1 = part_of(t, biases[l].shape[0], workers)
+        part, parts = (t, workers) if l == 0 else upper_part
+        c0, c1 = part_of(part, biases[l].shape[0], parts)
         # Rows k0:k1 of panels p0:p1 of W_l, in one call of update_part for every layer (one signature to
         # compile). dZ_l read in column panels (filled by the backward pass), front to back: row-major, each
         # of the batch's rows of a panel would be another cache line (4 KB apart in a 1024-wide layer).
-        k0, k1 = part_of(t, P.shape[1], workers)
+        k0, k1 = part_of(part, P.shape[1], parts)
         p0, p1 = 0, P.shape[0]
         if l == 0 and not by_rows:  # weight-stationary: the panels this worker's phase A read
             k0, k1 = 0, P.shape[1]
@@ -230,8 +250,8 @@ def update_worker_part(t, workers, by_rows, packed, transposed, velocity_w, bias
             c0, c1 = layer0_columns(t, workers, P.shape[0], biases[0].shape[0])
         elif l == 1 and not by_rows:
             # W_1's rows are layer 0's columns: split by panels, a worker updates the rows of W_1 that
-            # read the columns of acts[0] it alone overwrites in the next step's phase A.
-            k0, k1 = layer0_columns(t, workers, packed[0].shape[0], P.shape[1])
+            # read the columns of acts[0] it alone overwrites in the next step's phase A (all of them, replicated).
+            k0, k1 = layer0_columns(part, parts, packed[0].shape[0], P.shape[1])
         update_part(P, velocity_w[l], A, delta_panels[l], nb, k0, k1, p0, p1, lr, momentum, weight_decay, rule,
                     second_w[l], beta2, eps, bc1, bc2)
         if l > 0:
@@ -241,21 +261,23 @@ def update_worker_part(t, workers, by_rows, packed, transposed, velocity_w, bias
 
 
 @cached_njit(inline="always")
-def updates(t, workers, by_rows, packed, transposed, velocity_w, biases, velocity_b, x, acts, db, nb, lr,
-            momentum, weight_decay, rule, second_w, second_b, beta2, eps, step, delta_panels):
+def updates(t, workers, by_rows, upper_part, packed, transposed, velocity_w, biases, velocity_b, x, acts, db, nb,
+            lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, step, delta_panels):
     """`update_worker_part` for Adam's step count `step` (its bias corrections; unused by SGD)."""
     bc1 = bc2 = 0.0
     if rule == ADAM or rule == ADAMW:
         bc1, bc2 = adam_corrections(momentum, beta2, step)
-    update_worker_part(t, workers, by_rows, packed, transposed, velocity_w, biases, velocity_b, x, acts, db,
-                       nb, lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, np.float32(bc1),
+    update_worker_part(t, workers, by_rows, upper_part, packed, transposed, velocity_w, biases, velocity_b, x, acts,
+                       db, nb, lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, np.float32(bc1),
                        np.float32(bc2), delta_panels)
 
 
 @cached_njit(nogil=True, inline="always")
-def forward_backward(t, workers, by_rows, barrier, packed, transposed, biases, x, labels, nb, acts, deltas,
-                     delta_panels):
+def forward_backward(t, workers, by_rows, rows_part, panels_part, barrier, packed, transposed, biases, x, labels, nb,
+                     acts, deltas, delta_panels):
     """Phases A (split by panels only) and B of a step (see the module doc), B's barrier not included.
+    B runs the batch's rows of part rows_part = (part, parts), and of dZ_0 the panels of part panels_part:
+    ((t, workers), (0, 1)) splits B by rows, ((0, 1), (t, workers)) replicates it (dZ_0's panels the worker's).
 
     Returns (the summed loss of worker t's rows, False if the barrier was aborted).
     Overwrites acts, deltas and delta_panels (each dZ_l in column panels, for the updates; worker t's
@@ -264,13 +286,15 @@ def forward_backward(t, workers, by_rows, barrier, packed, transposed, biases, x
     L = len(packed)
     if not by_rows:
         p0, p1 = part_of(t, packed[0].shape[0], workers)
-        forward_part(acts[0], x, packed[0], biases[0], acts[0], BIAS_RELU if L > 1 else BIAS, 0, nb, p0, p1)
+        forward_part(acts[0], x, packed[0], biases[0], acts[0], np.int64(BIAS_RELU if L > 1 else BIAS), np.int64(0), nb,
+                     p0, p1)
         if not barrier_wait(barrier, workers):
             return 0.0, False
-    r0, r1 = part_of(t, nb, workers)
+    r0, r1 = part_of(rows_part[0], nb, rows_part[1])
+    q0, q1 = part_of(panels_part[0], packed[0].shape[0], panels_part[1])
     forward_rows(packed, biases, x, acts, 1 if not by_rows else 0, r0, r1)
     loss = softmax_xent_backward_rows_inplace(acts[L - 1][r0:r1], labels[r0:r1], nb)
-    backward_rows_into_panels(transposed, acts, deltas, delta_panels, r0, r1)
+    backward_rows_into_panels(transposed, acts, deltas, delta_panels, r0, r1, q0, q1)
     return loss, True
 
 
@@ -287,12 +311,12 @@ def step_worker(t, workers, barrier, packed, transposed, velocity_w, biases, vel
     t's parts of the parameters (see the module doc).
     """
     by_rows = layer0_by_rows(workers, packed[0].shape[0])
-    loss, ok = forward_backward(t, workers, by_rows, barrier, packed, transposed, biases, x, labels, nb, acts, deltas,
-                                delta_panels)
+    loss, ok = forward_backward(t, workers, by_rows, (t, workers), (0, 1), barrier, packed, transposed, biases, x,
+                                labels, nb, acts, deltas, delta_panels)
     if not ok or not barrier_wait(barrier, workers):
         return 0.0, False
-    updates(t, workers, by_rows, packed, transposed, velocity_w, biases, velocity_b, x, acts, db, nb, lr,
-            momentum, weight_decay, rule, second_w, second_b, beta2, eps, step, delta_panels)
+    updates(t, workers, by_rows, (t, workers), packed, transposed, velocity_w, biases, velocity_b, x, acts, db, nb,
+            lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, step, delta_panels)
     return loss, True
 
 
@@ -311,7 +335,7 @@ def gather_part(t, workers, x, labels, X, scale, y, order, start, nb, with_rows,
 @cached_njit(nogil=True)
 def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, biases, velocity_b, X, scale, y, order,
                          begin, end, batch_size, lr, momentum, weight_decay, rule, inputs, acts, deltas, db, labels,
-                         second_w, second_b, beta2, eps, first_step, delta_panels):
+                         second_w, second_b, beta2, eps, first_step, delta_panels, acts_odd, replicated):
     """Worker t of `workers` training on the batches of order[begin:end] (begin a multiple of batch_size) of
     the epoch's order; called with begin = 0 first, and then for the batches that follow the last call's.
 
@@ -326,18 +350,25 @@ def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, bi
     # The rows of a batch this worker gathers (part `part` of `parts`) and its first input buffer: with two
     # input buffers a worker (threads.private_inputs), every row into its own; else its share into shared ones.
     part, parts, slot = (0, 1, 2 * t) if inputs.shape[0] > 2 else (t, workers, 0)
+    # Replicated (the module doc): phase B on every row, dZ_0 on the worker's panels, the labels of every row,
+    # no barrier between B and C, and the loss counted on worker 0 alone.
+    rows_part, panels_part = ((0, 1), (t, workers)) if replicated else ((t, workers), (0, 1))
+    label_part, label_parts = rows_part
+    b_parties = 1 if replicated else workers
+    counts_loss = t == 0 or not replicated
     total = 0.0
     for start in range(begin, end, batch_size):
         nb = min(batch_size, n - start)
         s = start // batch_size
         x = inputs[slot + s % 2]
+        step_acts = acts_odd if s % 2 == 1 else acts  # the same tuple unless replicated
         if start == 0:  # the epoch's first batch; each later one is gathered by the step before it
             gather_part(part, parts, x, labels, X, scale, y, order, 0, nb, True, False)
-            gather_part(t, workers, x, labels, X, scale, y, order, 0, nb, False, True)
+            gather_part(label_part, label_parts, x, labels, X, scale, y, order, 0, nb, False, True)
             if not barrier_wait(barrier, workers):
                 break
-        loss, ok = forward_backward(t, workers, by_rows, barrier, packed, transposed, biases, x, labels, nb, acts,
-                                    deltas, delta_panels)
+        loss, ok = forward_backward(t, workers, by_rows, rows_part, panels_part, barrier, packed, transposed, biases, x,
+                                    labels, nb, step_acts, deltas, delta_panels)
         if not ok:
             break
         following = start + batch_size
@@ -348,14 +379,14 @@ def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, bi
             if after < n:  # and the rows it gathers of the batch after, fetched into L2 while the next step runs
                 a0, a1 = part_of(t, min(batch_size, n - after), workers)
                 prefetch_rows_to_l2(X, order[after + a0 : after + a1])
-        if not barrier_wait(barrier, workers):
+        if not barrier_wait(barrier, b_parties):
             break
-        updates(t, workers, by_rows, packed, transposed, velocity_w, biases, velocity_b, x, acts, db, nb, lr,
-                momentum, weight_decay, rule, second_w, second_b, beta2, eps, first_step + s, delta_panels)
+        updates(t, workers, by_rows, rows_part, packed, transposed, velocity_w, biases, velocity_b, x, step_acts, db,
+                nb, lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, first_step + s, delta_panels)
         if following < n:  # phase B of this step has read the labels: the next batch's can replace them
-            gather_part(t, workers, x, labels, X, scale, y, order, following, min(batch_size, n - following), False,
-                        True)
-        total += loss
+            gather_part(label_part, label_parts, x, labels, X, scale, y, order, following,
+                        min(batch_size, n - following), False, True)
+        total += loss if counts_loss else 0.0
         if by_rows and not barrier_wait(barrier, workers):  # the next forward reads all of W_0
             break
     return total

@@ -75,6 +75,75 @@ def private_inputs(workers: int, batch_rows: int, layer_sizes: Sequence[int]) ->
     return 1 < workers <= panel_count(layer_sizes[1]) and copies_bytes <= PRIVATE_INPUT_BYTES
 
 
+# With the upper layers replicated, each worker computes them for every row of the batch: only where they are
+# this small a share of the net (weights past W_0 against W_0's), so that the repeated work stays small.
+REPLICATED_UPPER_SHARE = 1 / 8
+
+
+def may_replicate_upper(workers: int, batch_rows: int, layer_sizes: Sequence[int]) -> bool:
+    """True where an epoch's step may replicate the layers above the first on every worker (each its own copy,
+    run for every row of the batch; fastmlp/backends/numba/step.py): where every worker gathers the whole batch
+    (`private_inputs`), the net has such layers, and they hold at most REPLICATED_UPPER_SHARE of W_0's weights.
+    `SplitChooser` decides whether it does."""
+    weights = [k * n for k, n in pairwise(layer_sizes)]
+    return (private_inputs(workers, batch_rows, layer_sizes) and len(weights) > 1
+            and sum(weights[1:]) <= REPLICATED_UPPER_SHARE * weights[0])
+
+
+# Whole epochs of each split that SplitChooser times before it keeps the faster.
+SPLIT_TRIALS = 2
+
+
+class SplitChooser:
+    """Which of the two splits of a step an epoch runs where both apply (`may_replicate_upper`): the upper layers
+    split by rows between the workers, or replicated on every one. Measured on this machine, by the epochs
+    themselves, per (layer sizes, batch rows, workers).
+
+    Replicated, a worker repeats the other workers' share of the upper layers' arithmetic, and saves a barrier
+    and the cache lines of the upper weights that went between the cores every step: a fixed cost a step
+    against one that grows with the batch, their balance the machine's (on a 2-core Intel Xeon, replicated ran
+    1.05-1.12x faster at batch 16-32, 0.9x at 128-1024). Both splits give the same bits (the same products in
+    the same order), so the choice changes only the speed: the first epoch of a shape runs split (it may
+    compile), the next 2 * SPLIT_TRIALS alternate, and the one with the faster best epoch is kept for the
+    process's later epochs of that shape. `forced` True or False: always that split (for tests and benchmarks).
+    """
+
+    def __init__(self, forced: bool | None = None) -> None:
+        self.forced = forced
+        self._lock = threading.Lock()
+        self._epochs: dict[object, int] = {}
+        self._best: dict[object, dict[bool, float]] = {}
+        self._chosen: dict[object, bool] = {}
+
+    def next_split(self, key: object) -> bool:
+        """Whether the next epoch of this shape (key) replicates the upper layers."""
+        if self.forced is not None:
+            return self.forced
+        with self._lock:
+            if key in self._chosen:
+                return self._chosen[key]
+            epochs = self._epochs.get(key, 0)
+            return epochs > 0 and epochs % 2 == 1  # split first (not timed), then replicated, split, ...
+
+    def record(self, key: object, replicated: bool, seconds_per_sample: float) -> None:
+        """An epoch of this shape ran (whole: not interrupted) in seconds_per_sample."""
+        if self.forced is not None:
+            return
+        with self._lock:
+            if key in self._chosen:
+                return
+            epochs = self._epochs[key] = self._epochs.get(key, 0) + 1
+            if epochs == 1:
+                return
+            best = self._best.setdefault(key, {})
+            best[replicated] = min(best.get(replicated, seconds_per_sample), seconds_per_sample)
+            if epochs > 2 * SPLIT_TRIALS:
+                self._chosen[key] = best[True] < best[False]
+
+
+SPLITS = SplitChooser()  # the process's: every Backend's epochs
+
+
 def epoch_workers(threads: int, batch_rows: int, layer_sizes: Sequence[int]) -> int:
     """Workers an epoch runs on: `threads`, but no more than a batch gives MIN_ROWS_PER_WORKER rows
     each, nor than a step gives MIN_FLOPS_PER_WORKER each."""
