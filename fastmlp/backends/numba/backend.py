@@ -172,7 +172,7 @@ class Backend(BackendBase):
             biases = tuple(model.biases)
             # Each worker's parameters: the model's (packed), or with the upper layers replicated, for workers
             # 1.. copies of them past layer 0 (worker 0's are the ones unpacked into the model).
-            split_key = (tuple(model.layer_sizes), rows, workers)
+            split_key = (tuple(model.layer_sizes), rows, workers, data.dtype.str, rule)  # what sets their speeds
             replicated = (may_replicate_upper(workers, rows, model.layer_sizes)
                           and threads_module.SPLITS.next_split(split_key))
             state = (packed.weights, packed.transposed, velocity_w, biases, velocity_b, second_w, second_b)

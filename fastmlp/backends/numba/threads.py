@@ -97,7 +97,7 @@ SPLIT_TRIALS = 2
 class SplitChooser:
     """Which of the two splits of a step an epoch runs where both apply (`may_replicate_upper`): the upper layers
     split by rows between the workers, or replicated on every one. Measured on this machine, by the epochs
-    themselves, per (layer sizes, batch rows, workers).
+    themselves, per shape: layer sizes, batch rows, workers, input dtype and update rule (the backend's key).
 
     Replicated, a worker repeats the other workers' share of the upper layers' arithmetic, and saves a barrier
     and the cache lines of the upper weights that went between the cores every step: a fixed cost a step
