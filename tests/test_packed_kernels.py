@@ -343,7 +343,7 @@ def test_column_sums_of_panels_are_a_row_by_row_float32_sum_and_touch_only_their
 
 
 def test_a_batch_too_long_for_l2_updates_panel_by_panel_to_the_same_result():
-    # Past 256 KB of dZ's panel columns, update_part takes W's panels in groups (one, here):
+    # Past _PANEL_GROUP_BYTES of dZ's panel columns (half of L2), update_part takes W's panels in groups (one, here):
     # another order of the tiles, the same arithmetic for each entry.
     rng = np.random.default_rng(2)
     n, K, N = kernels.packed._PANEL_GROUP_BYTES // (4 * PANEL_WIDTH) + 3, TILE_ROWS + 1, 2 * PANEL_WIDTH + 3

@@ -33,6 +33,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ..runtime import jit
+from ..runtime.cpu_caches import l2_bytes
 from ..runtime.jit import cached_njit
 from . import simd_ir, update_ir
 from .contiguity import require_c_contiguous
@@ -255,9 +257,13 @@ def adam_corrections(beta1, beta2, step):
     return 1.0 / (1.0 - beta1**step), 1.0 / np.sqrt(1.0 - beta2**step)
 
 
-# Bytes of D's panel columns that update_part keeps in L2 across W's row blocks: half of the
-# smallest L2 of the x86 cores this project meets (512 KB a core).
-_PANEL_GROUP_BYTES = 256 * 1024
+# Bytes of D's panel columns that update_part keeps in L2 across W's row blocks: half of this machine's L2
+# (runtime/cpu_caches.py; 256 KB where it is unreadable). Fixed at 256 KB (half of a Zen 3's L2), the update
+# of 784-1024-1024-10's upper layers at batch 1024 read their input 8 times a step where a 2 MB L2 (an Intel
+# Xeon's) lets it be read twice: its epoch 1.05-1.08x faster with 1 MB groups there. The compiled kernels hold
+# the value: Numba's cache is keyed by it.
+_PANEL_GROUP_BYTES = l2_bytes() // 2
+jit.CODE_CHOICES["panel_group_bytes"] = str(_PANEL_GROUP_BYTES)
 
 
 @cached_njit(inline="always")

@@ -3,6 +3,7 @@ threads, and the workers' barrier. Imports nothing of fastmlp above `inputs`.
 
     jit            cached_njit: Numba's njit with a cache that follows every compiled source file
     aligned        arrays whose data starts on a cache line (the buffers the SIMD kernels read)
+    cpu_caches     the L2 cache's size, which some of the kernels' blocking follows
     atomic         atomic_write: a file written under a temporary name, renamed when complete
     blas_threads   usable CPUs, BLAS thread count and limits
     thread_policy  other processes' load, free cores, the numpy backend's BLAS thread policy
