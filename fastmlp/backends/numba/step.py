@@ -342,8 +342,10 @@ def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, bi
     Batch s of the epoch (order[s * batch_size:]) is Adam's step first_step + s.
 
     X is float32, or uint8 pixels times scale. Every worker calls it with the same batches, each
-    on its own thread. Returns the summed loss of worker t's rows; stops early if the barrier is
-    aborted.
+    on its own thread. `replicated`: the upper layers replicated (the module doc), each worker with
+    its own upper parameters and scratch arrays, and acts_odd the acts of odd steps (acts itself
+    otherwise). Returns the summed loss of worker t's rows (replicated: of every row on worker 0, 0 on
+    the others); stops early if the barrier is aborted.
     """
     n = order.shape[0]
     by_rows = layer0_by_rows(workers, packed[0].shape[0])
