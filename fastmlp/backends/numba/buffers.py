@@ -130,7 +130,7 @@ class _Workspace:
 
     def acts_odd(self) -> Arrays:
         """acts with a second layer-0 output in place of acts[0]: with the upper layers replicated
-        (threads.replicated_upper), odd steps write it while another worker may still read the step before's."""
+        (threads.may_replicate_upper), odd steps write it while another worker may still read the step before's."""
         if self._acts_odd is None:
             self._acts_odd = (aligned_zeros(self.acts[0].shape),) + self.acts[1:]
         return self._acts_odd
