@@ -263,3 +263,26 @@ def test_late_over_early_compares_the_two_model_states_side_by_side(monkeypatch)
     assert bench.late_over_early(_SlowOnceTrained(clock), early, early.copy(), pixels, y, batch_size=4) == 1.0
     assert late.biases[0][0] == 1 and early.biases[0][0] != 1  # trained on copies, the states untouched
 
+
+
+def test_the_report_says_how_the_numba_backend_split_each_shape(monkeypatch):
+    """The split the chooser kept for a row's shape (net, batch rows, input dtype), none where it kept none."""
+    from fastmlp.backends.numba import threads
+    from fastmlp.bench.report import split_lines
+    from fastmlp.bench.throughput import numba_split
+
+    chooser = threads.SplitChooser()
+    sizes, pixels = (784, 128, 64, 10), Pixels(np.zeros((8, 784), np.uint8))
+    pixel_key = (sizes, 32, 2, "|u1", 0)
+    for _ in range(1 + 2 * threads.SPLIT_TRIALS):  # replicated timed faster on pixels
+        replicated = chooser.next_split(pixel_key)
+        chooser.record(pixel_key, replicated, 1.0 if replicated else 2.0)
+    monkeypatch.setattr(threads, "SPLITS", chooser)
+    assert numba_split(sizes, 32, pixels) == "replicated"
+    assert numba_split(sizes, 32, np.zeros((8, 784), np.float32)) is None  # float32's shape: no choice kept
+    assert numba_split(sizes, 64, pixels) is None
+    rows = [{"batch_size": 32, "input": "pixels", "split": "replicated"}, {"batch_size": 32, "input": "float32"},
+            {"batch_size": 64, "input": "pixels", "split": None}]
+    (line,) = split_lines(rows)
+    assert line.endswith("SplitChooser): batch 32 pixels replicated")
+    assert split_lines(rows[1:]) == []

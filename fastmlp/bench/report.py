@@ -31,6 +31,16 @@ def fma_header(fma):
     ]
 
 
+def split_lines(rows):
+    """The line under the throughput table that says how the numba backend split each shape's two-worker steps
+    (rows' "split", where its epochs chose one); none where no row has one."""
+    chosen = [f"batch {r['batch_size']} {r['input']} {r['split']}" for r in rows if r.get("split")]
+    if not chosen:
+        return []
+    return ["numba's two-worker steps, the upper layers split by rows or replicated on each worker, as timed on "
+            f"each shape's first epochs (fastmlp.backends.numba.threads.SplitChooser): {', '.join(chosen)}"]
+
+
 def format_report(report):
     """The whole report of `run` as text: a header, the throughput table, then memory and compile time."""
     c, roof = report["config"], report["roofline"]
@@ -64,6 +74,7 @@ def format_report(report):
              + ([f"{r['vs_native_roofline']:.2f}"] if "native" in roof else [])
              + ["-" if r["vs_numpy"] is None else f"{r['vs_numpy']:.2f}", f"{r['late_over_early']:.2f}"]
              for r in report["rows"]], left=3),
+        *split_lines(report["rows"]),
         "",
         f"peak RSS, one process per row: loading the data, then training one epoch at each batch size "
         f"{', '.join(map(str, c['batch_sizes']))}"

@@ -116,6 +116,18 @@ def epochwise_ratio(rates, baseline_rates):
     return float(np.median(ratios))
 
 
+def numba_split(layer_sizes, batch_rows, X):
+    """How the numba backend split the two-worker steps of this shape (fastmlp.backends.numba.threads.SplitChooser):
+    "replicated" or "split" once its epochs chose, None where it had no choice (one worker, a net whose upper
+    layers are too big) or has not chosen yet."""
+    from ..backends.numba import threads
+
+    dtype = np.asarray(X.data if isinstance(X, Pixels) else X).dtype.str
+    kept = [replicated for key, replicated in threads.SPLITS.chosen_splits().items()
+            if key[0] == tuple(layer_sizes) and key[1] == batch_rows and key[3] == dtype]
+    return None if not kept else "replicated" if kept[-1] else "split"
+
+
 def measure_training(backends, data, y, *, batch_sizes=BATCH_SIZES, epochs=FULL["epochs"], seed=0, progress=None,
                      layer_sizes=LAYER_SIZES):
     """One row per (batch size, backend, input) with its steady-state samples/s and the ratios, training the net of
@@ -160,6 +172,7 @@ def measure_training(backends, data, y, *, batch_sizes=BATCH_SIZES, epochs=FULL[
             numpy_rate = rates.get(("numpy", run[1]))
             rows.append({
                 "batch_size": batch_size, "backend": run[0], "input": run[1],
+                "split": numba_split(layer_sizes, min(batch_size, n), data[run[1]]) if run[0] == "numba" else None,
                 "samples_per_s": steady[run], "floor_samples_per_s": floor_rate,
                 "vs_floor": epochwise_ratio(rate, floor_rates),
                 "vs_numpy": epochwise_ratio(rate, numpy_rate) if numpy_rate is not None else None,

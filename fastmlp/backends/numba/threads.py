@@ -92,6 +92,7 @@ def may_replicate_upper(workers: int, batch_rows: int, layer_sizes: Sequence[int
 
 # Whole epochs of each split that SplitChooser times before it keeps the faster.
 SPLIT_TRIALS = 2
+Shape = tuple[object, ...]  # SplitChooser's key: (layer sizes, batch rows, workers, input dtype, rule)
 
 
 class SplitChooser:
@@ -111,11 +112,16 @@ class SplitChooser:
     def __init__(self, forced: bool | None = None) -> None:
         self.forced = forced
         self._lock = threading.Lock()
-        self._epochs: dict[object, int] = {}
-        self._best: dict[object, dict[bool, float]] = {}
-        self._chosen: dict[object, bool] = {}
+        self._epochs: dict[Shape, int] = {}
+        self._best: dict[Shape, dict[bool, float]] = {}
+        self._chosen: dict[Shape, bool] = {}
 
-    def next_split(self, key: object) -> bool:
+    def chosen_splits(self) -> dict[Shape, bool]:
+        """The splits kept so far, by shape (key): True where replicated (what `fastmlp bench` reports)."""
+        with self._lock:
+            return dict(self._chosen)
+
+    def next_split(self, key: Shape) -> bool:
         """Whether the next epoch of this shape (key) replicates the upper layers."""
         if self.forced is not None:
             return self.forced
@@ -125,7 +131,7 @@ class SplitChooser:
             epochs = self._epochs.get(key, 0)
             return epochs > 0 and epochs % 2 == 1  # split first (not timed), then replicated, split, ...
 
-    def record(self, key: object, replicated: bool, seconds_per_sample: float) -> None:
+    def record(self, key: Shape, replicated: bool, seconds_per_sample: float) -> None:
         """An epoch of this shape ran (whole: not interrupted) in seconds_per_sample."""
         if self.forced is not None:
             return
