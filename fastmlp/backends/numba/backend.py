@@ -173,8 +173,8 @@ class Backend(BackendBase):
             # Each worker's parameters: the model's (packed), or with the upper layers replicated, for workers
             # 1.. copies of them past layer 0 (worker 0's are the ones unpacked into the model).
             split_key = (tuple(model.layer_sizes), rows, workers, data.dtype.str, rule)  # what sets their speeds
-            replicated = (may_replicate_upper(workers, rows, model.layer_sizes)
-                          and threads_module.SPLITS.next_split(split_key))
+            may_replicate = may_replicate_upper(workers, rows, model.layer_sizes)
+            replicated = may_replicate and threads_module.SPLITS.next_split(split_key)
             state = (packed.weights, packed.transposed, velocity_w, biases, velocity_b, second_w, second_b)
             states: list[tuple[Any, ...]] = [state]
             for _ in range(1, workers):
@@ -206,7 +206,7 @@ class Backend(BackendBase):
                         began = time.perf_counter()
                         total = run_workers(run, workers, len(order), batch_size, progress, barrier)
                         seconds_per_sample = (time.perf_counter() - began) / len(order)
-                        if may_replicate_upper(workers, rows, model.layer_sizes):
+                        if may_replicate:
                             threads_module.SPLITS.record(split_key, replicated, seconds_per_sample)
             finally:
                 packed.store(model, velocity if rule in (MOMENTUM, NESTEROV) else None, moments)
