@@ -116,6 +116,16 @@ def test_the_tile_loop_keeps_everything_in_registers(kernel, isa):
                    for loop in found for line in loop if is_fma(line))
 
 
+@pytest.mark.parametrize("isa", sorted(CPUS))
+def test_the_update_tile_prefetches_A_only_in_its_loop_over_many_rows(isa):
+    # wgrad_tile's whole-tile loop comes twice: with one prefetch of A an iteration (a sum cut in ranges of rows,
+    # whose A lines come from L3) and with none (a small batch's, where a prefetch is a load slot lost).
+    tile = TILES[isa]
+    prefetches = sorted(sum(line.startswith("prefetch") for line in loop)
+                        for loop in tile_loops(tile_assembly("wgrad", tile, CPUS[isa]), tile))
+    assert prefetches == [0, 1], f"prefetches in each whole-tile loop of wgrad_tile ({isa}): {prefetches}"
+
+
 ROWMAJOR_KERNELS = ("rows", "wide", "checked")
 
 
