@@ -68,3 +68,16 @@ def test_the_hash_covers_the_ir_module_and_the_kernels_and_not_pure_python():
             "backends/numba/step.py"} <= covered
     assert "plot.py" not in covered and "train.py" not in covered
     assert len(compiled_sources_hash()) == 64
+
+
+def test_the_benchmark_scripts_cache_their_nopython_code_as_the_kernels_do():
+    # A benchmark's own @njit(cache=True) function is keyed by its file alone, and went on running fastmlp's
+    # kernels as they were when it was cached: benchmarks/profile_fused_step.py measured the update tile before
+    # a change to it. cached_njit's key holds every kernel source (this module's first test).
+    from test_read_only_install import CACHED_NJIT
+
+    benchmarks = Path(__file__).parent.parent / "benchmarks"
+    scripts = sorted(benchmarks.rglob("*.py"))
+    assert scripts, f"no benchmark scripts under {benchmarks}"
+    offenders = [p.relative_to(benchmarks).as_posix() for p in scripts if CACHED_NJIT.search(p.read_text())]
+    assert offenders == [], "benchmarks: use fastmlp.runtime.jit.cached_njit instead of njit(cache=True)"
