@@ -239,7 +239,7 @@ def _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, fin
 # cache line a row (rows 784 floats apart in layer 0), a new 4 KB page nearly every row, which no hardware
 # prefetcher follows; its L1 and L2 misses to L3 stalled the layer-0 update at batch 1024 (56 % of an Intel
 # Xeon core's FMA peak, against 68-71 % at batch 64-128, whose A stays in L2). 8 to 24 rows ahead measured
-# alike (1.12-1.17x on that phase); 16 rows of an AVX-512 tile's loop are ~130 cycles, about an L3 hit's latency.
+# alike (1.13-1.21x on that phase); 16 rows of an AVX-512 tile's loop are ~130 cycles, about an L3 hit's latency.
 A_PREFETCH_ROWS = 16
 
 
