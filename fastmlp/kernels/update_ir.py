@@ -146,7 +146,8 @@ def _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, fin
       runs on half the tile's rows, from row lo, once or twice, and before_partial(builder), if
       given, runs first. It also serves the tiles with hi < MR (a W of fewer than MR rows): as in
       forward_tile, they read column hi - 1 of A again for the missing ones, never stored.
-    carry, if given, is (pointer, chunk bits): the full loop's RESUME_SUM and KEEP_SUM (wgrad_tile).
+    carry, if given, is (pointer, chunk bits): the full loop's RESUME_SUM and KEEP_SUM (wgrad_tile); with any
+    chunk bit set (a sum over many rows, cut in ranges) the full loop also prefetches A A_PREFETCH_ROWS rows ahead.
     """
     nv, nr, vw, mr = tile.nv, tile.nr, tile.vw, tile.mr
     half = (mr + 1) // 2
@@ -195,8 +196,15 @@ def _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, fin
         cut = builder.icmp_unsigned("!=", chunk, ir.Constant(I32, 0))
         with builder.if_else(cut) as (in_ranges, whole):
             with in_ranges:
+                prefetch_a = _a_prefetcher(builder, a, lda)
+
+                def also_and_prefetch(builder, i):
+                    if also is not None:
+                        also(builder, i)
+                    prefetch_a(builder, i)
+
                 fetched = _tile_loop(builder, fn, n, mr, nv, vec, d_loader(None), a_loader(columns),
-                                     _a_prefetcher(builder, a, lda), start)
+                                     also_and_prefetch, start)
                 fetched_block = builder.block
             with whole:
                 plain = _tile_loop(builder, fn, n, mr, nv, vec, d_loader(None), a_loader(columns), also, start)
