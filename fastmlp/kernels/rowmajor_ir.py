@@ -14,7 +14,6 @@ from llvmlite import ir
 from . import simd_ir
 
 F32, I32, I64, PTR = simd_ir.F32, simd_ir.I32, simd_ir.I64, simd_ir.PTR
-I8PTR = ir.IntType(8).as_pointer()
 
 # checked_panel_tile prefetches W's row this many rows ahead of the one it checks (8-32 measured alike, 2-3 %
 # off a layer-0 part at batch 64 on a Zen 3).
@@ -119,7 +118,6 @@ def checked_panel_tile(module, vw, mr, nv, masked):
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     a_rows = [builder.gep(a, [builder.mul(simd_ir._clamp_row(builder, m, rows), lda)]) for m in range(mr)]
     masks = [simd_ir._lane_mask(builder, ir.Constant(I64, v * vw), ncols, vw) for v in range(nv)]
-    prefetch = simd_ir._intrinsic(module, "llvm.prefetch.p0", ir.VoidType(), [I8PTR, I32, I32, I32])
     differ = builder.alloca(bits)
     builder.store(ir.Constant(bits, [0] * vw), differ)
     nr = vw * nv
@@ -139,8 +137,7 @@ def checked_panel_tile(module, vw, mr, nv, masked):
         # W's rows are ldw floats apart, read once a call: fetch the one CHECK_PREFETCH_ROWS ahead (a hint,
         # past W's end too: a prefetch never faults).
         ahead = builder.gep(w_row, [builder.mul(ir.Constant(I64, CHECK_PREFETCH_ROWS), ldw)])
-        builder.call(prefetch, [builder.bitcast(ahead, I8PTR), ir.Constant(I32, 0), ir.Constant(I32, 3),
-                                ir.Constant(I32, 1)])
+        simd_ir.prefetch(builder, ahead)
         seen = builder.load(differ)
         for p, o in zip(packed, original):
             seen = builder.or_(seen, builder.xor(builder.bitcast(p, bits), builder.bitcast(o, bits)))

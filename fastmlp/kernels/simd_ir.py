@@ -61,6 +61,15 @@ def _intrinsic(module, name, ret, args):
     return fn
 
 
+def prefetch(builder, pointer, for_write=False):
+    """Emit llvm.prefetch of pointer's cache line into every cache level (L1 included), for reading or for
+    writing; a hint, never a fault (a line past an array's end is harmless)."""
+    i8p = ir.IntType(8).as_pointer()
+    fn = _intrinsic(builder.module, "llvm.prefetch.p0", ir.VoidType(), [i8p, I32, I32, I32])
+    builder.call(fn, [builder.bitcast(pointer, i8p), ir.Constant(I32, int(for_write)), ir.Constant(I32, 3),
+                      ir.Constant(I32, 1)])
+
+
 def _splat(builder, scalar, vw):
     """A vector of vw lanes, each = scalar (insertelement into lane 0, shufflevector lane 0 out)."""
     vt = ir.VectorType(scalar.type, vw)

@@ -25,6 +25,7 @@ from .simd_ir import (
     _splat,
     _tile_loop,
     _Vectors,
+    prefetch,
 )
 
 
@@ -116,11 +117,8 @@ def wgrad_tile(module, tile):
 def _prefetch_rows(builder, first_row, tile):
     """Emit prefetches (for writing, into L1) of the cache lines of the MR packed rows from first_row (NR floats each).
     A prefetch never faults, so rows past an array's end (a W of fewer than MR rows) are harmless."""
-    i8p = ir.IntType(8).as_pointer()
-    prefetch = _intrinsic(builder.module, "llvm.prefetch.p0", ir.VoidType(), [i8p, I32, I32, I32])
     for offset in range(0, tile.mr * tile.nr, CACHE_LINE // 4):  # one prefetch a cache line of floats
-        line = builder.bitcast(builder.gep(first_row, [ir.Constant(I64, offset)]), i8p)
-        builder.call(prefetch, [line, ir.Constant(I32, 1), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+        prefetch(builder, builder.gep(first_row, [ir.Constant(I64, offset)]), for_write=True)
 
 
 # wgrad_tile's `chunk` bits: start from the accumulators in `carry`; leave them there (the rule not applied).
@@ -254,13 +252,10 @@ A_PREFETCH_ROWS = 16
 def _a_prefetcher(builder, a, lda):
     """also(builder, i) for _tile_loop: prefetch (for reading, into L1) row i + A_PREFETCH_ROWS of the tile's
     columns of A (a, row stride lda). Past A's last row it fetches what follows A in memory, never faulting."""
-    i8p = ir.IntType(8).as_pointer()
-    prefetch = _intrinsic(builder.module, "llvm.prefetch.p0", ir.VoidType(), [i8p, I32, I32, I32])
     ahead = builder.gep(a, [builder.mul(ir.Constant(I64, A_PREFETCH_ROWS), lda)])
 
     def prefetch_row(builder, i):
-        line = builder.bitcast(builder.gep(ahead, [builder.mul(i, lda)]), i8p)
-        builder.call(prefetch, [line, ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+        prefetch(builder, builder.gep(ahead, [builder.mul(i, lda)]))
 
     return prefetch_row
 

@@ -144,6 +144,7 @@ class _Workspace:
             worker._acts_odd = (self.acts_odd()[0],) + worker.acts[1:]
             self._workers.append(worker)
         return [self, *self._workers[:workers - 1]]
+
     def inputs_for(self, workers: int) -> FloatArray:
         """The input buffers of an epoch on `workers` workers: two that all of them share, or two per worker
         where each gathers the whole batch (threads.private_inputs); made once, kept for later epochs."""
