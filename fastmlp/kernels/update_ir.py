@@ -183,35 +183,20 @@ def _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, fin
         with builder.if_then(resume):  # the loads only where asked: carry may point anywhere otherwise
             resumed_block = builder.block
             resumed = [[vec.load(builder, slot) for slot in row] for row in slots]
-        start = [[builder.phi(vec.vt) for _ in range(nv)] for _ in range(mr)]
-        for m in range(mr):
-            for v in range(nv):
-                start[m][v].add_incoming(resumed[m][v], resumed_block)
-                start[m][v].add_incoming(vec.zero, full_block)
+        start = _merged(builder, vec, [(resumed, resumed_block), ([[vec.zero] * nv] * mr, full_block)])
         # Two copies of the loop: a sum cut in ranges (any chunk bit) is one of many rows (more than
         # packed.SUM_CHUNK_ROWS), whose A lines come from L3, and prefetches them; a sum in one call
         # is of a small batch, whose A stays in L2, where the prefetch is a load slot lost a row.
         cut = builder.icmp_unsigned("!=", chunk, ir.Constant(I32, 0))
         with builder.if_else(cut) as (in_ranges, whole):
             with in_ranges:
-                prefetch_a = _a_prefetcher(builder, a, lda)
-
-                def also_and_prefetch(builder, i):
-                    if also is not None:
-                        also(builder, i)
-                    prefetch_a(builder, i)
-
                 fetched = _tile_loop(builder, fn, n, mr, nv, vec, d_loader(None), a_loader(columns),
-                                     also_and_prefetch, start)
+                                     _with_a_prefetch(builder, a, lda, also), start)
                 fetched_block = builder.block
             with whole:
                 plain = _tile_loop(builder, fn, n, mr, nv, vec, d_loader(None), a_loader(columns), also, start)
                 plain_block = builder.block
-        accs = [[builder.phi(vec.vt) for _ in range(nv)] for _ in range(mr)]
-        for m in range(mr):
-            for v in range(nv):
-                accs[m][v].add_incoming(fetched[m][v], fetched_block)
-                accs[m][v].add_incoming(plain[m][v], plain_block)
+        accs = _merged(builder, vec, [(fetched, fetched_block), (plain, plain_block)])
         with builder.if_else(keep) as (kept, finished):
             with kept:
                 for m in range(mr):
@@ -249,15 +234,30 @@ def _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, fin
 A_PREFETCH_ROWS = 16
 
 
-def _a_prefetcher(builder, a, lda):
-    """also(builder, i) for _tile_loop: prefetch (for reading, into L1) row i + A_PREFETCH_ROWS of the tile's
-    columns of A (a, row stride lda). Past A's last row it fetches what follows A in memory, never faulting."""
+def _with_a_prefetch(builder, a, lda, also):
+    """also(builder, i) for _tile_loop that runs the caller's `also` (if any), then prefetches (for reading, into
+    L1) row i + A_PREFETCH_ROWS of the tile's columns of A (a, row stride lda). Past A's last row it fetches what
+    follows A in memory, never faulting."""
     ahead = builder.gep(a, [builder.mul(ir.Constant(I64, A_PREFETCH_ROWS), lda)])
 
-    def prefetch_row(builder, i):
+    def also_and_prefetch(builder, i):
+        if also is not None:
+            also(builder, i)
         prefetch(builder, builder.gep(ahead, [builder.mul(i, lda)]))
 
-    return prefetch_row
+    return also_and_prefetch
+
+
+def _merged(builder, vec, incoming):
+    """The MR x NV accumulator vectors where control flow joins: a phi each, from the (vectors, block) pairs
+    of `incoming` (each vectors[m][v] the value on the way from its block)."""
+    first = incoming[0][0]
+    merged = [[builder.phi(vec.vt) for _ in row] for row in first]
+    for vectors, block in incoming:
+        for phis, values in zip(merged, vectors):
+            for phi, value in zip(phis, values):
+                phi.add_incoming(value, block)
+    return merged
 
 
 # The smallest normal float32: velocities and Adam's moments below it are flushed to zero (fastmlp/optim.py).
