@@ -90,7 +90,12 @@ less to compile, made batch 64 2 % slower on a Zen 3), while layer 0's forward a
 pass the same types (np.int64 where a literal 0 or kind would make a third signature: 0.35 s of a
 cold start, no measurable speed on an Intel Xeon).
 Cold compile of the training CLI, on a Zen 3: 20 s before, 12-13 s after. The kernels themselves
-are not inlined: one LLVM function of the whole step took longer to optimise (15 s).
+are not inlined: one LLVM function of the whole step took longer to optimise (15 s). Nor is inlining
+free: at each call site Numba derives the callee's IR again and copies it, and every argument that
+is a tuple of arrays is copied with it (a reference count taken and dropped per array), so a layer
+of glue that only forwards its arguments costs compile time too: phase C is one function, `updates`
+(two before, their Adam corrections and the loop over the layers: 0.3 s more of train_batches_worker's
+4.8 s on an Intel Xeon, and 1,400 lines more of its unoptimised IR).
 """
 
 import numpy as np
@@ -221,18 +226,22 @@ def layer0_columns(t, workers, panels, n):
 
 
 @cached_njit(inline="always")
-def update_worker_part(t, workers, by_rows, upper_part, packed, transposed, velocity_w, biases, velocity_b, x, acts,
-                       db, nb, lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, bc1, bc2,
-                       delta_panels):
+def updates(t, workers, by_rows, upper_part, packed, transposed, velocity_w, biases, velocity_b, x, acts, db, nb,
+            lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, step, delta_panels):
     """Phase C of a step, worker t's share (see the module doc): parts of each W_l (and W_l.T), of each bias.
 
     Split by panels (by_rows False): its panels of W_0 and entries of b_0, then for l >= 1 part
     upper_part = (part, parts): (t, workers) the rows of W_1 that match its panels of W_0 and even
     shares of the rest; (0, 1) all of them (replicated: the worker's own copies).
     By rows: even shares of the rows of every W_l and of every bias (upper_part (t, workers)).
+    step: Adam's step count of this step (its bias corrections; unused by SGD).
     Overwrites those parts of packed, transposed, the velocities (Adam: first moments, and
     second_w / second_b the second moments), the biases and db.
     """
+    correction1 = correction2 = 0.0
+    if rule == ADAM or rule == ADAMW:
+        correction1, correction2 = adam_corrections(momentum, beta2, step)
+    bc1, bc2 = np.float32(correction1), np.float32(correction2)
     L = len(packed)
     for l in range(L):
         P = packed[l]
@@ -258,18 +267,6 @@ def update_worker_part(t, workers, by_rows, upper_part, packed, transposed, velo
             transpose_packed_into(transposed[l], P, k0, k1)
         bias_step(biases[l], velocity_b[l], second_b[l], delta_panels[l], db[l], nb, c0, c1, lr, momentum, rule, beta2,
                   eps, bc1, bc2)
-
-
-@cached_njit(inline="always")
-def updates(t, workers, by_rows, upper_part, packed, transposed, velocity_w, biases, velocity_b, x, acts, db, nb,
-            lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, step, delta_panels):
-    """`update_worker_part` for Adam's step count `step` (its bias corrections; unused by SGD)."""
-    bc1 = bc2 = 0.0
-    if rule == ADAM or rule == ADAMW:
-        bc1, bc2 = adam_corrections(momentum, beta2, step)
-    update_worker_part(t, workers, by_rows, upper_part, packed, transposed, velocity_w, biases, velocity_b, x, acts,
-                       db, nb, lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, np.float32(bc1),
-                       np.float32(bc2), delta_panels)
 
 
 @cached_njit(nogil=True, inline="always")
