@@ -61,12 +61,13 @@ def _intrinsic(module, name, ret, args):
     return fn
 
 
-def prefetch(builder, pointer, for_write=False):
-    """Emit llvm.prefetch of pointer's cache line into every cache level (L1 included), for reading or for
-    writing; a hint, never a fault (a line past an array's end is harmless)."""
+def prefetch(builder, pointer, for_write=False, into_l1=True):
+    """Emit llvm.prefetch of pointer's cache line into every cache level (L1 included; into_l1 False: L2
+    and L3 only), for reading or for writing; a hint, never a fault (a line past an array's end is harmless)."""
     i8p = ir.IntType(8).as_pointer()
     fn = _intrinsic(builder.module, "llvm.prefetch.p0", ir.VoidType(), [i8p, I32, I32, I32])
-    builder.call(fn, [builder.bitcast(pointer, i8p), ir.Constant(I32, int(for_write)), ir.Constant(I32, 3),
+    locality = 3 if into_l1 else 2  # x86: prefetcht0, prefetcht1
+    builder.call(fn, [builder.bitcast(pointer, i8p), ir.Constant(I32, int(for_write)), ir.Constant(I32, locality),
                       ir.Constant(I32, 1)])
 
 
@@ -175,20 +176,24 @@ def forward_tile(module, tile):
     """The LLVM function computing one tile of C = epilogue(A @ W), W packed; declared once per module.
 
     void (float* a, i64 lda, float* panel, i64 K, float* c, i64 ldc, i64 rows, i64 ncols,
-          float* bias, float* mask, i64 ldmask, i32 kind)
+          float* bias, float* mask, i64 ldmask, i32 kind, float* ahead, i64 ahead_step)
     a: the tile's first row of A (row stride lda floats); panel: P[p, 0, 0] (K rows of NR
     floats); c: the tile's top-left element of C (row stride ldc); rows (1..MR) and ncols
     (1..NR) the tile's real size; kind STORE (C = acc), BIAS (C = acc + bias), BIAS_RELU
     (C = max(acc + bias, 0)) or RELU_MASK (C = acc where mask > 0, else 0; mask shaped like C,
     row stride ldmask). bias points at the panel's first bias, read only by BIAS and BIAS_RELU.
+    Iteration k of the loop also prefetches into L2 the cache line at ahead + k * ahead_step
+    (floats): the caller spreads the A rows of its next tile over the loop (ahead_step 0: one line
+    over and over, for a tile that has nothing to fetch), so that they come from L3 while this
+    tile computes rather than stall the next; one more load-port operation an iteration.
     """
     name = f"fastmlp_forward_tile_{tile.name}"
     if name in module.globals:
         return module.globals[name]
-    fnty = ir.FunctionType(ir.VoidType(), [PTR, I64, PTR, I64, PTR, I64, I64, I64, PTR, PTR, I64, I32])
+    fnty = ir.FunctionType(ir.VoidType(), [PTR, I64, PTR, I64, PTR, I64, I64, I64, PTR, PTR, I64, I32, PTR, I64])
     fn = ir.Function(module, fnty, name)
     fn.linkage = "internal"
-    a, lda, panel, K, c, ldc, rows, ncols, bias, mask, ldmask, kind = fn.args
+    a, lda, panel, K, c, ldc, rows, ncols, bias, mask, ldmask, kind, ahead, ahead_step = fn.args
     vec = _Vectors(module, tile.vw)
     nv, nr, vw, mr = tile.nv, tile.nr, tile.vw, tile.mr
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -203,7 +208,10 @@ def forward_tile(module, tile):
     def load_a(builder, k, m):
         return builder.load(builder.gep(a_rows[m], [k]))
 
-    accs = _tile_loop(builder, fn, K, mr, nv, vec, load_b, load_a)
+    def prefetch_ahead(builder, k):
+        prefetch(builder, builder.gep(ahead, [builder.mul(k, ahead_step)]), into_l1=False)
+
+    accs = _tile_loop(builder, fn, K, mr, nv, vec, load_b, load_a, also=prefetch_ahead)
     masks = [_lane_mask(builder, ir.Constant(I64, v * vw), ncols, vw) for v in range(nv)]
     with_bias = builder.or_(builder.icmp_unsigned("==", kind, ir.Constant(I32, BIAS)),
                             builder.icmp_unsigned("==", kind, ir.Constant(I32, BIAS_RELU)))
