@@ -245,8 +245,8 @@ def _forward_tiles(C, ldc, panel_stride, N, A, P, bias, mask, kind, r0, r1, p0, 
     # at 49 % of an Intel core's FMA peak); A's rows are read once a group instead.
     group = max(1, _FORWARD_GROUP_BYTES // (panel_size * 4))
     # The first panel's tile of a row block fetches the next block's rows of A into L2 as it goes (spread evenly
-    # over its K iterations, ahead_step floats apart): a large batch's A comes from L3 (at batch 1024, layer 0's
-    # forward 72-73 -> 75-76 % of an Intel Xeon core's FMA peak); the other tiles fetch their own first line.
+    # over its K iterations, ahead_step floats apart): a large batch's A comes from L3 (training epochs at batch
+    # 1024 1.02-1.07x on an Intel Xeon, docs/results.md); the other tiles fetch their own first line.
     ahead_step = TILE_ROWS * lda // max(K, 1)
     for g0 in range(p0, p1, group):
         for i0 in range(r0, r1, TILE_ROWS):
