@@ -382,7 +382,8 @@ def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, bi
                         min(batch_size, n - following), True, False)
             after = following + batch_size
             if after < n:  # and the rows it gathers of the batch after, fetched into L2 while the next step runs
-                a0, a1 = part_of(t, min(batch_size, n - after), workers)
+                # (every row with inputs of its own: a row another core fetched comes from that core's cache)
+                a0, a1 = part_of(part, min(batch_size, n - after), parts)
                 prefetch_rows_to_l2(X, order[after + a0 : after + a1])
         if not barrier_wait(barrier, b_parties):
             break
