@@ -14,7 +14,10 @@ round (the machine drifts, so each column is a median over rounds of the same or
   the peak measured again in every round and each fraction the median over rounds of the phase's
   rate over that round's peak (measured once at the start, a slow moment put phases above 100 %);
 - whole epochs through `Backend.train_epoch`, on one worker and on the default number, as
-  samples/s: what the step's phases add up to, and what the workers' barriers and split cost.
+  samples/s: what the step's phases add up to, and what the workers' barriers and split cost;
+- the step timeline of each backend's last epoch (fastmlp/backends/numba/timeline.py): each phase's median
+  inside the epoch, worker by worker, from the cycle counter stamped at the phase boundaries, where the
+  phases above are each timed alone on a batch already in cache.
 A tool to read, not an asv suite.
 """
 
@@ -28,6 +31,7 @@ from fastmlp.backends.numba.backend import Backend
 from fastmlp.backends.numba.buffers import _Packed, _Workspace
 from fastmlp.backends.numba.step import backward_rows_into_panels, bias_step, forward_rows
 from fastmlp.backends.numba.threads import epoch_workers, training_threads
+from fastmlp.backends.numba.timeline import StepTimeline
 from fastmlp.bench.fma_peak import CHAINS, VECTOR_WIDTH, cpu_model_name, measure_fma_peak
 from fastmlp.datasets import load_mnist
 from fastmlp.kernels import gather_labels, gather_rows_scaled, softmax_xent_backward_rows_inplace
@@ -131,13 +135,15 @@ PEAK_SECONDS, PEAK_REPEATS = 0.05, 3
 
 def profile(pixels, y, batch_size, rounds, layer_sizes=LAYER_SIZES):
     """({name: median seconds per step (phases) or per epoch (epochs)}, the phases' FLOPs,
-    {phase: median over rounds of its GFLOP/s over the round's one-core FMA peak}, the rounds' peaks)."""
+    {phase: median over rounds of its GFLOP/s over the round's one-core FMA peak}, the rounds' peaks,
+    {epoch name: the StepTimeline of its last round})."""
     model = MLP(layer_sizes, seed=0)
     calls = phase_calls(model, pixels, y, batch_size)
     reps = max(20, 200_000 // batch_size)
     workers = epoch_workers(training_threads(), batch_size, layer_sizes)
     backends = {"epoch, 1 worker": Backend(threads=1), f"epoch, {workers} workers": Backend()}
     for backend in backends.values():
+        backend.timeline = StepTimeline()
         backend.train_epoch(MLP(layer_sizes, seed=0), pixels, y, batch_size=batch_size, lr=0.01,
                             rng=np.random.default_rng(0))
     seconds = {name: [] for name in (*calls, *backends)}
@@ -156,7 +162,8 @@ def profile(pixels, y, batch_size, rounds, layer_sizes=LAYER_SIZES):
     flops = {name: f for name, (_, f) in calls.items()}
     of_peak = {name: float(np.median([f / s / 1e9 / peak for s, peak in zip(seconds[name], peaks)]))
                for name, f in flops.items()}
-    return {name: float(np.median(s)) for name, s in seconds.items()}, flops, of_peak, peaks
+    timelines = {name: backend.timeline for name, backend in backends.items()}
+    return {name: float(np.median(s)) for name, s in seconds.items()}, flops, of_peak, peaks, timelines
 
 
 def main(argv=None):
@@ -175,7 +182,7 @@ def main(argv=None):
     print(f"{cpu_model_name()}: SIMD tile {TILE.name}, {TILE.mr} rows x {TILE.nr} columns; one core's FMA peak "
           f"({CHAINS} chains of {VECTOR_WIDTH}-float FMAs) measured in every round")
     for batch_size in args.batch_sizes:
-        median, flops, of_peak, peaks = profile(X, y, batch_size, args.rounds, tuple(sizes))
+        median, flops, of_peak, peaks, timelines = profile(X, y, batch_size, args.rounds, tuple(sizes))
         phases = {name: s for name, s in median.items() if name in flops}
         step = sum(phases.values())
         print(f"{'-'.join(map(str, sizes))}, batch {batch_size}: one thread, phases of a step add up to "
@@ -190,6 +197,8 @@ def main(argv=None):
             if name not in flops:
                 print(f"  {name:16s} {len(y) / s:10,.0f} samples/s  ({len(y) / s / (batch_size / step):.2f} of the "
                       f"one-thread phases)")
+        for timeline in timelines.values():
+            print(timeline.report())
 
 
 if __name__ == "__main__":

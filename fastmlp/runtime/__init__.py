@@ -8,4 +8,5 @@ threads, and the workers' barrier. Imports nothing of fastmlp above `inputs`.
     blas_threads   usable CPUs, BLAS thread count and limits
     thread_policy  other processes' load, free cores, the numpy backend's BLAS thread policy
     barrier        the spin-then-yield barrier the numba backend's workers meet at
+    cycles         the CPU's cycle counter, read from nopython code (the step timeline's stamps)
 """

@@ -3,6 +3,7 @@
     step     the step and the epoch in nopython code, and the design of a step on several workers
     buffers  the packed parameters and a batch's scratch arrays
     threads  how many workers an epoch runs on, and how they run it
+    timeline where a step's time goes inside the epoch (StepTimeline: the cycle counter at its phases)
     backend  the Backend: packs, runs, unpacks, and serialises its callers (this module)
 
 One instance may be used by many threads at once: `forward` (fastmlp.inference) and
@@ -32,6 +33,7 @@ from . import threads as threads_module
 from .buffers import _Packed, _Workspace, upper_copies
 from .step import forward_probs_inplace, loss_and_grads_into, part_of, step_worker, train_batches_worker  # noqa: F401
 from .threads import LOAD_WINDOW_SECONDS, epoch_workers, may_replicate_upper, run_chunks, run_workers, training_threads
+from .timeline import EpochShape, StepTimeline
 
 if TYPE_CHECKING:
     from ...model import MLP
@@ -52,6 +54,9 @@ class Backend(BackendBase):
     leave the extra ones idle rather than slowing every step. Results depend on the worker count
     (the order of float32 sums), never on timing: the same count gives bit-identical runs, and a
     fixed `threads` gives the same bits under any load.
+
+    `timeline`: a `StepTimeline` (fastmlp/backends/numba/timeline.py) that the epochs stamp their steps into,
+    phase by phase and worker by worker, or None (the default) for none; it never changes the results.
     """
 
     name = "numba"
@@ -66,6 +71,7 @@ class Backend(BackendBase):
         self._load: CpuLoad | None = None  # the CPU load watched by `_free_threads` when threads is None
         self._load_read_at = 0.0
         self._free_cores: int | None = None
+        self.timeline: StepTimeline | None = None
 
     @staticmethod
     def _cached(cache: OrderedDict[Any, T], key: Any, make: Callable[[], T]) -> T:
@@ -140,7 +146,7 @@ class Backend(BackendBase):
                 loss, _ = step_worker(0, 1, barrier_state(), packed.weights, packed.transposed, velocity_w,
                                       tuple(model.biases), velocity_b, X, ws.labels, len(X), np.float32(lr), mu,
                                       np.float32(weight_decay), rule, ws.acts, ws.deltas, ws.db, second_w, second_b,
-                                      beta2, eps32, steps + 1, ws.delta_panels)
+                                      beta2, eps32, steps + 1, ws.delta_panels, None)
             finally:
                 packed.store(model, velocity if rule in (MOMENTUM, NESTEROV) else None, moments)
                 if moments is not None:
@@ -181,6 +187,9 @@ class Backend(BackendBase):
                 copies: dict[int, FloatArray] = {}
                 states.append(tuple(upper_copies(arrays, copies) if replicated else arrays for arrays in state))
             spaces = ws.worker_workspaces(workers) if replicated else [ws] * workers
+            timeline = self.timeline
+            stamps = None if timeline is None else timeline.start(
+                EpochShape(batch_size, workers, replicated), -(-len(order) // batch_size))
 
             done = [0]  # the end of worker 0's last range of steps, all of them taken
 
@@ -191,7 +200,7 @@ class Backend(BackendBase):
                     t, workers, barrier, weights, transposed, vel_w, own_biases, vel_b, data, scale, y, order, begin,
                     end, batch_size, np.float32(lr), mu, np.float32(weight_decay), rule, inputs, space.acts,
                     space.deltas, space.db, space.labels, sec_w, sec_b, beta2, eps32, steps + 1, space.delta_panels,
-                    space.acts_odd() if replicated else space.acts, replicated)
+                    space.acts_odd() if replicated else space.acts, replicated, stamps)
                 if t == 0 and not barrier_aborted(barrier):  # a range cut short (a worker failed) is not counted
                     done[0] = end
                     whole.step_done()  # a Ctrl-C that came meanwhile: raised once its steps are counted
@@ -209,6 +218,8 @@ class Backend(BackendBase):
                         if may_replicate:
                             threads_module.SPLITS.record(split_key, replicated, seconds_per_sample)
             finally:
+                if timeline is not None:
+                    timeline.stop()
                 packed.store(model, velocity if rule in (MOMENTUM, NESTEROV) else None, moments)
                 if moments is not None:  # the steps taken: an interrupted epoch stops between ranges
                     moments.step += -(-done[0] // batch_size)

@@ -132,7 +132,30 @@ from ...kernels.packed import (
 from ...kernels.panel_sums import panel_column_sums_into
 from ...optim import SMALLEST_NORMAL
 from ...runtime.barrier import barrier_wait
+from ...runtime.cycles import cycle_counter
 from ...runtime.jit import cached_njit
+
+# The step's timeline (fastmlp/backends/numba/timeline.py): the points of a step at which worker t, given a stamps
+# array (workers, steps, STAMP_POINTS) int64 with room for step s, writes the cycle counter into stamps[t, s, point]
+# (given None, no timeline: nothing).
+# In order: the step begins; layer 0's forward is done (phase A; split by rows, there is none: the same moment as
+# the begin); A's barrier passed; the upper layers' forward (layer 0's too, split by rows), the softmax and the
+# backward pass done (phase B); the next batch gathered; the batch after it prefetched; B's barrier passed; layer 0
+# updated (W_0 and b_0); every layer updated (phase C); the step ends (the next labels gathered, and split by rows
+# its last barrier passed). A point whose work a step skips (no next batch) is stamped all the same.
+(STEP_BEGIN, LAYER0_FORWARD_DONE, FIRST_BARRIER_PASSED, UPPER_FORWARD_DONE, SOFTMAX_DONE, BACKWARD_DONE,
+ NEXT_GATHERED, AFTER_PREFETCHED, SECOND_BARRIER_PASSED, LAYER0_UPDATED, LAYERS_UPDATED, STEP_END) = range(12)
+STAMP_POINTS = 12
+
+
+@cached_njit(inline="always")
+def stamp(stamps, t, s, point):
+    """stamps[t, s, point] = the cycle counter now, if stamps has room for step s. stamps None (no timeline): the
+    branch is pruned as Numba types it, and the step compiles with no trace of its timeline (a check a point
+    that always failed cost epochs at batch 64 1-2 %: 0.971-0.990x in six rounds on an Intel Xeon)."""
+    if stamps is not None:
+        if s < stamps.shape[1]:
+            stamps[t, s, point] = cycle_counter()
 
 
 @cached_njit(inline="always")
@@ -233,14 +256,15 @@ def layer0_columns(t, workers, panels, n):
 
 @cached_njit(inline="always")
 def updates(t, workers, by_rows, upper_part, packed, transposed, velocity_w, biases, velocity_b, x, acts, db, nb,
-            lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, step, delta_panels):
+            lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, step, delta_panels, stamps, s):
     """Phase C of a step, worker t's share (see the module doc): parts of each W_l (and W_l.T), of each bias.
 
     Split by panels (by_rows False): its panels of W_0 and entries of b_0, then for l >= 1 part
     upper_part = (part, parts): (t, workers) the rows of W_1 that match its panels of W_0 and even
     shares of the rest; (0, 1) all of them (replicated: the worker's own copies).
     By rows: even shares of the rows of every W_l and of every bias (upper_part (t, workers)).
-    step: Adam's step count of this step (its bias corrections; unused by SGD).
+    step: Adam's step count of this step (its bias corrections; unused by SGD). stamps, s: the timeline's
+    buffer and the step's index in it (LAYER0_UPDATED stamped).
     Overwrites those parts of packed, transposed, the velocities (Adam: first moments, and
     second_w / second_b the second moments), the biases and db.
     """
@@ -273,14 +297,18 @@ def updates(t, workers, by_rows, upper_part, packed, transposed, velocity_w, bia
             transpose_packed_into(transposed[l], P, k0, k1)
         bias_step(biases[l], velocity_b[l], second_b[l], delta_panels[l], db[l], nb, c0, c1, lr, momentum, rule, beta2,
                   eps, bc1, bc2)
+        if l == 0:
+            stamp(stamps, t, s, LAYER0_UPDATED)
 
 
 @cached_njit(nogil=True, inline="always")
 def forward_backward(t, workers, by_rows, rows_part, panels_part, barrier, packed, transposed, biases, x, labels, nb,
-                     acts, deltas, delta_panels):
+                     acts, deltas, delta_panels, stamps, s):
     """Phases A (split by panels only) and B of a step (see the module doc), B's barrier not included.
     B runs the batch's rows of part rows_part = (part, parts), and of dZ_0 the panels of part panels_part:
     ((t, workers), (0, 1)) splits B by rows, ((0, 1), (t, workers)) replicates it (dZ_0's panels the worker's).
+
+    stamps, s: the timeline's buffer and the step's index in it (LAYER0_FORWARD_DONE to BACKWARD_DONE stamped).
 
     Returns (the summed loss of worker t's rows, False if the barrier was aborted).
     Overwrites acts, deltas and delta_panels (each dZ_l in column panels, for the updates; worker t's
@@ -291,23 +319,29 @@ def forward_backward(t, workers, by_rows, rows_part, panels_part, barrier, packe
         p0, p1 = part_of(t, packed[0].shape[0], workers)
         forward_part(acts[0], x, packed[0], biases[0], acts[0], np.int64(BIAS_RELU if L > 1 else BIAS), np.int64(0), nb,
                      p0, p1)
-        if not barrier_wait(barrier, workers):
-            return 0.0, False
+    stamp(stamps, t, s, LAYER0_FORWARD_DONE)
+    if not by_rows and not barrier_wait(barrier, workers):
+        return 0.0, False
+    stamp(stamps, t, s, FIRST_BARRIER_PASSED)
     r0, r1 = part_of(rows_part[0], nb, rows_part[1])
     q0, q1 = part_of(panels_part[0], packed[0].shape[0], panels_part[1])
     forward_rows(packed, biases, x, acts, 1 if not by_rows else 0, r0, r1)
+    stamp(stamps, t, s, UPPER_FORWARD_DONE)
     loss = softmax_xent_backward_rows_inplace(acts[L - 1][r0:r1], labels[r0:r1], nb)
+    stamp(stamps, t, s, SOFTMAX_DONE)
     backward_rows_into_panels(transposed, acts, deltas, delta_panels, r0, r1, q0, q1)
+    stamp(stamps, t, s, BACKWARD_DONE)
     return loss, True
 
 
 @cached_njit(nogil=True, _nrt=False)
 def step_worker(t, workers, barrier, packed, transposed, velocity_w, biases, velocity_b, x, labels, nb, lr, momentum,
-                weight_decay, rule, acts, deltas, db, second_w, second_b, beta2, eps, step, delta_panels):
+                weight_decay, rule, acts, deltas, db, second_w, second_b, beta2, eps, step, delta_panels, stamps):
     """Worker t's part of one step on the batch x[:nb], labels[:nb], gathered and the parameters settled
     (no worker still updating them) before any worker calls it.
 
-    step: Adam's step count t of this step (from 1), for its bias corrections; unused by SGD.
+    step: Adam's step count t of this step (from 1), for its bias corrections; unused by SGD. stamps: the
+    timeline's buffer (step_worker stamps the points of forward_backward and updates as step 0) or None.
 
     Returns (the summed loss of the worker's rows, False if the barrier was aborted).
     Overwrites acts, deltas, db, delta_panels (each dZ_l in column panels, for the updates) and worker
@@ -315,11 +349,11 @@ def step_worker(t, workers, barrier, packed, transposed, velocity_w, biases, vel
     """
     by_rows = layer0_by_rows(workers, packed[0].shape[0])
     loss, ok = forward_backward(t, workers, by_rows, (t, workers), (0, 1), barrier, packed, transposed, biases, x,
-                                labels, nb, acts, deltas, delta_panels)
+                                labels, nb, acts, deltas, delta_panels, stamps, 0)
     if not ok or not barrier_wait(barrier, workers):
         return 0.0, False
     updates(t, workers, by_rows, (t, workers), packed, transposed, velocity_w, biases, velocity_b, x, acts, db, nb,
-            lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, step, delta_panels)
+            lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, step, delta_panels, stamps, 0)
     return loss, True
 
 
@@ -338,7 +372,7 @@ def gather_part(t, workers, x, labels, X, scale, y, order, start, nb, with_rows,
 @cached_njit(nogil=True, _nrt=False)
 def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, biases, velocity_b, X, scale, y, order,
                          begin, end, batch_size, lr, momentum, weight_decay, rule, inputs, acts, deltas, db, labels,
-                         second_w, second_b, beta2, eps, first_step, delta_panels, acts_odd, replicated):
+                         second_w, second_b, beta2, eps, first_step, delta_panels, acts_odd, replicated, stamps):
     """Worker t of `workers` training on the batches of order[begin:end] (begin a multiple of batch_size) of
     the epoch's order; called with begin = 0 first, and then for the batches that follow the last call's.
 
@@ -347,8 +381,9 @@ def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, bi
     X is float32, or uint8 pixels times scale. Every worker calls it with the same batches, each
     on its own thread. `replicated`: the upper layers replicated (the module doc), each worker with
     its own upper parameters and scratch arrays, and acts_odd the acts of odd steps (acts itself
-    otherwise). Returns the summed loss of worker t's rows (replicated: of every row on worker 0, 0 on
-    the others); stops early if the barrier is aborted.
+    otherwise). stamps: the timeline's buffer (workers, steps, STAMP_POINTS), batch s of the epoch its step s
+    (the points above), or None. Returns the summed loss of worker t's rows (replicated: of every row on
+    worker 0, 0 on the others); stops early if the barrier is aborted.
     """
     n = order.shape[0]
     by_rows = layer0_by_rows(workers, packed[0].shape[0])
@@ -372,29 +407,38 @@ def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, bi
             gather_part(label_part, label_parts, x, labels, X, scale, y, order, 0, nb, False, True)
             if not barrier_wait(barrier, workers):
                 break
+        stamp(stamps, t, s, STEP_BEGIN)
         loss, ok = forward_backward(t, workers, by_rows, rows_part, panels_part, barrier, packed, transposed, biases, x,
-                                    labels, nb, step_acts, deltas, delta_panels)
+                                    labels, nb, step_acts, deltas, delta_panels, stamps, s)
         if not ok:
             break
         following = start + batch_size
         if following < n:  # the next batch's inputs, into the buffer this step leaves alone
             gather_part(part, parts, inputs[slot + (s + 1) % 2], labels, X, scale, y, order, following,
                         min(batch_size, n - following), True, False)
+            stamp(stamps, t, s, NEXT_GATHERED)
             after = following + batch_size
             if after < n:  # and the rows it gathers of the batch after, fetched into L2 while the next step runs
                 # (every row with inputs of its own: a row another core fetched comes from that core's cache)
                 a0, a1 = part_of(part, min(batch_size, n - after), parts)
                 prefetch_rows_to_l2(X, order[after + a0 : after + a1])
+        else:
+            stamp(stamps, t, s, NEXT_GATHERED)
+        stamp(stamps, t, s, AFTER_PREFETCHED)
         if not barrier_wait(barrier, b_parties):
             break
+        stamp(stamps, t, s, SECOND_BARRIER_PASSED)
         updates(t, workers, by_rows, rows_part, packed, transposed, velocity_w, biases, velocity_b, x, step_acts, db,
-                nb, lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, first_step + s, delta_panels)
+                nb, lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, first_step + s, delta_panels,
+                stamps, s)
+        stamp(stamps, t, s, LAYERS_UPDATED)
         if following < n:  # phase B of this step has read the labels: the next batch's can replace them
             gather_part(label_part, label_parts, x, labels, X, scale, y, order, following,
                         min(batch_size, n - following), False, True)
         total += loss if counts_loss else 0.0
         if by_rows and not barrier_wait(barrier, workers):  # the next forward reads all of W_0
             break
+        stamp(stamps, t, s, STEP_END)
     return total
 
 
