@@ -330,18 +330,20 @@ def transpose_block(module, vw, stride):
     """The LLVM function transposing a vw x vw block of floats between two arrays of rows `stride` floats apart
     (two packed panels: transpose_packed_into).
 
-    void (float* src, float* dst)
-    dst[j * stride + i] = src[i * stride + j] for i, j < vw: the vw rows of src loaded as vectors,
-    transposed in registers by log2(vw) rounds of interleaving (round after round, rows i and i + vw/2
-    are zipped into rows 2i and 2i + 1: after log2(vw) rounds row j holds column j), stored as vectors.
-    The two blocks must not overlap. Declared once per module and shape.
+    void (float* src, float* dst, i64 count)
+    dst[j * stride + i] = src[i * stride + j] for i < vw and j < count (<= vw): the vw rows of src loaded
+    as vectors, transposed in registers by log2(vw) rounds of interleaving (round after round, rows i and
+    i + vw/2 are zipped into rows 2i and 2i + 1: after log2(vw) rounds row j holds column j), the first
+    `count` stored as vectors. With count < vw it transposes a block of fewer columns (the last of a narrow
+    layer: W_2's 10 of 16) without writing past them; src's vw columns must still be readable (a packed
+    panel's padding is). The two blocks must not overlap. Declared once per module and shape.
     """
     name = f"fastmlp_transpose_block_{vw}x{stride}"
     if name in module.globals:
         return module.globals[name]
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR]), name)
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I64]), name)
     fn.linkage = "internal"
-    src, dst = fn.args
+    src, dst, count = fn.args
     vec = _Vectors(module, vw)
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     rows = [vec.load(builder, builder.gep(src, [ir.Constant(I64, i * stride)])) for i in range(vw)]
@@ -354,6 +356,7 @@ def transpose_block(module, vw, stride):
             zipped += [builder.shuffle_vector(a, b, low), builder.shuffle_vector(a, b, high)]
         rows = zipped
     for j, row in enumerate(rows):
-        vec.store(builder, row, builder.gep(dst, [ir.Constant(I64, j * stride)]))
+        with builder.if_then(builder.icmp_signed("<", ir.Constant(I64, j), count), likely=True):
+            vec.store(builder, row, builder.gep(dst, [ir.Constant(I64, j * stride)]))
     builder.ret_void()
     return fn
