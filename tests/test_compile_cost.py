@@ -63,7 +63,7 @@ TILE_KERNELS = {"forward_part": 2, "forward_part_into_panels": 1, "update_part":
 # The step's glue, inlined into train_batches_worker: never compiled as a function of its own.
 INLINED_GLUE = ("forward_backward", "updates", "gather_part", "forward_rows", "backward_rows",
                 "backward_rows_into_panels", "bias_step", "adam_bias_update", "part_of", "layer_input",
-                "layer0_columns", "stamp")
+                "layer0_columns")
 # The kernels' own small helpers, inlined into the kernel that calls them: compiled on its own, each was a module
 # that Numba linked into its caller and optimised again (0.5 s of a cold start on an Intel Xeon, the five).
 INLINED_HELPERS = ("_panel_offset", "_zigzag", "_first_column", "_chunked_wgrad_tiles", "_prefetch_row")

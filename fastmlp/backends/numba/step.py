@@ -132,12 +132,13 @@ from ...kernels.packed import (
 from ...kernels.panel_sums import panel_column_sums_into
 from ...optim import SMALLEST_NORMAL
 from ...runtime.barrier import barrier_wait
-from ...runtime.cycles import cycle_counter
+from ...runtime.cycles import stamp_cycles
 from ...runtime.jit import cached_njit
 
 # The step's timeline (fastmlp/backends/numba/timeline.py): the points of a step at which worker t, given a stamps
 # array (workers, steps, STAMP_POINTS) int64 with room for step s, writes the cycle counter into stamps[t, s, point]
-# (given None, no timeline: nothing).
+# (runtime.cycles.stamp_cycles; given None, no timeline, it compiles to nothing: an empty array instead, checked
+# at every point, cost epochs at batch 64 1-2 %, 0.971-0.990x in six rounds on an Intel Xeon).
 # In order: the step begins; layer 0's forward is done (phase A; split by rows, there is none: the same moment as
 # the begin); A's barrier passed; the upper layers' forward (layer 0's too, split by rows), the softmax and the
 # backward pass done (phase B); the next batch gathered; the batch after it prefetched; B's barrier passed; layer 0
@@ -146,16 +147,6 @@ from ...runtime.jit import cached_njit
 (STEP_BEGIN, LAYER0_FORWARD_DONE, FIRST_BARRIER_PASSED, UPPER_FORWARD_DONE, SOFTMAX_DONE, BACKWARD_DONE,
  NEXT_GATHERED, AFTER_PREFETCHED, SECOND_BARRIER_PASSED, LAYER0_UPDATED, LAYERS_UPDATED, STEP_END) = range(12)
 STAMP_POINTS = 12
-
-
-@cached_njit(inline="always")
-def stamp(stamps, t, s, point):
-    """stamps[t, s, point] = the cycle counter now, if stamps has room for step s. stamps None (no timeline): the
-    branch is pruned as Numba types it, and the step compiles with no trace of its timeline (an empty array
-    instead, checked at every point, cost epochs at batch 64 1-2 %: 0.971-0.990x in six rounds, Intel Xeon)."""
-    if stamps is not None:
-        if s < stamps.shape[1]:
-            stamps[t, s, point] = cycle_counter()
 
 
 @cached_njit(inline="always")
@@ -298,7 +289,7 @@ def updates(t, workers, by_rows, upper_part, packed, transposed, velocity_w, bia
         bias_step(biases[l], velocity_b[l], second_b[l], delta_panels[l], db[l], nb, c0, c1, lr, momentum, rule, beta2,
                   eps, bc1, bc2)
         if l == 0:
-            stamp(stamps, t, s, LAYER0_UPDATED)
+            stamp_cycles(stamps, t, s, LAYER0_UPDATED)
 
 
 @cached_njit(nogil=True, inline="always")
@@ -319,18 +310,18 @@ def forward_backward(t, workers, by_rows, rows_part, panels_part, barrier, packe
         p0, p1 = part_of(t, packed[0].shape[0], workers)
         forward_part(acts[0], x, packed[0], biases[0], acts[0], np.int64(BIAS_RELU if L > 1 else BIAS), np.int64(0), nb,
                      p0, p1)
-    stamp(stamps, t, s, LAYER0_FORWARD_DONE)
+    stamp_cycles(stamps, t, s, LAYER0_FORWARD_DONE)
     if not by_rows and not barrier_wait(barrier, workers):
         return 0.0, False
-    stamp(stamps, t, s, FIRST_BARRIER_PASSED)
+    stamp_cycles(stamps, t, s, FIRST_BARRIER_PASSED)
     r0, r1 = part_of(rows_part[0], nb, rows_part[1])
     q0, q1 = part_of(panels_part[0], packed[0].shape[0], panels_part[1])
     forward_rows(packed, biases, x, acts, 1 if not by_rows else 0, r0, r1)
-    stamp(stamps, t, s, UPPER_FORWARD_DONE)
+    stamp_cycles(stamps, t, s, UPPER_FORWARD_DONE)
     loss = softmax_xent_backward_rows_inplace(acts[L - 1][r0:r1], labels[r0:r1], nb)
-    stamp(stamps, t, s, SOFTMAX_DONE)
+    stamp_cycles(stamps, t, s, SOFTMAX_DONE)
     backward_rows_into_panels(transposed, acts, deltas, delta_panels, r0, r1, q0, q1)
-    stamp(stamps, t, s, BACKWARD_DONE)
+    stamp_cycles(stamps, t, s, BACKWARD_DONE)
     return loss, True
 
 
@@ -407,7 +398,7 @@ def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, bi
             gather_part(label_part, label_parts, x, labels, X, scale, y, order, 0, nb, False, True)
             if not barrier_wait(barrier, workers):
                 break
-        stamp(stamps, t, s, STEP_BEGIN)
+        stamp_cycles(stamps, t, s, STEP_BEGIN)
         loss, ok = forward_backward(t, workers, by_rows, rows_part, panels_part, barrier, packed, transposed, biases, x,
                                     labels, nb, step_acts, deltas, delta_panels, stamps, s)
         if not ok:
@@ -416,29 +407,29 @@ def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, bi
         if following < n:  # the next batch's inputs, into the buffer this step leaves alone
             gather_part(part, parts, inputs[slot + (s + 1) % 2], labels, X, scale, y, order, following,
                         min(batch_size, n - following), True, False)
-            stamp(stamps, t, s, NEXT_GATHERED)
+            stamp_cycles(stamps, t, s, NEXT_GATHERED)
             after = following + batch_size
             if after < n:  # and the rows it gathers of the batch after, fetched into L2 while the next step runs
                 # (every row with inputs of its own: a row another core fetched comes from that core's cache)
                 a0, a1 = part_of(part, min(batch_size, n - after), parts)
                 prefetch_rows_to_l2(X, order[after + a0 : after + a1])
         else:
-            stamp(stamps, t, s, NEXT_GATHERED)
-        stamp(stamps, t, s, AFTER_PREFETCHED)
+            stamp_cycles(stamps, t, s, NEXT_GATHERED)
+        stamp_cycles(stamps, t, s, AFTER_PREFETCHED)
         if not barrier_wait(barrier, b_parties):
             break
-        stamp(stamps, t, s, SECOND_BARRIER_PASSED)
+        stamp_cycles(stamps, t, s, SECOND_BARRIER_PASSED)
         updates(t, workers, by_rows, rows_part, packed, transposed, velocity_w, biases, velocity_b, x, step_acts, db,
                 nb, lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, first_step + s, delta_panels,
                 stamps, s)
-        stamp(stamps, t, s, LAYERS_UPDATED)
+        stamp_cycles(stamps, t, s, LAYERS_UPDATED)
         if following < n:  # phase B of this step has read the labels: the next batch's can replace them
             gather_part(label_part, label_parts, x, labels, X, scale, y, order, following,
                         min(batch_size, n - following), False, True)
         total += loss if counts_loss else 0.0
         if by_rows and not barrier_wait(barrier, workers):  # the next forward reads all of W_0
             break
-        stamp(stamps, t, s, STEP_END)
+        stamp_cycles(stamps, t, s, STEP_END)
     return total
 
 
