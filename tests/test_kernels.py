@@ -134,6 +134,35 @@ def test_softmax_xent_backward_of_some_rows_is_their_share_of_the_batch(rng):
     assert_close(np.concatenate([top, bottom]), grad)
 
 
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 70])
+@pytest.mark.parametrize("k", [1, 2, 10, 16, 17, 40])
+def test_softmax_xent_backward_matches_numpy_for_any_rows_and_classes(rng, n, k):
+    # Rows of up to 16 classes run 16 rows a block in vector registers (fastmlp.kernels.softmax_ir, its own exp
+    # and log), wider ones in the scalar loop: both, and blocks cut short, against the float64 reference.
+    Z, y = rand(rng, n, k) * np.float32(4.0), rng.integers(0, k, n)
+    loss, grad = reference_softmax_xent(Z, y)
+    out = Z.copy()
+    assert kernels.softmax_xent_backward_rows_inplace(out, y, n) / n == pytest.approx(loss, rel=RTOL)
+    assert_close(out, grad)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint8, np.int16, np.uint64])
+def test_softmax_xent_backward_reads_labels_of_any_integer_type(rng, dtype):
+    Z, y = rand(rng, 37, 10), rng.integers(0, 10, 37)
+    expected, out = Z.copy(), Z.copy()
+    loss = kernels.softmax_xent_backward_rows_inplace(expected, y.astype(np.int64), 37)
+    assert kernels.softmax_xent_backward_rows_inplace(out, y.astype(dtype), 37) == loss
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_softmax_xent_backward_of_a_nan_logit_is_nan_not_a_number_made_up(rng):
+    for k in (10, 20):  # the vector kernel and the scalar loop
+        Z = rand(rng, 3, k)
+        Z[1, 4] = np.nan
+        loss = kernels.softmax_xent_backward_rows_inplace(Z, np.zeros(3, np.int64), 3)
+        assert np.isnan(loss) and np.isnan(Z[1]).all() and np.isfinite(Z[[0, 2]]).all()
+
+
 def test_softmax_xent_backward_flushes_subnormal_gradients():
     Z = np.array([[0.0, -100.0, 50.0]], np.float32)  # exp(-150) is far below float32's normal range
     kernels.softmax_xent_backward_inplace(Z, np.array([2]))

@@ -1,8 +1,12 @@
 """Elementwise and row-wise kernels: bias, ReLU, softmax + cross-entropy, SGD and momentum updates, argmax."""
 
 import numpy as np
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from ..runtime.jit import cached_njit
+from . import softmax_ir
 from .contiguity import require_c_contiguous
 
 # Smallest normal float32. Probabilities below it only produce subnormal gradients, which
@@ -86,17 +90,41 @@ def softmax_xent_backward_inplace(Z, y):
     return softmax_xent_backward_rows_inplace(Z, y, n) / n
 
 
+@intrinsic
+def _xent_rows(typingctx, Z, y, inv_n):
+    """softmax_ir.xent_rows on the rows of Z (C-contiguous, at most ROW_LANES columns) with labels y (integers of
+    any width): their summed cross-entropy (float64), Z overwritten with the gradient."""
+    if not isinstance(y.dtype, types.Integer):
+        return None
+    sig = types.float64(Z, y, types.float32)
+
+    def codegen(context, builder, signature, args):
+        Z_, y_, inv_n_ = args
+        z_array = context.make_array(signature.args[0])(context, builder, Z_)
+        n, k = cgutils.unpack_tuple(builder, z_array.shape, 2)
+        labels = context.make_array(signature.args[1])(context, builder, y_).data
+        label_type = signature.args[1].dtype
+        fn = softmax_ir.xent_rows(builder.module, label_type.bitwidth, label_type.signed)
+        return builder.call(fn, [z_array.data, n, k, labels, inv_n_])
+
+    return sig, codegen
+
+
 @cached_njit
 def softmax_xent_backward_rows_inplace(Z, y, batch_n):
     """Summed cross-entropy of the rows of Z (n, k) float32 vs labels y (n,), part of a batch of batch_n rows;
     overwrites Z with (softmax(Z) - onehot(y)) / batch_n.
 
-    The kernel of `softmax_xent_backward_inplace` for a batch split across threads.
+    The kernel of `softmax_xent_backward_inplace` for a batch split across threads. Rows of up to
+    softmax_ir.ROW_LANES classes with int64 labels run in vector registers (softmax_ir.xent_rows: its own exp
+    and log, sums in a tree); others in the scalar loop below, with the C library's exp and log.
     """
     require_c_contiguous(Z, y)
     n, k = Z.shape
     total = 0.0
     inv_n = np.float32(1.0) / np.float32(batch_n)
+    if k <= softmax_ir.ROW_LANES:
+        return _xent_rows(Z, y, inv_n)
     for i in range(n):
         m = Z[i, 0]
         for j in range(1, k):
