@@ -20,6 +20,7 @@ A call with an array that is not C-contiguous fails when it is compiled.
 The modules of this package, one concept each:
     blas_gemm    the gemm kernels that call BLAS sgemm (through SciPy)
     elementwise  bias, ReLU, softmax + cross-entropy, SGD and momentum updates, argmax (prediction)
+    softmax_ir   the LLVM IR of the softmax + cross-entropy gradient, 16 rows at a time (elementwise's)
     gather       a batch's rows gathered (and uint8 pixels scaled) into a float32 buffer
     packed       weights packed into column panels, and the SIMD kernels that read and update them
     simd_ir      the LLVM IR of those kernels' microkernels (update_ir: the update tiles')
