@@ -116,15 +116,15 @@ def softmax_xent_backward_rows_inplace(Z, y, batch_n):
     overwrites Z with (softmax(Z) - onehot(y)) / batch_n.
 
     The kernel of `softmax_xent_backward_inplace` for a batch split across threads. Rows of up to
-    softmax_ir.ROW_LANES classes with int64 labels run in vector registers (softmax_ir.xent_rows: its own exp
-    and log, sums in a tree); others in the scalar loop below, with the C library's exp and log.
+    softmax_ir.ROW_LANES classes run 16 rows at a time in vector registers (softmax_ir.xent_rows: its own exp
+    and log); wider ones in the scalar loop below, with the C library's exp and log.
     """
     require_c_contiguous(Z, y)
     n, k = Z.shape
-    total = 0.0
     inv_n = np.float32(1.0) / np.float32(batch_n)
     if k <= softmax_ir.ROW_LANES:
         return _xent_rows(Z, y, inv_n)
+    total = 0.0
     for i in range(n):
         m = Z[i, 0]
         for j in range(1, k):

@@ -25,13 +25,13 @@ where a CPU has no gather or scatter instruction (AVX2 has no scatter), does the
 from llvmlite import ir
 
 from .simd_ir import F32, I32, I64, PTR, _counted_loop, _intrinsic, _splat
+from .update_ir import SMALLEST_NORMAL
 
 ROW_LANES = 16
 
 _LOG2E = 1.44269504088896341
 _LN2_HI, _LN2_LO = 0.693359375, -2.12194440e-4
 _EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
-_SMALLEST_NORMAL = 1.1754943508222875e-38
 
 
 def _vector_exp(builder, x, lanes):
@@ -141,8 +141,6 @@ def xent_rows(module, label_bits=64, signed=True):
             with builder.if_then(columns[j], likely=True):
                 value = emit(builder, j)
                 inside = builder.block
-            if value is None:
-                continue
             merged = builder.phi(value.type)
             merged.add_incoming(value, inside)
             merged.add_incoming(default, before)
@@ -184,17 +182,15 @@ def xent_rows(module, label_bits=64, signed=True):
         for lane in range(lanes):  # in row order, as the scalar loop adds them
             total = builder.fadd(total, builder.fpext(builder.extract_element(loss, ir.Constant(I32, lane)), f64))
         scale = builder.fdiv(inv_n_lanes, s)
-        tiny = ir.Constant(vt, [_SMALLEST_NORMAL] * lanes)
+        tiny = ir.Constant(vt, [SMALLEST_NORMAL] * lanes)
 
-        def store_column(builder, j):
-            g = builder.fmul(e[j], scale)
-            g = builder.select(builder.fcmp_ordered("<", g, tiny), zeros, g)
-            g = builder.select(builder.icmp_signed("==", label, ir.Constant(i64v, [j] * lanes)),
-                               builder.fsub(g, inv_n_lanes), g)
-            builder.call(scatter, [g, column_pointers(builder, j), ir.Constant(I32, 4), live])
-            return None
-
-        for_columns(builder, store_column, None)
+        for j in range(lanes):  # each real column's gradient scattered back
+            with builder.if_then(columns[j], likely=True):
+                g = builder.fmul(e[j], scale)
+                g = builder.select(builder.fcmp_ordered("<", g, tiny), zeros, g)
+                g = builder.select(builder.icmp_signed("==", label, ir.Constant(i64v, [j] * lanes)),
+                                   builder.fsub(g, inv_n_lanes), g)
+                builder.call(scatter, [g, column_pointers(builder, j), ir.Constant(I32, 4), live])
         return [total]
 
     (total,) = _counted_loop(builder, fn, blocks, [ir.Constant(f64, 0.0)], one_block, "block")
