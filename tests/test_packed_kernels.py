@@ -63,6 +63,24 @@ def test_forward_kernels_match_numpy(m, k, n, seed):
 
 
 
+@pytest.mark.parametrize("k, n, m", [(128, 64, 2 * TILE_ROWS + 3), (3 * PANEL_WIDTH + 5, 10, 1), (2, 33, 5)])
+def test_forward_part_sums_over_a_range_of_k_the_product_of_those_columns_and_rows(k, n, m):
+    # The numba backend's training sums layer 1 in two parts (fastmlp/backends/numba/layer1.py): forward_part's
+    # k0:k1 reads A's columns and W's packed rows k0:k1 only, and the whole range is the call without them.
+    rng = np.random.default_rng(k + n)
+    A, W, b = f32(rng, m, k + 3)[:, :k], f32(rng, k, n), f32(rng, n)  # A a strided view
+    P = packed(W)
+    whole = np.full((m, n), np.nan, np.float32)
+    kernels.packed.forward_part(whole, A, P, b, whole, kernels.packed.BIAS, 0, m, 0, P.shape[0])
+    again = np.full((m, n), np.nan, np.float32)
+    kernels.packed.forward_part(again, A, P, b, again, kernels.packed.BIAS, 0, m, 0, P.shape[0], 0, k)
+    np.testing.assert_array_equal(again, whole)
+    for k0, k1 in ((0, k // 2), (k // 2, k), (1, k), (k - 1, k)):
+        part = np.full((m, n), np.nan, np.float32)
+        kernels.packed.forward_part(part, A, P, b, part, kernels.packed.STORE, 0, m, 0, P.shape[0], k0, k1)
+        assert_close(part, A[:, k0:k1] @ W[k0:k1], terms=np.abs(A[:, k0:k1]) @ np.abs(W[k0:k1]))
+
+
 def test_a_wide_layer_runs_in_groups_of_panels_with_the_same_bits_as_a_panel_at_a_time():
     """W_0 of 784-1024-...: its panels (3.2 MB) do not fit L2, so the forward runs them in groups
     (packed._FORWARD_GROUP_BYTES); each panel's product is the same, bit for bit, as on its own."""

@@ -201,15 +201,18 @@ def _panel_offset(dZ, p):
 
 
 @cached_njit
-def forward_part(C, A, P, bias, mask, kind, r0, r1, p0, p1):
+def forward_part(C, A, P, bias, mask, kind, r0, r1, p0, p1, k0=0, k1=-1):
     """Rows r0:r1 and panels p0:p1 of C = epilogue(A @ W), W packed in P; overwrites that part of C.
 
     kind: STORE (C = A @ W), BIAS (+ bias), BIAS_RELU (max(A @ W + bias, 0)), RELU_MASK
     (C = A @ W where mask > 0, else 0; mask shaped like C). bias and mask are read only by the
     kinds that use them (pass any float32 array otherwise). A's first K columns are read, K the
     rows of W (A may be wider: the numba backend pads some activations' rows, see its buffers).
+    k0:k1 (k1 = -1: K), if given, cut the sum over k to A's columns and W's rows k0:k1: a part of
+    the product (the numba backend's training sums layer 1 in two such parts).
     """
-    _forward_tiles(C, C.strides[0] // 4, PANEL_WIDTH, C.shape[1], A, P, bias, mask, kind, r0, r1, p0, p1)
+    _forward_tiles(C, C.strides[0] // 4, PANEL_WIDTH, C.shape[1], A, P, bias, mask, kind, r0, r1, p0, p1, k0,
+                   P.shape[1] if k1 < 0 else k1)
 
 
 @cached_njit
@@ -220,7 +223,8 @@ def forward_part_into_panels(CP, n_cols, A, P, bias, mask, kind, r0, r1, p0, p1)
 
     The training step's backward pass writes dZ_0 so: the layer-0 update reads it in panels only."""
     require_c_contiguous(CP)
-    _forward_tiles(CP, PANEL_WIDTH, CP.shape[1] * PANEL_WIDTH, n_cols, A, P, bias, mask, kind, r0, r1, p0, p1)
+    _forward_tiles(CP, PANEL_WIDTH, CP.shape[1] * PANEL_WIDTH, n_cols, A, P, bias, mask, kind, r0, r1, p0, p1, 0,
+                   P.shape[1])
 
 
 # The packed weights a forward pass keeps in L2 while it runs every row of its input past them: the default
@@ -231,19 +235,19 @@ _FORWARD_GROUP_BYTES = 512 * 1024
 # Inlined into each caller before typing (not a compiled function of its own, which each caller would
 # re-optimise, tiles and all, at a cold start's cost).
 @cached_njit(inline="always")
-def _forward_tiles(C, ldc, panel_stride, N, A, P, bias, mask, kind, r0, r1, p0, p1):
+def _forward_tiles(C, ldc, panel_stride, N, A, P, bias, mask, kind, r0, r1, p0, p1, k0, k1):
     """forward_part's tiles, C's element (r, p * PANEL_WIDTH + j) at r * ldc + p * panel_stride + j floats
     from its start (row-major: ldc its row stride, panel_stride PANEL_WIDTH; in column panels: PANEL_WIDTH
-    and a panel's floats); N the columns of C."""
-    K = P.shape[1]
+    and a panel's floats); N the columns of C; the sum over k for k0:k1 (packed rows k0:k1, A's columns)."""
+    K = k1 - k0
     lda, ldm = A.strides[0] // 4, mask.strides[0] // 4
-    panel_size = K * PANEL_WIDTH
+    panel_size = P.shape[1] * PANEL_WIDTH
     # Rows outer, panels inner: the tile's TILE_ROWS rows of A (25 KB at K = 784) stay in L1
     # while every panel streams past them; the panels (100 KB each at K = 784) stay in L2. In
     # groups of panels that fit _FORWARD_GROUP_BYTES: a wide layer's panels (3.2 MB for 784 x 1024)
     # do not fit L2, and streamed from L3 for every TILE_ROWS rows (784-1024-1024-10's forward
     # at 49 % of an Intel core's FMA peak); A's rows are read once a group instead.
-    group = max(1, _FORWARD_GROUP_BYTES // (panel_size * 4))
+    group = max(1, _FORWARD_GROUP_BYTES // (max(K, 1) * PANEL_WIDTH * 4))
     # The first panel's tile of a row block fetches the next block's rows of A into L2 as it goes (spread evenly
     # over its K iterations, ahead_step floats apart): a large batch's A comes from L3 (training epochs at batch
     # 1024 1.02-1.07x on an Intel Xeon, docs/results.md); the other tiles fetch their own first line.
@@ -254,9 +258,10 @@ def _forward_tiles(C, ldc, panel_stride, N, A, P, bias, mask, kind, r0, r1, p0, 
             for p in range(g0, min(g0 + group, p1)):
                 col = p * PANEL_WIDTH
                 fetches = p == g0 and i0 + TILE_ROWS < r1
-                _forward_tile(A, i0 * lda, lda, P, p * panel_size, K, C, i0 * ldc + p * panel_stride, ldc, rows,
-                              min(PANEL_WIDTH, N - col), bias, col, mask, i0 * ldm + col, ldm, np.int32(kind),
-                              (i0 + TILE_ROWS) * lda if fetches else i0 * lda, ahead_step if fetches else 0)
+                _forward_tile(A, i0 * lda + k0, lda, P, p * panel_size + k0 * PANEL_WIDTH, K, C,
+                              i0 * ldc + p * panel_stride, ldc, rows, min(PANEL_WIDTH, N - col), bias, col, mask,
+                              i0 * ldm + col, ldm, np.int32(kind), (i0 + TILE_ROWS) * lda + k0 if fetches else i0 * lda,
+                              ahead_step if fetches else 0)
 
 
 @cached_njit(inline="always")
