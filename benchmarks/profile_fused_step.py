@@ -67,10 +67,10 @@ def layer0_forward_phase(reps, packed, biases, x, acts, nb):
 
 
 @cached_njit
-def upper_layers_phase(reps, packed, transposed, biases, x, acts, deltas, labels, nb, delta_panels):
+def upper_layers_phase(reps, packed, transposed, biases, x, acts, deltas, labels, nb, delta_panels, halves):
     L = len(packed)
     for _ in range(reps):
-        forward_rows(packed, biases, x, acts, 1, 0, nb)
+        forward_rows(packed, biases, x, acts, 1, 0, nb, halves)  # layer 1's sum in two parts, as training does
         softmax_xent_backward_rows_inplace(acts[L - 1][:nb], labels[:nb], nb)
         # each dZ_l as its update reads it
         backward_rows_into_panels(transposed, acts, deltas, delta_panels, 0, nb, 0, packed[0].shape[0])
@@ -116,7 +116,7 @@ def phase_calls(model, pixels, y, nb):
         "layer-0 forward": (lambda r: layer0_forward_phase(r, packed.weights, biases, x, ws.acts, nb),
                             2 * nb * k0 * n0),
         "upper fwd+bwd": (lambda r: upper_layers_phase(r, packed.weights, packed.transposed, biases, x, ws.acts,
-                                                       ws.deltas, ws.labels, nb, ws.delta_panels),
+                                                       ws.deltas, ws.labels, nb, ws.delta_panels, ws.layer1_halves[0]),
                           2 * nb * (2 * upper)),
         "layer-0 update": (lambda r: layer0_update_phase(r, packed.weights, x, ws.delta_panels, nb), 2 * nb * k0 * n0),
         "upper updates": (lambda r: upper_updates_phase(r, packed.weights, packed.transposed, ws.acts,

@@ -1,6 +1,7 @@
 """The numba backend: fastmlp's own SIMD kernels (fastmlp.kernels.packed) run whole epochs in nopython code.
 
     step     the step and the epoch in nopython code, and the design of a step on several workers
+    layer1   layer 1's sum over k in two parts, as every training step computes it (split by k on two workers)
     buffers  the packed parameters and a batch's scratch arrays
     threads  how many workers an epoch runs on, and how they run it
     timeline where a step's time goes inside the epoch (StepTimeline: the cycle counter at its phases)
@@ -146,7 +147,7 @@ class Backend(BackendBase):
                 loss, _ = step_worker(0, 1, barrier_state(), packed.weights, packed.transposed, velocity_w,
                                       tuple(model.biases), velocity_b, X, ws.labels, len(X), np.float32(lr), mu,
                                       np.float32(weight_decay), rule, ws.acts, ws.deltas, ws.db, second_w, second_b,
-                                      beta2, eps32, steps + 1, ws.delta_panels, None)
+                                      beta2, eps32, steps + 1, ws.delta_panels, None, ws.layer1_halves)
             finally:
                 packed.store(model, velocity if rule in (MOMENTUM, NESTEROV) else None, moments)
                 if moments is not None:
@@ -182,10 +183,16 @@ class Backend(BackendBase):
             may_replicate = may_replicate_upper(workers, rows, model.layer_sizes)
             replicated = may_replicate and threads_module.SPLITS.next_split(split_key)
             state = (packed.weights, packed.transposed, velocity_w, biases, velocity_b, second_w, second_b)
+            # Replicated on two workers, layer 1 is split by k instead (step.py's module doc): W_1, W_1.T and their
+            # velocity or moments shared, each worker updating the rows that match its panels of W_0; b_1 and the
+            # layers above copied.
+            layer1_by_k = replicated and workers == 2
+            first_copied = (2, 2, 2, 1, 1, 2, 1) if layer1_by_k else (1,) * len(state)  # weights from W_2, biases b_1
             states: list[tuple[Any, ...]] = [state]
             for _ in range(1, workers):
                 copies: dict[int, FloatArray] = {}
-                states.append(tuple(upper_copies(arrays, copies) if replicated else arrays for arrays in state))
+                states.append(tuple(upper_copies(arrays, copies, first) if replicated else arrays
+                                    for arrays, first in zip(state, first_copied)))
             spaces = ws.worker_workspaces(workers) if replicated else [ws] * workers
             timeline = self.timeline
             stamps = None if timeline is None else timeline.start(
@@ -200,7 +207,8 @@ class Backend(BackendBase):
                     t, workers, barrier, weights, transposed, vel_w, own_biases, vel_b, data, scale, y, order, begin,
                     end, batch_size, np.float32(lr), mu, np.float32(weight_decay), rule, inputs, space.acts,
                     space.deltas, space.db, space.labels, sec_w, sec_b, beta2, eps32, steps + 1, space.delta_panels,
-                    space.acts_odd() if replicated else space.acts, replicated, stamps)
+                    space.acts_odd() if replicated else space.acts, replicated, stamps,
+                    ws.layer1_halves if layer1_by_k else space.layer1_halves, layer1_by_k)
                 if t == 0 and not barrier_aborted(barrier):  # a range cut short (a worker failed) is not counted
                     done[0] = end
                     whole.step_done()  # a Ctrl-C that came meanwhile: raised once its steps are counted

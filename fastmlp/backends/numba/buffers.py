@@ -125,6 +125,9 @@ class _Workspace:
         self.deltas = tuple(aligned_zeros((rows, size)) for size in layer_sizes[1:-1]) + (self.acts[-1],)
         self.db = tuple(aligned_zeros(size) for size in layer_sizes[1:])  # a worker's share: few lines shared
         self.labels = np.zeros(rows, dtype=np.int64)
+        # Layer 1's sum over k in two parts, by step parity (fastmlp/backends/numba/layer1.py; a column where there
+        # is no layer 1).
+        self.layer1_halves = aligned_zeros((2, 2, rows, layer_sizes[2] if len(layer_sizes) > 2 else 1))
         self._acts_odd: Arrays | None = None
         self._workers: list[_Workspace] = []
 
@@ -154,15 +157,15 @@ class _Workspace:
         return self.inputs[:count]
 
 
-def upper_copies(arrays: Arrays, copies: dict[int, FloatArray]) -> Arrays:
-    """arrays with each entry past the first replaced by a copy of it (a worker's own upper layers), the same copy
+def upper_copies(arrays: Arrays, copies: dict[int, FloatArray], first: int = 1) -> Arrays:
+    """arrays with each entry from `first` on replaced by a copy of it (a worker's own upper layers), the same copy
     for the same array (`copies`, by id: a rule's unread slots hold the parameters themselves)."""
     own = []
-    for a in arrays[1:]:
+    for a in arrays[first:]:
         if id(a) not in copies:
             copies[id(a)] = aligned_copy(a)
         own.append(copies[id(a)])
-    return (arrays[0], *own)
+    return (*arrays[:first], *own)
 
 
 def _input_buffers(count: int, rows: int, width: int) -> FloatArray:

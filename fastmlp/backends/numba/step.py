@@ -58,6 +58,13 @@ moments, b_l for l >= 1; worker 0's are the model's) and runs them for every row
   the others' share of the upper layers' arithmetic instead. The next step's A writes the other
   acts[0], and the one after it this one, which only a worker past this step's barrier (so done
   with the step before's C) may do. Each worker's loss covers every row: worker 0's counts.
+  On two workers, layer 1 is split by k instead (`layer1_by_k`; its sum is always in two parts, below):
+  in A, after its panels of layer 0, worker t computes part t for every row (its columns of acts[0] by
+  the matching rows of W_1, into layer1_halves of the step's parity); in B each adds the two parts for
+  every row and runs the layers above replicated; in C it updates only those rows of W_1 and W_1.T
+  (shared; b_1 and the layers above are each worker's copies). A part of the sum goes between the cores
+  instead of half of acts[0], and W_1's product and update are not done twice: epochs at batch 32-128
+  1.02-1.05x the replicated step on a 2-core Intel Xeon (docs/results.md).
 By rows (more workers than panels: every core gets work, each reads all of W_0):
   B. for worker t's rows of the batch: every layer's forward, softmax, the backward pass, and the
      gather of its rows of the next batch, as above;                               -- barrier
@@ -76,7 +83,8 @@ sequence whatever range of batches it is called for, so worker 0 may run the epo
 The split decides which worker computes each part, never how: every product and sum runs over
 the same rows in the same order, so the weights come out bit-identical whatever the worker
 count; only the loss, summed per worker, may differ in its last bits. Never on timing: the same
-count gives bit-identical runs.
+count gives bit-identical runs. For that, every training step computes layer 1's sum over k in the
+same two parts, whatever the split (fastmlp/backends/numba/layer1.py).
 
 Compiling. Numba compiles every `cached_njit` function into an LLVM module of its own, links into
 it the code of each function it calls, and optimises and generates machine code for the whole
@@ -134,6 +142,7 @@ from ...optim import SMALLEST_NORMAL
 from ...runtime.barrier import barrier_wait
 from ...runtime.cycles import stamp_cycles
 from ...runtime.jit import cached_njit
+from .layer1 import layer1_from_halves, layer1_part_into
 
 # The step's timeline (fastmlp/backends/numba/timeline.py): the points of a step at which worker t, given a stamps
 # array (workers, steps, STAMP_POINTS) int64 with room for step s, writes the cycle counter into stamps[t, s, point]
@@ -161,15 +170,22 @@ def layer_input(x, acts, l):
     return x if l == 0 else acts[l - 1]
 
 
+
 @cached_njit(inline="always")
-def forward_rows(packed, biases, x, acts, first, r0, r1):
+def forward_rows(packed, biases, x, acts, first, r0, r1, halves):
     """Layers first.. forward of rows r0:r1 (bias + ReLU, bias alone for the logits);
-    overwrites those rows of acts[first:]."""
+    overwrites those rows of acts[first:]. halves: None, or (2, rows, N_1) scratch for layer 1's sum in two
+    parts (a training step's: layer1_part_into, layer1_from_halves; overwritten), which changes its last bits."""
     L = len(packed)
     for l in range(first, L):
         out = acts[l]
-        forward_part(out, layer_input(x, acts, l), packed[l], biases[l], out, BIAS_RELU if l < L - 1 else BIAS, r0, r1,
-                     np.int64(0), packed[l].shape[0])
+        if l == 1 and halves is not None:
+            for h in range(2):
+                layer1_part_into(halves[h], acts[0], packed[0], packed[l], h, r0, r1)
+            layer1_from_halves(out, halves, biases[l], l < L - 1, r0, r1)
+        else:
+            forward_part(out, layer_input(x, acts, l), packed[l], biases[l], out, BIAS_RELU if l < L - 1 else BIAS, r0,
+                         r1, np.int64(0), packed[l].shape[0], np.int64(0), np.int64(-1))
 
 
 @cached_njit(inline="always")
@@ -178,7 +194,7 @@ def backward_rows(transposed, acts, deltas, r0, r1, lowest):
     overwrites those rows of deltas[lowest - 1:-1]."""
     for l in range(len(transposed) - 1, lowest - 1, -1):
         forward_part(deltas[l - 1], deltas[l], transposed[l], acts[l - 1][0], acts[l - 1], RELU_MASK, r0, r1,
-                     0, transposed[l].shape[0])
+                     0, transposed[l].shape[0], np.int64(0), np.int64(-1))
 
 
 @cached_njit(inline="always")
@@ -246,13 +262,14 @@ def layer0_columns(t, workers, panels, n):
 
 
 @cached_njit(inline="always")
-def updates(t, workers, by_rows, upper_part, packed, transposed, velocity_w, biases, velocity_b, x, acts, db, nb,
-            lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, step, delta_panels, stamps, s):
+def updates(t, workers, by_rows, upper_part, layer1_by_k, packed, transposed, velocity_w, biases, velocity_b, x, acts,
+            db, nb, lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, step, delta_panels, stamps, s):
     """Phase C of a step, worker t's share (see the module doc): parts of each W_l (and W_l.T), of each bias.
 
     Split by panels (by_rows False): its panels of W_0 and entries of b_0, then for l >= 1 part
     upper_part = (part, parts): (t, workers) the rows of W_1 that match its panels of W_0 and even
-    shares of the rest; (0, 1) all of them (replicated: the worker's own copies).
+    shares of the rest; (0, 1) all of them (replicated: the worker's own copies), but with layer1_by_k the rows
+    of W_1 (shared) that match its panels of W_0, and all of its own b_1.
     By rows: even shares of the rows of every W_l and of every bias (upper_part (t, workers)).
     step: Adam's step count of this step (its bias corrections; unused by SGD). stamps, s: the timeline's
     buffer and the step's index in it (LAYER0_UPDATED stamped).
@@ -281,7 +298,8 @@ def updates(t, workers, by_rows, upper_part, packed, transposed, velocity_w, bia
         elif l == 1 and not by_rows:
             # W_1's rows are layer 0's columns: split by panels, a worker updates the rows of W_1 that
             # read the columns of acts[0] it alone overwrites in the next step's phase A (all of them, replicated).
-            k0, k1 = layer0_columns(part, parts, packed[0].shape[0], P.shape[1])
+            k0, k1 = layer0_columns(t if layer1_by_k else part, workers if layer1_by_k else parts, packed[0].shape[0],
+                                    P.shape[1])
         update_part(P, velocity_w[l], A, delta_panels[l], nb, k0, k1, p0, p1, lr, momentum, weight_decay, rule,
                     second_w[l], beta2, eps, bc1, bc2)
         if l > 0:
@@ -294,10 +312,12 @@ def updates(t, workers, by_rows, upper_part, packed, transposed, velocity_w, bia
 
 @cached_njit(nogil=True, inline="always")
 def forward_backward(t, workers, by_rows, rows_part, panels_part, barrier, packed, transposed, biases, x, labels, nb,
-                     acts, deltas, delta_panels, stamps, s):
+                     acts, deltas, delta_panels, stamps, s, halves, layer1_by_k, parity):
     """Phases A (split by panels only) and B of a step (see the module doc), B's barrier not included.
     B runs the batch's rows of part rows_part = (part, parts), and of dZ_0 the panels of part panels_part:
     ((t, workers), (0, 1)) splits B by rows, ((0, 1), (t, workers)) replicates it (dZ_0's panels the worker's).
+    halves (2, 2, rows, N_1): the two parts of layer 1's sum, halves[parity] this step's; layer1_by_k (two
+    workers, replicated): worker t computes part t in A for every row, B adds the two.
 
     stamps, s: the timeline's buffer and the step's index in it (LAYER0_FORWARD_DONE to BACKWARD_DONE stamped).
 
@@ -309,14 +329,20 @@ def forward_backward(t, workers, by_rows, rows_part, panels_part, barrier, packe
     if not by_rows:
         p0, p1 = part_of(t, packed[0].shape[0], workers)
         forward_part(acts[0], x, packed[0], biases[0], acts[0], np.int64(BIAS_RELU if L > 1 else BIAS), np.int64(0), nb,
-                     p0, p1)
+                     p0, p1, np.int64(0), np.int64(-1))
+        # layer 1 split by k: part t of its sum, from the columns of acts[0] just computed and W_1's rows that match
+        # them (a loop of at most one pass: tuples without an entry 1 are typed too, see backward_rows_into_panels)
+        for l in range(1, min(L, 2) if layer1_by_k else 1):
+            layer1_part_into(halves[parity, t], acts[0], packed[0], packed[l], t, np.int64(0), nb)
     stamp_cycles(stamps, t, s, LAYER0_FORWARD_DONE)
     if not by_rows and not barrier_wait(barrier, workers):
         return 0.0, False
     stamp_cycles(stamps, t, s, FIRST_BARRIER_PASSED)
     r0, r1 = part_of(rows_part[0], nb, rows_part[1])
     q0, q1 = part_of(panels_part[0], packed[0].shape[0], panels_part[1])
-    forward_rows(packed, biases, x, acts, 1 if not by_rows else 0, r0, r1)
+    for l in range(1, min(L, 2) if layer1_by_k else 1):  # the two parts computed in A, by the two workers
+        layer1_from_halves(acts[l], halves[parity], biases[l], l < L - 1, r0, r1)
+    forward_rows(packed, biases, x, acts, 2 if layer1_by_k else 1 if not by_rows else 0, r0, r1, halves[parity])
     stamp_cycles(stamps, t, s, UPPER_FORWARD_DONE)
     loss = softmax_xent_backward_rows_inplace(acts[L - 1][r0:r1], labels[r0:r1], nb)
     stamp_cycles(stamps, t, s, SOFTMAX_DONE)
@@ -327,12 +353,14 @@ def forward_backward(t, workers, by_rows, rows_part, panels_part, barrier, packe
 
 @cached_njit(nogil=True, _nrt=False)
 def step_worker(t, workers, barrier, packed, transposed, velocity_w, biases, velocity_b, x, labels, nb, lr, momentum,
-                weight_decay, rule, acts, deltas, db, second_w, second_b, beta2, eps, step, delta_panels, stamps):
+                weight_decay, rule, acts, deltas, db, second_w, second_b, beta2, eps, step, delta_panels, stamps,
+                halves):
     """Worker t's part of one step on the batch x[:nb], labels[:nb], gathered and the parameters settled
     (no worker still updating them) before any worker calls it.
 
     step: Adam's step count t of this step (from 1), for its bias corrections; unused by SGD. stamps: the
     timeline's buffer (step_worker stamps the points of forward_backward and updates as step 0) or None.
+    halves: scratch (2, 2, rows, N_1) for layer 1's sum in two parts.
 
     Returns (the summed loss of the worker's rows, False if the barrier was aborted).
     Overwrites acts, deltas, db, delta_panels (each dZ_l in column panels, for the updates) and worker
@@ -340,11 +368,11 @@ def step_worker(t, workers, barrier, packed, transposed, velocity_w, biases, vel
     """
     by_rows = layer0_by_rows(workers, packed[0].shape[0])
     loss, ok = forward_backward(t, workers, by_rows, (t, workers), (0, 1), barrier, packed, transposed, biases, x,
-                                labels, nb, acts, deltas, delta_panels, stamps, 0)
+                                labels, nb, acts, deltas, delta_panels, stamps, 0, halves, False, 0)
     if not ok or not barrier_wait(barrier, workers):
         return 0.0, False
-    updates(t, workers, by_rows, (t, workers), packed, transposed, velocity_w, biases, velocity_b, x, acts, db, nb,
-            lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, step, delta_panels, stamps, 0)
+    updates(t, workers, by_rows, (t, workers), False, packed, transposed, velocity_w, biases, velocity_b, x, acts, db,
+            nb, lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, step, delta_panels, stamps, 0)
     return loss, True
 
 
@@ -363,7 +391,8 @@ def gather_part(t, workers, x, labels, X, scale, y, order, start, nb, with_rows,
 @cached_njit(nogil=True, _nrt=False)
 def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, biases, velocity_b, X, scale, y, order,
                          begin, end, batch_size, lr, momentum, weight_decay, rule, inputs, acts, deltas, db, labels,
-                         second_w, second_b, beta2, eps, first_step, delta_panels, acts_odd, replicated, stamps):
+                         second_w, second_b, beta2, eps, first_step, delta_panels, acts_odd, replicated, stamps,
+                         halves, layer1_by_k):
     """Worker t of `workers` training on the batches of order[begin:end] (begin a multiple of batch_size) of
     the epoch's order; called with begin = 0 first, and then for the batches that follow the last call's.
 
@@ -400,7 +429,8 @@ def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, bi
                 break
         stamp_cycles(stamps, t, s, STEP_BEGIN)
         loss, ok = forward_backward(t, workers, by_rows, rows_part, panels_part, barrier, packed, transposed, biases, x,
-                                    labels, nb, step_acts, deltas, delta_panels, stamps, s)
+                                    labels, nb, step_acts, deltas, delta_panels, stamps, s, halves, layer1_by_k,
+                                    s % 2)
         if not ok:
             break
         following = start + batch_size
@@ -419,9 +449,9 @@ def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, bi
         if not barrier_wait(barrier, b_parties):
             break
         stamp_cycles(stamps, t, s, SECOND_BARRIER_PASSED)
-        updates(t, workers, by_rows, rows_part, packed, transposed, velocity_w, biases, velocity_b, x, step_acts, db,
-                nb, lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, first_step + s, delta_panels,
-                stamps, s)
+        updates(t, workers, by_rows, rows_part, layer1_by_k, packed, transposed, velocity_w, biases, velocity_b, x,
+                step_acts, db, nb, lr, momentum, weight_decay, rule, second_w, second_b, beta2, eps, first_step + s,
+                delta_panels, stamps, s)
         stamp_cycles(stamps, t, s, LAYERS_UPDATED)
         if following < n:  # phase B of this step has read the labels: the next batch's can replace them
             gather_part(label_part, label_parts, x, labels, X, scale, y, order, following,
@@ -436,7 +466,7 @@ def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, bi
 @cached_njit(_nrt=False)
 def forward_probs_inplace(packed, biases, x, acts):
     """Class probabilities of the rows of x in acts[-1]; overwrites acts."""
-    forward_rows(packed, biases, x, acts, 0, 0, x.shape[0])
+    forward_rows(packed, biases, x, acts, 0, 0, x.shape[0], None)
     softmax_inplace(acts[len(packed) - 1])
 
 
@@ -450,7 +480,7 @@ def loss_and_grads_into(packed, transposed, biases, x, labels, acts, deltas, gra
     """
     n = x.shape[0]
     L = len(packed)
-    forward_rows(packed, biases, x, acts, 0, 0, n)
+    forward_rows(packed, biases, x, acts, 0, 0, n, None)
     loss = softmax_xent_backward_rows_inplace(acts[L - 1], labels, n) / n
     backward_rows(transposed, acts, deltas, 0, n, 1)
     for l in range(L):

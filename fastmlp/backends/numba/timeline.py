@@ -66,7 +66,8 @@ _EMPTY = np.zeros((0, 0, STAMP_POINTS), dtype=np.int64)
 
 @dataclass(frozen=True)
 class EpochShape:
-    """What the stamped epoch ran: its batch size, worker count and split of the upper layers."""
+    """What the stamped epoch ran: its batch size, worker count and split of the upper layers (replicated on two
+    workers: layer 1 split by k, fastmlp/backends/numba/step.py)."""
 
     batch_size: int
     workers: int
@@ -129,8 +130,9 @@ class StepTimeline:
         if not medians or self.shape is None:
             return "step timeline: no steps stamped (an epoch of more than skip_first + 2 steps is needed)"
         shape = self.shape
-        workers = "one worker" if shape.workers == 1 else (
-            f"{shape.workers} workers, the upper layers {'replicated' if shape.replicated else 'split'}")
+        split = "split" if not shape.replicated else "replicated, layer 1 split by k" if shape.workers == 2 else (
+            "replicated")
+        workers = "one worker" if shape.workers == 1 else f"{shape.workers} workers, the upper layers {split}"
         lines = [f"step timeline, batch {shape.batch_size}, {workers}: medians over {self._steps().shape[1]} steps; "
                  f"cycle counter at {self.ticks_per_second / 1e9:.2f} GHz",
                  f"  {'phase':16s}" + "".join(f"{f'worker {t}':>22s}" for t in range(shape.workers))]
