@@ -444,6 +444,18 @@ def test_upper_layers_are_replicated_only_where_layer_0_holds_nearly_all_of_the_
     assert not may_replicate_upper(2, 4096, DEFAULT_NET)  # a batch too big to gather on every worker
 
 
+def test_layer_1_is_summed_in_two_parts_for_the_nets_that_may_replicate_whatever_the_workers():
+    # A property of the net alone (fastmlp/backends/numba/layer1.py), so that every worker count sums alike.
+    from fastmlp.backends.numba.buffers import _Workspace
+    from fastmlp.backends.numba.threads import upper_layers_small
+
+    assert upper_layers_small(DEFAULT_NET)
+    assert not upper_layers_small((784, 1024, 1024, 10)) and not upper_layers_small((784, 128))
+    assert not upper_layers_small((784, PANELS, 4, 3))  # one panel of layer 0: nothing to cut
+    assert _Workspace(DEFAULT_NET, 16).layer1_halves.shape == (2, 2, 16, 64)
+    assert _Workspace((784, 1024, 1024, 10), 16).layer1_halves.shape[2] == 0  # summed in one chain
+
+
 def test_the_split_chooser_times_both_splits_then_keeps_the_faster():
     from fastmlp.backends.numba.threads import SPLIT_TRIALS, SplitChooser
 

@@ -27,7 +27,7 @@ from ...kernels.packed import (
     unpack_weights_into,
 )
 from ...runtime.aligned import CACHE_LINE, aligned_copy, aligned_zeros
-from .threads import private_inputs
+from .threads import private_inputs, upper_layers_small
 
 if TYPE_CHECKING:
     from ...model import MLP
@@ -125,9 +125,10 @@ class _Workspace:
         self.deltas = tuple(aligned_zeros((rows, size)) for size in layer_sizes[1:-1]) + (self.acts[-1],)
         self.db = tuple(aligned_zeros(size) for size in layer_sizes[1:])  # a worker's share: few lines shared
         self.labels = np.zeros(rows, dtype=np.int64)
-        # Layer 1's sum over k in two parts, by step parity (fastmlp/backends/numba/layer1.py; a column where there
-        # is no layer 1).
-        self.layer1_halves = aligned_zeros((2, 2, rows, layer_sizes[2] if len(layer_sizes) > 2 else 1))
+        # Layer 1's sum over k in two parts, by step parity (fastmlp/backends/numba/layer1.py), for the nets summed
+        # so; no rows for the others (a step then sums layer 1 in one chain).
+        self.layer1_halves = aligned_zeros((2, 2, rows if upper_layers_small(layer_sizes) else 0,
+                                            layer_sizes[2] if len(layer_sizes) > 2 else 1))
         self._acts_odd: Arrays | None = None
         self._workers: list[_Workspace] = []
 

@@ -7,8 +7,11 @@ A_0 = acts[0] in the first half of layer 0's panels, which are those that worker
 split by panels (fastmlp/backends/numba/step.py). So two workers can each multiply the columns of A_0 they
 computed by the matching rows of W_1, for every row of the batch, and add the two parts (layer 1 split by k);
 and because one worker, or workers splitting the batch by rows, compute the same two parts and add them in the
-same order, the weights still come out bit-identical whatever the worker count. Inference sums layer 1 in one
-chain (`fastmlp.kernels.serving`, step.forward_probs_inplace): the last bits may differ from training's forward.
+same order, the weights still come out bit-identical whatever the worker count. Only the nets whose upper layers
+may be replicated are summed so (threads.upper_layers_small: a property of the net, never of the worker count);
+for the others (784-1024-1024-10's 1M-weight W_1), the parts' elementwise pass would cost and no step splits
+them. Inference sums layer 1 in one chain (`fastmlp.kernels.serving`, step.forward_probs_inplace): the last
+bits may differ from training's forward.
 """
 
 import numpy as np

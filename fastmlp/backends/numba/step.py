@@ -175,11 +175,11 @@ def layer_input(x, acts, l):
 def forward_rows(packed, biases, x, acts, first, r0, r1, halves):
     """Layers first.. forward of rows r0:r1 (bias + ReLU, bias alone for the logits);
     overwrites those rows of acts[first:]. halves: None, or (2, rows, N_1) scratch for layer 1's sum in two
-    parts (a training step's: layer1_part_into, layer1_from_halves; overwritten), which changes its last bits."""
+    parts (a training step's: fastmlp/backends/numba/layer1.py; overwritten; no rows: in one chain)."""
     L = len(packed)
     for l in range(first, L):
         out = acts[l]
-        if l == 1 and halves is not None:
+        if l == 1 and halves is not None and halves.shape[1] > 0:
             for h in range(2):
                 layer1_part_into(halves[h], acts[0], packed[0], packed[l], h, r0, r1)
             layer1_from_halves(out, halves, biases[l], l < L - 1, r0, r1)

@@ -80,14 +80,22 @@ def private_inputs(workers: int, batch_rows: int, layer_sizes: Sequence[int]) ->
 REPLICATED_UPPER_SHARE = 1 / 8
 
 
+def upper_layers_small(layer_sizes: Sequence[int]) -> bool:
+    """True for a net whose layers above the first hold at most REPLICATED_UPPER_SHARE of W_0's weights (it has
+    some) and whose layer 0 has two panels or more: the nets whose upper layers an epoch may replicate, and
+    whose training steps therefore sum layer 1 in two parts whatever the worker count (fastmlp/backends/numba/
+    layer1.py; a bigger layer 1 in one, where the parts would cost an elementwise pass and never be split)."""
+    weights = [k * n for k, n in pairwise(layer_sizes)]
+    return (len(weights) > 1 and sum(weights[1:]) <= REPLICATED_UPPER_SHARE * weights[0]
+            and panel_count(layer_sizes[1]) >= 2)
+
+
 def may_replicate_upper(workers: int, batch_rows: int, layer_sizes: Sequence[int]) -> bool:
     """True where an epoch's step may replicate the layers above the first on every worker (each its own copy,
     run for every row of the batch; fastmlp/backends/numba/step.py): where every worker gathers the whole batch
     (`private_inputs`), the net has such layers, and they hold at most REPLICATED_UPPER_SHARE of W_0's weights.
     `SplitChooser` decides whether it does."""
-    weights = [k * n for k, n in pairwise(layer_sizes)]
-    return (private_inputs(workers, batch_rows, layer_sizes) and len(weights) > 1
-            and sum(weights[1:]) <= REPLICATED_UPPER_SHARE * weights[0])
+    return private_inputs(workers, batch_rows, layer_sizes) and upper_layers_small(layer_sizes)
 
 
 # Whole epochs of each split that SplitChooser times before it keeps the faster.
