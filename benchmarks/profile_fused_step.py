@@ -29,7 +29,8 @@ import numpy as np
 from fastmlp import MLP
 from fastmlp.backends.numba.backend import Backend
 from fastmlp.backends.numba.buffers import _Packed, _Workspace
-from fastmlp.backends.numba.step import backward_rows_into_panels, bias_step, forward_rows
+from fastmlp.backends.numba.layer1 import layer1_cut, training_forward_rows
+from fastmlp.backends.numba.step import backward_rows_into_panels, bias_step
 from fastmlp.backends.numba.threads import epoch_workers, training_threads
 from fastmlp.backends.numba.timeline import StepTimeline
 from fastmlp.bench.fma_peak import CHAINS, VECTOR_WIDTH, cpu_model_name, measure_fma_peak
@@ -70,7 +71,8 @@ def layer0_forward_phase(reps, packed, biases, x, acts, nb):
 def upper_layers_phase(reps, packed, transposed, biases, x, acts, deltas, labels, nb, delta_panels, halves):
     L = len(packed)
     for _ in range(reps):
-        forward_rows(packed, biases, x, acts, 1, 0, nb, halves)  # layer 1's sum in two parts, as training does
+        training_forward_rows(packed, biases, x, acts, 1, 0, nb, halves, layer1_cut(packed[0], biases[0].shape[0]),
+                              False)  # layer 1's sum in two parts, as training does
         softmax_xent_backward_rows_inplace(acts[L - 1][:nb], labels[:nb], nb)
         # each dZ_l as its update reads it
         backward_rows_into_panels(transposed, acts, deltas, delta_panels, 0, nb, 0, packed[0].shape[0])

@@ -1,4 +1,4 @@
-"""A cold start compiles each tile-holding kernel once (forward_part twice), and none of the
+"""A cold start compiles each tile-holding kernel once (forward_part included), and none of the
 step's glue on its own.
 
 Numba links the LLVM of every function a compiled function calls into its module and optimises
@@ -56,14 +56,13 @@ PROBE = textwrap.dedent("""
 """)
 
 # Kernels with SIMD tiles (or their IR) that the epoch function calls, and how many times each is compiled:
-# once, but forward_part twice: the forward passes (of layer 0, of the upper layers) alike, the backward pass
-# with its literal kind (step.py's module doc).
-TILE_KERNELS = {"forward_part": 2, "forward_part_into_panels": 1, "update_part": 1, "transpose_packed_into": 1,
+# once, forward_part too (its forward and backward passes with the same argument types: step.py's module doc).
+TILE_KERNELS = {"forward_part": 1, "forward_part_into_panels": 1, "update_part": 1, "transpose_packed_into": 1,
                 "panels_from_rows_into": 1}
 # The step's glue, inlined into train_batches_worker: never compiled as a function of its own.
 INLINED_GLUE = ("forward_backward", "updates", "gather_part", "forward_rows", "backward_rows",
                 "backward_rows_into_panels", "bias_step", "adam_bias_update", "part_of", "layer_input",
-                "layer0_columns")
+                "layer0_columns", "training_forward_rows", "layer1_cut", "sum_parts_bias_rows_into")
 # The kernels' own small helpers, inlined into the kernel that calls them: compiled on its own, each was a module
 # that Numba linked into its caller and optimised again (0.5 s of a cold start on an Intel Xeon, the five).
 INLINED_HELPERS = ("_panel_offset", "_zigzag", "_first_column", "_chunked_wgrad_tiles", "_prefetch_row")
@@ -80,7 +79,7 @@ def _compiled_in_a_fresh_process(kind):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_a_cold_start_compiles_each_tile_kernel_once_forward_part_twice_and_no_glue_on_its_own():
+def test_a_cold_start_compiles_each_tile_kernel_once_and_no_glue_on_its_own():
     compiled = _compiled_in_a_fresh_process("pixels")
     assert compiled["train_batches_worker"] == 1
     assert {name: compiled.get(name, 0) for name in TILE_KERNELS} == TILE_KERNELS

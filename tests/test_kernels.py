@@ -96,6 +96,30 @@ def test_bias_forward_kernels_match_numpy(rng):
     assert_close(Z2, np.maximum(Z + b, 0))
 
 
+@pytest.mark.parametrize("n", [1, 7, 16, 17, 64, 100])
+@pytest.mark.parametrize("relu", [False, True])
+def test_summing_two_parts_and_a_bias_is_exactly_numpys_float32_sum(rng, n, relu):
+    # Layer 1's output from its two parts (fastmlp/backends/numba/layer1.py), in explicit vectors and a masked rest:
+    # (a + b) + bias in float32, below 0 -> 0 with relu (a NaN stays), only the rows asked and the first n columns.
+    from numba import njit
+
+    from fastmlp.kernels.elementwise import sum_parts_bias_rows_into
+
+    @njit
+    def rows_into(out, a, b, bias, relu, r0, r1):
+        sum_parts_bias_rows_into(out, a, b, bias, relu, r0, r1)
+
+    a, b, bias = rand(rng, 9, n) - 0.5, rand(rng, 9, n) - 0.5, rand(rng, n) - 0.5
+    a[3, 0] = np.nan
+    out = np.full((9, n + 3), 7.0, np.float32)  # rows wider than n, as the step's padded activations
+    rows_into(out, a, b, bias, relu, 2, 8)
+    z = (a + b) + bias
+    expected = np.where(z < 0, np.float32(0), z) if relu else z
+    np.testing.assert_array_equal(out[2:8, :n].view(np.uint32), expected[2:8].view(np.uint32))
+    assert np.isnan(out[3, 0])
+    assert (out[:2] == 7).all() and (out[8:] == 7).all() and (out[:, n:] == 7).all()
+
+
 def test_relu_backward_kernels_zero_where_activation_is_not_positive(rng):
     dA, A = rand(rng, 7, 5), np.maximum(rand(rng, 7, 5), 0)
     masked, db = dA.copy(), np.empty(5, np.float32)

@@ -6,13 +6,44 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..runtime.jit import cached_njit
-from . import softmax_ir
+from . import simd_ir, softmax_ir
 from .contiguity import require_c_contiguous
+from .packing import VECTOR_WIDTH, _data
 
 # Smallest normal float32. Probabilities below it only produce subnormal gradients, which
 # make every later gemm and elementwise pass up to 100x slower on x86 (see softmax kernels);
 # velocities below it are flushed to zero (fastmlp/optim.py).
 _TINY = np.float32(np.finfo(np.float32).tiny)
+
+
+@intrinsic
+def _sum_row_parts(typingctx, a, a_off, b, b_off, bias, out, o_off, n, relu):
+    """One row of simd_ir.sum_row_parts: out[o_off:][:n] = (a[a_off:] + b[b_off:]) + bias, ReLU'd if relu (offsets in
+    floats of each array's data)."""
+    sig = types.void(a, types.intp, b, types.intp, bias, out, types.intp, types.intp, types.int32)
+
+    def codegen(context, builder, signature, args):
+        a_, a_off_, b_, b_off_, bias_, out_, o_off_, n_, relu_ = args
+        ty = signature.args
+        zero = context.get_constant(types.intp, 0)
+        fn = simd_ir.sum_row_parts(builder.module, VECTOR_WIDTH)
+        builder.call(fn, [_data(context, builder, ty[0], a_, a_off_), _data(context, builder, ty[2], b_, b_off_),
+                          _data(context, builder, ty[4], bias_, zero), _data(context, builder, ty[5], out_, o_off_),
+                          n_, relu_])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@cached_njit(inline="always")
+def sum_parts_bias_rows_into(out, part0, part1, bias, relu, r0, r1):
+    """Rows r0:r1 of out = (part0 + part1) + bias, ReLU'd if relu (below 0 -> 0; a NaN stays), all float32 with
+    C-contiguous rows of at least bias.shape[0] floats; overwrites those rows of out's first bias.shape[0]
+    columns. Explicit SIMD (simd_ir.sum_row_parts), inlined into its caller."""
+    n = bias.shape[0]
+    for i in range(r0, r1):
+        _sum_row_parts(part0, i * (part0.strides[0] // 4), part1, i * (part1.strides[0] // 4), bias, out,
+                       i * (out.strides[0] // 4), n, np.int32(relu))
 
 
 @cached_njit

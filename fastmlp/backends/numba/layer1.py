@@ -16,34 +16,37 @@ bits may differ from training's forward.
 
 import numpy as np
 
-from ...kernels.packed import PANEL_WIDTH, STORE, forward_part
+from ...kernels.elementwise import sum_parts_bias_rows_into
+from ...kernels.packed import BIAS, BIAS_RELU, PANEL_WIDTH, STORE, forward_part
 from ...runtime.jit import cached_njit
 
 
 @cached_njit(inline="always")
-def layer1_cut(P0, P1):
-    """k at which a training step cuts layer 1's sum over k in two (the module doc), W_0 and W_1 packed in P0 and P1:
-    after the columns of acts[0] in the first half of layer 0's panels, those that worker 0 of two computes."""
-    return min((P0.shape[0] // 2) * PANEL_WIDTH, P1.shape[1])
+def layer1_cut(P0, n0):
+    """k at which a training step cuts layer 1's sum over k in two (the module doc), W_0 packed in P0 and n0 its
+    columns: after the columns of acts[0] in the first half of layer 0's panels, those that worker 0 of two
+    computes. Part 0 is acts[0][:, :cut] @ W_1[:cut], part 1 acts[0][:, cut:] @ W_1[cut:] (forward_part's range
+    k0:k1, STORE). Each step computes it once (an inlined call costs the cold start at each call site)."""
+    return np.int64(min((P0.shape[0] // 2) * PANEL_WIDTH, n0))
 
 
 @cached_njit(inline="always")
-def layer1_part_into(half, A0, P0, P1, h, r0, r1):
-    """Part h (0 or 1) of layer 1's sum over k for rows r0:r1: A0[:, k] @ W_1[k] (A0 = acts[0], W_1 packed in P1) for
-    k below layer1_cut(P0, P1), or from it on; overwrites those rows of half (rows, N_1)."""
-    cut = np.int64(layer1_cut(P0, P1))
-    k0, k1 = (np.int64(0), cut) if h == 0 else (cut, np.int64(P1.shape[1]))
-    forward_part(half, A0, P1, half[0], half, np.int64(STORE), r0, r1, np.int64(0), P1.shape[0], k0, k1)
-
-
-@cached_njit(inline="always")
-def layer1_from_halves(out, halves, bias, relu, r0, r1):
-    """Rows r0:r1 of layer 1's output from the two parts of its sum (halves[0], halves[1]: layer1_part_into):
-    (part 0 + part 1) + bias, ReLU'd if relu (a hidden layer); overwrites those rows of out. Every split of a
-    step computes layer 1 so, whoever computes each part: the same bits."""
-    zero = np.float32(0.0)
-    h0, h1 = halves[0], halves[1]
-    for i in range(r0, r1):
-        for j in range(bias.shape[0]):
-            z = (h0[i, j] + h1[i, j]) + bias[j]
-            out[i, j] = z if z > zero or not relu else zero
+def training_forward_rows(packed, biases, x, acts, first, r0, r1, halves, cut, parts_ready):
+    """Layers first.. forward of rows r0:r1 as a training step computes them: step.forward_rows, but where halves
+    (2, rows, N_1; overwritten) has rows, layer 1's sum in its two parts (cut: layer1_cut) into it, then
+    (part 0 + part 1) + bias, ReLU'd (below 0 -> 0; elementwise.sum_parts_bias_rows_into). parts_ready: the
+    parts are there already (layer 1 split by k: computed in phase A), only add them. One call of forward_part
+    for every layer and part (each call site costs the cold start a copy of the glue around it)."""
+    L = len(packed)
+    for l in range(first, L):
+        out = acts[l]
+        if l == 1 and halves.shape[1] > 0:
+            for h in range(0 if parts_ready else 2):
+                forward_part(halves[h], acts[0], packed[l], biases[l], halves[h], np.int64(STORE), r0, r1, np.int64(0),
+                             packed[l].shape[0], np.int64(0) if h == 0 else cut,
+                             cut if h == 0 else np.int64(packed[l].shape[1]))
+            sum_parts_bias_rows_into(out, halves[0], halves[1], biases[l], l < L - 1, r0, r1)
+        else:
+            forward_part(out, x if l == 0 else acts[l - 1], packed[l], biases[l], out,
+                         np.int64(BIAS_RELU if l < L - 1 else BIAS), r0, r1, np.int64(0), packed[l].shape[0],
+                         np.int64(0), np.int64(-1))

@@ -92,11 +92,11 @@ again: each layer of calls between `train_batches_worker` and the tiles cost sec
 start (it re-optimised every tile below it). So this module's glue (the phases, the splits of the
 work, the bias step) is `inline="always"`: Numba inlines it into its caller before typing, and
 only the kernels that hold tiles (forward_part, update_part, ...) are modules of their own.
-update_part has one call site. forward_part has three, compiled for two signatures: the backward
-pass's literal RELU_MASK lets its copy be specialised (passing it as int64 too, one signature, 0.7 s
-less to compile, made batch 64 2 % slower on a Zen 3), while layer 0's forward and the upper layers'
-pass the same types (np.int64 where a literal 0 or kind would make a third signature: 0.35 s of a
-cold start, no measurable speed on an Intel Xeon).
+update_part has one call site. forward_part has four (layer 0 and layer 1's parts in phase A, the
+layers and parts of training_forward_rows, the backward pass), compiled for one signature: every
+argument an int64 (np.int64 where a literal 0 or kind would make another signature). The backward
+pass's literal RELU_MASK once had a copy of its own, specialised: batch 64 2 % faster on a Zen 3, 0-1 %
+on an Intel Xeon, for 0.3 s of a cold start there, which layer 1's parts needed (1.48-1.50x 0.1.0's).
 Cold compile of the training CLI, on a Zen 3: 20 s before, 12-13 s after. The kernels themselves
 are not inlined: one LLVM function of the whole step took longer to optimise (15 s). Nor is inlining
 free: at each call site Numba derives the callee's IR again and copies it, and every argument that
@@ -130,6 +130,7 @@ from ...kernels.packed import (
     PANEL_WIDTH,
     PLAIN_SGD,
     RELU_MASK,
+    STORE,
     adam_corrections,
     forward_part,
     forward_part_into_panels,
@@ -142,7 +143,7 @@ from ...optim import SMALLEST_NORMAL
 from ...runtime.barrier import barrier_wait
 from ...runtime.cycles import stamp_cycles
 from ...runtime.jit import cached_njit
-from .layer1 import layer1_from_halves, layer1_part_into
+from .layer1 import layer1_cut, training_forward_rows
 
 # The step's timeline (fastmlp/backends/numba/timeline.py): the points of a step at which worker t, given a stamps
 # array (workers, steps, STAMP_POINTS) int64 with room for step s, writes the cycle counter into stamps[t, s, point]
@@ -172,20 +173,14 @@ def layer_input(x, acts, l):
 
 
 @cached_njit(inline="always")
-def forward_rows(packed, biases, x, acts, first, r0, r1, halves):
-    """Layers first.. forward of rows r0:r1 (bias + ReLU, bias alone for the logits);
-    overwrites those rows of acts[first:]. halves: None, or (2, rows, N_1) scratch for layer 1's sum in two
-    parts (a training step's: fastmlp/backends/numba/layer1.py; overwritten; no rows: in one chain)."""
+def forward_rows(packed, biases, x, acts, first, r0, r1):
+    """Layers first.. forward of rows r0:r1 (bias + ReLU, bias alone for the logits), each layer's sum over k in
+    one chain (inference); overwrites those rows of acts[first:]."""
     L = len(packed)
     for l in range(first, L):
         out = acts[l]
-        if l == 1 and halves is not None and halves.shape[1] > 0:
-            for h in range(2):
-                layer1_part_into(halves[h], acts[0], packed[0], packed[l], h, r0, r1)
-            layer1_from_halves(out, halves, biases[l], l < L - 1, r0, r1)
-        else:
-            forward_part(out, layer_input(x, acts, l), packed[l], biases[l], out, BIAS_RELU if l < L - 1 else BIAS, r0,
-                         r1, np.int64(0), packed[l].shape[0], np.int64(0), np.int64(-1))
+        forward_part(out, layer_input(x, acts, l), packed[l], biases[l], out, BIAS_RELU if l < L - 1 else BIAS, r0, r1,
+                     np.int64(0), packed[l].shape[0], np.int64(0), np.int64(-1))
 
 
 @cached_njit(inline="always")
@@ -193,8 +188,8 @@ def backward_rows(transposed, acts, deltas, r0, r1, lowest):
     """dZ_{l-1} = (dZ_l @ W_l.T) * (A_{l-1} > 0) for rows r0:r1, for l from the top layer down to lowest (>= 1);
     overwrites those rows of deltas[lowest - 1:-1]."""
     for l in range(len(transposed) - 1, lowest - 1, -1):
-        forward_part(deltas[l - 1], deltas[l], transposed[l], acts[l - 1][0], acts[l - 1], RELU_MASK, r0, r1,
-                     0, transposed[l].shape[0], np.int64(0), np.int64(-1))
+        forward_part(deltas[l - 1], deltas[l], transposed[l], acts[l - 1][0], acts[l - 1], np.int64(RELU_MASK), r0, r1,
+                     np.int64(0), transposed[l].shape[0], np.int64(0), np.int64(-1))
 
 
 @cached_njit(inline="always")
@@ -326,23 +321,24 @@ def forward_backward(t, workers, by_rows, rows_part, panels_part, barrier, packe
     rows).
     """
     L = len(packed)
+    cut = layer1_cut(packed[0], biases[0].shape[0])
     if not by_rows:
         p0, p1 = part_of(t, packed[0].shape[0], workers)
+        # Layer 0 on the worker's panels; then, layer 1 split by k, part t of layer 1's sum (its columns of acts[0]
+        # just computed by the matching rows of W_1), for every row. One call site (see layer1.training_forward_rows).
         forward_part(acts[0], x, packed[0], biases[0], acts[0], np.int64(BIAS_RELU if L > 1 else BIAS), np.int64(0), nb,
                      p0, p1, np.int64(0), np.int64(-1))
-        # layer 1 split by k: part t of its sum, from the columns of acts[0] just computed and W_1's rows that match
-        # them (a loop of at most one pass: tuples without an entry 1 are typed too, see backward_rows_into_panels)
         for l in range(1, min(L, 2) if layer1_by_k else 1):
-            layer1_part_into(halves[parity, t], acts[0], packed[0], packed[l], t, np.int64(0), nb)
+            part = halves[parity, t]
+            forward_part(part, acts[0], packed[l], biases[l], part, np.int64(STORE), np.int64(0), nb, np.int64(0),
+                         packed[l].shape[0], np.int64(0) if t == 0 else cut, cut if t == 0 else np.int64(-1))
     stamp_cycles(stamps, t, s, LAYER0_FORWARD_DONE)
     if not by_rows and not barrier_wait(barrier, workers):
         return 0.0, False
     stamp_cycles(stamps, t, s, FIRST_BARRIER_PASSED)
     r0, r1 = part_of(rows_part[0], nb, rows_part[1])
     q0, q1 = part_of(panels_part[0], packed[0].shape[0], panels_part[1])
-    for l in range(1, min(L, 2) if layer1_by_k else 1):  # the two parts computed in A, by the two workers
-        layer1_from_halves(acts[l], halves[parity], biases[l], l < L - 1, r0, r1)
-    forward_rows(packed, biases, x, acts, 2 if layer1_by_k else 1 if not by_rows else 0, r0, r1, halves[parity])
+    training_forward_rows(packed, biases, x, acts, 1 if not by_rows else 0, r0, r1, halves[parity], cut, layer1_by_k)
     stamp_cycles(stamps, t, s, UPPER_FORWARD_DONE)
     loss = softmax_xent_backward_rows_inplace(acts[L - 1][r0:r1], labels[r0:r1], nb)
     stamp_cycles(stamps, t, s, SOFTMAX_DONE)
@@ -466,7 +462,7 @@ def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, bi
 @cached_njit(_nrt=False)
 def forward_probs_inplace(packed, biases, x, acts):
     """Class probabilities of the rows of x in acts[-1]; overwrites acts."""
-    forward_rows(packed, biases, x, acts, 0, 0, x.shape[0], None)
+    forward_rows(packed, biases, x, acts, 0, 0, x.shape[0])
     softmax_inplace(acts[len(packed) - 1])
 
 
@@ -480,7 +476,7 @@ def loss_and_grads_into(packed, transposed, biases, x, labels, acts, deltas, gra
     """
     n = x.shape[0]
     L = len(packed)
-    forward_rows(packed, biases, x, acts, 0, 0, n, None)
+    forward_rows(packed, biases, x, acts, 0, 0, n)
     loss = softmax_xent_backward_rows_inplace(acts[L - 1], labels, n) / n
     backward_rows(transposed, acts, deltas, 0, n, 1)
     for l in range(L):
