@@ -108,10 +108,11 @@ class SplitChooser:
     split by rows between the workers, or replicated on every one. Measured on this machine, by the epochs
     themselves, per shape: layer sizes, batch rows, workers, input dtype and update rule (the backend's key).
 
-    Replicated, a worker repeats the other workers' share of the upper layers' arithmetic, and saves a barrier
-    and the cache lines of the upper weights that went between the cores every step: a fixed cost a step
-    against one that grows with the batch, their balance the machine's (on a 2-core Intel Xeon, replicated ran
-    1.05-1.12x faster at batch 16-32, 0.9x at 128-1024). Both splits give the same bits (the same products in
+    Replicated, a worker repeats the other workers' share of the upper layers' arithmetic (on two workers all
+    but layer 1's, split by k: step.py), and saves a barrier and the cache lines of the upper weights that went
+    between the cores every step: a fixed cost a step against one that grows with the batch, their balance the
+    machine's (on a 2-core Intel Xeon, replicated with layer 1 split by k ran 1.03-1.10x faster than split at
+    batch 32-64, as fast at 128, 0.92-0.96x at 1024). Both splits give the same bits (the same products in
     the same order), so the choice changes only the speed: the first epoch of a shape runs split (it may
     compile), the next 2 * SPLIT_TRIALS alternate, and the one with the faster best epoch is kept for the
     process's later epochs of that shape. `forced` True or False: always that split (for tests and benchmarks).
