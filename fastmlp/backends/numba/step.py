@@ -63,8 +63,8 @@ moments, b_l for l >= 1; worker 0's are the model's) and runs them for every row
   the matching rows of W_1, into layer1_halves of the step's parity); in B each adds the two parts for
   every row and runs the layers above replicated; in C it updates only those rows of W_1 and W_1.T
   (shared; b_1 and the layers above are each worker's copies). A part of the sum goes between the cores
-  instead of half of acts[0], and W_1's product and update are not done twice: epochs at batch 32-128
-  1.02-1.05x the replicated step on a 2-core Intel Xeon (docs/results.md).
+  instead of half of acts[0], and W_1's product and update are not done twice: epochs at batch 32 and 64
+  1.02-1.10x the replicated step before on a 2-core Intel Xeon (docs/results.md).
 By rows (more workers than panels: every core gets work, each reads all of W_0):
   B. for worker t's rows of the batch: every layer's forward, softmax, the backward pass, and the
      gather of its rows of the next batch, as above;                               -- barrier
@@ -169,7 +169,6 @@ def part_of(t, n, parts):
 def layer_input(x, acts, l):
     """The input of layer l: the batch x for l = 0, else the output of layer l - 1."""
     return x if l == 0 else acts[l - 1]
-
 
 
 @cached_njit(inline="always")
@@ -325,7 +324,8 @@ def forward_backward(t, workers, by_rows, rows_part, panels_part, barrier, packe
     if not by_rows:
         p0, p1 = part_of(t, packed[0].shape[0], workers)
         # Layer 0 on the worker's panels; then, layer 1 split by k, part t of layer 1's sum (its columns of acts[0]
-        # just computed by the matching rows of W_1), for every row. One call site (see layer1.training_forward_rows).
+        # just computed by the matching rows of W_1), for every row (a loop of at most one pass: see
+        # backward_rows_into_panels).
         forward_part(acts[0], x, packed[0], biases[0], acts[0], np.int64(BIAS_RELU if L > 1 else BIAS), np.int64(0), nb,
                      p0, p1, np.int64(0), np.int64(-1))
         for l in range(1, min(L, 2) if layer1_by_k else 1):
