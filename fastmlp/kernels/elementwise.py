@@ -40,10 +40,10 @@ def sum_parts_bias_rows_into(out, part0, part1, bias, relu, r0, r1):
     """Rows r0:r1 of out = (part0 + part1) + bias, ReLU'd if relu (below 0 -> 0; a NaN stays), all float32 with
     C-contiguous rows of at least bias.shape[0] floats; overwrites those rows of out's first bias.shape[0]
     columns. Explicit SIMD (simd_ir.sum_row_parts), inlined into its caller."""
-    n = bias.shape[0]
+    n, on = bias.shape[0], np.int32(relu)
     for i in range(r0, r1):
         _sum_row_parts(part0, i * (part0.strides[0] // 4), part1, i * (part1.strides[0] // 4), bias, out,
-                       i * (out.strides[0] // 4), n, np.int32(relu))
+                       i * (out.strides[0] // 4), n, on)
 
 
 @cached_njit

@@ -186,7 +186,7 @@ class Backend(BackendBase):
             # Replicated on two workers, layer 1 is split by k instead (step.py's module doc): W_1, W_1.T and their
             # velocity or moments shared, each worker updating the rows that match its panels of W_0; b_1 and the
             # layers above copied.
-            layer1_by_k = replicated and workers == 2
+            layer1_by_k = threads_module.layer1_split_by_k(replicated, workers)
             first_copied = (2, 2, 2, 1, 1, 2, 1) if layer1_by_k else (1,) * len(state)  # weights from W_2, biases b_1
             states: list[tuple[Any, ...]] = [state]
             for _ in range(1, workers):

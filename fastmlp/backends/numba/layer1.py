@@ -35,8 +35,8 @@ def training_forward_rows(packed, biases, x, acts, first, r0, r1, halves, cut, p
     """Layers first.. forward of rows r0:r1 as a training step computes them: step.forward_rows, but where halves
     (2, rows, N_1; overwritten) has rows, layer 1's sum in its two parts (cut: layer1_cut) into it, then
     (part 0 + part 1) + bias, ReLU'd (below 0 -> 0; elementwise.sum_parts_bias_rows_into). parts_ready: the
-    parts are there already (layer 1 split by k: computed in phase A), only add them. One call of forward_part
-    for every layer and part (each call site costs the cold start a copy of the glue around it)."""
+    parts are there already (layer 1 split by k: computed in phase A), only add them. Two calls of forward_part,
+    one for both parts and one for every other layer (each call site costs the cold start a copy of its glue)."""
     L = len(packed)
     for l in range(first, L):
         out = acts[l]

@@ -90,6 +90,12 @@ def upper_layers_small(layer_sizes: Sequence[int]) -> bool:
             and panel_count(layer_sizes[1]) >= 2)
 
 
+def layer1_split_by_k(replicated: bool, workers: int) -> bool:
+    """Whether an epoch whose upper layers are replicated (or not) on `workers` workers splits layer 1 by k instead
+    of replicating it (fastmlp/backends/numba/step.py): on two workers, whose parts of layer 1's sum are its two."""
+    return replicated and workers == 2
+
+
 def may_replicate_upper(workers: int, batch_rows: int, layer_sizes: Sequence[int]) -> bool:
     """True where an epoch's step may replicate the layers above the first on every worker (each its own copy,
     run for every row of the batch; fastmlp/backends/numba/step.py): where every worker gathers the whole batch

@@ -44,6 +44,7 @@ from .step import (
     STEP_END,
     UPPER_FORWARD_DONE,
 )
+from .threads import layer1_split_by_k
 
 # Each phase of a step: (name, the point it starts at, the point it ends at), in the order a step runs them.
 PHASES = (
@@ -130,8 +131,8 @@ class StepTimeline:
         if not medians or self.shape is None:
             return "step timeline: no steps stamped (an epoch of more than skip_first + 2 steps is needed)"
         shape = self.shape
-        split = "split" if not shape.replicated else "replicated, layer 1 split by k" if shape.workers == 2 else (
-            "replicated")
+        split = ("replicated, layer 1 split by k" if layer1_split_by_k(shape.replicated, shape.workers) else
+                 "replicated" if shape.replicated else "split")
         workers = "one worker" if shape.workers == 1 else f"{shape.workers} workers, the upper layers {split}"
         lines = [f"step timeline, batch {shape.batch_size}, {workers}: medians over {self._steps().shape[1]} steps; "
                  f"cycle counter at {self.ticks_per_second / 1e9:.2f} GHz",
