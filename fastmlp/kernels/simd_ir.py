@@ -343,13 +343,15 @@ def sum_row_parts(module, vw):
     a, b, bias, out, n, relu = fn.args
     vec = _Vectors(module, vw)
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
-    relu_lanes = _splat(builder, builder.icmp_unsigned("!=", relu, ir.Constant(I32, 0)), vw)
+    # One scalar condition for the whole row: a vector of i1 lanes ANDed with the compare took AVX2 six more
+    # instructions a vector to rebuild the mask (vpackssdw, vpmovzxwd, shifts); LLVM hoists this select instead.
+    relu_on = builder.icmp_unsigned("!=", relu, ir.Constant(I32, 0))
 
     def row_part(builder, j, load, store):
         x = [load(builder.gep(array, [j])) for array in (a, b, bias)]
         z = builder.fadd(builder.fadd(x[0], x[1]), x[2])
-        dropped = builder.and_(relu_lanes, builder.fcmp_ordered("<", z, vec.zero))
-        store(builder.select(dropped, vec.zero, z), builder.gep(out, [j]))
+        rectified = builder.select(builder.fcmp_ordered("<", z, vec.zero), vec.zero, z)
+        store(builder.select(relu_on, rectified, z), builder.gep(out, [j]))
 
     def whole_vector(builder, i, _):
         j = builder.mul(i, ir.Constant(I64, vw))
