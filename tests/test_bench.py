@@ -274,15 +274,23 @@ def test_the_report_says_how_the_numba_backend_split_each_shape(monkeypatch):
     chooser = threads.SplitChooser()
     sizes, pixels = (784, 128, 64, 10), Pixels(np.zeros((8, 784), np.uint8))
     pixel_key = (sizes, 32, 2, "|u1", 0)
-    for _ in range(1 + 2 * threads.SPLIT_TRIALS):  # replicated timed faster on pixels
-        replicated = chooser.next_split(pixel_key)
-        chooser.record(pixel_key, replicated, 1.0 if replicated else 2.0)
+    splits = threads.step_splits(2, 32, sizes)
+    for _ in range(1 + len(splits) * threads.SPLIT_TRIALS):  # replicated timed faster on pixels
+        split = chooser.next_split(pixel_key, splits)
+        chooser.record(pixel_key, split, 1.0 if split.replicated else 2.0, len(splits))
+    shared_key = (sizes, 1024, 2, "|u1", 0)
+    splits = threads.step_splits(2, 1024, sizes)
+    for _ in range(1 + len(splits) * threads.SPLIT_TRIALS):  # one shared input buffer timed faster
+        split = chooser.next_split(shared_key, splits)
+        chooser.record(shared_key, split, 2.0 if split.private_inputs else 1.0, len(splits))
     monkeypatch.setattr(threads, "SPLITS", chooser)
     assert numba_split(sizes, 32, pixels) == "replicated"
+    assert numba_split(sizes, 1024, pixels) == "split, inputs shared"
     assert numba_split(sizes, 32, np.zeros((8, 784), np.float32)) is None  # float32's shape: no choice kept
     assert numba_split(sizes, 64, pixels) is None
     rows = [{"batch_size": 32, "input": "pixels", "split": "replicated"}, {"batch_size": 32, "input": "float32"},
             {"batch_size": 64, "input": "pixels", "split": None}]
     (line,) = split_lines(rows)
     assert line.endswith("SplitChooser): batch 32 pixels replicated")
+    assert "inputs shared" in line  # what the label means
     assert split_lines(rows[1:]) == []

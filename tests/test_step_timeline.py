@@ -44,7 +44,8 @@ def test_timeline_stamps_every_point_in_order_and_changes_no_bit(workers, replic
     steps = -(-SAMPLES // BATCH)
     stamps = timeline.stamps
     assert stamps.shape == (workers, steps, STAMP_POINTS)
-    assert timeline.shape == EpochShape(BATCH, workers, replicated and workers > 1)
+    private = (replicated and workers > 1) or threads_module.private_inputs(workers, BATCH, SIZES)
+    assert timeline.shape == EpochShape(BATCH, workers, replicated and workers > 1, private)
     if X86:  # rdtsc: every point of every step stamped (LLVM gives 0 where a CPU has no counter)
         assert (stamps > 0).all()
     assert (np.diff(stamps, axis=2) >= 0).all(), "a step's points out of order"

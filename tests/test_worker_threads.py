@@ -456,16 +456,60 @@ def test_layer_1_is_summed_in_two_parts_for_the_nets_that_may_replicate_whatever
     assert _Workspace((784, 1024, 1024, 10), 16).layer1_halves.shape[2] == 0  # summed in one chain
 
 
-def test_the_split_chooser_times_both_splits_then_keeps_the_faster():
-    from fastmlp.backends.numba.threads import SPLIT_TRIALS, SplitChooser
+@pytest.mark.parametrize("choices", [2, 3])
+def test_the_split_chooser_times_each_split_in_turn_then_keeps_the_fastest(choices):
+    from fastmlp.backends.numba.threads import SPLIT_TRIALS, SplitChooser, StepSplit
 
-    for faster in (True, False):
+    splits = (StepSplit(False, True), StepSplit(True, True), StepSplit(False, False))[:choices]
+    for fastest in splits:
         chooser, key, ran = SplitChooser(), ("net", 32, 2), []
-        for _ in range(1 + 2 * SPLIT_TRIALS):
-            replicated = chooser.next_split(key)
-            ran.append(replicated)
-            chooser.record(key, replicated, 1.0 if replicated == faster else 1.2)
-        assert ran == [False] + [True, False] * SPLIT_TRIALS  # split first (it may compile), then in turn
-        assert [chooser.next_split(key) for _ in range(3)] == [faster] * 3
-        assert chooser.next_split(("another net", 32, 2)) is False  # each shape its own trials
-    assert SplitChooser(forced=True).next_split(key) is True
+        for _ in range(1 + choices * SPLIT_TRIALS):
+            split = chooser.next_split(key, splits)
+            ran.append(split)
+            chooser.record(key, split, 1.0 if split == fastest else 1.2, choices)
+        # the first split first (it may compile; not timed), then each in turn
+        assert ran == [splits[0]] + (list(splits[1:]) + [splits[0]]) * SPLIT_TRIALS
+        assert [chooser.next_split(key, splits) for _ in range(3)] == [fastest] * 3
+        assert chooser.chosen_splits() == {key: fastest}
+        assert chooser.next_split(("another net", 32, 2), splits) == splits[0]  # each shape its own trials
+    assert SplitChooser(forced=True).next_split(key, splits) == StepSplit(True, True)
+    assert SplitChooser(forced=True).next_split(key, splits[::2]) == splits[0]  # no replicated split: the first
+    assert SplitChooser(forced=False).next_split(key, splits) == splits[0]
+
+
+def test_a_large_batch_also_times_input_buffers_shared_by_the_workers():
+    # Which input buffers are faster at a large batch is the machine's (threads.SHARED_INPUT_TRIAL_BYTES).
+    from fastmlp.backends.numba.threads import SHARED_INPUT_TRIAL_BYTES, StepSplit, step_splits
+
+    rows = SHARED_INPUT_TRIAL_BYTES // (2 * 784 * 4)  # the most rows whose two copies are never timed shared
+    assert step_splits(2, rows, DEFAULT_NET) == (StepSplit(False, True), StepSplit(True, True))
+    assert step_splits(2, rows + 1, DEFAULT_NET) == (StepSplit(False, True), StepSplit(True, True),
+                                                     StepSplit(False, False))
+    assert step_splits(2, 1024, (784, 1024, 1024, 10)) == (StepSplit(False, True), StepSplit(False, False))
+    assert step_splits(2, 64, (784, 1024, 1024, 10)) == (StepSplit(False, True),)
+    assert step_splits(1, 1024, DEFAULT_NET) == (StepSplit(False, False),)  # one worker: one buffer pair
+    assert step_splits(2, 4096, DEFAULT_NET) == (StepSplit(False, False),)  # copies over PRIVATE_INPUT_BYTES
+
+
+@pytest.mark.parametrize("private", [True, False])
+def test_a_batch_gathered_into_shared_or_private_buffers_gives_the_same_bits(monkeypatch, private):
+    """The chooser's splits at a batch big enough to time shared inputs: each gives one worker's weights."""
+    from fastmlp.backends.numba import threads as worker_threads
+    from fastmlp.backends.numba.threads import StepSplit
+
+    sizes = (3000, 3 * PANELS, 7, 5)
+    rows = 48  # 2 x 48 x 3000 x 4 bytes: over SHARED_INPUT_TRIAL_BYTES
+    assert StepSplit(False, False) in worker_threads.step_splits(2, rows, sizes)
+
+    class Fixed(worker_threads.SplitChooser):
+        def next_split(self, key, splits):
+            return StepSplit(False, private)
+
+    monkeypatch.setattr(worker_threads, "SPLITS", Fixed())
+    backend = Backend(threads=2)
+    _, model = epoch(backend, sizes, rows, SGD_RULES["nesterov"], n=150)
+    (ws,) = backend._workspaces.values()
+    assert ws.inputs.shape[0] == (4 if private else 2)
+    _, one = epoch(Backend(threads=1), sizes, rows, SGD_RULES["nesterov"], n=150)
+    for p1, p2 in zip(one.weights + one.biases, model.weights + model.biases):
+        np.testing.assert_array_equal(p1, p2)

@@ -37,8 +37,9 @@ def split_lines(rows):
     chosen = [f"batch {r['batch_size']} {r['input']} {r['split']}" for r in rows if r.get("split")]
     if not chosen:
         return []
-    return ["numba's two-worker steps, the upper layers split by rows or replicated on each worker, as timed on "
-            f"each shape's first epochs (fastmlp.backends.numba.threads.SplitChooser): {', '.join(chosen)}"]
+    return ["numba's two-worker steps, the upper layers split by rows or replicated on each worker, each worker's "
+            "batch in input buffers of its own unless 'inputs shared', as timed on each shape's first epochs "
+            f"(fastmlp.backends.numba.threads.SplitChooser): {', '.join(chosen)}"]
 
 
 def format_report(report):

@@ -118,14 +118,16 @@ def epochwise_ratio(rates, baseline_rates):
 
 def numba_split(layer_sizes, batch_rows, X):
     """How the numba backend split the two-worker steps of this shape (fastmlp.backends.numba.threads.SplitChooser):
-    "replicated" or "split" once its epochs chose, None where it had no choice (one worker, a net whose upper
-    layers are too big) or has not chosen yet."""
+    "replicated", "split" or "split, inputs shared" once its epochs chose, None where it had no choice (one worker,
+    a net whose upper layers are too big at a small batch) or has not chosen yet."""
     from ..backends.numba import threads
 
     dtype = np.asarray(X.data if isinstance(X, Pixels) else X).dtype.str
-    kept = [replicated for key, replicated in threads.SPLITS.chosen_splits().items()
+    kept = [split for key, split in threads.SPLITS.chosen_splits().items()
             if key[0] == tuple(layer_sizes) and key[1] == batch_rows and key[3] == dtype]
-    return None if not kept else "replicated" if kept[-1] else "split"
+    if not kept:
+        return None
+    return ("replicated" if kept[-1].replicated else "split") + ("" if kept[-1].private_inputs else ", inputs shared")
 
 
 def measure_training(backends, data, y, *, batch_sizes=BATCH_SIZES, epochs=FULL["epochs"], seed=0, progress=None,

@@ -33,7 +33,7 @@ from ..base import BackendBase, Labels, Progress, WholeSteps
 from . import threads as threads_module
 from .buffers import _Packed, _Workspace, upper_copies
 from .step import forward_probs_inplace, loss_and_grads_into, part_of, step_worker, train_batches_worker  # noqa: F401
-from .threads import LOAD_WINDOW_SECONDS, epoch_workers, may_replicate_upper, run_chunks, run_workers, training_threads
+from .threads import LOAD_WINDOW_SECONDS, epoch_workers, run_chunks, run_workers, step_splits, training_threads
 from .timeline import EpochShape, StepTimeline
 
 if TYPE_CHECKING:
@@ -172,7 +172,6 @@ class Backend(BackendBase):
         with self._epoch_lock:  # _free_threads' readings are the instance's too
             workers = epoch_workers(self.threads or self._free_threads(), rows, model.layer_sizes)
             ws = self._workspace(model.layer_sizes, rows)
-            inputs = ws.inputs_for(workers)
             packed = self._packed_params(model, velocity, moments)
             (rule, velocity_w, velocity_b, second_w, second_b, mu, beta2, eps32,
              steps) = self._update_rule(model, packed, momentum, nesterov, velocity, optimizer, betas, eps, moments)
@@ -180,8 +179,10 @@ class Backend(BackendBase):
             # Each worker's parameters: the model's (packed), or with the upper layers replicated, for workers
             # 1.. copies of them past layer 0 (worker 0's are the ones unpacked into the model).
             split_key = (tuple(model.layer_sizes), rows, workers, data.dtype.str, rule)  # what sets their speeds
-            may_replicate = may_replicate_upper(workers, rows, model.layer_sizes)
-            replicated = may_replicate and threads_module.SPLITS.next_split(split_key)
+            splits = step_splits(workers, rows, model.layer_sizes)
+            split = threads_module.SPLITS.next_split(split_key, splits) if len(splits) > 1 else splits[0]
+            replicated = split.replicated
+            inputs = ws.inputs_for(workers, split.private_inputs)
             state = (packed.weights, packed.transposed, velocity_w, biases, velocity_b, second_w, second_b)
             # Replicated on two workers, layer 1 is split by k instead (step.py's module doc): W_1, W_1.T and their
             # velocity or moments shared, each worker updating the rows that match its panels of W_0; b_1 and the
@@ -196,7 +197,7 @@ class Backend(BackendBase):
             spaces = ws.worker_workspaces(workers) if replicated else [ws] * workers
             timeline = self.timeline
             stamps = None if timeline is None else timeline.start(
-                EpochShape(batch_size, workers, replicated), -(-len(order) // batch_size))
+                EpochShape(batch_size, workers, replicated, split.private_inputs), -(-len(order) // batch_size))
 
             done = [0]  # the end of worker 0's last range of steps, all of them taken
 
@@ -223,8 +224,8 @@ class Backend(BackendBase):
                         began = time.perf_counter()
                         total = run_workers(run, workers, len(order), batch_size, progress, barrier)
                         seconds_per_sample = (time.perf_counter() - began) / len(order)
-                        if may_replicate:
-                            threads_module.SPLITS.record(split_key, replicated, seconds_per_sample)
+                        if len(splits) > 1:
+                            threads_module.SPLITS.record(split_key, split, seconds_per_sample, len(splits))
             finally:
                 if timeline is not None:
                     timeline.stop()

@@ -149,10 +149,13 @@ class _Workspace:
             self._workers.append(worker)
         return [self, *self._workers[:workers - 1]]
 
-    def inputs_for(self, workers: int) -> FloatArray:
+    def inputs_for(self, workers: int, private: bool | None = None) -> FloatArray:
         """The input buffers of an epoch on `workers` workers: two that all of them share, or two per worker
-        where each gathers the whole batch (threads.private_inputs); made once, kept for later epochs."""
-        count = 2 * workers if private_inputs(workers, self.rows, self.layer_sizes) else 2
+        where each gathers the whole batch (`private`: the epoch's threads.StepSplit; by default where
+        threads.private_inputs allows); made once, kept for later epochs."""
+        if private is None:
+            private = private_inputs(workers, self.rows, self.layer_sizes)
+        count = 2 * workers if private else 2
         if len(self.inputs) < count:
             self.inputs = _input_buffers(count, self.rows, self.layer_sizes[0])
         return self.inputs[:count]

@@ -11,7 +11,7 @@ t + s + 1, and its bias corrections are computed in nopython code.
 
 Buffers, per (layer sizes, batch size, workers), made once and kept on the backend:
     inputs       (2, batch, sizes[0]) the gathered batch, two of them: batch s uses inputs[s % 2];
-                                      or two a worker (2 workers, ...: threads.private_inputs), worker
+                                      or two a worker (2 workers, ...: threads.StepSplit), worker
                                       t's batch s in inputs[2 t + s % 2], each gathering every row
     acts[l]      (batch, sizes[l+1])  the output of layer l; acts[L-1] the logits
     deltas[l]    (batch, sizes[l+1])  dZ_l; deltas[L-1] is acts[L-1] (the softmax kernel overwrites
@@ -36,7 +36,8 @@ of W_0 in its own core's cache from step to step):
      the backward pass down to dZ_0, dZ_{l-1} = (dZ_l W_l^T) * (A_{l-1} > 0), reading W_l.T
      packed; then worker t gathers its rows of the next batch into the other input buffer (or,
      with input buffers of its own, every row: A and C read every row of the batch, and half of
-     a shared one would come from the other core's cache, 10-20 % of a step on an Intel Xeon);
+     a shared one would come from the other core's cache, 10-20 % of a step on an Intel Xeon at
+     batch 64; at a large batch the epochs time both: threads.SplitChooser);
                                                                                    -- barrier
   C. the updates, the weight-gradient product fused with the SGD / momentum / Adam rule: worker
      t's panels of W_0 and bias entries c0:c1 of layer 0 (the parts phase A read), rows c0:c1 of

@@ -18,6 +18,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from itertools import pairwise
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -104,50 +105,83 @@ def may_replicate_upper(workers: int, batch_rows: int, layer_sizes: Sequence[int
     return private_inputs(workers, batch_rows, layer_sizes) and upper_layers_small(layer_sizes)
 
 
-# Whole epochs of each split that SplitChooser times before it keeps the faster.
+# Private input buffers (`private_inputs`) whose copies of the batch hold more than this many bytes in all are
+# timed against one shared buffer (`step_splits`): the faster of the two at a large batch is the machine's. On a
+# 2-core Intel Xeon (2 MB L2) private copies ran 1.02-1.11x faster at batch 1024; on a 2-core AMD EPYC Zen 4 (1 MB
+# L2) a shared buffer did (median steps 0.93-0.94x at 1024; private still 1.02-1.14x faster at 32-64, even at 128).
+SHARED_INPUT_TRIAL_BYTES = 1 << 20
+
+
+class StepSplit(NamedTuple):
+    """How an epoch's workers share a step: the upper layers replicated on every worker (else split by rows), and
+    whether each worker gathers the whole batch into input buffers of its own (else its share of the rows into
+    buffers they all read). Every split gives the same bits; only the speed differs."""
+
+    replicated: bool
+    private_inputs: bool
+
+
+def step_splits(workers: int, batch_rows: int, layer_sizes: Sequence[int]) -> tuple[StepSplit, ...]:
+    """The splits an epoch of this shape may run, its default first (by rows, private inputs where `private_inputs`
+    says): then replicated where `may_replicate_upper` allows, and a shared input buffer where the private copies
+    hold over SHARED_INPUT_TRIAL_BYTES. With more than one, `SplitChooser` times them."""
+    private = private_inputs(workers, batch_rows, layer_sizes)
+    splits = [StepSplit(False, private)]
+    if may_replicate_upper(workers, batch_rows, layer_sizes):
+        splits.append(StepSplit(True, True))
+    if private and workers * batch_rows * layer_sizes[0] * 4 > SHARED_INPUT_TRIAL_BYTES:
+        splits.append(StepSplit(False, False))
+    return tuple(splits)
+
+
+# Whole epochs of each split that SplitChooser times before it keeps the fastest.
 SPLIT_TRIALS = 2
 Shape = tuple[object, ...]  # SplitChooser's key: (layer sizes, batch rows, workers, input dtype, rule)
 
 
 class SplitChooser:
-    """Which of the two splits of a step an epoch runs where both apply (`may_replicate_upper`): the upper layers
-    split by rows between the workers, or replicated on every one. Measured on this machine, by the epochs
-    themselves, per shape: layer sizes, batch rows, workers, input dtype and update rule (the backend's key).
+    """Which of the splits of a step (`step_splits`) an epoch runs where there are several: the upper layers split
+    by rows between the workers or replicated on every one, and the batch gathered into input buffers of each
+    worker's own or into shared ones. Measured on this machine, by the epochs themselves, per shape: layer sizes,
+    batch rows, workers, input dtype and update rule (the backend's key).
 
     Replicated, a worker repeats the other workers' share of the upper layers' arithmetic (on two workers all
     but layer 1's, split by k: step.py), and saves a barrier and the cache lines of the upper weights that went
     between the cores every step: a fixed cost a step against one that grows with the batch, their balance the
     machine's (on a 2-core Intel Xeon, replicated with layer 1 split by k ran 1.03-1.10x faster than split at
-    batch 32-64, as fast at 128, 0.92-0.96x at 1024). Both splits give the same bits (the same products in
-    the same order), so the choice changes only the speed: the first epoch of a shape runs split (it may
-    compile), the next 2 * SPLIT_TRIALS alternate, and the one with the faster best epoch is kept for the
-    process's later epochs of that shape. `forced` True or False: always that split (for tests and benchmarks).
+    batch 32-64, as fast at 128, 0.92-0.96x at 1024). Private inputs cost a gather of the whole batch on every
+    worker and save the reads of the rows another core wrote (SHARED_INPUT_TRIAL_BYTES). Every split gives the
+    same bits (the same products in the same order), so the choice changes only the speed: the first epoch of a
+    shape runs the first split (it may compile), the next SPLIT_TRIALS rounds run each in turn, and the one with
+    the fastest best epoch is kept for the process's later epochs of that shape. `forced` True or False: always
+    the replicated split, where it is one of the shape's, or always the first (for tests and benchmarks).
     """
 
     def __init__(self, forced: bool | None = None) -> None:
         self.forced = forced
         self._lock = threading.Lock()
         self._epochs: dict[Shape, int] = {}
-        self._best: dict[Shape, dict[bool, float]] = {}
-        self._chosen: dict[Shape, bool] = {}
+        self._best: dict[Shape, dict[StepSplit, float]] = {}
+        self._chosen: dict[Shape, StepSplit] = {}
 
-    def chosen_splits(self) -> dict[Shape, bool]:
-        """The splits kept so far, by shape (key): True where replicated (what `fastmlp bench` reports)."""
+    def chosen_splits(self) -> dict[Shape, StepSplit]:
+        """The splits kept so far, by shape (key): what `fastmlp bench` reports."""
         with self._lock:
             return dict(self._chosen)
 
-    def next_split(self, key: Shape) -> bool:
-        """Whether the next epoch of this shape (key) replicates the upper layers."""
+    def next_split(self, key: Shape, splits: Sequence[StepSplit]) -> StepSplit:
+        """The split the next epoch of this shape (key) runs, one of `splits` (`step_splits`, the default first)."""
         if self.forced is not None:
-            return self.forced
+            return next((s for s in splits if s.replicated), splits[0]) if self.forced else splits[0]
         with self._lock:
             if key in self._chosen:
                 return self._chosen[key]
-            epochs = self._epochs.get(key, 0)
-            return epochs > 0 and epochs % 2 == 1  # split first (not timed), then replicated, split, ...
+            epochs = self._epochs.get(key, 0)  # the first (not timed), then each in turn: 0, 1, .., 0, 1, ..
+            return splits[0] if epochs == 0 else splits[epochs % len(splits)]
 
-    def record(self, key: Shape, replicated: bool, seconds_per_sample: float) -> None:
-        """An epoch of this shape ran (whole: not interrupted) in seconds_per_sample."""
+    def record(self, key: Shape, split: StepSplit, seconds_per_sample: float, choices: int) -> None:
+        """An epoch of this shape ran (whole: not interrupted) on `split` in seconds_per_sample; the shape has
+        `choices` splits (the length of the `splits` given to next_split)."""
         if self.forced is not None:
             return
         with self._lock:
@@ -157,9 +191,9 @@ class SplitChooser:
             if epochs == 1:
                 return
             best = self._best.setdefault(key, {})
-            best[replicated] = min(best.get(replicated, seconds_per_sample), seconds_per_sample)
-            if epochs > 2 * SPLIT_TRIALS:
-                self._chosen[key] = best[True] < best[False]
+            best[split] = min(best.get(split, seconds_per_sample), seconds_per_sample)
+            if epochs > choices * SPLIT_TRIALS:
+                self._chosen[key] = min(best, key=best.__getitem__)
 
 
 SPLITS = SplitChooser()  # the process's: every Backend's epochs

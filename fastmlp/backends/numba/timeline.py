@@ -67,12 +67,13 @@ _EMPTY = np.zeros((0, 0, STAMP_POINTS), dtype=np.int64)
 
 @dataclass(frozen=True)
 class EpochShape:
-    """What the stamped epoch ran: its batch size, worker count and split of the upper layers (replicated on two
-    workers: layer 1 split by k, fastmlp/backends/numba/step.py)."""
+    """What the stamped epoch ran: its batch size, worker count, split of the upper layers (replicated on two
+    workers: layer 1 split by k, fastmlp/backends/numba/step.py) and input buffers (a worker's own or shared)."""
 
     batch_size: int
     workers: int
     replicated: bool
+    private_inputs: bool = True
 
 
 class StepTimeline:
@@ -133,6 +134,7 @@ class StepTimeline:
         shape = self.shape
         split = ("replicated, layer 1 split by k" if layer1_split_by_k(shape.replicated, shape.workers) else
                  "replicated" if shape.replicated else "split")
+        split += "" if shape.private_inputs else ", inputs shared"
         workers = "one worker" if shape.workers == 1 else f"{shape.workers} workers, the upper layers {split}"
         lines = [f"step timeline, batch {shape.batch_size}, {workers}: medians over {self._steps().shape[1]} steps; "
                  f"cycle counter at {self.ticks_per_second / 1e9:.2f} GHz",
