@@ -107,8 +107,9 @@ def may_replicate_upper(workers: int, batch_rows: int, layer_sizes: Sequence[int
 
 # Private input buffers (`private_inputs`) whose copies of the batch hold more than this many bytes in all are
 # timed against one shared buffer (`step_splits`): the faster of the two at a large batch is the machine's. On a
-# 2-core Intel Xeon (2 MB L2) private copies ran 1.02-1.11x faster at batch 1024; on a 2-core AMD EPYC Zen 4 (1 MB
-# L2) a shared buffer did (median steps 0.93-0.94x at 1024; private still 1.02-1.14x faster at 32-64, even at 128).
+# 2-core Intel Xeon (2 MB L2) a shared buffer ran 0.95-0.98x the private copies' speed at batch 1024; on a 2-core
+# AMD EPYC Zen 4 (1 MB L2) it was the faster (two-worker median steps 0.93-0.94x at 1024), and private copies
+# still 1.02-1.30x faster at batch 32-64, as fast at 128.
 SHARED_INPUT_TRIAL_BYTES = 1 << 20
 
 
