@@ -477,9 +477,10 @@ def test_the_split_chooser_times_each_split_in_turn_then_keeps_the_fastest(choic
     assert SplitChooser(forced=False).next_split(key, splits) == splits[0]
 
 
-def test_a_large_batch_also_times_input_buffers_shared_by_the_workers():
-    # Which input buffers are faster at a large batch is the machine's (threads.SHARED_INPUT_TRIAL_BYTES).
+def test_a_large_batch_or_long_rows_also_time_input_buffers_shared_by_the_workers():
+    # Which input buffers are faster where the gathers are costly is the machine's (threads.SHARED_INPUT_TRIAL_BYTES).
     from fastmlp.backends.numba.threads import SHARED_INPUT_TRIAL_BYTES, StepSplit, step_splits
+    from fastmlp.kernels.gather import PREFETCH_ROW_BYTES
 
     rows = SHARED_INPUT_TRIAL_BYTES // (2 * 784 * 4)  # the most rows whose two copies are never timed shared
     assert step_splits(2, rows, DEFAULT_NET) == (StepSplit(False, True), StepSplit(True, True))
@@ -489,6 +490,11 @@ def test_a_large_batch_also_times_input_buffers_shared_by_the_workers():
     assert step_splits(2, 64, (784, 1024, 1024, 10)) == (StepSplit(False, True),)
     assert step_splits(1, 1024, DEFAULT_NET) == (StepSplit(False, False),)  # one worker: one buffer pair
     assert step_splits(2, 4096, DEFAULT_NET) == (StepSplit(False, False),)  # copies over PRIVATE_INPUT_BYTES
+    # Rows longer than the step's L2 prefetch covers (float32 MNIST) make every gather wait: timed at every batch.
+    assert step_splits(2, 32, DEFAULT_NET, 784 * 4)[-1] == StepSplit(False, False)
+    assert step_splits(2, 32, DEFAULT_NET, 784) == step_splits(2, 32, DEFAULT_NET)  # uint8 rows: prefetched whole
+    assert step_splits(2, 32, DEFAULT_NET, PREFETCH_ROW_BYTES + 1)[-1] == StepSplit(False, False)
+    assert step_splits(2, 32, DEFAULT_NET, PREFETCH_ROW_BYTES) == step_splits(2, 32, DEFAULT_NET)
 
 
 @pytest.mark.parametrize("private", [True, False])

@@ -15,7 +15,7 @@ _PREFETCH_ROWS = 4
 # Of each such row, the first 832 bytes (13 cache lines: a whole 784-byte uint8 MNIST row); the
 # hardware prefetcher follows longer rows by itself. Prefetching all 49 lines of a float32 row
 # overflowed the miss queue: 2.6M rows/s, against 3.4M with the head only (8.6M from uint8).
-_PREFETCH_ROW_BYTES = 832
+PREFETCH_ROW_BYTES = 832
 
 
 def _prefetch_intrinsic(locality, doc):
@@ -46,7 +46,7 @@ _prefetch_l2 = _prefetch_intrinsic(2, "Fetch flat[index]'s cache line into L2 an
 def _prefetch_row(flat, row, n_cols):
     step = max(64 // flat.itemsize, 1)
     base = row * n_cols
-    head = min(n_cols, _PREFETCH_ROW_BYTES // flat.itemsize)
+    head = min(n_cols, PREFETCH_ROW_BYTES // flat.itemsize)
     for j in range(0, head, step):
         _prefetch(flat, base + j)
     _prefetch(flat, base + head - 1)
@@ -63,7 +63,7 @@ def prefetch_rows_to_l2(X, rows):
     flat = X.reshape(X.size)
     n_cols = X.shape[1]
     step = max(64 // flat.itemsize, 1)
-    head = min(n_cols, _PREFETCH_ROW_BYTES // flat.itemsize)
+    head = min(n_cols, PREFETCH_ROW_BYTES // flat.itemsize)
     for row in rows:
         base = row * n_cols
         for j in range(0, head, step):

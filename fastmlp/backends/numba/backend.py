@@ -179,7 +179,7 @@ class Backend(BackendBase):
             # Each worker's parameters: the model's (packed), or with the upper layers replicated, for workers
             # 1.. copies of them past layer 0 (worker 0's are the ones unpacked into the model).
             split_key = (tuple(model.layer_sizes), rows, workers, data.dtype.str, rule)  # what sets their speeds
-            splits = step_splits(workers, rows, model.layer_sizes)
+            splits = step_splits(workers, rows, model.layer_sizes, data.shape[1] * data.itemsize)
             split = threads_module.SPLITS.next_split(split_key, splits) if len(splits) > 1 else splits[0]
             replicated = split.replicated
             inputs = ws.inputs_for(workers, split.private_inputs)

@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from ...kernels.gather import PREFETCH_ROW_BYTES
 from ...kernels.packed import panel_count
 from ...runtime.barrier import abort_barrier, barrier_aborted
 from ...runtime.blas_threads import blas_thread_count, usable_cpus
@@ -105,11 +106,13 @@ def may_replicate_upper(workers: int, batch_rows: int, layer_sizes: Sequence[int
     return private_inputs(workers, batch_rows, layer_sizes) and upper_layers_small(layer_sizes)
 
 
-# Private input buffers (`private_inputs`) whose copies of the batch hold more than this many bytes in all are
-# timed against one shared buffer (`step_splits`): the faster of the two at a large batch is the machine's. On a
-# 2-core Intel Xeon (2 MB L2) a shared buffer ran 0.95-0.98x the private copies' speed at batch 1024; on a 2-core
-# AMD EPYC Zen 4 (1 MB L2) it was the faster (two-worker median steps 0.93-0.94x at 1024), and private copies
-# still 1.02-1.30x faster at batch 32-64, as fast at 128.
+# Private input buffers (`private_inputs`) are timed against one shared buffer (`step_splits`) where the workers'
+# gathers are costly: their copies of the batch hold more than this many bytes in all, or a row of the data is
+# longer than the head of it that the step prefetches into L2 (gather.PREFETCH_ROW_BYTES: a whole uint8 MNIST
+# row, a quarter of a float32 one), so that each worker's gather waits for memory. Which buffer is faster then is
+# the machine's: on a 2-core Intel Xeon (2 MB L2) a shared buffer ran 0.95-0.98x the private copies' speed at
+# batch 1024 (pixels); on a 2-core AMD EPYC Zen 4 (1 MB L2) it was the faster at 1024 (two-worker median steps
+# 0.93-0.94x) and on float32 rows at 32-256 (0.93-0.98x), and private copies of pixel rows at 64-256 (1.01-1.03x).
 SHARED_INPUT_TRIAL_BYTES = 1 << 20
 
 
@@ -122,15 +125,19 @@ class StepSplit(NamedTuple):
     private_inputs: bool
 
 
-def step_splits(workers: int, batch_rows: int, layer_sizes: Sequence[int]) -> tuple[StepSplit, ...]:
+def step_splits(workers: int, batch_rows: int, layer_sizes: Sequence[int],
+                data_row_bytes: int = 0) -> tuple[StepSplit, ...]:
     """The splits an epoch of this shape may run, its default first (by rows, private inputs where `private_inputs`
-    says): then replicated where `may_replicate_upper` allows, and a shared input buffer where the private copies
-    hold over SHARED_INPUT_TRIAL_BYTES. With more than one, `SplitChooser` times them."""
+    says): then replicated where `may_replicate_upper` allows, and a shared input buffer where private copies hold
+    over SHARED_INPUT_TRIAL_BYTES or a row of the data the batch is gathered from (`data_row_bytes`, e.g. 784 for
+    uint8 pixels, 3,136 for float32) is longer than gather.PREFETCH_ROW_BYTES. With more than one, `SplitChooser`
+    times them."""
     private = private_inputs(workers, batch_rows, layer_sizes)
     splits = [StepSplit(False, private)]
     if may_replicate_upper(workers, batch_rows, layer_sizes):
         splits.append(StepSplit(True, True))
-    if private and workers * batch_rows * layer_sizes[0] * 4 > SHARED_INPUT_TRIAL_BYTES:
+    if private and (workers * batch_rows * layer_sizes[0] * 4 > SHARED_INPUT_TRIAL_BYTES
+                    or data_row_bytes > PREFETCH_ROW_BYTES):
         splits.append(StepSplit(False, False))
     return tuple(splits)
 
