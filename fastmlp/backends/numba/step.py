@@ -37,7 +37,7 @@ of W_0 in its own core's cache from step to step):
      packed; then worker t gathers its rows of the next batch into the other input buffer (or,
      with input buffers of its own, every row: A and C read every row of the batch, and half of
      a shared one would come from the other core's cache, 10-20 % of a step on an Intel Xeon at
-     batch 64; at a large batch the epochs time both: threads.SplitChooser);
+     batch 64; at a large batch, or on long data rows, the epochs time both: threads.step_splits);
                                                                                    -- barrier
   C. the updates, the weight-gradient product fused with the SGD / momentum / Adam rule: worker
      t's panels of W_0 and bias entries c0:c1 of layer 0 (the parts phase A read), rows c0:c1 of
