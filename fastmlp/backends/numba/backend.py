@@ -180,7 +180,7 @@ class Backend(BackendBase):
             # 1.. copies of them past layer 0 (worker 0's are the ones unpacked into the model).
             split_key = (tuple(model.layer_sizes), rows, workers, data.dtype.str, rule)  # what sets their speeds
             splits = step_splits(workers, rows, model.layer_sizes, data.shape[1] * data.itemsize)
-            split = threads_module.SPLITS.next_split(split_key, splits) if len(splits) > 1 else splits[0]
+            split = threads_module.SPLITS.next_split(split_key, splits)
             replicated = split.replicated
             inputs = ws.inputs_for(workers, split.private_inputs)
             state = (packed.weights, packed.transposed, velocity_w, biases, velocity_b, second_w, second_b)
@@ -224,8 +224,7 @@ class Backend(BackendBase):
                         began = time.perf_counter()
                         total = run_workers(run, workers, len(order), batch_size, progress, barrier)
                         seconds_per_sample = (time.perf_counter() - began) / len(order)
-                        if len(splits) > 1:
-                            threads_module.SPLITS.record(split_key, split, seconds_per_sample, len(splits))
+                        threads_module.SPLITS.record(split_key, split, seconds_per_sample, len(splits))
             finally:
                 if timeline is not None:
                     timeline.stop()

@@ -73,8 +73,13 @@ def private_inputs(workers: int, batch_rows: int, layer_sizes: Sequence[int]) ->
     every row on every worker costs a share of a gather more. Only where the batch's copies stay small
     (PRIVATE_INPUT_BYTES): at a large batch on many cores, each core gathering all of it would fill L3.
     """
-    copies_bytes = workers * batch_rows * layer_sizes[0] * 4
-    return 1 < workers <= panel_count(layer_sizes[1]) and copies_bytes <= PRIVATE_INPUT_BYTES
+    return (1 < workers <= panel_count(layer_sizes[1])
+            and _copies_bytes(workers, batch_rows, layer_sizes) <= PRIVATE_INPUT_BYTES)
+
+
+def _copies_bytes(workers: int, batch_rows: int, layer_sizes: Sequence[int]) -> int:
+    """Bytes of float32 input a batch takes with a copy of it on every worker."""
+    return workers * batch_rows * layer_sizes[0] * 4
 
 
 # With the upper layers replicated, each worker computes them for every row of the batch: only where they are
@@ -136,7 +141,7 @@ def step_splits(workers: int, batch_rows: int, layer_sizes: Sequence[int],
     splits = [StepSplit(False, private)]
     if may_replicate_upper(workers, batch_rows, layer_sizes):
         splits.append(StepSplit(True, True))
-    if private and (workers * batch_rows * layer_sizes[0] * 4 > SHARED_INPUT_TRIAL_BYTES
+    if private and (_copies_bytes(workers, batch_rows, layer_sizes) > SHARED_INPUT_TRIAL_BYTES
                     or data_row_bytes > PREFETCH_ROW_BYTES):
         splits.append(StepSplit(False, False))
     return tuple(splits)
@@ -179,6 +184,8 @@ class SplitChooser:
 
     def next_split(self, key: Shape, splits: Sequence[StepSplit]) -> StepSplit:
         """The split the next epoch of this shape (key) runs, one of `splits` (`step_splits`, the default first)."""
+        if len(splits) == 1:
+            return splits[0]
         if self.forced is not None:
             return next((s for s in splits if s.replicated), splits[0]) if self.forced else splits[0]
         with self._lock:
@@ -189,8 +196,8 @@ class SplitChooser:
 
     def record(self, key: Shape, split: StepSplit, seconds_per_sample: float, choices: int) -> None:
         """An epoch of this shape ran (whole: not interrupted) on `split` in seconds_per_sample; the shape has
-        `choices` splits (the length of the `splits` given to next_split)."""
-        if self.forced is not None:
+        `choices` splits (the length of the `splits` given to next_split): nothing to time where it has one."""
+        if self.forced is not None or choices == 1:
             return
         with self._lock:
             if key in self._chosen:
