@@ -204,11 +204,14 @@ def test_bias_grad_and_sgd_update_match_numpy(rng):
     assert_close(W, expected)
 
 
-def test_gathers_match_fancy_indexing(rng):
-    X = rand(rng, 50, 7)
-    pixels = rng.integers(0, 256, (50, 7)).astype(np.uint8)
+# 7 columns: rows shorter than a cache line; 301: float32 rows longer than gather.PREFETCH_ROW_BYTES, prefetched
+# past it into L2 (a width that ends inside a cache line), and uint8 rows shorter than it.
+@pytest.mark.parametrize("width", [7, 301])
+def test_gathers_match_fancy_indexing(rng, width):
+    X = rand(rng, 50, width)
+    pixels = rng.integers(0, 256, (50, width)).astype(np.uint8)
     rows = rng.integers(0, 50, 9)
-    out = np.empty((9, 7), np.float32)
+    out = np.empty((9, width), np.float32)
     kernels.gather_rows(out, X, rows)
     np.testing.assert_array_equal(out, X[rows])
     kernels.gather_rows_scaled(out, pixels, rows, np.float32(1 / 255))

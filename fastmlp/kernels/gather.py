@@ -12,9 +12,12 @@ from .contiguity import require_c_contiguous
 # Rows ahead that the gathers prefetch: shuffled rows are latency-bound reads (a 784-byte uint8
 # row is 13 cache lines, too short for the hardware prefetcher); 4 rows ahead was fastest.
 _PREFETCH_ROWS = 4
-# Of each such row, the first 832 bytes (13 cache lines: a whole 784-byte uint8 MNIST row); the
-# hardware prefetcher follows longer rows by itself. Prefetching all 49 lines of a float32 row
-# overflowed the miss queue: 2.6M rows/s, against 3.4M with the head only (8.6M from uint8).
+# Of each such row, the first 832 bytes (13 cache lines: a whole 784-byte uint8 MNIST row) into every
+# level; the rest of a longer row into L2 only. Prefetching all 49 lines of a float32 row into L1
+# overflowed the miss queue: 2.6M rows/s, against 3.4M with the head only (8.6M from uint8). The rest
+# into L2 changes nothing for a gather on its own (3.30-3.45M rows/s against 3.27-3.32M, an AMD EPYC
+# Zen 4), but in the training step, whose L2 already holds the heads (prefetch_rows_to_l2), the float32
+# gather of batch 32 to 256 took 25-30 % less time and the median step 2-3 % (docs/results.md).
 PREFETCH_ROW_BYTES = 832
 
 
@@ -44,12 +47,18 @@ _prefetch_l2 = _prefetch_intrinsic(2, "Fetch flat[index]'s cache line into L2 an
 
 @cached_njit(inline="always")
 def _prefetch_row(flat, row, n_cols):
+    """Fetch row `row` of a (rows, n_cols) array, flat its 1-D view: its first PREFETCH_ROW_BYTES into every
+    cache level, the rest (none for a uint8 MNIST row) into L2; no effect on results."""
     step = max(64 // flat.itemsize, 1)
     base = row * n_cols
     head = min(n_cols, PREFETCH_ROW_BYTES // flat.itemsize)
     for j in range(0, head, step):
         _prefetch(flat, base + j)
     _prefetch(flat, base + head - 1)
+    for j in range(head, n_cols, step):
+        _prefetch_l2(flat, base + j)
+    if n_cols > head:
+        _prefetch_l2(flat, base + n_cols - 1)
 
 
 @cached_njit(inline="always")
