@@ -24,15 +24,17 @@ def folder(tmp_path, monkeypatch):
 
 
 def timings(monkeypatch, step_us):
-    """Stand in for the children: each tile takes step_us[tile] (an exception: raised); returns the tiles asked for."""
+    """Stand in for the children: each tile takes step_us[tile] (an exception: raised; a list: its values in turn,
+    one a measurement); returns the tiles asked for."""
     asked = []
 
     def measure(tile, cache_dir, timeout_s):
         asked.append(tile)
         assert cache_dir.name == f"numba-{tile}" and timeout_s > 0  # a Numba cache of its own, the budget left
-        if isinstance(step_us[tile], BaseException):
-            raise step_us[tile]
-        return step_us[tile]
+        value = step_us[tile].pop(0) if isinstance(step_us[tile], list) else step_us[tile]
+        if isinstance(value, BaseException):
+            raise value
+        return value
 
     monkeypatch.setattr(tuning, "measure_in_child", measure)
     return asked
@@ -41,14 +43,14 @@ def timings(monkeypatch, step_us):
 def test_first_use_tunes_once_says_so_in_one_line_and_keeps_the_choice(folder, monkeypatch, capsys):
     asked = timings(monkeypatch, {"avx2": 100.0, "sse": 80.0})
     assert tuning.tile_choice(CPU, FEATURES, "avx2", RUNNABLE) == ("sse", "tuned on this machine")
-    assert asked == ["avx2", "sse"]  # the built-in tile first
+    assert asked == ["avx2", "sse", "sse", "avx2"]  # the built-in tile first, then the candidates again in reverse
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "tuning the SIMD kernels for this CPU (znver3), once" in err[0]
     stored = tuning.stored_choice(CPU, FEATURES)
     assert stored["tile"] == "sse" and stored["step_us"] == {"avx2": 100.0, "sse": 80.0}
     # Later imports read the choice: no measuring, nothing said.
     assert tuning.tile_choice(CPU, FEATURES, "avx2", RUNNABLE) == ("sse", "tuned on this machine")
-    assert asked == ["avx2", "sse"] and capsys.readouterr().err == ""
+    assert asked == ["avx2", "sse", "sse", "avx2"] and capsys.readouterr().err == ""
     assert not list(folder.glob("*.lock"))
 
 
@@ -65,6 +67,19 @@ def test_a_choice_is_kept_per_cpu_features_and_version(folder, monkeypatch):
 def test_the_built_in_tile_stays_unless_another_one_is_clearly_faster(folder, monkeypatch):
     timings(monkeypatch, {"avx2": 100.0, "sse": 99.0})  # within the noise margin
     assert tuning.measure_choice(CPU, FEATURES, "avx2", RUNNABLE, folder)["tile"] == "avx2"
+
+
+def test_each_candidate_counts_its_faster_pass_so_a_slow_spell_does_not_decide(folder, monkeypatch):
+    # The built-in tile's first pass slowed by the machine (130 against 100): in one pass sse would have won.
+    asked = timings(monkeypatch, {"avx2": [130.0, 100.0], "sse": [99.0, 99.5]})
+    choice = tuning.measure_choice(CPU, FEATURES, "avx2", RUNNABLE, folder)
+    assert asked == ["avx2", "sse", "sse", "avx2"]
+    assert choice["step_us"] == {"avx2": 100.0, "sse": 99.0} and choice["tile"] == "avx2"  # within the margin
+    # A later pass that fails or runs out of time keeps the candidate's first measurement.
+    timings(monkeypatch, {"avx2": [100.0, ChildProcessError("exit 1: boom")],
+                          "sse": [80.0, subprocess.TimeoutExpired("python", 3.0)]})
+    choice = tuning.measure_choice(CPU, FEATURES, "avx2", RUNNABLE, folder)
+    assert choice["step_us"] == {"avx2": 100.0, "sse": 80.0} and choice["tile"] == "sse" and choice["notes"] == []
 
 
 def test_a_candidate_that_fails_or_runs_out_of_time_is_left_out(folder, monkeypatch):
