@@ -17,8 +17,9 @@ bits may differ from training's forward.
 import numpy as np
 
 from ...kernels.elementwise import sum_parts_bias_rows_into
-from ...kernels.packed import BIAS, BIAS_RELU, PANEL_WIDTH, STORE, forward_part
+from ...kernels.packed import BIAS, BIAS_RELU, PANEL_WIDTH, STORE
 from ...runtime.jit import cached_njit
+from .step_kernels import forward_part
 
 
 @cached_njit(inline="always")

@@ -92,12 +92,15 @@ it the code of each function it calls, and optimises and generates machine code 
 again: each layer of calls between `train_batches_worker` and the tiles cost seconds of a cold
 start (it re-optimised every tile below it). So this module's glue (the phases, the splits of the
 work, the bias step) is `inline="always"`: Numba inlines it into its caller before typing, and
-only the kernels that hold tiles (forward_part, update_part, ...) are modules of their own.
-update_part has one call site. forward_part has four (layer 0 and layer 1's parts in phase A, the
-layers and parts of training_forward_rows, the backward pass), compiled for one signature: every
-argument an int64 (np.int64 where a literal 0 or kind would make another signature). The backward
-pass's literal RELU_MASK once had a copy of its own, specialised: batch 64 2 % faster on a Zen 3, 0-1 %
-on an Intel Xeon, for 0.3 s of a cold start there, which layer 1's parts needed (1.48-1.50x 0.1.0's).
+only the kernels that hold tiles (forward_part, update_part, ...) are modules of their own. The step
+calls its kernels `unlinked` (step_kernels.py): by the address of their own machine code, so that no
+step function's module holds a copy of their code to optimise and compile again (the kernels were two
+thirds of train_batches_worker's module). update_part has one call site. forward_part has four (layer
+0 and layer 1's parts in phase A, the layers and parts of training_forward_rows, the backward pass),
+compiled for one signature: every argument an int64 (np.int64 where a literal 0 or kind would make
+another signature). The backward pass's literal RELU_MASK once had a copy of its own, specialised:
+batch 64 2 % faster on a Zen 3, 0-1 % on an Intel Xeon, for 0.3 s of a cold start there, which layer
+1's parts needed (1.48-1.50x 0.1.0's).
 Cold compile of the training CLI, on a Zen 3: 20 s before, 12-13 s after. The kernels themselves
 are not inlined: one LLVM function of the whole step took longer to optimise (15 s). Nor is inlining
 free: at each call site Numba derives the callee's IR again and copies it, and every argument that
@@ -110,18 +113,13 @@ Numba's reference counting (`_nrt=False`): they allocate nothing (a training ste
 tested), so every array they touch is one their caller keeps alive, and an allocation added to them
 fails to compile. The increfs and decrefs of every array of every tuple, at every level of inlined
 glue, were 45 % of train_batches_worker's unoptimised IR (29,900 lines; 16,400 without them) and
-0.45 s of its 4.5 s (an Intel Xeon, four rounds alternating).
+0.45 s of its 4.5 s (an Intel Xeon, four rounds alternating). Nor are they given Numba's C-callable
+wrapper (`no_cfunc_wrapper`): only Python calls them, through the CPython one.
 """
 
 import numpy as np
 
-from ...kernels.elementwise import (
-    momentum_update_inplace,
-    sgd_update_inplace,
-    softmax_inplace,
-    softmax_xent_backward_rows_inplace,
-)
-from ...kernels.gather import gather_labels, gather_rows_scaled, prefetch_rows_to_l2
+from ...kernels.gather import prefetch_rows_to_l2
 from ...kernels.packed import (
     ADAM,
     ADAMW,
@@ -133,18 +131,26 @@ from ...kernels.packed import (
     RELU_MASK,
     STORE,
     adam_corrections,
-    forward_part,
-    forward_part_into_panels,
-    panels_from_rows_into,
-    transpose_packed_into,
-    update_part,
 )
-from ...kernels.panel_sums import panel_column_sums_into
 from ...optim import SMALLEST_NORMAL
 from ...runtime.barrier import barrier_wait
 from ...runtime.cycles import stamp_cycles
 from ...runtime.jit import cached_njit
 from .layer1 import layer1_cut, training_forward_rows
+from .step_kernels import (
+    forward_part,
+    forward_part_into_panels,
+    gather_labels,
+    gather_rows_scaled,
+    momentum_update_inplace,
+    panel_column_sums_into,
+    panels_from_rows_into,
+    sgd_update_inplace,
+    softmax_inplace,
+    softmax_xent_backward_rows_inplace,
+    transpose_packed_into,
+    update_part,
+)
 
 # The step's timeline (fastmlp/backends/numba/timeline.py): the points of a step at which worker t, given a stamps
 # array (workers, steps, STAMP_POINTS) int64 with room for step s, writes the cycle counter into stamps[t, s, point]
@@ -348,7 +354,7 @@ def forward_backward(t, workers, by_rows, rows_part, panels_part, barrier, packe
     return loss, True
 
 
-@cached_njit(nogil=True, _nrt=False)
+@cached_njit(nogil=True, _nrt=False, no_cfunc_wrapper=True)
 def step_worker(t, workers, barrier, packed, transposed, velocity_w, biases, velocity_b, x, labels, nb, lr, momentum,
                 weight_decay, rule, acts, deltas, db, second_w, second_b, beta2, eps, step, delta_panels, stamps,
                 halves):
@@ -385,7 +391,7 @@ def gather_part(t, workers, x, labels, X, scale, y, order, start, nb, with_rows,
         gather_labels(labels[r0:r1], y, rows)
 
 
-@cached_njit(nogil=True, _nrt=False)
+@cached_njit(nogil=True, _nrt=False, no_cfunc_wrapper=True)
 def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, biases, velocity_b, X, scale, y, order,
                          begin, end, batch_size, lr, momentum, weight_decay, rule, inputs, acts, deltas, db, labels,
                          second_w, second_b, beta2, eps, first_step, delta_panels, acts_odd, replicated, stamps,
@@ -460,14 +466,14 @@ def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, bi
     return total
 
 
-@cached_njit(_nrt=False)
+@cached_njit(_nrt=False, no_cfunc_wrapper=True)
 def forward_probs_inplace(packed, biases, x, acts):
     """Class probabilities of the rows of x in acts[-1]; overwrites acts."""
     forward_rows(packed, biases, x, acts, 0, 0, x.shape[0])
     softmax_inplace(acts[len(packed) - 1])
 
 
-@cached_njit(_nrt=False)
+@cached_njit(_nrt=False, no_cfunc_wrapper=True)
 def loss_and_grads_into(packed, transposed, biases, x, labels, acts, deltas, grads_packed, dbs):
     """Mean loss of the batch x with labels; overwrites acts, deltas, grads_packed (dW_l packed)
     and dbs with the gradients.
