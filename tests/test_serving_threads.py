@@ -337,6 +337,29 @@ def test_a_served_model_broken_afterwards_is_refused_as_check_model_does(what, c
         model.predict_proba(X)
 
 
+def test_a_serving_thread_outlives_an_in_place_change_of_the_models_arrays(parts, monkeypatch):
+    """A serving thread calls serve_parts again after each sleep: with the model's own arrays, one whose dtype
+    was set in place since would be typed anew there, and the thread die of a TypingError."""
+    failures = []
+    monkeypatch.setattr(threading, "excepthook", failures.append)
+    parts(2)
+    model = model_with_biases(seed=14)
+    X = np.random.default_rng(15).random((64, SIZES[0]), dtype=np.float32)
+    np.testing.assert_array_equal(model.predict_proba(X), rowmajor_probabilities(model, X))
+    serving = threads.last_serving_threads()
+    assert serving is not None and serving.serves((*model.weights, *model.biases))
+    model.biases[0].dtype = np.int32  # predict_proba refuses the model now; its threads live on
+    wakeup = serving.wakeups[1]
+    for _ in range(2):  # the second wakeup is taken only by a thread that came back from serve_parts
+        wakeup.set()
+        deadline = time.monotonic() + 60
+        while wakeup.is_set() and time.monotonic() < deadline and not failures:
+            time.sleep(0.01)
+    assert not failures, failures[0].exc_value
+    assert not wakeup.is_set() and not threads.barrier_aborted(serving.barrier)
+    serving.stop()
+
+
 @pytest.mark.parametrize("rows", [1, 64])
 def test_nan_in_x_is_refused_on_the_short_path_of_a_served_model(rows, parts):
     parts(2)

@@ -134,7 +134,10 @@ class ServingThreads:
     def __init__(self, weights: tuple[FloatArray, ...], biases: tuple[FloatArray, ...], threads: int,
                  max_rows: int) -> None:
         self.sources = weights + biases  # the model's own arrays, by which it is found
-        weights, biases = uniform(weights), uniform(biases)
+        # Views of them, not the arrays: the threads call serve_parts again after each sleep, with these tuples,
+        # and an array whose shape or dtype was set in place since (predict_proba then refuses the model) would
+        # type them anew: a TypingError in a serving thread. A view keeps the types it was made with.
+        weights, biases = uniform(_views(weights)), uniform(_views(biases))
         self.weights, self.biases, self.threads = weights, biases, threads
         hidden = tuple(aligned_zeros((max_rows, W.shape[1])) for W in weights[:-1])
         self.hidden = hidden or (np.empty((0, 0), dtype=np.float32),)  # never read without hidden layers
@@ -270,6 +273,11 @@ def _forget_parent_threads() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_parent_threads)
+
+
+def _views(arrays: tuple[FloatArray, ...]) -> tuple[FloatArray, ...]:
+    """New array objects on the same memory, with the arrays' shapes, dtypes and flags."""
+    return tuple(a.view() for a in arrays)
 
 
 def uniform(arrays: tuple[FloatArray, ...]) -> tuple[FloatArray, ...]:
