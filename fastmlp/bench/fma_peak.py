@@ -196,12 +196,31 @@ class FmaPeak(TypedDict):
     samples_per_s: float  # all_gflops / flops_per_sample: the FMA roofline
 
 
+# On a shared virtual machine one core may be busy or slowed by the host for seconds: an all-core peak under
+# ALL_CORES_MIN_SCALING x cores x one core's is measured again, up to ALL_CORES_RETRIES times, the best kept
+# (a run whose all-core peak read 1.01x one core's made its roofline fractions read 119 %).
+ALL_CORES_MIN_SCALING = 0.75
+ALL_CORES_RETRIES = 3
+
+
+def scales_with_cores(core_gflops: float, all_gflops: float, cores: int) -> bool:
+    """Whether an all-core FMA peak is at least ALL_CORES_MIN_SCALING x cores x the one-core peak."""
+    return all_gflops >= ALL_CORES_MIN_SCALING * cores * core_gflops
+
+
 def fma_roofline(flops_per_sample: int, cores: int | None = None, seconds: float = SECONDS,
                  repeats: int = REPEATS) -> FmaPeak:
-    """The FMA peak on one core and on `cores` (default: every usable CPU), and the samples/s it allows."""
+    """The FMA peak on one core and on `cores` (default: every usable CPU), and the samples/s it allows. An
+    all-core peak that does not scale with the cores (scales_with_cores) is measured again, the best kept."""
     cores = usable_cpus() if cores is None else cores
     core = measure_fma_peak(1, seconds, repeats)
-    every = measure_fma_peak(cores, seconds, repeats) if cores > 1 else core
+    every = core
+    if cores > 1:
+        every = measure_fma_peak(cores, seconds, repeats)
+        for _ in range(ALL_CORES_RETRIES):
+            if scales_with_cores(core, every, cores):
+                break
+            every = max(every, measure_fma_peak(cores, seconds, repeats))
     return {"cpu": cpu_model_name(), "target": target_cpu()[0], "vector_width": VECTOR_WIDTH, "chains": CHAINS,
             "core_gflops": core, "cores": cores, "all_gflops": every, "flops_per_sample": flops_per_sample,
             "samples_per_s": every * 1e9 / flops_per_sample}

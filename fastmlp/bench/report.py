@@ -3,6 +3,7 @@
 import os
 
 from .common import LATE_EARLY_PAIRS, LAYER_SIZES, WARMUP_EPOCHS
+from .fma_peak import scales_with_cores
 from .optimizers import BATCH_SIZE as OPTIMIZER_BATCH_SIZE
 from .recipe import describe_recipe, recipe_options
 
@@ -28,7 +29,10 @@ def fma_header(fma):
         (f"FMA roofline: FMA peak {fma['core_gflops']:.1f} GFLOP/s on one core, {fma['all_gflops']:.1f} on "
          f"{fma['cores']} at once ({fma['chains']} independent FMA chains, no memory traffic) / "
          f"{fma['flops_per_sample'] / 1e3:.0f} kFLOP per sample = {fma['samples_per_s']:,.0f} samples/s"),
-    ]
+    ] + ([] if scales_with_cores(fma["core_gflops"], fma["all_gflops"], fma["cores"]) else [
+        f"warning: the FMA peak on {fma['cores']} cores at once read only "
+        f"{fma['all_gflops'] / fma['core_gflops']:.2f}x one core's (a core busy, or slowed by the host, while it was "
+        f"measured): the fractions of the FMA roofline below read high"])
 
 
 def split_lines(rows):
