@@ -218,15 +218,25 @@ def test_a_spinning_thread_of_this_process_is_not_counted_as_other_work():
     def least(readings=20):
         return min(thread_policy.others_running() for _ in range(readings))
 
-    before = least()
-    flag = np.zeros(1, dtype=np.int64)
     spin(np.ones(1, dtype=np.int64))  # compiled before the thread starts
-    spinner = threading.Thread(target=spin, args=(flag,))
-    spinner.start()
-    try:
-        time.sleep(0.05)
-        assert thread_policy.own_running() >= 2  # the reader and the spinner
-        assert least() <= before
-    finally:
-        flag[0] = 1
-        spinner.join()
+    # Other processes' work is read before, during and after the spin: counted, the spinner would lift the reading
+    # during it above both. Other work that starts or ends meanwhile (another test run) can lift a window on its
+    # own, so up to three tries, each of the three windows.
+    readings = []
+    for _ in range(3):
+        before = least()
+        flag = np.zeros(1, dtype=np.int64)
+        spinner = threading.Thread(target=spin, args=(flag,))
+        spinner.start()
+        try:
+            time.sleep(0.05)
+            assert thread_policy.own_running() >= 2  # the reader and the spinner
+            during = least()
+        finally:
+            flag[0] = 1
+            spinner.join()
+        readings.append((before, during, least()))
+        if during <= max(before, readings[-1][2]):
+            break
+    else:
+        pytest.fail(f"a spinning thread of this process was counted as other work: (before, during, after) {readings}")
