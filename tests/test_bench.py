@@ -323,3 +323,54 @@ def test_the_report_says_how_the_numba_backend_split_each_shape(monkeypatch):
     assert line.endswith("SplitChooser): batch 32 pixels replicated")
     assert "inputs shared" in line  # what the label means
     assert split_lines(rows[1:]) == []
+
+
+def logged_chooser():
+    """A fresh SplitChooser that logs (shape, splits to choose from, whether one was kept by then) each epoch."""
+    from fastmlp.backends.numba import threads
+
+    class Logged(threads.SplitChooser):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def next_split(self, key, splits):
+            self.calls.append((key, len(splits), key in self.chosen_splits()))
+            return super().next_split(key, splits)
+
+    return Logged()
+
+
+def test_the_numba_splits_are_chosen_before_the_measured_epochs(no_settle, monkeypatch):
+    """The split chooser's trial epochs (one split, then another) run before the epochs the bench times: every
+    timed epoch of the numba backend, and every late/early epoch after them, runs the split kept for its shape."""
+    from fastmlp.backends.numba import threads
+
+    chooser = logged_chooser()
+    monkeypatch.setattr(threads, "SPLITS", chooser)
+    pixels, y = tiny_pixels(256)
+    data = {kind: bench.input_data(pixels, kind) for kind in bench.INPUTS}
+    epochs = 4
+    bench.measure_training({"numba": get_backend("numba", threads=2)}, data, y, batch_sizes=[64], epochs=epochs)
+    for X in data.values():
+        calls = [(choices, kept) for key, choices, kept in chooser.calls
+                 if bench.throughput._of_shape(key, bench.LAYER_SIZES, 64, X)]
+        assert calls and calls[0][0] > 1  # two workers, two splits or more to choose from: a choice to make
+        assert len(calls) <= 1 + 3 * threads.SPLIT_TRIALS + epochs + 2 * bench.common.LATE_EARLY_PAIRS
+        assert all(kept for _, kept in calls[-(epochs + 2 * bench.common.LATE_EARLY_PAIRS):])
+        assert bench.throughput.numba_split(bench.LAYER_SIZES, 64, X) is not None
+
+
+def test_settling_the_splits_stops_where_a_shape_has_nothing_to_choose(monkeypatch):
+    """One worker: one split, nothing timed, so one epoch an input and no more."""
+    from fastmlp.backends.numba import threads
+
+    chooser = logged_chooser()
+    monkeypatch.setattr(threads, "SPLITS", chooser)
+    pixels, y = tiny_pixels(64)
+    data = {kind: bench.input_data(pixels, kind) for kind in bench.INPUTS}
+    bench.throughput.settle_numba_splits(get_backend("numba", threads=1), data, y, 16, MLP(bench.LAYER_SIZES, seed=0))
+    for X in data.values():  # (Trainer.fit's warm-up trains a tiny net of the same depth first: another shape)
+        assert [choices for key, choices, _ in chooser.calls
+                if bench.throughput._of_shape(key, bench.LAYER_SIZES, 16, X)] == [1]
+    assert not chooser.timing()

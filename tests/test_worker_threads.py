@@ -467,11 +467,14 @@ def test_the_split_chooser_times_each_split_in_turn_then_keeps_the_fastest(choic
             split = chooser.next_split(key, splits)
             ran.append(split)
             chooser.record(key, split, 1.0 if split == fastest else 1.2, choices)
+            assert chooser.timing() == (set() if key in chooser.chosen_splits() else {key})
         # the first split first (it may compile; not timed), then each in turn
         assert ran == [splits[0]] + (list(splits[1:]) + [splits[0]]) * SPLIT_TRIALS
         assert [chooser.next_split(key, splits) for _ in range(3)] == [fastest] * 3
         assert chooser.chosen_splits() == {key: fastest}
         assert chooser.next_split(("another net", 32, 2), splits) == splits[0]  # each shape its own trials
+    chooser.record(("one split", 32, 1), splits[0], 1.0, 1)
+    assert chooser.timing() == set()  # a shape with nothing to choose is never timed
     assert SplitChooser(forced=True).next_split(key, splits) == StepSplit(True, True)
     assert SplitChooser(forced=True).next_split(key, splits[::2]) == splits[0]  # no replicated split: the first
     assert SplitChooser(forced=False).next_split(key, splits) == splits[0]

@@ -42,7 +42,7 @@ def split_lines(rows):
     if not chosen:
         return []
     return ["numba's two-worker steps, the upper layers split by rows or replicated on each worker, each worker's "
-            "batch in input buffers of its own unless 'inputs shared', as timed on each shape's first epochs "
+            "batch in input buffers of its own unless 'inputs shared', as timed before the measured epochs "
             f"(fastmlp.backends.numba.threads.SplitChooser): {', '.join(chosen)}"]
 
 

@@ -7,7 +7,8 @@ only the ratios within a run mean anything. Every backend starts from the same i
 and sees the same batches (the Trainer's seeded shuffle).
 
 - steady state: median over the epochs after the first two, from the seconds the History
-  records; JIT compilation is done before the first timed epoch.
+  records; JIT compilation is done before the first timed epoch, and so is the numba backend's
+  choice of how to split a step between its workers (its trial epochs: `settle_numba_splits`).
 - vs floor, vs numpy: the median over the steady epochs of each epoch's ratio to the floor's (or
   numpy's) epoch of the same round, taken seconds apart: the machine's drift, tens of percent
   over a run, cancels out of these, while it does not out of a ratio of two medians.
@@ -116,18 +117,42 @@ def epochwise_ratio(rates, baseline_rates):
     return float(np.median(ratios))
 
 
+def _of_shape(key, layer_sizes, batch_rows, X):
+    """Whether a key of the numba backend's SplitChooser (layer sizes, batch rows, workers, input dtype, rule) is
+    that of the net layer_sizes trained on X at batch_rows rows, whatever its workers and update rule."""
+    dtype = np.asarray(X.data if isinstance(X, Pixels) else X).dtype.str
+    return key[0] == tuple(layer_sizes) and key[1] == batch_rows and key[3] == dtype
+
+
 def numba_split(layer_sizes, batch_rows, X):
     """How the numba backend split the two-worker steps of this shape (fastmlp.backends.numba.threads.SplitChooser):
     "replicated", "split" or "split, inputs shared" once its epochs chose, None where it had no choice (one worker,
     a net whose upper layers are too big at a small batch) or has not chosen yet."""
     from ..backends.numba import threads
 
-    dtype = np.asarray(X.data if isinstance(X, Pixels) else X).dtype.str
     kept = [split for key, split in threads.SPLITS.chosen_splits().items()
-            if key[0] == tuple(layer_sizes) and key[1] == batch_rows and key[3] == dtype]
+            if _of_shape(key, layer_sizes, batch_rows, X)]
     if not kept:
         return None
     return ("replicated" if kept[-1].replicated else "split") + ("" if kept[-1].private_inputs else ", inputs shared")
+
+
+def settle_numba_splits(backend, data, y, batch_size, init, seed=0):
+    """Train the numba backend on each input at this batch size, whole epochs of the run's data, until its split
+    chooser (fastmlp.backends.numba.threads.SplitChooser) has kept a split for the shape: its trials, one split
+    and then another, are over before the epochs the bench times, which then measure the kept split. (Before,
+    the trials fell among the steady epochs: four of the ten of a 12-epoch run where a shape has three splits,
+    all four of a 6-epoch run's.) At most the chooser's first epoch and SPLIT_TRIALS of each of three splits
+    (step_splits' most) a shape; one epoch where the shape has one split (one worker): nothing to time."""
+    from ..backends.numba import threads
+
+    rows = min(batch_size, len(y))
+    for X in data.values():
+        trainer = Trainer(init.copy(), backend, lr=LR, batch_size=batch_size, seed=seed)
+        for _ in range(1 + 3 * threads.SPLIT_TRIALS):
+            trainer.fit(X, y, epochs=1)
+            if not any(_of_shape(key, init.layer_sizes, rows, X) for key in threads.SPLITS.timing()):
+                break
 
 
 def measure_training(backends, data, y, *, batch_sizes=BATCH_SIZES, epochs=FULL["epochs"], seed=0, progress=None,
@@ -145,6 +170,8 @@ def measure_training(backends, data, y, *, batch_sizes=BATCH_SIZES, epochs=FULL[
     init = MLP(layer_sizes, seed=seed)
     rows = []
     for batch_size in batch_sizes:
+        if "numba" in backends:
+            settle_numba_splits(backends["numba"], data, y, batch_size, init, seed)
         runs = [(name, kind) for name in backends for kind in data]
         trainers = {run: Trainer(init.copy(), backends[run[0]], lr=LR, batch_size=batch_size, seed=seed)
                     for run in runs}

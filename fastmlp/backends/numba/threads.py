@@ -182,6 +182,13 @@ class SplitChooser:
         with self._lock:
             return dict(self._chosen)
 
+    def timing(self) -> set[Shape]:
+        """The shapes whose splits are still being timed: an epoch of theirs ran, none kept yet. (A shape with
+        one split is never timed, and never listed.) `fastmlp bench` trains them until none is left, so that
+        its steady-state epochs run the kept split, not the trials."""
+        with self._lock:
+            return set(self._epochs) - set(self._chosen)
+
     def next_split(self, key: Shape, splits: Sequence[StepSplit]) -> StepSplit:
         """The split the next epoch of this shape (key) runs, one of `splits` (`step_splits`, the default first)."""
         if len(splits) == 1:
