@@ -14,7 +14,8 @@ round (the machine drifts, so each column is a median over rounds of the same or
   the peak measured again in every round and each fraction the median over rounds of the phase's
   rate over that round's peak (measured once at the start, a slow moment put phases above 100 %);
 - whole epochs through `Backend.train_epoch`, on one worker and on the default number, as
-  samples/s: what the step's phases add up to, and what the workers' barriers and split cost;
+  samples/s: what the step's phases add up to, and what the workers' barriers and split cost; and the
+  workers' speed-up over one worker, the median of the two epochs' ratios round by round;
 - the step timeline of each backend's last epoch (fastmlp/backends/numba/timeline.py): each phase's median
   inside the epoch, worker by worker, from the cycle counter stamped at the phase boundaries, where the
   phases above are each timed alone on a batch already in cache.
@@ -138,7 +139,8 @@ PEAK_SECONDS, PEAK_REPEATS = 0.05, 3
 def profile(pixels, y, batch_size, rounds, layer_sizes=LAYER_SIZES):
     """({name: median seconds per step (phases) or per epoch (epochs)}, the phases' FLOPs,
     {phase: median over rounds of its GFLOP/s over the round's one-core FMA peak}, the rounds' peaks,
-    {epoch name: the StepTimeline of its last round})."""
+    {epoch name: the StepTimeline of its last round}, the median over rounds of the epoch's speed on all its
+    workers over its speed on one in the same round)."""
     model = MLP(layer_sizes, seed=0)
     calls = phase_calls(model, pixels, y, batch_size)
     reps = max(20, 200_000 // batch_size)
@@ -165,7 +167,9 @@ def profile(pixels, y, batch_size, rounds, layer_sizes=LAYER_SIZES):
     of_peak = {name: float(np.median([f / s / 1e9 / peak for s, peak in zip(seconds[name], peaks)]))
                for name, f in flops.items()}
     timelines = {name: backend.timeline for name, backend in backends.items()}
-    return {name: float(np.median(s)) for name, s in seconds.items()}, flops, of_peak, peaks, timelines
+    one, many = (seconds[name] for name in backends)  # each round's epoch on one worker, then on `workers`
+    over_one = float(np.median(np.divide(one, many)))  # same-round ratios: the machine's drift cancels
+    return {name: float(np.median(s)) for name, s in seconds.items()}, flops, of_peak, peaks, timelines, over_one
 
 
 def main(argv=None):
@@ -184,7 +188,7 @@ def main(argv=None):
     print(f"{cpu_model_name()}: SIMD tile {TILE.name}, {TILE.mr} rows x {TILE.nr} columns; one core's FMA peak "
           f"({CHAINS} chains of {VECTOR_WIDTH}-float FMAs) measured in every round")
     for batch_size in args.batch_sizes:
-        median, flops, of_peak, peaks, timelines = profile(X, y, batch_size, args.rounds, tuple(sizes))
+        median, flops, of_peak, peaks, timelines, over_one = profile(X, y, batch_size, args.rounds, tuple(sizes))
         phases = {name: s for name, s in median.items() if name in flops}
         step = sum(phases.values())
         print(f"{'-'.join(map(str, sizes))}, batch {batch_size}: one thread, phases of a step add up to "
@@ -195,10 +199,12 @@ def main(argv=None):
             rate = f"  {gflops:6.1f} GFLOP/s  {100 * of_peak[name]:5.1f} % of the core's FMA peak"
             rate = rate if flops[name] else ""
             print(f"  {name:16s} {s * 1e6:8.1f} us  {100 * s / step:5.1f} %{rate}")
-        for name, s in median.items():
-            if name not in flops:
-                print(f"  {name:16s} {len(y) / s:10,.0f} samples/s  ({len(y) / s / (batch_size / step):.2f} of the "
-                      f"one-thread phases)")
+        epochs = [name for name in median if name not in flops]
+        for name in epochs:
+            s = median[name]
+            than_one = f"; {over_one:.2f}x one worker's, same-round ratios" if name == epochs[-1] != epochs[0] else ""
+            print(f"  {name:16s} {len(y) / s:10,.0f} samples/s  ({len(y) / s / (batch_size / step):.2f} of the "
+                  f"one-thread phases{than_one})")
         for timeline in timelines.values():
             print(timeline.report())
 
