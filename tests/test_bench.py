@@ -374,3 +374,17 @@ def test_settling_the_splits_stops_where_a_shape_has_nothing_to_choose(monkeypat
         assert [choices for key, choices, _ in chooser.calls
                 if bench.throughput._of_shape(key, bench.LAYER_SIZES, 16, X)] == [1]
     assert not chooser.timing()
+
+
+def test_the_report_says_how_far_the_machine_drifted_by_the_gemm_floor():
+    """The gemm floor does the same work every round: its slowest steady epoch over its fastest, at the batch
+    size where that is lowest, measures the machine's drift (the warm-up epochs left out)."""
+    from fastmlp.bench.report import drift_lines
+
+    floors = {32: [100.0, 10.0, 100.0, 90.0, 95.0], 64: [50.0, 50.0, 40.0, 50.0, 30.0]}
+    rows = [{"batch_size": b, "backend": name, "floor_epoch_samples_per_s": floor}
+            for b, floor in floors.items() for name in ("numpy", "numba")]
+    (line,) = drift_lines(rows)
+    assert "as slow as 0.60x their fastest (batch 64)" in line  # 30 / 50; batch 32's 10 was a warm-up epoch
+    assert "vs floor and vs numpy" in line
+    assert drift_lines([]) == [] and drift_lines([{"batch_size": 32, "floor_epoch_samples_per_s": [1.0, 1.0]}]) == []

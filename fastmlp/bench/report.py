@@ -46,6 +46,23 @@ def split_lines(rows):
             f"(fastmlp.backends.numba.threads.SplitChooser): {', '.join(chosen)}"]
 
 
+def drift_lines(rows):
+    """The line under the throughput table that says how far the machine's speed moved during the run: the gemm
+    floor repeats the same products every round, so its slowest steady epoch over its fastest, at the batch size
+    where that is lowest. None where no row has floor epochs after the warm-up ones."""
+    spreads = []
+    for r in rows:
+        floor = r.get("floor_epoch_samples_per_s", [])[WARMUP_EPOCHS:]
+        if floor and max(floor) > 0:
+            spreads.append((min(floor) / max(floor), r["batch_size"]))
+    if not spreads:
+        return []
+    lowest, batch_size = min(spreads)
+    return [f"drift: the gemm floor's steady epochs (the same products every round) ran as slow as {lowest:.2f}x "
+            f"their fastest (batch {batch_size}); the roofline columns, each measured once before the epochs, carry "
+            f"such drift, while vs floor and vs numpy, same-round ratios, cancel it"]
+
+
 def format_report(report):
     """The whole report of `run` as text: a header, the throughput table, then memory and compile time."""
     c, roof = report["config"], report["roofline"]
@@ -80,6 +97,7 @@ def format_report(report):
              + ["-" if r["vs_numpy"] is None else f"{r['vs_numpy']:.2f}", f"{r['late_over_early']:.2f}"]
              for r in report["rows"]], left=3),
         *split_lines(report["rows"]),
+        *drift_lines(report["rows"]),
         "",
         f"peak RSS, one process per row: loading the data, then training one epoch at each batch size "
         f"{', '.join(map(str, c['batch_sizes']))}"
