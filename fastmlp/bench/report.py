@@ -49,7 +49,7 @@ def split_lines(rows):
 def drift_lines(rows):
     """The line under the throughput table that says how far the machine's speed moved during the run: the gemm
     floor repeats the same products every round, so its slowest steady epoch over its fastest, at the batch size
-    where that is lowest. None where no row has floor epochs after the warm-up ones."""
+    where that is lowest. No line where no row has floor epochs after the warm-up ones."""
     spreads = []
     for r in rows:
         floor = r.get("floor_epoch_samples_per_s", [])[WARMUP_EPOCHS:]
