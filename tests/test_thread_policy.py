@@ -55,6 +55,59 @@ def test_cpu_load_falls_back_on_the_load_average_without_proc_stat(monkeypatch):
     assert load.others_busy() == pytest.approx(1.0)
 
 
+def test_a_paused_cpu_load_counts_only_the_periods_it_watched(monkeypatch):
+    machine = FakeMachine(monkeypatch)
+    load = CpuLoad(paused=True)
+    machine.run(5.0, others=1.0, ours=0.0)  # before the first epoch: not watched
+    assert load.watched_seconds() == 0.0
+    load.resume()
+    machine.run(0.4, others=0.0, ours=2.0)  # our epoch, alone
+    load.pause()
+    machine.run(0.4, others=1.0, ours=0.0)  # another process's work, taking turns with ours
+    load.resume()
+    machine.run(0.6, others=0.5, ours=1.0)  # an epoch beside work that keeps half a core busy
+    assert load.watched_seconds() == pytest.approx(1.0)
+    load.pause()
+    load.pause()  # a second pause changes nothing
+    machine.run(3.0, others=1.0, ours=0.0)
+    assert load.watched_seconds() == pytest.approx(1.0)
+    assert load.others_busy() == pytest.approx(0.3)  # half a core over 0.6 of the 1.0 s watched
+    assert load.watched_seconds() == 0.0  # read: the watched time starts anew
+    load.resume()
+    machine.run(0.5, others=1.0, ours=1.0)
+    assert load.others_busy() == pytest.approx(1.0)  # without a pause, up to the reading
+
+
+def test_a_numba_epoch_counts_only_the_work_beside_its_own_epochs(monkeypatch):
+    """The automatic worker count reads the load over LOAD_WINDOW_SECONDS of epochs: another process that keeps
+    a core busy only between them (its epochs taking turns with ours) leaves both cores to ours; one that runs
+    during them takes one."""
+    from fastmlp.backends.numba import backend as numba_backend
+
+    machine = FakeMachine(monkeypatch)
+    monkeypatch.setattr(thread_policy, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(numba_backend, "training_threads", lambda: 2)
+    monkeypatch.setattr(numba_backend, "others_running", lambda: 0)
+    asked = []
+    monkeypatch.setattr(numba_backend, "epoch_workers", lambda threads, rows, sizes: asked.append(threads) or 1)
+    others_during = [0.0]
+    real_run_chunks = numba_backend.run_chunks
+
+    def epoch_lasting_half_a_second(*args):  # the fake clock advances by an epoch's time as it runs
+        machine.run(0.5, others=others_during[0], ours=1.0)
+        return real_run_chunks(*args)
+
+    monkeypatch.setattr(numba_backend, "run_chunks", epoch_lasting_half_a_second)
+    X, y = np.zeros((4, 6), np.float32), np.zeros(4, np.int64)
+    for others in (0.0, 1.0):
+        backend, others_during[0], asked[:] = numba_backend.Backend(), others, []
+        for _ in range(4):
+            backend.train_epoch(MLP([6, 3], seed=0), X, y, batch_size=2, lr=0.1, rng=np.random.default_rng(0))
+            machine.run(0.5, others=2.0 - others, ours=0.0)  # between epochs: both cores busy elsewhere
+        # two epochs before a window's worth (1 s) is watched, then the window's reading
+        assert asked == [2, 2, 2, 2] if others == 0.0 else [2, 2, 1, 1], others
+
+
 @pytest.mark.parametrize("others, expected", [(0.0, 2), (0.2, 2), (0.3, 1), (1.0, 1), (2.0, 1)])
 def test_a_core_counts_as_free_when_others_leave_three_quarters_of_it(others, expected):
     assert free_cores(others, 2) == expected
@@ -77,6 +130,23 @@ def test_policy_starts_at_blas_count_drops_to_the_free_cores_and_comes_back(monk
     assert policy.apply() == 2 and set_counts == [1, None]
     policy.stop()
     assert set_counts == [1, None]
+
+
+def test_policy_leaves_out_other_work_that_runs_between_its_blocks(monkeypatch):
+    machine = FakeMachine(monkeypatch)
+    monkeypatch.setattr(thread_policy, "set_blas_threads_here", lambda count: None)
+    monkeypatch.setattr(thread_policy, "blas_thread_count", lambda: 2)
+    monkeypatch.setattr(thread_policy, "usable_cpus", lambda: 2)
+    policy = BlasThreadPolicy()
+    for epoch in range(3):
+        policy.start()
+        assert policy.apply() == 2, epoch
+        machine.run(0.2, others=0.0, ours=1.0)  # our epoch, alone
+        policy.stop()
+        machine.run(2.0, others=1.0, ours=0.0)  # another process's epoch, taking turns with ours
+    policy.start()
+    machine.run(0.2, others=1.0, ours=1.0)  # now beside ours
+    assert policy.apply() == 1
 
 
 def test_a_fixed_thread_count_ignores_the_load_and_is_undone_by_stop(monkeypatch):

@@ -237,17 +237,28 @@ def test_an_epoch_takes_only_the_cores_other_work_leaves_free_unless_threads_is_
     class Load:  # a CpuLoad whose other processes keep `busy` of the cores busy
         busy = 1.0
 
-        def __init__(self):
-            self.cpus = cpus
+        def __init__(self, paused=False):
+            self.cpus, self.watched = cpus, 0.0  # seconds watched: a window's worth, or none yet
 
         def others_busy(self):
+            self.watched = 0.0
             return self.busy
+
+        def watched_seconds(self):
+            return self.watched
+
+        def pause(self):
+            pass
+
+        def resume(self):
+            pass
 
     def watched(backend, busy):
         """backend with a fake load of `busy` cores, its window over: the next epoch reads it."""
         Load.busy = busy
         backend._free_threads()  # the first call starts watching
-        backend._load, backend._load_read_at = Load(), -np.inf
+        backend._load = Load()
+        backend._load.watched = np.inf
         return backend
 
     monkeypatch.setattr(numba_fused, "CpuLoad", Load)

@@ -6,7 +6,9 @@ are small, but still pay). Beside any other busy process the spinning threads ou
 cores and every hand-off waits for a scheduler time slice: two numpy trainings at once ran dozens
 of times slower (the figures are in docs/results.md). So the policy
 counts the cores others use, from the CPU time of this process's CPUs in /proc/stat minus this
-process's own CPU time, over the last RECHECK_SECONDS, and runs BLAS on the cores left free
+process's own CPU time, over the last RECHECK_SECONDS of the policy's own blocks (a training
+epoch: the time between epochs is left out, so that work taking turns with ours takes none of its
+cores), and runs BLAS on the cores left free
 (at most the BLAS thread count and the usable CPUs: affinity mask and CPU quota). Elsewhere than Linux the
 1-minute load average stands in for /proc/stat; it lags a minute behind.
 
@@ -57,31 +59,69 @@ _affinity = usable_cpu_ids  # a name of this module, so that the tests can fake 
 
 
 class CpuLoad:
-    """Cores that other processes kept busy on this process's CPUs, between two calls of `others_busy`."""
+    """Cores that other processes kept busy on this process's CPUs: over the time between two calls of
+    `others_busy`, or, once paused, over the periods between each `resume()` and the `pause()` after it alone.
 
-    def __init__(self) -> None:
+    Watching only some periods (a backend's epochs) tells work that competes with them from work that
+    runs only while they wait: another process's epochs taking turns with ours (an A/B benchmark) kept one core
+    of two busy over any window of wall time, and an epoch that counted it ran on one worker instead of two.
+    """
+
+    def __init__(self, paused: bool = False) -> None:
         self._cpus = _affinity()  # the CPUs whose lines of /proc/stat count
         # as many cores as a container's CPU quota gives, where it gives fewer than the mask shows
         self.cpus = max(1, min(len(self._cpus), usable_cpus()))
-        self._last = self._sample()
+        self._last = self._sample()  # where the period being watched began
+        self._paused = paused
+        # The periods watched and closed since the last others_busy(): wall seconds, busy seconds of the CPUs
+        # (None once a reading of /proc/stat failed) and this process's CPU seconds.
+        self._watched: tuple[float, float | None, float] = (0.0, 0.0, 0.0)
 
     def _sample(self) -> tuple[float, float | None, float]:
         return monotonic(), _busy_seconds(self._cpus), process_time()
 
-    def others_busy(self) -> float:
-        """Cores busy with other work since the last call (or construction): 0 up to the usable CPUs."""
+    def _close_period(self) -> None:
+        """Add the period watched since the last sample to the watched totals; a new one begins now."""
         last, now = self._last, self._sample()
         self._last = now
-        wall = now[0] - last[0]
+        wall, busy, ours = self._watched
+        if busy is not None and now[1] is not None and last[1] is not None:
+            busy += now[1] - last[1]
+        else:
+            busy = None
+        self._watched = (wall + now[0] - last[0], busy, ours + now[2] - last[2])
+
+    def pause(self) -> None:
+        """Stop watching: what runs from now until `resume()` is left out of `others_busy`."""
+        if not self._paused:
+            self._close_period()
+            self._paused = True
+
+    def resume(self) -> None:
+        """Watch again from now on."""
+        if self._paused:
+            self._last = self._sample()
+            self._paused = False
+
+    def watched_seconds(self) -> float:
+        """Wall seconds watched since the last `others_busy` (or construction)."""
+        return self._watched[0] + (0.0 if self._paused else monotonic() - self._last[0])
+
+    def others_busy(self) -> float:
+        """Cores busy with other work over the time watched since the last call (or construction): 0 up to the
+        usable CPUs. The watched time starts anew."""
+        if not self._paused:
+            self._close_period()
+        (wall, busy, ours), self._watched = self._watched, (0.0, 0.0, 0.0)
         if wall <= 0:
             return 0.0
-        ours = (now[2] - last[2]) / wall
-        if now[1] is None or last[1] is None:
+        ours /= wall
+        if busy is None:
             try:
                 return max(0.0, os.getloadavg()[0] - ours)
             except (AttributeError, OSError):
                 return 0.0
-        return min(float(self.cpus), max(0.0, (now[1] - last[1]) / wall - ours))
+        return min(float(self.cpus), max(0.0, busy / wall - ours))
 
 
 def others_running(samples: int = 5, gap_seconds: float = 0.0002) -> int | None:
@@ -143,7 +183,6 @@ class _PerThread(threading.local):
         self.ceiling: int | None = None
         self.ceiling_at = -float("inf")
         self.current: int | None = None  # the count apply() set, None: BLAS's own
-        self.decided_at = -float("inf")
         self.decision: int | None = None  # None until start(): then the ceiling, until a first window is measured
 
 
@@ -152,8 +191,9 @@ class BlasThreadPolicy:
 
     `start()` reads the ceiling where no limit of the policy is in force (BLAS's own count, which
     OPENBLAS_NUM_THREADS or threadpoolctl's limits set, and the usable CPUs); `apply()`, as often
-    as once per step, re-reads the load every RECHECK_SECONDS and sets BLAS's count for this
-    thread only when the decision changes; `stop()` gives BLAS its own count back.
+    as once per step, re-reads the load every RECHECK_SECONDS watched and sets BLAS's count for this
+    thread only when the decision changes; `stop()` gives BLAS its own count back. The load is watched
+    from each `start()` to the `stop()` after it (`CpuLoad`'s pauses).
     `limited()` wraps the three around one block. Each thread that uses the policy has its own
     state: one backend may train or predict in several threads at once.
     """
@@ -169,8 +209,9 @@ class BlasThreadPolicy:
         if state.load is None and self.threads is None:
             # Until a first window is measured, BLAS's own count: on an idle machine the policy
             # then never changes it, and results stay those of that count, bit for bit.
-            state.load = CpuLoad()
-            state.decided_at, state.decision = now, state.ceiling
+            state.load, state.decision = CpuLoad(paused=True), state.ceiling
+        if state.load is not None:
+            state.load.resume()
 
     def decide(self) -> int:
         """The thread count for BLAS calls from now on."""
@@ -179,11 +220,9 @@ class BlasThreadPolicy:
         state = self._state
         # start() has set all three (before it, the automatic mode has no load to read).
         assert state.load is not None and state.ceiling is not None and state.decision is not None, "start() first"
-        now = monotonic()
-        if now - state.decided_at >= RECHECK_SECONDS:
+        if state.load.watched_seconds() >= RECHECK_SECONDS:
             # Free cores among all this process may use: on 8 CPUs with one busy, 2 BLAS threads still fit.
             state.decision = min(state.ceiling, free_cores(state.load.others_busy(), state.load.cpus))
-            state.decided_at = now
         return state.decision
 
     def apply(self) -> int:
@@ -199,6 +238,8 @@ class BlasThreadPolicy:
         return threads
 
     def stop(self) -> None:
+        if self._state.load is not None:
+            self._state.load.pause()
         if self._state.current is not None:
             set_blas_threads_here(None)
             self._state.current = None

@@ -69,8 +69,7 @@ class Backend(BackendBase):
         self._workspaces: OrderedDict[tuple[tuple[int, ...], int], _Workspace] = OrderedDict()
         self._packed: OrderedDict[tuple[int, ...], _Packed] = OrderedDict()
         self._epoch_lock = threading.Lock()  # one epoch at a time: the workers share the workspace
-        self._load: CpuLoad | None = None  # the CPU load watched by `_free_threads` when threads is None
-        self._load_read_at = 0.0
+        self._load: CpuLoad | None = None  # the CPU load during epochs, read by `_free_threads` when threads is None
         self._free_cores: int | None = None
         self.timeline: StepTimeline | None = None
 
@@ -216,6 +215,9 @@ class Backend(BackendBase):
                 return total
 
             barrier = barrier_state()
+            load = self._load if self.threads is None else None  # other work counted while the epoch runs
+            if load is not None:
+                load.resume()
             try:
                 with WholeSteps() as whole:
                     if workers == 1:
@@ -226,6 +228,8 @@ class Backend(BackendBase):
                         seconds_per_sample = (time.perf_counter() - began) / len(order)
                         threads_module.SPLITS.record(split_key, split, seconds_per_sample, len(splits))
             finally:
+                if load is not None:
+                    load.pause()
                 if timeline is not None:
                     timeline.stop()
                 packed.store(model, velocity if rule in (MOMENTUM, NESTEROV) else None, moments)
@@ -241,21 +245,21 @@ class Backend(BackendBase):
         CPU-bound process; docs/results.md); one worker per free core shares fairly. Two
         readings: until a first window has passed, the threads of other processes runnable as
         the epoch starts (a short training sees the job beside it at once); then the cores they
-        kept busy over the last LOAD_WINDOW_SECONDS (which also sees one that runs now and then).
+        kept busy over the last LOAD_WINDOW_SECONDS of this backend's epochs (which also sees one
+        that runs now and then). The time between epochs is left out: work that runs only while
+        ours waits (another process's epochs taking turns with ours) takes no core from them.
         The window's reading is renewed at most
         once a window: /proc/stat counts in 10 ms ticks, and over one 0.1 s epoch it misjudged an
         idle machine as a third busy.
         """
-        now = time.monotonic()
         if self._load is None:
-            self._load, self._load_read_at, self._free_cores = CpuLoad(), now, None
+            self._load, self._free_cores = CpuLoad(paused=True), None  # watched while epochs run (`_epoch`)
         load = self._load
-        if now - self._load_read_at >= LOAD_WINDOW_SECONDS:
+        if load.watched_seconds() >= LOAD_WINDOW_SECONDS:
             # A core counts as taken once others keep it busy half the time: on an idle VM,
             # interrupts and steal time read as a fraction of a core, and numpy's stricter
             # threshold (a quarter) took a worker away from a whole training now and then.
             self._free_cores = free_cores(load.others_busy(), load.cpus, free_share=0.5)
-            self._load_read_at = now
         threads = training_threads()
         if self._free_cores is not None:
             return min(threads, self._free_cores)
