@@ -259,6 +259,27 @@ def test_others_running_is_the_least_runnable_count_of_a_few_readings_less_the_r
     assert thread_policy.others_running(samples=3, gap_seconds=0.0) == 1
 
 
+def test_others_running_stops_reading_at_a_reading_of_none(monkeypatch):
+    # The least can only fall: once a reading finds no other runnable thread, the rest (and their waits) are
+    # skipped. An idle machine's epochs otherwise paid ~1.2 ms each for five readings 0.2 ms apart.
+    import io
+
+    from fastmlp.runtime import thread_policy
+
+    readings = ["0.50 0.40 0.30 3/120 4242\n", "0.50 0.40 0.30 1/120 4242\n", "0.50 0.40 0.30 5/120 4242\n"]
+    opened, waits = [], []
+
+    def fake_open(path):
+        opened.append(path)
+        return io.StringIO(readings[len(opened) - 1])
+
+    monkeypatch.setattr(thread_policy, "open", fake_open, raising=False)
+    monkeypatch.setattr(thread_policy, "own_running", lambda: 1)
+    monkeypatch.setattr(thread_policy, "sleep", waits.append)
+    assert thread_policy.others_running(samples=5, gap_seconds=0.001) == 0
+    assert len(opened) == 2 and waits == [0.001]
+
+
 def test_others_running_leaves_out_this_processs_own_runnable_threads(monkeypatch):
     import io
 

@@ -132,8 +132,10 @@ def others_running(samples: int = 5, gap_seconds: float = 0.0002) -> int | None:
     a moment (read back to back, an idle machine here showed a runnable thread in 14 % of them).
     This process's own runnable threads are taken out (`own_running`): OpenBLAS's threads spin for
     a while after NumPy's last product, and counted as others they cost the next epoch a worker.
+    A reading of none ends the readings early: no later one can lower the least below it (on an idle
+    machine the first reading is that one, and the call costs one read instead of ~1.2 ms of waits).
     """
-    counts = []
+    least = None
     for i in range(samples):
         try:
             with open("/proc/loadavg") as f:
@@ -141,10 +143,13 @@ def others_running(samples: int = 5, gap_seconds: float = 0.0002) -> int | None:
         except (OSError, IndexError, ValueError):
             return None
         ours = own_running() if machine > 1 else None  # one runnable thread: the reader
-        counts.append(machine - (ours or 1))
+        count = machine - (ours or 1)
+        least = count if least is None else min(least, count)
+        if least <= 0:
+            break
         if i + 1 < samples:
             sleep(gap_seconds)
-    return max(0, min(counts))
+    return max(0, least if least is not None else 0)
 
 
 def own_running() -> int | None:
