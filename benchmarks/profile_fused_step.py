@@ -15,7 +15,9 @@ round (the machine drifts, so each column is a median over rounds of the same or
   rate over that round's peak (measured once at the start, a slow moment put phases above 100 %);
 - whole epochs through `Backend.train_epoch`, on one worker and on the default number, as
   samples/s: what the step's phases add up to, and what the workers' barriers and split cost; and the
-  workers' speed-up over one worker, the median of the two epochs' ratios round by round;
+  workers' speed-up over one worker, the median of the two epochs' ratios round by round. The numba
+  backend's split chooser has kept its split before the timed epochs (`settle_numba_splits`, as the
+  bench does): its trial epochs, four of six on splits it does not keep, were all five of a 5-round run's;
 - the step timeline of each backend's last epoch (fastmlp/backends/numba/timeline.py): each phase's median
   inside the epoch, worker by worker, from the cycle counter stamped at the phase boundaries, where the
   phases above are each timed alone on a batch already in cache.
@@ -35,6 +37,7 @@ from fastmlp.backends.numba.step import backward_rows_into_panels, bias_step
 from fastmlp.backends.numba.threads import epoch_workers, training_threads
 from fastmlp.backends.numba.timeline import StepTimeline
 from fastmlp.bench.fma_peak import CHAINS, VECTOR_WIDTH, cpu_model_name, measure_fma_peak
+from fastmlp.bench.throughput import settle_numba_splits
 from fastmlp.datasets import load_mnist
 from fastmlp.kernels import gather_labels, gather_rows_scaled, softmax_xent_backward_rows_inplace
 from fastmlp.kernels.packed import (
@@ -150,6 +153,8 @@ def profile(pixels, y, batch_size, rounds, layer_sizes=LAYER_SIZES):
         backend.timeline = StepTimeline()
         backend.train_epoch(MLP(layer_sizes, seed=0), pixels, y, batch_size=batch_size, lr=0.01,
                             rng=np.random.default_rng(0))
+    # the split chooser's trial epochs over before the timed ones, which then run the split users' epochs keep
+    settle_numba_splits(backends[f"epoch, {workers} workers"], {"pixels": pixels}, y, batch_size, model)
     seconds = {name: [] for name in (*calls, *backends)}
     peaks = []
     for round_ in range(rounds):
