@@ -44,6 +44,39 @@ def test_bad_features_are_refused(backend, X, error, match):
         backend.loss_and_grads(model, X, y)
 
 
+def _finite_cases(rows, cols):
+    """(name, X) float32 arrays of rows x cols: finite ones, and ones with NaN or infinities at random places."""
+    rng = np.random.default_rng(rows)
+    base = rng.normal(size=(rows, cols)).astype(np.float32)
+    cases = [("finite", base), ("huge but finite", np.full((rows, cols), 3e38, np.float32)),
+             ("huge of both signs", np.where(rng.random((rows, cols)) < 0.5, 3e38, -3e38).astype(np.float32))]
+    planted = (("nan", [np.nan]), ("inf", [np.inf]), ("-inf", [-np.inf]), ("inf and -inf", [np.inf, -np.inf]))
+    for name, values in planted:
+        X = base.copy()
+        for value in values:
+            X[rng.integers(rows), rng.integers(cols)] = value
+        cases.append((name, X))
+    X = base.copy()  # +inf and -inf in one row: its sum is NaN, not an infinity
+    X[rows // 2, :2] = [np.inf, -np.inf]
+    cases.append(("inf and -inf in one row", X))
+    X = np.full((rows, cols), 3e38, np.float32)  # an overflowing sum hides nothing: the NaN is still found
+    X[-1, -1] = np.nan
+    cases.append(("nan among huge values", X))
+    return cases
+
+
+@pytest.mark.parametrize("rows, cols", [(3, 5), (100, 784), (2000, 33)], ids=["small", "one-pass", "one-pass-narrow"])
+def test_all_finite_agrees_with_numpys_elementwise_test(rows, cols):
+    from fastmlp.inputs import ONE_PASS_FINITE_VALUES, all_finite
+    from fastmlp.runtime.blas_threads import blas_thread_count
+
+    assert (rows * cols >= ONE_PASS_FINITE_VALUES) == (rows > 3)  # both paths are covered
+    threads = blas_thread_count()
+    for name, X in _finite_cases(rows, cols):
+        assert all_finite(X) == bool(np.isfinite(X).all()), name
+    assert blas_thread_count() == threads  # the one-pass test's single-threaded BLAS ends with it
+
+
 @pytest.mark.parametrize(
     "y, error, match",
     [
