@@ -98,27 +98,17 @@ def check_features(X: Features, n_features: int, name: str = "X") -> FloatArray 
     return X
 
 
-# From this many values up, one BLAS pass over X costs less than NumPy's two reductions; below it, the call's
-# fixed cost (a thread limit set and reset) would outweigh the pass it saves.
-ONE_PASS_FINITE_VALUES = 1 << 16
-
-
 def all_finite(X: FloatArray) -> bool:
     """Whether the float32 C-contiguous 2-D array X holds no NaN and no infinity.
 
-    A large X is read once: `X @ ones` (BLAS's matrix-vector product, on one thread) sums each row, and a NaN
-    or an infinity anywhere makes the total of those sums NaN or infinite (inf + -inf is NaN), so a finite total
-    proves every value finite. A total that overflows float32 (values near 3e38) proves nothing either way, and
-    the exact test decides: the least and the greatest value, two passes, no n-sized temporary (what a small X
-    always gets). One thread, because OpenBLAS's threads spin for a while after a product, and would take a
-    core from the epoch that follows.
+    X is read once: the sum of all its values (`np.einsum`, NumPy's own vectorised loop, on this thread) is NaN
+    or infinite wherever some value is (inf + -inf is NaN), so a finite sum proves every value finite. A sum
+    that overflows float32 (values near 3e38) proves nothing either way, and the exact test decides: the least
+    and the greatest value, two passes, no n-sized temporary.
     """
-    if X.size >= ONE_PASS_FINITE_VALUES:
-        from .runtime.blas_threads import single_threaded_blas  # here: runtime imports this module
-
-        with single_threaded_blas(), np.errstate(over="ignore", invalid="ignore"):
-            if np.isfinite((X @ np.ones(X.shape[1], dtype=np.float32)).sum()):
-                return True
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.einsum("ij->", X)):
+            return True
     return bool(np.isfinite(X.min()) and np.isfinite(X.max()))
 
 

@@ -65,16 +65,12 @@ def _finite_cases(rows, cols):
     return cases
 
 
-@pytest.mark.parametrize("rows, cols", [(3, 5), (100, 784), (2000, 33)], ids=["small", "one-pass", "one-pass-narrow"])
+@pytest.mark.parametrize("rows, cols", [(3, 5), (100, 784), (2000, 33)])
 def test_all_finite_agrees_with_numpys_elementwise_test(rows, cols):
-    from fastmlp.inputs import ONE_PASS_FINITE_VALUES, all_finite
-    from fastmlp.runtime.blas_threads import blas_thread_count
+    from fastmlp.inputs import all_finite
 
-    assert (rows * cols >= ONE_PASS_FINITE_VALUES) == (rows > 3)  # both paths are covered
-    threads = blas_thread_count()
     for name, X in _finite_cases(rows, cols):
         assert all_finite(X) == bool(np.isfinite(X).all()), name
-    assert blas_thread_count() == threads  # the one-pass test's single-threaded BLAS ends with it
 
 
 @pytest.mark.parametrize(
