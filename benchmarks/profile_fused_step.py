@@ -17,7 +17,7 @@ round (the machine drifts, so each column is a median over rounds of the same or
   samples/s: what the step's phases add up to, and what the workers' barriers and split cost; and the
   workers' speed-up over one worker, the median of the two epochs' ratios round by round. The numba
   backend's split chooser has kept its split before the timed epochs (`settle_numba_splits`, as the
-  bench does): its trial epochs, four of six on splits it does not keep, were all five of a 5-round run's;
+  bench does): its trial epochs, most on splits it does not keep, were all five of a 5-round run's;
 - the step timeline of each backend's last epoch (fastmlp/backends/numba/timeline.py): each phase's median
   inside the epoch, worker by worker, from the cycle counter stamped at the phase boundaries, where the
   phases above are each timed alone on a batch already in cache.

@@ -133,7 +133,7 @@ def others_running(samples: int = 5, gap_seconds: float = 0.0002) -> int | None:
     This process's own runnable threads are taken out (`own_running`): OpenBLAS's threads spin for
     a while after NumPy's last product, and counted as others they cost the next epoch a worker.
     A reading of none ends the readings early: no later one can lower the least below it (on an idle
-    machine the first reading is that one, and the call costs one read instead of ~1.2 ms of waits).
+    machine the first reading is that one, and the call costs one read instead of all and their waits).
     """
     least = None
     for i in range(samples):
