@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..inputs import FloatArray
+from ..inputs import FloatArray, all_finite
 
 PathLike = str | os.PathLike[str]
 
@@ -320,6 +320,8 @@ def _check_finite(X: FloatArray, path: Path, names: Sequence[str] | None) -> Non
     """Raise TableError at the first NaN or inf (values beyond float32's range parse as inf)."""
     if len(X) == 0:
         raise TableError(f"{path}: no data rows")
+    if all_finite(X):  # one pass; the blocks below only look for where
+        return
     # np.isfinite over the whole array would take a bool copy of it; one row block at a time takes little.
     step = max(1, (1 << 22) // max(1, X.shape[1]))
     for start in range(0, len(X), step):
