@@ -136,6 +136,8 @@ def load_images_from(array, **kwargs):
     [
         (np.zeros((3, 100), np.uint8), ValueError, r"expected images of 784 pixels .* got shape \(3, 100\)"),
         (np.full((1, 784), 2.0, np.float32), ValueError, r"float pixels must lie in \[0, 1\]"),
+        *[(np.where(np.arange(784) == 300, bad, 0.5).reshape(1, 784), ValueError, r"float pixels must lie in \[0, 1\]")
+          for bad in (np.nan, np.inf, -np.inf, 1e300)],  # 1e300 overflows float32 to inf
         (np.zeros((1, 784), np.int32), TypeError, "integer pixels must be uint8"),
         (np.zeros((1, 784), bool), TypeError, "expected pixel values"),
     ],

@@ -93,8 +93,10 @@ def load_images(path: str | os.PathLike[str], n_features: int, *, invert: bool =
         return Pixels(255 - rows if invert else rows).to_float32()
     if np.issubdtype(rows.dtype, np.integer):
         raise TypeError(f"{path}: integer pixels must be uint8 (0-255), got {rows.dtype}")
-    features = rows.astype(np.float32)
-    if not (np.isfinite(features).all() and features.min() >= 0 and features.max() <= 1):
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf, refused just below
+        features = rows.astype(np.float32)
+    # NaN fails both comparisons (min and max propagate it), and inf or -inf fails one: no separate finite test.
+    if not (features.min() >= 0 and features.max() <= 1):
         raise ValueError(f"{path}: float pixels must lie in [0, 1], the training scale "
                          f"(save uint8 pixels to have them scaled by 1/255)")
     return 1 - features if invert else features
