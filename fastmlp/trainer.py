@@ -243,14 +243,15 @@ class Trainer:
             return self._evaluate_chunks(X, y, chunk)
 
     def _evaluate_chunks(self, X: FloatArray | Pixels, y: npt.NDArray[np.int64], chunk: int) -> tuple[float, float]:
-        from .kernels.reference import hidden_and_logits, log_softmax  # NumPy only, but fastmlp.kernels loads Numba
+        from .kernels.reference import log_softmax  # NumPy only, but fastmlp.kernels loads Numba
 
         total_loss = 0.0
         correct = 0
         for start in range(0, len(X), chunk):
-            Xc = X[start : start + chunk]
+            # Pixels stay uint8 here: the backend converts them as its forward reads them.
+            Xc = Pixels(X.data[start : start + chunk], X.scale) if isinstance(X, Pixels) else X[start : start + chunk]
             yc = y[start : start + chunk]
-            _, logits = hidden_and_logits(self.model.weights, self.model.biases, Xc)
+            logits = self.backend._logits(self.model, Xc)
             log_probs = log_softmax(logits)
             total_loss -= float(log_probs[np.arange(len(yc)), yc].sum(dtype=np.float64))
             correct += int((logits.argmax(axis=1) == yc).sum())

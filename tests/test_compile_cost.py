@@ -82,6 +82,7 @@ def _compiled_in_a_fresh_process(kind):
 def test_a_cold_start_compiles_each_tile_kernel_once_and_no_glue_on_its_own():
     compiled = _compiled_in_a_fresh_process("pixels")
     assert compiled["train_batches_worker"] == 1
+    assert compiled["forward_logits_inplace"] == 1  # a Trainer's evaluation, compiled by the warm-up too
     assert {name: compiled.get(name, 0) for name in TILE_KERNELS} == TILE_KERNELS
     assert {name: compiled.get(name, 0) for name in INLINED_GLUE} == dict.fromkeys(INLINED_GLUE, 0)
     assert {name: compiled.get(name, 0) for name in INLINED_HELPERS} == dict.fromkeys(INLINED_HELPERS, 0)
@@ -92,5 +93,5 @@ def test_the_step_functions_compile_without_reference_counting():
     # inlined glue were 45 % of train_batches_worker's unoptimised IR (step.py's module doc).
     from fastmlp.backends.numba import step
     for function in (step.step_worker, step.train_batches_worker, step.forward_probs_inplace,
-                     step.loss_and_grads_into):
+                     step.forward_logits_inplace, step.loss_and_grads_into):
         assert function.targetoptions.get("_nrt") is False, function.py_func.__name__

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from fastmlp import MLP, Pixels, get_backend
+from fastmlp import MLP, Pixels, Trainer, get_backend
+from fastmlp.backends.numba.backend import EVALUATION_ROWS
 from fastmlp.testing import scaled_error
 
 pytestmark = pytest.mark.kernels  # run again per ISA and with bounds checks by .ci/run
@@ -51,6 +52,33 @@ def test_numba_forward_loss_and_grads_match_reference(sizes, n):
     X, y = batch(sizes, n)
     assert_same(numba_backend.forward(model, X), numpy_backend.forward(model, X))
     assert_same_loss_and_grads(model, X, y)
+
+
+@pytest.mark.parametrize("sizes, n", [*SHAPES, ((784, 128, 64, 10), 2 * EVALUATION_ROWS + 3)])
+def test_numba_logits_for_evaluation_match_reference(sizes, n):
+    # A Trainer's evaluation scores these: float32 rows and Pixels, blocks of EVALUATION_ROWS and a short last one.
+    model = MLP(sizes, seed=1)
+    X, _ = batch(sizes, n)
+    assert_same(numba_backend._logits(model, X), numpy_backend._logits(model, X))
+    pixels = Pixels(np.random.default_rng(3).integers(0, 256, (n, sizes[0]), dtype=np.uint8))
+    logits = numba_backend._logits(model, pixels)
+    assert logits.shape == (n, sizes[-1]) and logits.dtype == np.float32
+    assert_same(logits, numpy_backend._logits(model, pixels.to_float32()))
+
+
+def test_trainer_evaluation_on_the_numba_backend_matches_the_reference():
+    sizes = (784, 128, 64, 10)
+    model = MLP(sizes, seed=1)
+    X = batch(sizes, 700, seed=4)[0] - np.float32(0.5)
+    y = (X @ np.random.default_rng(6).normal(size=(784, 10))).argmax(axis=1)  # a linear teacher's classes
+    Trainer(model, "numpy", lr=0.1, batch_size=32, seed=0).fit(X, y, epochs=3)  # away from the uniform guess
+    pixels = Pixels(np.random.default_rng(5).integers(0, 256, (700, 784), dtype=np.uint8))
+    for data in (X, pixels):
+        loss, accuracy = Trainer(model, numba_backend).evaluate(data, y)
+        ref_loss, ref_accuracy = Trainer(model, numpy_backend).evaluate(data, y)
+        assert loss == pytest.approx(ref_loss, rel=RTOL)
+        assert abs(accuracy - ref_accuracy) <= 1 / 700  # a near tie may fall either way in float32
+    assert Trainer(model, numba_backend).evaluate(X, y)[1] > 0.5  # it learned: a score worth comparing
 
 
 @pytest.mark.parametrize("sizes, n", SHAPES)

@@ -143,6 +143,13 @@ class BackendBase:
                      rng: np.random.Generator, progress: Progress | None = None, **sgd: Any) -> float:
         raise NotImplementedError
 
+    def _logits(self, model: MLP, X: FloatArray | Pixels) -> FloatArray:
+        """The logits of X's rows, float32 (n, classes): what a Trainer's evaluation scores (it takes their
+        log-softmax and argmax). The reference forward (NumPy and BLAS) unless a backend has a faster one."""
+        from ..kernels.reference import hidden_and_logits  # NumPy only, but fastmlp.kernels loads Numba
+
+        return hidden_and_logits(model.weights, model.biases, _as_array(X))[1]
+
     @staticmethod
     def _check_batch(model: MLP, X: Features, y: npt.ArrayLike) -> tuple[FloatArray | Pixels, Labels]:
         check_model(model)

@@ -31,8 +31,15 @@ from ...runtime.blas_threads import single_threaded_blas, usable_cpus  # noqa: F
 from ...runtime.thread_policy import CpuLoad, free_cores, others_running
 from ..base import BackendBase, Labels, Progress, WholeSteps
 from . import threads as threads_module
-from .buffers import _Packed, _Workspace, upper_copies
-from .step import forward_probs_inplace, loss_and_grads_into, part_of, step_worker, train_batches_worker  # noqa: F401
+from .buffers import _Packed, _Workspace, activation_buffer, packed_weights, upper_copies
+from .step import (  # noqa: F401
+    forward_logits_inplace,
+    forward_probs_inplace,
+    loss_and_grads_into,
+    part_of,
+    step_worker,
+    train_batches_worker,
+)
 from .threads import LOAD_WINDOW_SECONDS, epoch_workers, run_chunks, run_workers, step_splits, training_threads
 from .timeline import EpochShape, StepTimeline
 
@@ -43,6 +50,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _MAX_WORKSPACES = 4
+# An evaluation's forward (`_logits`) takes this many rows at a time: a block of float32 inputs (784 wide: 0.8 MB)
+# stays in L2 for layer 0's panels, and Pixels are converted a block at a time, as the forward reads them.
+EVALUATION_ROWS = 256
 
 
 class Backend(BackendBase):
@@ -99,6 +109,23 @@ class Backend(BackendBase):
         probs = probabilities(model.weights, model.biases, X)
         assert probs is not None  # None only for NaN or inf, which the public method has refused
         return probs
+
+    def _logits(self, model: MLP, X: FloatArray | Pixels) -> FloatArray:
+        """The logits of X's rows through the training forward tiles (the bits of `forward` before its softmax), on
+        the calling thread, EVALUATION_ROWS rows at a time, off packed copies of the model's weights made for
+        this call: no buffer of an epoch is touched, so no lock is taken. No BLAS: a Trainer's evaluation
+        between two epochs leaves no BLAS thread spinning into the next one."""
+        sizes = model.layer_sizes
+        packed = packed_weights(model)
+        rows = min(EVALUATION_ROWS, len(X))
+        acts = tuple(activation_buffer(sizes, l, rows) for l in range(len(sizes) - 1))
+        biases = tuple(model.biases)
+        logits = np.empty((len(X), sizes[-1]), dtype=np.float32)
+        for start in range(0, len(X), rows):
+            x = X[start : start + rows]  # Pixels: these rows as float32
+            forward_logits_inplace(packed, biases, x, acts)
+            logits[start : start + len(x)] = acts[-1][: len(x)]
+        return logits
 
     def _loss_and_grads(self, model: MLP, X: FloatArray, y: Labels) -> tuple[float, list[FloatArray], list[FloatArray]]:
         packed = _Packed(model.layer_sizes)  # its own: the call allocates its gradients anyway
@@ -269,7 +296,8 @@ class Backend(BackendBase):
         return threads if running is None else min(threads, max(1, load.cpus - running))
 
     def between_epochs(self) -> AbstractContextManager[object]:
-        """Run BLAS single-threaded for the caller's work between epochs (a Trainer's evaluation).
+        """Run BLAS single-threaded for the work between epochs: a Trainer's evaluation (whose forward, `_logits`,
+        calls no BLAS; its log-softmax and argmax are NumPy's) and whatever else runs there.
 
         After a multi-threaded call an OpenBLAS thread spins for ~0.1 s, and would take a core
         from the start of the next epoch, whose workers need both.
@@ -277,7 +305,8 @@ class Backend(BackendBase):
         return single_threaded_blas()
 
     def warm_up(self, model: MLP, *, pixels: bool = False, momentum: bool = False) -> float:
-        """Compile (or load from Numba's cache) the epoch function for nets of model's depth; returns seconds.
+        """Compile (or load from Numba's cache) the epoch and evaluation functions for nets of model's depth; returns
+        seconds.
 
         Compiled code depends only on the depth and the input dtype, so a tiny net of the same depth does.
         One compiled function serves plain SGD, momentum, Nesterov, weight decay, Adam and AdamW, so
@@ -288,6 +317,7 @@ class Backend(BackendBase):
         tiny = MLP((2,) * len(model.layer_sizes), seed=0)
         X = Pixels(np.zeros((2, 2), dtype=np.uint8)) if pixels else np.zeros((2, 2), dtype=np.float32)
         start = time.perf_counter()
-        Backend(threads=1).train_epoch(tiny, X, np.zeros(2, dtype=np.int64), batch_size=1, lr=0.01,
-                                       rng=np.random.default_rng(0))
+        backend = Backend(threads=1)
+        backend.train_epoch(tiny, X, np.zeros(2, dtype=np.int64), batch_size=1, lr=0.01, rng=np.random.default_rng(0))
+        backend._logits(tiny, X)  # a Trainer's evaluation between epochs
         return time.perf_counter() - start

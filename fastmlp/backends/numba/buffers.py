@@ -4,7 +4,7 @@ and the scratch arrays of a batch. Made once per (layer sizes[, batch rows]) and
     inputs       (2, batch, sizes[0]) the gathered batch, two of them: batch s uses inputs[s % 2]; or
                                       (2 workers, ...), worker t's batch s in inputs[2 t + s % 2] (`inputs_for`)
     acts[l]      (batch, padded_width(sizes[l+1]))  the output of layer l, in its first sizes[l+1]
-                                      columns; acts[L-1] (batch, sizes[L]) the logits
+                                      columns; acts[L-1] (batch, sizes[L]) the logits (`activation_buffer`)
     deltas[l]    (batch, sizes[l+1])  dZ_l; deltas[L-1] is acts[L-1] (the softmax kernel overwrites
                                       the logits with their gradient)
 With the upper layers replicated (fastmlp/backends/numba/step.py), each worker past the first has a
@@ -102,6 +102,21 @@ def padded_width(width: int) -> int:
     return width + _PAD_FLOATS if (width * 4) % _ALIASED_ROW_BYTES == 0 else width
 
 
+def activation_buffer(layer_sizes: Sequence[int], l: int, rows: int) -> FloatArray:
+    """acts[l] for batches of up to `rows` samples: (rows, padded_width(N_l)) for a hidden layer, (rows, classes)
+    for the logits."""
+    size = layer_sizes[l + 1]
+    return aligned_zeros((rows, padded_width(size) if l < len(layer_sizes) - 2 else size))
+
+
+def packed_weights(model: MLP) -> Arrays:
+    """The model's weights in the packed layout, in buffers of their own (shared with no epoch)."""
+    packed = tuple(aligned_zeros(packed_shape(*W.shape)) for W in model.weights)
+    for P, W in zip(packed, model.weights):
+        pack_weights_into(P, W)
+    return packed
+
+
 class _Workspace:
     """Scratch buffers for batches of up to `rows` samples through a net of `layer_sizes`; `layer0_output`:
     acts[0] shared with another workspace (a worker's own, `worker_workspaces`), which holds the inputs."""
@@ -119,8 +134,7 @@ class _Workspace:
         # evict each other before the next panel's tile reads them again. Such rows get one cache line more
         # (never read or written; see padded_width).
         self.acts = tuple(layer0_output if l == 0 and layer0_output is not None else
-                          aligned_zeros((rows, padded_width(size) if l < len(layer_sizes) - 2 else size))
-                          for l, size in enumerate(layer_sizes[1:]))
+                          activation_buffer(layer_sizes, l, rows) for l in range(len(layer_sizes) - 1))
         # The hidden deltas need their own buffers because the ReLU mask still reads acts.
         self.deltas = tuple(aligned_zeros((rows, size)) for size in layer_sizes[1:-1]) + (self.acts[-1],)
         self.db = tuple(aligned_zeros(size) for size in layer_sizes[1:])  # a worker's share: few lines shared
