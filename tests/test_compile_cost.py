@@ -91,7 +91,7 @@ def test_a_cold_start_compiles_each_tile_kernel_once_and_no_glue_on_its_own():
 def test_the_step_functions_compile_without_reference_counting():
     # They allocate nothing, and Numba's increfs and decrefs of every array of every tuple they pass down their
     # inlined glue were 45 % of train_batches_worker's unoptimised IR (step.py's module doc).
-    from fastmlp.backends.numba import step
-    for function in (step.step_worker, step.train_batches_worker, step.forward_probs_inplace,
-                     step.forward_logits_inplace, step.loss_and_grads_into):
+    from fastmlp.backends.numba import batch, step
+    for function in (step.step_worker, step.train_batches_worker, batch.forward_probs_inplace,
+                     batch.forward_logits_inplace, batch.loss_and_grads_into):
         assert function.targetoptions.get("_nrt") is False, function.py_func.__name__

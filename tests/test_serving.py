@@ -132,8 +132,8 @@ def test_predict_proba_agrees_with_both_backends(sizes):
     X, _ = data(203, sizes[0], sizes[-1])
     probs = model.predict_proba(X)
     np.testing.assert_array_equal(probs, Backend(threads=1).forward(model, X))  # the packed forward: same bits
+    from fastmlp.backends.numba.batch import forward_probs_inplace
     from fastmlp.backends.numba.buffers import _Packed
-    from fastmlp.backends.numba.step import forward_probs_inplace
 
     packed = _Packed(model.layer_sizes)
     packed.load(model, None)

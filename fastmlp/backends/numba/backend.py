@@ -1,6 +1,7 @@
 """The numba backend: fastmlp's own SIMD kernels (fastmlp.kernels.packed) run whole epochs in nopython code.
 
     step     the step and the epoch in nopython code, and the design of a step on several workers
+    batch    one batch outside an epoch: its logits, probabilities, loss and gradients
     layer1   layer 1's sum over k in two parts, as every training step computes it (split by k on two workers)
     buffers  the packed parameters and a batch's scratch arrays
     threads  how many workers an epoch runs on, and how they run it
@@ -31,15 +32,9 @@ from ...runtime.blas_threads import single_threaded_blas, usable_cpus  # noqa: F
 from ...runtime.thread_policy import CpuLoad, free_cores, others_running
 from ..base import BackendBase, Labels, Progress, WholeSteps
 from . import threads as threads_module
+from .batch import forward_logits_inplace, forward_probs_inplace, loss_and_grads_into  # noqa: F401
 from .buffers import _Packed, _Workspace, activation_buffer, packed_weights, upper_copies
-from .step import (  # noqa: F401
-    forward_logits_inplace,
-    forward_probs_inplace,
-    loss_and_grads_into,
-    part_of,
-    step_worker,
-    train_batches_worker,
-)
+from .step import part_of, step_worker, train_batches_worker  # noqa: F401
 from .threads import LOAD_WINDOW_SECONDS, epoch_workers, run_chunks, run_workers, step_splits, training_threads
 from .timeline import EpochShape, StepTimeline
 

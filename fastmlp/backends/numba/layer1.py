@@ -10,7 +10,7 @@ and because one worker, or workers splitting the batch by rows, compute the same
 same order, the weights still come out bit-identical whatever the worker count. Only the nets whose upper layers
 may be replicated are summed so (threads.upper_layers_small: a property of the net, never of the worker count);
 for the others (784-1024-1024-10's 1M-weight W_1), the parts' elementwise pass would cost and no step splits
-them. Inference sums layer 1 in one chain (`fastmlp.kernels.serving`, step.forward_probs_inplace): the last
+them. Inference sums layer 1 in one chain (`fastmlp.kernels.serving`, batch.forward_probs_inplace): the last
 bits may differ from training's forward.
 """
 

@@ -108,12 +108,12 @@ is a tuple of arrays is copied with it (a reference count taken and dropped per 
 of glue that only forwards its arguments costs compile time too: phase C is one function, `updates`
 (two before, their Adam corrections and the loop over the layers: 0.3 s more of train_batches_worker's
 4.8 s on an Intel Xeon, and 1,400 lines more of its unoptimised IR). And the functions compiled here
-(step_worker, train_batches_worker, forward_probs_inplace, forward_logits_inplace, loss_and_grads_into) are
-compiled without Numba's reference counting (`_nrt=False`): they allocate nothing (a training step makes no
-allocation: tested), so every array they touch is one their caller keeps alive, and an allocation added to
-them fails to compile. The increfs and decrefs of every array of every tuple, at every level of inlined
-glue, were 45 % of train_batches_worker's unoptimised IR (29,900 lines; 16,400 without them) and
-0.45 s of its 4.5 s (an Intel Xeon, four rounds alternating). Nor are they given Numba's C-callable
+(step_worker, train_batches_worker; batch.py's too) are compiled without Numba's reference counting
+(`_nrt=False`): they allocate nothing (a training step makes no allocation: tested), so every array they
+touch is one their caller keeps alive, and an allocation added to them fails to compile. The increfs and
+decrefs of every array of every tuple, at every level of inlined glue, were 45 % of train_batches_worker's
+unoptimised IR (29,900 lines; 16,400 without them) and 0.45 s of its 4.5 s (an Intel Xeon, four rounds
+alternating). Nor are they given Numba's C-callable
 wrapper (`no_cfunc_wrapper`): only Python calls them, through the CPython one.
 """
 
@@ -146,7 +146,6 @@ from .step_kernels import (
     panel_column_sums_into,
     panels_from_rows_into,
     sgd_update_inplace,
-    softmax_inplace,
     softmax_xent_backward_rows_inplace,
     transpose_packed_into,
     update_part,
@@ -464,42 +463,3 @@ def train_batches_worker(t, workers, barrier, packed, transposed, velocity_w, bi
             break
         stamp_cycles(stamps, t, s, STEP_END)
     return total
-
-
-@cached_njit(_nrt=False, no_cfunc_wrapper=True)
-def forward_probs_inplace(packed, biases, x, acts):
-    """Class probabilities of the rows of x in acts[-1]; overwrites acts."""
-    forward_rows(packed, biases, x, acts, 0, 0, x.shape[0])
-    softmax_inplace(acts[len(packed) - 1])
-
-
-@cached_njit(_nrt=False, no_cfunc_wrapper=True)
-def forward_logits_inplace(packed, biases, x, acts):
-    """The logits of the rows of x in acts[-1] (forward_probs_inplace before its softmax: an evaluation's
-    forward, scored by the caller); overwrites the first x.shape[0] rows of every acts[l]."""
-    forward_rows(packed, biases, x, acts, 0, 0, x.shape[0])
-
-
-@cached_njit(_nrt=False, no_cfunc_wrapper=True)
-def loss_and_grads_into(packed, transposed, biases, x, labels, acts, deltas, grads_packed, dbs):
-    """Mean loss of the batch x with labels; overwrites acts, deltas, grads_packed (dW_l packed)
-    and dbs with the gradients.
-
-    grads_packed must hold zeros: the update kernel with lr = -1 turns a zero W into
-    0 + 1 * (A^T dZ), the gradient itself (both steps exact in float32).
-    """
-    n = x.shape[0]
-    L = len(packed)
-    forward_rows(packed, biases, x, acts, 0, 0, n)
-    loss = softmax_xent_backward_rows_inplace(acts[L - 1], labels, n) / n
-    backward_rows(transposed, acts, deltas, 0, n, 1)
-    for l in range(L):
-        G = grads_packed[l]
-        update_part(G, G, layer_input(x, acts, l), deltas[l], n, 0, G.shape[1], 0, G.shape[0], -1.0, 0.0, 0.0,
-                    PLAIN_SGD, G, 0.0, 0.0, 0.0, 0.0)
-        for j in range(dbs[l].shape[0]):
-            dbs[l][j] = 0.0
-        for i in range(n):
-            for j in range(dbs[l].shape[0]):
-                dbs[l][j] += deltas[l][i, j]
-    return loss
