@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from ...inference import probabilities
+from ...inference.threads import run_parts
 from ...inputs import FloatArray, Pixels, check_positive_int
 from ...kernels.packed import ADAM, ADAMW, MOMENTUM, NESTEROV, PANEL_WIDTH, PLAIN_SGD, unpack_weights_into  # noqa: F401
 from ...runtime.barrier import barrier_aborted, barrier_state
@@ -48,6 +49,21 @@ _MAX_WORKSPACES = 4
 # An evaluation's forward (`_logits`) takes this many rows at a time: a block of float32 inputs (784 wide: 0.8 MB)
 # stays in L2 for layer 0's panels, and Pixels are converted a block at a time, as the forward reads them.
 EVALUATION_ROWS = 256
+
+
+def _logits_part_into(logits: FloatArray, X: FloatArray | Pixels, packed: tuple[FloatArray, ...],
+                      biases: tuple[FloatArray, ...], r0: int, r1: int) -> bool:
+    """logits[r0:r1] = the logits of X[r0:r1], EVALUATION_ROWS rows at a time through activation buffers of this
+    call's own (Pixels converted to float32 a block at a time, as the forward reads them). Releases the GIL
+    in the forward: `Backend._logits` runs its parts on threads at once."""
+    sizes = (packed[0].shape[1], *(b.shape[0] for b in biases))
+    rows = min(EVALUATION_ROWS, r1 - r0)
+    acts = tuple(activation_buffer(sizes, l, rows) for l in range(len(biases)))
+    for start in range(r0, r1, rows):
+        x = X[start : min(start + rows, r1)]  # Pixels: these rows as float32
+        forward_logits_inplace(packed, biases, x, acts)
+        logits[start : start + len(x)] = acts[-1][: len(x)]
+    return True
 
 
 class Backend(BackendBase):
@@ -76,6 +92,7 @@ class Backend(BackendBase):
         self._epoch_lock = threading.Lock()  # one epoch at a time: the workers share the workspace
         self._load: CpuLoad | None = None  # the CPU load during epochs, read by `_free_threads` when threads is None
         self._free_cores: int | None = None
+        self._evaluation_threads: int | None = None  # the threads the last epoch could use (before its batch's cap)
         self.timeline: StepTimeline | None = None
 
     @staticmethod
@@ -106,20 +123,19 @@ class Backend(BackendBase):
         return probs
 
     def _logits(self, model: MLP, X: FloatArray | Pixels) -> FloatArray:
-        """The logits of X's rows through the training forward tiles (the bits of `forward` before its softmax), on
-        the calling thread, EVALUATION_ROWS rows at a time, off packed copies of the model's weights made for
-        this call: no buffer of an epoch is touched, so no lock is taken. No BLAS: a Trainer's evaluation
-        between two epochs leaves no BLAS thread spinning into the next one."""
+        """The logits of X's rows through the training forward tiles (the bits of `forward` before its softmax),
+        off packed copies of the model's weights made for this call: no buffer of an epoch is touched, so no lock
+        is taken. No BLAS: a Trainer's evaluation between two epochs leaves no BLAS thread spinning into the next
+        one. The rows are cut into parts of whole EVALUATION_ROWS blocks, one a thread (`threads`, else as many
+        as the last epoch could use, else the usable CPUs), the first on the calling thread; the parts meet only
+        at the end (no barrier, nothing spins), and a row's logits do not depend on the cut."""
         sizes = model.layer_sizes
-        packed = packed_weights(model)
-        rows = min(EVALUATION_ROWS, len(X))
-        acts = tuple(activation_buffer(sizes, l, rows) for l in range(len(sizes) - 1))
-        biases = tuple(model.biases)
+        packed, biases = packed_weights(model), tuple(model.biases)
         logits = np.empty((len(X), sizes[-1]), dtype=np.float32)
-        for start in range(0, len(X), rows):
-            x = X[start : start + rows]  # Pixels: these rows as float32
-            forward_logits_inplace(packed, biases, x, acts)
-            logits[start : start + len(x)] = acts[-1][: len(x)]
+        blocks = -(-len(X) // EVALUATION_ROWS)
+        parts = min(blocks, self.threads or self._evaluation_threads or usable_cpus())
+        cuts = [min(len(X), blocks * p // parts * EVALUATION_ROWS) for p in range(parts + 1)]
+        run_parts(_logits_part_into, [(logits, X, packed, biases, cuts[p], cuts[p + 1]) for p in range(parts)])
         return logits
 
     def _loss_and_grads(self, model: MLP, X: FloatArray, y: Labels) -> tuple[float, list[FloatArray], list[FloatArray]]:
@@ -191,7 +207,8 @@ class Backend(BackendBase):
         rows = min(batch_size, len(data))
         order = rng.permutation(len(data))
         with self._epoch_lock:  # _free_threads' readings are the instance's too
-            workers = epoch_workers(self.threads or self._free_threads(), rows, model.layer_sizes)
+            self._evaluation_threads = self.threads or self._free_threads()
+            workers = epoch_workers(self._evaluation_threads, rows, model.layer_sizes)
             ws = self._workspace(model.layer_sizes, rows)
             packed = self._packed_params(model, velocity, moments)
             (rule, velocity_w, velocity_b, second_w, second_b, mu, beta2, eps32,

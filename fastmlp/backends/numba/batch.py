@@ -17,7 +17,7 @@ def forward_probs_inplace(packed, biases, x, acts):
     softmax_inplace(acts[len(packed) - 1])
 
 
-@cached_njit(_nrt=False, no_cfunc_wrapper=True)
+@cached_njit(nogil=True, _nrt=False, no_cfunc_wrapper=True)
 def forward_logits_inplace(packed, biases, x, acts):
     """The logits of the rows of x in acts[-1] (forward_probs_inplace before its softmax: an evaluation's
     forward, scored by the caller); overwrites the first x.shape[0] rows of every acts[l]."""
