@@ -113,8 +113,8 @@ of glue that only forwards its arguments costs compile time too: phase C is one 
 touch is one their caller keeps alive, and an allocation added to them fails to compile. The increfs and
 decrefs of every array of every tuple, at every level of inlined glue, were 45 % of train_batches_worker's
 unoptimised IR (29,900 lines; 16,400 without them) and 0.45 s of its 4.5 s (an Intel Xeon, four rounds
-alternating). Nor are they given Numba's C-callable
-wrapper (`no_cfunc_wrapper`): only Python calls them, through the CPython one.
+alternating). Nor are they given Numba's C-callable wrapper (`no_cfunc_wrapper`): only Python calls them,
+through the CPython one.
 """
 
 import numpy as np
