@@ -127,13 +127,14 @@ class Backend(BackendBase):
         off packed copies of the model's weights made for this call: no buffer of an epoch is touched, so no lock
         is taken. No BLAS: a Trainer's evaluation between two epochs leaves no BLAS thread spinning into the next
         one. The rows are cut into parts of whole EVALUATION_ROWS blocks, one a thread (`threads`, else as many
-        as the last epoch could use, else the usable CPUs), the first on the calling thread; the parts meet only
+        as the last epoch could use, at most the usable CPUs), the first on the calling thread; the parts meet only
         at the end (no barrier, nothing spins), and a row's logits do not depend on the cut."""
         sizes = model.layer_sizes
         packed, biases = packed_weights(model), tuple(model.biases)
         logits = np.empty((len(X), sizes[-1]), dtype=np.float32)
         blocks = -(-len(X) // EVALUATION_ROWS)
-        parts = min(blocks, self.threads or self._evaluation_threads or usable_cpus())
+        cpus = usable_cpus()
+        parts = min(blocks, cpus, self.threads or self._evaluation_threads or cpus)
         cuts = [min(len(X), blocks * p // parts * EVALUATION_ROWS) for p in range(parts + 1)]
         run_parts(_logits_part_into, [(logits, X, packed, biases, cuts[p], cuts[p + 1]) for p in range(parts)])
         return logits
