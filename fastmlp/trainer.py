@@ -251,7 +251,7 @@ class Trainer:
             # Pixels stay uint8 here: the backend converts them as its forward reads them.
             Xc = Pixels(X.data[start : start + chunk], X.scale) if isinstance(X, Pixels) else X[start : start + chunk]
             yc = y[start : start + chunk]
-            logits = self.backend._logits(self.model, Xc)
+            logits = self.backend._evaluation_logits(self.model, Xc)
             log_probs = log_softmax(logits)
             total_loss -= float(log_probs[np.arange(len(yc)), yc].sum(dtype=np.float64))
             correct += int((logits.argmax(axis=1) == yc).sum())

@@ -59,11 +59,11 @@ def test_numba_logits_for_evaluation_match_reference(sizes, n):
     # A Trainer's evaluation scores these: float32 rows and Pixels, blocks of EVALUATION_ROWS and a short last one.
     model = MLP(sizes, seed=1)
     X, _ = batch(sizes, n)
-    assert_same(numba_backend._logits(model, X), numpy_backend._logits(model, X))
+    assert_same(numba_backend._evaluation_logits(model, X), numpy_backend._evaluation_logits(model, X))
     pixels = Pixels(np.random.default_rng(3).integers(0, 256, (n, sizes[0]), dtype=np.uint8))
-    logits = numba_backend._logits(model, pixels)
+    logits = numba_backend._evaluation_logits(model, pixels)
     assert logits.shape == (n, sizes[-1]) and logits.dtype == np.float32
-    assert_same(logits, numpy_backend._logits(model, pixels.to_float32()))
+    assert_same(logits, numpy_backend._evaluation_logits(model, pixels.to_float32()))
 
 
 def test_numba_logits_for_evaluation_are_the_same_bits_on_any_number_of_threads(monkeypatch):
@@ -73,9 +73,9 @@ def test_numba_logits_for_evaluation_are_the_same_bits_on_any_number_of_threads(
     sizes = (784, 128, 64, 10)
     model = MLP(sizes, seed=1)
     X, _ = batch(sizes, 3 * EVALUATION_ROWS + 5)
-    one = numba_module.Backend(threads=1)._logits(model, X)
+    one = numba_module.Backend(threads=1)._evaluation_logits(model, X)
     for threads in (2, 3, 5):  # 5: more threads than blocks of rows (4)
-        np.testing.assert_array_equal(numba_module.Backend(threads=threads)._logits(model, X), one)
+        np.testing.assert_array_equal(numba_module.Backend(threads=threads)._evaluation_logits(model, X), one)
 
 
 def test_trainer_evaluation_on_the_numba_backend_matches_the_reference():

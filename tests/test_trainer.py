@@ -195,8 +195,8 @@ def test_evaluation_between_epochs_runs_on_the_backends_blas_threads_or_none(mon
     trainer.fit(X, y, epochs=2, validation_data=(X, y))
     # numba's epochs run next to no BLAS at all: a spinning BLAS thread left by a multi-threaded evaluation
     # would take a core from the next epoch, and its evaluation runs the backend's own forward tiles
-    # (Backend._logits). numpy's evaluation runs on its training's thread count (its thread policy, here pinned
-    # to 1).
+    # (Backend._evaluation_logits). numpy's evaluation runs on its training's thread count (its thread policy, here
+    # pinned to 1).
     assert seen == ([1, 1] if backend == "numpy" else [])
     assert _blas_threads() == before
 
@@ -242,3 +242,24 @@ def test_fit_compiles_before_the_first_timed_epoch_so_epoch_seconds_exclude_it(m
                               ("warm_up", True), ("epoch", True)]
     assert history.column("seconds") == [1.0] * 4
     assert history.compile_seconds == 20.0
+
+
+def test_every_backend_overrides_the_base_methods_with_their_parameters():
+    # Trainer and the public methods call these by name: a backend's own helper of the same name, taking other
+    # arguments, would be called with the wrong ones (the PyTorch yardstick's `_logits(params, A)` once was).
+    import inspect
+
+    from fastmlp.backends.numba.backend import Backend as NumbaBackend
+    from fastmlp.backends.numpy_ref import Backend as NumpyBackend
+    from fastmlp.bench.torch_yardstick import TorchBackend  # imports torch only when constructed
+
+    def parameters(function):
+        return list(inspect.signature(function).parameters)[:2]  # self and the first, which every hook names
+
+    hooks = {name: member for name, member in vars(BackendBase).items()
+             if callable(member) and not name.startswith("__")}
+    for backend in (NumpyBackend, NumbaBackend, TorchBackend):
+        for name, base in hooks.items():
+            own = inspect.getattr_static(backend, name)
+            if own is not base and not isinstance(own, staticmethod):
+                assert parameters(own) == parameters(base), f"{backend.__name__}.{name} takes other arguments"

@@ -12,7 +12,8 @@ Both take the keyword arguments momentum, nesterov, weight_decay and velocity (a
 `fastmlp.optim.Velocity`) for the updates of fastmlp/optim.py; the defaults are plain SGD.
 `between_epochs()` is the context a Trainer evaluates in between two epochs (the numba backend
 makes BLAS single-threaded there, so that no spinning BLAS thread takes a core from its workers),
-and `_logits(model, X)` the forward it scores (the reference's, or the numba backend's own tiles).
+and `_evaluation_logits(model, X)` the forward it scores (the reference's, or the numba backend's own
+tiles).
 
 X is a float32 array (other real dtypes are converted) or `fastmlp.Pixels`; y holds class
 indices. Inputs are validated by these public methods, once per call.

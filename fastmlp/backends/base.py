@@ -143,7 +143,7 @@ class BackendBase:
                      rng: np.random.Generator, progress: Progress | None = None, **sgd: Any) -> float:
         raise NotImplementedError
 
-    def _logits(self, model: MLP, X: FloatArray | Pixels) -> FloatArray:
+    def _evaluation_logits(self, model: MLP, X: FloatArray | Pixels) -> FloatArray:
         """The logits of X's rows, float32 (n, classes): what a Trainer's evaluation scores (it takes their
         log-softmax and argmax). The reference forward (NumPy and BLAS) unless a backend has a faster one."""
         from ..kernels.reference import hidden_and_logits  # NumPy only, but fastmlp.kernels loads Numba

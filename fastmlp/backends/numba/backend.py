@@ -46,8 +46,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _MAX_WORKSPACES = 4
-# An evaluation's forward (`_logits`) takes this many rows at a time: a block of float32 inputs (784 wide: 0.8 MB)
-# stays in L2 for layer 0's panels, and Pixels are converted a block at a time, as the forward reads them.
+# An evaluation's forward (`_evaluation_logits`) takes this many rows at a time: a block of float32 inputs (784
+# wide: 0.8 MB) stays in L2 for layer 0's panels, and Pixels are converted a block at a time, as the forward reads
+# them.
 EVALUATION_ROWS = 256
 
 
@@ -55,7 +56,7 @@ def _logits_part_into(logits: FloatArray, X: FloatArray | Pixels, packed: tuple[
                       biases: tuple[FloatArray, ...], r0: int, r1: int) -> bool:
     """logits[r0:r1] = the logits of X[r0:r1], EVALUATION_ROWS rows at a time through activation buffers of this
     call's own (Pixels converted to float32 a block at a time, as the forward reads them). Releases the GIL
-    in the forward: `Backend._logits` runs its parts on threads at once."""
+    in the forward: `Backend._evaluation_logits` runs its parts on threads at once."""
     sizes = (packed[0].shape[1], *(b.shape[0] for b in biases))
     rows = min(EVALUATION_ROWS, r1 - r0)
     acts = tuple(activation_buffer(sizes, l, rows) for l in range(len(biases)))
@@ -122,7 +123,7 @@ class Backend(BackendBase):
         assert probs is not None  # None only for NaN or inf, which the public method has refused
         return probs
 
-    def _logits(self, model: MLP, X: FloatArray | Pixels) -> FloatArray:
+    def _evaluation_logits(self, model: MLP, X: FloatArray | Pixels) -> FloatArray:
         """The logits of X's rows through the training forward tiles (the bits of `forward` before its softmax),
         off packed copies of the model's weights made for this call: no buffer of an epoch is touched, so no lock
         is taken. No BLAS: a Trainer's evaluation between two epochs leaves no BLAS thread spinning into the next
@@ -309,8 +310,8 @@ class Backend(BackendBase):
         return threads if running is None else min(threads, max(1, load.cpus - running))
 
     def between_epochs(self) -> AbstractContextManager[object]:
-        """Run BLAS single-threaded for the work between epochs: a Trainer's evaluation (whose forward, `_logits`,
-        calls no BLAS; its log-softmax and argmax are NumPy's) and whatever else runs there.
+        """Run BLAS single-threaded for the work between epochs: a Trainer's evaluation (whose forward,
+        `_evaluation_logits`, calls no BLAS; its log-softmax and argmax are NumPy's) and whatever else runs there.
 
         After a multi-threaded call an OpenBLAS thread spins for ~0.1 s, and would take a core
         from the start of the next epoch, whose workers need both.
@@ -332,5 +333,5 @@ class Backend(BackendBase):
         start = time.perf_counter()
         backend = Backend(threads=1)
         backend.train_epoch(tiny, X, np.zeros(2, dtype=np.int64), batch_size=1, lr=0.01, rng=np.random.default_rng(0))
-        backend._logits(tiny, X)  # a Trainer's evaluation between epochs
+        backend._evaluation_logits(tiny, X)  # a Trainer's evaluation between epochs
         return time.perf_counter() - start

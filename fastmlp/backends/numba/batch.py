@@ -1,6 +1,6 @@
 """One batch outside an epoch, in nopython code, through the step's forward and backward glue (step.py):
-its logits (a Trainer's evaluation, `Backend._logits`), its probabilities (the bits serving is tested
-against) and its loss and gradients (the public `loss_and_grads`). Compiled without Numba's reference
+its logits (a Trainer's evaluation, `Backend._evaluation_logits`), its probabilities (the bits serving is
+tested against) and its loss and gradients (the public `loss_and_grads`). Compiled without Numba's reference
 counting, as the step functions are (step.py, "Compiling"): they allocate nothing.
 """
 
