@@ -193,10 +193,9 @@ def test_evaluation_between_epochs_runs_on_the_backends_blas_threads_or_none(mon
     before = _blas_threads()
     trainer = Trainer(MLP([5, 4, 3], seed=0), backend, lr=0.1, batch_size=8, seed=0, threads=threads)
     trainer.fit(X, y, epochs=2, validation_data=(X, y))
-    # numba's epochs run next to no BLAS at all: a spinning BLAS thread left by a multi-threaded evaluation
-    # would take a core from the next epoch, and its evaluation runs the backend's own forward tiles
-    # (Backend._evaluation_logits). numpy's evaluation runs on its training's thread count (its thread policy, here
-    # pinned to 1).
+    # numba's evaluation calls no BLAS (Backend._evaluation_logits runs the backend's own forward tiles): a spinning
+    # thread left by a multi-threaded BLAS call would take a core from the next epoch. numpy's evaluation runs on
+    # its training's thread count (its thread policy, here pinned to 1).
     assert seen == ([1, 1] if backend == "numpy" else [])
     assert _blas_threads() == before
 
