@@ -135,7 +135,7 @@ def others_running(samples: int = 5, gap_seconds: float = 0.0002) -> int | None:
     A reading of none ends the readings early: no later one can lower the least below it (on an idle
     machine the first reading is that one, and the call costs one read instead of all and their waits).
     """
-    least = None
+    least = 0
     for i in range(samples):
         try:
             with open("/proc/loadavg") as f:
@@ -144,12 +144,12 @@ def others_running(samples: int = 5, gap_seconds: float = 0.0002) -> int | None:
             return None
         ours = own_running() if machine > 1 else None  # one runnable thread: the reader
         count = machine - (ours or 1)
-        least = count if least is None else min(least, count)
-        if least <= 0:
-            break
+        if count <= 0:
+            return 0
+        least = count if i == 0 else min(least, count)
         if i + 1 < samples:
             sleep(gap_seconds)
-    return max(0, least if least is not None else 0)
+    return least
 
 
 def own_running() -> int | None:

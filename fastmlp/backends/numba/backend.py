@@ -52,12 +52,11 @@ _MAX_WORKSPACES = 4
 EVALUATION_ROWS = 256
 
 
-def _logits_part_into(logits: FloatArray, X: FloatArray | Pixels, packed: tuple[FloatArray, ...],
-                      biases: tuple[FloatArray, ...], r0: int, r1: int) -> bool:
+def _logits_part_into(logits: FloatArray, X: FloatArray | Pixels, sizes: tuple[int, ...],
+                      packed: tuple[FloatArray, ...], biases: tuple[FloatArray, ...], r0: int, r1: int) -> bool:
     """logits[r0:r1] = the logits of X[r0:r1], EVALUATION_ROWS rows at a time through activation buffers of this
     call's own (Pixels converted to float32 a block at a time, as the forward reads them). Releases the GIL
     in the forward: `Backend._evaluation_logits` runs its parts on threads at once."""
-    sizes = (packed[0].shape[1], *(b.shape[0] for b in biases))
     rows = min(EVALUATION_ROWS, r1 - r0)
     acts = tuple(activation_buffer(sizes, l, rows) for l in range(len(biases)))
     for start in range(r0, r1, rows):
@@ -137,7 +136,7 @@ class Backend(BackendBase):
         cpus = usable_cpus()
         parts = min(blocks, cpus, self.threads or self._evaluation_threads or cpus)
         cuts = [min(len(X), blocks * p // parts * EVALUATION_ROWS) for p in range(parts + 1)]
-        run_parts(_logits_part_into, [(logits, X, packed, biases, cuts[p], cuts[p + 1]) for p in range(parts)])
+        run_parts(_logits_part_into, [(logits, X, sizes, packed, biases, cuts[p], cuts[p + 1]) for p in range(parts)])
         return logits
 
     def _loss_and_grads(self, model: MLP, X: FloatArray, y: Labels) -> tuple[float, list[FloatArray], list[FloatArray]]:
