@@ -7,7 +7,7 @@ so that the maths inside the backends and kernels can assume valid input.
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -54,6 +54,18 @@ class Pixels:
     def to_float32(self) -> FloatArray:
         """All rows as a float32 array (n, features)."""
         return self[:]
+
+
+@overload
+def take_rows(X: Pixels, index: Any) -> Pixels: ...
+@overload
+def take_rows(X: FloatArray, index: Any) -> FloatArray: ...
+@overload
+def take_rows(X: FloatArray | Pixels, index: Any) -> FloatArray | Pixels: ...
+def take_rows(X: FloatArray | Pixels, index: Any) -> FloatArray | Pixels:
+    """X's rows at `index` (a slice or indices), of X's own kind: Pixels stay uint8 pixels at X's scale (where
+    `X[index]` converts them to float32), an array is indexed."""
+    return Pixels(X.data[index], X.scale) if isinstance(X, Pixels) else X[index]
 
 
 def _describe(x: object) -> str:

@@ -26,6 +26,7 @@ from .inputs import (
     check_positive_float,
     check_positive_int,
     make_rng,
+    take_rows,
 )
 from .model import MLP
 from .optim import (
@@ -248,8 +249,7 @@ class Trainer:
         total_loss = 0.0
         correct = 0
         for start in range(0, len(X), chunk):
-            # Pixels stay uint8 here: the backend converts them as its forward reads them.
-            Xc = Pixels(X.data[start : start + chunk], X.scale) if isinstance(X, Pixels) else X[start : start + chunk]
+            Xc = take_rows(X, slice(start, start + chunk))  # Pixels stay uint8: the backend's forward converts them
             yc = y[start : start + chunk]
             logits = self.backend._evaluation_logits(self.model, Xc)
             log_probs = log_softmax(logits)

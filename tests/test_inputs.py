@@ -149,3 +149,14 @@ def test_other_real_dtypes_and_non_contiguous_arrays_are_converted_correctly(bac
 def test_bad_pixels_are_refused(make, error, match):
     with pytest.raises(error, match=match):
         make()
+
+
+def test_take_rows_keeps_pixels_uint8_and_indexes_arrays():
+    from fastmlp.inputs import take_rows
+
+    data = np.arange(12, dtype=np.uint8).reshape(4, 3)
+    rows = take_rows(Pixels(data, 0.5), [3, 1])
+    assert isinstance(rows, Pixels) and rows.scale == 0.5
+    np.testing.assert_array_equal(rows.data, data[[3, 1]])
+    X = data.astype(np.float32)
+    np.testing.assert_array_equal(take_rows(X, slice(1, 3)), X[1:3])

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..inputs import Pixels
+from ..inputs import Pixels, take_rows
 from ..model import MLP
 from ..trainer import Trainer
 from . import contention as bench_contention
@@ -88,7 +88,7 @@ def warm_up_backends(backends, data, y, batch_sizes, seed=0, layer_sizes=LAYER_S
     n = min(len(y), 2 * max(batch_sizes))
     for backend in backends.values():
         for X in data.values():
-            subset = Pixels(X.data[:n], X.scale) if isinstance(X, Pixels) else X[:n]
+            subset = take_rows(X, slice(n))
             for batch_size in batch_sizes:
                 Trainer(MLP(layer_sizes, seed=seed), backend, lr=LR, batch_size=batch_size,
                         seed=seed).fit(subset, y[:n], epochs=1)

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from ..inputs import FloatArray, Pixels, Seed, make_rng
+from ..inputs import FloatArray, Pixels, Seed, make_rng, take_rows
 from ..runtime.atomic import atomic_write
 
 Labels = npt.NDArray[np.int64]
@@ -439,11 +439,7 @@ def train_val_split(X: Any, y: npt.ArrayLike, val_size: float, seed: Seed) -> tu
     permutation = make_rng(seed).permutation(n)
     val_idx = np.sort(permutation[:n_val])
     train_idx = np.sort(permutation[n_val:])
-    if isinstance(X, Pixels):
-        X_train, X_val = Pixels(X.data[train_idx], X.scale), Pixels(X.data[val_idx], X.scale)
-    else:
-        X_train, X_val = X[train_idx], X[val_idx]
-    return X_train, y[train_idx], X_val, y[val_idx]
+    return take_rows(X, train_idx), y[train_idx], take_rows(X, val_idx), y[val_idx]
 
 
 def _validation_count(val_size: object, n: int) -> int:
