@@ -14,6 +14,7 @@ keeps busy.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -228,6 +229,7 @@ def epoch_workers(threads: int, batch_rows: int, layer_sizes: Sequence[int]) -> 
     return max(1, min(threads, batch_rows // MIN_ROWS_PER_WORKER, by_work))
 
 
+@functools.cache  # a CPU's core does not change while the process runs; sysfs's two reads cost ~25 us a CPU
 def _core_of(cpu: int) -> object:
     """(package, core) of a logical CPU, from Linux's sysfs; the CPU itself where that is unreadable."""
     topology = f"/sys/devices/system/cpu/cpu{cpu}/topology/"
