@@ -15,7 +15,9 @@ round (the machine drifts, so each column is a median over rounds of the same or
   rate over that round's peak (measured once at the start, a slow moment put phases above 100 %);
 - whole epochs through `Backend.train_epoch`, on one worker and on the default number, as
   samples/s: what the step's phases add up to, and what the workers' barriers and split cost; and the
-  workers' speed-up over one worker, the median of the two epochs' ratios round by round. The numba
+  workers' speed-up over one worker, the median of the two epochs' ratios round by round, and each round's meeting
+  of two workers at the barrier (fastmlp.bench.barrier_meeting: several times its least where a VM's host runs the
+  two cores far apart, and the workers' epochs slow down with it). The numba
   backend's split chooser has kept its split before the timed epochs (`settle_numba_splits`, as the
   bench does): its trial epochs, most on splits it does not keep, were all five of a 5-round run's;
 - the step timeline of each backend's last epoch (fastmlp/backends/numba/timeline.py): each phase's median
@@ -36,6 +38,7 @@ from fastmlp.backends.numba.layer1 import layer1_cut, training_forward_rows
 from fastmlp.backends.numba.step import backward_rows_into_panels, bias_step
 from fastmlp.backends.numba.threads import epoch_workers, training_threads
 from fastmlp.backends.numba.timeline import StepTimeline
+from fastmlp.bench.barrier_meeting import barrier_meeting_seconds
 from fastmlp.bench.fma_peak import CHAINS, VECTOR_WIDTH, cpu_model_name, measure_fma_peak
 from fastmlp.bench.throughput import settle_numba_splits
 from fastmlp.datasets import load_mnist
@@ -143,7 +146,7 @@ def profile(pixels, y, batch_size, rounds, layer_sizes=LAYER_SIZES):
     """({name: median seconds per step (phases) or per epoch (epochs)}, the phases' FLOPs,
     {phase: median over rounds of its GFLOP/s over the round's one-core FMA peak}, the rounds' peaks,
     {epoch name: the StepTimeline of its last round}, the median over rounds of the epoch's speed on all its
-    workers over its speed on one in the same round)."""
+    workers over its speed on one in the same round, each round's barrier meeting in ns (none on one CPU))."""
     model = MLP(layer_sizes, seed=0)
     calls = phase_calls(model, pixels, y, batch_size)
     reps = max(20, 200_000 // batch_size)
@@ -156,9 +159,12 @@ def profile(pixels, y, batch_size, rounds, layer_sizes=LAYER_SIZES):
     # the split chooser's trial epochs over before the timed ones, which then run the split users' epochs keep
     settle_numba_splits(backends[f"epoch, {workers} workers"], {"pixels": pixels}, y, batch_size, model)
     seconds = {name: [] for name in (*calls, *backends)}
-    peaks = []
+    peaks, meetings = [], []
     for round_ in range(rounds):
         peaks.append(measure_fma_peak(1, PEAK_SECONDS, PEAK_REPEATS))
+        meeting = barrier_meeting_seconds() if workers > 1 else None
+        if meeting is not None:
+            meetings.append(meeting * 1e9)
         for name, (call, _) in calls.items():
             start = time.perf_counter()
             call(reps)
@@ -174,7 +180,8 @@ def profile(pixels, y, batch_size, rounds, layer_sizes=LAYER_SIZES):
     timelines = {name: backend.timeline for name, backend in backends.items()}
     one, many = (seconds[name] for name in backends)  # each round's epoch on one worker, then on `workers`
     over_one = float(np.median(np.divide(one, many)))  # same-round ratios: the machine's drift cancels
-    return {name: float(np.median(s)) for name, s in seconds.items()}, flops, of_peak, peaks, timelines, over_one
+    return ({name: float(np.median(s)) for name, s in seconds.items()}, flops, of_peak, peaks, timelines, over_one,
+            meetings)
 
 
 def main(argv=None):
@@ -193,7 +200,7 @@ def main(argv=None):
     print(f"{cpu_model_name()}: SIMD tile {TILE.name}, {TILE.mr} rows x {TILE.nr} columns; one core's FMA peak "
           f"({CHAINS} chains of {VECTOR_WIDTH}-float FMAs) measured in every round")
     for batch_size in args.batch_sizes:
-        median, flops, of_peak, peaks, timelines, over_one = profile(X, y, batch_size, args.rounds, tuple(sizes))
+        median, flops, of_peak, peaks, timelines, over_one, meetings = profile(X, y, batch_size, args.rounds, tuple(sizes))
         phases = {name: s for name, s in median.items() if name in flops}
         step = sum(phases.values())
         print(f"{'-'.join(map(str, sizes))}, batch {batch_size}: one thread, phases of a step add up to "
@@ -208,6 +215,8 @@ def main(argv=None):
         for name in epochs:
             s = median[name]
             than_one = f"; {over_one:.2f}x one worker's, same-round ratios" if name == epochs[-1] != epochs[0] else ""
+            if than_one and meetings:
+                than_one += f"; barrier meetings {min(meetings):.0f}-{max(meetings):.0f} ns"
             print(f"  {name:16s} {len(y) / s:10,.0f} samples/s  ({len(y) / s / (batch_size / step):.2f} of the "
                   f"one-thread phases{than_one})")
         for timeline in timelines.values():

@@ -3,6 +3,7 @@
 Speed is never asserted: these tests check what is measured and reported, not how fast."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -192,6 +193,11 @@ def test_bench_prints_the_table_and_writes_the_json_report(tmp_path, capsys, no_
     assert [(t[0], t[1], t[2]) for t in table] == [(str(r["batch_size"]), r["backend"], r["input"])
                                                    for r in report["rows"]]
     assert "cold cache" in out and "warm cache" in out
+    two_cpus = len(os.sched_getaffinity(0)) >= 2 if hasattr(os, "sched_getaffinity") else False
+    for r in report["rows"]:  # a meeting of two workers each round, where there are two CPUs to meet on
+        assert (len(r["barrier_meeting_ns"]) == 4 and min(r["barrier_meeting_ns"]) > 0) if two_cpus \
+            else r["barrier_meeting_ns"] is None
+    assert ("two workers' meeting at numba's barrier" in out) == two_cpus
     assert [r["optimizer"] for r in report["optimizers"]] == list(bench_optimizers.OPTIMIZERS)
     assert "one step's cost per optimiser" in out and "adamw wd 0.01" in out
 

@@ -63,6 +63,23 @@ def drift_lines(rows):
             f"such drift, while vs floor and vs numpy, same-round ratios, cancel it"]
 
 
+def meeting_lines(rows, cpus):
+    """The line under the throughput table with each batch size's barrier meetings (fastmlp.bench.barrier_meeting),
+    least and most over its rounds; none where no row has them."""
+    spans, seen = [], set()
+    for r in rows:
+        meetings = r.get("barrier_meeting_ns")
+        if meetings and r["batch_size"] not in seen:
+            seen.add(r["batch_size"])
+            spans.append(f"batch {r['batch_size']} {min(meetings):.0f}-{max(meetings):.0f} ns")
+    if not spans:
+        return []
+    where = f"CPUs {cpus[0]} and {cpus[1]}" if len(cpus or []) == 2 else "two CPUs"
+    return [f"two workers' meeting at numba's barrier ({where}), once a round: {', '.join(spans)}; several times "
+            f"the least where the host ran the two cores far apart (on a VM: different dies), when two workers' "
+            f"epochs slow down with it"]
+
+
 def format_report(report):
     """The whole report of `run` as text: a header, the throughput table, then memory and compile time."""
     c, roof = report["config"], report["roofline"]
@@ -97,6 +114,7 @@ def format_report(report):
              + ["-" if r["vs_numpy"] is None else f"{r['vs_numpy']:.2f}", f"{r['late_over_early']:.2f}"]
              for r in report["rows"]], left=3),
         *split_lines(report["rows"]),
+        *meeting_lines(report["rows"], c.get("meeting_cpus")),
         *drift_lines(report["rows"]),
         "",
         f"peak RSS, one process per row: loading the data, then training one epoch at each batch size "

@@ -20,6 +20,10 @@ and sees the same batches (the Trainer's seeded shuffle).
   sample's step, those of the floor's gemms: 2 * (3 * sum(fan_in * fan_out) - 784 * 128) =
   454 kFLOP for 784-128-64-10. It does not depend on the BLAS loaded: the main yardstick.
 - sgemm roofline: the GFLOP/s of one large square sgemm divided by the same FLOPs.
+- barrier meeting (numba, two CPUs or more): once a round, after the floor, the time two threads pinned to the
+  numba backend's first two workers' CPUs take to meet at its barrier (fastmlp.bench.barrier_meeting). On a
+  virtual machine the host may move two vCPUs from cores near each other to cores on different dies, for minutes
+  at a time; a meeting then takes several times as long, and two workers' epochs slow down with it.
 - late/early: whether the trained state itself trains slower (subnormal floats are the usual
   cause). The model as the run leaves it (late) and as it was after the first two epochs (early)
   each train one more epoch, from copies, on the same batches, back to back, LATE_EARLY_PAIRS
@@ -55,6 +59,7 @@ from ..model import MLP
 from ..trainer import Trainer
 from . import contention as bench_contention
 from . import inference as bench_inference
+from .barrier_meeting import barrier_meeting_seconds, meeting_cpus
 from .blas_report import blas_info, blas_threads
 from .children import measure_compile, measure_peak_rss
 from .common import (
@@ -162,7 +167,9 @@ def measure_training(backends, data, y, *, batch_sizes=BATCH_SIZES, epochs=FULL[
 
     backends maps names to backends, data maps input kinds to training inputs. Each row holds
     samples_per_s, floor_samples_per_s, vs_floor, vs_numpy (the same input on the numpy backend,
-    when it runs), late_over_early and epoch_samples_per_s. progress(message) is called per epoch.
+    when it runs), late_over_early, epoch_samples_per_s and, where the numba backend runs on two CPUs or more,
+    barrier_meeting_ns: a meeting of two workers at its barrier once a round (fastmlp.bench.barrier_meeting), else
+    None. progress(message) is called per epoch.
     """
     if epochs < WARMUP_EPOCHS + 2:
         raise ValueError(f"epochs must be >= {WARMUP_EPOCHS + 2} to compare early and late epochs, got {epochs}")
@@ -176,7 +183,7 @@ def measure_training(backends, data, y, *, batch_sizes=BATCH_SIZES, epochs=FULL[
         trainers = {run: Trainer(init.copy(), backends[run[0]], lr=LR, batch_size=batch_size, seed=seed)
                     for run in runs}
         floor = GemmFloor(layer_sizes, min(batch_size, n), seed)
-        floor_rates, early = [], {}
+        floor_rates, early, meetings_ns = [], {}, []
         for epoch in range(epochs):
             if epoch == WARMUP_EPOCHS:
                 early = {run: trainer.model.copy() for run, trainer in trainers.items()}
@@ -186,6 +193,10 @@ def measure_training(backends, data, y, *, batch_sizes=BATCH_SIZES, epochs=FULL[
                     trainers[name, kind].fit(data[kind], y, epochs=1)
             time.sleep(SETTLE_SECONDS)
             floor_rates.append(n / floor.epoch_seconds(n, batch_size))
+            if "numba" in backends:
+                meeting = barrier_meeting_seconds()
+                if meeting is not None:
+                    meetings_ns.append(meeting * 1e9)
             if progress:
                 progress(f"batch {batch_size} epoch {epoch + 1}/{epochs}")
         floor_rate = float(np.median(floor_rates[WARMUP_EPOCHS:]))
@@ -207,6 +218,7 @@ def measure_training(backends, data, y, *, batch_sizes=BATCH_SIZES, epochs=FULL[
                 "vs_numpy": epochwise_ratio(rate, numpy_rate) if numpy_rate is not None else None,
                 "late_over_early": late_early[run],
                 "epoch_samples_per_s": rate.tolist(), "floor_epoch_samples_per_s": floor_rates,
+                "barrier_meeting_ns": meetings_ns or None,
             })
     return rows
 
@@ -261,7 +273,8 @@ def run(args, progress_bar=None):
     config = {"mode": "quick" if args.quick else "full", "samples": len(y), "subset": len(y) < MNIST_TRAIN_SAMPLES,
               "epochs": args.epochs, "batch_sizes": list(args.batch_sizes), "backends": names,
               "inputs": list(args.inputs), "layer_sizes": list(layer_sizes), "lr": LR, "seed": args.seed,
-              "blas": blas_info(), "warmup_epochs": WARMUP_EPOCHS}
+              "blas": blas_info(), "warmup_epochs": WARMUP_EPOCHS,
+              "meeting_cpus": list(meeting_cpus() or []) if "numba" in names else []}
     if "torch" in backends:
         config["torch_version"] = backends["torch"].torch.__version__
         config["torch_threads"] = backends["torch"].torch.get_num_threads()
