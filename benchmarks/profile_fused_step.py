@@ -200,7 +200,8 @@ def main(argv=None):
     print(f"{cpu_model_name()}: SIMD tile {TILE.name}, {TILE.mr} rows x {TILE.nr} columns; one core's FMA peak "
           f"({CHAINS} chains of {VECTOR_WIDTH}-float FMAs) measured in every round")
     for batch_size in args.batch_sizes:
-        median, flops, of_peak, peaks, timelines, over_one, meetings = profile(X, y, batch_size, args.rounds, tuple(sizes))
+        median, flops, of_peak, peaks, timelines, over_one, meetings = profile(X, y, batch_size, args.rounds,
+                                                                               tuple(sizes))
         phases = {name: s for name, s in median.items() if name in flops}
         step = sum(phases.values())
         print(f"{'-'.join(map(str, sizes))}, batch {batch_size}: one thread, phases of a step add up to "
