@@ -491,6 +491,59 @@ def test_the_split_chooser_times_each_split_in_turn_then_keeps_the_fastest(choic
     assert SplitChooser(forced=False).next_split(key, splits) == splits[0]
 
 
+def _kept(chooser, key, splits, fastest, seconds=1.0):
+    """Run a fresh shape's trials on `chooser`, `fastest` timed fastest; returns the split it keeps."""
+    from fastmlp.backends.numba.threads import SPLIT_TRIALS
+
+    for _ in range(1 + len(splits) * SPLIT_TRIALS):
+        split = chooser.next_split(key, splits)
+        chooser.record(key, split, seconds if split == fastest else 1.2 * seconds, len(splits), 1.0)
+    return chooser.chosen_splits()[key]
+
+
+@pytest.mark.parametrize("drift", [1.3, 1 / 1.3])
+def test_a_kept_split_whose_epochs_drift_is_timed_again(drift):
+    """A kept split's epochs RETIME_EPOCHS in a row slower or faster than its best trial by more than RETIME_DRIFT
+    (the host moved the cores): the splits are timed again, and the new fastest kept."""
+    from fastmlp.backends.numba.threads import RETIME_EPOCHS, SPLIT_TRIALS, SplitChooser, StepSplit
+
+    splits, key = (StepSplit(False, True), StepSplit(True, True)), ("net", 32, 2)
+    chooser = SplitChooser()
+    assert _kept(chooser, key, splits, splits[0]) == splits[0]
+    for _ in range(RETIME_EPOCHS - 1):
+        chooser.record(key, splits[0], drift, 2, 1.0)
+    chooser.record(key, splits[0], 1.0, 2, 1.0)  # back: the count starts again
+    for _ in range(RETIME_EPOCHS - 1):
+        chooser.record(key, splits[0], drift, 2, 1.0)
+    assert chooser.timing() == set() and chooser.next_split(key, splits) == splits[0]
+    chooser.record(key, splits[0], drift, 2, 1.0)
+    assert chooser.timing() == {key} and chooser.chosen_splits() == {}
+    ran = []
+    for _ in range(len(splits) * SPLIT_TRIALS):  # every split timed again, the second first
+        split = chooser.next_split(key, splits)
+        ran.append(split)
+        chooser.record(key, split, 0.9 if split == splits[1] else 1.1, 2, 1.0)
+    assert ran == [splits[1], splits[0]] * SPLIT_TRIALS
+    assert chooser.chosen_splits() == {key: splits[1]}
+
+
+def test_short_epochs_never_retime_a_kept_split_but_time_does(monkeypatch):
+    from fastmlp.backends.numba import threads as worker_threads
+    from fastmlp.backends.numba.threads import RETIME_AFTER_SECONDS, RETIME_MIN_SECONDS, SplitChooser, StepSplit
+
+    now = [1000.0]
+    monkeypatch.setattr(worker_threads.time, "monotonic", lambda: now[0])
+    splits, key = (StepSplit(False, True), StepSplit(True, True)), ("net", 32, 2)
+    chooser = SplitChooser()
+    _kept(chooser, key, splits, splits[1])
+    for _ in range(20):  # noisy short epochs: no trials
+        chooser.record(key, splits[1], 3.0, 2, RETIME_MIN_SECONDS / 2)
+    assert chooser.chosen_splits() == {key: splits[1]}
+    now[0] += RETIME_AFTER_SECONDS
+    chooser.record(key, splits[1], 1.0, 2, RETIME_MIN_SECONDS / 2)
+    assert chooser.timing() == {key}
+
+
 def test_a_large_batch_or_long_rows_also_time_input_buffers_shared_by_the_workers():
     # Which input buffers are faster where the gathers are costly is the machine's (threads.SHARED_INPUT_TRIAL_BYTES).
     from fastmlp.backends.numba.threads import SHARED_INPUT_TRIAL_BYTES, StepSplit, step_splits

@@ -265,8 +265,8 @@ class Backend(BackendBase):
                     else:
                         began = time.perf_counter()
                         total = run_workers(run, workers, len(order), batch_size, progress, barrier)
-                        seconds_per_sample = (time.perf_counter() - began) / len(order)
-                        threads_module.SPLITS.record(split_key, split, seconds_per_sample, len(splits))
+                        seconds = time.perf_counter() - began
+                        threads_module.SPLITS.record(split_key, split, seconds / len(order), len(splits), seconds)
             finally:
                 if load is not None:
                     load.pause()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from itertools import pairwise
 from typing import NamedTuple
@@ -150,6 +151,19 @@ def step_splits(workers: int, batch_rows: int, layer_sizes: Sequence[int],
 
 # Whole epochs of each split that SplitChooser times before it keeps the fastest.
 SPLIT_TRIALS = 2
+# A kept split is timed again (SplitChooser.record) once RETIME_EPOCHS epochs in a row ran over RETIME_DRIFT times
+# its best trial's seconds per sample, or under 1 / RETIME_DRIFT times; only epochs of RETIME_MIN_SECONDS or more
+# count (shorter ones are noisy). On a 2-core Zen 5 VM the host moved the two vCPUs between cores near each other
+# and cores on different dies for minutes at a time (fastmlp.bench.barrier_meeting), and which split was fastest
+# moved with them: at batch 64 on pixels split by rows 66.3 ms an epoch against replicated 67.7 near, 90.7
+# against 84.3 far; the kept split's epochs moved by 1.17-1.7x at batch 32-128 (docs/results.md).
+RETIME_DRIFT = 1.15
+RETIME_EPOCHS = 3
+RETIME_MIN_SECONDS = 0.05
+# ... and in any case once this long after it was kept: a move that leaves the kept split's speed as it was can
+# still change which split is fastest (batch 1024, float32: split by rows 80.2 and 82.4 ms near and far, shared
+# inputs 71.4 and 84.2).
+RETIME_AFTER_SECONDS = 60.0
 Shape = tuple[object, ...]  # SplitChooser's key: (layer sizes, batch rows, workers, input dtype, rule)
 
 
@@ -167,8 +181,10 @@ class SplitChooser:
     worker and save the reads of the rows another core wrote (SHARED_INPUT_TRIAL_BYTES). Every split gives the
     same bits (the same products in the same order), so the choice changes only the speed: the first epoch of a
     shape runs the first split (it may compile), the next SPLIT_TRIALS rounds run each in turn, and the one with
-    the fastest best epoch is kept for the process's later epochs of that shape. `forced` True or False: always
-    the replicated split, where it is one of the shape's, or always the first (for tests and benchmarks).
+    the fastest best epoch is kept for the process's later epochs of that shape, until the machine changes under
+    it: where the kept split's epochs drift from its best trial (RETIME_DRIFT), or RETIME_AFTER_SECONDS after it
+    was kept, the splits are timed again. `forced` True or False: always the replicated split, where it is one of
+    the shape's, or always the first (for tests and benchmarks).
     """
 
     def __init__(self, forced: bool | None = None) -> None:
@@ -177,6 +193,8 @@ class SplitChooser:
         self._epochs: dict[Shape, int] = {}
         self._best: dict[Shape, dict[StepSplit, float]] = {}
         self._chosen: dict[Shape, StepSplit] = {}
+        self._kept_at: dict[Shape, float] = {}  # time.monotonic() when the split was kept
+        self._drifting: dict[Shape, int] = {}  # the kept split's epochs in a row off its best trial
 
     def chosen_splits(self) -> dict[Shape, StepSplit]:
         """The splits kept so far, by shape (key): what `fastmlp bench` reports."""
@@ -202,13 +220,20 @@ class SplitChooser:
             epochs = self._epochs.get(key, 0)  # the first (not timed), then each in turn: 0, 1, .., 0, 1, ..
             return splits[0] if epochs == 0 else splits[epochs % len(splits)]
 
-    def record(self, key: Shape, split: StepSplit, seconds_per_sample: float, choices: int) -> None:
-        """An epoch of this shape ran (whole: not interrupted) on `split` in seconds_per_sample; the shape has
-        `choices` splits (the length of the `splits` given to next_split): nothing to time where it has one."""
+    def record(self, key: Shape, split: StepSplit, seconds_per_sample: float, choices: int,
+               epoch_seconds: float = 0.0) -> None:
+        """An epoch of this shape ran (whole: not interrupted) on `split` in seconds_per_sample, epoch_seconds in
+        all; the shape has `choices` splits (the length of the `splits` given to next_split): nothing to time
+        where it has one."""
         if self.forced is not None or choices == 1:
             return
         with self._lock:
             if key in self._chosen:
+                if self._machine_changed(key, seconds_per_sample, epoch_seconds):
+                    # Its trials again, from the second split: the first epoch of a shape is left untimed only
+                    # because it may compile.
+                    del self._chosen[key]
+                    self._best[key], self._epochs[key] = {}, 1
                 return
             epochs = self._epochs[key] = self._epochs.get(key, 0) + 1
             if epochs == 1:
@@ -217,6 +242,19 @@ class SplitChooser:
             best[split] = min(best.get(split, seconds_per_sample), seconds_per_sample)
             if epochs > choices * SPLIT_TRIALS:
                 self._chosen[key] = min(best, key=best.__getitem__)
+                self._kept_at[key], self._drifting[key] = time.monotonic(), 0
+
+    def _machine_changed(self, key: Shape, seconds_per_sample: float, epoch_seconds: float) -> bool:
+        """Whether the splits of a shape whose kept split just ran an epoch should be timed again (the class
+        doc); called with the lock held."""
+        if time.monotonic() - self._kept_at[key] >= RETIME_AFTER_SECONDS:
+            return True
+        if epoch_seconds < RETIME_MIN_SECONDS:
+            return False
+        drift = seconds_per_sample / self._best[key][self._chosen[key]]
+        off = not 1 / RETIME_DRIFT <= drift <= RETIME_DRIFT
+        self._drifting[key] = self._drifting[key] + 1 if off else 0
+        return self._drifting[key] >= RETIME_EPOCHS
 
 
 SPLITS = SplitChooser()  # the process's: every Backend's epochs
