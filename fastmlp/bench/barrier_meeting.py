@@ -6,7 +6,7 @@ where the host runs the two vCPUs, and the host moves them: on the 2-core AMD EP
 round trip between the two read about 100 ns for a while and about 410 ns for another (two cores on different dies),
 and two workers' epochs at batch 64 ran 1.85x one worker's in the first state and 1.3-1.5x in the second, while
 one worker's epochs and the FMA peak on both cores did not move. `fastmlp bench` measures a meeting once a round,
-beside the gemm floor, so that its report says which state each batch size's epochs ran in.
+just before numba's epochs, so that its report says which state each batch size's epochs ran in.
 
 A meeting: both threads pinned to their CPUs call `barrier_wait` in a loop; the time of `meetings` meetings on
 one of them, once both are in the loop, divided by `meetings`.

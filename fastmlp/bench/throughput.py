@@ -20,10 +20,11 @@ and sees the same batches (the Trainer's seeded shuffle).
   sample's step, those of the floor's gemms: 2 * (3 * sum(fan_in * fan_out) - 784 * 128) =
   454 kFLOP for 784-128-64-10. It does not depend on the BLAS loaded: the main yardstick.
 - sgemm roofline: the GFLOP/s of one large square sgemm divided by the same FLOPs.
-- barrier meeting (numba, two CPUs or more): once a round, after the floor, the time two threads pinned to the
-  numba backend's first two workers' CPUs take to meet at its barrier (fastmlp.bench.barrier_meeting). On a
-  virtual machine the host may move two vCPUs from cores near each other to cores on different dies, for minutes
-  at a time; a meeting then takes several times as long, and two workers' epochs slow down with it.
+- barrier meeting (numba, two CPUs or more): once a round, just before numba's epochs, the time two threads
+  pinned to the numba backend's first two workers' CPUs take to meet at its barrier
+  (fastmlp.bench.barrier_meeting). On a virtual machine the host may move two vCPUs from cores near each other to
+  cores on different dies, for minutes at a time; a meeting then takes several times as long, and two workers'
+  epochs slow down with it.
 - late/early: whether the trained state itself trains slower (subnormal floats are the usual
   cause). The model as the run leaves it (late) and as it was after the first two epochs (early)
   each train one more epoch, from copies, on the same batches, back to back, LATE_EARLY_PAIRS
@@ -189,14 +190,14 @@ def measure_training(backends, data, y, *, batch_sizes=BATCH_SIZES, epochs=FULL[
                 early = {run: trainer.model.copy() for run, trainer in trainers.items()}
             for name in backends:
                 time.sleep(SETTLE_SECONDS)
+                if name == "numba":  # just before its epochs: the state they run in, which lasts seconds or more
+                    meeting = barrier_meeting_seconds()
+                    if meeting is not None:
+                        meetings_ns.append(meeting * 1e9)
                 for kind in data:
                     trainers[name, kind].fit(data[kind], y, epochs=1)
             time.sleep(SETTLE_SECONDS)
             floor_rates.append(n / floor.epoch_seconds(n, batch_size))
-            if "numba" in backends:
-                meeting = barrier_meeting_seconds()
-                if meeting is not None:
-                    meetings_ns.append(meeting * 1e9)
             if progress:
                 progress(f"batch {batch_size} epoch {epoch + 1}/{epochs}")
         floor_rate = float(np.median(floor_rates[WARMUP_EPOCHS:]))
