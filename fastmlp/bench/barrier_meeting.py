@@ -81,7 +81,8 @@ def barrier_meeting_seconds(cpus: tuple[int, int] | None = None, meetings: int =
         abort_barrier(state)
         raise
     finally:
-        thread.join()
+        if thread.ident is not None:  # started
+            thread.join()
         if previous is not None:
             pin_this_thread(previous)
     if errors:
