@@ -32,6 +32,7 @@ import time
 import numpy as np
 
 from fastmlp import MLP
+from fastmlp.backends.numba import threads as worker_threads
 from fastmlp.backends.numba.backend import Backend
 from fastmlp.backends.numba.buffers import _Packed, _Workspace
 from fastmlp.backends.numba.layer1 import layer1_cut, training_forward_rows
@@ -160,20 +161,21 @@ def profile(pixels, y, batch_size, rounds, layer_sizes=LAYER_SIZES):
     settle_numba_splits(backends[f"epoch, {workers} workers"], {"pixels": pixels}, y, batch_size, model)
     seconds = {name: [] for name in (*calls, *backends)}
     peaks, meetings = [], []
-    for round_ in range(rounds):
-        peaks.append(measure_fma_peak(1, PEAK_SECONDS, PEAK_REPEATS))
-        meeting = barrier_meeting_seconds() if workers > 1 else None
-        if meeting is not None:
-            meetings.append(meeting * 1e9)
-        for name, (call, _) in calls.items():
-            start = time.perf_counter()
-            call(reps)
-            seconds[name].append((time.perf_counter() - start) / reps)
-        for name, backend in backends.items():
-            start = time.perf_counter()
-            backend.train_epoch(MLP(layer_sizes, seed=0), pixels, y, batch_size=batch_size, lr=0.01,
-                                rng=np.random.default_rng(round_))
-            seconds[name].append(time.perf_counter() - start)
+    with worker_threads.SPLITS.kept_as_is():  # the kept split in every timed epoch, no trials among them
+        for round_ in range(rounds):
+            peaks.append(measure_fma_peak(1, PEAK_SECONDS, PEAK_REPEATS))
+            meeting = barrier_meeting_seconds() if workers > 1 else None
+            if meeting is not None:
+                meetings.append(meeting * 1e9)
+            for name, (call, _) in calls.items():
+                start = time.perf_counter()
+                call(reps)
+                seconds[name].append((time.perf_counter() - start) / reps)
+            for name, backend in backends.items():
+                start = time.perf_counter()
+                backend.train_epoch(MLP(layer_sizes, seed=0), pixels, y, batch_size=batch_size, lr=0.01,
+                                    rng=np.random.default_rng(round_))
+                seconds[name].append(time.perf_counter() - start)
     flops = {name: f for name, (_, f) in calls.items()}
     of_peak = {name: float(np.median([f / s / 1e9 / peak for s, peak in zip(seconds[name], peaks)]))
                for name, f in flops.items()}

@@ -527,6 +527,25 @@ def test_a_kept_split_whose_epochs_drift_is_timed_again(drift):
     assert chooser.chosen_splits() == {key: splits[1]}
 
 
+def test_kept_as_is_holds_a_kept_split_through_drift_and_time(monkeypatch):
+    """A benchmark's measured epochs run the kept split, whatever they take (SplitChooser.kept_as_is)."""
+    from fastmlp.backends.numba import threads as worker_threads
+    from fastmlp.backends.numba.threads import RETIME_AFTER_SECONDS, RETIME_EPOCHS, SplitChooser, StepSplit
+
+    now = [1000.0]
+    monkeypatch.setattr(worker_threads.time, "monotonic", lambda: now[0])
+    splits, key = (StepSplit(False, True), StepSplit(True, True)), ("net", 32, 2)
+    chooser = SplitChooser()
+    _kept(chooser, key, splits, splits[0])
+    with chooser.kept_as_is():
+        now[0] += RETIME_AFTER_SECONDS
+        for _ in range(2 * RETIME_EPOCHS):
+            chooser.record(key, splits[0], 2.0, 2, 1.0)
+        assert chooser.chosen_splits() == {key: splits[0]}
+    chooser.record(key, splits[0], 1.0, 2, 1.0)  # after the block, the minute since it was kept counts again
+    assert chooser.timing() == {key}
+
+
 def test_short_epochs_never_retime_a_kept_split_but_time_does(monkeypatch):
     from fastmlp.backends.numba import threads as worker_threads
     from fastmlp.backends.numba.threads import RETIME_AFTER_SECONDS, RETIME_MIN_SECONDS, SplitChooser, StepSplit

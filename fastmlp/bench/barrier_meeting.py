@@ -2,11 +2,12 @@
 
 Two workers meet at `fastmlp.runtime.barrier.barrier_wait` twice a step, and read what the other wrote between
 meetings; both cost a cache line's trip from one core to the other. On a virtual machine that trip depends on
-where the host runs the two vCPUs, and the host moves them: on the 2-core AMD EPYC Zen 5 of docs/results.md a line's
-round trip between the two read about 100 ns for a while and about 410 ns for another (two cores on different dies),
-and two workers' epochs at batch 64 ran 1.81x one worker's in the first state and 1.32x in the second (medians of
-30 and 8 rounds), while one worker's epochs and the FMA peak on both cores did not move. `fastmlp bench` measures a meeting once a round,
-just before numba's epochs, so that its report says which state each batch size's epochs ran in.
+where the host runs the two vCPUs, and the host moves them: on the 2-core AMD EPYC Zen 5 of docs/results.md a
+line's round trip between the two read about 100 ns for a while and about 410 ns for another (two cores on
+different dies), and two workers' epochs at batch 64 ran 1.81x one worker's in the first state and 1.32x in the
+second (medians of 30 and 8 rounds), while one worker's epochs and the FMA peak on both cores did not move.
+`fastmlp bench` measures a meeting once a round, just before numba's epochs, so that its report says which state
+each batch size's epochs ran in.
 
 A meeting: both threads pinned to their CPUs call `barrier_wait` in a loop; the time of `meetings` meetings on
 one of them, once both are in the loop, divided by `meetings`.

@@ -46,6 +46,7 @@ oversubscribed cores. Runs of the same library follow each other without a pause
 """
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -143,6 +144,17 @@ def numba_split(layer_sizes, batch_rows, X):
     return ("replicated" if kept[-1].replicated else "split") + ("" if kept[-1].private_inputs else ", inputs shared")
 
 
+def numba_splits_kept(backends):
+    """A context in which the numba backend's kept splits are not timed again (SplitChooser.kept_as_is): its
+    re-timing, where the machine changes under a kept split, would otherwise run trial epochs among the measured
+    ones. Nothing where the numba backend is not measured."""
+    if "numba" not in backends:
+        return contextlib.nullcontext()
+    from ..backends.numba import threads
+
+    return threads.SPLITS.kept_as_is()
+
+
 def settle_numba_splits(backend, data, y, batch_size, init, seed=0):
     """Train the numba backend on each input at this batch size, whole epochs of the run's data, until its split
     chooser (fastmlp.backends.numba.threads.SplitChooser) has kept a split for the shape: its trials, one split
@@ -177,50 +189,51 @@ def measure_training(backends, data, y, *, batch_sizes=BATCH_SIZES, epochs=FULL[
     n = len(y)
     init = MLP(layer_sizes, seed=seed)
     rows = []
-    for batch_size in batch_sizes:
-        if "numba" in backends:
-            settle_numba_splits(backends["numba"], data, y, batch_size, init, seed)
-        runs = [(name, kind) for name in backends for kind in data]
-        trainers = {run: Trainer(init.copy(), backends[run[0]], lr=LR, batch_size=batch_size, seed=seed)
-                    for run in runs}
-        floor = GemmFloor(layer_sizes, min(batch_size, n), seed)
-        floor_rates, early, meetings_ns = [], {}, []
-        for epoch in range(epochs):
-            if epoch == WARMUP_EPOCHS:
-                early = {run: trainer.model.copy() for run, trainer in trainers.items()}
-            for name in backends:
+    with numba_splits_kept(backends):  # trials before the measured epochs, none among them
+        for batch_size in batch_sizes:
+            if "numba" in backends:
+                settle_numba_splits(backends["numba"], data, y, batch_size, init, seed)
+            runs = [(name, kind) for name in backends for kind in data]
+            trainers = {run: Trainer(init.copy(), backends[run[0]], lr=LR, batch_size=batch_size, seed=seed)
+                        for run in runs}
+            floor = GemmFloor(layer_sizes, min(batch_size, n), seed)
+            floor_rates, early, meetings_ns = [], {}, []
+            for epoch in range(epochs):
+                if epoch == WARMUP_EPOCHS:
+                    early = {run: trainer.model.copy() for run, trainer in trainers.items()}
+                for name in backends:
+                    time.sleep(SETTLE_SECONDS)
+                    if name == "numba":  # just before its epochs: the state they run in, which lasts seconds or more
+                        meeting = barrier_meeting_seconds()
+                        if meeting is not None:
+                            meetings_ns.append(meeting * 1e9)
+                    for kind in data:
+                        trainers[name, kind].fit(data[kind], y, epochs=1)
                 time.sleep(SETTLE_SECONDS)
-                if name == "numba":  # just before its epochs: the state they run in, which lasts seconds or more
-                    meeting = barrier_meeting_seconds()
-                    if meeting is not None:
-                        meetings_ns.append(meeting * 1e9)
-                for kind in data:
-                    trainers[name, kind].fit(data[kind], y, epochs=1)
-            time.sleep(SETTLE_SECONDS)
-            floor_rates.append(n / floor.epoch_seconds(n, batch_size))
-            if progress:
-                progress(f"batch {batch_size} epoch {epoch + 1}/{epochs}")
-        floor_rate = float(np.median(floor_rates[WARMUP_EPOCHS:]))
-        rates = {run: np.asarray(trainers[run].history.column("samples_per_s")) for run in runs}
-        steady = {run: float(np.median(r[WARMUP_EPOCHS:])) for run, r in rates.items()}
-        late_early = {}
-        for run in runs:
-            time.sleep(SETTLE_SECONDS)
-            late_early[run] = late_over_early(backends[run[0]], early[run], trainers[run].model, data[run[1]], y,
-                                              batch_size, seed)
-        for run in runs:
-            rate = rates[run]
-            numpy_rate = rates.get(("numpy", run[1]))
-            rows.append({
-                "batch_size": batch_size, "backend": run[0], "input": run[1],
-                "split": numba_split(layer_sizes, min(batch_size, n), data[run[1]]) if run[0] == "numba" else None,
-                "samples_per_s": steady[run], "floor_samples_per_s": floor_rate,
-                "vs_floor": epochwise_ratio(rate, floor_rates),
-                "vs_numpy": epochwise_ratio(rate, numpy_rate) if numpy_rate is not None else None,
-                "late_over_early": late_early[run],
-                "epoch_samples_per_s": rate.tolist(), "floor_epoch_samples_per_s": floor_rates,
-                "barrier_meeting_ns": meetings_ns or None,
-            })
+                floor_rates.append(n / floor.epoch_seconds(n, batch_size))
+                if progress:
+                    progress(f"batch {batch_size} epoch {epoch + 1}/{epochs}")
+            floor_rate = float(np.median(floor_rates[WARMUP_EPOCHS:]))
+            rates = {run: np.asarray(trainers[run].history.column("samples_per_s")) for run in runs}
+            steady = {run: float(np.median(r[WARMUP_EPOCHS:])) for run, r in rates.items()}
+            late_early = {}
+            for run in runs:
+                time.sleep(SETTLE_SECONDS)
+                late_early[run] = late_over_early(backends[run[0]], early[run], trainers[run].model, data[run[1]], y,
+                                                  batch_size, seed)
+            for run in runs:
+                rate = rates[run]
+                numpy_rate = rates.get(("numpy", run[1]))
+                rows.append({
+                    "batch_size": batch_size, "backend": run[0], "input": run[1],
+                    "split": numba_split(layer_sizes, min(batch_size, n), data[run[1]]) if run[0] == "numba" else None,
+                    "samples_per_s": steady[run], "floor_samples_per_s": floor_rate,
+                    "vs_floor": epochwise_ratio(rate, floor_rates),
+                    "vs_numpy": epochwise_ratio(rate, numpy_rate) if numpy_rate is not None else None,
+                    "late_over_early": late_early[run],
+                    "epoch_samples_per_s": rate.tolist(), "floor_epoch_samples_per_s": floor_rates,
+                    "barrier_meeting_ns": meetings_ns or None,
+                })
     return rows
 
 

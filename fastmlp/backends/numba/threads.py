@@ -18,7 +18,8 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from itertools import pairwise
 from typing import NamedTuple
 
@@ -195,6 +196,17 @@ class SplitChooser:
         self._chosen: dict[Shape, StepSplit] = {}
         self._kept_at: dict[Shape, float] = {}  # time.monotonic() when the split was kept
         self._drifting: dict[Shape, int] = {}  # the kept split's epochs in a row off its best trial
+        self._retime = True  # False within kept_as_is()
+
+    @contextmanager
+    def kept_as_is(self) -> Iterator[None]:
+        """Within the block, a kept split is never timed again: for a benchmark's measured epochs, among which its
+        trials would otherwise run (`fastmlp bench`, benchmarks/profile_fused_step.py)."""
+        previous, self._retime = self._retime, False
+        try:
+            yield
+        finally:
+            self._retime = previous
 
     def chosen_splits(self) -> dict[Shape, StepSplit]:
         """The splits kept so far, by shape (key): what `fastmlp bench` reports."""
@@ -229,7 +241,7 @@ class SplitChooser:
             return
         with self._lock:
             if key in self._chosen:
-                if self._machine_changed(key, seconds_per_sample, epoch_seconds):
+                if self._retime and self._machine_changed(key, seconds_per_sample, epoch_seconds):
                     # Its trials again, from the second split: the first epoch of a shape is left untimed only
                     # because it may compile.
                     del self._chosen[key]
