@@ -527,18 +527,28 @@ def test_a_kept_split_whose_epochs_drift_is_timed_again(drift):
     assert chooser.chosen_splits() == {key: splits[1]}
 
 
-def test_kept_as_is_holds_a_kept_split_through_drift_and_time(monkeypatch):
-    """A benchmark's measured epochs run the kept split, whatever they take (SplitChooser.kept_as_is)."""
+@pytest.fixture
+def kept_on_a_fake_clock(monkeypatch):
+    """(chooser, key, splits, clock): a SplitChooser that has kept splits[0] for key, time.monotonic() reading
+    clock[0] seconds."""
     from fastmlp.backends.numba import threads as worker_threads
-    from fastmlp.backends.numba.threads import RETIME_AFTER_SECONDS, RETIME_EPOCHS, SplitChooser, StepSplit
+    from fastmlp.backends.numba.threads import SplitChooser, StepSplit
 
-    now = [1000.0]
-    monkeypatch.setattr(worker_threads.time, "monotonic", lambda: now[0])
+    clock = [1000.0]
+    monkeypatch.setattr(worker_threads.time, "monotonic", lambda: clock[0])
     splits, key = (StepSplit(False, True), StepSplit(True, True)), ("net", 32, 2)
     chooser = SplitChooser()
     _kept(chooser, key, splits, splits[0])
+    return chooser, key, splits, clock
+
+
+def test_kept_as_is_holds_a_kept_split_through_drift_and_time(kept_on_a_fake_clock):
+    """A benchmark's measured epochs run the kept split, whatever they take (SplitChooser.kept_as_is)."""
+    from fastmlp.backends.numba.threads import RETIME_AFTER_SECONDS, RETIME_EPOCHS
+
+    chooser, key, splits, clock = kept_on_a_fake_clock
     with chooser.kept_as_is():
-        now[0] += RETIME_AFTER_SECONDS
+        clock[0] += RETIME_AFTER_SECONDS
         for _ in range(2 * RETIME_EPOCHS):
             chooser.record(key, splits[0], 2.0, 2, 1.0)
         assert chooser.chosen_splits() == {key: splits[0]}
@@ -546,20 +556,15 @@ def test_kept_as_is_holds_a_kept_split_through_drift_and_time(monkeypatch):
     assert chooser.timing() == {key}
 
 
-def test_short_epochs_never_retime_a_kept_split_but_time_does(monkeypatch):
-    from fastmlp.backends.numba import threads as worker_threads
-    from fastmlp.backends.numba.threads import RETIME_AFTER_SECONDS, RETIME_MIN_SECONDS, SplitChooser, StepSplit
+def test_short_epochs_never_retime_a_kept_split_but_time_does(kept_on_a_fake_clock):
+    from fastmlp.backends.numba.threads import RETIME_AFTER_SECONDS, RETIME_MIN_SECONDS
 
-    now = [1000.0]
-    monkeypatch.setattr(worker_threads.time, "monotonic", lambda: now[0])
-    splits, key = (StepSplit(False, True), StepSplit(True, True)), ("net", 32, 2)
-    chooser = SplitChooser()
-    _kept(chooser, key, splits, splits[1])
+    chooser, key, splits, clock = kept_on_a_fake_clock
     for _ in range(20):  # noisy short epochs: no trials
-        chooser.record(key, splits[1], 3.0, 2, RETIME_MIN_SECONDS / 2)
-    assert chooser.chosen_splits() == {key: splits[1]}
-    now[0] += RETIME_AFTER_SECONDS
-    chooser.record(key, splits[1], 1.0, 2, RETIME_MIN_SECONDS / 2)
+        chooser.record(key, splits[0], 3.0, 2, RETIME_MIN_SECONDS / 2)
+    assert chooser.chosen_splits() == {key: splits[0]}
+    clock[0] += RETIME_AFTER_SECONDS
+    chooser.record(key, splits[0], 1.0, 2, RETIME_MIN_SECONDS / 2)
     assert chooser.timing() == {key}
 
 

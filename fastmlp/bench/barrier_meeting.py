@@ -9,19 +9,18 @@ second (medians of 30 and 8 rounds), while one worker's epochs and the FMA peak 
 `fastmlp bench` measures a meeting once a round, just before numba's epochs, so that its report says which state
 each batch size's epochs ran in.
 
-A meeting: both threads pinned to their CPUs call `barrier_wait` in a loop; the time of `meetings` meetings on
-one of them, once both are in the loop, divided by `meetings`.
+A meeting: two workers, run as an epoch runs them, call `barrier_wait` in a loop; the time of `meetings` meetings
+on the first, once both are in the loop, divided by `meetings`.
 """
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 from typing import no_type_check
 
-from ..backends.numba.threads import pin_this_thread, worker_cpus
-from ..runtime.barrier import abort_barrier, barrier_state, barrier_wait
+from ..backends.numba import threads
+from ..runtime.barrier import barrier_state, barrier_wait
+from ..runtime.blas_threads import usable_cpus
 from ..runtime.jit import cached_njit
 
 MEETINGS = 20_000  # a few milliseconds: 50-500 ns each
@@ -38,54 +37,32 @@ def _meet(state, parties, meetings):
 
 
 def meeting_cpus() -> tuple[int, int] | None:
-    """The CPUs of the numba backend's first two workers where it pins them on this machine (one logical CPU of
-    each core first), else the first two this process may use; None where it may use only one."""
-    try:
-        usable = sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux: no pinning, and no way to say which CPUs
-        return None
-    if len(usable) < 2:
-        return None
-    order = worker_cpus(len(usable)) or usable
-    return order[0], order[1]
+    """The CPUs the numba backend pins two workers to on this machine (`threads.worker_cpus`), or None where it
+    leaves them to the OS (more cores than workers, or no way to pin)."""
+    cpus = threads.worker_cpus(2)
+    return None if cpus is None else (cpus[0], cpus[1])
 
 
-def barrier_meeting_seconds(cpus: tuple[int, int] | None = None, meetings: int = MEETINGS) -> float | None:
-    """Seconds a meeting of two threads pinned to `cpus` (default `meeting_cpus()`) takes at the numba backend's
-    barrier; None where this process may use only one CPU. The calling thread's CPU set is restored after."""
+def barrier_meeting_seconds(meetings: int = MEETINGS) -> float | None:
+    """Seconds a meeting at the numba backend's barrier takes between two workers run as its epochs run them
+    (`threads.run_workers`: a thread started for the second, each pinned where the backend pins them); None where
+    this process may use only one CPU."""
     if meetings < 1:
         raise ValueError(f"meetings must be >= 1, got {meetings}")
-    cpus = cpus or meeting_cpus()
-    if cpus is None:
+    if usable_cpus() < 2:
         return None
     state = barrier_state()
-    _meet(state, 1, 1)  # compiled (or loaded from Numba's cache) before the other thread waits on it
-    errors: list[BaseException] = []
+    _meet(state, 1, 1)  # compiled (or loaded from Numba's cache) before the other worker waits on it
+    seconds: list[float] = []
 
-    def other() -> None:
-        try:
-            pin_this_thread({cpus[1]})
+    def run(t: int, begin: int, end: int) -> float:
+        if t > 0:
             _meet(state, 2, meetings + 1)
-        except BaseException as exc:  # handed to the caller's thread below
-            errors.append(exc)
-            abort_barrier(state)
+        elif _meet(state, 2, 1):  # both in their loops from here
+            start = time.perf_counter()
+            if _meet(state, 2, meetings):
+                seconds.append((time.perf_counter() - start) / meetings)
+        return 0.0
 
-    previous = pin_this_thread({cpus[0]})
-    thread = threading.Thread(target=other, name="fastmlp-bench-meeting", daemon=True)
-    try:
-        thread.start()
-        _meet(state, 2, 1)  # both in their loops from here
-        start = time.perf_counter()
-        met = _meet(state, 2, meetings)
-        seconds = (time.perf_counter() - start) / meetings
-    except BaseException:
-        abort_barrier(state)
-        raise
-    finally:
-        if thread.ident is not None:  # started
-            thread.join()
-        if previous is not None:
-            pin_this_thread(previous)
-    if errors:
-        raise errors[0]
-    return seconds if met else None
+    threads.run_workers(run, 2, 1, 1, None, state)  # raises what a worker raised
+    return seconds[0] if seconds else None

@@ -74,7 +74,7 @@ def meeting_lines(rows, cpus):
             spans.append(f"batch {r['batch_size']} {min(meetings):.0f}-{max(meetings):.0f} ns")
     if not spans:
         return []
-    where = f"CPUs {cpus[0]} and {cpus[1]}" if len(cpus or []) == 2 else "two CPUs"
+    where = f"CPUs {cpus[0]} and {cpus[1]}" if len(cpus or []) == 2 else "two CPUs the OS chose"
     return [f"two workers' meeting at numba's barrier ({where}), once a round: {', '.join(spans)}; several times "
             f"the least where the host ran the two cores far apart (on a VM: different dies), when two workers' "
             f"epochs slow down with it"]

@@ -20,11 +20,10 @@ and sees the same batches (the Trainer's seeded shuffle).
   sample's step, those of the floor's gemms: 2 * (3 * sum(fan_in * fan_out) - 784 * 128) =
   454 kFLOP for 784-128-64-10. It does not depend on the BLAS loaded: the main yardstick.
 - sgemm roofline: the GFLOP/s of one large square sgemm divided by the same FLOPs.
-- barrier meeting (numba, two CPUs or more): once a round, just before numba's epochs, the time two threads
-  pinned to the numba backend's first two workers' CPUs take to meet at its barrier
-  (fastmlp.bench.barrier_meeting). On a virtual machine the host may move two vCPUs from cores near each other to
-  cores on different dies, for minutes at a time; a meeting then takes several times as long, and two workers'
-  epochs slow down with it.
+- barrier meeting (numba, two CPUs or more): once a round, just before numba's epochs, the time two of the numba
+  backend's workers, run as its epochs run them, take to meet at its barrier (fastmlp.bench.barrier_meeting). On
+  a virtual machine the host may move two vCPUs from cores near each other to cores on different dies, for
+  minutes at a time; a meeting then takes several times as long, and two workers' epochs slow down with it.
 - late/early: whether the trained state itself trains slower (subnormal floats are the usual
   cause). The model as the run leaves it (late) and as it was after the first two epochs (early)
   each train one more epoch, from copies, on the same batches, back to back, LATE_EARLY_PAIRS
