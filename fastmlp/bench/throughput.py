@@ -60,7 +60,6 @@ from ..model import MLP
 from ..trainer import Trainer
 from . import contention as bench_contention
 from . import inference as bench_inference
-from .barrier_meeting import barrier_meeting_seconds, meeting_cpus
 from .blas_report import blas_info, blas_threads
 from .children import measure_compile, measure_peak_rss
 from .common import (
@@ -154,6 +153,14 @@ def numba_splits_kept(backends):
     return threads.SPLITS.kept_as_is()
 
 
+def numba_meeting_cpus():
+    """The CPUs of the bench's barrier meetings (fastmlp.bench.barrier_meeting.meeting_cpus) as a list, empty where
+    the OS places the workers."""
+    from .barrier_meeting import meeting_cpus
+
+    return list(meeting_cpus() or [])
+
+
 def settle_numba_splits(backend, data, y, batch_size, init, seed=0):
     """Train the numba backend on each input at this batch size, whole epochs of the run's data, until its split
     chooser (fastmlp.backends.numba.threads.SplitChooser) has kept a split for the shape: its trials, one split
@@ -185,6 +192,8 @@ def measure_training(backends, data, y, *, batch_sizes=BATCH_SIZES, epochs=FULL[
     """
     if epochs < WARMUP_EPOCHS + 2:
         raise ValueError(f"epochs must be >= {WARMUP_EPOCHS + 2} to compare early and late epochs, got {epochs}")
+    if "numba" in backends:  # the numba backend's modules only where it is measured, as numba_split does
+        from .barrier_meeting import barrier_meeting_seconds
     n = len(y)
     init = MLP(layer_sizes, seed=seed)
     rows = []
@@ -287,7 +296,7 @@ def run(args, progress_bar=None):
               "epochs": args.epochs, "batch_sizes": list(args.batch_sizes), "backends": names,
               "inputs": list(args.inputs), "layer_sizes": list(layer_sizes), "lr": LR, "seed": args.seed,
               "blas": blas_info(), "warmup_epochs": WARMUP_EPOCHS,
-              "meeting_cpus": list(meeting_cpus() or []) if "numba" in names else []}
+              "meeting_cpus": numba_meeting_cpus() if "numba" in names else []}
     if "torch" in backends:
         config["torch_version"] = backends["torch"].torch.__version__
         config["torch_threads"] = backends["torch"].torch.get_num_threads()
