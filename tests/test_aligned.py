@@ -9,7 +9,7 @@ import pytest
 from fastmlp import MLP
 from fastmlp.backends.numba.buffers import _Packed, _Workspace
 from fastmlp.inference.threads import kept_packed
-from fastmlp.runtime.aligned import aligned_copy, aligned_empty, aligned_zeros, on_cache_line
+from fastmlp.runtime.aligned import PAGE, aligned_copy, aligned_empty, aligned_zeros, on_cache_line
 
 
 def starts_on_a_line(a):
@@ -30,6 +30,31 @@ def test_aligned_arrays_start_on_a_line_and_behave_as_numpy_arrays(shape, dtype)
     np.testing.assert_array_equal(copy, source.astype(dtype))
     copy[...] = 0  # its own memory
     assert source.sum() == np.arange(source.size).sum()
+
+
+def _pages(a):
+    """The pages a's data touches: range of page numbers."""
+    return range(a.ctypes.data // PAGE, (a.ctypes.data + a.nbytes - 1) // PAGE + 1)
+
+
+def test_each_aligned_array_has_pages_of_its_own():
+    # Small and large arrays made one after another (NumPy's allocator puts small ones side by side): none shares a
+    # page with another, so one worker's stream over its array never has the prefetcher fetch another's lines.
+    arrays = [make(shape, dtype) for make in (aligned_empty, aligned_zeros) for shape, dtype in
+              [(1, np.float32), (100, np.int64), (1024, np.float32), (1025, np.float32), ((64, 784), np.float32),
+               (3, np.float64)]]
+    arrays += [aligned_copy(np.ones(17, np.float32)), aligned_copy(np.ones((300, 7)))]
+    pages = [set(_pages(a)) for a in arrays]
+    assert all(a.ctypes.data % PAGE == 0 for a in arrays)
+    for i, mine in enumerate(pages):
+        assert not any(mine & theirs for theirs in pages[i + 1:])
+
+
+@pytest.mark.parametrize("rows, width", [(32, 784), (64, 784), (1, 785), (5, 3), (1024, 1024)])
+def test_the_workers_input_buffers_each_start_on_a_page(rows, width):
+    inputs = _Workspace((width, 16, 10), rows).inputs_for(2, private=True)
+    assert inputs.shape[0] == 4 and inputs.shape[1] >= rows
+    assert all(buffer.ctypes.data % PAGE == 0 for buffer in inputs)  # so no page holds two workers' rows
 
 
 def test_a_models_arrays_start_on_lines_when_made_copied_or_loaded(tmp_path):

@@ -26,7 +26,7 @@ from ...kernels.packed import (
     transpose_packed_into,
     unpack_weights_into,
 )
-from ...runtime.aligned import CACHE_LINE, aligned_copy, aligned_zeros
+from ...runtime.aligned import PAGE, aligned_copy, aligned_zeros
 from .threads import private_inputs, upper_layers_small
 
 if TYPE_CHECKING:
@@ -188,10 +188,11 @@ def upper_copies(arrays: Arrays, copies: dict[int, FloatArray], first: int = 1) 
 
 def _input_buffers(count: int, rows: int, width: int) -> FloatArray:
     """`count` input buffers of at least `rows` rows of `width` floats, in one array: one type, whatever the
-    count, so that Numba compiles the epoch once for every worker count. Each buffer starts on a cache line
-    (its rows rounded up, the rows past `rows` never read)."""
-    floats_a_line = CACHE_LINE // 4
+    count, so that Numba compiles the epoch once for every worker count. Each buffer starts on a page and shares
+    none with the next (its rows rounded up, the rows past `rows` never read nor written, so their pages cost no
+    memory): two workers' buffers side by side, one's stream of writes had its core's prefetcher pull the other's
+    first lines into it (fastmlp/runtime/aligned.py)."""
     padded = rows
-    while (padded * width) % floats_a_line:
+    while (padded * width * 4) % PAGE:
         padded += 1
     return aligned_zeros((count, padded, width))
