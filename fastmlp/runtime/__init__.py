@@ -2,7 +2,8 @@
 threads, and the workers' barrier. Imports nothing of fastmlp above `inputs`.
 
     jit            cached_njit: Numba's njit with a cache that follows every compiled source file
-    aligned        arrays whose data starts on a cache line (the buffers the SIMD kernels read)
+    aligned        arrays whose data starts on a cache line, on pages of their own (the buffers the SIMD
+                   kernels read and the workers write)
     cpu_caches     the L2 cache's size, which some of the kernels' blocking follows
     atomic         atomic_write: a file written under a temporary name, renamed when complete
     blas_threads   usable CPUs, BLAS thread count and limits

@@ -38,13 +38,13 @@ PAGE = 4096  # bytes: the span within which a hardware prefetcher fetches ahead
 
 
 def aligned_empty(shape: int | tuple[int, ...], dtype: npt.DTypeLike = np.float32) -> np.ndarray[Any, Any]:
-    """An uninitialised C-contiguous array whose data starts on a CACHE_LINE boundary."""
+    """An uninitialised C-contiguous array whose data starts on a CACHE_LINE boundary, on pages of its own."""
     return _aligned(shape, dtype, np.empty)
 
 
 def aligned_zeros(shape: int | tuple[int, ...], dtype: npt.DTypeLike = np.float32) -> np.ndarray[Any, Any]:
-    """A C-contiguous array of zeros whose data starts on a CACHE_LINE boundary (pages never written cost no
-    memory, as with np.zeros)."""
+    """A C-contiguous array of zeros whose data starts on a CACHE_LINE boundary, on pages of its own (pages never
+    written cost no memory, as with np.zeros)."""
     return _aligned(shape, dtype, np.zeros)
 
 
@@ -68,7 +68,8 @@ def on_cache_line(a: np.ndarray[Any, Any]) -> bool:
 
 
 def aligned_copy(a: npt.ArrayLike, dtype: npt.DTypeLike | None = None) -> np.ndarray[Any, Any]:
-    """A C-contiguous copy of a (converted to dtype, if given) whose data starts on a CACHE_LINE boundary."""
+    """A C-contiguous copy of a (converted to dtype, if given) whose data starts on a CACHE_LINE boundary, on
+    pages of its own."""
     a = np.asarray(a, dtype=dtype)
     copy = aligned_empty(a.shape, a.dtype)
     copy[...] = a
