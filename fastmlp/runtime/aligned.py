@@ -11,7 +11,7 @@ bytes is a multiple of it (the packed layout's rows always are).
     aligned_copy(a)               a C-contiguous copy of a
     on_cache_line(a)              whether a's data starts on a line
 
-Each is a view of a larger uint8 buffer (up to a page more), which it keeps alive; it is C-contiguous, writable
+Each is a view of a larger uint8 buffer (a page or two more), which it keeps alive; it is C-contiguous, writable
 and owns nothing else, so it pickles, saves and copies like any array.
 
 Each also has pages of its own: its data starts on a PAGE boundary and shares no page with another

@@ -189,9 +189,9 @@ def upper_copies(arrays: Arrays, copies: dict[int, FloatArray], first: int = 1) 
 def _input_buffers(count: int, rows: int, width: int) -> FloatArray:
     """`count` input buffers of at least `rows` rows of `width` floats, in one array: one type, whatever the
     count, so that Numba compiles the epoch once for every worker count. Each buffer starts on a page and shares
-    none with the next (its rows rounded up, the rows past `rows` never read nor written, so their pages cost no
-    memory): two workers' buffers side by side, one's stream of writes had its core's prefetcher pull the other's
-    first lines into it (fastmlp/runtime/aligned.py)."""
+    none with the next (its rows rounded up, the rows past `rows` never read nor written): two workers' buffers
+    side by side, one's stream of writes had its core's prefetcher pull the other's first lines into it
+    (fastmlp/runtime/aligned.py)."""
     padded = rows
     while (padded * width * 4) % PAGE:
         padded += 1
