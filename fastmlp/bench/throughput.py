@@ -192,57 +192,73 @@ def measure_training(backends, data, y, *, batch_sizes=BATCH_SIZES, epochs=FULL[
     """
     if epochs < WARMUP_EPOCHS + 2:
         raise ValueError(f"epochs must be >= {WARMUP_EPOCHS + 2} to compare early and late epochs, got {epochs}")
-    if "numba" in backends:  # the numba backend's modules only where it is measured, as numba_split does
-        from .barrier_meeting import barrier_meeting_seconds
-    n = len(y)
     init = MLP(layer_sizes, seed=seed)
     rows = []
     with numba_splits_kept(backends):  # trials before the measured epochs, none among them
         for batch_size in batch_sizes:
-            if "numba" in backends:
-                settle_numba_splits(backends["numba"], data, y, batch_size, init, seed)
-            runs = [(name, kind) for name in backends for kind in data]
-            trainers = {run: Trainer(init.copy(), backends[run[0]], lr=LR, batch_size=batch_size, seed=seed)
-                        for run in runs}
-            floor = GemmFloor(layer_sizes, min(batch_size, n), seed)
-            floor_rates, early, meetings_ns = [], {}, []
-            for epoch in range(epochs):
-                if epoch == WARMUP_EPOCHS:
-                    early = {run: trainer.model.copy() for run, trainer in trainers.items()}
-                for name in backends:
-                    time.sleep(SETTLE_SECONDS)
-                    if name == "numba":  # just before its epochs: the state they run in, which lasts seconds or more
-                        meeting = barrier_meeting_seconds()
-                        if meeting is not None:
-                            meetings_ns.append(meeting * 1e9)
-                    for kind in data:
-                        trainers[name, kind].fit(data[kind], y, epochs=1)
-                time.sleep(SETTLE_SECONDS)
-                floor_rates.append(n / floor.epoch_seconds(n, batch_size))
-                if progress:
-                    progress(f"batch {batch_size} epoch {epoch + 1}/{epochs}")
-            floor_rate = float(np.median(floor_rates[WARMUP_EPOCHS:]))
-            rates = {run: np.asarray(trainers[run].history.column("samples_per_s")) for run in runs}
-            steady = {run: float(np.median(r[WARMUP_EPOCHS:])) for run, r in rates.items()}
-            late_early = {}
-            for run in runs:
-                time.sleep(SETTLE_SECONDS)
-                late_early[run] = late_over_early(backends[run[0]], early[run], trainers[run].model, data[run[1]], y,
-                                                  batch_size, seed)
-            for run in runs:
-                rate = rates[run]
-                numpy_rate = rates.get(("numpy", run[1]))
-                rows.append({
-                    "batch_size": batch_size, "backend": run[0], "input": run[1],
-                    "split": numba_split(layer_sizes, min(batch_size, n), data[run[1]]) if run[0] == "numba" else None,
-                    "samples_per_s": steady[run], "floor_samples_per_s": floor_rate,
-                    "vs_floor": epochwise_ratio(rate, floor_rates),
-                    "vs_numpy": epochwise_ratio(rate, numpy_rate) if numpy_rate is not None else None,
-                    "late_over_early": late_early[run],
-                    "epoch_samples_per_s": rate.tolist(), "floor_epoch_samples_per_s": floor_rates,
-                    "barrier_meeting_ns": meetings_ns or None,
-                })
+            rows += _rows_of_batch_size(backends, data, y, batch_size, epochs, seed, progress, layer_sizes, init)
     return rows
+
+
+def _rows_of_batch_size(backends, data, y, batch_size, epochs, seed, progress, layer_sizes, init):
+    """measure_training's rows of one batch size: each (backend, input)'s epochs and the gemm floor's, interleaved
+    epoch by epoch so that the machine's drift touches them alike, every trainer starting from a copy of init."""
+    n = len(y)
+    if "numba" in backends:
+        settle_numba_splits(backends["numba"], data, y, batch_size, init, seed)
+    runs = [(name, kind) for name in backends for kind in data]
+    trainers = {run: Trainer(init.copy(), backends[run[0]], lr=LR, batch_size=batch_size, seed=seed) for run in runs}
+    floor = GemmFloor(layer_sizes, min(batch_size, n), seed)
+    floor_rates, early, meetings_ns = [], {}, []
+    for epoch in range(epochs):
+        if epoch == WARMUP_EPOCHS:
+            early = {run: trainer.model.copy() for run, trainer in trainers.items()}
+        for name in backends:
+            time.sleep(SETTLE_SECONDS)
+            if name == "numba":  # just before its epochs: the state they run in, which lasts seconds or more
+                meeting_ns = _numba_meeting_ns()
+                if meeting_ns is not None:
+                    meetings_ns.append(meeting_ns)
+            for kind in data:
+                trainers[name, kind].fit(data[kind], y, epochs=1)
+        time.sleep(SETTLE_SECONDS)
+        floor_rates.append(n / floor.epoch_seconds(n, batch_size))
+        if progress:
+            progress(f"batch {batch_size} epoch {epoch + 1}/{epochs}")
+    floor_rate = float(np.median(floor_rates[WARMUP_EPOCHS:]))
+    rates = {run: np.asarray(trainers[run].history.column("samples_per_s")) for run in runs}
+    steady = {run: float(np.median(r[WARMUP_EPOCHS:])) for run, r in rates.items()}
+    late_early = {}
+    for run in runs:
+        time.sleep(SETTLE_SECONDS)
+        late_early[run] = late_over_early(backends[run[0]], early[run], trainers[run].model, data[run[1]], y,
+                                          batch_size, seed)
+    rows = []
+    for run in runs:
+        rate = rates[run]
+        numpy_rate = rates.get(("numpy", run[1]))
+        rows.append({
+            "batch_size": batch_size, "backend": run[0], "input": run[1],
+            "split": numba_split(layer_sizes, min(batch_size, n), data[run[1]]) if run[0] == "numba" else None,
+            "samples_per_s": steady[run], "floor_samples_per_s": floor_rate,
+            "vs_floor": epochwise_ratio(rate, floor_rates),
+            "vs_numpy": epochwise_ratio(rate, numpy_rate) if numpy_rate is not None else None,
+            "late_over_early": late_early[run],
+            "epoch_samples_per_s": rate.tolist(), "floor_epoch_samples_per_s": floor_rates,
+            "barrier_meeting_ns": meetings_ns or None,
+        })
+    return rows
+
+
+def _numba_meeting_ns():
+    """Two numba workers' meeting at their barrier in ns (fastmlp.bench.barrier_meeting), None on one CPU.
+
+    Imported here, as numba_split does: the numba backend's modules load only where it is measured.
+    """
+    from .barrier_meeting import barrier_meeting_seconds
+
+    meeting = barrier_meeting_seconds()
+    return None if meeting is None else meeting * 1e9
 
 
 def run(args, progress_bar=None):
