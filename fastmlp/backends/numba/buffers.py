@@ -13,6 +13,7 @@ workspace of its own but for acts[0], and acts[0] a second copy for odd steps (`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -192,7 +193,6 @@ def _input_buffers(count: int, rows: int, width: int) -> FloatArray:
     none with the next (its rows rounded up, the rows past `rows` never read nor written): two workers' buffers
     side by side, one's stream of writes had its core's prefetcher pull the other's first lines into it
     (fastmlp/runtime/aligned.py)."""
-    padded = rows
-    while (padded * width * 4) % PAGE:
-        padded += 1
+    fewest = PAGE // math.gcd(PAGE, width * 4)  # the fewest rows that fill whole pages
+    padded = -(-rows // fewest) * fewest
     return aligned_zeros((count, padded, width))
