@@ -19,7 +19,8 @@ round (the machine drifts, so each column is a median over rounds of the same or
   of two workers at the barrier (fastmlp.bench.barrier_meeting: several times its least where a VM's host runs the
   two cores far apart, and the workers' epochs slow down with it). The numba
   backend's split chooser has kept its split before the timed epochs (`settle_numba_splits`, as the
-  bench does): its trial epochs, most on splits it does not keep, were all five of a 5-round run's;
+  bench does): its trial epochs, most on splits it does not keep, were all five of a 5-round run's; and chosen
+  again before a round whose meeting moved by over 2x from the one after it was kept (the host moved the cores);
 - the step timeline of each backend's last epoch (fastmlp/backends/numba/timeline.py): each phase's median
   inside the epoch, worker by worker, from the cycle counter stamped at the phase boundaries, where the
   phases above are each timed alone on a batch already in cache.
@@ -39,9 +40,8 @@ from fastmlp.backends.numba.layer1 import layer1_cut, training_forward_rows
 from fastmlp.backends.numba.step import backward_rows_into_panels, bias_step
 from fastmlp.backends.numba.threads import epoch_workers, training_threads
 from fastmlp.backends.numba.timeline import StepTimeline
-from fastmlp.bench.barrier_meeting import barrier_meeting_seconds
 from fastmlp.bench.fma_peak import CHAINS, VECTOR_WIDTH, cpu_model_name, measure_fma_peak
-from fastmlp.bench.throughput import settle_numba_splits
+from fastmlp.bench.throughput import cores_moved, numba_meeting_ns, resettle_numba_splits, settle_numba_splits
 from fastmlp.datasets import load_mnist
 from fastmlp.kernels import gather_labels, gather_rows_scaled, softmax_xent_backward_rows_inplace
 from fastmlp.kernels.packed import (
@@ -160,13 +160,18 @@ def profile(pixels, y, batch_size, rounds, layer_sizes=LAYER_SIZES):
     # the split chooser's trial epochs over before the timed ones, which then run the split users' epochs keep
     settle_numba_splits(backends[f"epoch, {workers} workers"], {"pixels": pixels}, y, batch_size, model)
     seconds = {name: [] for name in (*calls, *backends)}
-    peaks, meetings = [], []
+    peaks, meetings, kept_meeting = [], [], None
     with worker_threads.SPLITS.kept_as_is():  # the kept split in every timed epoch, no trials among them
         for round_ in range(rounds):
             peaks.append(measure_fma_peak(1, PEAK_SECONDS, PEAK_REPEATS))
-            meeting = barrier_meeting_seconds() if workers > 1 else None
+            meeting = numba_meeting_ns() if workers > 1 else None
             if meeting is not None:
-                meetings.append(meeting * 1e9)
+                if kept_meeting is not None and cores_moved(kept_meeting, meeting):  # chosen again, as the bench does
+                    resettle_numba_splits(backends[f"epoch, {workers} workers"], {"pixels": pixels}, y, batch_size,
+                                          model)
+                    kept_meeting = None
+                kept_meeting = meeting if kept_meeting is None else kept_meeting
+                meetings.append(meeting)
             for name, (call, _) in calls.items():
                 start = time.perf_counter()
                 call(reps)

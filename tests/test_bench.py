@@ -329,6 +329,11 @@ def test_the_report_says_how_the_numba_backend_split_each_shape(monkeypatch):
     assert line.endswith("SplitChooser): batch 32 pixels replicated")
     assert "inputs shared" in line  # what the label means
     assert split_lines(rows[1:]) == []
+    moved = {"batch_size": 32, "input": "pixels", "split": "replicated",
+             "round_splits": ["split", "split", "split", "replicated", "split", "replicated"]}
+    (line,) = split_lines([moved, {**moved, "batch_size": 64, "round_splits": ["replicated"] * 6}])
+    assert line.endswith("batch 32 pixels split (rounds 1-3), replicated (round 4), split (round 5), replicated "
+                         "(round 6), batch 64 pixels replicated")
 
 
 def logged_chooser():
@@ -354,6 +359,7 @@ def test_the_numba_splits_are_chosen_before_the_measured_epochs(no_settle, monke
 
     chooser = logged_chooser()
     monkeypatch.setattr(threads, "SPLITS", chooser)
+    monkeypatch.setattr(bench.throughput, "numba_meeting_ns", lambda: 100.0)  # the cores never move
     pixels, y = tiny_pixels(256)
     data = {kind: bench.input_data(pixels, kind) for kind in bench.INPUTS}
     epochs = 4
@@ -366,6 +372,35 @@ def test_the_numba_splits_are_chosen_before_the_measured_epochs(no_settle, monke
         assert all(kept for _, kept in calls[-(epochs + 2 * bench.common.LATE_EARLY_PAIRS):])
         assert bench.throughput.numba_split(bench.LAYER_SIZES, 64, X) is not None
 
+
+
+def test_the_splits_are_chosen_again_where_the_cores_moved_between_rounds(no_settle, monkeypatch):
+    """A round whose barrier meeting is over MOVED_MEETING_FACTOR times (or under 1 / that) the first one after the
+    split was kept: the host moved the cores, and the chooser times the splits of the batch size's shapes again
+    before that round's epochs, not among them; the rows say which split each round ran."""
+    from fastmlp.backends.numba import threads
+
+    chooser = logged_chooser()
+    monkeypatch.setattr(threads, "SPLITS", chooser)
+    meetings = [50.0, 90.0, 400.0, 250.0, 70.0]  # moved before round 3 (8x round 1's) and round 5 (0.18x round 3's)
+    calls = iter(meetings)
+    monkeypatch.setattr(bench.throughput, "numba_meeting_ns", lambda: next(calls))
+    events = []
+    retime = chooser.retime
+    monkeypatch.setattr(chooser, "retime", lambda key: (events.append("retime"), retime(key)))
+    pixels, y = tiny_pixels(256)
+    data = {kind: bench.input_data(pixels, kind) for kind in bench.INPUTS}
+    rows = bench.measure_training({"numba": get_backend("numba", threads=2)}, data, y, batch_sizes=[64],
+                                  epochs=len(meetings), progress=events.append)
+    retimed_before = [1 + sum(e != "retime" for e in events[:i]) for i, e in enumerate(events) if e == "retime"]
+    assert retimed_before == [3] * len(data) + [5] * len(data)  # each input's shape, before rounds 3 and 5
+    assert not chooser.timing()  # every trial over before the round it was for
+    for row in rows:
+        assert row["barrier_meeting_ns"] == meetings
+        assert len(row["round_splits"]) == len(meetings) and None not in row["round_splits"]
+        assert row["split"] == row["round_splits"][-1]
+    assert bench.throughput.cores_moved(100.0, 201.0) and bench.throughput.cores_moved(100.0, 49.0)
+    assert not bench.throughput.cores_moved(100.0, 200.0) and not bench.throughput.cores_moved(100.0, 50.0)
 
 def test_settling_the_splits_stops_where_a_shape_has_nothing_to_choose(monkeypatch):
     """One worker: one split, nothing timed, so one epoch an input and no more."""

@@ -556,6 +556,26 @@ def test_kept_as_is_holds_a_kept_split_through_drift_and_time(kept_on_a_fake_clo
     assert chooser.timing() == {key}
 
 
+
+def test_retime_times_a_kept_split_again_even_within_kept_as_is(kept_on_a_fake_clock):
+    """A caller that saw the machine change (fastmlp bench between rounds) has the shape's splits timed again, the
+    second split first, and the new fastest kept; a shape with no kept split is left as it is."""
+    from fastmlp.backends.numba.threads import SPLIT_TRIALS
+
+    chooser, key, splits, _ = kept_on_a_fake_clock
+    chooser.retime(("another net", 32, 2))
+    assert chooser.chosen_splits() == {key: splits[0]}
+    with chooser.kept_as_is():
+        chooser.retime(key)
+        assert chooser.timing() == {key} and chooser.chosen_splits() == {}
+        ran = []
+        for _ in range(len(splits) * SPLIT_TRIALS):
+            split = chooser.next_split(key, splits)
+            ran.append(split)
+            chooser.record(key, split, 0.9 if split == splits[1] else 1.1, 2, 1.0)
+    assert ran == [splits[1], splits[0]] * SPLIT_TRIALS
+    assert chooser.chosen_splits() == {key: splits[1]}
+
 def test_short_epochs_never_retime_a_kept_split_but_time_does(kept_on_a_fake_clock):
     from fastmlp.backends.numba.threads import RETIME_AFTER_SECONDS, RETIME_MIN_SECONDS
 

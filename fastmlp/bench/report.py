@@ -37,13 +37,29 @@ def fma_header(fma):
 
 def split_lines(rows):
     """The line under the throughput table that says how the numba backend split each shape's two-worker steps
-    (rows' "split", where its epochs chose one); none where no row has one."""
-    chosen = [f"batch {r['batch_size']} {r['input']} {r['split']}" for r in rows if r.get("split")]
+    (rows' "split", where its epochs chose one; with the rounds of each where the rows' round_splits name more
+    than one: chosen again after the host moved the cores); none where no row has one."""
+    chosen = [f"batch {r['batch_size']} {r['input']} {_splits_by_round(r)}" for r in rows if r.get("split")]
     if not chosen:
         return []
     return ["numba's two-worker steps, the upper layers split by rows or replicated on each worker, each worker's "
             "batch in input buffers of its own unless 'inputs shared', as timed before the measured epochs "
             f"(fastmlp.backends.numba.threads.SplitChooser): {', '.join(chosen)}"]
+
+
+def _splits_by_round(row):
+    """A row's split, or where its rounds ran more than one, each with its rounds: "split (rounds 1-4), replicated
+    (rounds 5-6)"."""
+    rounds = row.get("round_splits") or []
+    if len(set(rounds)) < 2:
+        return row["split"]
+    runs: list[list] = []  # [split, first round, last round], 1-based
+    for number, split in enumerate(rounds, 1):
+        if runs and runs[-1][0] == split:
+            runs[-1][2] = number
+        else:
+            runs.append([split, number, number])
+    return ", ".join(f"{split or 'none kept'} (round{f' {a}' if a == b else f's {a}-{b}'})" for split, a, b in runs)
 
 
 def drift_lines(rows):

@@ -24,6 +24,9 @@ and sees the same batches (the Trainer's seeded shuffle).
   backend's workers, run as its epochs run them, take to meet at its barrier (fastmlp.bench.barrier_meeting). On
   a virtual machine the host may move two vCPUs from cores near each other to cores on different dies, for
   minutes at a time; a meeting then takes several times as long, and two workers' epochs slow down with it.
+  Which of numba's step splits is fastest can change with it: where a round's meeting has moved by over
+  MOVED_MEETING_FACTOR from the first after the split was kept, the split is chosen again before that round
+  (`resettle_numba_splits`), as training's own re-timing would choose it a few epochs into such a change.
 - late/early: whether the trained state itself trains slower (subnormal floats are the usual
   cause). The model as the run leaves it (late) and as it was after the first two epochs (early)
   each train one more epoch, from copies, on the same batches, back to back, LATE_EARLY_PAIRS
@@ -179,6 +182,31 @@ def settle_numba_splits(backend, data, y, batch_size, init, seed=0):
                 break
 
 
+# A round whose barrier meeting is over this many times the one measured first after numba's split was kept, or
+# under 1 / this: the host moved the two cores (fastmlp.bench.barrier_meeting), near and far apart reading 40-145
+# and 300-430 ns on a 2-core Zen 5 VM (docs/results.md), and the split kept in one state may be the slower in the
+# other (there at batch 32: split by rows 70 ms an epoch near, replicated 107 against split 120 ms far).
+MOVED_MEETING_FACTOR = 2.0
+
+
+def cores_moved(kept_meeting_ns, meeting_ns):
+    """Whether two barrier meetings, in ns, differ by over MOVED_MEETING_FACTOR either way."""
+    return not kept_meeting_ns / MOVED_MEETING_FACTOR <= meeting_ns <= kept_meeting_ns * MOVED_MEETING_FACTOR
+
+
+def resettle_numba_splits(backend, data, y, batch_size, init, seed=0):
+    """The numba backend's splits of this batch size's shapes chosen again (SplitChooser.retime, then
+    `settle_numba_splits`): between the rounds of a run where the host moved the cores, so that the rounds after run
+    the split that training's own re-timing would come to, not the one kept in the other state."""
+    from ..backends.numba import threads
+
+    rows = min(batch_size, len(y))
+    for key in threads.SPLITS.chosen_splits():
+        if any(_of_shape(key, init.layer_sizes, rows, X) for X in data.values()):
+            threads.SPLITS.retime(key)
+    settle_numba_splits(backend, data, y, batch_size, init, seed)
+
+
 def measure_training(backends, data, y, *, batch_sizes=BATCH_SIZES, epochs=FULL["epochs"], seed=0, progress=None,
                      layer_sizes=LAYER_SIZES):
     """One row per (batch size, backend, input) with its steady-state samples/s and the ratios, training the net of
@@ -188,7 +216,8 @@ def measure_training(backends, data, y, *, batch_sizes=BATCH_SIZES, epochs=FULL[
     samples_per_s, floor_samples_per_s, vs_floor, vs_numpy (the same input on the numpy backend,
     when it runs), late_over_early, epoch_samples_per_s and, where the numba backend runs on two CPUs or more,
     barrier_meeting_ns: a meeting of two workers at its barrier once a round (fastmlp.bench.barrier_meeting), else
-    None. progress(message) is called per epoch.
+    None; the numba backend's rows also the split its steps ran (`numba_split`) in each round, round_splits, and
+    at the end, split. progress(message) is called per epoch.
     """
     if epochs < WARMUP_EPOCHS + 2:
         raise ValueError(f"epochs must be >= {WARMUP_EPOCHS + 2} to compare early and late epochs, got {epochs}")
@@ -210,15 +239,24 @@ def _rows_of_batch_size(backends, data, y, batch_size, epochs, seed, progress, l
     trainers = {run: Trainer(init.copy(), backends[run[0]], lr=LR, batch_size=batch_size, seed=seed) for run in runs}
     floor = GemmFloor(layer_sizes, min(batch_size, n), seed)
     floor_rates, early, meetings_ns = [], {}, []
+    kept_meeting_ns = None  # the first meeting after numba's splits of this batch size were (last) chosen
+    round_splits: dict[str, list[str | None]] = {kind: [] for kind in data}
     for epoch in range(epochs):
         if epoch == WARMUP_EPOCHS:
             early = {run: trainer.model.copy() for run, trainer in trainers.items()}
         for name in backends:
             time.sleep(SETTLE_SECONDS)
             if name == "numba":  # just before its epochs: the state they run in, which lasts seconds or more
-                meeting_ns = _numba_meeting_ns()
+                meeting_ns = numba_meeting_ns()
                 if meeting_ns is not None:
+                    if kept_meeting_ns is None:
+                        kept_meeting_ns = meeting_ns
+                    elif cores_moved(kept_meeting_ns, meeting_ns):
+                        resettle_numba_splits(backends["numba"], data, y, batch_size, init, seed)
+                        kept_meeting_ns = meeting_ns
                     meetings_ns.append(meeting_ns)
+                for kind in data:
+                    round_splits[kind].append(numba_split(layer_sizes, min(batch_size, n), data[kind]))
             for kind in data:
                 trainers[name, kind].fit(data[kind], y, epochs=1)
         time.sleep(SETTLE_SECONDS)
@@ -240,6 +278,7 @@ def _rows_of_batch_size(backends, data, y, batch_size, epochs, seed, progress, l
         rows.append({
             "batch_size": batch_size, "backend": run[0], "input": run[1],
             "split": numba_split(layer_sizes, min(batch_size, n), data[run[1]]) if run[0] == "numba" else None,
+            "round_splits": round_splits[run[1]] if run[0] == "numba" else None,
             "samples_per_s": steady[run], "floor_samples_per_s": floor_rate,
             "vs_floor": epochwise_ratio(rate, floor_rates),
             "vs_numpy": epochwise_ratio(rate, numpy_rate) if numpy_rate is not None else None,
@@ -250,15 +289,21 @@ def _rows_of_batch_size(backends, data, y, batch_size, epochs, seed, progress, l
     return rows
 
 
-def _numba_meeting_ns():
-    """Two numba workers' meeting at their barrier in ns (fastmlp.bench.barrier_meeting), None on one CPU.
+# A round's barrier meeting is the median of this many, each a few milliseconds: on a 2-core Zen 5 VM single ones
+# ranged 31-110 ns within minutes of cores near each other, the median of three 40-65 ns (far: 300-323).
+MEETING_READS = 3
+
+
+def numba_meeting_ns():
+    """Two numba workers' meeting at their barrier in ns (fastmlp.bench.barrier_meeting), the median of
+    MEETING_READS; None on one CPU.
 
     Imported here, as numba_split does: the numba backend's modules load only where it is measured.
     """
     from .barrier_meeting import barrier_meeting_seconds
 
-    meeting = barrier_meeting_seconds()
-    return None if meeting is None else meeting * 1e9
+    meetings = [m for m in (barrier_meeting_seconds() for _ in range(MEETING_READS)) if m is not None]
+    return float(np.median(meetings)) * 1e9 if meetings else None
 
 
 def run(args, progress_bar=None):

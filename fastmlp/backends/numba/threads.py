@@ -242,10 +242,7 @@ class SplitChooser:
         with self._lock:
             if key in self._chosen:
                 if self._retime and self._machine_changed(key, seconds_per_sample, epoch_seconds):
-                    # Its trials again, from the second split: the first epoch of a shape is left untimed only
-                    # because it may compile.
-                    del self._chosen[key]
-                    self._best[key], self._epochs[key] = {}, 1
+                    self._forget(key)
                 return
             epochs = self._epochs[key] = self._epochs.get(key, 0) + 1
             if epochs == 1:
@@ -255,6 +252,20 @@ class SplitChooser:
             if epochs > choices * SPLIT_TRIALS:
                 self._chosen[key] = min(best, key=best.__getitem__)
                 self._kept_at[key], self._drifting[key] = time.monotonic(), 0
+
+    def retime(self, key: Shape) -> None:
+        """Time this shape's splits again from its next epoch, its kept split forgotten: for a caller that knows the
+        machine changed under it (`fastmlp bench` between its rounds, where kept_as_is holds the kept split through
+        the drift this class watches for). Nothing where no split of the shape is kept."""
+        with self._lock:
+            if key in self._chosen:
+                self._forget(key)
+
+    def _forget(self, key: Shape) -> None:
+        """The kept split of the shape forgotten and its trials begun again, from the second split (the first
+        epoch of a shape is left untimed only because it may compile); called with the lock held."""
+        del self._chosen[key]
+        self._best[key], self._epochs[key] = {}, 1
 
     def _machine_changed(self, key: Shape, seconds_per_sample: float, epoch_seconds: float) -> bool:
         """Whether the splits of a shape whose kept split just ran an epoch should be timed again (the class
