@@ -332,8 +332,8 @@ def test_the_report_says_how_the_numba_backend_split_each_shape(monkeypatch):
     moved = {"batch_size": 32, "input": "pixels", "split": "replicated",
              "round_splits": ["split", "split", "split", "replicated", "split", "replicated"]}
     (line,) = split_lines([moved, {**moved, "batch_size": 64, "round_splits": ["replicated"] * 6}])
-    assert line.endswith("batch 32 pixels split (rounds 1-3), replicated (round 4), split (round 5), replicated "
-                         "(round 6), batch 64 pixels replicated")
+    assert line.endswith("batch 32 pixels split (rounds 1-3) then replicated (round 4) then split (round 5) then "
+                         "replicated (round 6), batch 64 pixels replicated")
 
 
 def logged_chooser():

@@ -48,8 +48,8 @@ def split_lines(rows):
 
 
 def _splits_by_round(row):
-    """A row's split, or where its rounds ran more than one, each with its rounds: "split (rounds 1-4), replicated
-    (rounds 5-6)"."""
+    """A row's split, or where its rounds ran more than one, each with its rounds: "split (rounds 1-4) then
+    replicated (rounds 5-6)"."""
     rounds = row.get("round_splits") or []
     if len(set(rounds)) < 2:
         return row["split"]
@@ -59,7 +59,7 @@ def _splits_by_round(row):
             runs[-1][2] = number
         else:
             runs.append([split, number, number])
-    return ", ".join(f"{split or 'none kept'} (round{f' {a}' if a == b else f's {a}-{b}'})" for split, a, b in runs)
+    return " then ".join(f"{split or 'none kept'} (round{f' {a}' if a == b else f's {a}-{b}'})" for split, a, b in runs)
 
 
 def drift_lines(rows):
