@@ -1,10 +1,10 @@
-"""Arrays whose data starts on a cache line, on pages of their own: the buffers the SIMD kernels read a vector at a
-time, and that the numba backend's workers write.
+"""Arrays whose data starts on a page, and so on a cache line, on pages of their own: the buffers the SIMD kernels
+read a vector at a time, and that the numba backend's workers write.
 
 NumPy's allocator starts large arrays 16 bytes into a page, so a packed row of 64 bytes (one AVX-512
 vector, two AVX2 ones) would straddle two cache lines and every such load touch both. An array made
-here starts on a CACHE_LINE boundary instead; its rows then start on one wherever the row length in
-bytes is a multiple of it (the packed layout's rows always are).
+here starts on a PAGE boundary instead, a CACHE_LINE boundary too; its rows then start on a cache line wherever
+the row length in bytes is a multiple of it (the packed layout's rows always are).
 
     aligned_empty(shape, dtype)   uninitialised, like np.empty (each of these on pages of its own, below)
     aligned_zeros(shape, dtype)   zeros, like np.zeros
