@@ -139,7 +139,9 @@ class _Workspace:
         # The hidden deltas need their own buffers because the ReLU mask still reads acts.
         self.deltas = tuple(aligned_zeros((rows, size)) for size in layer_sizes[1:-1]) + (self.acts[-1],)
         self.db = tuple(aligned_zeros(size) for size in layer_sizes[1:])  # a worker's share: few lines shared
-        self.labels = np.zeros(rows, dtype=np.int64)
+        # on pages of its own, as every buffer a worker writes (fastmlp/runtime/aligned.py): split by rows, the workers
+        # write their rows' labels into one array; replicated, each into its own, 512 bytes at batch 64
+        self.labels = aligned_zeros(rows, np.int64)
         # Layer 1's sum over k in two parts, by step parity (fastmlp/backends/numba/layer1.py), for the nets summed
         # so; no rows for the others (a step then sums layer 1 in one chain).
         self.layer1_halves = aligned_zeros((2, 2, rows if upper_layers_small(layer_sizes) else 0,
