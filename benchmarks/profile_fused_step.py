@@ -41,7 +41,14 @@ from fastmlp.backends.numba.step import backward_rows_into_panels, bias_step
 from fastmlp.backends.numba.threads import epoch_workers, training_threads
 from fastmlp.backends.numba.timeline import StepTimeline
 from fastmlp.bench.fma_peak import CHAINS, VECTOR_WIDTH, cpu_model_name, measure_fma_peak
-from fastmlp.bench.throughput import cores_moved, numba_meeting_ns, resettle_numba_splits, settle_numba_splits
+from fastmlp.bench.report import splits_by_round
+from fastmlp.bench.throughput import (
+    cores_moved,
+    numba_meeting_ns,
+    numba_split,
+    resettle_numba_splits,
+    settle_numba_splits,
+)
 from fastmlp.datasets import load_mnist
 from fastmlp.kernels import gather_labels, gather_rows_scaled, softmax_xent_backward_rows_inplace
 from fastmlp.kernels.packed import (
@@ -147,7 +154,9 @@ def profile(pixels, y, batch_size, rounds, layer_sizes=LAYER_SIZES):
     """({name: median seconds per step (phases) or per epoch (epochs)}, the phases' FLOPs,
     {phase: median over rounds of its GFLOP/s over the round's one-core FMA peak}, the rounds' peaks,
     {epoch name: the StepTimeline of its last round}, the median over rounds of the epoch's speed on all its
-    workers over its speed on one in the same round, each round's barrier meeting in ns (none on one CPU))."""
+    workers over its speed on one in the same round, each round's barrier meeting in ns (none on one CPU), and
+    the split its epochs on several workers ran (fastmlp.bench.report.splits_by_round; None where there was none to
+    choose))."""
     model = MLP(layer_sizes, seed=0)
     calls = phase_calls(model, pixels, y, batch_size)
     reps = max(20, 200_000 // batch_size)
@@ -160,7 +169,7 @@ def profile(pixels, y, batch_size, rounds, layer_sizes=LAYER_SIZES):
     # the split chooser's trial epochs over before the timed ones, which then run the split users' epochs keep
     settle_numba_splits(backends[f"epoch, {workers} workers"], {"pixels": pixels}, y, batch_size, model)
     seconds = {name: [] for name in (*calls, *backends)}
-    peaks, meetings, kept_meeting = [], [], None
+    peaks, meetings, kept_meeting, splits = [], [], None, []
     with worker_threads.SPLITS.kept_as_is():  # the kept split in every timed epoch, no trials among them
         for round_ in range(rounds):
             peaks.append(measure_fma_peak(1, PEAK_SECONDS, PEAK_REPEATS))
@@ -172,6 +181,7 @@ def profile(pixels, y, batch_size, rounds, layer_sizes=LAYER_SIZES):
                     kept_meeting = None
                 kept_meeting = meeting if kept_meeting is None else kept_meeting
                 meetings.append(meeting)
+            splits.append(numba_split(layer_sizes, batch_size, pixels))
             for name, (call, _) in calls.items():
                 start = time.perf_counter()
                 call(reps)
@@ -187,8 +197,9 @@ def profile(pixels, y, batch_size, rounds, layer_sizes=LAYER_SIZES):
     timelines = {name: backend.timeline for name, backend in backends.items()}
     one, many = (seconds[name] for name in backends)  # each round's epoch on one worker, then on `workers`
     over_one = float(np.median(np.divide(one, many)))  # same-round ratios: the machine's drift cancels
+    split = splits_by_round({"split": splits[-1], "round_splits": splits}) if splits[-1] else None
     return ({name: float(np.median(s)) for name, s in seconds.items()}, flops, of_peak, peaks, timelines, over_one,
-            meetings)
+            meetings, split)
 
 
 def main(argv=None):
@@ -207,8 +218,8 @@ def main(argv=None):
     print(f"{cpu_model_name()}: SIMD tile {TILE.name}, {TILE.mr} rows x {TILE.nr} columns; one core's FMA peak "
           f"({CHAINS} chains of {VECTOR_WIDTH}-float FMAs) measured in every round")
     for batch_size in args.batch_sizes:
-        median, flops, of_peak, peaks, timelines, over_one, meetings = profile(X, y, batch_size, args.rounds,
-                                                                               tuple(sizes))
+        median, flops, of_peak, peaks, timelines, over_one, meetings, split = profile(X, y, batch_size, args.rounds,
+                                                                                      tuple(sizes))
         phases = {name: s for name, s in median.items() if name in flops}
         step = sum(phases.values())
         print(f"{'-'.join(map(str, sizes))}, batch {batch_size}: one thread, phases of a step add up to "
@@ -225,6 +236,8 @@ def main(argv=None):
             than_one = f"; {over_one:.2f}x one worker's, same-round ratios" if name == epochs[-1] != epochs[0] else ""
             if than_one and meetings:
                 than_one += f"; barrier meetings {min(meetings):.0f}-{max(meetings):.0f} ns"
+            if than_one and split:
+                than_one += f"; the step {split}"
             print(f"  {name:16s} {len(y) / s:10,.0f} samples/s  ({len(y) / s / (batch_size / step):.2f} of the "
                   f"one-thread phases{than_one})")
         for timeline in timelines.values():
