@@ -20,7 +20,7 @@ round (the machine drifts, so each column is a median over rounds of the same or
   two cores far apart, and the workers' epochs slow down with it). The numba
   backend's split chooser has kept its split before the timed epochs (`settle_numba_splits`, as the
   bench does): its trial epochs, most on splits it does not keep, were all five of a 5-round run's; and chosen
-  again before a round whose meeting moved by over 2x from the one after it was kept (the host moved the cores);
+  again before a round whose meeting moved by over 2x from that of the state it was kept in (the host moved the cores);
 - the step timeline of each backend's last epoch (fastmlp/backends/numba/timeline.py): each phase's median
   inside the epoch, worker by worker, from the cycle counter stamped at the phase boundaries, where the
   phases above are each timed alone on a batch already in cache.

@@ -25,7 +25,7 @@ and sees the same batches (the Trainer's seeded shuffle).
   a virtual machine the host may move two vCPUs from cores near each other to cores on different dies, for
   minutes at a time; a meeting then takes several times as long, and two workers' epochs slow down with it.
   Which of numba's step splits is fastest can change with it: where a round's meeting has moved by over
-  MOVED_MEETING_FACTOR from the first after the split was kept, the split is chosen again before that round
+  MOVED_MEETING_FACTOR from the one of the state the split was kept in, the split is chosen again before that round
   (`resettle_numba_splits`), as training's own re-timing would choose it a few epochs into such a change.
 - late/early: whether the trained state itself trains slower (subnormal floats are the usual
   cause). The model as the run leaves it (late) and as it was after the first two epochs (early)
@@ -182,7 +182,7 @@ def settle_numba_splits(backend, data, y, batch_size, init, seed=0):
                 break
 
 
-# A round whose barrier meeting is over this many times the one measured first after numba's split was kept, or
+# A round whose barrier meeting is over this many times that of the state numba's split was kept in, or
 # under 1 / this: the host moved the two cores (fastmlp.bench.barrier_meeting), near and far apart reading 40-145
 # and 300-430 ns on a 2-core Zen 5 VM (docs/results.md), and the split kept in one state may be the slower in the
 # other (there at batch 32: split by rows 70 ms an epoch near, replicated 107 against split 120 ms far).
@@ -239,7 +239,7 @@ def _rows_of_batch_size(backends, data, y, batch_size, epochs, seed, progress, l
     trainers = {run: Trainer(init.copy(), backends[run[0]], lr=LR, batch_size=batch_size, seed=seed) for run in runs}
     floor = GemmFloor(layer_sizes, min(batch_size, n), seed)
     floor_rates, early, meetings_ns = [], {}, []
-    kept_meeting_ns = None  # the first meeting after numba's splits of this batch size were (last) chosen
+    kept_meeting_ns = None  # the state numba's splits were (last) chosen in: round 1's meeting, or the one that moved
     round_splits: dict[str, list[str | None]] = {kind: [] for kind in data}
     for epoch in range(epochs):
         if epoch == WARMUP_EPOCHS:
