@@ -42,13 +42,7 @@ from fastmlp.backends.numba.threads import epoch_workers, training_threads
 from fastmlp.backends.numba.timeline import StepTimeline
 from fastmlp.bench.fma_peak import CHAINS, VECTOR_WIDTH, cpu_model_name, measure_fma_peak
 from fastmlp.bench.report import splits_by_round
-from fastmlp.bench.throughput import (
-    cores_moved,
-    numba_meeting_ns,
-    numba_split,
-    resettle_numba_splits,
-    settle_numba_splits,
-)
+from fastmlp.bench.throughput import numba_split, resettle_numba_splits, round_meeting_ns, settle_numba_splits
 from fastmlp.datasets import load_mnist
 from fastmlp.kernels import gather_labels, gather_rows_scaled, softmax_xent_backward_rows_inplace
 from fastmlp.kernels.packed import (
@@ -173,14 +167,11 @@ def profile(pixels, y, batch_size, rounds, layer_sizes=LAYER_SIZES):
     with worker_threads.SPLITS.kept_as_is():  # the kept split in every timed epoch, no trials among them
         for round_ in range(rounds):
             peaks.append(measure_fma_peak(1, PEAK_SECONDS, PEAK_REPEATS))
-            meeting = numba_meeting_ns() if workers > 1 else None
-            if meeting is not None:
-                if kept_meeting is not None and cores_moved(kept_meeting, meeting):  # chosen again, as the bench does
-                    resettle_numba_splits(backends[f"epoch, {workers} workers"], {"pixels": pixels}, y, batch_size,
-                                          model)
-                    kept_meeting = None
-                kept_meeting = meeting if kept_meeting is None else kept_meeting
-                meetings.append(meeting)
+            if workers > 1:  # the splits chosen again where the cores moved, as the bench does
+                meeting, kept_meeting = round_meeting_ns(kept_meeting, lambda: resettle_numba_splits(
+                    backends[f"epoch, {workers} workers"], {"pixels": pixels}, y, batch_size, model))
+                if meeting is not None:
+                    meetings.append(meeting)
             splits.append(numba_split(layer_sizes, batch_size, pixels))
             for name, (call, _) in calls.items():
                 start = time.perf_counter()
@@ -197,7 +188,7 @@ def profile(pixels, y, batch_size, rounds, layer_sizes=LAYER_SIZES):
     timelines = {name: backend.timeline for name, backend in backends.items()}
     one, many = (seconds[name] for name in backends)  # each round's epoch on one worker, then on `workers`
     over_one = float(np.median(np.divide(one, many)))  # same-round ratios: the machine's drift cancels
-    split = splits_by_round({"split": splits[-1], "round_splits": splits}) if splits[-1] else None
+    split = splits_by_round(splits) if splits[-1] else None
     return ({name: float(np.median(s)) for name, s in seconds.items()}, flops, of_peak, peaks, timelines, over_one,
             meetings, split)
 

@@ -39,7 +39,8 @@ def split_lines(rows):
     """The line under the throughput table that says how the numba backend split each shape's two-worker steps
     (rows' "split", where its epochs chose one; with the rounds of each where the rows' round_splits name more
     than one: chosen again after the host moved the cores); none where no row has one."""
-    chosen = [f"batch {r['batch_size']} {r['input']} {splits_by_round(r)}" for r in rows if r.get("split")]
+    chosen = [f"batch {r['batch_size']} {r['input']} {splits_by_round(r.get('round_splits') or [r['split']])}"
+              for r in rows if r.get("split")]
     if not chosen:
         return []
     return ["numba's two-worker steps, the upper layers split by rows or replicated on each worker, each worker's "
@@ -47,12 +48,11 @@ def split_lines(rows):
             f"(fastmlp.backends.numba.threads.SplitChooser): {', '.join(chosen)}"]
 
 
-def splits_by_round(row):
-    """A row's split, or where its rounds ran more than one, each with its rounds: "split (rounds 1-4) then
-    replicated (rounds 5-6)"."""
-    rounds = row.get("round_splits") or []
+def splits_by_round(rounds):
+    """The split of every round (`rounds`: one per round), or where they ran more than one, each with its rounds:
+    "split (rounds 1-4) then replicated (rounds 5-6)"."""
     if len(set(rounds)) < 2:
-        return row["split"]
+        return rounds[-1]
     runs: list[list] = []  # [split, first round, last round], 1-based
     for number, split in enumerate(rounds, 1):
         if runs and runs[-1][0] == split:

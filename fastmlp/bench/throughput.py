@@ -207,6 +207,20 @@ def resettle_numba_splits(backend, data, y, batch_size, init, seed=0):
     settle_numba_splits(backend, data, y, batch_size, init, seed)
 
 
+def round_meeting_ns(kept_meeting_ns, resettle):
+    """This round's barrier meeting in ns (`numba_meeting_ns`, None on one CPU) and that of the state the numba
+    backend's splits are kept in from now on: where the cores moved from kept_meeting_ns (`cores_moved`),
+    resettle() first chooses them again; where none was kept yet (None), this round's."""
+    meeting_ns = numba_meeting_ns()
+    if meeting_ns is None:
+        return None, kept_meeting_ns
+    if kept_meeting_ns is None or cores_moved(kept_meeting_ns, meeting_ns):
+        if kept_meeting_ns is not None:
+            resettle()
+        return meeting_ns, meeting_ns
+    return meeting_ns, kept_meeting_ns
+
+
 def measure_training(backends, data, y, *, batch_sizes=BATCH_SIZES, epochs=FULL["epochs"], seed=0, progress=None,
                      layer_sizes=LAYER_SIZES):
     """One row per (batch size, backend, input) with its steady-state samples/s and the ratios, training the net of
@@ -247,13 +261,9 @@ def _rows_of_batch_size(backends, data, y, batch_size, epochs, seed, progress, l
         for name in backends:
             time.sleep(SETTLE_SECONDS)
             if name == "numba":  # just before its epochs: the state they run in, which lasts seconds or more
-                meeting_ns = numba_meeting_ns()
+                meeting_ns, kept_meeting_ns = round_meeting_ns(
+                    kept_meeting_ns, lambda: resettle_numba_splits(backends["numba"], data, y, batch_size, init, seed))
                 if meeting_ns is not None:
-                    if kept_meeting_ns is None:
-                        kept_meeting_ns = meeting_ns
-                    elif cores_moved(kept_meeting_ns, meeting_ns):
-                        resettle_numba_splits(backends["numba"], data, y, batch_size, init, seed)
-                        kept_meeting_ns = meeting_ns
                     meetings_ns.append(meeting_ns)
                 for kind in data:
                     round_splits[kind].append(numba_split(layer_sizes, min(batch_size, n), data[kind]))
