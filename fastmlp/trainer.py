@@ -161,6 +161,9 @@ class Trainer:
         Raises TrainingDivergedError, naming the epoch, if the loss becomes NaN or inf.
         The backend compiles its epoch (`warm_up`) before the first one is timed, once per input
         kind (float32 or Pixels): no epoch's seconds include JIT time, `history.compile_seconds` holds it.
+        The backend may train on X in a form of its own with the same values, read once before the first epoch
+        (`training_inputs`: the numba backend reads float32 X whose entries are bytes times 1/255, as
+        `load_mnist` gives them, as those bytes); with on_epoch_end, each epoch reads X as it is then.
         """
         epochs = check_positive_int(epochs, "epochs")
         if on_epoch_end is not None and not callable(on_epoch_end):
@@ -175,6 +178,8 @@ class Trainer:
             if validation_data is None:
                 raise ValueError("patience (early stopping) needs validation_data to watch")
             best = _Best()
+        if on_epoch_end is None:  # else every epoch reads X itself: the callback may change it between epochs
+            X = self.backend.training_inputs(X, epochs)
         self._warm_up(X)
         first = len(self.history) + 1
         last = first + epochs - 1

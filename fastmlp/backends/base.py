@@ -125,6 +125,11 @@ class BackendBase:
         `momentum` is accepted for callers of 0.2.0 and ignored: one compiled epoch serves every update rule."""
         return 0.0
 
+    def training_inputs(self, X: FloatArray | Pixels, epochs: int) -> FloatArray | Pixels:
+        """X (validated) in the form this backend trains fastest on for `epochs` epochs over the same rows, with
+        the same values, so that the epochs give the same bits: X itself here. A Trainer asks once a `fit`."""
+        return X
+
     # What a backend implements, on arrays the public methods above have validated.
 
     def _forward(self, model: MLP, X: FloatArray) -> FloatArray:

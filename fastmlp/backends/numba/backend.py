@@ -4,6 +4,7 @@
     batch    one batch outside an epoch: its logits, probabilities, loss and gradients
     layer1   layer 1's sum over k in two parts, as every training step computes it (split by k on two workers)
     buffers  the packed parameters and a batch's scratch arrays
+    pixels   float32 inputs that are bytes times 1/255, trained on as those bytes
     threads  how many workers an epoch runs on, and how they run it
     timeline where a step's time goes inside the epoch (StepTimeline: the cycle counter at its phases)
     backend  the Backend: packs, runs, unpacks, and serialises its callers (this module)
@@ -35,6 +36,7 @@ from ..base import BackendBase, Labels, Progress, WholeSteps
 from . import threads as threads_module
 from .batch import forward_logits_inplace, forward_probs_inplace, loss_and_grads_into  # noqa: F401
 from .buffers import _Packed, _Workspace, activation_buffer, packed_weights, upper_copies
+from .pixels import PIXEL_EPOCHS, exact_pixels
 from .step import part_of, step_worker, train_batches_worker  # noqa: F401
 from .threads import LOAD_WINDOW_SECONDS, epoch_workers, run_chunks, run_workers, step_splits, training_threads
 from .timeline import EpochShape, StepTimeline
@@ -316,6 +318,15 @@ class Backend(BackendBase):
         from the start of the next epoch, whose workers need both.
         """
         return single_threaded_blas()
+
+    def training_inputs(self, X: FloatArray | Pixels, epochs: int) -> FloatArray | Pixels:
+        """X, or float32 X whose every entry is a byte times 1/255 as `Pixels` of those bytes (the same float32
+        rows: the same bits) for PIXEL_EPOCHS epochs or more, which read a quarter of the bytes a batch
+        (fastmlp/backends/numba/pixels.py)."""
+        if isinstance(X, Pixels) or epochs < PIXEL_EPOCHS:
+            return X
+        pixels = exact_pixels(X)
+        return X if pixels is None else pixels
 
     def warm_up(self, model: MLP, *, pixels: bool = False, momentum: bool = False) -> float:
         """Compile (or load from Numba's cache) the epoch and evaluation functions for nets of model's depth; returns

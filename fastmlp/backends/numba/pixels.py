@@ -1,0 +1,55 @@
+"""Float32 inputs that are bytes, trained on as bytes.
+
+A float32 row of MNIST is 3,136 bytes, the same row as uint8 `Pixels` 784. The step gathers each shuffled batch
+from memory, and a core's memory throughput bounds that gather, so float32 rows cost an epoch more than pixel
+rows of the same values (docs/results.md). Where every entry of a float32 X is a byte times 1/255, computed as
+the gather computes it (the float32 product `float32(k) * float32(1 / 255)`, as `load_mnist` and
+`Pixels.to_float32` make them), the bytes reproduce X bit for bit through that gather: training on
+`Pixels(codes)` gives the same bits as training on X, with a quarter of the bytes to read. Data scaled another
+way (X / 255 in float64, standardised features) fail the check at their first such value and are trained on
+as they are.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from ...inputs import FloatArray, Pixels
+from ...runtime.jit import cached_njit
+
+# Trainer.fit hands X over as bytes (`exact_pixels`) only for this many epochs or more: the check and the copy
+# take about one pass over X (11-15 ms for MNIST's 60,000 rows on an AMD EPYC Zen 5, the bytes' pages faulted
+# in), about what one to two epochs on the bytes save there (docs/results.md).
+PIXEL_EPOCHS = 3
+
+
+@cached_njit(nogil=True)
+def pixel_codes_into(codes: npt.NDArray[np.uint8], X: FloatArray, scale: np.float32) -> bool:
+    """codes[i, j] = the byte k whose float32 product k * scale is X[i, j], for a C-contiguous float32 X (n, f);
+    True when every entry of X is such a product (not NaN, not -0.0, on the grid of scale's multiples from 0 to
+    255 * scale), else False, at the end of the first row that holds another value (codes are then unfinished).
+    scale: float32 (> 0). Overwrites codes (n, f) uint8."""
+    inv = np.float32(1.0) / scale
+    signs = X.view(np.uint32)  # the sign bit tells -0.0 (a different bit pattern) from 0.0, which == calls equal
+    for i in range(X.shape[0]):
+        bad = np.uint32(0)  # OR of the row's misses: no branch in the loop, which then vectorises
+        for j in range(X.shape[1]):
+            v = X[i, j]
+            # The nearest k to v / scale, clamped to the bytes (a NaN gives some k, whose product differs from it).
+            k = np.int32(min(max(v * inv + np.float32(0.5), np.float32(0.0)), np.float32(255.0)))
+            bad |= np.uint32(np.float32(k) * scale != v) | (signs[i, j] >> np.uint32(31))
+            codes[i, j] = np.uint8(k)
+        if bad:
+            return False
+    return True
+
+
+def exact_pixels(X: FloatArray, scale: float = 1.0 / 255.0) -> Pixels | None:
+    """X (float32, C-contiguous, 2-D) as `Pixels(codes, scale)` when each entry is exactly a byte times scale in
+    float32 (`pixel_codes_into`), so that the two give the same float32 rows; else None. Copies X's values once
+    into a new uint8 array (a quarter of X's bytes); reads X no further than its first row off the grid."""
+    codes = np.empty(X.shape, dtype=np.uint8)
+    if not pixel_codes_into(codes, X, np.float32(scale)):
+        return None
+    return Pixels(codes, scale)
