@@ -36,7 +36,13 @@ def test_any_value_off_the_bytes_grid_keeps_x_as_it_is(value, row):
     _, X = pixel_rows()
     X[row, 7] = value
     assert not pixel_codes_into(np.zeros(X.shape, np.uint8), X, SCALE)
-    assert exact_pixels(X) is None
+    assert all(exact_pixels(X, parts=parts) is None for parts in (1, 2, 3))
+
+
+@pytest.mark.parametrize("parts", [2, 3, 97, 500])
+def test_the_codes_are_the_same_checked_in_parts_on_threads(parts):
+    codes, X = pixel_rows()
+    np.testing.assert_array_equal(exact_pixels(X, parts=parts).data, codes)
 
 
 def test_values_scaled_in_float64_are_bytes_only_where_the_two_roundings_agree():

@@ -30,7 +30,7 @@ from ...inference.threads import run_parts
 from ...inputs import FloatArray, Pixels, check_positive_int
 from ...kernels.packed import ADAM, ADAMW, MOMENTUM, NESTEROV, PANEL_WIDTH, PLAIN_SGD, unpack_weights_into  # noqa: F401
 from ...runtime.barrier import barrier_aborted, barrier_state
-from ...runtime.blas_threads import single_threaded_blas, usable_cpus  # noqa: F401  usable_cpus: read by tests
+from ...runtime.blas_threads import single_threaded_blas, usable_cpus
 from ...runtime.thread_policy import CpuLoad, free_cores, others_running
 from ..base import BackendBase, Labels, Progress, WholeSteps
 from . import threads as threads_module
@@ -325,7 +325,7 @@ class Backend(BackendBase):
         (fastmlp/backends/numba/pixels.py)."""
         if isinstance(X, Pixels) or epochs < PIXEL_EPOCHS:
             return X
-        pixels = exact_pixels(X)
+        pixels = exact_pixels(X, parts=self.threads or usable_cpus())
         return X if pixels is None else pixels
 
     def warm_up(self, model: MLP, *, pixels: bool = False, momentum: bool = False) -> float:

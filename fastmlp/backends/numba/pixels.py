@@ -15,12 +15,14 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from ...inference.threads import run_parts
 from ...inputs import FloatArray, Pixels
 from ...runtime.jit import cached_njit
 
 # Trainer.fit hands X over as bytes (`exact_pixels`) only for this many epochs or more: the check and the copy
-# take about one pass over X (11-15 ms for MNIST's 60,000 rows on an AMD EPYC Zen 5, the bytes' pages faulted
-# in), about what one to two epochs on the bytes save there (docs/results.md).
+# take about one pass over X (10-16 ms for MNIST's 60,000 rows on the two cores of an AMD EPYC Zen 5, 32-50 ms
+# on one: faulting in the bytes' pages is most of it), about what one to two epochs on the bytes save there
+# (docs/results.md).
 PIXEL_EPOCHS = 3
 
 
@@ -45,11 +47,15 @@ def pixel_codes_into(codes: npt.NDArray[np.uint8], X: FloatArray, scale: np.floa
     return True
 
 
-def exact_pixels(X: FloatArray, scale: float = 1.0 / 255.0) -> Pixels | None:
+def exact_pixels(X: FloatArray, scale: float = 1.0 / 255.0, parts: int = 1) -> Pixels | None:
     """X (float32, C-contiguous, 2-D) as `Pixels(codes, scale)` when each entry is exactly a byte times scale in
     float32 (`pixel_codes_into`), so that the two give the same float32 rows; else None. Copies X's values once
-    into a new uint8 array (a quarter of X's bytes); reads X no further than its first row off the grid."""
+    into a new uint8 array (a quarter of X's bytes), its rows cut into `parts` parts checked on as many threads
+    at once (the first on this one); a part stops at its first row off the grid."""
     codes = np.empty(X.shape, dtype=np.uint8)
-    if not pixel_codes_into(codes, X, np.float32(scale)):
+    parts = max(1, min(parts, len(X)))
+    cuts = [len(X) * p // parts for p in range(parts + 1)]
+    scale32 = np.float32(scale)
+    if not all(run_parts(pixel_codes_into, [(codes[a:b], X[a:b], scale32) for a, b in zip(cuts, cuts[1:])])):
         return None
     return Pixels(codes, scale)
