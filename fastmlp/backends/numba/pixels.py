@@ -19,11 +19,12 @@ from ...inference.threads import run_parts
 from ...inputs import FloatArray, Pixels
 from ...runtime.jit import cached_njit
 
-# Trainer.fit hands X over as bytes (`exact_pixels`) only for this many epochs or more: the check and the copy
-# take about one pass over X (10-16 ms for MNIST's 60,000 rows on the two cores of an AMD EPYC Zen 5, 32-50 ms
-# on one: faulting in the bytes' pages is most of it), about what one to two epochs on the bytes save there
-# (docs/results.md).
-PIXEL_EPOCHS = 3
+# Trainer.fit hands X over as bytes (`exact_pixels`) only for this many epochs or more. The check and the copy took
+# 6-85 ms for MNIST's 60,000 rows on the two cores of an AMD EPYC Zen 5 VM (most of it faulting in the bytes'
+# pages, the more where the memory was new to the process), and an epoch on the bytes saved 1-3 ms at batch 32 and
+# 64 there, 7-15 at 128 and 1024: ten-epoch fits came out 1.00x at 32 and 64 and 1.04-1.13x at 128 and 1024, the
+# longer fits the more (docs/results.md).
+PIXEL_EPOCHS = 10
 
 
 @cached_njit(nogil=True)
