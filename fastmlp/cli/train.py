@@ -194,8 +194,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     model = MLP([X_train.shape[1], *args.hidden, data.n_classes], init=args.init, seed=args.seed)
     backend = get_backend(args.backend, args.threads)
-    # The form the backend trains fastest on, with the same values (float32 bytes / 255 as bytes): here rather than
-    # in Trainer.fit, which keeps X as it is for a fit with on_epoch_end, as below (this one leaves X alone).
+    # The form the backend trains fastest on, with the same values (float32 bytes / 255 as bytes): asked here, as
+    # Trainer.fit keeps X as it is when given on_epoch_end, and ours below only prints.
     X_train = backend.training_inputs(check_features(X_train, X_train.shape[1]), args.epochs)
     # One line on stderr while Numba really compiles (a new net depth, a cold cache); none on a cache hit.
     tell = (lambda message: print(message, file=sys.stderr, flush=True)) if not args.quiet else (lambda message: None)
