@@ -105,6 +105,11 @@ def test_x_stays_as_it_is_for_fewer_epochs_other_values_and_the_numpy_backend():
     assert all(x is X for x in fit(X, y, PIXEL_EPOCHS, backend="numpy")[1])
     standardised = (X - X.mean(axis=0)) / (X.std(axis=0) + 1)
     assert all(x is standardised for x in fit(standardised, y, PIXEL_EPOCHS)[1])
+    # What the backend is handed unvalidated (the CLI's own data) comes back as it is unless it is such an array.
+    backend = get_backend("numba")
+    for other in (X.astype(np.float64), np.asfortranarray(X), X[:, ::2], X.ravel(), Pixels(np.zeros((2, 3), np.uint8))):
+        assert backend.training_inputs(other, PIXEL_EPOCHS) is other
+    assert isinstance(backend.training_inputs(X, PIXEL_EPOCHS), Pixels)
 
 
 def test_a_callback_that_changes_x_between_epochs_is_seen_by_the_next_epoch():

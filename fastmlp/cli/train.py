@@ -18,7 +18,7 @@ from ..backends import get_backend
 from ..backends.base import BackendBase
 from ..datasets import ENV_VAR, find_dataset, load_mnist, train_val_split, unused_env_folder
 from ..datasets.tabular import class_labels, encode_labels, hold_out, load_table, mean_and_std, standardize_in_place
-from ..inputs import Pixels, check_features, check_positive_float
+from ..inputs import Pixels, check_positive_float
 from ..model import INITS, MLP
 from ..optim import ADAM_OPTIMIZERS, OPTIMIZERS, SCHEDULES
 from ..runtime.atomic import atomic_write
@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     backend = get_backend(args.backend, args.threads)
     # The form the backend trains fastest on, with the same values (float32 bytes / 255 as bytes): asked here, as
     # Trainer.fit keeps X as it is when given on_epoch_end, and ours below only prints.
-    X_train = backend.training_inputs(check_features(X_train, X_train.shape[1]), args.epochs)
+    X_train = backend.training_inputs(X_train, args.epochs)
     # One line on stderr while Numba really compiles (a new net depth, a cold cache); none on a cache hit.
     tell = (lambda message: print(message, file=sys.stderr, flush=True)) if not args.quiet else (lambda message: None)
     with announce_compiling(say=tell):

@@ -322,8 +322,10 @@ class Backend(BackendBase):
     def training_inputs(self, X: FloatArray | Pixels, epochs: int) -> FloatArray | Pixels:
         """X, or float32 X whose every entry is a byte times 1/255 as `Pixels` of those bytes (the same float32
         rows: the same bits) for PIXEL_EPOCHS epochs or more, which read a quarter of the bytes a batch
-        (fastmlp/backends/numba/pixels.py)."""
-        if isinstance(X, Pixels) or epochs < PIXEL_EPOCHS:
+        (fastmlp/backends/numba/pixels.py). Anything but a C-contiguous 2-D float32 array comes back as it is,
+        to be validated where it is trained on."""
+        if (epochs < PIXEL_EPOCHS or not isinstance(X, np.ndarray) or X.dtype != np.float32 or X.ndim != 2
+                or not X.flags.c_contiguous):
             return X
         pixels = exact_pixels(X, parts=self.threads or usable_cpus())
         return X if pixels is None else pixels
