@@ -18,7 +18,9 @@ and sees the same batches (the Trainer's seeded shuffle).
 - FMA roofline: the FMA peak of all usable cores at once (fastmlp.bench.fma_peak: a loop of
   independent vector FMAs in fastmlp's own IR, no memory traffic) divided by the FLOPs of a
   sample's step, those of the floor's gemms: 2 * (3 * sum(fan_in * fan_out) - 784 * 128) =
-  454 kFLOP for 784-128-64-10. It does not depend on the BLAS loaded: the main yardstick.
+  454 kFLOP for 784-128-64-10. It does not depend on the BLAS loaded: the main yardstick. The numba
+  backend's layer 0 does fewer: it skips the inputs that are zero (fastmlp.kernels.packed's
+  SKIP_ZERO_INPUTS; on MNIST about half of layer 0's FLOPs), so its fractions may pass 100 %.
 - sgemm roofline: the GFLOP/s of one large square sgemm divided by the same FLOPs.
 - barrier meeting (numba, two CPUs or more): once a round, just before numba's epochs, the time two of the numba
   backend's workers, run as its epochs run them, take to meet at its barrier (fastmlp.bench.barrier_meeting). On

@@ -24,6 +24,8 @@ The modules of this package, one concept each:
     gather       a batch's rows gathered (and uint8 pixels scaled) into a float32 buffer
     packed       weights packed into column panels, and the SIMD kernels that read and update them
     simd_ir      the LLVM IR of those kernels' microkernels (update_ir: the update tiles')
+    nonzero_ir   the LLVM IR listing where an input is not zero, for the tiles that skip its zeros
+    tile_calls   the calls from Numba code into those tiles, and their scratch buffers
     tiles        the tile shape per instruction set, and the one chosen for this CPU
     rowmajor     inference off the model's row-major weights, and off packed copies kept between calls
     rowmajor_ir  the LLVM IR of rowmajor's tiles

@@ -147,20 +147,22 @@ def _counted_loop(builder, fn, count, initial, body, name):
     return carried
 
 
-def _tile_loop(builder, fn, trip_count, rows, nv, vec, load_b, load_a, also=None, initial=None):
+def _tile_loop(builder, fn, trip_count, rows, nv, vec, load_b, load_a, also=None, initial=None, column=None):
     """The k loop of a tile: returns the rows x nv accumulators after `trip_count` iterations.
 
     load_b(builder, k) gives the nv B vectors of iteration k; load_a(builder, k, m) the scalar of
     row m. The accumulators are phi values of the loop header: registers, never memory.
     also(builder, k), if given, emits more work into iteration k (it may add blocks, and leaves
     the builder in the block where the iteration goes on). initial[m][v], if given, are the
-    accumulators' values before the first iteration (zeros otherwise).
+    accumulators' values before the first iteration (zeros otherwise). column(builder, i), if given,
+    is the k that iteration i reads (load_b and load_a get it; `also` gets i): k = i otherwise.
     """
     start = [vec.zero if initial is None else initial[m][v] for m in range(rows) for v in range(nv)]
 
-    def fmas(builder, k, accs):  # accs: row m's vector v at m * nv + v
+    def fmas(builder, i, accs):  # accs: row m's vector v at m * nv + v
         if also is not None:
-            also(builder, k)
+            also(builder, i)
+        k = i if column is None else column(builder, i)
         b = load_b(builder, k)
         new = []
         for m in range(rows):
@@ -172,7 +174,7 @@ def _tile_loop(builder, fn, trip_count, rows, nv, vec, load_b, load_a, also=None
     return [accs[m * nv:(m + 1) * nv] for m in range(rows)]
 
 
-def forward_tile(module, tile):
+def forward_tile(module, tile, indexed=False):
     """The LLVM function computing one tile of C = epilogue(A @ W), W packed; declared once per module.
 
     void (float* a, i64 lda, float* panel, i64 K, float* c, i64 ldc, i64 rows, i64 ncols,
@@ -186,14 +188,20 @@ def forward_tile(module, tile):
     (floats): the caller spreads the A rows of its next tile over the loop (ahead_step 0: one line
     over and over, for a tile that has nothing to fetch), so that they come from L3 while this
     tile computes rather than stall the next; one more load-port operation an iteration.
+
+    indexed: the function takes one more argument, i32* columns, and its loop runs over the K
+    columns k = columns[0..K-1] of A (rows of the panel) rather than over 0..K-1: the columns where
+    a tile's rows of A are not all zero (`nonzero_columns`), the others adding nothing to the sums.
+    The sums over the listed k run in the same order as over all k, and a term skipped is an exact
+    zero: the same bits as the whole loop (up to the sign of a zero sum).
     """
-    name = f"fastmlp_forward_tile_{tile.name}"
+    name = f"fastmlp_forward_tile_{tile.name}" + ("_indexed" if indexed else "")
     if name in module.globals:
         return module.globals[name]
-    fnty = ir.FunctionType(ir.VoidType(), [PTR, I64, PTR, I64, PTR, I64, I64, I64, PTR, PTR, I64, I32, PTR, I64])
-    fn = ir.Function(module, fnty, name)
+    args = [PTR, I64, PTR, I64, PTR, I64, I64, I64, PTR, PTR, I64, I32, PTR, I64]
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), args + ([I32.as_pointer()] if indexed else [])), name)
     fn.linkage = "internal"
-    a, lda, panel, K, c, ldc, rows, ncols, bias, mask, ldmask, kind, ahead, ahead_step = fn.args
+    a, lda, panel, K, c, ldc, rows, ncols, bias, mask, ldmask, kind, ahead, ahead_step = fn.args[:14]
     vec = _Vectors(module, tile.vw)
     nv, nr, vw, mr = tile.nv, tile.nr, tile.vw, tile.mr
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -211,7 +219,11 @@ def forward_tile(module, tile):
     def prefetch_ahead(builder, k):
         prefetch(builder, builder.gep(ahead, [builder.mul(k, ahead_step)]), into_l1=False)
 
-    accs = _tile_loop(builder, fn, K, mr, nv, vec, load_b, load_a, also=prefetch_ahead)
+    def listed_column(builder, i):  # indexed: the i-th listed column, as i64
+        return builder.sext(builder.load(builder.gep(fn.args[14], [i])), I64)
+
+    accs = _tile_loop(builder, fn, K, mr, nv, vec, load_b, load_a, also=prefetch_ahead,
+                      column=listed_column if indexed else None)
     masks = [_lane_mask(builder, ir.Constant(I64, v * vw), ncols, vw) for v in range(nv)]
     with_bias = builder.or_(builder.icmp_unsigned("==", kind, ir.Constant(I32, BIAS)),
                             builder.icmp_unsigned("==", kind, ir.Constant(I32, BIAS_RELU)))

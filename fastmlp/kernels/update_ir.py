@@ -29,7 +29,7 @@ from .simd_ir import (
 )
 
 
-def wgrad_tile(module, tile):
+def wgrad_tile(module, tile, indexed=False):
     """The LLVM function updating a tile's packed weight rows from their gradient by an SGD rule;
     declared once per module.
 
@@ -52,15 +52,18 @@ def wgrad_tile(module, tile):
     (MR rows of NR floats) instead of zeros, KEEP_SUM leaves them there instead of applying the
     rule. The sums are the same FMAs in the same order: the same bits as one call over all rows.
     carry is read or written only with these bits (chunk 0: one call over all n rows).
+
+    indexed: the function takes one more argument, i32* rows, and sums over the n rows i = rows[0..n-1] of
+    A and D rather than 0..n-1: the rows where the tile's columns of A are not all zero (packed's
+    _nonzero_rows), the others adding nothing to G. In the same order: the same bits (up to a zero's sign).
     """
-    name = f"fastmlp_wgrad_tile_{tile.name}"
+    name = f"fastmlp_wgrad_tile_{tile.name}" + ("_indexed" if indexed else "")
     if name in module.globals:
         return module.globals[name]
-    fnty = ir.FunctionType(ir.VoidType(), [PTR, I64, PTR, I64, I64, I64, I64, I64, PTR, PTR, F32, F32, F32, I32, PTR,
-                                           I32])
-    fn = ir.Function(module, fnty, name)
+    args = [PTR, I64, PTR, I64, I64, I64, I64, I64, PTR, PTR, F32, F32, F32, I32, PTR, I32]
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), args + ([I32.as_pointer()] if indexed else [])), name)
     fn.linkage = "internal"
-    a, lda, d, ldd, n, lo, hi, ncols, w, vel, lr, momentum, weight_decay, rule, carry, chunk = fn.args
+    a, lda, d, ldd, n, lo, hi, ncols, w, vel, lr, momentum, weight_decay, rule, carry, chunk = fn.args[:16]
     vec = _Vectors(module, tile.vw)
     nv, nr, vw = tile.nv, tile.nr, tile.vw
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -109,7 +112,11 @@ def wgrad_tile(module, tile):
         _prefetch_rows(builder, w, tile)
         with builder.if_then(uses_velocity):
             _prefetch_rows(builder, vel, tile)
-    _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, update_rows, carry=(carry, chunk))
+    def listed_row(builder, i):  # indexed: the i-th listed row, as i64
+        return builder.sext(builder.load(builder.gep(fn.args[16], [i])), I64)
+
+    _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, update_rows, carry=(carry, chunk),
+                   row=listed_row if indexed else None)
     builder.ret_void()
     return fn
 
@@ -126,7 +133,7 @@ RESUME_SUM, KEEP_SUM = 1, 2
 
 
 def _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, finish, also=None, before_partial=None,
-                   carry=None):
+                   carry=None, row=None):
     """Emit a weight-gradient tile's product G = A[:, k0+lo:k0+hi].T @ D[:, panel]; the builder ends after it.
 
     Iteration i of a loop reads row i of D (NV vectors) and one scalar of each of the tile's
@@ -146,6 +153,7 @@ def _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, fin
       forward_tile, they read column hi - 1 of A again for the missing ones, never stored.
     carry, if given, is (pointer, chunk bits): the full loop's RESUME_SUM and KEEP_SUM (wgrad_tile); with any
     chunk bit set (a sum over many rows, cut in ranges) the full loop also prefetches A A_PREFETCH_ROWS rows ahead.
+    row(builder, i), if given, is the row of A and D that iteration i reads (row i otherwise).
     """
     nv, nr, vw, mr = tile.nv, tile.nr, tile.vw, tile.mr
     half = (mr + 1) // 2
@@ -173,7 +181,7 @@ def _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, fin
     builder.position_at_end(full_block)
     columns = [ir.Constant(I64, m) for m in range(mr)]  # constant offsets from one pointer: one GPR
     if carry is None:
-        accs = _tile_loop(builder, fn, n, mr, nv, vec, d_loader(None), a_loader(columns), also)
+        accs = _tile_loop(builder, fn, n, mr, nv, vec, d_loader(None), a_loader(columns), also, column=row)
         finish(builder, accs, ir.Constant(I64, 0), True)
     else:
         pointer, chunk = carry
@@ -191,10 +199,11 @@ def _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, fin
         with builder.if_else(cut) as (in_ranges, whole):
             with in_ranges:
                 fetched = _tile_loop(builder, fn, n, mr, nv, vec, d_loader(None), a_loader(columns),
-                                     _with_a_prefetch(builder, a, lda, also), start)
+                                     _with_a_prefetch(builder, a, lda, also), start, column=row)
                 fetched_block = builder.block
             with whole:
-                plain = _tile_loop(builder, fn, n, mr, nv, vec, d_loader(None), a_loader(columns), also, start)
+                plain = _tile_loop(builder, fn, n, mr, nv, vec, d_loader(None), a_loader(columns), also, start,
+                                   column=row)
                 plain_block = builder.block
         accs = _merged(builder, vec, [(fetched, fetched_block), (plain, plain_block)])
         with builder.if_else(keep) as (kept, finished):
@@ -219,7 +228,7 @@ def _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, fin
     builder.cbranch(builder.icmp_signed("<", first, hi), body, done)
     builder.position_at_end(body)
     columns = [_clamp_row(builder, builder.add(first, ir.Constant(I64, m)), hi) for m in range(half)]
-    accs = _tile_loop(builder, fn, n, half, nv, vec, d_loader(masks), a_loader(columns))
+    accs = _tile_loop(builder, fn, n, half, nv, vec, d_loader(masks), a_loader(columns), column=row)
     finish(builder, accs, first, False)
     first.add_incoming(builder.add(first, ir.Constant(I64, half)), builder.block)
     builder.branch(header)

@@ -17,7 +17,7 @@ bits may differ from training's forward.
 import numpy as np
 
 from ...kernels.elementwise import sum_parts_bias_rows_into
-from ...kernels.packed import BIAS, BIAS_RELU, PANEL_WIDTH, STORE
+from ...kernels.packed import BIAS, BIAS_RELU, PANEL_WIDTH, SKIP_ZERO_INPUTS, STORE
 from ...runtime.jit import cached_njit
 from .step_kernels import forward_part
 
@@ -48,6 +48,7 @@ def training_forward_rows(packed, biases, x, acts, first, r0, r1, halves, cut, p
                              cut if h == 0 else np.int64(packed[l].shape[1]))
             sum_parts_bias_rows_into(out, halves[0], halves[1], biases[l], l < L - 1, r0, r1)
         else:
+            # Layer 0's input, a data batch, often has many zeros (MNIST's pixels): its sums skip them.
             forward_part(out, x if l == 0 else acts[l - 1], packed[l], biases[l], out,
-                         np.int64(BIAS_RELU if l < L - 1 else BIAS), r0, r1, np.int64(0), packed[l].shape[0],
-                         np.int64(0), np.int64(-1))
+                         np.int64((BIAS_RELU if l < L - 1 else BIAS) | (SKIP_ZERO_INPUTS if l == 0 else 0)), r0, r1,
+                         np.int64(0), packed[l].shape[0], np.int64(0), np.int64(-1))

@@ -129,6 +129,7 @@ from ...kernels.packed import (
     PANEL_WIDTH,
     PLAIN_SGD,
     RELU_MASK,
+    SKIP_ZERO_INPUTS,
     STORE,
     adam_corrections,
 )
@@ -300,8 +301,9 @@ def updates(t, workers, by_rows, upper_part, layer1_by_k, packed, transposed, ve
             # read the columns of acts[0] it alone overwrites in the next step's phase A (all of them, replicated).
             k0, k1 = layer0_columns(t if layer1_by_k else part, workers if layer1_by_k else parts, packed[0].shape[0],
                                     P.shape[1])
-        update_part(P, velocity_w[l], A, delta_panels[l], nb, k0, k1, p0, p1, lr, momentum, weight_decay, rule,
-                    second_w[l], beta2, eps, bc1, bc2)
+        # Layer 0's input, a data batch, often has many zeros (MNIST's pixels): its sums skip them (SGD rules).
+        update_part(P, velocity_w[l], A, delta_panels[l], nb, k0, k1, p0, p1, lr, momentum, weight_decay,
+                    rule | (SKIP_ZERO_INPUTS if l == 0 else 0), second_w[l], beta2, eps, bc1, bc2)
         if l > 0:
             transpose_packed_into(transposed[l], P, k0, k1)
         bias_step(biases[l], velocity_b[l], second_b[l], delta_panels[l], db[l], nb, c0, c1, lr, momentum, rule, beta2,
@@ -332,8 +334,9 @@ def forward_backward(t, workers, by_rows, rows_part, panels_part, barrier, packe
         # Layer 0 on the worker's panels; then, layer 1 split by k, part t of layer 1's sum (its columns of acts[0]
         # just computed by the matching rows of W_1), for every row (a loop of at most one pass: see
         # backward_rows_into_panels).
-        forward_part(acts[0], x, packed[0], biases[0], acts[0], np.int64(BIAS_RELU if L > 1 else BIAS), np.int64(0), nb,
-                     p0, p1, np.int64(0), np.int64(-1))
+        forward_part(acts[0], x, packed[0], biases[0], acts[0],
+                     np.int64((BIAS_RELU if L > 1 else BIAS) | SKIP_ZERO_INPUTS), np.int64(0), nb, p0, p1, np.int64(0),
+                     np.int64(-1))
         for l in range(1, min(L, 2) if layer1_by_k else 1):
             part = halves[parity, t]
             forward_part(part, acts[0], packed[l], biases[l], part, np.int64(STORE), np.int64(0), nb, np.int64(0),
