@@ -160,3 +160,21 @@ def test_adam_ignores_the_flag():
         results.append((P, M, S))
     for dense, skipping in zip(*results):
         assert same_bits(skipping, dense)
+
+
+def test_after_a_dense_tile_the_next_tiles_run_unlisted_then_listing_resumes():
+    """A tile whose listing finds it dense is followed by UNLISTED_AFTER_DENSE tiles over all their columns (data
+    with few zeros pays for one listing in eight); the tile after them is listed again. Seen through a weight row
+    of inf that only zero inputs meet: read (NaN) by the unlisted tiles only."""
+    tiles = pk.UNLISTED_AFTER_DENSE + 2
+    rng = np.random.default_rng(9)
+    A = 1 + rng.random((tiles * TILE_ROWS, 48), dtype=np.float32)
+    A[TILE_ROWS:, 1::3] = 0.0  # every tile but the first: a third of its columns zero
+    W = rng.standard_normal((48, 16), dtype=np.float32)
+    W[1] = np.inf
+    P = reference.packed(W)
+    C = np.zeros((A.shape[0], 16), np.float32)
+    pk.forward_part(C, A, P, C[0], C, pk.STORE | pk.SKIP_ZERO_INPUTS, 0, A.shape[0], 0, P.shape[0])
+    by_tile = [np.isnan(C[t * TILE_ROWS:(t + 1) * TILE_ROWS]).all() for t in range(tiles)]
+    assert by_tile == [False] + [True] * pk.UNLISTED_AFTER_DENSE + [False]
+    assert np.isposinf(C[:TILE_ROWS]).any() or np.isneginf(C[:TILE_ROWS]).any()  # the dense tile: inf * 1.x

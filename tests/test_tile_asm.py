@@ -25,14 +25,18 @@ from fastmlp.kernels import rowmajor, simd_ir, update_ir
 from fastmlp.kernels.tiles import TILES, Tile
 
 CPUS = {"avx2": "haswell", "avx512": "skylake-avx512", "sse": "x86-64"}
-KERNELS = ("forward", "wgrad", "adam")
+# "_indexed": the tile that runs over a list of its k (or rows), skipping zero inputs (packed's SKIP_ZERO_INPUTS).
+KERNELS = ("forward", "wgrad", "adam", "forward_indexed", "wgrad_indexed")
 
 
 def tile_assembly(kernel, tile, cpu):
-    """x86 assembly of one microkernel (simd_ir.<kernel>_tile) for `tile`, compiled -O3 for `cpu`
-    and its own features."""
-    source = simd_ir if kernel == "forward" else update_ir
-    return assembly(lambda module: getattr(source, f"{kernel}_tile")(module, tile), f"{kernel}_{tile.name}", cpu)
+    """x86 assembly of one microkernel (simd_ir.<kernel>_tile, or its indexed variant for "<kernel>_indexed") for
+    `tile`, compiled -O3 for `cpu` and its own features."""
+    base, indexed = kernel.removesuffix("_indexed"), kernel.endswith("_indexed")
+    source = simd_ir if base == "forward" else update_ir
+    options = {"indexed": True} if indexed else {}
+    return assembly(lambda module: getattr(source, f"{base}_tile")(module, tile, **options), f"{kernel}_{tile.name}",
+                    cpu)
 
 
 def assembly(declare, name, cpu):
@@ -116,14 +120,15 @@ def test_the_tile_loop_keeps_everything_in_registers(kernel, isa):
                    for loop in found for line in loop if is_fma(line))
 
 
+@pytest.mark.parametrize("kernel", ["wgrad", "wgrad_indexed"])
 @pytest.mark.parametrize("isa", sorted(CPUS))
-def test_the_update_tile_prefetches_A_only_in_its_loop_over_many_rows(isa):
+def test_the_update_tile_prefetches_A_only_in_its_loop_over_many_rows(isa, kernel):
     # wgrad_tile's whole-tile loop comes twice: with one prefetch of A an iteration (a sum cut in ranges of rows,
     # whose A lines come from L3) and with none (a small batch's, where a prefetch is a load slot lost).
     tile = TILES[isa]
     prefetches = sorted(sum(line.startswith("prefetch") for line in loop)
-                        for loop in tile_loops(tile_assembly("wgrad", tile, CPUS[isa]), tile))
-    assert prefetches == [0, 1], f"prefetches in each whole-tile loop of wgrad_tile ({isa}): {prefetches}"
+                        for loop in tile_loops(tile_assembly(kernel, tile, CPUS[isa]), tile))
+    assert prefetches == [0, 1], f"prefetches in each whole-tile loop of {kernel}_tile ({isa}): {prefetches}"
 
 
 ROWMAJOR_KERNELS = ("rows", "wide", "checked")

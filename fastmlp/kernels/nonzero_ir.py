@@ -9,18 +9,19 @@ from llvmlite import ir
 from .simd_ir import I32, I64, PTR, _clamp_row, _counted_loop, _lane_mask, _vec, _Vectors, prefetch
 
 
-def nonzero_columns(module, vw, mr):
+def nonzero_columns(module, vw, mr, scale):
     """The LLVM function listing the columns where some of a tile's rows of A are not zero: the columns an
     indexed `forward_tile` reads (an input such as MNIST's pixels is 81 % zeros; a tile of 8 of its rows has
     no nonzero in about half of its 784 columns).
 
     i64 (float* a, i64 lda, i64 rows, i64 K, i32* out)
     a: the tile's first row of A (row stride lda floats), rows (1..mr) its real rows, K its columns. Writes
-    the columns k < K where some row has A[row, k] != 0 (a NaN counts, -0.0 does not) to out[0:count], in
-    ascending order, and returns count; out must hold K + vw entries (each vector's lanes are written
-    whatever they hold, the count advancing past the nonzero ones only: no branch per column).
+    k * scale for the columns k < K where some row has A[row, k] != 0 (a NaN counts, -0.0 does not) to
+    out[0:count], in ascending order, and returns count; out must hold K + vw entries (each vector's lanes
+    are written whatever they hold, the count advancing past the nonzero ones only: no branch per column).
+    scale: the forward tile's NR, so that an entry is the offset of packed row k in its panel.
     """
-    name = f"fastmlp_nonzero_columns_{vw}x{mr}"
+    name = f"fastmlp_nonzero_columns_{vw}x{mr}x{scale}"
     if name in module.globals:
         return module.globals[name]
     fn = ir.Function(module, ir.FunctionType(I64, [PTR, I64, I64, I64, I32.as_pointer()]), name)
@@ -39,9 +40,9 @@ def nonzero_columns(module, vw, mr):
         # The lanes as the bits of one integer (a vpmovmskb / kmov), each lane's bit then shifted out: scalar
         # operations, where extracting each i1 lane from a vector took several vector instructions.
         bits = builder.zext(builder.bitcast(nonzero, ir.IntType(vw)), I64)
-        first32 = builder.trunc(first, I32)
+        first32 = builder.mul(builder.trunc(first, I32), ir.Constant(I32, scale))
         for j in range(vw):
-            builder.store(builder.add(first32, ir.Constant(I32, j)), builder.gep(out, [count]))
+            builder.store(builder.add(first32, ir.Constant(I32, j * scale)), builder.gep(out, [count]))
             bit = builder.and_(builder.lshr(bits, ir.Constant(I64, j)), ir.Constant(I64, 1))
             count = builder.add(count, bit)
         return count

@@ -59,14 +59,12 @@ from .tile_calls import (  # noqa: F401  SUM_CHUNK_ROWS and CARRY_PANELS: update
     _column_list_buffer,
     _flush_subnormals_on,
     _forward_tile,
-    _forward_tile_indexed,
     _list_nonzero_rows,
     _nonzero_columns,
     _restore_mxcsr,
     _row_list_buffer,
     _tile_buffer,
     _wgrad_tile,
-    _wgrad_tile_indexed,
 )
 from .tiles import TILE
 
@@ -100,14 +98,15 @@ def forward_part(C, A, P, bias, mask, kind, r0, r1, p0, p1, k0=0, k1=-1):
     result, for an A with many zeros (a batch of MNIST's pixels, 81 % zeros): each tile of TILE_ROWS
     rows first lists the columns where its rows of A are not all zero, and its sums run over those
     alone, in the same order (a skipped term is an exact zero: the same bits, up to the sign of a zero,
-    for a finite W); a tile with more than 7/8 of its columns listed runs over all of them.
+    for a finite W); a tile with more than 7/8 of its columns listed runs over all of them, and so do
+    the next UNLISTED_AFTER_DENSE tiles, unlisted.
     A's first K columns are read, K the rows of W (A may be wider: the numba backend pads some
     activations' rows, see its buffers).
     k0:k1 (k1 = -1: K), if given, cut the sum over k to A's columns and W's rows k0:k1: a part of
     the product (the numba backend's training sums layer 1 in two such parts).
     """
     _forward_tiles(C, C.strides[0] // 4, PANEL_WIDTH, C.shape[1], A, P, bias, mask, kind, r0, r1, p0, p1, k0,
-                   P.shape[1] if k1 < 0 else k1)
+                   P.shape[1] if k1 < 0 else k1, True)
 
 
 @cached_njit
@@ -119,7 +118,7 @@ def forward_part_into_panels(CP, n_cols, A, P, bias, mask, kind, r0, r1, p0, p1)
     The training step's backward pass writes dZ_0 so: the layer-0 update reads it in panels only."""
     require_c_contiguous(CP)
     _forward_tiles(CP, PANEL_WIDTH, CP.shape[1] * PANEL_WIDTH, n_cols, A, P, bias, mask, kind, r0, r1, p0, p1, 0,
-                   P.shape[1])
+                   P.shape[1], False)
 
 
 # The packed weights a forward pass keeps in L2 while it runs every row of its input past them: the default
@@ -130,16 +129,19 @@ _FORWARD_GROUP_BYTES = 512 * 1024
 # Inlined into each caller before typing (not a compiled function of its own, which each caller would
 # re-optimise, tiles and all, at a cold start's cost).
 @cached_njit(inline="always")
-def _forward_tiles(C, ldc, panel_stride, N, A, P, bias, mask, kind, r0, r1, p0, p1, k0, k1):
+def _forward_tiles(C, ldc, panel_stride, N, A, P, bias, mask, kind, r0, r1, p0, p1, k0, k1, may_skip):
     """forward_part's tiles, C's element (r, p * PANEL_WIDTH + j) at r * ldc + p * panel_stride + j floats
     from its start (row-major: ldc its row stride, panel_stride PANEL_WIDTH; in column panels: PANEL_WIDTH
-    and a panel's floats); N the columns of C; the sum over k for k0:k1 (packed rows k0:k1, A's columns)."""
+    and a panel's floats); N the columns of C; the sum over k for k0:k1 (packed rows k0:k1, A's columns).
+    may_skip, a constant: False where kind never holds SKIP_ZERO_INPUTS, so that the listing compiles to
+    nothing (0.3 s of a cold start in forward_part_into_panels)."""
     K = k1 - k0
     lda, ldm = A.strides[0] // 4, mask.strides[0] // 4
     panel_size = P.shape[1] * PANEL_WIDTH
     epilogue = np.int32(kind & ~SKIP_ZERO_INPUTS)
-    lists = (kind & SKIP_ZERO_INPUTS) != 0 and K <= COLUMN_LIST_CAPACITY
+    lists = may_skip and (kind & SKIP_ZERO_INPUTS) != 0 and K <= COLUMN_LIST_CAPACITY
     columns = _column_list_buffer()
+    unlisted = 0  # tiles still to run over all columns unlisted, after a listing found a tile dense (_unlisted_after)
     # Rows outer, panels inner: the tile's TILE_ROWS rows of A (25 KB at K = 784) stay in L1
     # while every panel streams past them; the panels (100 KB each at K = 784) stay in L2. In
     # groups of panels that fit _FORWARD_GROUP_BYTES: a wide layer's panels (3.2 MB for 784 x 1024)
@@ -154,7 +156,12 @@ def _forward_tiles(C, ldc, panel_stride, N, A, P, bias, mask, kind, r0, r1, p0, 
             rows = min(TILE_ROWS, r1 - i0)
             # SKIP_ZERO_INPUTS: the row block's nonzero columns, listed once for all its panels (for the default
             # net's 8 MNIST rows 360 ns on a Zen 4, against 1.7-3.3 us a panel's tile).
-            listed = _nonzero_columns(A, i0 * lda + k0, lda, rows, K, columns) if lists else K
+            listed = K
+            if lists and unlisted == 0:
+                listed = _nonzero_columns(A, i0 * lda + k0, lda, rows, K, columns)
+                unlisted = _unlisted_after(listed, K)
+            elif unlisted > 0:
+                unlisted -= 1
             indexed = 8 * listed <= 7 * K
             count = listed if indexed else K
             ahead_step = TILE_ROWS * lda // max(count, 1)
@@ -164,14 +171,9 @@ def _forward_tiles(C, ldc, panel_stride, N, A, P, bias, mask, kind, r0, r1, p0, 
                 ahead_off = (i0 + TILE_ROWS) * lda + k0 if fetches else i0 * lda
                 step = ahead_step if fetches else 0
                 ncols = min(PANEL_WIDTH, N - col)
-                if indexed:
-                    _forward_tile_indexed(A, i0 * lda + k0, lda, P, p * panel_size + k0 * PANEL_WIDTH, count, C,
-                                          i0 * ldc + p * panel_stride, ldc, rows, ncols, bias, col, mask,
-                                          i0 * ldm + col, ldm, epilogue, ahead_off, step, columns)
-                else:
-                    _forward_tile(A, i0 * lda + k0, lda, P, p * panel_size + k0 * PANEL_WIDTH, K, C,
-                                  i0 * ldc + p * panel_stride, ldc, rows, ncols, bias, col, mask, i0 * ldm + col, ldm,
-                                  epilogue, ahead_off, step)
+                _forward_tile(A, i0 * lda + k0, lda, P, p * panel_size + k0 * PANEL_WIDTH, count, C,
+                              i0 * ldc + p * panel_stride, ldc, rows, ncols, bias, col, mask, i0 * ldm + col, ldm,
+                              epilogue, ahead_off, step, columns, indexed)
 
 
 @cached_njit(inline="always")
@@ -232,7 +234,8 @@ def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule
     rule | SKIP_ZERO_INPUTS (the SGD rules; Adam ignores it): the same result, for an A with many zeros
     (a batch of MNIST's pixels): each tile's sum runs over the rows of A where its TILE_ROWS columns are
     not all zero, listed first, in the same order (the same bits, up to the sign of a zero, for a finite
-    dZ); where more than 7/8 of the rows are listed, over all of them.
+    dZ); where more than 7/8 of the rows are listed, over all of them, and so do the next
+    UNLISTED_AFTER_DENSE tiles, unlisted.
     """
     K = P.shape[1]
     lda = A.strides[0] // 4
@@ -258,6 +261,7 @@ def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule
     listed_rows = _row_list_buffer()
     adam = rule == ADAM or rule == ADAMW
     lists = lists and not adam
+    unlisted = 0  # tiles still to run over all rows unlisted, after a listing found a tile dense (_unlisted_after)
     G = _tile_buffer()
     csr = _flush_subnormals_on() if adam else np.int32(0)
     pending_off = pending = 0
@@ -274,31 +278,32 @@ def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule
             rows = min(TILE_ROWS, k1 - k)
             kr = _first_column(k, K)
             if chunked and k - kr + rows == TILE_ROWS:
-                _chunked_wgrad_tiles(P, V, A, lda, dZ, N, ldd, n, kr, k - kr, g0, min(g0 + group, p1), lr32, mu32, wd32,
-                                     rule, carry, lists, listed_rows)
+                unlisted = _chunked_wgrad_tiles(P, V, A, lda, dZ, N, ldd, n, kr, k - kr, g0, min(g0 + group, p1), lr32,
+                                                mu32, wd32, rule, carry, lists, listed_rows, unlisted)
                 continue
             g1 = min(g0 + group, p1)
             # The rows where the tile's columns kr:kr + TILE_ROWS are not all zero: a row zero in its updated columns
             # k:k + rows but not in the others is listed too (a term of 0, summed).
             listed = n
-            if lists and n <= SUM_CHUNK_ROWS and K >= TILE_ROWS:
+            if lists and n <= SUM_CHUNK_ROWS and K >= TILE_ROWS and unlisted == 0:
                 listed = _list_nonzero_rows(listed_rows, A, kr, lda, n)
+                unlisted = _unlisted_after(listed, n)
+            elif unlisted > 0:
+                unlisted -= 1
+            whole = k - kr + rows == TILE_ROWS  # (and a whole panel, below): the tiles that run over a list
             for i in range(g1 - g0):
                 p = _zigzag(g0, g1, i)
                 ncols = min(PANEL_WIDTH, N - p * PANEL_WIDTH)
                 d_off = _panel_offset(dZ, p)
+                indexed = whole and ncols == PANEL_WIDTH and 8 * listed <= 7 * n
                 if adam:
                     _adam_tile(A, kr, lda, dZ, d_off, ldd, n, k - kr, k - kr + rows, ncols, G, P, pending_off, V, S,
                                pending, lr32, mu32, wd32, np.int32(rule), beta2_32, eps32, c1_32, c2_32)
                     pending_off, pending = p * panel_size + k * PANEL_WIDTH, rows * VECTORS_PER_ROW
-                elif 8 * listed <= 7 * n:
-                    _wgrad_tile_indexed(A, kr, lda, dZ, d_off, ldd, listed, k - kr, k - kr + rows, ncols, P,
-                                        p * panel_size + kr * PANEL_WIDTH, V, lr32, mu32, wd32, np.int32(rule), carry,
-                                        0, np.int32(0), listed_rows)
                 else:
-                    _wgrad_tile(A, kr, lda, dZ, d_off, ldd, n, k - kr, k - kr + rows, ncols, P,
+                    _wgrad_tile(A, kr, lda, dZ, d_off, ldd, listed if indexed else n, k - kr, k - kr + rows, ncols, P,
                                 p * panel_size + kr * PANEL_WIDTH, V, lr32, mu32, wd32, np.int32(rule), carry, 0,
-                                np.int32(0))
+                                np.int32(0), listed_rows, indexed)
     if adam:
         _adam_tile(A, 0, lda, dZ, 0, ldd, 0, 0, 1, 1, G, P, pending_off, V, S, pending, lr32, mu32, wd32,
                    np.int32(rule), beta2_32, eps32, c1_32, c2_32)
@@ -307,37 +312,51 @@ def update_part(P, V, A, dZ, n, k0, k1, p0, p1, lr, momentum, weight_decay, rule
 
 
 
+# Where a listing finds a tile dense (more than 7/8 of its columns, or rows, listed), the next this many tiles
+# run over all of theirs without listing: data with few zeros pays for one listing in eight (listing every tile
+# cost dense epochs 1.05-1.20x on a Zen 4), while data with many zeros, listed tile after tile, keeps its lists.
+UNLISTED_AFTER_DENSE = 7
+
+
+@cached_njit(inline="always")
+def _unlisted_after(listed, total):
+    """The tiles to run unlisted after one whose listing found `listed` of `total` columns (or rows) not all zero."""
+    return UNLISTED_AFTER_DENSE if 8 * listed > 7 * total else 0
+
+
 @cached_njit(inline="always")
 def _chunked_wgrad_tiles(P, V, A, lda, dZ, N, ldd, n, kr, lo, g0, g1, lr32, mu32, wd32, rule, carry, lists,
-                         listed_rows):
+                         listed_rows, unlisted):
     """Packed rows kr+lo:kr+TILE_ROWS (a whole tile's columns of A, kr:kr+TILE_ROWS) of panels g0:g1 (at most
     CARRY_PANELS) updated by an SGD rule from A[:n].T @ dZ[:n], the sums in ranges of SUM_CHUNK_ROWS rows
     (update_part). A partial panel's tile (the last panel of a layer narrower than its panels) sums all n rows
     in one call. lda, N and ldd as update_part derives them. lists (SKIP_ZERO_INPUTS): each range's rows where
     those columns of A are not all zero listed in listed_rows (a _row_list_buffer), the whole panels' sums run over
-    them."""
+    them; unlisted: the ranges still to run unlisted (_unlisted_after), counted down and returned."""
     K = P.shape[1]
     for r0 in range(0, n, SUM_CHUNK_ROWS):
         r1 = min(n, r0 + SUM_CHUNK_ROWS)
         chunk = (RESUME_SUM if r0 > 0 else 0) | (KEEP_SUM if r1 < n else 0)
-        listed = _list_nonzero_rows(listed_rows, A, kr + r0 * lda, lda, r1 - r0) if lists else r1 - r0
+        listed = r1 - r0
+        if lists and unlisted == 0:
+            listed = _list_nonzero_rows(listed_rows, A, kr + r0 * lda, lda, r1 - r0)
+            unlisted = _unlisted_after(listed, r1 - r0)
+        elif unlisted > 0:
+            unlisted -= 1
         indexed = 8 * listed <= 7 * (r1 - r0)
         for i in range(g1 - g0):
             p = _zigzag(g0, g1, i)
             ncols = min(PANEL_WIDTH, N - p * PANEL_WIDTH)
             w_off = p * K * PANEL_WIDTH + kr * PANEL_WIDTH
             d_off = _panel_offset(dZ, p)
-            if ncols == PANEL_WIDTH and indexed:
-                _wgrad_tile_indexed(A, kr + r0 * lda, lda, dZ, d_off + r0 * ldd, ldd, listed, lo, TILE_ROWS, ncols, P,
-                                    w_off, V, lr32, mu32, wd32, np.int32(rule), carry,
-                                    (p - g0) * TILE_ROWS * PANEL_WIDTH, np.int32(chunk), listed_rows)
-            elif ncols == PANEL_WIDTH:
-                _wgrad_tile(A, kr + r0 * lda, lda, dZ, d_off + r0 * ldd, ldd, r1 - r0, lo, TILE_ROWS, ncols, P, w_off,
-                            V, lr32, mu32, wd32, np.int32(rule), carry, (p - g0) * TILE_ROWS * PANEL_WIDTH,
-                            np.int32(chunk))
+            if ncols == PANEL_WIDTH:
+                _wgrad_tile(A, kr + r0 * lda, lda, dZ, d_off + r0 * ldd, ldd, listed if indexed else r1 - r0, lo,
+                            TILE_ROWS, ncols, P, w_off, V, lr32, mu32, wd32, np.int32(rule), carry,
+                            (p - g0) * TILE_ROWS * PANEL_WIDTH, np.int32(chunk), listed_rows, indexed)
             elif r0 == 0:
                 _wgrad_tile(A, kr, lda, dZ, d_off, ldd, n, lo, TILE_ROWS, ncols, P, w_off, V, lr32, mu32, wd32,
-                            np.int32(rule), carry, 0, np.int32(0))
+                            np.int32(rule), carry, 0, np.int32(0), listed_rows, False)
+    return unlisted
 
 
 @cached_njit

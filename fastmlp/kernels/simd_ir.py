@@ -147,22 +147,22 @@ def _counted_loop(builder, fn, count, initial, body, name):
     return carried
 
 
-def _tile_loop(builder, fn, trip_count, rows, nv, vec, load_b, load_a, also=None, initial=None, column=None):
+def _tile_loop(builder, fn, trip_count, rows, nv, vec, load_b, load_a, also=None, initial=None, listed=None):
     """The k loop of a tile: returns the rows x nv accumulators after `trip_count` iterations.
 
     load_b(builder, k) gives the nv B vectors of iteration k; load_a(builder, k, m) the scalar of
     row m. The accumulators are phi values of the loop header: registers, never memory.
-    also(builder, k), if given, emits more work into iteration k (it may add blocks, and leaves
+    also(builder, i), if given, emits more work into iteration i (it may add blocks, and leaves
     the builder in the block where the iteration goes on). initial[m][v], if given, are the
-    accumulators' values before the first iteration (zeros otherwise). column(builder, i), if given,
-    is the k that iteration i reads (load_b and load_a get it; `also` gets i): k = i otherwise.
+    accumulators' values before the first iteration (zeros otherwise). listed, if given, is an
+    int32 list: iteration i reads k = listed[i] (load_b and load_a get it), else k = i.
     """
     start = [vec.zero if initial is None else initial[m][v] for m in range(rows) for v in range(nv)]
 
     def fmas(builder, i, accs):  # accs: row m's vector v at m * nv + v
         if also is not None:
             also(builder, i)
-        k = i if column is None else column(builder, i)
+        k = i if listed is None else _listed(builder, listed, i)
         b = load_b(builder, k)
         new = []
         for m in range(rows):
@@ -174,11 +174,16 @@ def _tile_loop(builder, fn, trip_count, rows, nv, vec, load_b, load_a, also=None
     return [accs[m * nv:(m + 1) * nv] for m in range(rows)]
 
 
+def _listed(builder, listed, i):
+    """The i-th entry of the int32 list `listed`, as i64."""
+    return builder.sext(builder.load(builder.gep(listed, [i])), I64)
+
+
 def forward_tile(module, tile, indexed=False):
     """The LLVM function computing one tile of C = epilogue(A @ W), W packed; declared once per module.
 
     void (float* a, i64 lda, float* panel, i64 K, float* c, i64 ldc, i64 rows, i64 ncols,
-          float* bias, float* mask, i64 ldmask, i32 kind, float* ahead, i64 ahead_step)
+          float* bias, float* mask, i64 ldmask, i32 kind, float* ahead, i64 ahead_step[, i32* columns])
     a: the tile's first row of A (row stride lda floats); panel: P[p, 0, 0] (K rows of NR
     floats); c: the tile's top-left element of C (row stride ldc); rows (1..MR) and ncols
     (1..NR) the tile's real size; kind STORE (C = acc), BIAS (C = acc + bias), BIAS_RELU
@@ -189,11 +194,14 @@ def forward_tile(module, tile, indexed=False):
     over and over, for a tile that has nothing to fetch), so that they come from L3 while this
     tile computes rather than stall the next; one more load-port operation an iteration.
 
-    indexed: the function takes one more argument, i32* columns, and its loop runs over the K
-    columns k = columns[0..K-1] of A (rows of the panel) rather than over 0..K-1: the columns where
-    a tile's rows of A are not all zero (`nonzero_columns`), the others adding nothing to the sums.
-    The sums over the listed k run in the same order as over all k, and a term skipped is an exact
-    zero: the same bits as the whole loop (up to the sign of a zero sum).
+    indexed: the function takes one more argument, i32* columns, the K columns of A (rows of the
+    panel) that its loop runs over, k = columns[0..K-1] / NR rather than 0..K-1: the columns where a
+    tile's rows of A are not all zero (nonzero_ir), the others adding nothing to the sums. The sums
+    over the listed k run in the same order as over all k, and a term skipped is an exact zero: the
+    same bits as the whole loop (up to the sign of a zero sum). Each entry is k * NR, the offset of the
+    panel's row k, so that the B loads need no arithmetic after the entry's load: with k itself, LLVM
+    issued all MR broadcasts first and spilled accumulators to the stack (AVX2, SSE). A function of
+    its own: with both loops in one, their accumulators merged, it spilled some of them in both.
     """
     name = f"fastmlp_forward_tile_{tile.name}" + ("_indexed" if indexed else "")
     if name in module.globals:
@@ -209,21 +217,21 @@ def forward_tile(module, tile, indexed=False):
     # real row again and are never stored. One copy of the loop keeps the compile time down.
     a_rows = [builder.gep(a, [builder.mul(_clamp_row(builder, m, rows), lda)]) for m in range(mr)]
 
+    # indexed: each listed entry is k * NR, the offset of the panel's row k (nonzero_columns writes them so), so
+    # that the B loads need no arithmetic on the loaded entry and issue first; A's k is entry / NR.
     def load_b(builder, k):
-        row = builder.gep(panel, [builder.mul(k, ir.Constant(I64, nr))])
+        row = builder.gep(panel, [k if indexed else builder.mul(k, ir.Constant(I64, nr))])
         return [vec.load(builder, builder.gep(row, [ir.Constant(I64, v * vw)])) for v in range(nv)]
 
     def load_a(builder, k, m):
-        return builder.load(builder.gep(a_rows[m], [k]))
+        column = builder.lshr(k, ir.Constant(I64, nr.bit_length() - 1)) if indexed else k
+        return builder.load(builder.gep(a_rows[m], [column]))
 
     def prefetch_ahead(builder, k):
         prefetch(builder, builder.gep(ahead, [builder.mul(k, ahead_step)]), into_l1=False)
 
-    def listed_column(builder, i):  # indexed: the i-th listed column, as i64
-        return builder.sext(builder.load(builder.gep(fn.args[14], [i])), I64)
-
     accs = _tile_loop(builder, fn, K, mr, nv, vec, load_b, load_a, also=prefetch_ahead,
-                      column=listed_column if indexed else None)
+                      listed=fn.args[14] if indexed else None)
     masks = [_lane_mask(builder, ir.Constant(I64, v * vw), ncols, vw) for v in range(nv)]
     with_bias = builder.or_(builder.icmp_unsigned("==", kind, ir.Constant(I32, BIAS)),
                             builder.icmp_unsigned("==", kind, ir.Constant(I32, BIAS_RELU)))

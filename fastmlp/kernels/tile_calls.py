@@ -21,46 +21,27 @@ CARRY_PANELS = 16  # at most this many panels a group when the sum is cut in ran
 
 @intrinsic
 def _forward_tile(typingctx, A, a_off, lda, P, p_off, K, C, c_off, ldc, rows, ncols, bias, b_off, mask, m_off, ldm,
-                  kind, ahead_off, ahead_step):
+                  kind, ahead_off, ahead_step, columns, listed):
     """One tile of C = epilogue(A @ W) (simd_ir.forward_tile), prefetching A from ahead_off on, ahead_step
-    an iteration; offsets and strides in floats."""
-    sig = types.void(A, types.intp, types.intp, P, types.intp, types.intp, C, types.intp, types.intp, types.intp,
-                     types.intp, bias, types.intp, mask, types.intp, types.intp, types.int32, types.intp, types.intp)
-
-    def codegen(context, builder, signature, args):
-        (A_, a_off_, lda_, P_, p_off_, K_, C_, c_off_, ldc_, rows_, ncols_, bias_, b_off_, mask_, m_off_, ldm_,
-         kind_, ahead_off_, ahead_step_) = args
-        ty = signature.args
-        fn = simd_ir.forward_tile(builder.module, TILE)
-        builder.call(fn, [_data(context, builder, ty[0], A_, a_off_), lda_, _data(context, builder, ty[3], P_, p_off_),
-                          K_, _data(context, builder, ty[6], C_, c_off_), ldc_, rows_, ncols_,
-                          _data(context, builder, ty[11], bias_, b_off_),
-                          _data(context, builder, ty[13], mask_, m_off_), ldm_, kind_,
-                          _data(context, builder, ty[0], A_, ahead_off_), ahead_step_])
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@intrinsic
-def _forward_tile_indexed(typingctx, A, a_off, lda, P, p_off, K, C, c_off, ldc, rows, ncols, bias, b_off, mask, m_off,
-                          ldm, kind, ahead_off, ahead_step, columns):
-    """_forward_tile over the K columns listed in `columns` (a _column_list_buffer, as _nonzero_columns wrote it)
-    rather than over all (simd_ir.forward_tile, indexed)."""
+    an iteration; offsets and strides in floats. listed: its loop over the K columns of A listed in `columns`
+    (a _column_list_buffer, as _nonzero_columns wrote it), else over all (columns then unread)."""
     sig = types.void(A, types.intp, types.intp, P, types.intp, types.intp, C, types.intp, types.intp, types.intp,
                      types.intp, bias, types.intp, mask, types.intp, types.intp, types.int32, types.intp, types.intp,
-                     columns)
+                     columns, types.boolean)
 
     def codegen(context, builder, signature, args):
         (A_, a_off_, lda_, P_, p_off_, K_, C_, c_off_, ldc_, rows_, ncols_, bias_, b_off_, mask_, m_off_, ldm_,
-         kind_, ahead_off_, ahead_step_, columns_) = args
+         kind_, ahead_off_, ahead_step_, columns_, listed_) = args
         ty = signature.args
-        fn = simd_ir.forward_tile(builder.module, TILE, indexed=True)
-        builder.call(fn, [_data(context, builder, ty[0], A_, a_off_), lda_, _data(context, builder, ty[3], P_, p_off_),
-                          K_, _data(context, builder, ty[6], C_, c_off_), ldc_, rows_, ncols_,
-                          _data(context, builder, ty[11], bias_, b_off_),
-                          _data(context, builder, ty[13], mask_, m_off_), ldm_, kind_,
-                          _data(context, builder, ty[0], A_, ahead_off_), ahead_step_, columns_])
+        arguments = [_data(context, builder, ty[0], A_, a_off_), lda_, _data(context, builder, ty[3], P_, p_off_),
+                     K_, _data(context, builder, ty[6], C_, c_off_), ldc_, rows_, ncols_,
+                     _data(context, builder, ty[11], bias_, b_off_), _data(context, builder, ty[13], mask_, m_off_),
+                     ldm_, kind_, _data(context, builder, ty[0], A_, ahead_off_), ahead_step_]
+        with builder.if_else(listed_) as (over_list, over_all):
+            with over_list:
+                builder.call(simd_ir.forward_tile(builder.module, TILE, indexed=True), arguments + [columns_])
+            with over_all:
+                builder.call(simd_ir.forward_tile(builder.module, TILE), arguments)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -74,7 +55,7 @@ def _nonzero_columns(typingctx, A, a_off, lda, rows, K, columns):
 
     def codegen(context, builder, signature, args):
         A_, a_off_, lda_, rows_, K_, columns_ = args
-        fn = nonzero_ir.nonzero_columns(builder.module, TILE.vw, TILE.mr)
+        fn = nonzero_ir.nonzero_columns(builder.module, TILE.vw, TILE.mr, TILE.nr)
         return builder.call(fn, [_data(context, builder, signature.args[0], A_, a_off_), lda_, rows_, K_, columns_])
 
     return sig, codegen
@@ -92,54 +73,37 @@ def _column_list_buffer(typingctx):
     sig = types.CPointer(types.int32)()
 
     def codegen(context, builder, signature, args):
-        buffer = cgutils.alloca_once(builder, ir.ArrayType(ir.IntType(32), COLUMN_LIST_CAPACITY + TILE.vw))
-        return builder.bitcast(buffer, ir.IntType(32).as_pointer())
+        # An alloca of COLUMN_LIST_CAPACITY + VW int32, not of an array type: LLVM's InstCombine took 0.5 s of the
+        # kernel's compile over a 16 KB array type's alloca.
+        return cgutils.alloca_once(builder, ir.IntType(32), size=COLUMN_LIST_CAPACITY + TILE.vw)
 
     return sig, codegen
 
 
 @intrinsic
 def _wgrad_tile(typingctx, A, a_off, lda, D, d_off, ldd, n, lo, hi, ncols, P, p_off, V, lr, momentum, weight_decay,
-                rule, carry, carry_off, chunk):
+                rule, carry, carry_off, chunk, rows, listed):
     """Tile rows lo:hi of W (packed) updated by an SGD rule from A[:, k0+lo:k0+hi].T @ D[:, panel]
     (update_ir.wgrad_tile); V at P's offset; carry (a _carry_buffer, at carry_off floats) and chunk: the
-    sum over a range of rows continued from, or left in, carry."""
+    sum over a range of rows continued from, or left in, carry. listed (a whole tile only): the sum over the n
+    rows listed in `rows` (a _row_list_buffer, as _list_nonzero_rows wrote it), else over rows 0..n-1."""
     sig = types.void(A, types.intp, types.intp, D, types.intp, types.intp, types.intp, types.intp, types.intp,
                      types.intp, P, types.intp, V, types.float32, types.float32, types.float32, types.int32, carry,
-                     types.intp, types.int32)
+                     types.intp, types.int32, rows, types.boolean)
 
     def codegen(context, builder, signature, args):
         (A_, a_off_, lda_, D_, d_off_, ldd_, n_, lo_, hi_, ncols_, P_, p_off_, V_, lr_, mu_, wd_, rule_, carry_,
-         carry_off_, chunk_) = args
+         carry_off_, chunk_, rows_, listed_) = args
         ty = signature.args
-        fn = update_ir.wgrad_tile(builder.module, TILE)
-        builder.call(fn, [_data(context, builder, ty[0], A_, a_off_), lda_, _data(context, builder, ty[3], D_, d_off_),
-                          ldd_, n_, lo_, hi_, ncols_, _data(context, builder, ty[10], P_, p_off_),
-                          _data(context, builder, ty[12], V_, p_off_), lr_, mu_, wd_, rule_,
-                          builder.gep(carry_, [carry_off_]), chunk_])
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@intrinsic
-def _wgrad_tile_indexed(typingctx, A, a_off, lda, D, d_off, ldd, n, lo, hi, ncols, P, p_off, V, lr, momentum,
-                        weight_decay, rule, carry, carry_off, chunk, rows):
-    """_wgrad_tile over the n rows of A and D listed in `rows` (a _row_list_buffer, as _list_nonzero_rows wrote it)
-    rather than over rows 0..n-1 (update_ir.wgrad_tile, indexed)."""
-    sig = types.void(A, types.intp, types.intp, D, types.intp, types.intp, types.intp, types.intp, types.intp,
-                     types.intp, P, types.intp, V, types.float32, types.float32, types.float32, types.int32, carry,
-                     types.intp, types.int32, rows)
-
-    def codegen(context, builder, signature, args):
-        (A_, a_off_, lda_, D_, d_off_, ldd_, n_, lo_, hi_, ncols_, P_, p_off_, V_, lr_, mu_, wd_, rule_, carry_,
-         carry_off_, chunk_, rows_) = args
-        ty = signature.args
-        fn = update_ir.wgrad_tile(builder.module, TILE, indexed=True)
-        builder.call(fn, [_data(context, builder, ty[0], A_, a_off_), lda_, _data(context, builder, ty[3], D_, d_off_),
-                          ldd_, n_, lo_, hi_, ncols_, _data(context, builder, ty[10], P_, p_off_),
-                          _data(context, builder, ty[12], V_, p_off_), lr_, mu_, wd_, rule_,
-                          builder.gep(carry_, [carry_off_]), chunk_, rows_])
+        arguments = [_data(context, builder, ty[0], A_, a_off_), lda_, _data(context, builder, ty[3], D_, d_off_),
+                     ldd_, n_, lo_, hi_, ncols_, _data(context, builder, ty[10], P_, p_off_),
+                     _data(context, builder, ty[12], V_, p_off_), lr_, mu_, wd_, rule_,
+                     builder.gep(carry_, [carry_off_]), chunk_]
+        with builder.if_else(listed_) as (over_list, over_all):
+            with over_list:
+                builder.call(update_ir.wgrad_tile(builder.module, TILE, indexed=True), arguments + [rows_])
+            with over_all:
+                builder.call(update_ir.wgrad_tile(builder.module, TILE), arguments)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -166,8 +130,7 @@ def _row_list_buffer(typingctx):
     sig = types.CPointer(types.int32)()
 
     def codegen(context, builder, signature, args):
-        buffer = cgutils.alloca_once(builder, ir.ArrayType(ir.IntType(32), SUM_CHUNK_ROWS))
-        return builder.bitcast(buffer, ir.IntType(32).as_pointer())
+        return cgutils.alloca_once(builder, ir.IntType(32), size=SUM_CHUNK_ROWS)
 
     return sig, codegen
 
@@ -203,8 +166,7 @@ def _tile_buffer(typingctx):
     sig = types.CPointer(types.float32)()
 
     def codegen(context, builder, signature, args):
-        buffer = cgutils.alloca_once(builder, ir.ArrayType(ir.FloatType(), TILE.mr * TILE.nr))
-        return builder.bitcast(buffer, ir.FloatType().as_pointer())
+        return cgutils.alloca_once(builder, ir.FloatType(), size=TILE.mr * TILE.nr)
 
     return sig, codegen
 
@@ -216,8 +178,7 @@ def _carry_buffer(typingctx):
     sig = types.CPointer(types.float32)()
 
     def codegen(context, builder, signature, args):
-        buffer = cgutils.alloca_once(builder, ir.ArrayType(ir.FloatType(), CARRY_PANELS * TILE.mr * TILE.nr))
-        return builder.bitcast(buffer, ir.FloatType().as_pointer())
+        return cgutils.alloca_once(builder, ir.FloatType(), size=CARRY_PANELS * TILE.mr * TILE.nr)
 
     return sig, codegen
 

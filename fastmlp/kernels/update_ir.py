@@ -34,7 +34,7 @@ def wgrad_tile(module, tile, indexed=False):
     declared once per module.
 
     void (float* a, i64 lda, float* d, i64 ldd, i64 n, i64 lo, i64 hi, i64 ncols, float* w,
-          float* vel, float lr, float momentum, float weight_decay, i32 rule, float* carry, i32 chunk)
+          float* vel, float lr, float momentum, float weight_decay, i32 rule, float* carry, i32 chunk[, i32* rows])
     a: A[0, k0] (row stride lda); d: D[0, panel's first column] (row stride ldd); n rows of A
     and D are summed over; w, vel: P[p, k0, 0] and V[p, k0, 0], the tile's first packed row
     (rows of NR floats). The tile updates its rows lo..hi-1 (0 <= lo < hi <= MR), packed rows
@@ -53,9 +53,10 @@ def wgrad_tile(module, tile, indexed=False):
     rule. The sums are the same FMAs in the same order: the same bits as one call over all rows.
     carry is read or written only with these bits (chunk 0: one call over all n rows).
 
-    indexed: the function takes one more argument, i32* rows, and sums over the n rows i = rows[0..n-1] of
-    A and D rather than 0..n-1: the rows where the tile's columns of A are not all zero (packed's
-    _nonzero_rows), the others adding nothing to G. In the same order: the same bits (up to a zero's sign).
+    indexed (for a whole tile only: ncols = NR, hi = MR): the function takes one more argument, i32* rows,
+    the n rows of A and D that its sum runs over, i = rows[0..n-1] rather than 0..n-1: the rows where the
+    tile's columns of A are not all zero (nonzero_ir), the others adding nothing to G. In the same order:
+    the same bits (up to a zero's sign). A function of its own, as forward_tile's indexed one.
     """
     name = f"fastmlp_wgrad_tile_{tile.name}" + ("_indexed" if indexed else "")
     if name in module.globals:
@@ -64,6 +65,7 @@ def wgrad_tile(module, tile, indexed=False):
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), args + ([I32.as_pointer()] if indexed else [])), name)
     fn.linkage = "internal"
     a, lda, d, ldd, n, lo, hi, ncols, w, vel, lr, momentum, weight_decay, rule, carry, chunk = fn.args[:16]
+    listed = fn.args[16] if indexed else None
     vec = _Vectors(module, tile.vw)
     nv, nr, vw = tile.nv, tile.nr, tile.vw
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -112,11 +114,7 @@ def wgrad_tile(module, tile, indexed=False):
         _prefetch_rows(builder, w, tile)
         with builder.if_then(uses_velocity):
             _prefetch_rows(builder, vel, tile)
-    def listed_row(builder, i):  # indexed: the i-th listed row, as i64
-        return builder.sext(builder.load(builder.gep(fn.args[16], [i])), I64)
-
-    _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, update_rows, carry=(carry, chunk),
-                   row=listed_row if indexed else None)
+    _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, update_rows, carry=(carry, chunk, listed))
     builder.ret_void()
     return fn
 
@@ -133,7 +131,7 @@ RESUME_SUM, KEEP_SUM = 1, 2
 
 
 def _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, finish, also=None, before_partial=None,
-                   carry=None, row=None):
+                   carry=None):
     """Emit a weight-gradient tile's product G = A[:, k0+lo:k0+hi].T @ D[:, panel]; the builder ends after it.
 
     Iteration i of a loop reads row i of D (NV vectors) and one scalar of each of the tile's
@@ -151,9 +149,9 @@ def _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, fin
       runs on half the tile's rows, from row lo, once or twice, and before_partial(builder), if
       given, runs first. It also serves the tiles with hi < MR (a W of fewer than MR rows): as in
       forward_tile, they read column hi - 1 of A again for the missing ones, never stored.
-    carry, if given, is (pointer, chunk bits): the full loop's RESUME_SUM and KEEP_SUM (wgrad_tile); with any
-    chunk bit set (a sum over many rows, cut in ranges) the full loop also prefetches A A_PREFETCH_ROWS rows ahead.
-    row(builder, i), if given, is the row of A and D that iteration i reads (row i otherwise).
+    carry, if given, is (pointer, chunk bits, rows): the full loop's RESUME_SUM and KEEP_SUM (wgrad_tile); with any
+    chunk bit set (a sum over many rows, cut in ranges) the full loop also prefetches A A_PREFETCH_ROWS rows ahead;
+    rows, if not None, the int32 list of rows the full loop sums over (wgrad_tile, indexed).
     """
     nv, nr, vw, mr = tile.nv, tile.nr, tile.vw, tile.mr
     half = (mr + 1) // 2
@@ -181,10 +179,10 @@ def _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, fin
     builder.position_at_end(full_block)
     columns = [ir.Constant(I64, m) for m in range(mr)]  # constant offsets from one pointer: one GPR
     if carry is None:
-        accs = _tile_loop(builder, fn, n, mr, nv, vec, d_loader(None), a_loader(columns), also, column=row)
+        accs = _tile_loop(builder, fn, n, mr, nv, vec, d_loader(None), a_loader(columns), also)
         finish(builder, accs, ir.Constant(I64, 0), True)
     else:
-        pointer, chunk = carry
+        pointer, chunk, listed = carry
         resume, keep = (builder.icmp_unsigned("!=", builder.and_(chunk, ir.Constant(I32, bit)), ir.Constant(I32, 0))
                         for bit in (RESUME_SUM, KEEP_SUM))
         slots = [[builder.gep(pointer, [ir.Constant(I64, m * nr + v * vw)]) for v in range(nv)] for m in range(mr)]
@@ -199,11 +197,11 @@ def _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, fin
         with builder.if_else(cut) as (in_ranges, whole):
             with in_ranges:
                 fetched = _tile_loop(builder, fn, n, mr, nv, vec, d_loader(None), a_loader(columns),
-                                     _with_a_prefetch(builder, a, lda, also), start, column=row)
+                                     _with_a_prefetch(builder, a, lda, also), start, listed=listed)
                 fetched_block = builder.block
             with whole:
                 plain = _tile_loop(builder, fn, n, mr, nv, vec, d_loader(None), a_loader(columns), also, start,
-                                   column=row)
+                                   listed=listed)
                 plain_block = builder.block
         accs = _merged(builder, vec, [(fetched, fetched_block), (plain, plain_block)])
         with builder.if_else(keep) as (kept, finished):
@@ -216,6 +214,10 @@ def _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, fin
     builder.branch(done)
 
     builder.position_at_end(partial_block)
+    if carry is not None and carry[2] is not None:  # an indexed tile is a whole one: no partial loop to compile
+        builder.branch(done)
+        builder.position_at_end(done)
+        return
     if before_partial is not None:
         before_partial(builder)
     masks = [_lane_mask(builder, ir.Constant(I64, v * vw), ncols, vw) for v in range(nv)]
@@ -228,7 +230,7 @@ def _wgrad_product(builder, fn, vec, tile, a, lda, d, ldd, n, lo, hi, ncols, fin
     builder.cbranch(builder.icmp_signed("<", first, hi), body, done)
     builder.position_at_end(body)
     columns = [_clamp_row(builder, builder.add(first, ir.Constant(I64, m)), hi) for m in range(half)]
-    accs = _tile_loop(builder, fn, n, half, nv, vec, d_loader(masks), a_loader(columns), column=row)
+    accs = _tile_loop(builder, fn, n, half, nv, vec, d_loader(masks), a_loader(columns))
     finish(builder, accs, first, False)
     first.add_incoming(builder.add(first, ir.Constant(I64, half)), builder.block)
     builder.branch(header)
