@@ -65,7 +65,8 @@ INLINED_GLUE = ("forward_backward", "updates", "gather_part", "forward_rows", "b
                 "layer0_columns", "training_forward_rows", "layer1_cut", "sum_parts_bias_rows_into")
 # The kernels' own small helpers, inlined into the kernel that calls them: compiled on its own, each was a module
 # that Numba linked into its caller and optimised again (0.5 s of a cold start on an Intel Xeon, the five).
-INLINED_HELPERS = ("_panel_offset", "_zigzag", "_first_column", "_chunked_wgrad_tiles", "_prefetch_row")
+INLINED_HELPERS = ("_panel_offset", "_zigzag", "_first_column", "_chunked_wgrad_tiles", "_prefetch_row",
+                   "_forward_tiles", "_unlisted_after")
 
 
 def _compiled_in_a_fresh_process(kind):

@@ -28,6 +28,7 @@ column panels: fastmlp.kernels.packing (imported here).
 """
 
 import numpy as np
+from numba import njit
 
 from ..runtime import jit
 from ..runtime.cpu_caches import l2_bytes
@@ -59,6 +60,7 @@ from .tile_calls import (  # noqa: F401  SUM_CHUNK_ROWS and CARRY_PANELS: update
     _column_list_buffer,
     _flush_subnormals_on,
     _forward_tile,
+    _forward_tile_unlisted,
     _list_nonzero_rows,
     _nonzero_columns,
     _restore_mxcsr,
@@ -106,7 +108,7 @@ def forward_part(C, A, P, bias, mask, kind, r0, r1, p0, p1, k0=0, k1=-1):
     the product (the numba backend's training sums layer 1 in two such parts).
     """
     _forward_tiles(C, C.strides[0] // 4, PANEL_WIDTH, C.shape[1], A, P, bias, mask, kind, r0, r1, p0, p1, k0,
-                   P.shape[1] if k1 < 0 else k1, True)
+                   P.shape[1] if k1 < 0 else k1)
 
 
 @cached_njit
@@ -117,8 +119,8 @@ def forward_part_into_panels(CP, n_cols, A, P, bias, mask, kind, r0, r1, p0, p1)
 
     The training step's backward pass writes dZ_0 so: the layer-0 update reads it in panels only."""
     require_c_contiguous(CP)
-    _forward_tiles(CP, PANEL_WIDTH, CP.shape[1] * PANEL_WIDTH, n_cols, A, P, bias, mask, kind, r0, r1, p0, p1, 0,
-                   P.shape[1], False)
+    _forward_tiles_unlisted(CP, PANEL_WIDTH, CP.shape[1] * PANEL_WIDTH, n_cols, A, P, bias, mask, kind, r0, r1, p0,
+                            p1, 0, P.shape[1])
 
 
 # The packed weights a forward pass keeps in L2 while it runs every row of its input past them: the default
@@ -126,54 +128,70 @@ def forward_part_into_panels(CP, n_cols, A, P, bias, mask, kind, r0, r1, p0, p1)
 _FORWARD_GROUP_BYTES = 512 * 1024
 
 
-# Inlined into each caller before typing (not a compiled function of its own, which each caller would
-# re-optimise, tiles and all, at a cold start's cost).
-@cached_njit(inline="always")
-def _forward_tiles(C, ldc, panel_stride, N, A, P, bias, mask, kind, r0, r1, p0, p1, k0, k1, may_skip):
-    """forward_part's tiles, C's element (r, p * PANEL_WIDTH + j) at r * ldc + p * panel_stride + j floats
-    from its start (row-major: ldc its row stride, panel_stride PANEL_WIDTH; in column panels: PANEL_WIDTH
-    and a panel's floats); N the columns of C; the sum over k for k0:k1 (packed rows k0:k1, A's columns).
-    may_skip, a constant: False where kind never holds SKIP_ZERO_INPUTS, so that the listing compiles to
-    nothing (0.3 s of a cold start in forward_part_into_panels)."""
-    K = k1 - k0
-    lda, ldm = A.strides[0] // 4, mask.strides[0] // 4
-    panel_size = P.shape[1] * PANEL_WIDTH
-    epilogue = np.int32(kind & ~SKIP_ZERO_INPUTS)
-    lists = may_skip and (kind & SKIP_ZERO_INPUTS) != 0 and K <= COLUMN_LIST_CAPACITY
-    columns = _column_list_buffer()
-    unlisted = 0  # tiles still to run over all columns unlisted, after a listing found a tile dense (_unlisted_after)
-    # Rows outer, panels inner: the tile's TILE_ROWS rows of A (25 KB at K = 784) stay in L1
-    # while every panel streams past them; the panels (100 KB each at K = 784) stay in L2. In
-    # groups of panels that fit _FORWARD_GROUP_BYTES: a wide layer's panels (3.2 MB for 784 x 1024)
-    # do not fit L2, and streamed from L3 for every TILE_ROWS rows (784-1024-1024-10's forward
-    # at 49 % of an Intel core's FMA peak); A's rows are read once a group instead.
-    group = max(1, _FORWARD_GROUP_BYTES // (max(K, 1) * PANEL_WIDTH * 4))
-    # The first panel's tile of a row block fetches the next block's rows of A into L2 as it goes (spread evenly
-    # over its iterations, ahead_step floats apart): a large batch's A comes from L3 (training epochs at batch
-    # 1024 1.02-1.07x on an Intel Xeon, docs/results.md); the other tiles fetch their own first line.
-    for g0 in range(p0, p1, group):
-        for i0 in range(r0, r1, TILE_ROWS):
-            rows = min(TILE_ROWS, r1 - i0)
-            # SKIP_ZERO_INPUTS: the row block's nonzero columns, listed once for all its panels (for the default
-            # net's 8 MNIST rows 360 ns on a Zen 4, against 1.7-3.3 us a panel's tile).
-            listed = K
-            if lists and unlisted == 0:
-                listed = _nonzero_columns(A, i0 * lda + k0, lda, rows, K, columns)
-                unlisted = _unlisted_after(listed, K)
-            elif unlisted > 0:
-                unlisted -= 1
-            indexed = 8 * listed <= 7 * K
-            count = listed if indexed else K
-            ahead_step = TILE_ROWS * lda // max(count, 1)
-            for p in range(g0, min(g0 + group, p1)):
-                col = p * PANEL_WIDTH
-                fetches = p == g0 and i0 + TILE_ROWS < r1
-                ahead_off = (i0 + TILE_ROWS) * lda + k0 if fetches else i0 * lda
-                step = ahead_step if fetches else 0
-                ncols = min(PANEL_WIDTH, N - col)
-                _forward_tile(A, i0 * lda + k0, lda, P, p * panel_size + k0 * PANEL_WIDTH, count, C,
-                              i0 * ldc + p * panel_stride, ldc, rows, ncols, bias, col, mask, i0 * ldm + col, ldm,
-                              epilogue, ahead_off, step, columns, indexed)
+def _forward_tiles_of(may_skip):
+    """_forward_tiles (below), with the listing of SKIP_ZERO_INPUTS (may_skip True: forward_part) or without
+    (False: forward_part_into_panels, whose kind never holds it). may_skip is the closure's constant, so that
+    Numba prunes the branches it decides before it compiles them: the indexed tile, in forward_part_into_panels
+    for nothing, was 0.4 s of a cold start."""
+
+    # Inlined into each caller before typing (not a compiled function of its own, which each caller would
+    # re-optimise, tiles and all, at a cold start's cost). Never compiled alone: no cache of its own.
+    @njit(inline="always")
+    def _forward_tiles(C, ldc, panel_stride, N, A, P, bias, mask, kind, r0, r1, p0, p1, k0, k1):
+        """forward_part's tiles, C's element (r, p * PANEL_WIDTH + j) at r * ldc + p * panel_stride + j floats
+        from its start (row-major: ldc its row stride, panel_stride PANEL_WIDTH; in column panels: PANEL_WIDTH
+        and a panel's floats); N the columns of C; the sum over k for k0:k1 (packed rows k0:k1, A's columns)."""
+        K = k1 - k0
+        lda, ldm = A.strides[0] // 4, mask.strides[0] // 4
+        panel_size = P.shape[1] * PANEL_WIDTH
+        epilogue = np.int32(kind & ~SKIP_ZERO_INPUTS)
+        lists = (kind & SKIP_ZERO_INPUTS) != 0 and K <= COLUMN_LIST_CAPACITY
+        columns = _column_list_buffer()
+        unlisted = 0  # tiles to run over all columns unlisted, after a listing found a tile dense (_unlisted_after)
+        # Rows outer, panels inner: the tile's TILE_ROWS rows of A (25 KB at K = 784) stay in L1
+        # while every panel streams past them; the panels (100 KB each at K = 784) stay in L2. In
+        # groups of panels that fit _FORWARD_GROUP_BYTES: a wide layer's panels (3.2 MB for 784 x 1024)
+        # do not fit L2, and streamed from L3 for every TILE_ROWS rows (784-1024-1024-10's forward
+        # at 49 % of an Intel core's FMA peak); A's rows are read once a group instead.
+        group = max(1, _FORWARD_GROUP_BYTES // (max(K, 1) * PANEL_WIDTH * 4))
+        # The first panel's tile of a row block fetches the next block's rows of A into L2 as it goes (spread
+        # evenly over its iterations, ahead_step floats apart): a large batch's A comes from L3 (training epochs
+        # at batch 1024 1.02-1.07x on an Intel Xeon, docs/results.md); the other tiles fetch their own first line.
+        for g0 in range(p0, p1, group):
+            for i0 in range(r0, r1, TILE_ROWS):
+                rows = min(TILE_ROWS, r1 - i0)
+                # SKIP_ZERO_INPUTS: the row block's nonzero columns, listed once for all its panels (for the
+                # default net's 8 MNIST rows 360 ns on a Zen 4, against 1.7-3.3 us a panel's tile).
+                listed = K
+                if may_skip:
+                    if lists and unlisted == 0:
+                        listed = _nonzero_columns(A, i0 * lda + k0, lda, rows, K, columns)
+                        unlisted = _unlisted_after(listed, K)
+                    elif unlisted > 0:
+                        unlisted -= 1
+                indexed = 8 * listed <= 7 * K
+                count = listed if indexed else K
+                ahead_step = TILE_ROWS * lda // max(count, 1)
+                for p in range(g0, min(g0 + group, p1)):
+                    col = p * PANEL_WIDTH
+                    fetches = p == g0 and i0 + TILE_ROWS < r1
+                    ahead_off = (i0 + TILE_ROWS) * lda + k0 if fetches else i0 * lda
+                    step = ahead_step if fetches else 0
+                    ncols = min(PANEL_WIDTH, N - col)
+                    if may_skip:
+                        _forward_tile(A, i0 * lda + k0, lda, P, p * panel_size + k0 * PANEL_WIDTH, count, C,
+                                      i0 * ldc + p * panel_stride, ldc, rows, ncols, bias, col, mask, i0 * ldm + col,
+                                      ldm, epilogue, ahead_off, step, columns, indexed)
+                    else:
+                        _forward_tile_unlisted(A, i0 * lda + k0, lda, P, p * panel_size + k0 * PANEL_WIDTH, K, C,
+                                               i0 * ldc + p * panel_stride, ldc, rows, ncols, bias, col, mask,
+                                               i0 * ldm + col, ldm, epilogue, ahead_off, step)
+
+    return _forward_tiles
+
+
+_forward_tiles = _forward_tiles_of(True)
+_forward_tiles_unlisted = _forward_tiles_of(False)
 
 
 @cached_njit(inline="always")

@@ -48,6 +48,28 @@ def _forward_tile(typingctx, A, a_off, lda, P, p_off, K, C, c_off, ldc, rows, nc
 
 
 @intrinsic
+def _forward_tile_unlisted(typingctx, A, a_off, lda, P, p_off, K, C, c_off, ldc, rows, ncols, bias, b_off, mask,
+                           m_off, ldm, kind, ahead_off, ahead_step):
+    """_forward_tile over all K columns: the caller that never lists (forward_part_into_panels) compiles only the
+    unlisted tile."""
+    sig = types.void(A, types.intp, types.intp, P, types.intp, types.intp, C, types.intp, types.intp, types.intp,
+                     types.intp, bias, types.intp, mask, types.intp, types.intp, types.int32, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        (A_, a_off_, lda_, P_, p_off_, K_, C_, c_off_, ldc_, rows_, ncols_, bias_, b_off_, mask_, m_off_, ldm_,
+         kind_, ahead_off_, ahead_step_) = args
+        ty = signature.args
+        builder.call(simd_ir.forward_tile(builder.module, TILE),
+                     [_data(context, builder, ty[0], A_, a_off_), lda_, _data(context, builder, ty[3], P_, p_off_),
+                      K_, _data(context, builder, ty[6], C_, c_off_), ldc_, rows_, ncols_,
+                      _data(context, builder, ty[11], bias_, b_off_), _data(context, builder, ty[13], mask_, m_off_),
+                      ldm_, kind_, _data(context, builder, ty[0], A_, ahead_off_), ahead_step_])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
 def _nonzero_columns(typingctx, A, a_off, lda, rows, K, columns):
     """The count of columns k < K where A's rows a_off.. (rows of them, lda floats apart) are not all zero,
     those columns written to `columns` (simd_ir.nonzero_columns)."""
