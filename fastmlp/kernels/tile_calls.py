@@ -30,21 +30,33 @@ def _forward_tile(typingctx, A, a_off, lda, P, p_off, K, C, c_off, ldc, rows, nc
                      columns, types.boolean)
 
     def codegen(context, builder, signature, args):
-        (A_, a_off_, lda_, P_, p_off_, K_, C_, c_off_, ldc_, rows_, ncols_, bias_, b_off_, mask_, m_off_, ldm_,
-         kind_, ahead_off_, ahead_step_, columns_, listed_) = args
-        ty = signature.args
-        arguments = [_data(context, builder, ty[0], A_, a_off_), lda_, _data(context, builder, ty[3], P_, p_off_),
-                     K_, _data(context, builder, ty[6], C_, c_off_), ldc_, rows_, ncols_,
-                     _data(context, builder, ty[11], bias_, b_off_), _data(context, builder, ty[13], mask_, m_off_),
-                     ldm_, kind_, _data(context, builder, ty[0], A_, ahead_off_), ahead_step_]
-        with builder.if_else(listed_) as (over_list, over_all):
-            with over_list:
-                builder.call(simd_ir.forward_tile(builder.module, TILE, indexed=True), arguments + [columns_])
-            with over_all:
-                builder.call(simd_ir.forward_tile(builder.module, TILE), arguments)
+        columns_, listed_ = args[19:]
+        _call_listed_or_not(builder, listed_, simd_ir.forward_tile, _forward_tile_arguments(context, builder,
+                                                                                            signature, args), columns_)
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def _forward_tile_arguments(context, builder, signature, args):
+    """The LLVM arguments of simd_ir.forward_tile (but its list) from _forward_tile's (or _forward_tile_unlisted's)."""
+    (A_, a_off_, lda_, P_, p_off_, K_, C_, c_off_, ldc_, rows_, ncols_, bias_, b_off_, mask_, m_off_, ldm_,
+     kind_, ahead_off_, ahead_step_) = args[:19]
+    ty = signature.args
+    return [_data(context, builder, ty[0], A_, a_off_), lda_, _data(context, builder, ty[3], P_, p_off_), K_,
+            _data(context, builder, ty[6], C_, c_off_), ldc_, rows_, ncols_,
+            _data(context, builder, ty[11], bias_, b_off_), _data(context, builder, ty[13], mask_, m_off_), ldm_, kind_,
+            _data(context, builder, ty[0], A_, ahead_off_), ahead_step_]
+
+
+def _call_listed_or_not(builder, listed, declare_tile, arguments, the_list):
+    """Emit: where `listed` (an i1), a call of the tile's indexed function over the_list, else of its plain one;
+    declare_tile(module, TILE, indexed=...) declares either (simd_ir.forward_tile, update_ir.wgrad_tile)."""
+    with builder.if_else(listed) as (over_list, over_all):
+        with over_list:
+            builder.call(declare_tile(builder.module, TILE, indexed=True), arguments + [the_list])
+        with over_all:
+            builder.call(declare_tile(builder.module, TILE), arguments)
 
 
 @intrinsic
@@ -56,14 +68,8 @@ def _forward_tile_unlisted(typingctx, A, a_off, lda, P, p_off, K, C, c_off, ldc,
                      types.intp, bias, types.intp, mask, types.intp, types.intp, types.int32, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
-        (A_, a_off_, lda_, P_, p_off_, K_, C_, c_off_, ldc_, rows_, ncols_, bias_, b_off_, mask_, m_off_, ldm_,
-         kind_, ahead_off_, ahead_step_) = args
-        ty = signature.args
-        builder.call(simd_ir.forward_tile(builder.module, TILE),
-                     [_data(context, builder, ty[0], A_, a_off_), lda_, _data(context, builder, ty[3], P_, p_off_),
-                      K_, _data(context, builder, ty[6], C_, c_off_), ldc_, rows_, ncols_,
-                      _data(context, builder, ty[11], bias_, b_off_), _data(context, builder, ty[13], mask_, m_off_),
-                      ldm_, kind_, _data(context, builder, ty[0], A_, ahead_off_), ahead_step_])
+        builder.call(simd_ir.forward_tile(builder.module, TILE), _forward_tile_arguments(context, builder, signature,
+                                                                                         args))
         return context.get_dummy_value()
 
     return sig, codegen
@@ -121,11 +127,7 @@ def _wgrad_tile(typingctx, A, a_off, lda, D, d_off, ldd, n, lo, hi, ncols, P, p_
                      ldd_, n_, lo_, hi_, ncols_, _data(context, builder, ty[10], P_, p_off_),
                      _data(context, builder, ty[12], V_, p_off_), lr_, mu_, wd_, rule_,
                      builder.gep(carry_, [carry_off_]), chunk_]
-        with builder.if_else(listed_) as (over_list, over_all):
-            with over_list:
-                builder.call(update_ir.wgrad_tile(builder.module, TILE, indexed=True), arguments + [rows_])
-            with over_all:
-                builder.call(update_ir.wgrad_tile(builder.module, TILE), arguments)
+        _call_listed_or_not(builder, listed_, update_ir.wgrad_tile, arguments, rows_)
         return context.get_dummy_value()
 
     return sig, codegen
