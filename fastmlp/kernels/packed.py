@@ -18,13 +18,16 @@ Products, with A row-major (M, K) (rows of A may be a row slice of a larger buff
     packed_adam_update_inplace(P, M, S, A, dZ, lr, beta1, beta2, eps, wd, step, decoupled)
                                                  Adam (AdamW when decoupled) at step t = step,
                                                  M and S its moments packed like W
+kind | SKIP_ZERO_INPUTS and rule | SKIP_ZERO_INPUTS: the same results, the sums skipping the inputs
+that are zero (an input with many zeros, such as MNIST's pixels; fastmlp.kernels.nonzero_ir).
 The weight-gradient product never exists as an array: each tile of A.T @ dZ is applied to its
 rows of P (and V) while still in registers. The input gradient dA = dZ W.T reads W, so compute
 it before the update overwrites W.
 
 The `_part` functions do the same for a range of rows (or weight rows) and panels: they are the
 pieces the numba backend's worker threads split a step into. Packing, unpacking, W.T and dZ's
-column panels: fastmlp.kernels.packing (imported here).
+column panels: fastmlp.kernels.packing (imported here); the calls into the IR tiles and their
+scratch buffers: fastmlp.kernels.tile_calls.
 """
 
 import numpy as np
@@ -74,7 +77,9 @@ TILE_ROWS = TILE.mr
 VECTORS_PER_ROW = TILE.nv  # SIMD vectors in one packed row
 
 STORE, BIAS, BIAS_RELU, RELU_MASK = simd_ir.STORE, simd_ir.BIAS, simd_ir.BIAS_RELU, simd_ir.RELU_MASK
-# A flag of forward_part's kind (kind | SKIP_ZERO_INPUTS): its sums skip the columns of A where a tile's rows are zero.
+# A flag of forward_part's kind and update_part's rule (kind | SKIP_ZERO_INPUTS, rule | SKIP_ZERO_INPUTS): their
+# sums skip the inputs that are zero (the columns of A where a tile's rows are all zero; the rows of A where a
+# weight-gradient tile's columns are). The training step's layer 0 runs so.
 SKIP_ZERO_INPUTS = 8
 RESUME_SUM, KEEP_SUM = update_ir.RESUME_SUM, update_ir.KEEP_SUM
 PLAIN_SGD, MOMENTUM, NESTEROV = simd_ir.PLAIN_SGD, simd_ir.MOMENTUM, simd_ir.NESTEROV
