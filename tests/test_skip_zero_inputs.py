@@ -68,7 +68,8 @@ def test_forward_part_skipping_zeros_keeps_nan_and_inf_inputs():
     A[1, 7], A[TILE_ROWS + 2, 30] = np.nan, np.inf
     W = np.ones((50, 20), np.float32)
     C = np.zeros((A.shape[0], 20), np.float32)
-    pk.forward_part(C, A, reference.packed(W), C[0], C, pk.STORE | pk.SKIP_ZERO_INPUTS, 0, A.shape[0], 0, 1)
+    P = reference.packed(W)
+    pk.forward_part(C, A, P, C[0], C, pk.STORE | pk.SKIP_ZERO_INPUTS, 0, A.shape[0], 0, P.shape[0])
     assert np.isnan(C[1]).all() and np.isposinf(C[TILE_ROWS + 2]).all()
     assert not C[[0, 2, TILE_ROWS + 1]].any()
 
@@ -137,13 +138,14 @@ def test_update_part_skipping_zeros_never_reads_a_gradient_row_that_only_zeros_m
     A[1::3] = 0.0
     dZ[1 + 3 * (n // 6)] = np.nan
     W, V = rng.standard_normal((64, 64), dtype=np.float32), np.zeros((64, 64), np.float32)
-    Ps, _ = _updated(pk.PLAIN_SGD | pk.SKIP_ZERO_INPUTS, A, dZ, W, V, n, 0, 64, 0, 2)
+    panels = pk.panel_count(64)  # every panel, whatever the tile's width
+    Ps, _ = _updated(pk.PLAIN_SGD | pk.SKIP_ZERO_INPUTS, A, dZ, W, V, n, 0, 64, 0, panels)
     keep = np.arange(n) != 1 + 3 * (n // 6)
     P, _ = _updated(pk.PLAIN_SGD, np.ascontiguousarray(A[keep]), np.ascontiguousarray(dZ[keep]), W, V, n - 1, 0, 64,
-                    0, 2)
+                    0, panels)
     assert np.isfinite(Ps).all()
     assert_close(Ps, P, terms=np.abs(P) + 1)
-    Pd, _ = _updated(pk.PLAIN_SGD, A, dZ, W, V, n, 0, 64, 0, 2)
+    Pd, _ = _updated(pk.PLAIN_SGD, A, dZ, W, V, n, 0, 64, 0, panels)
     assert np.isnan(Pd).all()
 
 
